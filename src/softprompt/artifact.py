@@ -1,0 +1,109 @@
+"""The artifact directory: what a trained (or zero-shot) prompt is on disk.
+
+::
+
+    adapter_config.json         peft's PROMPT_TUNING config when the soft tokens form a prefix
+    adapter_model.safetensors   the trainable state (``prompt_embeddings`` ...)
+    task.json                   template, verbalizer, labels, backbone id + fingerprint, metrics,
+                                versions, and the SHA-256 of the weights file
+
+Files are written atomically and ``task.json`` last, with the weights' hash in it, so a reader
+either sees a complete artifact or reports which part is missing or corrupt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from softprompt import __version__
+from softprompt.atomic import atomic_write, atomic_write_json
+from softprompt.errors import SoftpromptError
+
+TASK_FILE = "task.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+FORMAT = "softprompt-artifact/1"
+
+
+@dataclass
+class ArtifactFiles:
+    """The validated contents of an artifact directory."""
+
+    path: Path
+    meta: dict[str, Any]
+    state: dict[str, torch.Tensor]
+
+
+def versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    return {"softprompt": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "python": platform.python_version()}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_artifact(directory: Path, state: dict[str, torch.Tensor], meta: dict[str, Any],
+                   adapter_config: dict[str, Any] | None) -> None:
+    """Write the three files; ``task.json`` (with the weights' hash) goes last."""
+    directory = Path(directory)
+    weights = directory / WEIGHTS_FILE
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    atomic_write(weights, lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    config = adapter_config or {"peft_type": "SOFTPROMPT", "note": "not a peft layout; load with softprompt"}
+    atomic_write_json(directory / CONFIG_FILE, config)
+    atomic_write_json(directory / TASK_FILE, {"format": FORMAT, **meta, "weights_sha256": _sha256(weights),
+                                             "versions": versions()})
+
+
+def update_metrics(directory: Path, metrics: dict[str, Any]) -> None:
+    """Merge ``metrics`` into task.json's metrics (atomically)."""
+    path = Path(directory) / TASK_FILE
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta.setdefault("metrics", {}).update(metrics)
+    atomic_write_json(path, meta)
+
+
+def read_artifact(directory: str | Path) -> ArtifactFiles:
+    """Read and validate an artifact directory.
+
+    Raises:
+        SoftpromptError: the directory or one of its files is missing, unreadable or corrupt.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise SoftpromptError(f"artifact {directory} does not exist (give the 'out' directory of a train run)")
+    missing = [name for name in (TASK_FILE, WEIGHTS_FILE) if not (directory / name).is_file()]
+    if missing:
+        raise SoftpromptError(f"artifact {directory} is incomplete: missing {', '.join(missing)}")
+    try:
+        meta = json.loads((directory / TASK_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SoftpromptError(f"artifact {directory / TASK_FILE} is corrupt ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise SoftpromptError(f"{directory / TASK_FILE} is not a softprompt artifact (format {FORMAT})")
+    if meta.get("weights_sha256") != _sha256(directory / WEIGHTS_FILE):
+        raise SoftpromptError(f"artifact {directory / WEIGHTS_FILE} does not match task.json (corrupt or "
+                              "modified); retrain or restore it")
+    try:
+        state = safetensors.torch.load_file(str(directory / WEIGHTS_FILE))
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise SoftpromptError(f"artifact {directory / WEIGHTS_FILE} is unreadable ({exc})") from None
+    return ArtifactFiles(directory, meta, state)
+
+
+def size_bytes(directory: Path) -> int:
+    """Total size of the artifact's files."""
+    return sum((Path(directory) / name).stat().st_size for name in (TASK_FILE, WEIGHTS_FILE, CONFIG_FILE)
+               if (Path(directory) / name).exists())

@@ -1,0 +1,202 @@
+"""The ``softprompt`` command: ls, train, eval, predict, inspect.
+
+User mistakes surface as ``error: <one line>`` with exit status 2 and no traceback; Ctrl-C exits
+with 130 and leaves the last checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from softprompt.errors import SoftpromptError, TrainingDiverged
+
+
+def _ls(args: argparse.Namespace) -> None:
+    from softprompt.backbones import BACKBONES
+    from softprompt.datasets import builtin_specs
+    from softprompt.methods import METHODS
+
+    if args.what == "backbones":
+        rows = [(s.name, s.kind, s.description) for s in BACKBONES.values()]
+        rows.append(("<path>", "auto", "any local Hugging Face model directory or .gguf file"))
+    elif args.what == "datasets":
+        rows = [(s.name, "/".join(map(str, s.verbalizer)), s.description) for s in builtin_specs().values()]
+    else:
+        rows = [(s.name, "trains" if s.trains else "no training", s.description) for s in METHODS.values()]
+    width = [max(len(r[i]) for r in rows) for i in range(2)]
+    for row in rows:
+        print(f"{row[0]:<{width[0]}}  {row[1]:<{width[1]}}  {row[2]}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from softprompt.config import load_config
+    from softprompt.train import CONFIG_FILE, train
+
+    config = load_config(args.config, args.overrides)
+    if args.resume and (Path(config.out) / CONFIG_FILE).is_file():
+        saved = json.loads((Path(config.out) / CONFIG_FILE).read_text(encoding="utf-8"))
+        config = load_config(args.config, args.overrides, base=saved)
+    result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    for note in result.notes:
+        print(f"note: {note}")
+    metrics = result.metrics
+    share = 100 * result.trainable_parameters / result.backbone_parameters
+    if "zero_shot_test" in metrics:
+        print(f"zero-shot test accuracy: {100 * metrics['zero_shot_test']['accuracy']:.1f}% "
+              f"(same template without soft tokens, n={metrics['zero_shot_test']['n']})")
+    if "test" in metrics:
+        print(f"{'tuned' if result.trainable_parameters else 'method=' + config.method} test accuracy: "
+              f"{100 * metrics['test']['accuracy']:.1f}% (n={metrics['test']['n']}; best dev "
+              f"{100 * metrics['dev']['accuracy']:.1f}% at step {result.best_step})")
+    else:
+        print(f"dev accuracy: {100 * metrics['dev']['accuracy']:.1f}% (no test split)")
+    print(f"artifact: {result.out} ({result.artifact_bytes / 1024:.1f} KB; {result.trainable_parameters:,} "
+          f"trainable parameters = {share:.4f}% of {result.backbone_parameters / 1e6:.1f}M)")
+    minutes, seconds = divmod(int(round(result.seconds)), 60)
+    print(f"time: {minutes} min {seconds} s")
+
+
+def _load(artifact: str):
+    from softprompt.assemble import load_classifier
+
+    return load_classifier(artifact)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from softprompt.assemble import DEFAULT_DATASET
+    from softprompt.data import read_examples
+    from softprompt.datasets import load_builtin
+    from softprompt.evaluate import evaluate
+
+    model, meta = _load(args.artifact)
+    if args.data:
+        data_meta = meta.get("data", {})
+        text_field = args.text_field or data_meta.get("text_field", "text")
+        label_field = args.label_field or data_meta.get("label_field", "label")
+        dataset = read_examples(args.data, text_field, label_field, fields=model.task.template.fields)
+        examples, where = dataset.examples, args.data
+    else:
+        name = args.dataset or meta.get("data", {}).get("dataset") or DEFAULT_DATASET
+        examples, where = load_builtin(name)[args.split], f"{name} ({args.split})"
+    model.task.template.check_fields(set(examples[0].fields), where)
+    metrics = evaluate(model, examples, args.batch_size, where=where, progress=None if args.quiet else "eval")
+    print(json.dumps({"data": where, **metrics}, ensure_ascii=False))
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from softprompt.data import Example
+    from softprompt.evaluate import label_probabilities
+
+    model, _ = _load(args.artifact)
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise SoftpromptError("no input: give texts as arguments or one per line on stdin")
+    extra = [f for f in model.task.template.fields if f != "text"]
+    if extra:
+        raise SoftpromptError(f"this prompt needs fields {extra}; use `softprompt eval --data FILE`")
+    probabilities = label_probabilities(model, [Example({"text": t}) for t in texts], args.batch_size)
+    labels = model.task.labels
+    for text, row in zip(texts, probabilities.tolist(), strict=True):
+        best = max(range(len(labels)), key=row.__getitem__)
+        scores = {label: round(p, 6) for label, p in zip(labels, row, strict=True)}
+        print(json.dumps({"text": text, "label": labels[best], "scores": scores}, ensure_ascii=False), flush=True)
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from softprompt.artifact import size_bytes
+    from softprompt.inspection import nearest_tokens
+
+    model, meta = _load(args.artifact)
+    backbone = meta["backbone"]
+    summary = {
+        "artifact": args.artifact, "backbone": backbone["name"], "fingerprint": backbone["fingerprint"],
+        "method": meta["method"], "template": meta["template"], "verbalizer": meta["verbalizer"],
+        "trainable_parameters": meta["trainable_parameters"],
+        "share_of_backbone": f"{100 * meta['trainable_parameters'] / backbone['parameters']:.4f}%",
+        "size_kb": round(size_bytes(Path(args.artifact)) / 1024, 1),
+        "metrics": {k: v for k, v in meta.get("metrics", {}).items()},
+    }
+    if args.json:
+        print(json.dumps({**summary, "soft_tokens": nearest_tokens(model, args.top)}, ensure_ascii=False, indent=2))
+        return
+    for key, value in summary.items():
+        shown = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value
+        print(f"{key}: {shown}")
+    for row in nearest_tokens(model, args.top):
+        near = "  ".join(f"{n['token']!r} {n['cosine']:.2f}" for n in row["nearest"])
+        print(f"soft[{row['index']:>3}] norm {row['norm']:.3f}  nearest: {near}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="softprompt", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ls = commands.add_parser("ls", help="list backbones, datasets or methods")
+    ls.add_argument("what", choices=["backbones", "datasets", "methods"])
+    ls.set_defaults(run=_ls)
+
+    train = commands.add_parser("train", help="train a prompt (key=value overrides, e.g. train.lr=3e-3)")
+    train.add_argument("--config", help="YAML recipe (configs/*.yaml)")
+    train.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run in <out>")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("overrides", nargs="*", metavar="key=value")
+    train.set_defaults(run=_train)
+
+    ev = commands.add_parser("eval", help="evaluate an artifact")
+    ev.add_argument("artifact")
+    source = ev.add_mutually_exclusive_group()
+    source.add_argument("--dataset", help="built-in dataset name")
+    source.add_argument("--data", help="a .jsonl/.csv/.tsv file")
+    ev.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    ev.add_argument("--text-field")
+    ev.add_argument("--label-field")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(run=_eval)
+
+    predict = commands.add_parser("predict", help="label texts (arguments or stdin), one JSON line each")
+    predict.add_argument("artifact")
+    predict.add_argument("texts", nargs="*")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.set_defaults(run=_predict)
+
+    inspect = commands.add_parser("inspect", help="show an artifact and its soft tokens' nearest words")
+    inspect.add_argument("artifact")
+    inspect.add_argument("--top", type=int, default=5)
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(run=_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``softprompt`` command; returns the exit status."""
+    parser = build_parser()
+    # key=value overrides may stand between options (`out=x --resume train.lr=1e-3`).
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any("=" not in item or item.startswith("-") for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
+    try:
+        args.run(args)
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except SoftpromptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: the last checkpoint is intact; continue with `softprompt train ... --resume`",
+              file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Run configuration: dataclasses with per-field help, loaded from YAML plus ``key=value`` overrides.
+
+A config is plain data. ``load_config`` merges a YAML file and dotted command-line overrides
+(``train.lr=3e-3``) into nested dicts, then builds the dataclasses, coercing strings to the
+annotated types and rejecting unknown keys with a near-match suggestion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from softprompt.errors import SoftpromptError, did_you_mean
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    """A dataclass field carrying its help text in metadata (shown by ``softprompt train --help``)."""
+    if default is dataclasses.MISSING:
+        return field(metadata={"help": text}, **kw)
+    return field(default=default, metadata={"help": text}, **kw)
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise SoftpromptError(f"config field '{key}': {message}")
+
+
+@dataclass
+class PromptConfig:
+    """Soft prompt settings (used by prompt-based methods)."""
+
+    length: int = _help("number of soft tokens when the template has no {soft:N} slot", 20)
+    init: str = _help("random | vocab | labels | text:<words>", "labels")
+
+    def __post_init__(self) -> None:
+        _check(self.length >= 1, "prompt.length", f"must be >= 1, got {self.length}")
+        ok = self.init in ("random", "vocab", "labels") or self.init.startswith("text:")
+        _check(ok, "prompt.init", f"'{self.init}' is not one of random, vocab, labels, text:<words>")
+
+
+@dataclass
+class TrainConfig:
+    """The one training loop's settings."""
+
+    lr: float = _help("AdamW learning rate", 3e-3)
+    batch_size: int = _help("examples per optimizer step", 16)
+    max_steps: int = _help("optimizer steps", 300)
+    warmup_ratio: float = _help("fraction of max_steps with linear warm-up", 0.06)
+    eval_every: int = _help("evaluate on dev and checkpoint every N steps", 50)
+    patience: int = _help("stop after N evaluations without dev improvement (0 = never)", 3)
+    l2: float = _help("L2 penalty lambda * ||P||^2 on the trainable parameters", 0.0)
+    weight_decay: float = _help("AdamW decoupled weight decay", 0.0)
+    grad_clip: float = _help("clip the gradient norm to this value (0 = off)", 1.0)
+    eval_batch_size: int = _help("examples per batch when evaluating", 32)
+    max_length: int = _help("maximum tokens of a rendered example; longer inputs are truncated", 256)
+    zero_shot_baseline: bool = _help("also report zero-shot test accuracy with the same template", False)
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        for key in ("batch_size", "max_steps", "eval_every", "eval_batch_size", "max_length"):
+            _check(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
+        _check(self.patience >= 0, "train.patience", "must be >= 0")
+        _check(self.l2 >= 0 and self.weight_decay >= 0, "train.l2", "penalties must be >= 0")
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from when not using a built-in dataset."""
+
+    train: str | None = _help("training file (.jsonl, .csv or .tsv)", None)
+    dev: str | None = _help("dev file; when absent, dev_size examples are held out of train", None)
+    test: str | None = _help("test file (optional)", None)
+    text_field: str = _help("column holding the input text (the template's {text})", "text")
+    label_field: str = _help("column holding the label", "label")
+    dev_size: int = _help("examples held out of train for dev when no dev file is given", 200)
+    max_train: int | None = _help("use at most this many training examples (seeded sample)", None)
+
+    def __post_init__(self) -> None:
+        _check(self.dev_size >= 1, "data.dev_size", "must be >= 1")
+        _check(self.max_train is None or self.max_train >= 1, "data.max_train", "must be >= 1")
+
+
+@dataclass
+class FewshotConfig:
+    """In-context demonstrations (no training needed)."""
+
+    k: int = _help("labelled demonstrations from the train split put before each input", 0)
+
+    def __post_init__(self) -> None:
+        _check(self.k >= 0, "fewshot.k", "must be >= 0")
+
+
+@dataclass
+class RunConfig:
+    """Everything one ``softprompt train`` run needs."""
+
+    backbone: str = _help("backbone name (softprompt ls backbones) or a local HF dir / .gguf file", "smollm2-135m")
+    dataset: str | None = _help("built-in dataset (softprompt ls datasets); ignored when data.train is set", None)
+    method: str = _help("softprompt ls methods; 'none' = zero-/few-shot without training", "prompt_tuning")
+    task: str = _help("task type", "classification")
+    out: str = _help("artifact directory", "runs/default")
+    seed: int = _help("random seed (data order, initialisation)", 0)
+    threads: int = _help("torch CPU threads (0 = torch's default)", 0)
+    template: str | None = _help("e.g. '{soft:10} Review: {text}\\nSentiment:'; default: the dataset's", None)
+    verbalizer: dict[str, Any] | None = _help("label -> word or list of words; default: the dataset's", None)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    fewshot: FewshotConfig = field(default_factory=FewshotConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.task == "classification", "task", f"'{self.task}' is not supported (classification)")
+        _check(self.threads >= 0, "threads", "must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict, as written to the artifact."""
+        return dataclasses.asdict(self)
+
+
+class CommandLineValue(str):
+    """A value typed on the command line, parsed only once its field's type is known: text fields
+    keep it verbatim (with ``\\n`` and ``\\t`` as newline and tab), other fields read it as YAML."""
+
+    def as_text(self) -> str:
+        text = str(self)
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            text = text[1:-1]
+        return text.replace("\\n", "\n").replace("\\t", "\t")
+
+    def as_yaml(self, key: str) -> Any:
+        try:
+            return yaml.safe_load(str(self)) if self else ""
+        except yaml.YAMLError as exc:
+            raise SoftpromptError(f"config field '{key}': cannot read {str(self)!r} ({exc.problem})") from None
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ``["train.lr=3e-3", "seed=1"]`` into a nested dict of :class:`CommandLineValue`."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SoftpromptError(f"expected key=value, got '{pair}'")
+        value = CommandLineValue(raw)
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SoftpromptError(f"'{key}': '{part}' is not a section")
+        node[leaf] = value
+    return nested
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base`` (dicts merge, other values replace)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "verbalizer":
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with a clear error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SoftpromptError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SoftpromptError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise SoftpromptError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert ``value`` to ``annotation`` (int, float, bool, str, dict, Optional of those)."""
+    if isinstance(value, CommandLineValue):
+        text_field = annotation is str or str in typing.get_args(annotation)
+        if text_field and value.lower() not in ("none", "null"):
+            return value.as_text()
+        value = value.as_yaml(key)
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], key)
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise SoftpromptError(f"config field '{key}': expected a mapping, got {value!r}")
+        return value
+    try:
+        if annotation is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if annotation is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if annotation is float:
+            return float(value)
+        if annotation is str:
+            return str(value)
+    except (TypeError, ValueError):
+        name = getattr(annotation, "__name__", str(annotation))
+        raise SoftpromptError(f"config field '{key}': expected {name}, got {value!r}") from None
+    return value
+
+
+def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            hint = did_you_mean(key, names).replace(" '", f" '{prefix}", 1)
+            raise SoftpromptError(f"unknown config key '{full}'{hint}")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise SoftpromptError(f"config field '{full}' is a section; use {full}.<key>=value")
+            kwargs[key] = build(annotation, value, prefix=f"{full}.")
+        else:
+            kwargs[key] = _coerce(value, annotation, full)
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> RunConfig:
+    """Load a :class:`RunConfig` from an optional YAML file and ``key=value`` overrides.
+
+    Args:
+        path: YAML file with config keys (optional).
+        overrides: dotted ``key=value`` strings, applied after the file.
+        base: a nested dict applied first (e.g. the config saved by a run being resumed).
+    """
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data = merge(data, read_yaml(path))
+    data = merge(data, parse_overrides(overrides or []))
+    return build(RunConfig, data)

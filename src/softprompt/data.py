@@ -1,0 +1,124 @@
+"""Reading and validating labelled examples from JSONL, CSV and TSV files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from softprompt.errors import SoftpromptError
+
+READERS = (".jsonl", ".json", ".csv", ".tsv")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled (or unlabelled) input: template fields by name, and its label."""
+
+    fields: dict[str, str]
+    label: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.fields.get("text", "")
+
+
+@dataclass
+class Dataset:
+    """Examples of one split plus where they came from (for error messages)."""
+
+    examples: list[Example]
+    source: str
+    skipped_empty: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _rows(path: Path) -> list[tuple[int, dict]]:
+    """Yield (line number, row dict) from a JSONL/CSV/TSV file."""
+    suffix = path.suffix.lower()
+    if suffix not in READERS:
+        raise SoftpromptError(f"{path}: unsupported file type '{suffix}' (use .jsonl, .csv or .tsv)")
+    with path.open(encoding="utf-8", newline="") as handle:
+        if suffix in (".jsonl", ".json"):
+            rows = []
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise SoftpromptError(f"{path} line {number}: malformed JSON ({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise SoftpromptError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
+                rows.append((number, row))
+            return rows
+        reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
+        # line_num after reading a row is the physical line it ended on (header is line 1).
+        return [(reader.line_num, row) for row in reader]
+
+
+def read_examples(path: str | Path, text_field: str = "text", label_field: str | None = "label",
+                  fields: list[str] | None = None) -> Dataset:
+    """Read labelled examples from a file.
+
+    Args:
+        path: a ``.jsonl``, ``.csv`` or ``.tsv`` file.
+        text_field: the column that becomes the template's ``{text}``.
+        label_field: the label column, or None for unlabelled input.
+        fields: other template fields that every row must have.
+
+    Rows whose text is empty are skipped and counted (``Dataset.skipped_empty``).
+
+    Raises:
+        SoftpromptError: missing/empty file, malformed line (with its number), missing column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SoftpromptError(f"data file {path} does not exist")
+    rows = _rows(path)
+    if not rows:
+        raise SoftpromptError(f"data file {path} is empty")
+    wanted = [text_field] + [f for f in (fields or []) if f != "text"]
+    if label_field:
+        wanted.append(label_field)
+    examples, skipped = [], 0
+    for number, row in rows:
+        for column in wanted:
+            if row.get(column) is None:
+                columns = ", ".join(sorted(str(k) for k in row))
+                hint = "data.label_field" if column == label_field else "data.text_field"
+                raise SoftpromptError(f"{path} line {number}: no column '{column}' (columns: {columns}); "
+                                      f"set {hint}=<column>")
+        values = {str(k): str(v) for k, v in row.items() if v is not None and not isinstance(v, (dict, list))}
+        values["text"] = str(row[text_field])
+        if not values["text"].strip():
+            skipped += 1
+            continue
+        label = str(row[label_field]).strip() if label_field else None
+        examples.append(Example(values, label))
+    if not examples:
+        raise SoftpromptError(f"data file {path} has no non-empty texts in column '{text_field}'")
+    notes = [f"{path}: skipped {skipped} rows with empty text"] if skipped else []
+    return Dataset(examples, str(path), skipped_empty=skipped, notes=notes)
+
+
+def seeded_split(examples: list[Example], sizes: dict[str, int], seed: int) -> dict[str, list[Example]]:
+    """Shuffle with ``seed`` and cut fixed-size splits; the rest is ``train``."""
+    shuffled = list(examples)
+    random.Random(seed).shuffle(shuffled)
+    splits, start = {}, 0
+    for name, size in sizes.items():
+        splits[name] = shuffled[start:start + size]
+        start += size
+    splits["train"] = shuffled[start:]
+    return splits
+
+
+def sample(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+    """At most ``limit`` examples, a seeded sample preserving order."""
+    if limit is None or limit >= len(examples):
+        return examples
+    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
+    return [examples[i] for i in keep]

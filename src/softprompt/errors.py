@@ -1,0 +1,31 @@
+"""User-facing errors: one line, no traceback, a non-zero exit (see ``cli.main``)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class SoftpromptError(Exception):
+    """A mistake in the user's input or environment, reported as a single line.
+
+    The CLI prints ``error: <message>`` and exits with status 2; library callers can catch it.
+    """
+
+
+class TrainingDiverged(SoftpromptError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""`` when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def unknown_name(kind: str, name: str, choices: Iterable[str]) -> SoftpromptError:
+    """Build the error for a misspelled registry name, suggesting the nearest one."""
+    choices = sorted(choices)
+    return SoftpromptError(
+        f"unknown {kind} '{name}'{did_you_mean(name, choices)}; choose one of: {', '.join(choices)}"
+    )

@@ -1,0 +1,16 @@
+"""``none``: no trainable parameters; the template and verbalizer alone (zero- or few-shot)."""
+
+from __future__ import annotations
+
+from softprompt.methods import register
+from softprompt.methods.base import Method, MethodContext
+
+
+@register("none", "no training: zero-shot (or few-shot with fewshot.k=K) with the template", trains=False)
+class NoMethod(Method):
+    """The plain frozen backbone."""
+
+    name = "none"
+
+    def __init__(self, context: MethodContext):
+        super().__init__()

@@ -1,0 +1,83 @@
+"""Soft prompt tuning (Lester et al., 2021): N trainable token embeddings, the backbone frozen.
+
+The tokens fill the template's ``{soft:N}`` slots wherever they stand. When they form a prefix
+the saved state is peft's PROMPT_TUNING layout (``prompt_embeddings``), loadable by
+``peft.PeftModel.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from softprompt.backbones import Backbone
+from softprompt.errors import SoftpromptError
+from softprompt.methods import register
+from softprompt.methods.base import Method, MethodContext
+
+# Lester et al. sample init tokens among the 5,000 most frequent; BPE ids roughly follow frequency.
+COMMON_VOCAB = 5000
+
+
+def _token_ids(backbone: Backbone, text: str) -> list[int]:
+    return backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def initial_prompt(context: MethodContext, length: int, init: str) -> torch.Tensor:
+    """The ``[length, hidden]`` starting embeddings for ``prompt.init``."""
+    backbone = context.backbone
+    embed = backbone.model.get_input_embeddings()
+    generator = torch.Generator().manual_seed(context.seed)
+    special = set(backbone.tokenizer.all_special_ids)
+    vocab = [i for i in range(min(COMMON_VOCAB, embed.weight.shape[0])) if i not in special]
+    sampled = torch.tensor(vocab)[torch.randint(len(vocab), (length,), generator=generator)]
+    if init == "random":
+        weight = embed(torch.arange(min(COMMON_VOCAB, embed.weight.shape[0])))
+        return torch.randn(length, weight.shape[1], generator=generator) * weight.std()
+    if init == "vocab":
+        ids = sampled
+    else:
+        words = " ".join(context.label_words) if init == "labels" else init.removeprefix("text:")
+        word_ids = _token_ids(backbone, " " + words.strip()) if words.strip() else []
+        if not word_ids:
+            raise SoftpromptError(f"prompt.init={init}: no tokens to initialise from")
+        # Word tokens first (repeated if the prompt is longer), as in Lester et al.'s class-label init.
+        ids = torch.tensor([word_ids[i % len(word_ids)] for i in range(length)])
+    with torch.no_grad():
+        return embed(ids).detach().clone()
+
+
+@register("prompt_tuning", "N soft tokens in the template's {soft} slots (Lester et al. 2021)",
+          uses_soft_tokens=True)
+class PromptTuning(Method):
+    """Trainable soft-token embeddings."""
+
+    name = "prompt_tuning"
+
+    def __init__(self, context: MethodContext):
+        super().__init__()
+        self.num_soft_tokens = context.num_soft_tokens
+        start = initial_prompt(context, context.num_soft_tokens, context.options.init)
+        self.prompt_embeddings = nn.Parameter(start)
+
+    def soft_embeddings(self) -> torch.Tensor:
+        return self.prompt_embeddings
+
+    def peft_config(self, backbone: Backbone, prefix_layout: bool) -> dict[str, Any] | None:
+        if not prefix_layout or backbone.kind != "causal":
+            return None
+        cfg = backbone.model.config
+        return {
+            "peft_type": "PROMPT_TUNING",
+            "task_type": "CAUSAL_LM",
+            "num_virtual_tokens": self.num_soft_tokens,
+            "token_dim": backbone.hidden_size,
+            "num_transformer_submodules": 1,
+            "num_attention_heads": cfg.num_attention_heads,
+            "num_layers": cfg.num_hidden_layers,
+            "prompt_tuning_init": "RANDOM",
+            "base_model_name_or_path": backbone.name,
+            "inference_mode": True,
+        }

@@ -1,0 +1,155 @@
+"""The frozen backbone + a method + the task's scoring, as one module.
+
+Causal LM: the label score is the log-probability of each verbalizer word after the template.
+The output projection is computed only at the label position and only for the words' first
+tokens (the first token's normaliser is shared by all labels of a row, so it cancels in the
+softmax over labels); words with more tokens are continued from the KV cache and scored under
+the full softmax. Encoder: a linear head at the mask position (trainable in every method).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from softprompt.backbones import Backbone
+from softprompt.methods.base import Method
+from softprompt.tasks.classification import Batch, ClassificationTask
+
+HEAD_PREFIX = "classifier."
+
+
+class PromptedClassifier(nn.Module):
+    """Scores each label for a batch: ``forward(batch) -> [B, num_labels]`` log-probabilities."""
+
+    def __init__(self, backbone: Backbone, method: Method, task: ClassificationTask, seed: int = 0):
+        super().__init__()
+        self.backbone = backbone
+        self.model = backbone.model
+        self.method = method
+        self.task = task
+        self.head: nn.Linear | None = None
+        if not task.causal:
+            torch.manual_seed(seed)
+            self.head = nn.Linear(backbone.hidden_size, len(task.labels))
+        candidates = task.candidates
+        self.first_ids = torch.tensor([c.ids[0] for c in candidates], dtype=torch.long)
+        self.label_groups = [torch.tensor([k for k, c in enumerate(candidates) if c.label_index == i])
+                             for i in range(len(task.labels))]
+        self.multi = [k for k, c in enumerate(candidates) if len(c.ids) > 1]
+
+    # ---- trainable state (what an artifact stores) ---------------------------------------
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        state = {k: v.detach().clone() for k, v in self.method.state_dict().items()}
+        if self.head is not None:
+            state.update({HEAD_PREFIX + k: v.detach().clone() for k, v in self.head.state_dict().items()})
+        return state
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        method_state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+        self.method.load_state_dict(method_state)
+        if self.head is not None:
+            self.head.load_state_dict({k[len(HEAD_PREFIX):]: v for k, v in state.items()
+                                       if k.startswith(HEAD_PREFIX)})
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = [p for p in self.method.parameters() if p.requires_grad]
+        if self.head is not None:
+            params += list(self.head.parameters())
+        return params
+
+    # ---- forward ------------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> torch.Tensor:
+        scores = self._causal_scores(batch) if self.task.causal else self._encoder_scores(batch)
+        return torch.log_softmax(scores, dim=-1)
+
+    def embed(self, input_ids: torch.Tensor, soft_index: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with the method's soft tokens placed at their slots."""
+        embeds = self.model.get_input_embeddings()(input_ids)
+        soft = self.method.soft_embeddings()
+        if soft is None or not bool((soft_index >= 0).any()):
+            return embeds
+        picked = soft[soft_index.clamp(min=0)]
+        return torch.where((soft_index >= 0).unsqueeze(-1), picked.to(embeds.dtype), embeds)
+
+    def _encoder_scores(self, batch: Batch) -> torch.Tensor:
+        embeds = self.embed(batch.input_ids, batch.soft_index)
+        hidden = self.model(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state
+        rows = torch.arange(len(batch))
+        return self.head(hidden[rows, batch.mask_positions])
+
+    def _causal_scores(self, batch: Batch) -> torch.Tensor:
+        decoder = self.model.get_decoder()
+        size = len(batch)
+        mask = batch.attention_mask
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        embeds = self.embed(batch.input_ids, batch.soft_index)
+        cache = None
+        if batch.prefix_soft:
+            # The leading soft block is identical in every row: run it once, share its KV cache.
+            count = batch.prefix_soft
+            prefix = self.method.soft_embeddings()[:count].unsqueeze(0)
+            out = decoder(inputs_embeds=prefix, position_ids=torch.arange(count).unsqueeze(0), use_cache=True)
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(size)
+            mask = torch.cat([torch.ones(size, count, dtype=mask.dtype), mask], dim=1)
+            positions = positions + count
+        frozen = self._frozen_columns(batch)
+        if frozen:
+            # Nothing before the first soft token depends on a trainable parameter: run it without
+            # building a graph and continue from its KV cache (exact, and no backward through it).
+            with torch.no_grad():
+                cache = decoder(inputs_embeds=embeds[:, :frozen], attention_mask=mask[:, :frozen],
+                                position_ids=positions[:, :frozen], use_cache=True).past_key_values
+        out = decoder(inputs_embeds=embeds[:, frozen:], attention_mask=mask, position_ids=positions[:, frozen:],
+                      past_key_values=cache, use_cache=bool(self.multi) or cache is not None)
+        scores = self.project(out.last_hidden_state[:, -1], self.first_ids)
+        if self.multi:
+            scores = scores + self._continuation_logprobs(out.past_key_values, mask, positions[:, -1])
+        return torch.stack([scores[:, group].logsumexp(-1) for group in self.label_groups], dim=-1)
+
+    def _frozen_columns(self, batch: Batch) -> int:
+        """Leading columns that need no gradient (0 when the split would not pay off)."""
+        if (not torch.is_grad_enabled() or batch.prefix_soft or self.method.modifies_backbone
+                or self.method.soft_embeddings() is None):
+            return 0
+        soft_columns = (batch.soft_index >= 0).any(0).nonzero()
+        return int(soft_columns[0]) if len(soft_columns) else 0
+
+    def project(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """LM-head logits for ``hidden``, restricted to ``token_ids`` when given."""
+        head = self.model.get_output_embeddings()
+        weight = head.weight if token_ids is None else head.weight[token_ids]
+        logits = hidden @ weight.T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + (head.bias if token_ids is None else head.bias[token_ids])
+        softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    def _continuation_logprobs(self, cache, mask: torch.Tensor, last_position: torch.Tensor) -> torch.Tensor:
+        """Log-probability of the 2nd..nth tokens of multi-token words, continued from the cache."""
+        candidates = [self.task.candidates[k] for k in self.multi]
+        size, count = mask.shape[0], len(candidates)
+        steps = max(len(c.ids) for c in candidates) - 1
+        pad = self.task.tokenizer.pad_token_id or 0
+        inputs = torch.full((count, steps), pad, dtype=torch.long)
+        targets = torch.zeros((count, steps), dtype=torch.long)
+        valid = torch.zeros((count, steps), dtype=torch.long)
+        for row, cand in enumerate(candidates):
+            n = len(cand.ids) - 1
+            inputs[row, :n] = torch.tensor(cand.ids[:-1])
+            targets[row, :n] = torch.tensor(cand.ids[1:])
+            valid[row, :n] = 1
+        cache.batch_repeat_interleave(count)  # row b*count + m continues row b with candidate m
+        attention = torch.cat([mask.repeat_interleave(count, 0), valid.repeat(size, 1)], dim=1)
+        positions = last_position.repeat_interleave(count).unsqueeze(1) + 1 + torch.arange(steps)
+        hidden = self.model.get_decoder()(input_ids=inputs.repeat(size, 1), attention_mask=attention,
+                                          position_ids=positions, past_key_values=cache).last_hidden_state
+        logprobs = torch.log_softmax(self.project(hidden), dim=-1)
+        picked = logprobs.gather(-1, targets.repeat(size, 1).unsqueeze(-1)).squeeze(-1)
+        per_word = (picked * valid.repeat(size, 1)).sum(-1).view(size, count)
+        extra = torch.zeros(size, len(self.task.candidates), dtype=per_word.dtype)
+        extra[:, self.multi] = per_word
+        return extra

@@ -1,0 +1,225 @@
+"""Template syntax, rendering and tokenization.
+
+A template is text with slots::
+
+    "{soft:10} Review: {text}\nSentiment:{soft:4}"
+
+- ``{name}``: an example field (``{text}`` is the input; other names are data columns);
+- ``{soft:N}`` (or ``{soft}`` = 1): N trainable soft tokens, anywhere in the text;
+- ``{mask}``: where an encoder predicts the label (default: its first token, e.g. [CLS]);
+- ``{{`` and ``}}``: literal braces.
+
+For a causal LM the label is predicted right after the rendered template. Adjacent literal text
+and fields are tokenized as one string (so word pieces merge as in natural text); soft slots and
+the mask break it into chunks.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from softprompt.errors import SoftpromptError
+
+SLOT = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)(?::(\d+))?\}")
+NO_SOFT = -1  # soft index of a real token
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of a template: literal ``text``, a ``field``, ``soft`` tokens or the ``mask``."""
+
+    kind: str
+    value: str = ""
+    length: int = 0
+
+
+@dataclass
+class EncodedInput:
+    """A tokenized example: ids, which positions are soft tokens (their index, else -1)."""
+
+    ids: list[int]
+    soft: list[int]
+    mask_position: int | None = None
+
+
+class Template:
+    """A parsed template; see the module docstring for the syntax."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.segments = self._parse(source)
+        self.fields = [s.value for s in self.segments if s.kind == "field"]
+        self.num_soft = sum(s.length for s in self.segments if s.kind == "soft")
+        first = self.segments[0] if self.segments else None
+        self.leading_soft = first.length if first is not None and first.kind == "soft" else 0
+        self.has_mask = any(s.kind == "mask" for s in self.segments)
+        if not self.fields:
+            raise SoftpromptError(f"template {source!r} has no input field; add {{text}}")
+
+    @staticmethod
+    def _parse(source: str) -> list[Segment]:
+        segments: list[Segment] = []
+        literal, pos = [], 0
+        for match in SLOT.finditer(source):
+            literal.append(source[pos:match.start()])
+            pos = match.end()
+            token = match.group(0)
+            if token in ("{{", "}}"):
+                literal.append(token[0])
+                continue
+            if "".join(literal):
+                segments.append(Segment("text", "".join(literal)))
+            literal = []
+            name, number = match.group(1), match.group(2)
+            if name == "soft":
+                length = int(number) if number is not None else 1
+                if length < 1:
+                    raise SoftpromptError(f"template {source!r}: {{soft:{number}}} needs at least 1 token")
+                segments.append(Segment("soft", length=length))
+            elif number is not None:
+                raise SoftpromptError(f"template {source!r}: only soft slots take a count, not {token}")
+            elif name == "mask":
+                segments.append(Segment("mask"))
+            else:
+                segments.append(Segment("field", name))
+        literal.append(source[pos:])
+        rest = "".join(literal)
+        if "{" in rest or "}" in rest:
+            raise SoftpromptError(f"template {source!r}: unbalanced brace; write {{{{ or }}}} for a literal one")
+        if rest:
+            segments.append(Segment("text", rest))
+        return segments
+
+    def check_fields(self, available: set[str], where: str) -> None:
+        """Raise if the template names a field the data does not have."""
+        for name in self.fields:
+            if name not in available:
+                raise SoftpromptError(f"template field {{{name}}} is not in {where} (fields: "
+                                      f"{', '.join(sorted(available))})")
+
+    def with_prefix(self, length: int) -> Template:
+        """This template with ``{soft:length}`` in front (used when it has no soft slot)."""
+        escaped = self.source.replace("{{", "\0").replace("}}", "\1")
+        return Template(f"{{soft:{length}}}" + escaped.replace("\0", "{{").replace("\1", "}}"))
+
+    def without_soft(self) -> Template:
+        """The same template with its soft slots removed (for zero-shot comparisons)."""
+        return Template(SLOT.sub(lambda m: "" if m.group(1) == "soft" else m.group(0), self.source))
+
+    def render(self, fields: dict[str, str]) -> str:
+        """Render as plain text (soft tokens shown as ``<soft>``)."""
+        parts = []
+        for seg in self.segments:
+            if seg.kind == "text":
+                parts.append(seg.value)
+            elif seg.kind == "field":
+                parts.append(fields[seg.value])
+            elif seg.kind == "soft":
+                parts.append("<soft>" * seg.length)
+        return "".join(parts)
+
+    def ends_with_space(self) -> bool:
+        last = self.segments[-1]
+        return last.kind == "text" and last.value[-1:].isspace()
+
+    def encode(self, fields: dict[str, str], tokenizer: PreTrainedTokenizerBase, causal: bool,
+               max_length: int, demonstrations: str = "") -> EncodedInput:
+        """Tokenize one example; the longest field is shortened when the result exceeds max_length.
+
+        Args:
+            fields: the example's fields.
+            tokenizer: the backbone's tokenizer.
+            causal: causal LM layout (leading soft block first, no trailing specials) or encoder
+                layout ([CLS] ... [SEP], label at ``{mask}`` or [CLS]).
+            max_length: the longest allowed encoding.
+            demonstrations: few-shot text put before the first literal/field chunk.
+        """
+        fields = dict(fields)
+        for _ in range(4):
+            encoded = self._encode_once(fields, tokenizer, causal, demonstrations)
+            overflow = len(encoded.ids) - max_length
+            if overflow <= 0:
+                return encoded
+            longest = max(self.fields, key=lambda name: len(fields[name]))
+            ids = tokenizer(fields[longest], add_special_tokens=False)["input_ids"]
+            if len(ids) <= overflow:
+                break
+            fields[longest] = tokenizer.decode(ids[: len(ids) - overflow - 1])
+        raise SoftpromptError(f"template {self.source!r} does not fit in train.max_length={max_length} tokens "
+                              "even with its fields shortened; raise train.max_length")
+
+    def _encode_once(self, fields: dict[str, str], tokenizer: PreTrainedTokenizerBase, causal: bool,
+                     demonstrations: str) -> EncodedInput:
+        lead, tail = special_affixes(tokenizer)
+        ids: list[int] = []
+        soft: list[int] = []
+        mask_position = None
+        pad = tokenizer.pad_token_id or 0
+        next_soft, chunk, pending_demo = 0, [], demonstrations
+
+        def flush() -> None:
+            nonlocal chunk, pending_demo
+            text = "".join(chunk)
+            if text and pending_demo:
+                text, pending_demo = pending_demo + text, ""
+            if text:
+                piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+                ids.extend(piece)
+                soft.extend([NO_SOFT] * len(piece))
+            chunk = []
+
+        segments = list(self.segments)
+        if causal and self.leading_soft:
+            # peft's PROMPT_TUNING layout: the prompt comes before everything, BOS included.
+            ids.extend([pad] * self.leading_soft)
+            soft.extend(range(self.leading_soft))
+            next_soft = self.leading_soft
+            segments = segments[1:]
+        ids.extend(lead)
+        soft.extend([NO_SOFT] * len(lead))
+        for seg in segments:
+            if seg.kind == "text":
+                chunk.append(seg.value)
+            elif seg.kind == "field":
+                chunk.append(fields[seg.value])
+            else:
+                flush()
+                if seg.kind == "soft":
+                    ids.extend([pad] * seg.length)
+                    soft.extend(range(next_soft, next_soft + seg.length))
+                    next_soft += seg.length
+                else:
+                    if causal:
+                        raise SoftpromptError("{mask} is for encoders; a causal LM predicts the label at the "
+                                              "end of the template")
+                    mask_position = len(ids)
+                    ids.append(tokenizer.mask_token_id if tokenizer.mask_token_id is not None else pad)
+                    soft.append(NO_SOFT)
+        flush()
+        if not causal:
+            ids.extend(tail)
+            soft.extend([NO_SOFT] * len(tail))
+            if mask_position is None:
+                mask_position = 0  # [CLS]
+        return EncodedInput(ids, soft, mask_position)
+
+
+_AFFIXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def special_affixes(tokenizer: PreTrainedTokenizerBase) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The special tokens the tokenizer puts before and after a text (e.g. BOS, or [CLS]/[SEP])."""
+    if tokenizer not in _AFFIXES:
+        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+        full = tokenizer("a", add_special_tokens=True)["input_ids"]
+        found: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
+        for start in range(len(full) - len(plain) + 1):
+            if full[start:start + len(plain)] == plain:
+                found = (tuple(full[:start]), tuple(full[start + len(plain):]))
+                break
+        _AFFIXES[tokenizer] = found
+    return _AFFIXES[tokenizer]

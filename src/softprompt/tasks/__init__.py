@@ -1,0 +1,1 @@
+"""Tasks: how examples become batches, and what is predicted and measured."""

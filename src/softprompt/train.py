@@ -1,0 +1,212 @@
+"""The one training loop (DESIGN.md §3): AdamW, warm-up + linear decay, clipping, optional L2,
+dev evaluation every N steps, early stopping, best artifact, resumable checkpoint.
+
+The frozen backbone stays in eval mode, so a forward pass has no randomness and the data order is
+a pure function of (seed, step): a resumed run repeats an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from softprompt.artifact import TASK_FILE, read_artifact, size_bytes, update_metrics, write_artifact
+from softprompt.assemble import Splits, build_classifier, classifier_for_config, load_splits
+from softprompt.atomic import atomic_write_json, atomic_write_text
+from softprompt.backbones import Backbone, load_backbone
+from softprompt.checkpoint import CHECKPOINT, Progress, load_checkpoint, save_checkpoint
+from softprompt.config import RunConfig
+from softprompt.errors import SoftpromptError, TrainingDiverged
+from softprompt.evaluate import evaluate
+from softprompt.methods import get_method
+from softprompt.model import PromptedClassifier
+from softprompt.plotting import plot_training_curves
+
+LOG_FILE = "log.jsonl"
+PLOT_FILE = "curves.png"
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    out: Path
+    metrics: dict[str, Any]
+    trainable_parameters: int
+    backbone_parameters: int
+    seconds: float
+    artifact_bytes: int
+    best_step: int
+    notes: list[str] = field(default_factory=list)
+
+
+def batch_indices(step: int, size: int, count: int, seed: int) -> list[int]:
+    """Indices of the examples in batch ``step``: epochs are seeded permutations, so any step's
+    batch can be recomputed on resume."""
+    out = []
+    for sample in range(step * size, (step + 1) * size):
+        epoch, offset = divmod(sample, count)
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        out.append(int(torch.randperm(count, generator=generator)[offset]))
+    return out
+
+
+def lr_lambda(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def _meta(config: RunConfig, model: PromptedClassifier, backbone: Backbone, splits: Splits) -> dict[str, Any]:
+    return {
+        "task": config.task, "method": config.method, "method_options": vars(config.prompt).copy(),
+        "template": model.task.template.source, "verbalizer": model.task.verbalizer.to_dict(),
+        "labels": model.task.labels, "max_length": config.train.max_length,
+        "demonstrations": model.task.demonstrations,
+        "soft_prefix": model.task.template.leading_soft == model.task.template.num_soft > 0,
+        "backbone": {"name": backbone.name, "fingerprint": backbone.fingerprint, "kind": backbone.kind,
+                     "parameters": backbone.num_parameters, "hidden_size": backbone.hidden_size},
+        "trainable_parameters": sum(p.numel() for p in model.trainable_parameters()),
+        "data": splits.source, "config": config.to_dict(), "metrics": {},
+    }
+
+
+def _save_best(out: Path, model: PromptedClassifier, meta: dict[str, Any], step: int, dev: dict) -> None:
+    peft_config = model.method.peft_config(model.backbone, meta["soft_prefix"])
+    write_artifact(out, model.trainable_state(), {**meta, "step": step, "metrics": {"dev": dev}}, peft_config)
+
+
+def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+    existing = (out / TASK_FILE).exists() or (out / CHECKPOINT).exists()
+    if existing and not (resume or overwrite):
+        raise SoftpromptError(f"{out} already holds a run; use --resume to continue it, --overwrite to replace "
+                              "it, or another out=")
+
+
+def train(config: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          backbone: Backbone | None = None) -> TrainResult:
+    """Train (or, for ``method=none``, just evaluate) and write the artifact to ``config.out``.
+
+    Raises:
+        SoftpromptError: bad input (before anything is written), or a diverged loss (the last good
+            checkpoint is kept).
+    """
+    started = time.perf_counter()
+    out = Path(config.out)
+    _prepare_out(out, resume, overwrite)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    backbone = backbone or load_backbone(config.backbone)
+    splits = load_splits(config)
+    model = classifier_for_config(config, backbone, splits)  # validates data + prompt; nothing written yet
+    meta = _meta(config, model, backbone, splits)
+    task = model.task
+    encoded = {name: [task.encode(ex) for ex in getattr(splits, name)] for name in ("train", "dev", "test")}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / CONFIG_FILE, config.to_dict())
+    cfg = config.train
+    bar_desc = "eval" if progress else None
+
+    def dev_metric() -> dict:
+        return evaluate(model, splits.dev, cfg.eval_batch_size, encoded["dev"], "dev", bar_desc)
+
+    state = Progress()
+    if not get_method(config.method).trains:
+        dev = dev_metric()
+        _save_best(out, model, meta, 0, dev)
+    else:
+        params = model.trainable_parameters()
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warmup = max(1, int(cfg.warmup_ratio * cfg.max_steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, cfg.max_steps))
+        if resume:
+            saved = load_checkpoint(out)
+            model.load_trainable_state(saved["trainable"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            state = saved["progress"]
+        state = _loop(model, optimizer, scheduler, encoded["train"], task.label_ids(splits.train, "train"),
+                      state, config, out, meta, dev_metric, progress)
+        model.load_trainable_state(read_artifact(out).state)  # the best weights, not the last
+    metrics = {}
+    if splits.test:
+        metrics["test"] = evaluate(model, splits.test, cfg.eval_batch_size, encoded["test"], "test", bar_desc)
+    if cfg.zero_shot_baseline and backbone.kind == "causal" and splits.test:
+        plain = build_classifier(backbone, "none", task.template.without_soft(), task.verbalizer, config.prompt,
+                                 config.seed, cfg.max_length)
+        metrics["zero_shot_test"] = evaluate(plain, splits.test, cfg.eval_batch_size, None, "test", bar_desc)
+    update_metrics(out, {**metrics, "best_step": state.best_step, "stopped_early": state.stopped_early})
+    if state.history:
+        plot_training_curves(state.history, out / PLOT_FILE)
+    all_metrics = json.loads((out / TASK_FILE).read_text(encoding="utf-8"))["metrics"]
+    return TrainResult(out, all_metrics, meta["trainable_parameters"], backbone.num_parameters,
+                       time.perf_counter() - started, size_bytes(out), state.best_step, splits.notes)
+
+
+def _loop(model: PromptedClassifier, optimizer, scheduler, encoded, labels: list[int], state: Progress,
+          config: RunConfig, out: Path, meta: dict, dev_metric, progress: bool) -> Progress:
+    """Run optimizer steps from ``state.step`` to ``train.max_steps`` (or early stop)."""
+    cfg = config.train
+    params = model.trainable_parameters()
+    _rewrite_log(out, state.history)
+    bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not progress, desc="train", unit="step")
+    while state.step < cfg.max_steps and not state.stopped_early:
+        index = batch_indices(state.step, cfg.batch_size, len(encoded), config.seed)
+        batch = model.task.collate([encoded[i] for i in index], [labels[i] for i in index])
+        loss = torch.nn.functional.nll_loss(model(batch), batch.labels)
+        if cfg.l2:
+            loss = loss + cfg.l2 * model.method.l2_penalty()
+        if not math.isfinite(loss.item()):
+            raise TrainingDiverged(f"loss became {loss.item()} at step {state.step + 1}; the last good checkpoint "
+                                   f"(step {_checkpoint_step(state)}) is kept in {out}; lower train.lr and "
+                                   "restart, or --resume")
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        _log(out, state, {"step": state.step, "loss": round(loss.item(), 6), "lr": scheduler.get_last_lr()[0]})
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", dev=f"{state.best_metric:.4f}")
+        if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
+            dev = dev_metric()
+            _log(out, state, {"step": state.step, "dev": dev["accuracy"]})
+            if dev["accuracy"] > state.best_metric:
+                state.best_metric, state.best_step, state.evals_without_improvement = dev["accuracy"], state.step, 0
+                _save_best(out, model, meta, state.step, dev)
+            else:
+                state.evals_without_improvement += 1
+                state.stopped_early = bool(cfg.patience) and state.evals_without_improvement >= cfg.patience
+            save_checkpoint(out, model.trainable_state(), optimizer, scheduler, state)
+    bar.close()
+    return state
+
+
+def _checkpoint_step(state: Progress) -> int:
+    evals = [h["step"] for h in state.history if "dev" in h]
+    return evals[-1] if evals else 0
+
+
+def _log(out: Path, state: Progress, entry: dict[str, Any]) -> None:
+    state.history.append(entry)
+    with (out / LOG_FILE).open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+def _rewrite_log(out: Path, history: list[dict[str, Any]]) -> None:
+    """On (re)start the log holds exactly the checkpoint's history: steps after it are redone."""
+    atomic_write_text(out / LOG_FILE, "".join(json.dumps(h) + "\n" for h in history))

@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny random Llama and BERT models built from configs (no weights, no network)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+
+ASSETS = Path(__file__).parent / "assets"
+SHARED_DATA = Path(os.environ.get("SOFTPROMPT_SHARED_DATA", Path(__file__).parents[1].parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep tests away from the user's ~/.cache/softprompt."""
+    monkeypatch.setenv("SOFTPROMPT_HOME", str(tmp_path_factory.getbasetemp() / "softprompt-home"))
+
+
+def _save_tokenizer(src: Path, dst: Path) -> None:
+    for item in src.iterdir():
+        shutil.copy(item, dst / item.name)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A 2-layer random Llama with the tiny byte-level BPE tokenizer, saved as an HF directory."""
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-bpe")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, initializer_range=0.2,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    _save_tokenizer(ASSETS / "tiny-bpe", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A 2-layer random BERT encoder with the tiny WordPiece tokenizer."""
+    out = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-wordpiece")
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(out)
+    _save_tokenizer(ASSETS / "tiny-wordpiece", out)
+    return out
+
+
+POSITIVE = ["a great movie", "wonderful and superb", "a fine cast, great", "superb and great", "good fun"]
+NEGATIVE = ["a dull film", "terrible and awful", "boring, badly acted", "awful and dull", "bad and boring"]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def sentiment_files(tmp_path) -> dict[str, Path]:
+    """Small train/dev/test JSONL files with labels positive/negative."""
+    rows = [{"text": t, "label": "positive"} for t in POSITIVE] + [{"text": t, "label": "negative"} for t in NEGATIVE]
+    files = {}
+    for split, reps in (("train", 4), ("dev", 1), ("test", 1)):
+        files[split] = write_jsonl(tmp_path / f"{split}.jsonl", rows * reps)
+    return files

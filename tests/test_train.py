@@ -1,0 +1,152 @@
+"""The training loop on a tiny model: learning, resume, divergence, artifacts, peft compatibility."""
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from softprompt.artifact import read_artifact
+from softprompt.assemble import load_classifier
+from softprompt.backbones import load_backbone
+from softprompt.config import load_config
+from softprompt.errors import SoftpromptError, TrainingDiverged
+from softprompt.train import train
+
+from .helpers import EXAMPLES
+
+
+def _config(tiny_llama_dir, files, out, *extra):
+    return load_config(overrides=[
+        f"backbone={tiny_llama_dir}", f"data.train={files['train']}", f"data.dev={files['dev']}",
+        f"data.test={files['test']}", f"out={out}", "verbalizer={positive: positive, negative: negative}",
+        "template='Review: {text}\nSentiment:'", "prompt.length=4", "prompt.init=vocab", "train.batch_size=4",
+        "train.patience=0", *extra])
+
+
+def test_loss_goes_down(tiny_llama_dir, sentiment_files, tmp_path):
+    cfg = _config(tiny_llama_dir, sentiment_files, tmp_path / "run", "train.max_steps=40", "train.eval_every=20",
+                  "train.lr=0.05")
+    result = train(cfg, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    losses = [h["loss"] for h in log if "loss" in h]
+    assert len(losses) == 40
+    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
+    assert result.metrics["test"]["n"] == 10
+    for name in ("adapter_config.json", "adapter_model.safetensors", "task.json", "log.jsonl", "curves.png",
+                 "config.json", "checkpoint/state.pt"):
+        assert (tmp_path / "run" / name).is_file(), name
+
+
+def test_save_load_round_trip_is_exact(tiny_llama_dir, sentiment_files, tmp_path):
+    cfg = _config(tiny_llama_dir, sentiment_files, tmp_path / "run", "train.max_steps=3", "train.eval_every=3")
+    train(cfg, progress=False)
+    backbone = load_backbone(str(tiny_llama_dir))
+    model, meta = load_classifier(tmp_path / "run", backbone)
+    saved = read_artifact(tmp_path / "run").state["prompt_embeddings"]
+    assert torch.equal(model.method.prompt_embeddings.detach(), saved)
+    again, _ = load_classifier(tmp_path / "run", backbone)
+    batch = model.task.collate([model.task.encode(e) for e in EXAMPLES])
+    with torch.no_grad():
+        assert torch.equal(model(batch), again(batch))
+    assert meta["backbone"]["fingerprint"] == backbone.fingerprint
+
+
+def test_peft_loads_our_artifact_with_equal_logits(tiny_llama_dir, sentiment_files, tmp_path):
+    cfg = _config(tiny_llama_dir, sentiment_files, tmp_path / "run", "train.max_steps=3", "train.eval_every=3")
+    train(cfg, progress=False)
+    config = json.loads((tmp_path / "run/adapter_config.json").read_text())
+    assert config["peft_type"] == "PROMPT_TUNING" and config["num_virtual_tokens"] == 4
+    ours, _ = load_classifier(tmp_path / "run", load_backbone(str(tiny_llama_dir)))
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    peft_model = PeftModel.from_pretrained(base, tmp_path / "run").eval()
+    tok = ours.backbone.tokenizer
+    for example in EXAMPLES:
+        ids = tok(f"Review: {example.text}\nSentiment:", add_special_tokens=False)["input_ids"]
+        word_logps = []
+        for candidate in ours.task.candidates:  # peft's full log-probability of each verbalizer word
+            with torch.no_grad():
+                # peft's logits include the virtual-token positions: drop them
+                logits = peft_model(input_ids=torch.tensor([ids + list(candidate.ids)])).logits[0, 4:]
+            logp = torch.log_softmax(logits, -1)
+            word_logps.append(sum(logp[len(ids) - 1 + i, t] for i, t in enumerate(candidate.ids)))
+        with torch.no_grad():
+            ours_scores = ours(ours.task.collate([ours.task.encode(example)]))[0]
+        torch.testing.assert_close(torch.log_softmax(torch.stack(word_logps), -1), ours_scores, atol=1e-5, rtol=1e-5)
+        # and the whole next-token distribution, computed our way (soft embeddings + token embeddings)
+        ids_tensor = torch.tensor([ids])
+        embeds = torch.cat([ours.method.prompt_embeddings[None], ours.model.get_input_embeddings()(ids_tensor)], 1)
+        with torch.no_grad():
+            torch.testing.assert_close(ours.model(inputs_embeds=embeds).logits[0, -1],
+                                       peft_model(input_ids=ids_tensor).logits[0, -1], atol=1e-5, rtol=1e-5)
+    assert any(len(c.ids) > 1 for c in ours.task.candidates)  # multi-token words are covered too
+
+
+def test_resume_equals_uninterrupted_run(tiny_llama_dir, sentiment_files, tmp_path, monkeypatch):
+    steps = ["train.max_steps=6", "train.eval_every=2", "train.lr=0.05"]
+    straight = train(_config(tiny_llama_dir, sentiment_files, tmp_path / "a", *steps), progress=False)
+
+    calls = {"n": 0}
+    real_step = torch.optim.AdamW.step
+
+    def interrupted_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # after the step-2 checkpoint and one more step
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tiny_llama_dir, sentiment_files, tmp_path / "b", *steps), progress=False)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    assert json.loads((tmp_path / "b/task.json").read_text())["step"] == 2  # the last good artifact survived
+    resumed = train(_config(tiny_llama_dir, sentiment_files, tmp_path / "b", *steps), resume=True, progress=False)
+
+    a, b = read_artifact(tmp_path / "a"), read_artifact(tmp_path / "b")
+    assert torch.equal(a.state["prompt_embeddings"], b.state["prompt_embeddings"])
+    assert (tmp_path / "a/log.jsonl").read_text() == (tmp_path / "b/log.jsonl").read_text()
+    assert resumed.metrics["test"] == straight.metrics["test"]
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_llama_dir, sentiment_files, tmp_path, monkeypatch):
+    real_loss = torch.nn.functional.nll_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(torch.nn.functional, "nll_loss", poisoned)
+    cfg = _config(tiny_llama_dir, sentiment_files, tmp_path / "run", "train.max_steps=6", "train.eval_every=2")
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 3; the last good checkpoint \(step 2\)"):
+        train(cfg, progress=False)
+    assert read_artifact(tmp_path / "run").meta["step"] == 2
+    assert (tmp_path / "run/checkpoint/state.pt").is_file()
+
+
+def test_existing_run_is_not_overwritten_silently(tiny_llama_dir, sentiment_files, tmp_path):
+    cfg = _config(tiny_llama_dir, sentiment_files, tmp_path / "run", "train.max_steps=1", "train.eval_every=1")
+    train(cfg, progress=False)
+    with pytest.raises(SoftpromptError, match="already holds a run; use --resume"):
+        train(cfg, progress=False)
+    train(cfg, overwrite=True, progress=False)
+
+
+def test_zero_and_few_shot_without_training(tiny_llama_dir, sentiment_files, tmp_path):
+    cfg = _config(tiny_llama_dir, sentiment_files, tmp_path / "run", "method=none", "fewshot.k=2")
+    result = train(cfg, progress=False)
+    meta = read_artifact(tmp_path / "run").meta
+    assert meta["demonstrations"].count("Sentiment:") == 2
+    assert result.trainable_parameters == 0 and result.metrics["test"]["n"] == 10
+
+
+def test_l2_penalty_shrinks_the_prompt(tiny_llama_dir, sentiment_files, tmp_path):
+    norms = []
+    for l2 in (0.0, 1.0):
+        cfg = _config(tiny_llama_dir, sentiment_files, tmp_path / f"l2-{l2}", "train.max_steps=10",
+                      "train.eval_every=10", "train.lr=0.05", f"train.l2={l2}")
+        train(cfg, progress=False)
+        norms.append(read_artifact(tmp_path / f"l2-{l2}").state["prompt_embeddings"].norm())
+    assert norms[1] < norms[0]
