@@ -15,12 +15,6 @@ ASSETS = Path(__file__).parent / "assets"
 SHARED_DATA = Path(os.environ.get("SOFTPROMPT_SHARED_DATA", Path(__file__).parents[1].parent / "shared" / "data"))
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Keep tests away from the user's ~/.cache/softprompt."""
-    monkeypatch.setenv("SOFTPROMPT_HOME", str(tmp_path_factory.getbasetemp() / "softprompt-home"))
-
-
 def _save_tokenizer(src: Path, dst: Path) -> None:
     for item in src.iterdir():
         shutil.copy(item, dst / item.name)

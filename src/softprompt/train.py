@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from softprompt.artifact import TASK_FILE, read_artifact, size_bytes, update_metrics, write_artifact
-from softprompt.assemble import Splits, build_classifier, classifier_for_config, load_splits
+from softprompt.assemble import Splits, build_classifier, classifier_for_config, load_splits, resolve_prompting
 from softprompt.atomic import atomic_write_json, atomic_write_text
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.checkpoint import CHECKPOINT, Progress, load_checkpoint, save_checkpoint
@@ -108,9 +108,11 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, prog
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    backbone = backbone or load_backbone(config.backbone)
+    # Cheap checks first (names, template, data files), the backbone last; nothing is written yet.
+    resolve_prompting(config)
     splits = load_splits(config)
-    model = classifier_for_config(config, backbone, splits)  # validates data + prompt; nothing written yet
+    backbone = backbone or load_backbone(config.backbone)
+    model = classifier_for_config(config, backbone, splits)
     meta = _meta(config, model, backbone, splits)
     task = model.task
     encoded = {name: [task.encode(ex) for ex in getattr(splits, name)] for name in ("train", "dev", "test")}

@@ -1,0 +1,152 @@
+"""The CLI end to end on a tiny model, and every bad input as a user would meet it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from softprompt.cli import main
+
+from .conftest import ASSETS, _save_tokenizer, write_jsonl
+
+
+@pytest.fixture
+def base_args(tiny_llama_dir, sentiment_files):
+    return [f"backbone={tiny_llama_dir}", f"data.train={sentiment_files['train']}",
+            f"data.dev={sentiment_files['dev']}", f"data.test={sentiment_files['test']}",
+            "verbalizer={positive: positive, negative: negative}", "template=Review: {text}\\nSentiment:{soft:2}",
+            "prompt.init=vocab", "train.batch_size=4", "--quiet"]
+
+
+@pytest.fixture
+def trained(base_args, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *base_args, f"out={out}", "train.max_steps=2", "train.eval_every=1"]) == 0
+    return out
+
+
+def test_train_writes_the_artifact_and_reports(base_args, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *base_args, f"out={out}", "train.max_steps=2", "train.eval_every=1",
+                 "train.zero_shot_baseline=true"]) == 0
+    printed = capsys.readouterr().out
+    assert "zero-shot test accuracy" in printed and "tuned test accuracy" in printed
+    assert f"artifact: {out} (" in printed and "KB" in printed and "time:" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                      "checkpoint", "config.json", "curves.png", "log.jsonl",
+                                                      "task.json"]
+    meta = json.loads((out / "task.json").read_text())
+    assert meta["step"] in (1, 2) and meta["template"] == "Review: {text}\nSentiment:{soft:2}"
+    assert set(meta["metrics"]) >= {"dev", "test", "zero_shot_test"}
+    # suffix soft tokens are not peft's layout: the adapter config says so instead of misleading peft
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "SOFTPROMPT"
+
+
+def test_eval_predict_inspect(trained, sentiment_files, capsys, monkeypatch):
+    assert main(["eval", str(trained), "--data", str(sentiment_files["test"]), "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 10 and 0 <= result["accuracy"] <= 1
+    assert main(["predict", str(trained), "a great movie", "awful"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["text"] for line in lines] == ["a great movie", "awful"]
+    assert all(line["label"] in ("positive", "negative") for line in lines)
+    assert all(abs(sum(line["scores"].values()) - 1) < 1e-4 for line in lines)
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("superb\n\nbad\n"))
+    assert main(["predict", str(trained)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert main(["inspect", str(trained)]) == 0
+    shown = capsys.readouterr().out
+    assert "method: prompt_tuning" in shown and "soft[  0]" in shown and "soft[  1]" in shown
+    assert main(["inspect", str(trained), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["soft_tokens"]) == 2
+
+
+def test_ls(capsys):
+    for what, expected in (("backbones", "smollm2-135m"), ("datasets", "rotten-tomatoes"),
+                           ("methods", "prompt_tuning")):
+        assert main(["ls", what]) == 0
+        assert expected in capsys.readouterr().out
+
+
+def _fails(args, capsys, message, out=None):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert message in err, err
+    if out is not None:
+        assert not out.exists(), "a failed run must not leave an artifact behind"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.train={missing}", "does not exist"),
+    ("data.train={empty}", "is empty"),
+    ("data.train={malformed}", "line 2: malformed JSON"),
+    ("data.train={no_label}", "line 1: no column 'label'"),
+    ("data.train={unknown_label}", "label 'neutral' is not in the verbalizer"),
+    ("template=Review: {{title}} {{text}}", "template field {title} is not in the train data"),
+    ("template=Nothing to classify", "has no input field"),
+    ("backbone=smollm-135m", "did you mean 'smollm2-135m'"),
+    ("method=prompt_tunning", "did you mean 'prompt_tuning'"),
+])
+def test_bad_training_input(base_args, tmp_path, capsys, override, message):
+    paths = {"missing": tmp_path / "missing.jsonl", "empty": tmp_path / "empty.jsonl",
+             "malformed": tmp_path / "malformed.jsonl", "no_label": tmp_path / "no_label.jsonl",
+             "unknown_label": tmp_path / "unknown.jsonl"}
+    paths["empty"].write_text("")
+    paths["malformed"].write_text('{"text": "a", "label": "positive"}\n{"text": oops}\n')
+    write_jsonl(paths["no_label"], [{"text": "a", "sentiment": "positive"}])
+    write_jsonl(paths["unknown_label"], [{"text": "a", "label": "positive"}, {"text": "b", "label": "neutral"}])
+    out = tmp_path / "out"
+    args = [a for a in base_args if not (override.startswith("data.train") and a.startswith("data.train"))]
+    _fails(["train", *args, override.format(**paths), f"out={out}", "train.max_steps=1"], capsys, message, out)
+
+
+def test_misspelled_dataset(tmp_path, capsys):
+    _fails(["train", "dataset=roten-tomatoes", f"out={tmp_path / 'o'}"], capsys, "did you mean 'rotten-tomatoes'",
+           tmp_path / "o")
+
+
+def test_empty_texts_are_skipped_with_a_note(base_args, tmp_path, capsys):
+    rows = [{"text": "", "label": "positive"}] + [{"text": "good", "label": "positive"},
+                                                 {"text": "bad", "label": "negative"}] * 3
+    train_file = write_jsonl(tmp_path / "t.jsonl", rows)
+    args = [a for a in base_args if not a.startswith("data.train")]
+    assert main(["train", *args, f"data.train={train_file}", f"out={tmp_path / 'o'}", "train.max_steps=1"]) == 0
+    assert "skipped 1 rows with empty text" in capsys.readouterr().out
+
+
+def test_broken_artifacts(trained, capsys):
+    (trained / "adapter_model.safetensors").write_bytes(b"garbage")
+    _fails(["predict", str(trained), "x"], capsys, "does not match task.json")
+    (trained / "task.json").write_text("{not json")
+    _fails(["predict", str(trained), "x"], capsys, "task.json is corrupt")
+    (trained / "task.json").unlink()
+    _fails(["inspect", str(trained)], capsys, "incomplete: missing task.json")
+    _fails(["eval", str(trained.parent / "nope")], capsys, "does not exist")
+
+
+def test_artifact_refuses_another_backbone(trained, tmp_path, capsys):
+    from softprompt.assemble import load_classifier
+    from softprompt.backbones import load_backbone
+    from softprompt.errors import SoftpromptError
+
+    other = tmp_path / "other-llama"
+    tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-bpe")
+    torch.manual_seed(1)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(other)
+    _save_tokenizer(ASSETS / "tiny-bpe", other)
+    with pytest.raises(SoftpromptError, match="was trained on backbone"):
+        load_classifier(trained, load_backbone(str(other)))
+
+
+def test_user_errors_have_no_traceback_in_a_real_process(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "softprompt", "train", "backbone=gpt-17", f"out={tmp_path / 'o'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: unknown backbone 'gpt-17'")
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
