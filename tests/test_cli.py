@@ -15,10 +15,17 @@ from .conftest import ASSETS, _save_tokenizer, write_jsonl
 
 @pytest.fixture
 def base_args(tiny_llama_dir, sentiment_files):
-    return [f"backbone={tiny_llama_dir}", f"data.train={sentiment_files['train']}",
-            f"data.dev={sentiment_files['dev']}", f"data.test={sentiment_files['test']}",
-            "verbalizer={positive: positive, negative: negative}", "template=Review: {text}\\nSentiment:{soft:2}",
-            "prompt.init=vocab", "train.batch_size=4", "--quiet"]
+    return [
+        f"backbone={tiny_llama_dir}",
+        f"data.train={sentiment_files['train']}",
+        f"data.dev={sentiment_files['dev']}",
+        f"data.test={sentiment_files['test']}",
+        "verbalizer={positive: positive, negative: negative}",
+        "template=Review: {text}\\nSentiment:{soft:2}",
+        "prompt.init=vocab",
+        "train.batch_size=4",
+        "--quiet",
+    ]
 
 
 @pytest.fixture
@@ -30,14 +37,31 @@ def trained(base_args, tmp_path):
 
 def test_train_writes_the_artifact_and_reports(base_args, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", *base_args, f"out={out}", "train.max_steps=2", "train.eval_every=1",
-                 "train.zero_shot_baseline=true"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *base_args,
+                f"out={out}",
+                "train.max_steps=2",
+                "train.eval_every=1",
+                "train.zero_shot_baseline=true",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "zero-shot test accuracy" in printed and "tuned test accuracy" in printed
     assert f"artifact: {out} (" in printed and "KB" in printed and "time:" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
-                                                      "checkpoint", "config.json", "curves.png", "log.jsonl",
-                                                      "task.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "checkpoint",
+        "config.json",
+        "curves.png",
+        "log.jsonl",
+        "task.json",
+    ]
     meta = json.loads((out / "task.json").read_text())
     assert meta["step"] in (1, 2) and meta["template"] == "Review: {text}\nSentiment:{soft:2}"
     assert set(meta["metrics"]) >= {"dev", "test", "zero_shot_test"}
@@ -65,8 +89,11 @@ def test_eval_predict_inspect(trained, sentiment_files, capsys, monkeypatch):
 
 
 def test_ls(capsys):
-    for what, expected in (("backbones", "smollm2-135m"), ("datasets", "rotten-tomatoes"),
-                           ("methods", "prompt_tuning")):
+    for what, expected in (
+        ("backbones", "smollm2-135m"),
+        ("datasets", "rotten-tomatoes"),
+        ("methods", "prompt_tuning"),
+    ):
         assert main(["ls", what]) == 0
         assert expected in capsys.readouterr().out
 
@@ -80,21 +107,28 @@ def _fails(args, capsys, message, out=None):
         assert not out.exists(), "a failed run must not leave an artifact behind"
 
 
-@pytest.mark.parametrize("override, message", [
-    ("data.train={missing}", "does not exist"),
-    ("data.train={empty}", "is empty"),
-    ("data.train={malformed}", "line 2: malformed JSON"),
-    ("data.train={no_label}", "line 1: no column 'label'"),
-    ("data.train={unknown_label}", "label 'neutral' is not in the verbalizer"),
-    ("template=Review: {{title}} {{text}}", "template field {title} is not in the train data"),
-    ("template=Nothing to classify", "has no input field"),
-    ("backbone=smollm-135m", "did you mean 'smollm2-135m'"),
-    ("method=prompt_tunning", "did you mean 'prompt_tuning'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.train={missing}", "does not exist"),
+        ("data.train={empty}", "is empty"),
+        ("data.train={malformed}", "line 2: malformed JSON"),
+        ("data.train={no_label}", "line 1: no column 'label'"),
+        ("data.train={unknown_label}", "label 'neutral' is not in the verbalizer"),
+        ("template=Review: {{title}} {{text}}", "template field {title} is not in the train data"),
+        ("template=Nothing to classify", "has no input field"),
+        ("backbone=smollm-135m", "did you mean 'smollm2-135m'"),
+        ("method=prompt_tunning", "did you mean 'prompt_tuning'"),
+    ],
+)
 def test_bad_training_input(base_args, tmp_path, capsys, override, message):
-    paths = {"missing": tmp_path / "missing.jsonl", "empty": tmp_path / "empty.jsonl",
-             "malformed": tmp_path / "malformed.jsonl", "no_label": tmp_path / "no_label.jsonl",
-             "unknown_label": tmp_path / "unknown.jsonl"}
+    paths = {
+        "missing": tmp_path / "missing.jsonl",
+        "empty": tmp_path / "empty.jsonl",
+        "malformed": tmp_path / "malformed.jsonl",
+        "no_label": tmp_path / "no_label.jsonl",
+        "unknown_label": tmp_path / "unknown.jsonl",
+    }
     paths["empty"].write_text("")
     paths["malformed"].write_text('{"text": "a", "label": "positive"}\n{"text": oops}\n')
     write_jsonl(paths["no_label"], [{"text": "a", "sentiment": "positive"}])
@@ -105,13 +139,19 @@ def test_bad_training_input(base_args, tmp_path, capsys, override, message):
 
 
 def test_misspelled_dataset(tmp_path, capsys):
-    _fails(["train", "dataset=roten-tomatoes", f"out={tmp_path / 'o'}"], capsys, "did you mean 'rotten-tomatoes'",
-           tmp_path / "o")
+    _fails(
+        ["train", "dataset=roten-tomatoes", f"out={tmp_path / 'o'}"],
+        capsys,
+        "did you mean 'rotten-tomatoes'",
+        tmp_path / "o",
+    )
 
 
 def test_empty_texts_are_skipped_with_a_note(base_args, tmp_path, capsys):
-    rows = [{"text": "", "label": "positive"}] + [{"text": "good", "label": "positive"},
-                                                 {"text": "bad", "label": "negative"}] * 3
+    rows = [{"text": "", "label": "positive"}] + [
+        {"text": "good", "label": "positive"},
+        {"text": "bad", "label": "negative"},
+    ] * 3
     train_file = write_jsonl(tmp_path / "t.jsonl", rows)
     args = [a for a in base_args if not a.startswith("data.train")]
     assert main(["train", *args, f"data.train={train_file}", f"out={tmp_path / 'o'}", "train.max_steps=1"]) == 0
@@ -136,16 +176,28 @@ def test_artifact_refuses_another_backbone(trained, tmp_path, capsys):
     other = tmp_path / "other-llama"
     tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-bpe")
     torch.manual_seed(1)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(other)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).save_pretrained(other)
     _save_tokenizer(ASSETS / "tiny-bpe", other)
     with pytest.raises(SoftpromptError, match="was trained on backbone"):
         load_classifier(trained, load_backbone(str(other)))
 
 
 def test_user_errors_have_no_traceback_in_a_real_process(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "softprompt", "train", "backbone=gpt-17", f"out={tmp_path / 'o'}"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "softprompt", "train", "backbone=gpt-17", f"out={tmp_path / 'o'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: unknown backbone 'gpt-17'")
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -7,8 +7,15 @@ from softprompt.errors import SoftpromptError
 
 
 def test_overrides_are_typed_and_nested():
-    cfg = load_config(overrides=["train.lr=3e-3", "train.batch_size=8", "prompt.init=text:a b",
-                                 "verbalizer={pos: good, neg: [bad, awful]}", "data.max_train=none"])
+    cfg = load_config(
+        overrides=[
+            "train.lr=3e-3",
+            "train.batch_size=8",
+            "prompt.init=text:a b",
+            "verbalizer={pos: good, neg: [bad, awful]}",
+            "data.max_train=none",
+        ]
+    )
     assert cfg.train.lr == pytest.approx(0.003) and cfg.train.batch_size == 8
     assert cfg.prompt.init == "text:a b"
     assert cfg.verbalizer == {"pos": "good", "neg": ["bad", "awful"]}
@@ -22,14 +29,17 @@ def test_yaml_file_then_overrides(tmp_path):
     assert (cfg.seed, cfg.train.lr, cfg.train.max_steps) == (3, 0.2, 7)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("trian.lr=1", "unknown config key 'trian' (did you mean 'train'?)"),
-    ("train.lrr=1", "unknown config key 'train.lrr' (did you mean 'train.lr'?)"),
-    ("train.lr=abc", "config field 'train.lr': expected float"),
-    ("train.batch_size=0", "config field 'train.batch_size': must be >= 1"),
-    ("prompt.init=zeros", "config field 'prompt.init'"),
-    ("train=3", "is a section"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trian.lr=1", "unknown config key 'trian' (did you mean 'train'?)"),
+        ("train.lrr=1", "unknown config key 'train.lrr' (did you mean 'train.lr'?)"),
+        ("train.lr=abc", "config field 'train.lr': expected float"),
+        ("train.batch_size=0", "config field 'train.batch_size': must be >= 1"),
+        ("prompt.init=zeros", "config field 'prompt.init'"),
+        ("train=3", "is a section"),
+    ],
+)
 def test_bad_overrides(override, message):
     with pytest.raises(SoftpromptError, match=re.escape(message)):
         load_config(overrides=[override])

@@ -25,8 +25,11 @@ def test_malformed_jsonl_line_is_named(tmp_path):
 def test_missing_column_names_line_and_fix(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("text,sentiment\ngood,pos\n")
-    with pytest.raises(SoftpromptError, match=r"d.csv line 2: no column 'label' \(columns: sentiment, text\); "
-                                              r"set data.label_field"):
+    with pytest.raises(
+        SoftpromptError,
+        match=r"d.csv line 2: no column 'label' \(columns: sentiment, text\); "
+        r"set data.label_field",
+    ):
         read_examples(path)
 
 

@@ -23,9 +23,14 @@ def _scores(model, examples, share_prefix=True):
     return model(model.task.collate([model.task.encode(e) for e in examples]))
 
 
-@pytest.mark.parametrize("template", ["{soft:5} Review: {text}\nSentiment:",
-                                      "Review: {text}\nSentiment:{soft:4}",
-                                      "{soft:3} Review: {text}\nSentiment:{soft:2}"])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{soft:5} Review: {text}\nSentiment:",
+        "Review: {text}\nSentiment:{soft:4}",
+        "{soft:3} Review: {text}\nSentiment:{soft:2}",
+    ],
+)
 def test_batched_shared_prefix_equals_one_row_at_a_time(llama, template):
     model = classifier(llama, template)
     batched = _scores(model, EXAMPLES)

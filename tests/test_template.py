@@ -30,12 +30,15 @@ def test_render_and_escaped_braces():
     assert t.num_soft == 1 and t.fields == ["title", "text"]
 
 
-@pytest.mark.parametrize("source, message", [
-    ("Review: nothing here", "no input field"),
-    ("{text} {soft:0}", "at least 1 token"),
-    ("{text} {oops", "unbalanced brace"),
-    ("{text:3}", "only soft slots take a count"),
-])
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("Review: nothing here", "no input field"),
+        ("{text} {soft:0}", "at least 1 token"),
+        ("{text} {oops", "unbalanced brace"),
+        ("{text:3}", "only soft slots take a count"),
+    ],
+)
 def test_bad_templates(source, message):
     with pytest.raises(SoftpromptError, match=message):
         Template(source)

@@ -18,24 +18,43 @@ from .helpers import EXAMPLES
 
 
 def _config(tiny_llama_dir, files, out, *extra):
-    return load_config(overrides=[
-        f"backbone={tiny_llama_dir}", f"data.train={files['train']}", f"data.dev={files['dev']}",
-        f"data.test={files['test']}", f"out={out}", "verbalizer={positive: positive, negative: negative}",
-        "template='Review: {text}\nSentiment:'", "prompt.length=4", "prompt.init=vocab", "train.batch_size=4",
-        "train.patience=0", *extra])
+    return load_config(
+        overrides=[
+            f"backbone={tiny_llama_dir}",
+            f"data.train={files['train']}",
+            f"data.dev={files['dev']}",
+            f"data.test={files['test']}",
+            f"out={out}",
+            "verbalizer={positive: positive, negative: negative}",
+            "template='Review: {text}\nSentiment:'",
+            "prompt.length=4",
+            "prompt.init=vocab",
+            "train.batch_size=4",
+            "train.patience=0",
+            *extra,
+        ]
+    )
 
 
 def test_loss_goes_down(tiny_llama_dir, sentiment_files, tmp_path):
-    cfg = _config(tiny_llama_dir, sentiment_files, tmp_path / "run", "train.max_steps=40", "train.eval_every=20",
-                  "train.lr=0.05")
+    cfg = _config(
+        tiny_llama_dir, sentiment_files, tmp_path / "run", "train.max_steps=40", "train.eval_every=20", "train.lr=0.05"
+    )
     result = train(cfg, progress=False)
     log = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
     losses = [h["loss"] for h in log if "loss" in h]
     assert len(losses) == 40
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
     assert result.metrics["test"]["n"] == 10
-    for name in ("adapter_config.json", "adapter_model.safetensors", "task.json", "log.jsonl", "curves.png",
-                 "config.json", "checkpoint/state.pt"):
+    for name in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "task.json",
+        "log.jsonl",
+        "curves.png",
+        "config.json",
+        "checkpoint/state.pt",
+    ):
         assert (tmp_path / "run" / name).is_file(), name
 
 
@@ -78,8 +97,12 @@ def test_peft_loads_our_artifact_with_equal_logits(tiny_llama_dir, sentiment_fil
         ids_tensor = torch.tensor([ids])
         embeds = torch.cat([ours.method.prompt_embeddings[None], ours.model.get_input_embeddings()(ids_tensor)], 1)
         with torch.no_grad():
-            torch.testing.assert_close(ours.model(inputs_embeds=embeds).logits[0, -1],
-                                       peft_model(input_ids=ids_tensor).logits[0, -1], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                ours.model(inputs_embeds=embeds).logits[0, -1],
+                peft_model(input_ids=ids_tensor).logits[0, -1],
+                atol=1e-5,
+                rtol=1e-5,
+            )
     assert any(len(c.ids) > 1 for c in ours.task.candidates)  # multi-token words are covered too
 
 
@@ -145,8 +168,15 @@ def test_zero_and_few_shot_without_training(tiny_llama_dir, sentiment_files, tmp
 def test_l2_penalty_shrinks_the_prompt(tiny_llama_dir, sentiment_files, tmp_path):
     norms = []
     for l2 in (0.0, 1.0):
-        cfg = _config(tiny_llama_dir, sentiment_files, tmp_path / f"l2-{l2}", "train.max_steps=10",
-                      "train.eval_every=10", "train.lr=0.05", f"train.l2={l2}")
+        cfg = _config(
+            tiny_llama_dir,
+            sentiment_files,
+            tmp_path / f"l2-{l2}",
+            "train.max_steps=10",
+            "train.eval_every=10",
+            "train.lr=0.05",
+            f"train.l2={l2}",
+        )
         train(cfg, progress=False)
         norms.append(read_artifact(tmp_path / f"l2-{l2}").state["prompt_embeddings"].norm())
     assert norms[1] < norms[0]

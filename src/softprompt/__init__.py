@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from transformers.utils import logging as _hf_logging  # noqa: E402
+from transformers.utils import logging as _hf_logging
 
 _hf_logging.set_verbosity_error()
 _hf_logging.disable_progress_bar()

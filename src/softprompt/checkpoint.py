@@ -26,10 +26,15 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def save_checkpoint(out: Path, trainable: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-                    scheduler: Any, progress: Progress) -> None:
-    state = {"trainable": trainable, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "progress": asdict(progress)}
+def save_checkpoint(
+    out: Path, trainable: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any, progress: Progress
+) -> None:
+    state = {
+        "trainable": trainable,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "progress": asdict(progress),
+    }
     atomic_write(out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
 

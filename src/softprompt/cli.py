@@ -45,17 +45,23 @@ def _train(args: argparse.Namespace) -> None:
     metrics = result.metrics
     share = 100 * result.trainable_parameters / result.backbone_parameters
     if "zero_shot_test" in metrics:
-        print(f"zero-shot test accuracy: {100 * metrics['zero_shot_test']['accuracy']:.1f}% "
-              f"(same template without soft tokens, n={metrics['zero_shot_test']['n']})")
+        print(
+            f"zero-shot test accuracy: {100 * metrics['zero_shot_test']['accuracy']:.1f}% "
+            f"(same template without soft tokens, n={metrics['zero_shot_test']['n']})"
+        )
     if "test" in metrics:
-        print(f"{'tuned' if result.trainable_parameters else 'method=' + config.method} test accuracy: "
-              f"{100 * metrics['test']['accuracy']:.1f}% (n={metrics['test']['n']}; best dev "
-              f"{100 * metrics['dev']['accuracy']:.1f}% at step {result.best_step})")
+        print(
+            f"{'tuned' if result.trainable_parameters else 'method=' + config.method} test accuracy: "
+            f"{100 * metrics['test']['accuracy']:.1f}% (n={metrics['test']['n']}; best dev "
+            f"{100 * metrics['dev']['accuracy']:.1f}% at step {result.best_step})"
+        )
     else:
         print(f"dev accuracy: {100 * metrics['dev']['accuracy']:.1f}% (no test split)")
-    print(f"artifact: {result.out} ({result.artifact_bytes / 1024:.1f} KB; {result.trainable_parameters:,} "
-          f"trainable parameters = {share:.4f}% of {result.backbone_parameters / 1e6:.1f}M)")
-    minutes, seconds = divmod(int(round(result.seconds)), 60)
+    print(
+        f"artifact: {result.out} ({result.artifact_bytes / 1024:.1f} KB; {result.trainable_parameters:,} "
+        f"trainable parameters = {share:.4f}% of {result.backbone_parameters / 1e6:.1f}M)"
+    )
+    minutes, seconds = divmod(round(result.seconds), 60)
     print(f"time: {minutes} min {seconds} s")
 
 
@@ -112,8 +118,12 @@ def _inspect(args: argparse.Namespace) -> None:
     model, meta = _load(args.artifact)
     backbone = meta["backbone"]
     summary = {
-        "artifact": args.artifact, "backbone": backbone["name"], "fingerprint": backbone["fingerprint"],
-        "method": meta["method"], "template": meta["template"], "verbalizer": meta["verbalizer"],
+        "artifact": args.artifact,
+        "backbone": backbone["name"],
+        "fingerprint": backbone["fingerprint"],
+        "method": meta["method"],
+        "template": meta["template"],
+        "verbalizer": meta["verbalizer"],
         "trainable_parameters": meta["trainable_parameters"],
         "share_of_backbone": f"{100 * meta['trainable_parameters'] / backbone['parameters']:.4f}%",
         "size_kb": round(size_bytes(Path(args.artifact)) / 1024, 1),
@@ -190,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: the last checkpoint is intact; continue with `softprompt train ... --resume`",
-              file=sys.stderr)
+        print(
+            "\ninterrupted: the last checkpoint is intact; continue with `softprompt train ... --resume`",
+            file=sys.stderr,
+        )
         return 130
     except BrokenPipeError:
         return 0

@@ -109,7 +109,9 @@ class RunConfig:
     seed: int = _help("random seed (data order, initialisation)", 0)
     threads: int = _help("torch CPU threads (0 = torch's default)", 0)
     template: str | None = _help("e.g. '{soft:10} Review: {text}\\nSentiment:'; default: the dataset's", None)
-    verbalizer: dict[str, Any] | None = _help("label -> word or list of words; default: the dataset's", None)
+    verbalizer: dict[str, Any] | None = _help(  # noqa: RUF009 (_help returns a dataclasses.field)
+        "label -> word or list of words; default: the dataset's", None
+    )
     prompt: PromptConfig = field(default_factory=PromptConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -244,8 +246,9 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> RunConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, base: dict[str, Any] | None = None
+) -> RunConfig:
     """Load a :class:`RunConfig` from an optional YAML file and ``key=value`` overrides.
 
     Args:

@@ -59,8 +59,9 @@ def _rows(path: Path) -> list[tuple[int, dict]]:
         return [(reader.line_num, row) for row in reader]
 
 
-def read_examples(path: str | Path, text_field: str = "text", label_field: str | None = "label",
-                  fields: list[str] | None = None) -> Dataset:
+def read_examples(
+    path: str | Path, text_field: str = "text", label_field: str | None = "label", fields: list[str] | None = None
+) -> Dataset:
     """Read labelled examples from a file.
 
     Args:
@@ -89,8 +90,9 @@ def read_examples(path: str | Path, text_field: str = "text", label_field: str |
             if row.get(column) is None:
                 columns = ", ".join(sorted(str(k) for k in row))
                 hint = "data.label_field" if column == label_field else "data.text_field"
-                raise SoftpromptError(f"{path} line {number}: no column '{column}' (columns: {columns}); "
-                                      f"set {hint}=<column>")
+                raise SoftpromptError(
+                    f"{path} line {number}: no column '{column}' (columns: {columns}); set {hint}=<column>"
+                )
         values = {str(k): str(v) for k, v in row.items() if v is not None and not isinstance(v, (dict, list))}
         values["text"] = str(row[text_field])
         if not values["text"].strip():
@@ -110,7 +112,7 @@ def seeded_split(examples: list[Example], sizes: dict[str, int], seed: int) -> d
     random.Random(seed).shuffle(shuffled)
     splits, start = {}, 0
     for name, size in sizes.items():
-        splits[name] = shuffled[start:start + size]
+        splits[name] = shuffled[start : start + size]
         start += size
     splits["train"] = shuffled[start:]
     return splits

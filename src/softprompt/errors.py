@@ -26,6 +26,4 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 def unknown_name(kind: str, name: str, choices: Iterable[str]) -> SoftpromptError:
     """Build the error for a misspelled registry name, suggesting the nearest one."""
     choices = sorted(choices)
-    return SoftpromptError(
-        f"unknown {kind} '{name}'{did_you_mean(name, choices)}; choose one of: {', '.join(choices)}"
-    )
+    return SoftpromptError(f"unknown {kind} '{name}'{did_you_mean(name, choices)}; choose one of: {', '.join(choices)}")

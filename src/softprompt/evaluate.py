@@ -13,8 +13,13 @@ from softprompt.prompts import EncodedInput
 
 
 @torch.inference_mode()
-def label_probabilities(model: PromptedClassifier, examples: list[Example], batch_size: int = 32,
-                        encoded: list[EncodedInput] | None = None, progress: str | None = None) -> torch.Tensor:
+def label_probabilities(
+    model: PromptedClassifier,
+    examples: list[Example],
+    batch_size: int = 32,
+    encoded: list[EncodedInput] | None = None,
+    progress: str | None = None,
+) -> torch.Tensor:
     """``[N, num_labels]`` probabilities over the labels.
 
     Rows are batched in order of length (less padding; results are put back in input order).
@@ -25,7 +30,7 @@ def label_probabilities(model: PromptedClassifier, examples: list[Example], batc
     starts = range(0, len(order), batch_size)
     bar = tqdm(starts, desc=progress, leave=False, disable=progress is None, unit="batch")
     for start in bar:
-        index = order[start:start + batch_size]
+        index = order[start : start + batch_size]
         batch = model.task.collate([encoded[i] for i in index])
         out[index] = model(batch).exp().float()
     return out
@@ -43,14 +48,22 @@ def classification_metrics(predicted: list[int], gold: list[int], labels: list[s
         precision = tp / (tp + fp) if tp + fp else 0.0
         recall = tp / (tp + fn) if tp + fn else 0.0
         per_label[label] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": correct / total if total else 0.0,
-            "macro_f1": sum(per_label.values()) / len(labels) if labels else 0.0,
-            "f1": per_label, "n": total}
+    return {
+        "accuracy": correct / total if total else 0.0,
+        "macro_f1": sum(per_label.values()) / len(labels) if labels else 0.0,
+        "f1": per_label,
+        "n": total,
+    }
 
 
-def evaluate(model: PromptedClassifier, examples: list[Example], batch_size: int = 32,
-             encoded: list[EncodedInput] | None = None, where: str = "data",
-             progress: str | None = None) -> dict[str, Any]:
+def evaluate(
+    model: PromptedClassifier,
+    examples: list[Example],
+    batch_size: int = 32,
+    encoded: list[EncodedInput] | None = None,
+    where: str = "data",
+    progress: str | None = None,
+) -> dict[str, Any]:
     """Metrics of ``model`` on labelled ``examples``."""
     gold = model.task.label_ids(examples, where)
     probabilities = label_probabilities(model, examples, batch_size, encoded, progress)

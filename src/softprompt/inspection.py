@@ -21,7 +21,9 @@ def nearest_tokens(model: PromptedClassifier, top: int = 5) -> list[dict[str, An
     values, ids = cosine.topk(min(top, vocab.shape[0]), dim=-1)
     rows = []
     for index in range(soft.shape[0]):
-        neighbours = [{"token": tokenizer.decode([int(t)]), "cosine": round(float(v), 4)}
-                      for v, t in zip(values[index], ids[index], strict=True)]
+        neighbours = [
+            {"token": tokenizer.decode([int(t)]), "cosine": round(float(v), 4)}
+            for v, t in zip(values[index], ids[index], strict=True)
+        ]
         rows.append({"index": index, "norm": round(float(soft[index].norm()), 4), "nearest": neighbours})
     return rows

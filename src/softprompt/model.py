@@ -34,8 +34,9 @@ class PromptedClassifier(nn.Module):
             self.head = nn.Linear(backbone.hidden_size, len(task.labels))
         candidates = task.candidates
         self.first_ids = torch.tensor([c.ids[0] for c in candidates], dtype=torch.long)
-        self.label_groups = [torch.tensor([k for k, c in enumerate(candidates) if c.label_index == i])
-                             for i in range(len(task.labels))]
+        self.label_groups = [
+            torch.tensor([k for k, c in enumerate(candidates) if c.label_index == i]) for i in range(len(task.labels))
+        ]
         self.multi = [k for k, c in enumerate(candidates) if len(c.ids) > 1]
 
     # ---- trainable state (what an artifact stores) ---------------------------------------
@@ -49,8 +50,7 @@ class PromptedClassifier(nn.Module):
         method_state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
         self.method.load_state_dict(method_state)
         if self.head is not None:
-            self.head.load_state_dict({k[len(HEAD_PREFIX):]: v for k, v in state.items()
-                                       if k.startswith(HEAD_PREFIX)})
+            self.head.load_state_dict({k[len(HEAD_PREFIX) :]: v for k, v in state.items() if k.startswith(HEAD_PREFIX)})
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         params = [p for p in self.method.parameters() if p.requires_grad]
@@ -99,10 +99,19 @@ class PromptedClassifier(nn.Module):
             # Nothing before the first soft token depends on a trainable parameter: run it without
             # building a graph and continue from its KV cache (exact, and no backward through it).
             with torch.no_grad():
-                cache = decoder(inputs_embeds=embeds[:, :frozen], attention_mask=mask[:, :frozen],
-                                position_ids=positions[:, :frozen], use_cache=True).past_key_values
-        out = decoder(inputs_embeds=embeds[:, frozen:], attention_mask=mask, position_ids=positions[:, frozen:],
-                      past_key_values=cache, use_cache=bool(self.multi) or cache is not None)
+                cache = decoder(
+                    inputs_embeds=embeds[:, :frozen],
+                    attention_mask=mask[:, :frozen],
+                    position_ids=positions[:, :frozen],
+                    use_cache=True,
+                ).past_key_values
+        out = decoder(
+            inputs_embeds=embeds[:, frozen:],
+            attention_mask=mask,
+            position_ids=positions[:, frozen:],
+            past_key_values=cache,
+            use_cache=bool(self.multi) or cache is not None,
+        )
         scores = self.project(out.last_hidden_state[:, -1], self.first_ids)
         if self.multi:
             scores = scores + self._continuation_logprobs(out.past_key_values, mask, positions[:, -1])
@@ -110,8 +119,12 @@ class PromptedClassifier(nn.Module):
 
     def _frozen_columns(self, batch: Batch) -> int:
         """Leading columns that need no gradient (0 when the split would not pay off)."""
-        if (not torch.is_grad_enabled() or batch.prefix_soft or self.method.modifies_backbone
-                or self.method.soft_embeddings() is None):
+        if (
+            not torch.is_grad_enabled()
+            or batch.prefix_soft
+            or self.method.modifies_backbone
+            or self.method.soft_embeddings() is None
+        ):
             return 0
         soft_columns = (batch.soft_index >= 0).any(0).nonzero()
         return int(soft_columns[0]) if len(soft_columns) else 0
@@ -145,8 +158,9 @@ class PromptedClassifier(nn.Module):
         cache.batch_repeat_interleave(count)  # row b*count + m continues row b with candidate m
         attention = torch.cat([mask.repeat_interleave(count, 0), valid.repeat(size, 1)], dim=1)
         positions = last_position.repeat_interleave(count).unsqueeze(1) + 1 + torch.arange(steps)
-        hidden = self.model.get_decoder()(input_ids=inputs.repeat(size, 1), attention_mask=attention,
-                                          position_ids=positions, past_key_values=cache).last_hidden_state
+        hidden = self.model.get_decoder()(
+            input_ids=inputs.repeat(size, 1), attention_mask=attention, position_ids=positions, past_key_values=cache
+        ).last_hidden_state
         logprobs = torch.log_softmax(self.project(hidden), dim=-1)
         picked = logprobs.gather(-1, targets.repeat(size, 1).unsqueeze(-1)).squeeze(-1)
         per_word = (picked * valid.repeat(size, 1)).sum(-1).view(size, count)

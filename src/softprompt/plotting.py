@@ -8,9 +8,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from softprompt.atomic import atomic_write  # noqa: E402
+from softprompt.atomic import atomic_write
 
 
 def plot_training_curves(history: list[dict[str, Any]], path: Path, metric: str = "accuracy") -> None:
@@ -23,8 +23,9 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path, metric: str 
     loss_axis.set_ylabel("train loss", color="tab:blue")
     if dev:
         metric_axis = loss_axis.twinx()
-        metric_axis.plot([h["step"] for h in dev], [h["dev"] for h in dev], "o-", color="tab:orange",
-                         label=f"dev {metric}")
+        metric_axis.plot(
+            [h["step"] for h in dev], [h["dev"] for h in dev], "o-", color="tab:orange", label=f"dev {metric}"
+        )
         metric_axis.set_ylabel(f"dev {metric}", color="tab:orange")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))

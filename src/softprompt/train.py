@@ -70,15 +70,26 @@ def lr_lambda(warmup: int, total: int):
 
 def _meta(config: RunConfig, model: PromptedClassifier, backbone: Backbone, splits: Splits) -> dict[str, Any]:
     return {
-        "task": config.task, "method": config.method, "method_options": vars(config.prompt).copy(),
-        "template": model.task.template.source, "verbalizer": model.task.verbalizer.to_dict(),
-        "labels": model.task.labels, "max_length": config.train.max_length,
+        "task": config.task,
+        "method": config.method,
+        "method_options": vars(config.prompt).copy(),
+        "template": model.task.template.source,
+        "verbalizer": model.task.verbalizer.to_dict(),
+        "labels": model.task.labels,
+        "max_length": config.train.max_length,
         "demonstrations": model.task.demonstrations,
         "soft_prefix": model.task.template.leading_soft == model.task.template.num_soft > 0,
-        "backbone": {"name": backbone.name, "fingerprint": backbone.fingerprint, "kind": backbone.kind,
-                     "parameters": backbone.num_parameters, "hidden_size": backbone.hidden_size},
+        "backbone": {
+            "name": backbone.name,
+            "fingerprint": backbone.fingerprint,
+            "kind": backbone.kind,
+            "parameters": backbone.num_parameters,
+            "hidden_size": backbone.hidden_size,
+        },
         "trainable_parameters": sum(p.numel() for p in model.trainable_parameters()),
-        "data": splits.source, "config": config.to_dict(), "metrics": {},
+        "data": splits.source,
+        "config": config.to_dict(),
+        "metrics": {},
     }
 
 
@@ -90,12 +101,18 @@ def _save_best(out: Path, model: PromptedClassifier, meta: dict[str, Any], step:
 def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
     existing = (out / TASK_FILE).exists() or (out / CHECKPOINT).exists()
     if existing and not (resume or overwrite):
-        raise SoftpromptError(f"{out} already holds a run; use --resume to continue it, --overwrite to replace "
-                              "it, or another out=")
+        raise SoftpromptError(
+            f"{out} already holds a run; use --resume to continue it, --overwrite to replace it, or another out="
+        )
 
 
-def train(config: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
-          backbone: Backbone | None = None) -> TrainResult:
+def train(
+    config: RunConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    backbone: Backbone | None = None,
+) -> TrainResult:
     """Train (or, for ``method=none``, just evaluate) and write the artifact to ``config.out``.
 
     Raises:
@@ -139,26 +156,57 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, prog
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
             state = saved["progress"]
-        state = _loop(model, optimizer, scheduler, encoded["train"], task.label_ids(splits.train, "train"),
-                      state, config, out, meta, dev_metric, progress)
+        state = _loop(
+            model,
+            optimizer,
+            scheduler,
+            encoded["train"],
+            task.label_ids(splits.train, "train"),
+            state,
+            config,
+            out,
+            meta,
+            dev_metric,
+            progress,
+        )
         model.load_trainable_state(read_artifact(out).state)  # the best weights, not the last
     metrics = {}
     if splits.test:
         metrics["test"] = evaluate(model, splits.test, cfg.eval_batch_size, encoded["test"], "test", bar_desc)
     if cfg.zero_shot_baseline and backbone.kind == "causal" and splits.test:
-        plain = build_classifier(backbone, "none", task.template.without_soft(), task.verbalizer, config.prompt,
-                                 config.seed, cfg.max_length)
+        plain = build_classifier(
+            backbone, "none", task.template.without_soft(), task.verbalizer, config.prompt, config.seed, cfg.max_length
+        )
         metrics["zero_shot_test"] = evaluate(plain, splits.test, cfg.eval_batch_size, None, "test", bar_desc)
     update_metrics(out, {**metrics, "best_step": state.best_step, "stopped_early": state.stopped_early})
     if state.history:
         plot_training_curves(state.history, out / PLOT_FILE)
     all_metrics = json.loads((out / TASK_FILE).read_text(encoding="utf-8"))["metrics"]
-    return TrainResult(out, all_metrics, meta["trainable_parameters"], backbone.num_parameters,
-                       time.perf_counter() - started, size_bytes(out), state.best_step, splits.notes)
+    return TrainResult(
+        out,
+        all_metrics,
+        meta["trainable_parameters"],
+        backbone.num_parameters,
+        time.perf_counter() - started,
+        size_bytes(out),
+        state.best_step,
+        splits.notes,
+    )
 
 
-def _loop(model: PromptedClassifier, optimizer, scheduler, encoded, labels: list[int], state: Progress,
-          config: RunConfig, out: Path, meta: dict, dev_metric, progress: bool) -> Progress:
+def _loop(
+    model: PromptedClassifier,
+    optimizer,
+    scheduler,
+    encoded,
+    labels: list[int],
+    state: Progress,
+    config: RunConfig,
+    out: Path,
+    meta: dict,
+    dev_metric,
+    progress: bool,
+) -> Progress:
     """Run optimizer steps from ``state.step`` to ``train.max_steps`` (or early stop)."""
     cfg = config.train
     params = model.trainable_parameters()
@@ -171,9 +219,11 @@ def _loop(model: PromptedClassifier, optimizer, scheduler, encoded, labels: list
         if cfg.l2:
             loss = loss + cfg.l2 * model.method.l2_penalty()
         if not math.isfinite(loss.item()):
-            raise TrainingDiverged(f"loss became {loss.item()} at step {state.step + 1}; the last good checkpoint "
-                                   f"(step {_checkpoint_step(state)}) is kept in {out}; lower train.lr and "
-                                   "restart, or --resume")
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at step {state.step + 1}; the last good checkpoint "
+                f"(step {_checkpoint_step(state)}) is kept in {out}; lower train.lr and "
+                "restart, or --resume"
+            )
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

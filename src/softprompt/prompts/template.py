@@ -65,7 +65,7 @@ class Template:
         segments: list[Segment] = []
         literal, pos = [], 0
         for match in SLOT.finditer(source):
-            literal.append(source[pos:match.start()])
+            literal.append(source[pos : match.start()])
             pos = match.end()
             token = match.group(0)
             if token in ("{{", "}}"):
@@ -98,8 +98,9 @@ class Template:
         """Raise if the template names a field the data does not have."""
         for name in self.fields:
             if name not in available:
-                raise SoftpromptError(f"template field {{{name}}} is not in {where} (fields: "
-                                      f"{', '.join(sorted(available))})")
+                raise SoftpromptError(
+                    f"template field {{{name}}} is not in {where} (fields: {', '.join(sorted(available))})"
+                )
 
     def with_prefix(self, length: int) -> Template:
         """This template with ``{soft:length}`` in front (used when it has no soft slot)."""
@@ -126,8 +127,14 @@ class Template:
         last = self.segments[-1]
         return last.kind == "text" and last.value[-1:].isspace()
 
-    def encode(self, fields: dict[str, str], tokenizer: PreTrainedTokenizerBase, causal: bool,
-               max_length: int, demonstrations: str = "") -> EncodedInput:
+    def encode(
+        self,
+        fields: dict[str, str],
+        tokenizer: PreTrainedTokenizerBase,
+        causal: bool,
+        max_length: int,
+        demonstrations: str = "",
+    ) -> EncodedInput:
         """Tokenize one example; the longest field is shortened when the result exceeds max_length.
 
         Args:
@@ -149,11 +156,14 @@ class Template:
             if len(ids) <= overflow:
                 break
             fields[longest] = tokenizer.decode(ids[: len(ids) - overflow - 1])
-        raise SoftpromptError(f"template {self.source!r} does not fit in train.max_length={max_length} tokens "
-                              "even with its fields shortened; raise train.max_length")
+        raise SoftpromptError(
+            f"template {self.source!r} does not fit in train.max_length={max_length} tokens "
+            "even with its fields shortened; raise train.max_length"
+        )
 
-    def _encode_once(self, fields: dict[str, str], tokenizer: PreTrainedTokenizerBase, causal: bool,
-                     demonstrations: str) -> EncodedInput:
+    def _encode_once(
+        self, fields: dict[str, str], tokenizer: PreTrainedTokenizerBase, causal: bool, demonstrations: str
+    ) -> EncodedInput:
         lead, tail = special_affixes(tokenizer)
         ids: list[int] = []
         soft: list[int] = []
@@ -194,8 +204,9 @@ class Template:
                     next_soft += seg.length
                 else:
                     if causal:
-                        raise SoftpromptError("{mask} is for encoders; a causal LM predicts the label at the "
-                                              "end of the template")
+                        raise SoftpromptError(
+                            "{mask} is for encoders; a causal LM predicts the label at the end of the template"
+                        )
                     mask_position = len(ids)
                     ids.append(tokenizer.mask_token_id if tokenizer.mask_token_id is not None else pad)
                     soft.append(NO_SOFT)
@@ -218,8 +229,8 @@ def special_affixes(tokenizer: PreTrainedTokenizerBase) -> tuple[tuple[int, ...]
         full = tokenizer("a", add_special_tokens=True)["input_ids"]
         found: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
         for start in range(len(full) - len(plain) + 1):
-            if full[start:start + len(plain)] == plain:
-                found = (tuple(full[:start]), tuple(full[start + len(plain):]))
+            if full[start : start + len(plain)] == plain:
+                found = (tuple(full[:start]), tuple(full[start + len(plain) :]))
                 break
         _AFFIXES[tokenizer] = found
     return _AFFIXES[tokenizer]

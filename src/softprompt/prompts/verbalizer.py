@@ -47,8 +47,10 @@ class Verbalizer:
         try:
             return self.labels.index(label)
         except ValueError:
-            raise SoftpromptError(f"{where}: label '{label}' is not in the verbalizer (labels: "
-                                  f"{', '.join(self.labels)}); add it to `verbalizer`") from None
+            raise SoftpromptError(
+                f"{where}: label '{label}' is not in the verbalizer (labels: "
+                f"{', '.join(self.labels)}); add it to `verbalizer`"
+            ) from None
 
     def candidates(self, tokenizer: PreTrainedTokenizerBase, space_before: bool) -> list[Candidate]:
         """Tokenize every word. With ``space_before``, a word starting with a letter or digit gets a

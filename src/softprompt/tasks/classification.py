@@ -56,15 +56,15 @@ class ClassificationTask:
         return self.verbalizer.labels
 
     def encode(self, example: Example) -> EncodedInput:
-        return self.template.encode(example.fields, self.tokenizer, self.causal, self.max_length,
-                                    self.demonstrations)
+        return self.template.encode(example.fields, self.tokenizer, self.causal, self.max_length, self.demonstrations)
 
     def label_ids(self, examples: list[Example], where: str) -> list[int]:
         """Label indices, with an error naming ``where`` for a label the verbalizer lacks."""
         return [self.verbalizer.index(ex.label, where) for ex in examples]
 
-    def collate(self, encoded: list[EncodedInput], labels: list[int] | None = None,
-                soft_prefix_available: bool = True) -> Batch:
+    def collate(
+        self, encoded: list[EncodedInput], labels: list[int] | None = None, soft_prefix_available: bool = True
+    ) -> Batch:
         """Pad encoded rows into a :class:`Batch`."""
         pad = self.tokenizer.pad_token_id or 0
         cut = self.template.leading_soft if (self.causal and self.share_prefix and soft_prefix_available) else 0
@@ -101,6 +101,7 @@ def demonstrations(template: Template, verbalizer: Verbalizer, pool: list[Exampl
     rng.shuffle(chosen)
     plain = template.without_soft()
     space = "" if plain.ends_with_space() else " "
-    blocks = [f"{plain.render(ex.fields)}{space}{verbalizer.words[verbalizer.labels.index(ex.label)][0]}"
-              for ex in chosen]
+    blocks = [
+        f"{plain.render(ex.fields)}{space}{verbalizer.words[verbalizer.labels.index(ex.label)][0]}" for ex in chosen
+    ]
     return "\n\n".join(blocks) + "\n\n"
