@@ -55,6 +55,7 @@ def test_smollm_prompt_trains_and_loads_in_peft(smollm, tmp_path):
                 "train.eval_every=2",
                 "train.batch_size=4",
                 "data.max_train=64",
+                "data.max_eval=16",
                 "prompt.length=5",
                 "--quiet",
             ]
@@ -90,6 +91,7 @@ def test_minilm_encoder_trains_with_a_head(tmp_path):
                 "train.eval_every=2",
                 "train.batch_size=4",
                 "data.max_train=32",
+                "data.max_eval=16",
                 "--quiet",
                 "template={soft:4} {text} [SEP] {mask}",
             ]

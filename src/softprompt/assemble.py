@@ -75,6 +75,8 @@ def load_splits(config: RunConfig) -> Splits:
         raw = load_builtin(name)
         splits = Splits(raw["train"], raw["dev"], raw["test"], {"dataset": name})
     splits.train = sample(splits.train, data.max_train, seed=config.seed)
+    splits.dev = sample(splits.dev, data.max_eval, seed=config.seed)
+    splits.test = sample(splits.test, data.max_eval, seed=config.seed)
     return splits
 
 

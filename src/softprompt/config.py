@@ -81,10 +81,13 @@ class DataConfig:
     label_field: str = _help("column holding the label", "label")
     dev_size: int = _help("examples held out of train for dev when no dev file is given", 200)
     max_train: int | None = _help("use at most this many training examples (seeded sample)", None)
+    max_eval: int | None = _help("evaluate on at most this many dev and test examples (quick runs)", None)
 
     def __post_init__(self) -> None:
         _check(self.dev_size >= 1, "data.dev_size", "must be >= 1")
-        _check(self.max_train is None or self.max_train >= 1, "data.max_train", "must be >= 1")
+        for key in ("max_train", "max_eval"):
+            value = getattr(self, key)
+            _check(value is None or value >= 1, f"data.{key}", "must be >= 1")
 
 
 @dataclass
