@@ -20,10 +20,8 @@ def _save_tokenizer(src: Path, dst: Path) -> None:
         shutil.copy(item, dst / item.name)
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory) -> Path:
-    """A 2-layer random Llama with the tiny byte-level BPE tokenizer, saved as an HF directory."""
-    out = tmp_path_factory.mktemp("tiny-llama")
+def make_tiny_llama(out: Path, seed: int = 0) -> Path:
+    """Save a 2-layer random Llama (weights drawn with ``seed``) and the tiny BPE tokenizer to ``out``."""
     tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-bpe")
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -35,14 +33,20 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
         max_position_embeddings=512,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
-        initializer_range=0.2,
+        initializer_range=0.2,  # large enough that a soft prompt visibly changes the output
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(out)
     _save_tokenizer(ASSETS / "tiny-bpe", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A 2-layer random Llama with the tiny byte-level BPE tokenizer, saved as an HF directory."""
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")

@@ -5,12 +5,10 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from softprompt.cli import main
 
-from .conftest import ASSETS, _save_tokenizer, write_jsonl
+from .conftest import make_tiny_llama, write_jsonl
 
 
 @pytest.fixture
@@ -173,20 +171,7 @@ def test_artifact_refuses_another_backbone(trained, tmp_path, capsys):
     from softprompt.backbones import load_backbone
     from softprompt.errors import SoftpromptError
 
-    other = tmp_path / "other-llama"
-    tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-bpe")
-    torch.manual_seed(1)
-    LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-    ).save_pretrained(other)
-    _save_tokenizer(ASSETS / "tiny-bpe", other)
+    other = make_tiny_llama(tmp_path / "other-llama", seed=1)
     with pytest.raises(SoftpromptError, match="was trained on backbone"):
         load_classifier(trained, load_backbone(str(other)))
 
