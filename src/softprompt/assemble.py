@@ -12,7 +12,7 @@ from typing import Any
 
 from softprompt.artifact import read_artifact
 from softprompt.backbones import Backbone, load_backbone
-from softprompt.config import PromptConfig, RunConfig
+from softprompt.config import PromptConfig, RunConfig, load_config
 from softprompt.data import Example, read_examples, sample, seeded_split
 from softprompt.datasets import get_spec, load_builtin
 from softprompt.errors import SoftpromptError
@@ -117,12 +117,17 @@ def build_classifier(
     method_name: str,
     template: Template,
     verbalizer: Verbalizer,
-    options: PromptConfig,
+    prompt: PromptConfig,
     seed: int,
     max_length: int,
     demos: str = "",
+    method_options: Any = None,
 ) -> PromptedClassifier:
-    """A :class:`PromptedClassifier` for this backbone, method and prompt."""
+    """A :class:`PromptedClassifier` for this backbone, method and prompt.
+
+    ``method_options`` is the method's config section (its defaults when None). A method that
+    changes the backbone's layers needs a freshly loaded backbone.
+    """
     if backbone.kind == "encoder" and not get_method(method_name).trains:
         raise SoftpromptError(
             f"backbone {backbone.name} is an encoder without an LM head: zero-/few-shot "
@@ -137,7 +142,7 @@ def build_classifier(
         demonstrations=demos,
     )
     words = [w for ws in verbalizer.words for w in ws]
-    context = MethodContext(backbone, template.num_soft, words, options, seed)
+    context = MethodContext(backbone, template.num_soft, words, prompt, method_options, seed)
     method = get_method(method_name).build(context)
     return PromptedClassifier(backbone, method, task, seed=seed)
 
@@ -147,7 +152,15 @@ def classifier_for_config(config: RunConfig, backbone: Backbone, splits: Splits)
     template, verbalizer = resolve_prompting(config)
     demos = demonstrations(template, verbalizer, splits.train, config.fewshot.k, config.seed)
     model = build_classifier(
-        backbone, config.method, template, verbalizer, config.prompt, config.seed, config.train.max_length, demos
+        backbone,
+        config.method,
+        template,
+        verbalizer,
+        config.prompt,
+        config.seed,
+        config.train.max_length,
+        demos,
+        config.method_options(),
     )
     validate_examples(model.task, splits)
     return model
@@ -174,19 +187,21 @@ def load_classifier(path: str | Path, backbone: Backbone | None = None) -> tuple
             f"artifact {path} was trained on backbone '{recorded['name']}' (fingerprint "
             f"{recorded['fingerprint']}), not on '{backbone.name}' ({backbone.fingerprint})"
         )
-    options = PromptConfig(**meta.get("method_options", {}))
+    config = load_config(base=meta["config"])
     model = build_classifier(
         backbone,
         meta["method"],
         Template(meta["template"]),
         Verbalizer(meta["verbalizer"]),
-        options,
+        config.prompt,
         seed=0,
         max_length=meta["max_length"],
         demos=meta.get("demonstrations", ""),
+        method_options=config.method_options(meta["method"]),
     )
     try:
-        model.load_trainable_state(files.state)
+        model.load_export(files.state)
     except RuntimeError as exc:
         raise SoftpromptError(f"artifact {path}: weights do not fit the method ({str(exc).splitlines()[0]})") from None
+    model.method.prepare_for_inference()
     return model, meta

@@ -98,14 +98,24 @@ class Backbone:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     fingerprint: str  # identifies the weights; artifacts record it and refuse other backbones
+    num_parameters: int = 0  # of the pretrained model, counted at load (before any method adds some)
+    modified_by: str | None = None  # the method that changed its layers (LoRA, adapters...), if any
+
+    def __post_init__(self) -> None:
+        if not self.num_parameters:
+            self.num_parameters = sum(p.numel() for p in self.model.parameters())
 
     @property
     def hidden_size(self) -> int:
         return self.model.get_input_embeddings().weight.shape[1]
 
-    @property
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+    def claim(self, method: str) -> None:
+        """Record that ``method`` changes this backbone's layers; one such method per loaded backbone."""
+        if self.modified_by is not None:
+            raise SoftpromptError(
+                f"backbone {self.name} already carries method {self.modified_by}; load a fresh backbone for {method}"
+            )
+        self.modified_by = method
 
 
 def softprompt_home() -> Path:
@@ -231,6 +241,8 @@ def load_backbone(name_or_path: str) -> Backbone:
         model = loader.from_pretrained(directory, local_files_only=True, dtype=torch.float32)
     except OSError as exc:
         raise SoftpromptError(f"could not load backbone from {directory}: {str(exc).splitlines()[0]}") from None
+    if kind == "encoder" and getattr(model, "pooler", None) is not None:
+        model.pooler = None  # our heads read token states; an unused pooler would only cost time
     model.eval()  # frozen: no dropout, deterministic forward passes
     for param in model.parameters():
         param.requires_grad_(False)

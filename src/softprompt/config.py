@@ -119,14 +119,34 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     fewshot: FewshotConfig = field(default_factory=FewshotConfig)
+    # Per-method sections (``lora.r=16``), keyed by method name: each the options dataclass its
+    # method registers. Filled by load_config; written back as top-level sections by to_dict.
+    options: dict[str, Any] = field(default_factory=dict, metadata={"help": "per-method sections, e.g. lora.r=16"})
 
     def __post_init__(self) -> None:
         _check(self.task == "classification", "task", f"'{self.task}' is not supported (classification)")
         _check(self.threads >= 0, "threads", "must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict, as written to the artifact."""
-        return dataclasses.asdict(self)
+        """Plain nested dict, as written to the artifact (method sections at the top level)."""
+        data = dataclasses.asdict(self)
+        data.update(data.pop("options"))
+        return data
+
+    def method_options(self, method: str | None = None) -> Any:
+        """The options of ``method`` (default: this run's): its section, else its defaults."""
+        name = method or self.method
+        sections = method_sections()
+        if name not in sections:
+            return None
+        return self.options.get(name) or sections[name]()
+
+
+def method_sections() -> dict[str, type]:
+    """Method name -> its options dataclass, for the methods that have options."""
+    from softprompt.methods import METHODS  # late: the registry imports torch and the backbones
+
+    return {name: spec.options for name, spec in METHODS.items() if spec.options is not None}
 
 
 class CommandLineValue(str):
@@ -238,6 +258,8 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         full = f"{prefix}{key}"
         if key not in names:
             hint = did_you_mean(key, names).replace(" '", f" '{prefix}", 1)
+            if not hint and prefix:  # a small section: list what it has
+                hint = f" ({prefix.rstrip('.')} has: {', '.join(names)})"
             raise SoftpromptError(f"unknown config key '{full}'{hint}")
         annotation = hints[key]
         if dataclasses.is_dataclass(annotation):
@@ -263,4 +285,15 @@ def load_config(
     if path is not None:
         data = merge(data, read_yaml(path))
     data = merge(data, parse_overrides(overrides or []))
-    return build(RunConfig, data)
+    sections = method_sections()
+    known = [f.name for f in dataclasses.fields(RunConfig) if f.name != "options"]
+    for key in data:
+        if key not in known and key not in sections:
+            raise SoftpromptError(f"unknown config key '{key}'{did_you_mean(key, known + list(sections))}")
+    found = {name: data.pop(name) for name in list(data) if name in sections}
+    config = build(RunConfig, data)
+    for name, value in found.items():
+        if not isinstance(value, dict):
+            raise SoftpromptError(f"config field '{name}' is a section; use {name}.<key>=value")
+        config.options[name] = build(sections[name], value, prefix=f"{name}.")
+    return config

@@ -39,21 +39,34 @@ class PromptedClassifier(nn.Module):
         ]
         self.multi = [k for k, c in enumerate(candidates) if len(c.ids) > 1]
 
-    # ---- trainable state (what an artifact stores) ---------------------------------------
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        state = {k: v.detach().clone() for k, v in self.method.state_dict().items()}
-        if self.head is not None:
-            state.update({HEAD_PREFIX + k: v.detach().clone() for k, v in self.head.state_dict().items()})
-        return state
+    # ---- trainable state ---------------------------------------------------------------------
+    def _head_state(self) -> dict[str, torch.Tensor]:
+        if self.head is None:
+            return {}
+        return {HEAD_PREFIX + k: v.detach().clone() for k, v in self.head.state_dict().items()}
 
-    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
-        method_state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
-        self.method.load_state_dict(method_state)
+    def _split_head(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Load the head's part of ``state``; return the method's part."""
         if self.head is not None:
             self.head.load_state_dict({k[len(HEAD_PREFIX) :]: v for k, v in state.items() if k.startswith(HEAD_PREFIX)})
+        return {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+
+    def training_state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint stores to resume training."""
+        return {**self.method.training_state(), **self._head_state()}
+
+    def load_training_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.method.load_training_state(self._split_head(state))
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        """What an artifact stores (reparameterisations folded away)."""
+        return {**self.method.export_state(), **self._head_state()}
+
+    def load_export(self, state: dict[str, torch.Tensor]) -> None:
+        self.method.load_export(self._split_head(state))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        params = [p for p in self.method.parameters() if p.requires_grad]
+        params = self.method.trainable_parameters()
         if self.head is not None:
             params += list(self.head.parameters())
         return params
@@ -74,7 +87,15 @@ class PromptedClassifier(nn.Module):
 
     def _encoder_scores(self, batch: Batch) -> torch.Tensor:
         embeds = self.embed(batch.input_ids, batch.soft_index)
-        hidden = self.model(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state
+        mask = batch.attention_mask
+        extra = {}
+        prefix = self.method.prefix_length()
+        if prefix:
+            # Per-layer key/value prefixes: every row attends to them; positions stay 0-based.
+            extra["past_key_values"] = self.method.prefix_cache(len(batch))
+            extra["position_ids"] = torch.arange(mask.shape[1]).unsqueeze(0)
+            mask = torch.cat([torch.ones(len(batch), prefix, dtype=mask.dtype), mask], dim=1)
+        hidden = self.model(inputs_embeds=embeds, attention_mask=mask, **extra).last_hidden_state
         rows = torch.arange(len(batch))
         return self.head(hidden[rows, batch.mask_positions])
 
@@ -85,6 +106,11 @@ class PromptedClassifier(nn.Module):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         embeds = self.embed(batch.input_ids, batch.soft_index)
         cache = None
+        prefix = self.method.prefix_length()
+        if prefix:
+            # Per-layer key/value prefixes (prefix tuning); positions of the real tokens stay 0-based.
+            cache = self.method.prefix_cache(size)
+            mask = torch.cat([torch.ones(size, prefix, dtype=mask.dtype), mask], dim=1)
         if batch.prefix_soft:
             # The leading soft block is identical in every row: run it once, share its KV cache.
             count = batch.prefix_soft

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import resource
+import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +75,6 @@ def _meta(config: RunConfig, model: PromptedClassifier, backbone: Backbone, spli
     return {
         "task": config.task,
         "method": config.method,
-        "method_options": vars(config.prompt).copy(),
         "template": model.task.template.source,
         "verbalizer": model.task.verbalizer.to_dict(),
         "labels": model.task.labels,
@@ -87,6 +89,7 @@ def _meta(config: RunConfig, model: PromptedClassifier, backbone: Backbone, spli
             "hidden_size": backbone.hidden_size,
         },
         "trainable_parameters": sum(p.numel() for p in model.trainable_parameters()),
+        "saved_parameters": sum(v.numel() for v in model.export_state().values()),
         "data": splits.source,
         "config": config.to_dict(),
         "metrics": {},
@@ -95,7 +98,7 @@ def _meta(config: RunConfig, model: PromptedClassifier, backbone: Backbone, spli
 
 def _save_best(out: Path, model: PromptedClassifier, meta: dict[str, Any], step: int, dev: dict) -> None:
     peft_config = model.method.peft_config(model.backbone, meta["soft_prefix"])
-    write_artifact(out, model.trainable_state(), {**meta, "step": step, "metrics": {"dev": dev}}, peft_config)
+    write_artifact(out, model.export_state(), {**meta, "step": step, "metrics": {"dev": dev}}, peft_config)
 
 
 def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
@@ -126,17 +129,24 @@ def train(
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     # Cheap checks first (names, template, data files), the backbone last; nothing is written yet.
-    resolve_prompting(config)
+    template, verbalizer = resolve_prompting(config)
     splits = load_splits(config)
     backbone = backbone or load_backbone(config.backbone)
+    cfg = config.train
+    bar_desc = "eval" if progress else None
+    baseline = {}
+    if cfg.zero_shot_baseline and backbone.kind == "causal" and splits.test:
+        # Before the method attaches: methods such as LoRA change the backbone's layers.
+        plain = build_classifier(
+            backbone, "none", template.without_soft(), verbalizer, config.prompt, config.seed, cfg.max_length
+        )
+        baseline["zero_shot_test"] = evaluate(plain, splits.test, cfg.eval_batch_size, None, "test", bar_desc)
     model = classifier_for_config(config, backbone, splits)
     meta = _meta(config, model, backbone, splits)
     task = model.task
     encoded = {name: [task.encode(ex) for ex in getattr(splits, name)] for name in ("train", "dev", "test")}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / CONFIG_FILE, config.to_dict())
-    cfg = config.train
-    bar_desc = "eval" if progress else None
 
     def dev_metric() -> dict:
         return evaluate(model, splits.dev, cfg.eval_batch_size, encoded["dev"], "dev", bar_desc)
@@ -152,7 +162,7 @@ def train(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, cfg.max_steps))
         if resume:
             saved = load_checkpoint(out)
-            model.load_trainable_state(saved["trainable"])
+            model.load_training_state(saved["trainable"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
             state = saved["progress"]
@@ -169,15 +179,16 @@ def train(
             dev_metric,
             progress,
         )
-        model.load_trainable_state(read_artifact(out).state)  # the best weights, not the last
+        model.load_export(read_artifact(out).state)  # the best weights, not the last
     metrics = {}
     if splits.test:
         metrics["test"] = evaluate(model, splits.test, cfg.eval_batch_size, encoded["test"], "test", bar_desc)
-    if cfg.zero_shot_baseline and backbone.kind == "causal" and splits.test:
-        plain = build_classifier(
-            backbone, "none", task.template.without_soft(), task.verbalizer, config.prompt, config.seed, cfg.max_length
-        )
-        metrics["zero_shot_test"] = evaluate(plain, splits.test, cfg.eval_batch_size, None, "test", bar_desc)
+    metrics.update(baseline)
+    step_seconds = [h["seconds"] for h in state.history if "seconds" in h]
+    metrics["resources"] = {
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "median_step_seconds": round(statistics.median(step_seconds), 4) if step_seconds else None,
+    }
     update_metrics(out, {**metrics, "best_step": state.best_step, "stopped_early": state.stopped_early})
     if state.history:
         plot_training_curves(state.history, out / PLOT_FILE)
@@ -190,8 +201,14 @@ def train(
         time.perf_counter() - started,
         size_bytes(out),
         state.best_step,
-        splits.notes,
+        splits.notes + model.method.notes,
     )
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 2**20  # Linux: KiB, macOS: bytes
 
 
 def _loop(
@@ -213,6 +230,7 @@ def _loop(
     _rewrite_log(out, state.history)
     bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not progress, desc="train", unit="step")
     while state.step < cfg.max_steps and not state.stopped_early:
+        tick = time.perf_counter()
         index = batch_indices(state.step, cfg.batch_size, len(encoded), config.seed)
         batch = model.task.collate([encoded[i] for i in index], [labels[i] for i in index])
         loss = torch.nn.functional.nll_loss(model(batch), batch.labels)
@@ -231,7 +249,12 @@ def _loop(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        _log(out, state, {"step": state.step, "loss": round(loss.item(), 6), "lr": scheduler.get_last_lr()[0]})
+        seconds = round(time.perf_counter() - tick, 4)
+        _log(
+            out,
+            state,
+            {"step": state.step, "loss": round(loss.item(), 6), "lr": scheduler.get_last_lr()[0], "seconds": seconds},
+        )
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", dev=f"{state.best_metric:.4f}")
         if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
@@ -243,7 +266,7 @@ def _loop(
             else:
                 state.evals_without_improvement += 1
                 state.stopped_early = bool(cfg.patience) and state.evals_without_improvement >= cfg.patience
-            save_checkpoint(out, model.trainable_state(), optimizer, scheduler, state)
+            save_checkpoint(out, model.training_state(), optimizer, scheduler, state)
     bar.close()
     return state
 

@@ -1,7 +1,8 @@
 """Method registry: each method is one module registered with ``@register``.
 
 Nothing outside this package branches on a method's name: the training loop, saving and
-counting see only the :class:`~softprompt.methods.base.Method` interface.
+counting see only the :class:`~softprompt.methods.base.Method` interface, and a method's config
+section (``lora.r=16``) is the options dataclass it registers.
 """
 
 from __future__ import annotations
@@ -22,16 +23,32 @@ class MethodSpec:
     build: Callable[[MethodContext], Method]
     trains: bool  # False for zero-/few-shot ('none')
     uses_soft_tokens: bool  # feeds the template's {soft} slots
+    options: type | None  # its config section (a dataclass), or None
+    default_lr: float  # the learning rate `compare` uses unless told otherwise
+    prompt_based: bool  # a prompt method (prompt_tuning, prefix_tuning, ptuning)
+    identity_at_start: bool  # zero-initialised: the untrained method leaves the backbone's outputs unchanged
 
 
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register(name: str, description: str, trains: bool = True, uses_soft_tokens: bool = False):
+def register(
+    name: str,
+    description: str,
+    *,
+    trains: bool = True,
+    uses_soft_tokens: bool = False,
+    options: type | None = None,
+    default_lr: float = 1e-3,
+    prompt_based: bool = False,
+    identity_at_start: bool = False,
+):
     """Class decorator registering a method builder (a callable taking a MethodContext)."""
 
     def decorate(builder: Callable[[MethodContext], Method]):
-        METHODS[name] = MethodSpec(name, description, builder, trains, uses_soft_tokens)
+        METHODS[name] = MethodSpec(
+            name, description, builder, trains, uses_soft_tokens, options, default_lr, prompt_based, identity_at_start
+        )
         return builder
 
     return decorate
@@ -44,7 +61,17 @@ def get_method(name: str) -> MethodSpec:
     return METHODS[name]
 
 
-# Importing the modules registers them.
-from softprompt.methods import none, prompt_tuning  # noqa: E402, F401
+# Importing the modules registers them (the order is the order of `softprompt ls methods`).
+from softprompt.methods import (  # noqa: E402, F401
+    adapter,
+    bitfit,
+    full,
+    ia3,
+    lora,
+    none,
+    prefix_tuning,
+    prompt_tuning,
+    ptuning,
+)
 
 __all__ = ["METHODS", "Method", "MethodContext", "MethodSpec", "get_method", "register"]

@@ -6,7 +6,9 @@ from softprompt.methods import register
 from softprompt.methods.base import Method, MethodContext
 
 
-@register("none", "no training: zero-shot (or few-shot with fewshot.k=K) with the template", trains=False)
+@register(
+    "none", "no training: zero-shot (or few-shot with fewshot.k=K) with the template", trains=False, default_lr=0.0
+)
 class NoMethod(Method):
     """The plain frozen backbone."""
 

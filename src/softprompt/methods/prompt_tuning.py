@@ -25,31 +25,42 @@ def _token_ids(backbone: Backbone, text: str) -> list[int]:
     return backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def initial_prompt(context: MethodContext, length: int, init: str) -> torch.Tensor:
-    """The ``[length, hidden]`` starting embeddings for ``prompt.init``."""
+def initial_token_ids(context: MethodContext, length: int, init: str) -> torch.Tensor:
+    """``length`` token ids to start a prompt from (``vocab``, ``labels`` or ``text:``; for
+    ``random``, common vocabulary tokens)."""
     backbone = context.backbone
-    embed = backbone.model.get_input_embeddings()
+    vocab_size = backbone.model.get_input_embeddings().weight.shape[0]
     generator = torch.Generator().manual_seed(context.seed)
     special = set(backbone.tokenizer.all_special_ids)
-    vocab = [i for i in range(min(COMMON_VOCAB, embed.weight.shape[0])) if i not in special]
-    sampled = torch.tensor(vocab)[torch.randint(len(vocab), (length,), generator=generator)]
+    vocab = [i for i in range(min(COMMON_VOCAB, vocab_size)) if i not in special]
+    if init in ("vocab", "random"):
+        return torch.tensor(vocab)[torch.randint(len(vocab), (length,), generator=generator)]
+    words = " ".join(context.label_words) if init == "labels" else init.removeprefix("text:")
+    word_ids = _token_ids(backbone, " " + words.strip()) if words.strip() else []
+    if not word_ids:
+        raise SoftpromptError(f"prompt.init={init}: no tokens to initialise from")
+    # Word tokens first (repeated if the prompt is longer), as in Lester et al.'s class-label init.
+    return torch.tensor([word_ids[i % len(word_ids)] for i in range(length)])
+
+
+def initial_prompt(context: MethodContext, length: int, init: str) -> torch.Tensor:
+    """The ``[length, hidden]`` starting embeddings for ``prompt.init``."""
+    embed = context.backbone.model.get_input_embeddings()
     if init == "random":
-        weight = embed(torch.arange(min(COMMON_VOCAB, embed.weight.shape[0])))
+        generator = torch.Generator().manual_seed(context.seed)
+        weight = embed.weight[: min(COMMON_VOCAB, embed.weight.shape[0])]
         return torch.randn(length, weight.shape[1], generator=generator) * weight.std()
-    if init == "vocab":
-        ids = sampled
-    else:
-        words = " ".join(context.label_words) if init == "labels" else init.removeprefix("text:")
-        word_ids = _token_ids(backbone, " " + words.strip()) if words.strip() else []
-        if not word_ids:
-            raise SoftpromptError(f"prompt.init={init}: no tokens to initialise from")
-        # Word tokens first (repeated if the prompt is longer), as in Lester et al.'s class-label init.
-        ids = torch.tensor([word_ids[i % len(word_ids)] for i in range(length)])
     with torch.no_grad():
-        return embed(ids).detach().clone()
+        return embed(initial_token_ids(context, length, init)).detach().clone()
 
 
-@register("prompt_tuning", "N soft tokens in the template's {soft} slots (Lester et al. 2021)", uses_soft_tokens=True)
+@register(
+    "prompt_tuning",
+    "N soft tokens in the template's {soft} slots (Lester et al. 2021)",
+    uses_soft_tokens=True,
+    default_lr=1e-2,
+    prompt_based=True,
+)
 class PromptTuning(Method):
     """Trainable soft-token embeddings."""
 
@@ -58,25 +69,30 @@ class PromptTuning(Method):
     def __init__(self, context: MethodContext):
         super().__init__()
         self.num_soft_tokens = context.num_soft_tokens
-        start = initial_prompt(context, context.num_soft_tokens, context.options.init)
+        start = initial_prompt(context, context.num_soft_tokens, context.prompt.init)
         self.prompt_embeddings = nn.Parameter(start)
 
     def soft_embeddings(self) -> torch.Tensor:
         return self.prompt_embeddings
 
     def peft_config(self, backbone: Backbone, prefix_layout: bool) -> dict[str, Any] | None:
-        if not prefix_layout or backbone.kind != "causal":
-            return None
-        cfg = backbone.model.config
-        return {
-            "peft_type": "PROMPT_TUNING",
-            "task_type": "CAUSAL_LM",
-            "num_virtual_tokens": self.num_soft_tokens,
-            "token_dim": backbone.hidden_size,
-            "num_transformer_submodules": 1,
-            "num_attention_heads": cfg.num_attention_heads,
-            "num_layers": cfg.num_hidden_layers,
-            "prompt_tuning_init": "RANDOM",
-            "base_model_name_or_path": backbone.name,
-            "inference_mode": True,
-        }
+        return prompt_tuning_peft_config(self.num_soft_tokens, backbone, prefix_layout)
+
+
+def prompt_tuning_peft_config(num_soft_tokens: int, backbone: Backbone, prefix_layout: bool) -> dict[str, Any] | None:
+    """peft's PROMPT_TUNING config for ``prompt_embeddings`` that form the input's prefix."""
+    if not prefix_layout or backbone.kind != "causal":
+        return None
+    cfg = backbone.model.config
+    return {
+        "peft_type": "PROMPT_TUNING",
+        "task_type": "CAUSAL_LM",
+        "num_virtual_tokens": num_soft_tokens,
+        "token_dim": backbone.hidden_size,
+        "num_transformer_submodules": 1,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_layers": cfg.num_hidden_layers,
+        "prompt_tuning_init": "RANDOM",
+        "base_model_name_or_path": backbone.name,
+        "inference_mode": True,
+    }

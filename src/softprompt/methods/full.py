@@ -1,0 +1,55 @@
+"""Full fine-tuning: the backbone's own weights train (``full.layers=top:K``: only the top K
+transformer blocks, the rest frozen). The artifact holds every trained weight: a model copy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from softprompt.errors import SoftpromptError
+from softprompt.methods import register
+from softprompt.methods.base import Method, MethodContext
+from softprompt.methods.layers import transformer_blocks
+
+
+@dataclass
+class FullOptions:
+    """``full.*``"""
+
+    layers: str = field(default="all", metadata={"help": "all | top:K (train only the top K blocks)"})
+
+    def top(self) -> int | None:
+        """K of ``top:K``, or None for all weights."""
+        if self.layers == "all":
+            return None
+        prefix, _, count = self.layers.partition(":")
+        if prefix != "top" or not count.isdigit() or int(count) < 1:
+            raise SoftpromptError(f"config field 'full.layers': '{self.layers}' is not 'all' or 'top:K' (K >= 1)")
+        return int(count)
+
+    def __post_init__(self) -> None:
+        self.top()
+
+
+@register("full", "all weights train (full.layers=top:K: only the top K blocks)", options=FullOptions, default_lr=3e-5)
+class Full(Method):
+    """The backbone's parameters, trained in place."""
+
+    name = "full"
+    modifies_backbone = True
+
+    def __init__(self, context: MethodContext):
+        super().__init__()
+        options = context.options or FullOptions()
+        backbone = context.backbone
+        backbone.claim(self.name)
+        top = options.top()
+        if top is None:
+            named = list(backbone.model.named_parameters())
+        else:
+            blocks = transformer_blocks(backbone)
+            if top > len(blocks):
+                raise SoftpromptError(f"full.layers=top:{top}: {backbone.name} has only {len(blocks)} blocks")
+            chosen = {id(p) for block in list(blocks)[-top:] for p in block.parameters()}
+            named = [(n, p) for n, p in backbone.model.named_parameters() if id(p) in chosen]
+        for name, param in named:
+            self.add_resident(name, param)

@@ -1,0 +1,44 @@
+"""IA3 (Liu et al. 2022) via peft: learned vectors rescaling keys, values and the feed-forward
+activations, initialised to ones (the backbone itself at start)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from peft import IA3Config
+
+from softprompt.methods import register
+from softprompt.methods.base import MethodContext
+from softprompt.methods.peft_tuners import PeftTuner, target_list
+
+
+@dataclass
+class Ia3Options:
+    """``ia3.*``"""
+
+    target_modules: str | None = field(default=None, metadata={"help": "comma-separated module names (peft's default)"})
+    feedforward_modules: str | None = field(
+        default=None, metadata={"help": "which targets are feed-forward layers (scaled at the input)"}
+    )
+
+
+@register(
+    "ia3",
+    "learned rescaling vectors of keys, values and MLP activations (Liu et al. 2022), via peft",
+    options=Ia3Options,
+    default_lr=3e-3,
+    identity_at_start=True,
+)
+class Ia3(PeftTuner):
+    """IA3 vectors injected by peft."""
+
+    name = "ia3"
+    marker = "ia3_"
+
+    def __init__(self, context: MethodContext):
+        options = context.options or Ia3Options()
+        config = IA3Config(
+            target_modules=target_list(options.target_modules),
+            feedforward_modules=target_list(options.feedforward_modules),
+        )
+        super().__init__(context, config)

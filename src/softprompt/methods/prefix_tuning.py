@@ -1,0 +1,123 @@
+"""Prefix tuning (Li & Liang 2021; the "deep prompts" of P-tuning v2): trainable key/value
+prefixes in every attention layer, the backbone frozen.
+
+Every row attends to ``prompt.length`` extra positions in every layer. The prefixes start from
+the keys and values the backbone itself computes for the ``prompt.init`` tokens (a stable start,
+as Li & Liang recommend over random init). With ``prefix_tuning.reparam=true`` the trained
+quantity is a small MLP over per-position embeddings whose output is added to that start (its
+last layer zero-initialised); the MLP is folded away at save, so artifacts hold only the
+prefixes: ``[layers, kv_heads, length, head_dim]`` keys and values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from softprompt.methods import register
+from softprompt.methods.base import Method, MethodContext
+from softprompt.methods.layers import AttentionShape, attention_shape
+from softprompt.methods.prompt_tuning import initial_token_ids
+
+
+@dataclass
+class PrefixTuningOptions:
+    """``prefix_tuning.*``: the prefix length is ``prompt.length``."""
+
+    reparam: bool = field(default=False, metadata={"help": "train through an MLP (folded away at save)"})
+    hidden: int = field(default=64, metadata={"help": "hidden size of the reparameterisation MLP"})
+
+
+def initial_prefix(context: MethodContext, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values ``[layers, kv_heads, length, head_dim]`` the backbone computes for the
+    ``prompt.init`` tokens."""
+    ids = initial_token_ids(context, length, context.prompt.init).unsqueeze(0)
+    model = context.backbone.model
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        body = model.get_decoder() if context.backbone.kind == "causal" else model
+        body(input_ids=ids, past_key_values=cache, use_cache=True)
+    keys = torch.stack([layer.keys[0] for layer in cache.layers])
+    values = torch.stack([layer.values[0] for layer in cache.layers])
+    return keys.clone(), values.clone()
+
+
+class PrefixMLP(nn.Module):
+    """``embeddings -> tanh MLP -> (key, value) deltas`` for every layer (zero at start)."""
+
+    def __init__(self, start: torch.Tensor, hidden: int, shape: AttentionShape):
+        super().__init__()
+        self.shape = shape
+        self.embeddings = nn.Parameter(start)
+        out = 2 * shape.layers * shape.kv_heads * shape.head_dim
+        self.mlp = nn.Sequential(nn.Linear(start.shape[1], hidden), nn.Tanh(), nn.Linear(hidden, out))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.shape
+        length = self.embeddings.shape[0]
+        delta = self.mlp(self.embeddings).view(length, 2, s.layers, s.kv_heads, s.head_dim)
+        delta = delta.permute(1, 2, 3, 0, 4)  # [2, layers, kv_heads, length, head_dim]
+        return delta[0], delta[1]
+
+
+@register(
+    "prefix_tuning",
+    "trainable key/value prefixes in every layer (Li & Liang 2021, P-tuning v2)",
+    options=PrefixTuningOptions,
+    default_lr=5e-3,
+    prompt_based=True,
+)
+class PrefixTuning(Method):
+    """Per-layer key/value prefixes of ``prompt.length`` positions."""
+
+    name = "prefix_tuning"
+    modifies_backbone = True  # every position attends to the prefixes
+
+    def __init__(self, context: MethodContext):
+        super().__init__()
+        options = context.options or PrefixTuningOptions()
+        length = context.prompt.length
+        torch.manual_seed(context.seed)
+        keys, values = initial_prefix(context, length)
+        self.prefix_keys = nn.Parameter(keys)
+        self.prefix_values = nn.Parameter(values)
+        self.reparam: PrefixMLP | None = None
+        self._config = context.backbone.model.config
+        if options.reparam:
+            self.prefix_keys.requires_grad_(False)  # the start; the MLP learns the change
+            self.prefix_values.requires_grad_(False)
+            embed = context.backbone.model.get_input_embeddings()
+            with torch.no_grad():
+                start = embed(initial_token_ids(context, length, context.prompt.init)).clone()
+            self.reparam = PrefixMLP(start, options.hidden, attention_shape(context.backbone))
+
+    def prefixes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Current keys and values ``[layers, kv_heads, length, head_dim]``."""
+        if self.reparam is None:
+            return self.prefix_keys, self.prefix_values
+        delta_keys, delta_values = self.reparam()
+        return self.prefix_keys + delta_keys, self.prefix_values + delta_values
+
+    def prefix_length(self) -> int:
+        return self.prefix_keys.shape[2]
+
+    def prefix_cache(self, batch_size: int) -> DynamicCache:
+        keys, values = self.prefixes()
+        cache = DynamicCache(config=self._config)
+        for layer in range(keys.shape[0]):
+            shape = (batch_size, *keys.shape[1:])
+            cache.update(keys[layer].unsqueeze(0).expand(shape), values[layer].unsqueeze(0).expand(shape), layer)
+        return cache
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        keys, values = self.prefixes()
+        return {"prefix_keys": keys.detach().clone(), "prefix_values": values.detach().clone()}
+
+    def load_export(self, state: dict[str, torch.Tensor]) -> None:
+        self.reparam = None  # folded: the artifact holds the prefixes themselves
+        self.load_state_dict(state)
