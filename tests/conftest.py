@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 ASSETS = Path(__file__).parent / "assets"
 SHARED_DATA = Path(os.environ.get("SOFTPROMPT_SHARED_DATA", Path(__file__).parents[1].parent / "shared" / "data"))
@@ -47,6 +55,32 @@ def make_tiny_llama(out: Path, seed: int = 0) -> Path:
 def tiny_llama_dir(tmp_path_factory) -> Path:
     """A 2-layer random Llama with the tiny byte-level BPE tokenizer, saved as an HF directory."""
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_chinese_dir(tmp_path_factory) -> Path:
+    """A 2-layer random Gemma 3 (the multilingual backbone's architecture) with a tiny Chinese tokenizer."""
+    out = tmp_path_factory.mktemp("tiny-gemma-zh")
+    tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-chinese")
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=512,
+        sliding_window=16,
+        initializer_range=0.2,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(config).save_pretrained(out)
+    _save_tokenizer(ASSETS / "tiny-chinese", out)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -65,6 +65,15 @@ def _train(args: argparse.Namespace) -> None:
     print(f"time: {minutes} min {seconds} s")
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from softprompt.compare import REPORT, compare, markdown
+
+    rows, out = compare(args.config, args.overrides)
+    context = json.loads((out / f"{REPORT}.json").read_text(encoding="utf-8"))["context"]
+    print("\n" + markdown(rows, context))
+    print(f"wrote {out / REPORT}.md, .json and .png")
+
+
 def _load(artifact: str):
     from softprompt.assemble import load_classifier
 
@@ -155,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument("overrides", nargs="*", metavar="key=value")
     train.set_defaults(run=_train)
+
+    comp = commands.add_parser(
+        "compare",
+        help="train several methods on the same data and budget, with baselines "
+        "(methods=a,b,... lrs=lora:1e-3,... fewshot=K, then key=value overrides)",
+    )
+    comp.add_argument("--config", help="YAML recipe shared by all methods")
+    comp.add_argument("overrides", nargs="*", metavar="key=value")
+    comp.set_defaults(run=_compare)
 
     ev = commands.add_parser("eval", help="evaluate an artifact")
     ev.add_argument("artifact")

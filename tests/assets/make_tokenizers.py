@@ -63,6 +63,35 @@ def wordpiece() -> None:
     fast.save_pretrained(HERE / "tiny-wordpiece")
 
 
+CHINESE_CORPUS = (
+    """
+评论：这本书写得很好，内容丰富，值得一读。
+这条评论是正面的。这条评论是负面的。正面 负面
+评论：质量太差了，用了两天就坏了，非常失望。
+评论：物流很快，包装完好，很满意，推荐购买。
+评论：服务态度不好，东西也不好用，不推荐。
+这是一条正面的评论。这是一条负面的评论。好 差 喜欢 讨厌 满意 失望 不错 垃圾
+"""
+    * 3
+)
+
+
+def chinese_bpe() -> None:
+    """A Gemma-like tokenizer for Chinese: byte-level BPE that prepends <bos>."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=500, special_tokens=["<pad>", "<eos>", "<bos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CHINESE_CORPUS.splitlines(), trainer)
+    bos = tok.token_to_id("<bos>")
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    fast.save_pretrained(HERE / "tiny-chinese")
+
+
 if __name__ == "__main__":
     byte_level_bpe()
     wordpiece()
+    chinese_bpe()

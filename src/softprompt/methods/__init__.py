@@ -61,7 +61,7 @@ def get_method(name: str) -> MethodSpec:
     return METHODS[name]
 
 
-# Importing the modules registers them (the order is the order of `softprompt ls methods`).
+# Importing the modules registers them .
 from softprompt.methods import (  # noqa: E402, F401
     adapter,
     bitfit,
@@ -73,5 +73,9 @@ from softprompt.methods import (  # noqa: E402, F401
     prompt_tuning,
     ptuning,
 )
+
+# Listing order (`softprompt ls methods`, `compare`'s default): prompt methods first, full last.
+_ORDER = ["none", "prompt_tuning", "prefix_tuning", "ptuning", "lora", "ia3", "adapter", "bitfit", "full"]
+METHODS = {name: METHODS[name] for name in sorted(METHODS, key=lambda n: _ORDER.index(n) if n in _ORDER else 99)}
 
 __all__ = ["METHODS", "Method", "MethodContext", "MethodSpec", "get_method", "register"]

@@ -1,0 +1,256 @@
+"""``softprompt compare``: train several methods on the same data, seed and step budget, and
+report them side by side with the baselines users would otherwise pick.
+
+Each method trains in its own ``softprompt train`` process: its peak memory is its own, a crash
+(out of memory, NaN) becomes a row with the reason while the others go on, and methods that
+change the backbone's layers always start from a freshly loaded backbone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from softprompt.assemble import load_splits, resolve_prompting
+from softprompt.atomic import atomic_write_json, atomic_write_text
+from softprompt.backbones import resolve
+from softprompt.baselines import tfidf_accuracy
+from softprompt.config import RunConfig, load_config
+from softprompt.errors import SoftpromptError
+from softprompt.methods import METHODS, get_method
+
+REPORT = "compare"  # compare.md, compare.json, compare.png in the output directory
+DEFAULT_FEWSHOT = 4
+
+
+@dataclass
+class Row:
+    """One line of the comparison."""
+
+    name: str
+    kind: str  # "method" or "baseline"
+    status: str = "ok"  # or the reason the run failed
+    lr: float | None = None
+    test_metric: float | None = None
+    trainable_parameters: int | None = None
+    share_of_backbone: float | None = None  # percent
+    saved_parameters: int | None = None
+    artifact_bytes: int | None = None
+    median_step_seconds: float | None = None
+    peak_rss_mb: float | None = None
+    wall_seconds: float | None = None
+    best_step: int | None = None
+
+
+@dataclass
+class Plan:
+    """What to compare, from the command line."""
+
+    methods: list[str]
+    lrs: dict[str, float]
+    fewshot: int
+
+
+def parse_plan(overrides: list[str]) -> tuple[Plan, list[str]]:
+    """Take ``methods=``, ``lrs=`` and ``fewshot=`` out of the overrides; return the rest."""
+    plan = Plan(methods=[m for m, s in METHODS.items() if s.trains], lrs={}, fewshot=DEFAULT_FEWSHOT)
+    rest = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key == "methods":
+            plan.methods = [m.strip() for m in value.split(",") if m.strip()]
+            for name in plan.methods:
+                if not get_method(name).trains:
+                    raise SoftpromptError(f"methods: '{name}' does not train; zero-/few-shot rows are always added")
+        elif key == "lrs":
+            plan.lrs = _parse_lrs(value)
+        elif key == "fewshot":
+            if not value.isdigit():
+                raise SoftpromptError(f"fewshot: expected a number of demonstrations, got '{value}'")
+            plan.fewshot = int(value)
+        else:
+            rest.append(item)
+    if not plan.methods:
+        raise SoftpromptError("methods: give at least one, e.g. methods=prompt_tuning,lora")
+    return plan, rest
+
+
+def _parse_lrs(value: str) -> dict[str, float]:
+    lrs = {}
+    for pair in filter(None, value.split(",")):
+        name, _, number = pair.partition(":")
+        get_method(name.strip())
+        try:
+            lrs[name.strip()] = float(number)
+        except ValueError:
+            raise SoftpromptError(f"lrs: expected method:rate pairs (lrs=lora:1e-3,full:3e-5), got '{pair}'") from None
+    return lrs
+
+
+def _train_args(config_path: str | None, overrides: list[str], out: Path) -> list[str]:
+    args = [sys.executable, "-m", "softprompt", "train", "--quiet", "--overwrite"]
+    if config_path:
+        args += ["--config", config_path]
+    return [*args, *overrides, f"out={out}", "train.zero_shot_baseline=false"]
+
+
+def _run(name: str, kind: str, args: list[str], out: Path, lr: float | None) -> Row:
+    """Run one ``softprompt train`` process and read its artifact into a row."""
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with (out.parent / f"{out.name}.log").open("w", encoding="utf-8") as log:
+        code = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+    wall = time.perf_counter() - started
+    if code != 0:
+        return Row(name, kind, status=_failure(code, out.parent / f"{out.name}.log"), lr=lr, wall_seconds=wall)
+    meta = json.loads((out / "task.json").read_text(encoding="utf-8"))
+    metrics, backbone = meta["metrics"], meta["backbone"]
+    resources = metrics.get("resources", {})
+    files = [out / n for n in ("task.json", "adapter_model.safetensors", "adapter_config.json")]
+    return Row(
+        name,
+        kind,
+        lr=lr,
+        test_metric=primary_metric(metrics.get("test", metrics["dev"])),
+        trainable_parameters=meta["trainable_parameters"],
+        share_of_backbone=100 * meta["trainable_parameters"] / backbone["parameters"],
+        saved_parameters=meta.get("saved_parameters"),
+        artifact_bytes=sum(f.stat().st_size for f in files if f.exists()),
+        median_step_seconds=resources.get("median_step_seconds"),
+        peak_rss_mb=resources.get("peak_rss_mb"),
+        wall_seconds=wall,
+        best_step=metrics.get("best_step"),
+    )
+
+
+def primary_metric(metrics: dict[str, Any]) -> float:
+    """The headline number of a metrics dict (accuracy for classification, F1 for tagging)."""
+    return metrics["accuracy"] if "accuracy" in metrics else metrics["f1"]
+
+
+def _failure(code: int, log: Path) -> str:
+    if code < 0 or code == 137:
+        return f"killed (signal {-code if code < 0 else 9}; out of memory?)"
+    lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    return errors[-1].removeprefix("error: ") if errors else f"exit status {code} (see {log})"
+
+
+def compare(config_path: str | None, overrides: list[str], progress=print) -> tuple[list[Row], Path]:
+    """Train and evaluate each method of the plan, then the baselines; write the report.
+
+    Returns the rows and the report directory (``out`` of the config).
+    """
+    plan, rest = parse_plan(overrides)
+    config = load_config(config_path, rest)  # validate everything before training anything
+    # The user's template, with its soft slots: methods without soft tokens get it without them.
+    template, _ = resolve_prompting(dataclasses.replace(config, method="prompt_tuning"))
+    splits = load_splits(config)
+    out = Path(config.out)
+    rows: list[Row] = []
+    for index, name in enumerate(plan.methods, 1):
+        spec = get_method(name)
+        lr = plan.lrs.get(name, spec.default_lr)
+        extra = [f"method={name}", f"train.lr={lr}"]
+        if not spec.uses_soft_tokens and template.num_soft:
+            extra.append(f"template={template.without_soft().source}")
+        progress(f"[{index}/{len(plan.methods)}] {name} (lr {lr:g}) ... log: {out / name}.log")
+        row = _run(name, "method", _train_args(config_path, rest, out / name) + extra, out / name, lr)
+        progress(f"    {_summary(row)}")
+        rows.append(row)
+    rows += _baselines(config_path, rest, config, template, splits, plan, progress)
+    write_report(rows, out, _context(config, plan, splits))
+    return rows, out
+
+
+def _baselines(config_path, rest, config, template, splits, plan: Plan, progress) -> list[Row]:
+    rows = []
+    shots = [("zero-shot", 0)] + ([(f"few-shot (k={plan.fewshot})", plan.fewshot)] if plan.fewshot else [])
+    causal = resolve(config.backbone)[1] == "causal"
+    for label, k in shots:
+        if not causal:
+            rows.append(Row(label, "baseline", status="not applicable: the backbone is an encoder without an LM head"))
+            continue
+        progress(f"baseline: {label}")
+        out = Path(config.out) / f"none-k{k}"
+        extra = ["method=none", f"template={template.without_soft().source}", f"fewshot.k={k}"]
+        rows.append(_run(label, "baseline", _train_args(config_path, rest, out) + extra, out, None))
+    progress("baseline: TF-IDF + logistic regression")
+    started = time.perf_counter()
+    accuracy, description = tfidf_accuracy(splits.train, splits.test or splits.dev, config.seed)
+    rows.append(Row(description, "baseline", test_metric=accuracy, wall_seconds=time.perf_counter() - started))
+    return rows
+
+
+def _summary(row: Row) -> str:
+    if row.status != "ok":
+        return f"failed: {row.status}"
+    return f"test {100 * row.test_metric:.1f}%, {row.trainable_parameters:,} trainable, {row.wall_seconds / 60:.1f} min"
+
+
+def _context(config: RunConfig, plan: Plan, splits) -> dict[str, Any]:
+    import torch
+
+    return {
+        "backbone": config.backbone,
+        "data": config.data.train or config.dataset or "rotten-tomatoes",
+        "seed": config.seed,
+        "max_steps": config.train.max_steps,
+        "batch_size": config.train.batch_size,
+        "patience": config.train.patience,
+        "n_train": len(splits.train),
+        "n_test": len(splits.test or splits.dev),
+        "evaluated_on": "test" if splits.test else "dev (no test split)",
+        "fewshot_k": plan.fewshot,
+        "threads": config.threads or torch.get_num_threads(),
+    }
+
+
+def markdown(rows: list[Row], context: dict[str, Any]) -> str:
+    """The comparison as a Markdown table with a one-line description of the setting."""
+    head = (
+        f"{context['backbone']} on {context['data']} ({context['evaluated_on']}, n={context['n_test']}); "
+        f"{context['max_steps']} steps x batch {context['batch_size']} for every method, seed {context['seed']}, "
+        f"{context['threads']} threads\n\n"
+        "| method | lr | test | trainable params | % of backbone | artifact | s/step (median) | peak RSS | time "
+        "| note |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in rows:
+        cells = [
+            r.name,
+            f"{r.lr:g}" if r.lr else "-",
+            f"{100 * r.test_metric:.1f}%" if r.test_metric is not None else "-",
+            f"{r.trainable_parameters:,}" if r.trainable_parameters is not None else "-",
+            f"{r.share_of_backbone:.3f}%" if r.share_of_backbone is not None else "-",
+            _size(r.artifact_bytes),
+            f"{r.median_step_seconds:.2f}" if r.median_step_seconds else "-",
+            f"{r.peak_rss_mb:,.0f} MB" if r.peak_rss_mb else "-",
+            f"{r.wall_seconds / 60:.1f} min" if r.wall_seconds else "-",
+            "" if r.status == "ok" else r.status,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    return f"{size / 1024:.1f} KB" if size < 2**20 else f"{size / 2**20:.1f} MB"
+
+
+def write_report(rows: list[Row], out: Path, context: dict[str, Any]) -> None:
+    """``compare.md``, ``compare.json`` and ``compare.png`` in ``out``."""
+    from softprompt.plotting import plot_comparison
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{REPORT}.md", markdown(rows, context))
+    atomic_write_json(out / f"{REPORT}.json", {"context": context, "rows": [asdict(r) for r in rows]})
+    plot_comparison([asdict(r) for r in rows], out / f"{REPORT}.png", context)
