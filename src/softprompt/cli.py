@@ -25,10 +25,24 @@ def _ls(args: argparse.Namespace) -> None:
     elif args.what == "datasets":
         rows = [(s.name, "/".join(map(str, s.verbalizer)), s.description) for s in builtin_specs().values()]
     else:
-        rows = [(s.name, "trains" if s.trains else "no training", s.description) for s in METHODS.values()]
+        rows = [
+            (s.name, f"lr {s.default_lr:g}" if s.trains else "no training", s.description, _options_line(s))
+            for s in METHODS.values()
+        ]
     width = [max(len(r[i]) for r in rows) for i in range(2)]
     for row in rows:
         print(f"{row[0]:<{width[0]}}  {row[1]:<{width[1]}}  {row[2]}")
+        if len(row) > 3 and row[3]:
+            print(f"{'':<{width[0] + width[1] + 4}}{row[3]}")
+
+
+def _options_line(spec) -> str:
+    """``options: lora.r=8 lora.alpha=16 ...`` for a method with a config section."""
+    if spec.options is None:
+        return ""
+    import dataclasses
+
+    return "options: " + " ".join(f"{spec.name}.{f.name}={f.default}" for f in dataclasses.fields(spec.options))
 
 
 def _train(args: argparse.Namespace) -> None:

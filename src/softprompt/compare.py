@@ -84,7 +84,9 @@ def parse_plan(overrides: list[str]) -> tuple[Plan, list[str]]:
 def _parse_lrs(value: str) -> dict[str, float]:
     lrs = {}
     for pair in filter(None, value.split(",")):
-        name, _, number = pair.partition(":")
+        name, sep, number = pair.partition(":")
+        if not sep:
+            raise SoftpromptError(f"lrs: expected method:rate pairs (lrs=lora:1e-3,full:3e-5), got '{pair}'")
         get_method(name.strip())
         try:
             lrs[name.strip()] = float(number)
