@@ -59,9 +59,9 @@ def _backbone_output(backbone) -> torch.Tensor:
     return out.logits if backbone.kind == "causal" else out.last_hidden_state
 
 
-@pytest.fixture(params=["causal", "encoder"])
-def backbone_dir(request, tiny_llama_dir, tiny_bert_dir):
-    return tiny_llama_dir if request.param == "causal" else tiny_bert_dir
+@pytest.fixture(params=["llama", "gemma3", "bert"])
+def backbone_dir(request, tiny_llama_dir, tiny_gemma_chinese_dir, tiny_bert_dir):
+    return {"llama": tiny_llama_dir, "gemma3": tiny_gemma_chinese_dir, "bert": tiny_bert_dir}[request.param]
 
 
 @pytest.mark.parametrize("method", TRAINED)

@@ -166,6 +166,7 @@ def compare(config_path: str | None, overrides: list[str], progress=print) -> tu
         row = _run(name, "method", _train_args(config_path, rest, out / name) + extra, out / name, lr)
         progress(f"    {_summary(row)}")
         rows.append(row)
+        write_report(rows, out, _context(config, plan, splits))  # a partial report survives a Ctrl-C
     rows += _baselines(config_path, rest, config, template, splits, plan, progress)
     write_report(rows, out, _context(config, plan, splits))
     return rows, out

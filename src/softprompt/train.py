@@ -134,13 +134,8 @@ def train(
     backbone = backbone or load_backbone(config.backbone)
     cfg = config.train
     bar_desc = "eval" if progress else None
-    baseline = {}
-    if cfg.zero_shot_baseline and backbone.kind == "causal" and splits.test:
-        # Before the method attaches: methods such as LoRA change the backbone's layers.
-        plain = build_classifier(
-            backbone, "none", template.without_soft(), verbalizer, config.prompt, config.seed, cfg.max_length
-        )
-        baseline["zero_shot_test"] = evaluate(plain, splits.test, cfg.eval_batch_size, None, "test", bar_desc)
+    # Before the method attaches: methods such as LoRA change the backbone's layers.
+    baseline = _zero_shot_baseline(config, backbone, template, verbalizer, splits, bar_desc)
     model = classifier_for_config(config, backbone, splits)
     meta = _meta(config, model, backbone, splits)
     task = model.task
@@ -184,11 +179,7 @@ def train(
     if splits.test:
         metrics["test"] = evaluate(model, splits.test, cfg.eval_batch_size, encoded["test"], "test", bar_desc)
     metrics.update(baseline)
-    step_seconds = [h["seconds"] for h in state.history if "seconds" in h]
-    metrics["resources"] = {
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "median_step_seconds": round(statistics.median(step_seconds), 4) if step_seconds else None,
-    }
+    metrics["resources"] = _resources(state.history)
     update_metrics(out, {**metrics, "best_step": state.best_step, "stopped_early": state.stopped_early})
     if state.history:
         plot_training_curves(state.history, out / PLOT_FILE)
@@ -203,6 +194,26 @@ def train(
         state.best_step,
         splits.notes + model.method.notes,
     )
+
+
+def _zero_shot_baseline(config: RunConfig, backbone: Backbone, template, verbalizer, splits: Splits, bar) -> dict:
+    """``{"zero_shot_test": metrics}`` with the template minus its soft tokens, when asked for."""
+    cfg = config.train
+    if not (cfg.zero_shot_baseline and backbone.kind == "causal" and splits.test):
+        return {}
+    plain = build_classifier(
+        backbone, "none", template.without_soft(), verbalizer, config.prompt, config.seed, cfg.max_length
+    )
+    return {"zero_shot_test": evaluate(plain, splits.test, cfg.eval_batch_size, None, "test", bar)}
+
+
+def _resources(history: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Peak memory of this process and the median seconds per optimizer step."""
+    step_seconds = [h["seconds"] for h in history if "seconds" in h]
+    return {
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "median_step_seconds": round(statistics.median(step_seconds), 4) if step_seconds else None,
+    }
 
 
 def peak_rss_mb() -> float:
