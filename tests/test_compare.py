@@ -44,11 +44,15 @@ def test_every_method_through_the_cli(method, kind, tiny_llama_dir, tiny_bert_di
     assert json.loads(capsys.readouterr().out)["label"] in {"positive", "negative"}
 
 
-def test_compare_writes_table_json_png_and_keeps_going_after_a_failure(tiny_llama_dir, sentiment_files, tmp_path, capsys):
+def test_compare_writes_table_json_png_and_keeps_going_after_a_failure(
+    tiny_llama_dir, sentiment_files, tmp_path, capsys
+):
     out = tmp_path / "cmp"
     args = [*_data_args(tiny_llama_dir, sentiment_files), "train.max_steps=2", "train.eval_every=2", f"out={out}"]
     # full.layers=top:5 fails inside its run (the tiny model has 2 blocks): a row with the reason.
-    code = main(["compare", *args, "methods=prompt_tuning,lora,full", "lrs=lora:0.01", "fewshot=2", "full.layers=top:5"])
+    code = main(
+        ["compare", *args, "methods=prompt_tuning,lora,full", "lrs=lora:0.01", "fewshot=2", "full.layers=top:5"]
+    )
     assert code == 0
     rows = {r["name"]: r for r in json.loads((out / "compare.json").read_text())["rows"]}
     assert rows["lora"]["lr"] == 0.01 and rows["prompt_tuning"]["lr"] == METHODS["prompt_tuning"].default_lr
@@ -66,8 +70,19 @@ def test_compare_writes_table_json_png_and_keeps_going_after_a_failure(tiny_llam
 
 @pytest.mark.parametrize(
     "item, message",
-    [("methods=lora,lorra", "unknown method 'lorra'"), ("lrs=lora=1", "method:rate"), ("methods=none", "does not train")],
+    [
+        ("methods=lora,lorra", "unknown method 'lorra'"),
+        ("lrs=lora=1", "method:rate"),
+        ("methods=none", "does not train"),
+        ("baselines=tfidf,zeroshot", "unknown 'zeroshot'"),
+    ],
 )
 def test_compare_plan_errors(item, message):
     with pytest.raises(SoftpromptError, match=message):
         parse_plan([item])
+
+
+def test_compare_plan_reads_its_keys_and_passes_the_rest():
+    plan, rest = parse_plan(["methods=lora,full", "baselines=tfidf", "fewshot=0", "train.max_steps=5"])
+    assert plan.methods == ["lora", "full"] and plan.baselines == ["tfidf"] and plan.fewshot == 0
+    assert rest == ["train.max_steps=5"]

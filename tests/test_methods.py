@@ -164,7 +164,7 @@ def test_full_top_layers_trains_only_those_blocks(sentiment_files, tiny_llama_di
 
 
 def test_a_backbone_carries_one_layer_changing_method(sentiment_files, tiny_llama_dir, tmp_path):
-    config, backbone, splits, _ = _build(tiny_llama_dir, sentiment_files, "lora", tmp_path)
+    _, backbone, splits, _ = _build(tiny_llama_dir, sentiment_files, "lora", tmp_path)
     other = _config(tiny_llama_dir, sentiment_files, "adapter", tmp_path)
     with pytest.raises(SoftpromptError, match="already carries method lora"):
         classifier_for_config(other, backbone, splits)
@@ -182,3 +182,26 @@ def test_a_backbone_carries_one_layer_changing_method(sentiment_files, tiny_llam
 def test_bad_method_options_are_named(override, message):
     with pytest.raises(SoftpromptError, match=message):
         load_config(overrides=[override])
+
+
+def test_prefix_tuning_starts_as_its_init_tokens_written_in_front(tiny_llama_dir):
+    """At init the prefixes are the backbone's own keys/values of the init tokens, and the text's
+    positions continue after them: the same scores as writing those tokens before the template."""
+    from softprompt.assemble import build_classifier
+    from softprompt.config import PromptConfig
+    from softprompt.prompts import Template, Verbalizer
+
+    backbone = load_backbone(str(tiny_llama_dir))
+    words = " great movie"
+    length = len(backbone.tokenizer(words, add_special_tokens=False)["input_ids"])
+    verbalizer = Verbalizer({"positive": "positive", "negative": "negative"})
+    template = " Review: {text}\nSentiment:"
+    written = build_classifier(backbone, "none", Template(words + template), verbalizer, PromptConfig(), 0, 128)
+    prompt = PromptConfig(length=length, init="text:" + words)
+    prefixed = build_classifier(backbone, "prefix_tuning", Template(template), verbalizer, prompt, 0, 128)
+    example = EXAMPLES[0]
+    assert written.task.encode(example).ids == (
+        backbone.tokenizer(words, add_special_tokens=False)["input_ids"] + prefixed.task.encode(example).ids
+    )  # the tokenization splits at the boundary, so the two inputs are the same tokens
+    with torch.no_grad():
+        torch.testing.assert_close(prefixed(_batch(prefixed)), written(_batch(written)), atol=1e-5, rtol=1e-4)

@@ -27,6 +27,7 @@ from softprompt.methods import METHODS, get_method
 
 REPORT = "compare"  # compare.md, compare.json, compare.png in the output directory
 DEFAULT_FEWSHOT = 4
+BASELINES = ("zero_shot", "few_shot", "tfidf")
 
 
 @dataclass
@@ -55,11 +56,12 @@ class Plan:
     methods: list[str]
     lrs: dict[str, float]
     fewshot: int
+    baselines: list[str]
 
 
 def parse_plan(overrides: list[str]) -> tuple[Plan, list[str]]:
     """Take ``methods=``, ``lrs=`` and ``fewshot=`` out of the overrides; return the rest."""
-    plan = Plan(methods=[m for m, s in METHODS.items() if s.trains], lrs={}, fewshot=DEFAULT_FEWSHOT)
+    plan = Plan([m for m, s in METHODS.items() if s.trains], {}, DEFAULT_FEWSHOT, list(BASELINES))
     rest = []
     for item in overrides:
         key, _, value = item.partition("=")
@@ -70,6 +72,11 @@ def parse_plan(overrides: list[str]) -> tuple[Plan, list[str]]:
                     raise SoftpromptError(f"methods: '{name}' does not train; zero-/few-shot rows are always added")
         elif key == "lrs":
             plan.lrs = _parse_lrs(value)
+        elif key == "baselines":
+            plan.baselines = [b.strip() for b in value.split(",") if b.strip() and b.strip() != "none"]
+            unknown = [b for b in plan.baselines if b not in BASELINES]
+            if unknown:
+                raise SoftpromptError(f"baselines: unknown '{unknown[0]}'; choose from {', '.join(BASELINES)} or none")
         elif key == "fewshot":
             if not value.isdigit():
                 raise SoftpromptError(f"fewshot: expected a number of demonstrations, got '{value}'")
@@ -174,7 +181,9 @@ def compare(config_path: str | None, overrides: list[str], progress=print) -> tu
 
 def _baselines(config_path, rest, config, template, splits, plan: Plan, progress) -> list[Row]:
     rows = []
-    shots = [("zero-shot", 0)] + ([(f"few-shot (k={plan.fewshot})", plan.fewshot)] if plan.fewshot else [])
+    shots = [("zero-shot", 0)] if "zero_shot" in plan.baselines else []
+    if plan.fewshot and "few_shot" in plan.baselines:
+        shots.append((f"few-shot (k={plan.fewshot})", plan.fewshot))
     causal = resolve(config.backbone)[1] == "causal"
     for label, k in shots:
         if not causal:
@@ -184,6 +193,8 @@ def _baselines(config_path, rest, config, template, splits, plan: Plan, progress
         out = Path(config.out) / f"none-k{k}"
         extra = ["method=none", f"template={template.without_soft().source}", f"fewshot.k={k}"]
         rows.append(_run(label, "baseline", _train_args(config_path, rest, out) + extra, out, None))
+    if "tfidf" not in plan.baselines:
+        return rows
     progress("baseline: TF-IDF + logistic regression")
     started = time.perf_counter()
     accuracy, description = tfidf_accuracy(splits.train, splits.test or splits.dev, config.seed)

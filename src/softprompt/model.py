@@ -91,9 +91,10 @@ class PromptedClassifier(nn.Module):
         extra = {}
         prefix = self.method.prefix_length()
         if prefix:
-            # Per-layer key/value prefixes: every row attends to them; positions stay 0-based.
+            # Per-layer key/value prefixes: every row attends to them. Positions continue after
+            # them (the model's default with a cache), so at init, when the prefixes are the
+            # backbone's own keys/values of the init tokens, the input reads "init tokens + text".
             extra["past_key_values"] = self.method.prefix_cache(len(batch))
-            extra["position_ids"] = torch.arange(mask.shape[1]).unsqueeze(0)
             mask = torch.cat([torch.ones(len(batch), prefix, dtype=mask.dtype), mask], dim=1)
         hidden = self.model(inputs_embeds=embeds, attention_mask=mask, **extra).last_hidden_state
         rows = torch.arange(len(batch))
@@ -108,9 +109,11 @@ class PromptedClassifier(nn.Module):
         cache = None
         prefix = self.method.prefix_length()
         if prefix:
-            # Per-layer key/value prefixes (prefix tuning); positions of the real tokens stay 0-based.
+            # Per-layer key/value prefixes (prefix tuning); positions continue after them, as if
+            # the prefix were tokens (which it is at init: the keys/values of the init tokens).
             cache = self.method.prefix_cache(size)
             mask = torch.cat([torch.ones(size, prefix, dtype=mask.dtype), mask], dim=1)
+            positions = positions + prefix
         if batch.prefix_soft:
             # The leading soft block is identical in every row: run it once, share its KV cache.
             count = batch.prefix_soft
