@@ -13,24 +13,27 @@ from typing import Any
 from softprompt.artifact import read_artifact
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import PromptConfig, RunConfig, load_config
+from softprompt.conll import Sentence, read_conll, tag_set
 from softprompt.data import Example, read_examples, sample, seeded_split
 from softprompt.datasets import get_spec, load_builtin
 from softprompt.errors import SoftpromptError
 from softprompt.methods import MethodContext, get_method
-from softprompt.model import PromptedClassifier
+from softprompt.model import PromptedClassifier, TaskModel
 from softprompt.prompts import Template, Verbalizer
+from softprompt.tagger import TokenTagger
 from softprompt.tasks.classification import ClassificationTask, demonstrations
+from softprompt.tasks.ner import TaggingTask
 
 DEFAULT_DATASET = "rotten-tomatoes"
 
 
 @dataclass
 class Splits:
-    """Train/dev/test examples and a description of their source."""
+    """Train/dev/test examples (tagged sentences for NER) and a description of their source."""
 
-    train: list[Example]
-    dev: list[Example]
-    test: list[Example]
+    train: list[Example] | list[Sentence]
+    dev: list[Example] | list[Sentence]
+    test: list[Example] | list[Sentence]
     source: dict[str, Any]
     notes: list[str] = field(default_factory=list)
 
@@ -50,13 +53,7 @@ def load_splits(config: RunConfig) -> Splits:
             notes += dev.notes
             train_examples, dev_examples = train.examples, dev.examples
         else:
-            if len(train.examples) < 2:
-                raise SoftpromptError(f"{data.train}: need at least 2 examples to hold out a dev split")
-            held = seeded_split(
-                train.examples, {"dev": min(data.dev_size, len(train.examples) // 5 or 1)}, seed=config.seed
-            )
-            train_examples, dev_examples = held["train"], held["dev"]
-            notes.append(f"held out {len(dev_examples)} training examples as dev (no data.dev given)")
+            train_examples, dev_examples = _hold_out_dev(train.examples, config, notes)
         test_examples: list[Example] = []
         if data.test:
             test = read(data.test)
@@ -74,10 +71,42 @@ def load_splits(config: RunConfig) -> Splits:
         name = config.dataset or DEFAULT_DATASET
         raw = load_builtin(name)
         splits = Splits(raw["train"], raw["dev"], raw["test"], {"dataset": name})
-    splits.train = sample(splits.train, data.max_train, seed=config.seed)
-    splits.dev = sample(splits.dev, data.max_eval, seed=config.seed)
-    splits.test = sample(splits.test, data.max_eval, seed=config.seed)
+    return _limit(splits, config)
+
+
+def _limit(splits: Splits, config: RunConfig) -> Splits:
+    """Apply ``data.max_train`` / ``data.max_eval`` (seeded samples)."""
+    splits.train = sample(splits.train, config.data.max_train, seed=config.seed)
+    splits.dev = sample(splits.dev, config.data.max_eval, seed=config.seed)
+    splits.test = sample(splits.test, config.data.max_eval, seed=config.seed)
     return splits
+
+
+def _hold_out_dev(train: list, config: RunConfig, notes: list[str]) -> tuple[list, list]:
+    """Seeded train/dev split of the training data when no dev file is given."""
+    if len(train) < 2:
+        raise SoftpromptError(f"{config.data.train}: need at least 2 examples to hold out a dev split")
+    held = seeded_split(train, {"dev": min(config.data.dev_size, len(train) // 5 or 1)}, seed=config.seed)
+    notes.append(f"held out {len(held['dev'])} training examples as dev (no data.dev given)")
+    return held["train"], held["dev"]
+
+
+def load_ner_splits(config: RunConfig) -> Splits:
+    """Tagged sentences from CoNLL files ``data.train`` / ``data.dev`` / ``data.test``."""
+    data = config.data
+    if not data.train:
+        raise SoftpromptError(
+            "task=ner needs data.train=PATH: a CoNLL file ('token TAG' per line, blank between sentences)"
+        )
+    notes: list[str] = []
+    train = read_conll(data.train)
+    if data.dev:
+        dev = read_conll(data.dev)
+    else:
+        train, dev = _hold_out_dev(train, config, notes)
+    test = read_conll(data.test) if data.test else []
+    source = {"train": data.train, "dev": data.dev, "test": data.test, "format": "conll"}
+    return _limit(Splits(train, dev, test, source, notes), config)
 
 
 def resolve_prompting(config: RunConfig) -> tuple[Template, Verbalizer]:
@@ -166,8 +195,66 @@ def classifier_for_config(config: RunConfig, backbone: Backbone, splits: Splits)
     return model
 
 
+def build_tagger(
+    backbone: Backbone,
+    method_name: str,
+    tags: list[str],
+    prompt: PromptConfig,
+    seed: int,
+    max_length: int,
+    method_options: Any = None,
+) -> TokenTagger:
+    """A :class:`TokenTagger` for this encoder, method and tag set.
+
+    Soft-token methods put ``prompt.length`` soft tokens after ``[CLS]``. The window is
+    ``max_length`` tokens, less what position embeddings the method's prefixes take.
+    """
+    if backbone.kind != "encoder":
+        raise SoftpromptError(
+            f"task=ner needs an encoder backbone (e.g. backbone=minilm-l6); {backbone.name} is {backbone.kind}"
+        )
+    spec = get_method(method_name)
+    if not spec.trains:
+        raise SoftpromptError("task=ner needs a trained tag head: choose a method other than 'none'")
+    num_soft = prompt.length if spec.uses_soft_tokens else 0
+    kinds = sorted({tag[2:].lower() for tag in tags if tag != "O"})
+    method = spec.build(MethodContext(backbone, num_soft, kinds, prompt, method_options, seed))
+    positions = getattr(backbone.model.config, "max_position_embeddings", None) or max_length
+    window = min(max_length, positions - method.prefix_length())
+    task = TaggingTask(backbone.tokenizer, tags, num_soft, window)
+    return TokenTagger(backbone, method, task, seed=seed)
+
+
+def tagger_for_config(config: RunConfig, backbone: Backbone, splits: Splits) -> TokenTagger:
+    """Build the tagger a run config describes, its tag set read from the training data."""
+    return build_tagger(
+        backbone,
+        config.method,
+        tag_set(splits.train),
+        config.prompt,
+        config.seed,
+        config.train.max_length,
+        config.method_options(),
+    )
+
+
+def model_for_config(config: RunConfig, backbone: Backbone, splits: Splits) -> TaskModel:
+    """The classifier or tagger of ``config.task``."""
+    if config.task == "ner":
+        return tagger_for_config(config, backbone, splits)
+    return classifier_for_config(config, backbone, splits)
+
+
 def load_classifier(path: str | Path, backbone: Backbone | None = None) -> tuple[PromptedClassifier, dict]:
-    """Rebuild a trained classifier from an artifact directory.
+    """Rebuild a trained classifier from an artifact directory (see :func:`load_model`)."""
+    model, meta = load_model(path, backbone)
+    if not isinstance(model, PromptedClassifier):
+        raise SoftpromptError(f"artifact {path} is a {meta['task']} model, not a classifier")
+    return model, meta
+
+
+def load_model(path: str | Path, backbone: Backbone | None = None) -> tuple[TaskModel, dict]:
+    """Rebuild a trained classifier or tagger from an artifact directory.
 
     Args:
         path: the artifact directory.
@@ -188,17 +275,23 @@ def load_classifier(path: str | Path, backbone: Backbone | None = None) -> tuple
             f"{recorded['fingerprint']}), not on '{backbone.name}' ({backbone.fingerprint})"
         )
     config = load_config(base=meta["config"])
-    model = build_classifier(
-        backbone,
-        meta["method"],
-        Template(meta["template"]),
-        Verbalizer(meta["verbalizer"]),
-        config.prompt,
-        seed=0,
-        max_length=meta["max_length"],
-        demos=meta.get("demonstrations", ""),
-        method_options=config.method_options(meta["method"]),
-    )
+    options = config.method_options(meta["method"])
+    if meta.get("task") == "ner":
+        model: TaskModel = build_tagger(
+            backbone, meta["method"], meta["tags"], config.prompt, 0, meta["max_length"], options
+        )
+    else:
+        model = build_classifier(
+            backbone,
+            meta["method"],
+            Template(meta["template"]),
+            Verbalizer(meta["verbalizer"]),
+            config.prompt,
+            seed=0,
+            max_length=meta["max_length"],
+            demos=meta.get("demonstrations", ""),
+            method_options=options,
+        )
     try:
         model.load_export(files.state)
     except RuntimeError as exc:

@@ -1,4 +1,4 @@
-"""The ``softprompt`` command: ls, train, eval, predict, inspect.
+"""The ``softprompt`` command: ls, train, compare, eval, predict, tag, inspect.
 
 User mistakes surface as ``error: <one line>`` with exit status 2 and no traceback; Ctrl-C exits
 with 130 and leaves the last checkpoint intact.
@@ -58,12 +58,16 @@ def _train(args: argparse.Namespace) -> None:
         print(f"note: {note}")
     metrics = result.metrics
     share = 100 * result.trainable_parameters / result.backbone_parameters
-    if "zero_shot_test" in metrics:
+    if config.task == "ner":
+        _print_ner_summary(metrics, result.best_step)
+    elif "zero_shot_test" in metrics:
         print(
             f"zero-shot test accuracy: {100 * metrics['zero_shot_test']['accuracy']:.1f}% "
             f"(same template without soft tokens, n={metrics['zero_shot_test']['n']})"
         )
-    if "test" in metrics:
+    if config.task == "ner":
+        pass
+    elif "test" in metrics:
         print(
             f"{'tuned' if result.trainable_parameters else 'method=' + config.method} test accuracy: "
             f"{100 * metrics['test']['accuracy']:.1f}% (n={metrics['test']['n']}; best dev "
@@ -77,6 +81,17 @@ def _train(args: argparse.Namespace) -> None:
     )
     minutes, seconds = divmod(round(result.seconds), 60)
     print(f"time: {minutes} min {seconds} s")
+
+
+def _print_ner_summary(metrics: dict, best_step: int) -> None:
+    dev = metrics["dev"]
+    print(f"best dev entity F1: {100 * dev['f1']:.1f} at step {best_step} (n={dev['n']} sentences)")
+    if "test" in metrics:
+        test = metrics["test"]
+        print(
+            f"test entity F1: {100 * test['f1']:.1f} (precision {100 * test['precision']:.1f}, "
+            f"recall {100 * test['recall']:.1f}; n={test['n']} sentences)"
+        )
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -95,12 +110,15 @@ def _load(artifact: str):
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from softprompt.assemble import DEFAULT_DATASET
+    from softprompt.assemble import DEFAULT_DATASET, load_model
     from softprompt.data import read_examples
     from softprompt.datasets import load_builtin
     from softprompt.evaluate import evaluate
 
-    model, meta = _load(args.artifact)
+    model, meta = load_model(args.artifact)
+    if meta.get("task") == "ner":
+        _eval_ner(model, args)
+        return
     if args.data:
         data_meta = meta.get("data", {})
         text_field = args.text_field or data_meta.get("text_field", "text")
@@ -113,6 +131,44 @@ def _eval(args: argparse.Namespace) -> None:
     model.task.template.check_fields(set(examples[0].fields), where)
     metrics = evaluate(model, examples, args.batch_size, where=where, progress=None if args.quiet else "eval")
     print(json.dumps({"data": where, **metrics}, ensure_ascii=False))
+
+
+def _eval_ner(model, args: argparse.Namespace) -> None:
+    from softprompt.conll import read_conll
+    from softprompt.evaluate import evaluate_tagger
+    from softprompt.report import ner_report
+
+    if not args.data:
+        raise SoftpromptError("a tagger is evaluated on a CoNLL file: add --data PATH")
+    sentences = read_conll(args.data)
+    metrics = evaluate_tagger(model, sentences, args.batch_size, None, args.data, None if args.quiet else "eval")
+    if args.json:
+        print(json.dumps({"data": args.data, **metrics}, ensure_ascii=False))
+    else:
+        print(ner_report(metrics, args.data))
+
+
+def _tag(args: argparse.Namespace) -> None:
+    from softprompt.assemble import load_model
+    from softprompt.conll import Sentence
+    from softprompt.tasks.ner import entities, split_words
+
+    model, meta = load_model(args.artifact)
+    if meta.get("task") != "ner":
+        raise SoftpromptError(f"{args.artifact} is a {meta.get('task')} model; use `softprompt predict` for it")
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise SoftpromptError("no input: give texts as arguments or one per line on stdin")
+    spans = [split_words(text) for text in texts]
+    sentences = [Sentence([word for word, _, _ in words], []) for words in spans]
+    unknown = sum(model.task.word_pieces(s.words)[1] for s in sentences if s.words)
+    if unknown:
+        print(f"note: {unknown} word(s) hold characters the tokenizer does not know ([UNK])", file=sys.stderr)
+    predicted = model.predict([s for s in sentences if s.words], args.batch_size)
+    tags = iter(predicted)
+    for text, words, sentence in zip(texts, spans, sentences, strict=True):
+        found = entities(text, words, next(tags)) if sentence.words else []
+        print(json.dumps({"text": text, "entities": found}, ensure_ascii=False), flush=True)
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -198,7 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--label-field")
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--quiet", action="store_true")
+    ev.add_argument("--json", action="store_true", help="NER: print the metrics as one JSON object")
     ev.set_defaults(run=_eval)
+
+    tag = commands.add_parser("tag", help="tag entities in texts (arguments or stdin) with a NER artifact")
+    tag.add_argument("artifact")
+    tag.add_argument("texts", nargs="*")
+    tag.add_argument("--batch-size", type=int, default=32)
+    tag.set_defaults(run=_tag)
 
     predict = commands.add_parser("predict", help="label texts (arguments or stdin), one JSON line each")
     predict.add_argument("artifact")

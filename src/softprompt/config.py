@@ -31,6 +31,9 @@ def _check(condition: bool, key: str, message: str) -> None:
         raise SoftpromptError(f"config field '{key}': {message}")
 
 
+TASKS = ("classification", "ner")
+
+
 @dataclass
 class PromptConfig:
     """Soft prompt settings (used by prompt-based methods)."""
@@ -74,7 +77,7 @@ class TrainConfig:
 class DataConfig:
     """Where the examples come from when not using a built-in dataset."""
 
-    train: str | None = _help("training file (.jsonl, .csv or .tsv)", None)
+    train: str | None = _help("training file (.jsonl, .csv or .tsv; a CoNLL file for task=ner)", None)
     dev: str | None = _help("dev file; when absent, dev_size examples are held out of train", None)
     test: str | None = _help("test file (optional)", None)
     text_field: str = _help("column holding the input text (the template's {text})", "text")
@@ -107,7 +110,7 @@ class RunConfig:
     backbone: str = _help("backbone name (softprompt ls backbones) or a local HF dir / .gguf file", "smollm2-135m")
     dataset: str | None = _help("built-in dataset (softprompt ls datasets); ignored when data.train is set", None)
     method: str = _help("softprompt ls methods; 'none' = zero-/few-shot without training", "prompt_tuning")
-    task: str = _help("task type", "classification")
+    task: str = _help("classification | ner (tagging CoNLL files; needs an encoder backbone)", "classification")
     out: str = _help("artifact directory", "runs/default")
     seed: int = _help("random seed (data order, initialisation)", 0)
     threads: int = _help("torch CPU threads (0 = torch's default)", 0)
@@ -124,7 +127,7 @@ class RunConfig:
     options: dict[str, Any] = field(default_factory=dict, metadata={"help": "per-method sections, e.g. lora.r=16"})
 
     def __post_init__(self) -> None:
-        _check(self.task == "classification", "task", f"'{self.task}' is not supported (classification)")
+        _check(self.task in TASKS, "task", f"'{self.task}' is not one of {', '.join(TASKS)}")
         _check(self.threads >= 0, "threads", "must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:

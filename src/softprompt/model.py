@@ -9,35 +9,35 @@ the full softmax. Encoder: a linear head at the mask position (trainable in ever
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from softprompt.backbones import Backbone
+from softprompt.data import Example
 from softprompt.methods.base import Method
+from softprompt.prompts import EncodedInput
 from softprompt.tasks.classification import Batch, ClassificationTask
 
 HEAD_PREFIX = "classifier."
 
 
-class PromptedClassifier(nn.Module):
-    """Scores each label for a batch: ``forward(batch) -> [B, num_labels]`` log-probabilities."""
+class TaskModel(nn.Module):
+    """A frozen backbone, a method's trainable parameters, and an optional trainable linear head:
+    the state handling and the encoder forward pass every task shares."""
 
-    def __init__(self, backbone: Backbone, method: Method, task: ClassificationTask, seed: int = 0):
+    metric = "accuracy"  # the dev metric that selects the best checkpoint
+
+    def __init__(self, backbone: Backbone, method: Method, head_outputs: int = 0, seed: int = 0):
         super().__init__()
         self.backbone = backbone
         self.model = backbone.model
         self.method = method
-        self.task = task
         self.head: nn.Linear | None = None
-        if not task.causal:
+        if head_outputs:
             torch.manual_seed(seed)
-            self.head = nn.Linear(backbone.hidden_size, len(task.labels))
-        candidates = task.candidates
-        self.first_ids = torch.tensor([c.ids[0] for c in candidates], dtype=torch.long)
-        self.label_groups = [
-            torch.tensor([k for k, c in enumerate(candidates) if c.label_index == i]) for i in range(len(task.labels))
-        ]
-        self.multi = [k for k, c in enumerate(candidates) if len(c.ids) > 1]
+            self.head = nn.Linear(backbone.hidden_size, head_outputs)
 
     # ---- trainable state ---------------------------------------------------------------------
     def _head_state(self) -> dict[str, torch.Tensor]:
@@ -72,10 +72,6 @@ class PromptedClassifier(nn.Module):
         return params
 
     # ---- forward ------------------------------------------------------------------------------
-    def forward(self, batch: Batch) -> torch.Tensor:
-        scores = self._causal_scores(batch) if self.task.causal else self._encoder_scores(batch)
-        return torch.log_softmax(scores, dim=-1)
-
     def embed(self, input_ids: torch.Tensor, soft_index: torch.Tensor) -> torch.Tensor:
         """Token embeddings with the method's soft tokens placed at their slots."""
         embeds = self.model.get_input_embeddings()(input_ids)
@@ -85,18 +81,67 @@ class PromptedClassifier(nn.Module):
         picked = soft[soft_index.clamp(min=0)]
         return torch.where((soft_index >= 0).unsqueeze(-1), picked.to(embeds.dtype), embeds)
 
-    def _encoder_scores(self, batch: Batch) -> torch.Tensor:
-        embeds = self.embed(batch.input_ids, batch.soft_index)
-        mask = batch.attention_mask
+    def encoder_hidden(
+        self, input_ids: torch.Tensor, soft_index: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``[B, L, hidden]`` last hidden states of an encoder backbone, with the method applied."""
+        embeds = self.embed(input_ids, soft_index)
+        mask = attention_mask
         extra = {}
         prefix = self.method.prefix_length()
         if prefix:
             # Per-layer key/value prefixes: every row attends to them. Positions continue after
             # them (the model's default with a cache), so at init, when the prefixes are the
             # backbone's own keys/values of the init tokens, the input reads "init tokens + text".
-            extra["past_key_values"] = self.method.prefix_cache(len(batch))
-            mask = torch.cat([torch.ones(len(batch), prefix, dtype=mask.dtype), mask], dim=1)
-        hidden = self.model(inputs_embeds=embeds, attention_mask=mask, **extra).last_hidden_state
+            size = input_ids.shape[0]
+            extra["past_key_values"] = self.method.prefix_cache(size)
+            mask = torch.cat([torch.ones(size, prefix, dtype=mask.dtype), mask], dim=1)
+        return self.model(inputs_embeds=embeds, attention_mask=mask, **extra).last_hidden_state
+
+
+class PromptedClassifier(TaskModel):
+    """Scores each label for a batch: ``forward(batch) -> [B, num_labels]`` log-probabilities."""
+
+    def __init__(self, backbone: Backbone, method: Method, task: ClassificationTask, seed: int = 0):
+        super().__init__(backbone, method, 0 if task.causal else len(task.labels), seed)
+        self.task = task
+        candidates = task.candidates
+        self.first_ids = torch.tensor([c.ids[0] for c in candidates], dtype=torch.long)
+        self.label_groups = [
+            torch.tensor([k for k, c in enumerate(candidates) if c.label_index == i]) for i in range(len(task.labels))
+        ]
+        self.multi = [k for k, c in enumerate(candidates) if len(c.ids) > 1]
+
+    # ---- what the training loop asks of a task model -------------------------------------------
+    def encode_split(self, examples: list[Example], where: str | None = None) -> list[EncodedInput]:
+        return [self.task.encode(ex) for ex in examples]
+
+    def training_rows(self, examples: list[Example], encoded: list[EncodedInput], where: str) -> list:
+        return list(zip(encoded, self.task.label_ids(examples, where), strict=True))
+
+    def loss(self, rows: list) -> torch.Tensor:
+        """Mean negative log-likelihood of the gold labels of ``rows`` (from :meth:`training_rows`)."""
+        batch = self.task.collate([encoded for encoded, _ in rows], [label for _, label in rows])
+        return torch.nn.functional.nll_loss(self(batch), batch.labels)
+
+    def describe(self) -> dict[str, Any]:
+        """The task's part of the artifact's record."""
+        template = self.task.template
+        return {
+            "template": template.source,
+            "verbalizer": self.task.verbalizer.to_dict(),
+            "labels": self.task.labels,
+            "demonstrations": self.task.demonstrations,
+            "soft_prefix": template.leading_soft == template.num_soft > 0,
+        }
+
+    # ---- forward ------------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> torch.Tensor:
+        scores = self._causal_scores(batch) if self.task.causal else self._encoder_scores(batch)
+        return torch.log_softmax(scores, dim=-1)
+
+    def _encoder_scores(self, batch: Batch) -> torch.Tensor:
+        hidden = self.encoder_hidden(batch.input_ids, batch.soft_index, batch.attention_mask)
         rows = torch.arange(len(batch))
         return self.head(hidden[rows, batch.mask_positions])
 

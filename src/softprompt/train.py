@@ -21,7 +21,14 @@ import torch
 from tqdm import tqdm
 
 from softprompt.artifact import TASK_FILE, read_artifact, size_bytes, update_metrics, write_artifact
-from softprompt.assemble import Splits, build_classifier, classifier_for_config, load_splits, resolve_prompting
+from softprompt.assemble import (
+    Splits,
+    build_classifier,
+    load_ner_splits,
+    load_splits,
+    model_for_config,
+    resolve_prompting,
+)
 from softprompt.atomic import atomic_write_json, atomic_write_text
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.checkpoint import CHECKPOINT, Progress, load_checkpoint, save_checkpoint
@@ -29,7 +36,7 @@ from softprompt.config import RunConfig
 from softprompt.errors import SoftpromptError, TrainingDiverged
 from softprompt.evaluate import evaluate
 from softprompt.methods import get_method
-from softprompt.model import PromptedClassifier
+from softprompt.model import TaskModel
 from softprompt.plotting import plot_training_curves
 
 LOG_FILE = "log.jsonl"
@@ -71,16 +78,12 @@ def lr_lambda(warmup: int, total: int):
     return factor
 
 
-def _meta(config: RunConfig, model: PromptedClassifier, backbone: Backbone, splits: Splits) -> dict[str, Any]:
+def _meta(config: RunConfig, model: TaskModel, backbone: Backbone, splits: Splits) -> dict[str, Any]:
     return {
         "task": config.task,
         "method": config.method,
-        "template": model.task.template.source,
-        "verbalizer": model.task.verbalizer.to_dict(),
-        "labels": model.task.labels,
+        **model.describe(),
         "max_length": config.train.max_length,
-        "demonstrations": model.task.demonstrations,
-        "soft_prefix": model.task.template.leading_soft == model.task.template.num_soft > 0,
         "backbone": {
             "name": backbone.name,
             "fingerprint": backbone.fingerprint,
@@ -96,7 +99,7 @@ def _meta(config: RunConfig, model: PromptedClassifier, backbone: Backbone, spli
     }
 
 
-def _save_best(out: Path, model: PromptedClassifier, meta: dict[str, Any], step: int, dev: dict) -> None:
+def _save_best(out: Path, model: TaskModel, meta: dict[str, Any], step: int, dev: dict) -> None:
     peft_config = model.method.peft_config(model.backbone, meta["soft_prefix"])
     write_artifact(out, model.export_state(), {**meta, "step": step, "metrics": {"dev": dev}}, peft_config)
 
@@ -129,22 +132,27 @@ def train(
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     # Cheap checks first (names, template, data files), the backbone last; nothing is written yet.
-    template, verbalizer = resolve_prompting(config)
-    splits = load_splits(config)
+    if config.task == "ner":
+        splits = load_ner_splits(config)
+    else:
+        template, verbalizer = resolve_prompting(config)
+        splits = load_splits(config)
     backbone = backbone or load_backbone(config.backbone)
     cfg = config.train
     bar_desc = "eval" if progress else None
-    # Before the method attaches: methods such as LoRA change the backbone's layers.
-    baseline = _zero_shot_baseline(config, backbone, template, verbalizer, splits, bar_desc)
-    model = classifier_for_config(config, backbone, splits)
+    baseline = {}
+    if config.task == "classification":
+        # Before the method attaches: methods such as LoRA change the backbone's layers.
+        baseline = _zero_shot_baseline(config, backbone, template, verbalizer, splits, bar_desc)
+    model = model_for_config(config, backbone, splits)
     meta = _meta(config, model, backbone, splits)
-    task = model.task
-    encoded = {name: [task.encode(ex) for ex in getattr(splits, name)] for name in ("train", "dev", "test")}
+    where = {name: str(splits.source.get(name) or splits.source.get("dataset")) for name in ("train", "dev", "test")}
+    encoded = {name: model.encode_split(getattr(splits, name), where[name]) for name in ("train", "dev", "test")}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / CONFIG_FILE, config.to_dict())
 
     def dev_metric() -> dict:
-        return evaluate(model, splits.dev, cfg.eval_batch_size, encoded["dev"], "dev", bar_desc)
+        return evaluate(model, splits.dev, cfg.eval_batch_size, encoded["dev"], where["dev"], bar_desc)
 
     state = Progress()
     if not get_method(config.method).trains:
@@ -165,8 +173,7 @@ def train(
             model,
             optimizer,
             scheduler,
-            encoded["train"],
-            task.label_ids(splits.train, "train"),
+            model.training_rows(splits.train, encoded["train"], where["train"]),
             state,
             config,
             out,
@@ -177,7 +184,7 @@ def train(
         model.load_export(read_artifact(out).state)  # the best weights, not the last
     metrics = {}
     if splits.test:
-        metrics["test"] = evaluate(model, splits.test, cfg.eval_batch_size, encoded["test"], "test", bar_desc)
+        metrics["test"] = evaluate(model, splits.test, cfg.eval_batch_size, encoded["test"], where["test"], bar_desc)
     metrics.update(baseline)
     metrics["resources"] = _resources(state.history)
     update_metrics(out, {**metrics, "best_step": state.best_step, "stopped_early": state.stopped_early})
@@ -223,11 +230,10 @@ def peak_rss_mb() -> float:
 
 
 def _loop(
-    model: PromptedClassifier,
+    model: TaskModel,
     optimizer,
     scheduler,
-    encoded,
-    labels: list[int],
+    rows: list,
     state: Progress,
     config: RunConfig,
     out: Path,
@@ -242,9 +248,8 @@ def _loop(
     bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not progress, desc="train", unit="step")
     while state.step < cfg.max_steps and not state.stopped_early:
         tick = time.perf_counter()
-        index = batch_indices(state.step, cfg.batch_size, len(encoded), config.seed)
-        batch = model.task.collate([encoded[i] for i in index], [labels[i] for i in index])
-        loss = torch.nn.functional.nll_loss(model(batch), batch.labels)
+        index = batch_indices(state.step, cfg.batch_size, len(rows), config.seed)
+        loss = model.loss([rows[i] for i in index])
         if cfg.l2:
             loss = loss + cfg.l2 * model.method.l2_penalty()
         if not math.isfinite(loss.item()):
@@ -270,9 +275,9 @@ def _loop(
         bar.set_postfix(loss=f"{loss.item():.4f}", dev=f"{state.best_metric:.4f}")
         if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
             dev = dev_metric()
-            _log(out, state, {"step": state.step, "dev": dev["accuracy"]})
-            if dev["accuracy"] > state.best_metric:
-                state.best_metric, state.best_step, state.evals_without_improvement = dev["accuracy"], state.step, 0
+            _log(out, state, {"step": state.step, "dev": dev[model.metric]})
+            if dev[model.metric] > state.best_metric:
+                state.best_metric, state.best_step, state.evals_without_improvement = dev[model.metric], state.step, 0
                 _save_best(out, model, meta, state.step, dev)
             else:
                 state.evals_without_improvement += 1
