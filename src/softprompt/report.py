@@ -9,9 +9,12 @@ from softprompt.conll import OUTSIDE
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-             for r in [header, *rows]]
-    return "\n".join(lines)
+
+    def line(row: list[str]) -> str:
+        cells = zip(row, widths, strict=True)
+        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(cells))
+
+    return "\n".join(line(r) for r in [header, *rows])
 
 
 def ner_report(metrics: dict[str, Any], where: str) -> str:
