@@ -186,3 +186,15 @@ def test_l2_penalty_shrinks_the_prompt(tiny_llama_dir, sentiment_files, tmp_path
 def _log_without_timing(run: Path) -> list[dict]:
     entries = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     return [{k: v for k, v in entry.items() if k != "seconds"} for entry in entries]
+
+
+def test_batches_grouped_by_length_cover_each_sample_once_per_epoch():
+    from softprompt.train import GROUP, batch_indices
+
+    count, size = GROUP * 4, 4  # one epoch = one group of GROUP batches
+    lengths = [(i * 37) % 23 for i in range(count // 2)] * 2
+    batches = [batch_indices(step, size, count // 2 * 2, 0, lengths) for step in range(GROUP)]
+    assert sorted(i for b in batches for i in b) == list(range(count))
+    spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]
+    assert max(spread) <= 1  # sorted runs: a batch holds (nearly) equal lengths
+    assert batches == [batch_indices(step, size, count, 0, lengths) for step in range(GROUP)]  # resumable

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from softprompt.assemble import load_splits, resolve_prompting
+from softprompt.assemble import load_ner_splits, load_splits, resolve_prompting
 from softprompt.atomic import atomic_write_json, atomic_write_text
 from softprompt.backbones import resolve
 from softprompt.baselines import tfidf_accuracy
@@ -158,16 +158,21 @@ def compare(config_path: str | None, overrides: list[str], progress=print) -> tu
     """
     plan, rest = parse_plan(overrides)
     config = load_config(config_path, rest)  # validate everything before training anything
-    # The user's template, with its soft slots: methods without soft tokens get it without them.
-    template, _ = resolve_prompting(dataclasses.replace(config, method="prompt_tuning"))
-    splits = load_splits(config)
+    template = None
+    if config.task == "ner":
+        splits = load_ner_splits(config)
+        plan.baselines = []  # zero-/few-shot and TF-IDF are classification baselines
+    else:
+        # The user's template, with its soft slots: methods without soft tokens get it without them.
+        template, _ = resolve_prompting(dataclasses.replace(config, method="prompt_tuning"))
+        splits = load_splits(config)
     out = Path(config.out)
     rows: list[Row] = []
     for index, name in enumerate(plan.methods, 1):
         spec = get_method(name)
         lr = plan.lrs.get(name, spec.default_lr)
         extra = [f"method={name}", f"train.lr={lr}"]
-        if not spec.uses_soft_tokens and template.num_soft:
+        if template is not None and not spec.uses_soft_tokens and template.num_soft:
             extra.append(f"template={template.without_soft().source}")
         progress(f"[{index}/{len(plan.methods)}] {name} (lr {lr:g}) ... log: {out / name}.log")
         row = _run(name, "method", _train_args(config_path, rest, out / name) + extra, out / name, lr)
@@ -215,7 +220,9 @@ def _context(config: RunConfig, plan: Plan, splits) -> dict[str, Any]:
         "backbone": config.backbone,
         "data": config.data.train or config.dataset or "rotten-tomatoes",
         "seed": config.seed,
+        "metric": "entity F1" if config.task == "ner" else "accuracy",
         "max_steps": config.train.max_steps,
+        "epochs": config.train.epochs,
         "batch_size": config.train.batch_size,
         "patience": config.train.patience,
         "n_train": len(splits.train),
@@ -228,11 +235,14 @@ def _context(config: RunConfig, plan: Plan, splits) -> dict[str, Any]:
 
 def markdown(rows: list[Row], context: dict[str, Any]) -> str:
     """The comparison as a Markdown table with a one-line description of the setting."""
+    budget = f"{context['max_steps']} steps"
+    if context.get("epochs"):
+        budget = f"{context['epochs']:g} epochs"
     head = (
         f"{context['backbone']} on {context['data']} ({context['evaluated_on']}, n={context['n_test']}); "
-        f"{context['max_steps']} steps x batch {context['batch_size']} for every method, seed {context['seed']}, "
+        f"{budget} x batch {context['batch_size']} for every method, seed {context['seed']}, "
         f"{context['threads']} threads\n\n"
-        "| method | lr | test | trainable params | % of backbone | artifact | s/step (median) | peak RSS | time "
+        f"| method | lr | {context.get('metric', 'accuracy')} | trainable params | % of backbone | artifact | s/step (median) | peak RSS | time "
         "| note |\n"
         "|---|---|---|---|---|---|---|---|---|---|\n"
     )

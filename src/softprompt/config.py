@@ -54,6 +54,7 @@ class TrainConfig:
     lr: float = _help("AdamW learning rate", 3e-3)
     batch_size: int = _help("examples per optimizer step", 16)
     max_steps: int = _help("optimizer steps", 300)
+    epochs: float | None = _help("passes over the training data; when set, replaces max_steps", None)
     warmup_ratio: float = _help("fraction of max_steps with linear warm-up", 0.06)
     eval_every: int = _help("evaluate on dev and checkpoint every N steps", 50)
     patience: int = _help("stop after N evaluations without dev improvement (0 = never)", 3)
@@ -62,12 +63,14 @@ class TrainConfig:
     grad_clip: float = _help("clip the gradient norm to this value (0 = off)", 1.0)
     eval_batch_size: int = _help("examples per batch when evaluating", 32)
     max_length: int = _help("maximum tokens of a rendered example; longer inputs are truncated", 256)
+    group_by_length: bool = _help("batch rows of similar length together (less padding, faster steps)", False)
     zero_shot_baseline: bool = _help("also report zero-shot test accuracy with the same template", False)
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         for key in ("batch_size", "max_steps", "eval_every", "eval_batch_size", "max_length"):
             _check(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _check(self.epochs is None or self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
         _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
         _check(self.patience >= 0, "train.patience", "must be >= 0")
         _check(self.l2 >= 0 and self.weight_decay >= 0, "train.l2", "penalties must be >= 0")

@@ -119,6 +119,10 @@ class PromptedClassifier(TaskModel):
     def training_rows(self, examples: list[Example], encoded: list[EncodedInput], where: str) -> list:
         return list(zip(encoded, self.task.label_ids(examples, where), strict=True))
 
+    def row_length(self, row) -> int:
+        """Tokens of a training row (for ``train.group_by_length``)."""
+        return len(row[0].ids)
+
     def loss(self, rows: list) -> torch.Tensor:
         """Mean negative log-likelihood of the gold labels of ``rows`` (from :meth:`training_rows`)."""
         batch = self.task.collate([encoded for encoded, _ in rows], [label for _, label in rows])

@@ -31,6 +31,10 @@ class TokenTagger(TaskModel):
     def training_rows(self, sentences: list[Sentence], encoded: list[list[Window]], where: str) -> list[Window]:
         return [window for per_sentence in encoded for window in per_sentence]
 
+    def row_length(self, row: Window) -> int:
+        """Tokens of a training row (for ``train.group_by_length``)."""
+        return len(row.ids)
+
     def loss(self, rows: list[Window]) -> torch.Tensor:
         """Mean cross-entropy over the words (first sub-tokens) of the windows in ``rows``."""
         batch = self.task.collate(rows)

@@ -7,6 +7,8 @@ a pure function of (seed, step): a resumed run repeats an uninterrupted one exac
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import resource
@@ -58,15 +60,37 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
 
 
-def batch_indices(step: int, size: int, count: int, seed: int) -> list[int]:
+@functools.lru_cache(maxsize=4)
+def _epoch_order(count: int, seed: int, epoch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(count, generator=generator).tolist()
+
+
+def batch_indices(step: int, size: int, count: int, seed: int, lengths: list[int] | None = None) -> list[int]:
     """Indices of the examples in batch ``step``: epochs are seeded permutations, so any step's
-    batch can be recomputed on resume."""
-    out = []
-    for sample in range(step * size, (step + 1) * size):
-        epoch, offset = divmod(sample, count)
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        out.append(int(torch.randperm(count, generator=generator)[offset]))
-    return out
+    batch can be recomputed on resume.
+
+    With ``lengths``, batches are grouped by length (less padding, faster steps): the samples of
+    each run of ``GROUP`` consecutive batches are sorted by length, cut into batches, and those
+    batches are taken in a seeded random order.
+    """
+    if lengths is None:
+        return [_sample(n, count, seed) for n in range(step * size, (step + 1) * size)]
+    group, position = divmod(step, GROUP)
+    first = group * GROUP * size
+    pool = [_sample(n, count, seed) for n in range(first, first + GROUP * size)]
+    pool.sort(key=lambda i: lengths[i])
+    order = torch.randperm(GROUP, generator=torch.Generator().manual_seed(seed * 100_003 + group)).tolist()
+    start = order[position] * size
+    return pool[start : start + size]
+
+
+GROUP = 50  # batches whose samples are sorted together by length
+
+
+def _sample(n: int, count: int, seed: int) -> int:
+    epoch, offset = divmod(n, count)
+    return _epoch_order(count, seed, epoch)[offset]
 
 
 def lr_lambda(warmup: int, total: int):
@@ -159,6 +183,10 @@ def train(
         dev = dev_metric()
         _save_best(out, model, meta, 0, dev)
     else:
+        rows = model.training_rows(splits.train, encoded["train"], where["train"])
+        if cfg.epochs:
+            cfg = dataclasses.replace(cfg, max_steps=max(1, math.ceil(cfg.epochs * len(rows) / cfg.batch_size)))
+            config = dataclasses.replace(config, train=cfg)
         params = model.trainable_parameters()
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warmup = max(1, int(cfg.warmup_ratio * cfg.max_steps))
@@ -173,7 +201,7 @@ def train(
             model,
             optimizer,
             scheduler,
-            model.training_rows(splits.train, encoded["train"], where["train"]),
+            rows,
             state,
             config,
             out,
@@ -244,11 +272,12 @@ def _loop(
     """Run optimizer steps from ``state.step`` to ``train.max_steps`` (or early stop)."""
     cfg = config.train
     params = model.trainable_parameters()
+    lengths = [model.row_length(row) for row in rows] if cfg.group_by_length else None
     _rewrite_log(out, state.history)
     bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not progress, desc="train", unit="step")
     while state.step < cfg.max_steps and not state.stopped_early:
         tick = time.perf_counter()
-        index = batch_indices(state.step, cfg.batch_size, len(rows), config.seed)
+        index = batch_indices(state.step, cfg.batch_size, len(rows), config.seed, lengths)
         loss = model.loss([rows[i] for i in index])
         if cfg.l2:
             loss = loss + cfg.l2 * model.method.l2_penalty()
