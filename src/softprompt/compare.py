@@ -242,8 +242,8 @@ def markdown(rows: list[Row], context: dict[str, Any]) -> str:
         f"{context['backbone']} on {context['data']} ({context['evaluated_on']}, n={context['n_test']}); "
         f"{budget} x batch {context['batch_size']} for every method, seed {context['seed']}, "
         f"{context['threads']} threads\n\n"
-        f"| method | lr | {context.get('metric', 'accuracy')} | trainable params | % of backbone | artifact | s/step (median) | peak RSS | time "
-        "| note |\n"
+        f"| method | lr | {context.get('metric', 'accuracy')} | trainable params | % of backbone | artifact "
+        "| s/step (median) | peak RSS | time | note |\n"
         "|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
