@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from softprompt.errors import SoftpromptError
 from softprompt.methods import register
 from softprompt.methods.base import Method, MethodContext
-from softprompt.methods.layers import transformer_blocks
+from softprompt.methods.layers import top_blocks, transformer_blocks
 
 
 @dataclass
@@ -19,12 +19,7 @@ class FullOptions:
 
     def top(self) -> int | None:
         """K of ``top:K``, or None for all weights."""
-        if self.layers == "all":
-            return None
-        prefix, _, count = self.layers.partition(":")
-        if prefix != "top" or not count.isdigit() or int(count) < 1:
-            raise SoftpromptError(f"config field 'full.layers': '{self.layers}' is not 'all' or 'top:K' (K >= 1)")
-        return int(count)
+        return top_blocks(self.layers, "full.layers")
 
     def __post_init__(self) -> None:
         self.top()

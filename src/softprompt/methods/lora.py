@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 from peft import LoraConfig
 
+from softprompt.errors import SoftpromptError
 from softprompt.methods import register
 from softprompt.methods.base import MethodContext
+from softprompt.methods.layers import top_blocks, transformer_blocks
 from softprompt.methods.peft_tuners import PeftTuner, target_list
 
 
@@ -22,7 +24,13 @@ class LoraOptions:
     target_modules: str | None = field(
         default=None, metadata={"help": "comma-separated module names, 'all-linear', or peft's default for the model"}
     )
+    layers: str = field(
+        default="all", metadata={"help": "all | top:K (only the top K blocks: backpropagation stops below them)"}
+    )
     merge: bool = field(default=False, metadata={"help": "merge the update into the weights when loaded for eval"})
+
+    def __post_init__(self) -> None:
+        top_blocks(self.layers, "lora.layers")
 
 
 @register(
@@ -39,11 +47,21 @@ class Lora(PeftTuner):
 
     def __init__(self, context: MethodContext):
         options = context.options or LoraOptions()
+        top = top_blocks(options.layers, "lora.layers")
+        chosen = {}
+        if top is not None:
+            count = len(transformer_blocks(context.backbone))
+            if top > count:
+                raise SoftpromptError(f"lora.layers=top:{top}: {context.backbone.name} has only {count} blocks")
+            if options.target_modules == "all-linear":
+                raise SoftpromptError("lora.layers=top:K needs lora.target_modules as names (q_proj,v_proj,...)")
+            chosen = {"layers_to_transform": list(range(count - top, count))}
         config = LoraConfig(
             r=options.r,
             lora_alpha=options.alpha,
             lora_dropout=options.dropout,
             target_modules=target_list(options.target_modules),
+            **chosen,
         )
         super().__init__(context, config)
         self._merge = options.merge
