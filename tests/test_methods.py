@@ -163,6 +163,15 @@ def test_full_top_layers_trains_only_those_blocks(sentiment_files, tiny_llama_di
     assert names and all(n.startswith("model.layers.1.") for n in names)
 
 
+def test_lora_top_layers_puts_updates_only_there(sentiment_files, tiny_llama_dir, tmp_path):
+    options = ["lora.layers=top:1", "lora.target_modules=q_proj,v_proj,down_proj"]
+    *_, model = _build(tiny_llama_dir, sentiment_files, "lora", tmp_path, *options)
+    names = list(model.method._resident)
+    assert len(names) == 6 and all(n.startswith("model.layers.1.") for n in names)
+    with pytest.raises(SoftpromptError, match="has only 2 blocks"):
+        _build(tiny_llama_dir, sentiment_files, "lora", tmp_path, "lora.layers=top:3", "lora.target_modules=q_proj")
+
+
 def test_a_backbone_carries_one_layer_changing_method(sentiment_files, tiny_llama_dir, tmp_path):
     _, backbone, splits, _ = _build(tiny_llama_dir, sentiment_files, "lora", tmp_path)
     other = _config(tiny_llama_dir, sentiment_files, "adapter", tmp_path)
@@ -176,6 +185,7 @@ def test_a_backbone_carries_one_layer_changing_method(sentiment_files, tiny_llam
         ("lora.rank=4", "unknown config key 'lora.rank' .lora has: r, alpha"),
         ("lorra.r=4", "unknown config key 'lorra'.*'lora'"),
         ("full.layers=bottom:2", "full.layers"),
+        ("lora.layers=top:0", "lora.layers"),
         ("ptuning.encoder=gru", "ptuning.encoder"),
     ],
 )
