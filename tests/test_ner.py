@@ -219,6 +219,9 @@ def test_every_method_trains_evaluates_and_tags(method, tiny_bert_dir, conll_fil
         batch = loaded.task.collate([w for ws in loaded.encode_split(sentences) for w in ws])
         again, _ = load_model(out)
         assert torch.equal(loaded(batch), again(batch))
+    assert main(["inspect", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["task"] == "ner" and summary["tags"] == meta["tags"]
     assert main(["tag", str(out), "Angela Merkel visited Paris on Monday."]) == 0
     line = json.loads(capsys.readouterr().out)
     assert line["text"] == "Angela Merkel visited Paris on Monday."

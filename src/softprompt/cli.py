@@ -192,17 +192,23 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _inspect(args: argparse.Namespace) -> None:
     from softprompt.artifact import size_bytes
+    from softprompt.assemble import load_model
     from softprompt.inspection import nearest_tokens
 
-    model, meta = _load(args.artifact)
+    model, meta = load_model(args.artifact)
     backbone = meta["backbone"]
+    task = (
+        {"tags": meta["tags"]}
+        if meta.get("task") == "ner"
+        else {"template": meta["template"], "verbalizer": meta["verbalizer"]}
+    )
     summary = {
         "artifact": args.artifact,
         "backbone": backbone["name"],
         "fingerprint": backbone["fingerprint"],
+        "task": meta.get("task", "classification"),
         "method": meta["method"],
-        "template": meta["template"],
-        "verbalizer": meta["verbalizer"],
+        **task,
         "trainable_parameters": meta["trainable_parameters"],
         "share_of_backbone": f"{100 * meta['trainable_parameters'] / backbone['parameters']:.4f}%",
         "size_kb": round(size_bytes(Path(args.artifact)) / 1024, 1),

@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 
-from softprompt.model import PromptedClassifier
+from softprompt.model import TaskModel
 
 
-def nearest_tokens(model: PromptedClassifier, top: int = 5) -> list[dict[str, Any]]:
+def nearest_tokens(model: TaskModel, top: int = 5) -> list[dict[str, Any]]:
     """For each soft token: its norm and the ``top`` vocabulary tokens by cosine similarity."""
     soft = model.method.soft_embeddings()
     if soft is None:
