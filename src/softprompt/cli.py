@@ -60,27 +60,30 @@ def _train(args: argparse.Namespace) -> None:
     share = 100 * result.trainable_parameters / result.backbone_parameters
     if config.task == "ner":
         _print_ner_summary(metrics, result.best_step)
-    elif "zero_shot_test" in metrics:
-        print(
-            f"zero-shot test accuracy: {100 * metrics['zero_shot_test']['accuracy']:.1f}% "
-            f"(same template without soft tokens, n={metrics['zero_shot_test']['n']})"
-        )
-    if config.task == "ner":
-        pass
-    elif "test" in metrics:
-        print(
-            f"{'tuned' if result.trainable_parameters else 'method=' + config.method} test accuracy: "
-            f"{100 * metrics['test']['accuracy']:.1f}% (n={metrics['test']['n']}; best dev "
-            f"{100 * metrics['dev']['accuracy']:.1f}% at step {result.best_step})"
-        )
     else:
-        print(f"dev accuracy: {100 * metrics['dev']['accuracy']:.1f}% (no test split)")
+        _print_classification_summary(metrics, result.best_step, result.trainable_parameters, config.method)
     print(
         f"artifact: {result.out} ({result.artifact_bytes / 1024:.1f} KB; {result.trainable_parameters:,} "
         f"trainable parameters = {share:.4f}% of {result.backbone_parameters / 1e6:.1f}M)"
     )
     minutes, seconds = divmod(round(result.seconds), 60)
     print(f"time: {minutes} min {seconds} s")
+
+
+def _print_classification_summary(metrics: dict, best_step: int, trained: int, method: str) -> None:
+    if "zero_shot_test" in metrics:
+        print(
+            f"zero-shot test accuracy: {100 * metrics['zero_shot_test']['accuracy']:.1f}% "
+            f"(same template without soft tokens, n={metrics['zero_shot_test']['n']})"
+        )
+    if "test" in metrics:
+        print(
+            f"{'tuned' if trained else 'method=' + method} test accuracy: "
+            f"{100 * metrics['test']['accuracy']:.1f}% (n={metrics['test']['n']}; best dev "
+            f"{100 * metrics['dev']['accuracy']:.1f}% at step {best_step})"
+        )
+    else:
+        print(f"dev accuracy: {100 * metrics['dev']['accuracy']:.1f}% (no test split)")
 
 
 def _print_ner_summary(metrics: dict, best_step: int) -> None:

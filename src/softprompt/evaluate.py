@@ -110,8 +110,9 @@ def evaluate_tagger(
     progress: str | None = None,
 ) -> dict[str, Any]:
     """Entity metrics of a :class:`~softprompt.tagger.TokenTagger` on tagged ``sentences``."""
-    for sentence in sentences:
-        model.task.tag_ids(sentence, where)  # an unknown tag is an error, not a silent miss
+    if encoded is None:  # windows encoded with ``where`` were checked already
+        for sentence in sentences:
+            model.task.tag_ids(sentence, where)  # an unknown tag is an error, not a silent miss
     windows = sum(len(w) for w in encoded) if encoded is not None else None
     with tqdm(total=windows, desc=progress, leave=False, disable=progress is None, unit="row") as bar:
         predicted = model.predict(sentences, batch_size, encoded, bar)

@@ -75,10 +75,6 @@ class TaggingTask:
             )
         self.index = {tag: i for i, tag in enumerate(self.tags)}
 
-    @property
-    def entity_types(self) -> list[str]:
-        return sorted({tag[2:] for tag in self.tags if tag != OUTSIDE})
-
     def tag_ids(self, sentence: Sentence, where: str) -> list[int]:
         """Tag indices, with an error naming ``where`` and the line for a tag the model lacks."""
         for offset, tag in enumerate(sentence.tags):
