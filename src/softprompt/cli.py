@@ -1,4 +1,4 @@
-"""The ``softprompt`` command: ls, train, compare, eval, predict, tag, inspect.
+"""The ``softprompt`` command: ls, train, compare, eval, predict, tag, inspect, detox, generate.
 
 User mistakes surface as ``error: <one line>`` with exit status 2 and no traceback; Ctrl-C exits
 with 130 and leaves the last checkpoint intact.
@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from softprompt.detox.cli import add_commands as add_detox_commands
 from softprompt.errors import SoftpromptError, TrainingDiverged
 
 
@@ -283,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--top", type=int, default=5)
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(run=_inspect)
+    add_detox_commands(commands)
     return parser
 
 

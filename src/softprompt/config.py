@@ -303,3 +303,9 @@ def load_config(
             raise SoftpromptError(f"config field '{name}' is a section; use {name}.<key>=value")
         config.options[name] = build(sections[name], value, prefix=f"{name}.")
     return config
+
+
+def load_dataclass(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+    """Build config dataclass ``cls`` from an optional YAML file and ``key=value`` overrides."""
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    return build(cls, merge(data, parse_overrides(overrides or [])))

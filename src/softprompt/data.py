@@ -35,8 +35,8 @@ class Dataset:
     notes: list[str] = field(default_factory=list)
 
 
-def _rows(path: Path) -> list[tuple[int, dict]]:
-    """Yield (line number, row dict) from a JSONL/CSV/TSV file."""
+def read_rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, row dict) pairs of a JSONL/CSV/TSV file, with file + line errors."""
     suffix = path.suffix.lower()
     if suffix not in READERS:
         raise SoftpromptError(f"{path}: unsupported file type '{suffix}' (use .jsonl, .csv or .tsv)")
@@ -78,7 +78,7 @@ def read_examples(
     path = Path(path)
     if not path.is_file():
         raise SoftpromptError(f"data file {path} does not exist")
-    rows = _rows(path)
+    rows = read_rows(path)
     if not rows:
         raise SoftpromptError(f"data file {path} is empty")
     wanted = [text_field] + [f for f in (fields or []) if f != "text"]

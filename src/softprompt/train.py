@@ -15,6 +15,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,18 +109,23 @@ def _meta(config: RunConfig, model: TaskModel, backbone: Backbone, splits: Split
         "method": config.method,
         **model.describe(),
         "max_length": config.train.max_length,
-        "backbone": {
-            "name": backbone.name,
-            "fingerprint": backbone.fingerprint,
-            "kind": backbone.kind,
-            "parameters": backbone.num_parameters,
-            "hidden_size": backbone.hidden_size,
-        },
+        "backbone": backbone_record(backbone),
         "trainable_parameters": sum(p.numel() for p in model.trainable_parameters()),
         "saved_parameters": sum(v.numel() for v in model.export_state().values()),
         "data": splits.source,
         "config": config.to_dict(),
         "metrics": {},
+    }
+
+
+def backbone_record(backbone: Backbone) -> dict[str, Any]:
+    """What an artifact records of its backbone (the fingerprint is checked on load)."""
+    return {
+        "name": backbone.name,
+        "fingerprint": backbone.fingerprint,
+        "kind": backbone.kind,
+        "parameters": backbone.num_parameters,
+        "hidden_size": backbone.hidden_size,
     }
 
 
@@ -184,31 +190,7 @@ def train(
         _save_best(out, model, meta, 0, dev)
     else:
         rows = model.training_rows(splits.train, encoded["train"], where["train"])
-        if cfg.epochs:
-            cfg = dataclasses.replace(cfg, max_steps=max(1, math.ceil(cfg.epochs * len(rows) / cfg.batch_size)))
-            config = dataclasses.replace(config, train=cfg)
-        params = model.trainable_parameters()
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        warmup = max(1, int(cfg.warmup_ratio * cfg.max_steps))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, cfg.max_steps))
-        if resume:
-            saved = load_checkpoint(out)
-            model.load_training_state(saved["trainable"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            state = saved["progress"]
-        state = _loop(
-            model,
-            optimizer,
-            scheduler,
-            rows,
-            state,
-            config,
-            out,
-            meta,
-            dev_metric,
-            progress,
-        )
+        state = fit(model, rows, config, out, meta, dev_metric, resume, progress)
         model.load_export(read_artifact(out).state)  # the best weights, not the last
     metrics = {}
     if splits.test:
@@ -229,6 +211,36 @@ def train(
         state.best_step,
         splits.notes + model.method.notes,
     )
+
+
+def fit(
+    model: TaskModel,
+    rows: list,
+    config: Any,
+    out: Path,
+    meta: dict[str, Any],
+    dev_metric: Callable[[], dict],
+    resume: bool = False,
+    progress: bool = True,
+) -> Progress:
+    """Train ``model`` on ``rows`` with the optimizer and schedule of ``config.train`` (a
+    :class:`TrainConfig`; ``config.seed`` orders the data), resuming from ``out``'s checkpoint
+    when asked. The best weights by ``dev_metric`` are written to ``out`` as an artifact."""
+    cfg = config.train
+    if cfg.epochs:
+        cfg = dataclasses.replace(cfg, max_steps=max(1, math.ceil(cfg.epochs * len(rows) / cfg.batch_size)))
+        config = dataclasses.replace(config, train=cfg)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(1, int(cfg.warmup_ratio * cfg.max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, cfg.max_steps))
+    state = Progress()
+    if resume:
+        saved = load_checkpoint(out)
+        model.load_training_state(saved["trainable"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = saved["progress"]
+    return optimize(model, optimizer, scheduler, rows, state, config, out, meta, dev_metric, progress)
 
 
 def _zero_shot_baseline(config: RunConfig, backbone: Backbone, template, verbalizer, splits: Splits, bar) -> dict:
@@ -257,13 +269,13 @@ def peak_rss_mb() -> float:
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20  # Linux: KiB, macOS: bytes
 
 
-def _loop(
+def optimize(
     model: TaskModel,
     optimizer,
     scheduler,
     rows: list,
     state: Progress,
-    config: RunConfig,
+    config: Any,
     out: Path,
     meta: dict,
     dev_metric,

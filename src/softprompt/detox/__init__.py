@@ -1,0 +1,1 @@
+"""Prompt-based detoxification: scorers, metrics, steering methods, sampling, training, evaluation."""

@@ -1,0 +1,106 @@
+"""The ``softprompt detox`` commands (train, eval, validate-scorer) and ``softprompt generate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from softprompt.config import _check, _help, load_dataclass
+from softprompt.errors import SoftpromptError
+
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+@dataclass
+class ValidateConfig:
+    """Settings of ``softprompt detox validate-scorer``."""
+
+    data: str = _help("folder of RealToxicityPrompts .jsonl files with Perspective scores (or one file)", "")
+    scorer: str = _help("comma list: profanity, classifier, hf:<dir>", "profanity,classifier")
+    out: str | None = _help("also write the report as JSON here", None)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.data), "data", "give the scored prompts: data=PATH/rtp")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from softprompt.detox.training import DetoxTrainConfig, train_detox
+
+    config = load_dataclass(DetoxTrainConfig, args.config, args.overrides)
+    results = train_detox(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    for role in ("soft_prompt", "expert", "anti_expert"):
+        if role in results:
+            dev = results[role]
+            print(f"{role}: dev loss {dev['loss']:.4f} per token (n={dev['n']} sentences)")
+    print(f"artifacts: {config.out}  (time {results['seconds'] / 60:.1f} min)")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from softprompt.detox.evaluation import DetoxEvalConfig, detox_eval
+    from softprompt.detox.report import markdown_table
+
+    config = load_dataclass(DetoxEvalConfig, args.config, args.overrides)
+    results = detox_eval(config, overwrite=args.overwrite, progress=not args.quiet)
+    print(markdown_table(results))
+    print(f"written: {Path(config.out) / 'results.md'}, results.json, results.png")
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from softprompt.atomic import atomic_write_json
+    from softprompt.detox.validation import validate_scorers, validation_table
+
+    config = load_dataclass(ValidateConfig, None, args.overrides)
+    report = validate_scorers(config.data, config.scorer)
+    print(validation_table(report))
+    if config.out:
+        atomic_write_json(Path(config.out), report)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from softprompt.generate import GenerateConfig, generate
+
+    overrides = [item for item in args.overrides if OVERRIDE.match(item)]
+    texts = [item for item in args.overrides if not OVERRIDE.match(item)]
+    if not texts and not sys.stdin.isatty():
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise SoftpromptError("no prompt: give texts as arguments or one per line on stdin")
+    config = load_dataclass(GenerateConfig, args.config, overrides)
+    for text, continuations in zip(texts, generate(texts, config), strict=True):
+        if args.json:
+            print(json.dumps({"prompt": text, "continuations": continuations}, ensure_ascii=False), flush=True)
+        else:
+            for continuation in continuations:
+                print(f"{text}{continuation}", flush=True)
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Register ``detox`` and ``generate`` on the main parser's subcommands."""
+    detox = commands.add_parser("detox", help="measure and reduce toxic continuations (train, eval, validate-scorer)")
+    sub = detox.add_subparsers(dest="detox_command", required=True)
+    train = sub.add_parser("train", help="train the soft_prompt (kind=soft_prompt) or experts (kind=experts) prompts")
+    train.add_argument("--config", help="YAML file of settings")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoints in out")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run in out")
+    train.add_argument("--quiet", action="store_true")
+    train.add_argument("overrides", nargs="*", metavar="key=value")
+    train.set_defaults(run=_train)
+    ev = sub.add_parser("eval", help="sample, score and compare methods (resumes an interrupted run in out)")
+    ev.add_argument("--config", help="YAML file of settings (configs/detox_rtp.yaml)")
+    ev.add_argument("--overwrite", action="store_true", help="discard generations already in out")
+    ev.add_argument("--quiet", action="store_true")
+    ev.add_argument("overrides", nargs="*", metavar="key=value")
+    ev.set_defaults(run=_eval)
+    val = sub.add_parser("validate-scorer", help="AUROC / Spearman of scorers against stored Perspective scores")
+    val.add_argument("overrides", nargs="*", metavar="key=value")
+    val.set_defaults(run=_validate)
+
+    gen = commands.add_parser("generate", help="continue prompts (arguments or stdin), optionally detoxified")
+    gen.add_argument("--config", help="YAML file of settings")
+    gen.add_argument("--json", action="store_true", help="one JSON line per prompt")
+    gen.add_argument("overrides", nargs="*", metavar="key=value or text")
+    gen.set_defaults(run=_generate)

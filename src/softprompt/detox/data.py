@@ -1,0 +1,95 @@
+"""Reading detoxification data: prompt files (RealToxicityPrompts JSONL) and ParaDetox pairs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from softprompt.data import read_rows
+from softprompt.errors import SoftpromptError
+
+DEFAULT_PROMPT_FIELD = "prompt.text"  # RealToxicityPrompts' layout; plain files may use "text"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt to continue, with the reference scores its file carries (if any)."""
+
+    text: str
+    line: int
+    reference: dict[str, Any]  # e.g. {"prompt": {...Perspective scores}, "continuation": {...}}
+
+
+def _lookup(row: dict, dotted: str) -> Any:
+    node: Any = row
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def read_prompts(path: str | Path, field: str = DEFAULT_PROMPT_FIELD, limit: int | None = None) -> list[Prompt]:
+    """Prompts from a JSONL/CSV/TSV file (``field`` is a dotted path) or a ``.txt`` file (a line each).
+
+    Raises:
+        SoftpromptError: a missing file, a row without text at ``field``, or an empty prompt
+            (the message names the file and line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SoftpromptError(f"prompts file {path} does not exist")
+    if path.suffix.lower() == ".txt":
+        lines = path.read_text(encoding="utf-8").splitlines()
+        rows = [(number, {"text": line}) for number, line in enumerate(lines, start=1)]
+        field = "text"
+    else:
+        rows = read_rows(path)
+    prompts = []
+    for number, row in rows:
+        text = _lookup(row, field)
+        if not isinstance(text, str):
+            raise SoftpromptError(
+                f"{path} line {number}: no text at field '{field}' (set prompt_field=<dotted.path> to the prompt text)"
+            )
+        if not text.strip():
+            raise SoftpromptError(f"{path} line {number}: empty prompt at field '{field}'; remove the line or fill it")
+        reference = {k: v for k, v in row.items() if isinstance(v, dict)}
+        prompts.append(Prompt(text, number, reference))
+        if limit is not None and len(prompts) >= limit:
+            break
+    if not prompts:
+        raise SoftpromptError(f"{path}: no prompts")
+    return prompts
+
+
+@dataclass(frozen=True)
+class ParaPair:
+    """A toxic sentence and its human-written neutral paraphrases."""
+
+    toxic: str
+    neutral: list[str]
+
+
+def read_paradetox(path: str | Path) -> list[ParaPair]:
+    """ParaDetox TSV (columns ``toxic``, ``neutral1`` .. ``neutral3``); rows may lack paraphrases."""
+    path = Path(path)
+    if not path.is_file():
+        raise SoftpromptError(f"ParaDetox file {path} does not exist")
+    rows = read_rows(path)
+    if not rows:
+        raise SoftpromptError(f"{path}: no rows")
+    columns = list(rows[0][1])
+    neutral_columns = [c for c in columns if c.startswith("neutral")]
+    if "toxic" not in columns or not neutral_columns:
+        raise SoftpromptError(
+            f"{path} line 1: expected columns 'toxic' and 'neutral1'.. (ParaDetox layout), got {', '.join(columns)}"
+        )
+    pairs = []
+    for _number, row in rows:
+        toxic = (row.get("toxic") or "").strip()
+        neutral = [text.strip() for c in neutral_columns if (text := row.get(c) or "").strip()]
+        if toxic:
+            pairs.append(ParaPair(toxic, neutral))
+    return pairs

@@ -1,0 +1,224 @@
+"""``softprompt detox eval``: sample continuations under each method, score them, summarise.
+
+Generations go to ``out/generations/<method>.jsonl`` one batch of prompts at a time, with their
+scores and base-model log-likelihoods, so an interrupted run resumes without regenerating or
+rescoring what it already has (a scorer added later is computed from the stored text).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from softprompt.atomic import atomic_write_json, atomic_write_text
+from softprompt.backbones import Backbone, load_backbone
+from softprompt.config import _check, _help
+from softprompt.detox.data import DEFAULT_PROMPT_FIELD, Prompt, read_prompts
+from softprompt.detox.loading import build_steering
+from softprompt.detox.methods import DEFAULT_INSTRUCTION, Steering, parse_methods
+from softprompt.detox.metrics import distinct_n, toxicity_metrics
+from softprompt.detox.sampling import continuation_nll, sample_continuations
+from softprompt.detox.scorers import Scorer, load_scorer, parse_scorer_names
+from softprompt.errors import SoftpromptError
+
+SETTINGS_FILE = "eval_config.json"
+# Settings that change what is generated: a resumed run must match them.
+GENERATION_KEYS = ("prompts", "backbone", "samples", "max_new_tokens", "top_p", "temperature", "prompt_field", "seed")
+
+
+@dataclass
+class DetoxEvalConfig:
+    """Everything one ``softprompt detox eval`` run needs."""
+
+    prompts: str = _help("prompts file (.jsonl with the text at prompt_field, or .txt, one per line)", "")
+    backbone: str = _help("causal backbone to generate with", "smollm2-135m")
+    methods: str = _help("comma list: none, instruction, self_debias, soft_prompt:<dir>, experts:<dir>", "none")
+    scorer: str = _help("comma list: profanity, classifier, hf:<dir>", "profanity,classifier")
+    samples: int = _help("continuations per prompt (k; 25 in the papers)", 25)
+    max_new_tokens: int = _help("tokens per continuation", 20)
+    top_p: float = _help("nucleus sampling mass", 0.9)
+    temperature: float = _help("sampling temperature", 1.0)
+    prompt_field: str = _help("dotted JSON path of the prompt text", DEFAULT_PROMPT_FIELD)
+    max_prompts: int | None = _help("use the first N prompts (quick runs)", None)
+    instruction: str = _help("the instruction method's prefix", DEFAULT_INSTRUCTION)
+    alpha: float = _help("experts: base + alpha * (expert - anti-expert)", 2.0)
+    decay: float = _help("self_debias: decay constant lambda", 50.0)
+    batch_rows: int = _help("sequences per forward pass (prompts x samples x method rows)", 256)
+    out: str = _help("output directory", "runs/detox-eval")
+    seed: int = _help("sampling seed", 0)
+    threads: int = _help("torch CPU threads (0 = torch's default)", 0)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.prompts), "prompts", "give the prompts file: prompts=PATH/toxic_prompts.jsonl")
+        _check(self.samples >= 1, "samples", f"must be >= 1, got {self.samples}")
+        _check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        _check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        _check(self.temperature > 0, "temperature", "must be > 0")
+        _check(self.batch_rows >= 1, "batch_rows", "must be >= 1")
+        _check(self.max_prompts is None or self.max_prompts >= 1, "max_prompts", "must be >= 1")
+
+
+def _read_done(path: Path) -> dict[int, dict]:
+    """Records already generated (a line cut by a crash is dropped and regenerated)."""
+    done: dict[int, dict] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[record["index"]] = record
+    return done
+
+
+def _check_settings(out: Path, config: DetoxEvalConfig, overwrite: bool) -> None:
+    path = out / SETTINGS_FILE
+    current = asdict(config)
+    if path.is_file() and not overwrite:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        changed = [k for k in GENERATION_KEYS if saved.get(k) != current[k]]
+        if changed:
+            raise SoftpromptError(
+                f"{out} holds generations made with other settings ({', '.join(changed)}); "
+                "use another out= or --overwrite"
+            )
+    if overwrite and (out / "generations").is_dir():
+        for old in (out / "generations").glob("*.jsonl"):
+            old.unlink()
+    atomic_write_json(path, current)
+
+
+class MethodRun:
+    """Generates, scores and stores one method's continuations."""
+
+    def __init__(self, label: str, steering: Steering, backbone: Backbone, scorers: list[Scorer], config, out: Path):
+        self.label, self.steering, self.backbone, self.scorers, self.config = label, steering, backbone, scorers, config
+        self.path = out / "generations" / f"{label}.jsonl"
+
+    def batch_size(self) -> int:
+        return max(1, self.config.batch_rows // (self.config.samples * len(self.steering.variants)))
+
+    def run(self, prompts: list[Prompt], progress: bool) -> list[dict]:
+        done = _read_done(self.path)
+        self._add_missing_scores(done)
+        size = self.batch_size()
+        bar = tqdm(total=len(prompts), initial=len(done), desc=self.label, unit="prompt", disable=not progress)
+        for start in range(0, len(prompts), size):
+            todo = [i for i in range(start, min(start + size, len(prompts))) if i not in done]
+            if not todo:
+                continue
+            for record in self._generate(prompts, todo, start):
+                done[record["index"]] = record
+            bar.update(len(todo))
+        bar.close()
+        return [done[i] for i in range(len(prompts))]
+
+    def _generate(self, prompts: list[Prompt], indices: list[int], start: int) -> list[dict]:
+        cfg = self.config
+        tick = time.perf_counter()
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)
+        texts = [prompts[i].text for i in indices]
+        sampled = sample_continuations(
+            self.backbone, self.steering, texts, cfg.samples, cfg.max_new_tokens, cfg.top_p, generator, cfg.temperature
+        )
+        decode = self.backbone.tokenizer.decode
+        flat_text = [decode(ids, skip_special_tokens=True) for rows in sampled.tokens for ids in rows]
+        nll = sampled.nll or continuation_nll(self.backbone, texts, sampled.tokens)
+        nll = [pair for rows in nll for pair in rows]
+        scores = {s.name: s.score(flat_text).tolist() for s in self.scorers}
+        seconds = (time.perf_counter() - tick) / len(indices)
+        records = []
+        for n, index in enumerate(indices):
+            part = slice(n * cfg.samples, (n + 1) * cfg.samples)
+            records.append(
+                {
+                    "index": index,
+                    "prompt": prompts[index].text,
+                    "continuations": flat_text[part],
+                    "scores": {name: [round(v, 6) for v in values[part]] for name, values in scores.items()},
+                    "nll": [round(v, 5) for v, _ in nll[part]],
+                    "tokens": [t for _, t in nll[part]],
+                    "seconds": round(seconds, 4),
+                }
+            )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:  # one write per batch
+            handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        return records
+
+    def _add_missing_scores(self, done: dict[int, dict]) -> None:
+        missing = [s for s in self.scorers if any(s.name not in r["scores"] for r in done.values())]
+        if not missing:
+            return
+        for scorer in missing:
+            for record in done.values():
+                record["scores"][scorer.name] = [round(v, 6) for v in scorer.score(record["continuations"]).tolist()]
+        lines = "".join(json.dumps(done[i], ensure_ascii=False) + "\n" for i in sorted(done))
+        atomic_write_text(self.path, lines)
+
+
+def summarise(records: list[dict], scorer_names: list[str], rounds: int = 1000) -> dict[str, Any]:
+    """Toxicity metrics per scorer (with 95% intervals), perplexity, distinct-n and time."""
+    tokens = sum(sum(r["tokens"]) for r in records)
+    nll = sum(sum(r["nll"]) for r in records)
+    generations = [r["continuations"] for r in records]
+    return {
+        "toxicity": {
+            name: {
+                k: v.to_dict()
+                for k, v in toxicity_metrics(np.array([r["scores"][name] for r in records]), rounds).items()
+            }
+            for name in scorer_names
+        },
+        "perplexity": round(math.exp(nll / tokens), 3) if tokens else None,
+        "distinct": {f"distinct_{n}": round(distinct_n(generations, n), 4) for n in (1, 2, 3)},
+        "prompts": len(records),
+        "samples": len(records[0]["continuations"]) if records else 0,
+        "generation_seconds": round(sum(r["seconds"] for r in records), 1),
+    }
+
+
+def _labels(specs: list[tuple[str, str]]) -> list[str]:
+    labels = []
+    for name, _ in specs:
+        label = name if name not in labels else f"{name}-{sum(lab.startswith(name) for lab in labels) + 1}"
+        labels.append(label)
+    return labels
+
+
+def detox_eval(config: DetoxEvalConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run the evaluation and write ``results.json`` / ``results.md`` / ``results.png`` to ``out``."""
+    from softprompt.detox.report import write_report
+
+    started = time.perf_counter()
+    specs = parse_methods(config.methods)
+    scorer_names = parse_scorer_names(config.scorer)
+    prompts = read_prompts(config.prompts, config.prompt_field, config.max_prompts)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    backbone = load_backbone(config.backbone)
+    if backbone.kind != "causal":
+        raise SoftpromptError(f"backbone {backbone.name} is an encoder; detox eval needs a causal LM")
+    steerings = [
+        build_steering(name, arg, backbone, config.instruction, config.alpha, config.decay) for name, arg in specs
+    ]
+    scorers = [load_scorer(name) for name in scorer_names]
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_settings(out, config, overwrite)
+    results: dict[str, Any] = {"config": asdict(config), "methods": {}}
+    for label, steering in zip(_labels(specs), steerings, strict=True):
+        records = MethodRun(label, steering, backbone, scorers, config, out).run(prompts, progress)
+        results["methods"][label] = summarise(records, [s.name for s in scorers])
+    results["perplexity_model"] = backbone.name
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    write_report(results, out)
+    return results

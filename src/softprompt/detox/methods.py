@@ -1,0 +1,106 @@
+"""Detoxification methods as *steering*: the rows each prompt is run as, and how their
+next-token logits combine into one distribution.
+
+Every method is a list of :class:`Variant` rows (a soft prompt and/or a text put before the
+prompt) plus ``combine``. The sampler runs all rows of all prompts in ONE batched forward pass
+per step and appends the sampled token to every row of its prompt, so self-debiasing's prefixes
+and DExperts' base / expert / anti-expert never need separate model calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from softprompt.errors import SoftpromptError, unknown_name
+
+# Schick et al. (2021), Table 1: the self-debiasing prefixes for Perspective's six attributes.
+SELF_DEBIAS_PREFIXES = (
+    "The following text contains rude, disrespectful, or unreasonable language:\n",
+    "The following text contains very hateful, aggressive, disrespectful language:\n",
+    "The following text contains sexually explicit language:\n",
+    "The following text contains a threat:\n",
+    "The following text contains negative or hateful language targeting someone because of their identity:\n",
+    "The following text contains swear words, curse words, or other obscene or profane language:\n",
+)
+DEFAULT_INSTRUCTION = "The following text is polite, respectful and free of insults, profanity and slurs:\n"
+METHOD_NAMES = ("none", "instruction", "self_debias", "soft_prompt", "experts")
+
+
+@dataclass
+class Variant:
+    """One row a prompt is run as: ``[soft prompt][text_prefix + prompt]``."""
+
+    soft: torch.Tensor | None = None  # [n, hidden] embeddings put before the text
+    text_prefix: str = ""
+
+
+@dataclass
+class Steering:
+    """A method's rows and its combination rule (the plain model: one bare row, no change)."""
+
+    name: str = "none"
+    variants: list[Variant] = field(default_factory=lambda: [Variant()])
+
+    def combine(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[P, R, V]`` logits of each prompt's R rows -> ``[P, V]`` next-token logits."""
+        return logits[:, 0]
+
+    def plain_row(self) -> int | None:
+        """The row that is the plain model (no soft prompt, no prefix), if any: its logits give
+        the base model's likelihood of the sampled text for free."""
+        plain = [i for i, v in enumerate(self.variants) if v.soft is None and not v.text_prefix]
+        return plain[0] if plain else None
+
+
+class ExpertSteering(Steering):
+    """DExperts (Liu et al., 2021) with prompt experts: base + alpha * (expert - anti-expert)."""
+
+    def __init__(self, name: str, expert: torch.Tensor, anti_expert: torch.Tensor, alpha: float):
+        super().__init__(name, [Variant(), Variant(soft=expert), Variant(soft=anti_expert)])
+        self.alpha = alpha
+
+    def combine(self, logits: torch.Tensor) -> torch.Tensor:
+        base, expert, anti = logits.float().unbind(1)
+        return base + self.alpha * (expert - anti)
+
+
+class SelfDebiasSteering(Steering):
+    """Self-debiasing (Schick et al., 2021): tokens that a "the following text contains ..."
+    prefix makes more likely are scaled by ``exp(decay * delta)``, delta < 0 being the base
+    probability minus the largest prefixed one; other tokens keep their probability."""
+
+    def __init__(self, name: str, prefixes: tuple[str, ...] = SELF_DEBIAS_PREFIXES, decay: float = 50.0):
+        super().__init__(name, [Variant()] + [Variant(text_prefix=p) for p in prefixes])
+        self.decay = decay
+
+    def combine(self, logits: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(logits.float(), dim=-1)
+        base, biased = probs[:, 0], probs[:, 1:].max(1).values
+        delta = base - biased
+        scale = torch.where(delta >= 0, torch.ones_like(delta), torch.exp(self.decay * delta))
+        return torch.log((base * scale).clamp_min(1e-30))
+
+
+def parse_method(spec: str) -> tuple[str, str]:
+    """``"experts:runs/x"`` -> ``("experts", "runs/x")``; checks the name and the argument."""
+    name, _, argument = spec.partition(":")
+    name = name.strip()
+    if name not in METHOD_NAMES:
+        raise unknown_name("detox method", name, METHOD_NAMES)
+    if name in ("soft_prompt", "experts") and not argument:
+        raise SoftpromptError(
+            f"detox method '{name}' needs its artifact: {name}:<dir> (made by `softprompt detox train`)"
+        )
+    if name in ("none", "self_debias") and argument:
+        raise SoftpromptError(f"detox method '{name}' takes no argument (got '{spec}')")
+    return name, argument
+
+
+def parse_methods(spec: str) -> list[tuple[str, str]]:
+    """Comma-separated method specs; a comma inside an instruction is not supported."""
+    methods = [parse_method(part) for part in spec.split(",") if part.strip()]
+    if not methods:
+        raise SoftpromptError("methods: give at least one of " + ", ".join(METHOD_NAMES))
+    return methods

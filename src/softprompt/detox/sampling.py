@@ -1,0 +1,168 @@
+"""Batched nucleus sampling under a :class:`~softprompt.detox.methods.Steering`, and the
+perplexity of continuations under the plain model.
+
+Only public transformers APIs: ``model(inputs_embeds=..., past_key_values=..., logits_to_keep=...)``.
+Rows are left-padded so every row's next token sits in the last column. A prompt's rows are
+pre-filled once and their KV cache repeated for its k samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from softprompt.backbones import Backbone
+from softprompt.detox.methods import Steering, Variant
+
+
+@dataclass
+class Sampled:
+    """Continuations as ``[prompt][sample]`` token ids, and, when the steering ran the plain model
+    as one of its rows, each one's ``(negative log-likelihood, tokens)`` under it."""
+
+    tokens: list[list[list[int]]]
+    nll: list[list[tuple[float, int]]] | None = None
+
+
+def context_ids(backbone: Backbone, text: str) -> list[int]:
+    """Token ids of a context (with the special tokens the tokenizer adds, e.g. a BOS)."""
+    return backbone.tokenizer(text)["input_ids"]
+
+
+def left_padded_embeddings(
+    backbone: Backbone, rows: Sequence[tuple[torch.Tensor | None, list[int]]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[N, L, H]`` embeddings of ``(soft, ids)`` rows (soft first), left-padded, and their mask."""
+    embed = backbone.model.get_input_embeddings()
+    pieces = []
+    for soft, ids in rows:
+        tokens = embed(torch.tensor([ids], dtype=torch.long))[0]
+        pieces.append(tokens if soft is None else torch.cat([soft.to(tokens.dtype), tokens]))
+    width = max(len(p) for p in pieces)
+    embeds = pieces[0].new_zeros(len(pieces), width, pieces[0].shape[-1])
+    mask = torch.zeros(len(pieces), width, dtype=torch.long)
+    for row, piece in enumerate(pieces):
+        embeds[row, width - len(piece) :] = piece
+        mask[row, width - len(piece) :] = 1
+    return embeds, mask
+
+
+def nucleus_sample(
+    logits: torch.Tensor, top_p: float, generator: torch.Generator, candidates: int = 256
+) -> torch.Tensor:
+    """One token per row from the smallest set of tokens whose probability reaches ``top_p``.
+
+    Exact, but cheap: when the ``candidates`` most likely tokens already hold ``top_p`` of the
+    mass (nearly always), only they are sorted; other rows fall back to a full sort.
+    """
+    probs = torch.softmax(logits.float(), dim=-1)
+    values, index = probs.topk(min(candidates, probs.shape[-1]), dim=-1)  # descending
+    chosen = _sample_sorted(values, index, top_p, generator)
+    short = values.sum(-1) < top_p
+    if bool(short.any()):
+        values, index = probs[short].sort(dim=-1, descending=True)
+        chosen[short] = _sample_sorted(values, index, top_p, generator)
+    return chosen
+
+
+def _sample_sorted(values: torch.Tensor, index: torch.Tensor, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    keep = values.cumsum(-1) - values < top_p  # the first token is always kept
+    return index.gather(-1, torch.multinomial(values * keep, 1, generator=generator)).squeeze(-1)
+
+
+def _rows(backbone: Backbone, prompts: Sequence[str], variants: list[Variant]):
+    return [(v.soft, context_ids(backbone, v.text_prefix + p)) for p in prompts for v in variants]
+
+
+@torch.inference_mode()
+def sample_continuations(
+    backbone: Backbone,
+    steering: Steering,
+    prompts: Sequence[str],
+    k: int,
+    max_new_tokens: int,
+    top_p: float,
+    generator: torch.Generator,
+    temperature: float = 1.0,
+) -> Sampled:
+    """``k`` sampled continuations (token ids, without the end-of-sequence token) of each prompt.
+
+    All rows of all prompts (``len(prompts) * k * len(steering.variants)``) go through the model
+    together at every step; each prompt's sample gets one token, appended to all of its rows.
+    When the steering has a plain row, the plain model's likelihood of the samples comes along.
+    """
+    model = backbone.model
+    count, width = len(prompts), len(steering.variants)
+    embeds, mask = left_padded_embeddings(backbone, _rows(backbone, prompts, steering.variants))
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(k)  # row (p * width + r) * k + j: prompt p, variant r, sample j
+    logits = out.logits[:, -1].repeat_interleave(k, 0)
+    mask = mask.repeat_interleave(k, 0)
+    last = positions[:, -1:].repeat_interleave(k, 0)
+    eos = backbone.tokenizer.eos_token_id
+    tokens = torch.zeros(count * k, max_new_tokens, dtype=torch.long)
+    lengths = torch.full((count * k,), max_new_tokens)
+    done = torch.zeros(count * k, dtype=torch.bool)
+    plain = steering.plain_row()
+    nll = torch.zeros(count * k, dtype=torch.float64)
+    for step in range(max_new_tokens):
+        grouped = logits.view(count, width, k, -1).transpose(1, 2).reshape(count * k, width, -1)
+        chosen = nucleus_sample(steering.combine(grouped) / temperature, top_p, generator)
+        finished = ~done & (chosen == eos) if eos is not None else torch.zeros_like(done)
+        if plain is not None:
+            logprob = torch.log_softmax(grouped[:, plain].float(), -1).gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
+            nll -= torch.where(done | finished, 0.0, logprob.double())
+        lengths[finished] = step
+        done |= finished
+        tokens[:, step] = chosen
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        feed = chosen.view(count, 1, k).expand(count, width, k).reshape(-1, 1)
+        mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
+        last = last + 1
+        out = model(input_ids=feed, attention_mask=mask, position_ids=last, past_key_values=cache, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+    rows = [tokens[i, : lengths[i]].tolist() for i in range(count * k)]
+    scored = list(zip(nll.tolist(), lengths.tolist(), strict=True)) if plain is not None else None
+    return Sampled(
+        [rows[p * k : (p + 1) * k] for p in range(count)],
+        [scored[p * k : (p + 1) * k] for p in range(count)] if scored else None,
+    )
+
+
+@torch.inference_mode()
+def continuation_nll(
+    backbone: Backbone, prompts: Sequence[str], continuations: Sequence[Sequence[list[int]]]
+) -> list[list[tuple[float, int]]]:
+    """``(summed negative log-likelihood, tokens)`` of each prompt's continuations under the plain
+    model, as ``[prompt][sample]`` (an empty continuation gives ``(0.0, 0)``).
+
+    Each prompt is run once; its KV cache is repeated for its samples, which then run together.
+    """
+    model = backbone.model
+    k = len(continuations[0])
+    embeds, mask = left_padded_embeddings(backbone, [(None, context_ids(backbone, p)) for p in prompts])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(k)
+    flat = [list(ids) for rows in continuations for ids in rows]
+    steps = max(1, max(len(ids) for ids in flat))
+    tokens = torch.zeros(len(flat), steps, dtype=torch.long)
+    valid = torch.zeros(len(flat), steps, dtype=torch.long)
+    for row, ids in enumerate(flat):
+        tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        valid[row, : len(ids)] = 1
+    attention = torch.cat([mask.repeat_interleave(k, 0), valid], dim=1)
+    after = positions[:, -1:].repeat_interleave(k, 0) + 1 + torch.arange(steps)
+    logits = model(input_ids=tokens, attention_mask=attention, position_ids=after, past_key_values=cache).logits
+    # The prompt's last position predicts token 0; continuation column t predicts token t + 1.
+    logits = torch.cat([out.logits[:, -1:].repeat_interleave(k, 0), logits[:, :-1]], dim=1)
+    nll = (logits.logsumexp(-1) - logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)) * valid
+    sums, counts = nll.sum(-1).tolist(), valid.sum(-1).tolist()
+    pairs = list(zip(sums, counts, strict=True))
+    return [pairs[p * k : (p + 1) * k] for p in range(len(prompts))]

@@ -1,0 +1,156 @@
+"""``softprompt detox train``: the prompts the ``soft_prompt`` and ``experts`` methods need.
+
+- ``kind=soft_prompt``: one prompt trained on ParaDetox's neutral paraphrases (LM loss), with an
+  optional unlikelihood term on the toxic sentences; ``out`` is its artifact.
+- ``kind=experts``: an expert prompt on the neutral text and an anti-expert prompt on the toxic
+  text, both on the same frozen backbone; ``out/expert`` and ``out/anti_expert`` are artifacts.
+
+Each prompt is trained by the one training loop (``softprompt.train.fit``): checkpoints, best
+dev loss, ``--resume``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from softprompt.artifact import TASK_FILE, read_artifact
+from softprompt.atomic import atomic_write_json
+from softprompt.backbones import Backbone, load_backbone
+from softprompt.checkpoint import CHECKPOINT
+from softprompt.config import PromptConfig, TrainConfig, _check, _help
+from softprompt.detox.data import ParaPair, read_paradetox
+from softprompt.detox.lm import LM_TASK, PromptedLM, Row, encode_texts
+from softprompt.errors import SoftpromptError
+from softprompt.methods import get_method
+from softprompt.methods.base import MethodContext
+from softprompt.train import backbone_record, fit
+
+KINDS = ("soft_prompt", "experts")
+EXPERTS_FILE = "experts.json"
+NEUTRAL_INIT = "text:The following text is polite, respectful and kind:"
+TOXIC_INIT = "text:The following text contains rude, disrespectful, obscene and hateful language:"
+
+
+@dataclass
+class DetoxTrainConfig:
+    """Everything one ``softprompt detox train`` run needs."""
+
+    data: str = _help("ParaDetox TSV (columns toxic, neutral1..3)", "")
+    backbone: str = _help("causal backbone the prompts are for", "smollm2-135m")
+    kind: str = _help("soft_prompt | experts", "soft_prompt")
+    out: str = _help("output directory", "runs/detox-prompt")
+    unlikelihood: float = _help("soft_prompt: weight of the unlikelihood loss on the toxic sentences (0 = off)", 0.0)
+    init: str = _help("start of the detox / expert prompt (random | vocab | text:<words>)", NEUTRAL_INIT)
+    anti_init: str = _help("start of the anti-expert prompt", TOXIC_INIT)
+    dev_size: int = _help("ParaDetox pairs held out to pick the best step by dev loss", 200)
+    max_pairs: int | None = _help("use at most this many training pairs (quick runs)", None)
+    seed: int = _help("random seed (split, data order)", 0)
+    threads: int = _help("torch CPU threads (0 = torch's default)", 0)
+    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(length=10, init="vocab"))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(lr=0.01, batch_size=16, max_steps=300, eval_every=50, max_length=48)
+    )
+
+    def __post_init__(self) -> None:
+        _check(bool(self.data), "data", "give the ParaDetox file: data=PATH/paradetox.tsv")
+        _check(self.kind in KINDS, "kind", f"'{self.kind}' is not one of {', '.join(KINDS)}")
+        _check(self.unlikelihood >= 0, "unlikelihood", "must be >= 0")
+        _check(self.dev_size >= 1, "dev_size", "must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _split(pairs: list[ParaPair], config: DetoxTrainConfig) -> tuple[list[ParaPair], list[ParaPair]]:
+    pairs = list(pairs)
+    random.Random(config.seed).shuffle(pairs)
+    if len(pairs) <= config.dev_size:
+        raise SoftpromptError(f"{config.data}: {len(pairs)} pairs, not enough for dev_size={config.dev_size}")
+    dev, train = pairs[: config.dev_size], pairs[config.dev_size :]
+    return (train[: config.max_pairs] if config.max_pairs else train), dev
+
+
+def _texts(pairs: list[ParaPair], toxic: bool) -> list[str]:
+    return [p.toxic for p in pairs] if toxic else [text for p in pairs for text in p.neutral]
+
+
+def _train_prompt(
+    backbone: Backbone,
+    config: DetoxTrainConfig,
+    out: Path,
+    init: str,
+    rows: dict[str, list[Row]],
+    role: str,
+    resume: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    """Train one soft prompt on ``rows["train"]``; returns its artifact's dev metrics."""
+    prompt = PromptConfig(length=config.prompt.length, init=init)
+    context = MethodContext(backbone, prompt.length, [], prompt, None, config.seed)
+    torch.manual_seed(config.seed)
+    model = PromptedLM(
+        backbone, get_method("prompt_tuning").build(context), config.train.max_length, config.unlikelihood
+    )
+    meta = {
+        "task": LM_TASK,
+        "method": "prompt_tuning",
+        "detox_role": role,
+        **model.describe(),
+        "backbone": backbone_record(backbone),
+        "trainable_parameters": model.method.num_trainable(),
+        "saved_parameters": model.method.num_trainable(),
+        "data": config.data,
+        "config": config.to_dict(),
+        "metrics": {},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    fit(model, rows["train"], config, out, meta, lambda: model.dev_metrics(rows["dev"]), resume, progress)
+    return read_artifact(out).meta["metrics"]["dev"]
+
+
+def _prepare(out: Path, resume: bool, overwrite: bool) -> None:
+    taken = any((d / TASK_FILE).exists() or (d / CHECKPOINT).exists() for d in (out, out / "expert"))
+    if taken and not (resume or overwrite):
+        raise SoftpromptError(f"{out} already holds a run; use --resume, --overwrite, or another out=")
+
+
+def train_detox(
+    config: DetoxTrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train what ``config.kind`` needs and return ``{role: dev metrics, "seconds": ...}``."""
+    started = time.perf_counter()
+    out = Path(config.out)
+    _prepare(out, resume, overwrite)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    train_pairs, dev_pairs = _split(read_paradetox(config.data), config)
+    backbone = load_backbone(config.backbone)
+    if backbone.kind != "causal":
+        raise SoftpromptError(f"backbone {backbone.name} is an encoder; detox prompts need a causal LM")
+
+    def rows(pairs: list[ParaPair], toxic: bool, unlikely: bool = False) -> list[Row]:
+        encoded = encode_texts(backbone, _texts(pairs, toxic), config.train.max_length)
+        return [(ids, unlikely) for ids in encoded if ids]
+
+    results: dict[str, Any] = {}
+    if config.kind == "soft_prompt":
+        train_rows = rows(train_pairs, False)
+        if config.unlikelihood:
+            train_rows += rows(train_pairs, True, unlikely=True)
+        split = {"train": train_rows, "dev": rows(dev_pairs, False)}
+        results["soft_prompt"] = _train_prompt(
+            backbone, config, out, config.init, split, "soft_prompt", resume, progress
+        )
+    else:
+        for role, toxic, init in (("expert", False, config.init), ("anti_expert", True, config.anti_init)):
+            split = {"train": rows(train_pairs, toxic), "dev": rows(dev_pairs, toxic)}
+            results[role] = _train_prompt(backbone, config, out / role, init, split, role, resume, progress)
+        atomic_write_json(out / EXPERTS_FILE, {"expert": "expert", "anti_expert": "anti_expert", **results})
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    return results

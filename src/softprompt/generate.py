@@ -1,0 +1,55 @@
+"""``softprompt generate``: sample continuations of prompts, optionally under a detox method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from softprompt.backbones import load_backbone
+from softprompt.config import _check, _help
+from softprompt.detox.loading import build_steering
+from softprompt.detox.methods import DEFAULT_INSTRUCTION, parse_method
+from softprompt.detox.sampling import sample_continuations
+from softprompt.errors import SoftpromptError
+
+
+@dataclass
+class GenerateConfig:
+    """Settings of ``softprompt generate``."""
+
+    backbone: str = _help("causal backbone", "smollm2-135m")
+    detox: str = _help("none | instruction | self_debias | soft_prompt:<dir> | experts:<dir>", "none")
+    samples: int = _help("continuations per prompt", 1)
+    max_new_tokens: int = _help("tokens per continuation", 30)
+    top_p: float = _help("nucleus sampling mass", 0.9)
+    temperature: float = _help("sampling temperature", 1.0)
+    instruction: str = _help("the instruction method's prefix", DEFAULT_INSTRUCTION)
+    alpha: float = _help("experts: base + alpha * (expert - anti-expert)", 2.0)
+    decay: float = _help("self_debias: decay constant lambda", 50.0)
+    seed: int = _help("sampling seed", 0)
+    threads: int = _help("torch CPU threads (0 = torch's default)", 0)
+
+    def __post_init__(self) -> None:
+        _check(self.samples >= 1, "samples", f"must be >= 1, got {self.samples}")
+        _check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        _check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        _check(self.temperature > 0, "temperature", "must be > 0")
+
+
+def generate(texts: list[str], config: GenerateConfig) -> list[list[str]]:
+    """``config.samples`` continuations of each text."""
+    if not texts or any(not t.strip() for t in texts):
+        raise SoftpromptError("give non-empty prompts as arguments or one per line on stdin")
+    name, argument = parse_method(config.detox)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    backbone = load_backbone(config.backbone)
+    if backbone.kind != "causal":
+        raise SoftpromptError(f"backbone {backbone.name} is an encoder; generate needs a causal LM")
+    steering = build_steering(name, argument, backbone, config.instruction, config.alpha, config.decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    sampled = sample_continuations(
+        backbone, steering, texts, config.samples, config.max_new_tokens, config.top_p, generator, config.temperature
+    )
+    return [[backbone.tokenizer.decode(ids, skip_special_tokens=True) for ids in rows] for rows in sampled.tokens]
