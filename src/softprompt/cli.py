@@ -294,7 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     # key=value overrides may stand between options (`out=x --resume train.lr=1e-3`).
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if not hasattr(args, "overrides") or any("=" not in item or item.startswith("-") for item in extra):
+        free_text = getattr(args, "free_text", False)  # generate: prompts stand among the overrides
+        if not hasattr(args, "overrides") or any(
+            item.startswith("-") or ("=" not in item and not free_text) for item in extra
+        ):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
     try:

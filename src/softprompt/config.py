@@ -258,7 +258,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a nested dict, rejecting unknown keys."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{prefix}{key}"
@@ -271,7 +272,10 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         if dataclasses.is_dataclass(annotation):
             if not isinstance(value, dict):
                 raise SoftpromptError(f"config field '{full}' is a section; use {full}.<key>=value")
-            kwargs[key] = build(annotation, value, prefix=f"{full}.")
+            # Keys not given keep the section's own defaults (which may differ from the class's).
+            default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING else None
+            given = {**dataclasses.asdict(default), **value} if default is not None else value
+            kwargs[key] = build(annotation, given, prefix=f"{full}.")
         else:
             kwargs[key] = _coerce(value, annotation, full)
     return cls(**kwargs)

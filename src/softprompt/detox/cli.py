@@ -103,4 +103,4 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--config", help="YAML file of settings")
     gen.add_argument("--json", action="store_true", help="one JSON line per prompt")
     gen.add_argument("overrides", nargs="*", metavar="key=value or text")
-    gen.set_defaults(run=_generate)
+    gen.set_defaults(run=_generate, free_text=True)

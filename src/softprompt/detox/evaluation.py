@@ -66,17 +66,20 @@ class DetoxEvalConfig:
         _check(self.max_prompts is None or self.max_prompts >= 1, "max_prompts", "must be >= 1")
 
 
-def _read_done(path: Path) -> dict[int, dict]:
-    """Records already generated (a line cut by a crash is dropped and regenerated)."""
+def _read_done(path: Path) -> tuple[dict[int, dict], bool]:
+    """Records already generated, and whether every line was whole (a line cut by a crash is
+    dropped, and its prompts are generated again)."""
     done: dict[int, dict] = {}
+    whole = True
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
+                whole = False
                 continue
             done[record["index"]] = record
-    return done
+    return done, whole
 
 
 def _check_settings(out: Path, config: DetoxEvalConfig, overwrite: bool) -> None:
@@ -107,8 +110,7 @@ class MethodRun:
         return max(1, self.config.batch_rows // (self.config.samples * len(self.steering.variants)))
 
     def run(self, prompts: list[Prompt], progress: bool) -> list[dict]:
-        done = _read_done(self.path)
-        self._add_missing_scores(done)
+        done = self._resume()
         size = self.batch_size()
         bar = tqdm(total=len(prompts), initial=len(done), desc=self.label, unit="prompt", disable=not progress)
         for start in range(0, len(prompts), size):
@@ -154,15 +156,17 @@ class MethodRun:
             handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         return records
 
-    def _add_missing_scores(self, done: dict[int, dict]) -> None:
+    def _resume(self) -> dict[int, dict]:
+        """Stored records, with scores added for scorers they lack; the file is rewritten
+        (atomically) without any cut-off line when something changed."""
+        done, whole = _read_done(self.path)
         missing = [s for s in self.scorers if any(s.name not in r["scores"] for r in done.values())]
-        if not missing:
-            return
         for scorer in missing:
             for record in done.values():
                 record["scores"][scorer.name] = [round(v, 6) for v in scorer.score(record["continuations"]).tolist()]
-        lines = "".join(json.dumps(done[i], ensure_ascii=False) + "\n" for i in sorted(done))
-        atomic_write_text(self.path, lines)
+        if missing or not whole:
+            atomic_write_text(self.path, "".join(json.dumps(done[i], ensure_ascii=False) + "\n" for i in sorted(done)))
+        return done
 
 
 def summarise(records: list[dict], scorer_names: list[str], rounds: int = 1000) -> dict[str, Any]:
