@@ -21,11 +21,8 @@ def _change(value: float | None, base: float | None) -> str:
     return f"{100 * (value - base) / base:+.0f}%"
 
 
-def _interval(estimate: dict[str, float], percent: bool = False) -> str:
-    scale, unit = (100, "%") if percent else (1, "")
-    return f"{scale * estimate['value']:.3f}{unit} [{scale * estimate['low']:.3f}, {scale * estimate['high']:.3f}]".replace(
-        ".000%", "%"
-    )
+def _interval(estimate: dict[str, float]) -> str:
+    return f"{estimate['value']:.3f} [{estimate['low']:.3f}, {estimate['high']:.3f}]"
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -55,7 +52,8 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines.append(
         f"\n{summary['prompts']} prompts from {config['prompts']}, k={config['samples']} samples each, "
         f"{config['max_new_tokens']} new tokens, top_p={config['top_p']}, seed {config['seed']}; perplexity "
-        f"of the continuations under the plain {results['perplexity_model']}; wall time {results['wall_seconds']:.0f} s."
+        f"of the continuations under the plain {results['perplexity_model']}; "
+        f"wall time {results['wall_seconds']:.0f} s."
     )
     return "\n".join(lines) + "\n"
 
