@@ -283,7 +283,7 @@ def test_interrupted_eval_resumes_without_regenerating(tiny_llama_dir, detox_run
     out = tmp_path / "eval"
     args = eval_args(tiny_llama_dir, detox_runs, out, methods="none")
     assert main(args) == 0
-    path = out / "generations" / "none.jsonl"
+    (path,) = (out / "generations").glob("none-*.jsonl")
     lines = path.read_text().splitlines()
     first = json.loads((out / "results.json").read_text())["methods"]["none"]
     # a crash mid-write: prompt 0 complete, prompt 1 cut off, prompt 2 missing

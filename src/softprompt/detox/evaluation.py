@@ -7,6 +7,7 @@ rescoring what it already has (a scorer added later is computed from the stored 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -31,7 +32,19 @@ from softprompt.errors import SoftpromptError
 
 SETTINGS_FILE = "eval_config.json"
 # Settings that change what is generated: a resumed run must match them.
-GENERATION_KEYS = ("prompts", "backbone", "samples", "max_new_tokens", "top_p", "temperature", "prompt_field", "seed")
+GENERATION_KEYS = (
+    "prompts",
+    "backbone",
+    "samples",
+    "max_new_tokens",
+    "top_p",
+    "temperature",
+    "prompt_field",
+    "seed",
+    "instruction",
+    "alpha",
+    "decay",
+)
 
 
 @dataclass
@@ -102,9 +115,13 @@ def _check_settings(out: Path, config: DetoxEvalConfig, overwrite: bool) -> None
 class MethodRun:
     """Generates, scores and stores one method's continuations."""
 
-    def __init__(self, label: str, steering: Steering, backbone: Backbone, scorers: list[Scorer], config, out: Path):
+    def __init__(
+        self, label: str, spec: str, steering: Steering, backbone: Backbone, scorers: list[Scorer], config, out: Path
+    ):
         self.label, self.steering, self.backbone, self.scorers, self.config = label, steering, backbone, scorers, config
-        self.path = out / "generations" / f"{label}.jsonl"
+        # The file is keyed by the whole spec: soft_prompt:<dir A> never reuses <dir B>'s text.
+        digest = hashlib.sha1(spec.encode()).hexdigest()[:8]
+        self.path = out / "generations" / f"{label}-{digest}.jsonl"
 
     def batch_size(self) -> int:
         return max(1, self.config.batch_rows // (self.config.samples * len(self.steering.variants)))
@@ -219,8 +236,9 @@ def detox_eval(config: DetoxEvalConfig, overwrite: bool = False, progress: bool 
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, config, overwrite)
     results: dict[str, Any] = {"config": asdict(config), "methods": {}}
-    for label, steering in zip(_labels(specs), steerings, strict=True):
-        records = MethodRun(label, steering, backbone, scorers, config, out).run(prompts, progress)
+    for label, (name, argument), steering in zip(_labels(specs), specs, steerings, strict=True):
+        spec = f"{name}:{Path(argument).resolve() if name in ('soft_prompt', 'experts') else argument}"
+        records = MethodRun(label, spec, steering, backbone, scorers, config, out).run(prompts, progress)
         results["methods"][label] = summarise(records, [s.name for s in scorers])
     results["perplexity_model"] = backbone.name
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
