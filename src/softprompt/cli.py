@@ -309,10 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            "\ninterrupted: the last checkpoint is intact; continue with `softprompt train ... --resume`",
-            file=sys.stderr,
+        hint = getattr(
+            args, "resume_hint", "the last checkpoint is intact; continue with `softprompt train ... --resume`"
         )
+        print(f"\ninterrupted: {hint}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0

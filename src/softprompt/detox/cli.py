@@ -88,13 +88,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--overwrite", action="store_true", help="replace an existing run in out")
     train.add_argument("--quiet", action="store_true")
     train.add_argument("overrides", nargs="*", metavar="key=value")
-    train.set_defaults(run=_train)
+    train.set_defaults(
+        run=_train, resume_hint="the last checkpoints are intact; continue with `softprompt detox train ... --resume`"
+    )
     ev = sub.add_parser("eval", help="sample, score and compare methods (resumes an interrupted run in out)")
     ev.add_argument("--config", help="YAML file of settings (configs/detox_rtp.yaml)")
     ev.add_argument("--overwrite", action="store_true", help="discard generations already in out")
     ev.add_argument("--quiet", action="store_true")
     ev.add_argument("overrides", nargs="*", metavar="key=value")
-    ev.set_defaults(run=_eval)
+    ev.set_defaults(
+        run=_eval,
+        resume_hint="the generations so far are kept; the same `softprompt detox eval ... out=` command resumes",
+    )
     val = sub.add_parser("validate-scorer", help="AUROC / Spearman of scorers against stored Perspective scores")
     val.add_argument("overrides", nargs="*", metavar="key=value")
     val.set_defaults(run=_validate)

@@ -110,6 +110,7 @@ def _train_prompt(
         "metrics": {},
     }
     out.mkdir(parents=True, exist_ok=True)
+    resume = resume and (out / CHECKPOINT).exists()  # experts: the second prompt may not have started
     fit(model, rows["train"], config, out, meta, lambda: model.dev_metrics(rows["dev"]), resume, progress)
     return read_artifact(out).meta["metrics"]["dev"]
 
