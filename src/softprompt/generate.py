@@ -27,6 +27,7 @@ class GenerateConfig:
     instruction: str = _help("the instruction method's prefix", DEFAULT_INSTRUCTION)
     alpha: float = _help("experts: base + alpha * (expert - anti-expert)", 2.0)
     decay: float = _help("self_debias: decay constant lambda", 50.0)
+    filter_p: float = _help("experts: re-rank only the plain model's nucleus of this mass (1 = all tokens)", 0.9)
     seed: int = _help("sampling seed", 0)
     threads: int = _help("torch CPU threads (0 = torch's default)", 0)
 
@@ -47,7 +48,7 @@ def generate(texts: list[str], config: GenerateConfig) -> list[list[str]]:
     backbone = load_backbone(config.backbone)
     if backbone.kind != "causal":
         raise SoftpromptError(f"backbone {backbone.name} is an encoder; generate needs a causal LM")
-    steering = build_steering(name, argument, backbone, config.instruction, config.alpha, config.decay)
+    steering = build_steering(name, argument, backbone, config.instruction, config.alpha, config.decay, config.filter_p)
     generator = torch.Generator().manual_seed(config.seed)
     sampled = sample_continuations(
         backbone, steering, texts, config.samples, config.max_new_tokens, config.top_p, generator, config.temperature

@@ -44,6 +44,7 @@ GENERATION_KEYS = (
     "instruction",
     "alpha",
     "decay",
+    "filter_p",
 )
 
 
@@ -64,6 +65,7 @@ class DetoxEvalConfig:
     instruction: str = _help("the instruction method's prefix", DEFAULT_INSTRUCTION)
     alpha: float = _help("experts: base + alpha * (expert - anti-expert)", 2.0)
     decay: float = _help("self_debias: decay constant lambda", 50.0)
+    filter_p: float = _help("experts: re-rank only the plain model's nucleus of this mass (1 = all tokens)", 0.9)
     batch_rows: int = _help("sequences per forward pass (prompts x samples x method rows)", 256)
     out: str = _help("output directory", "runs/detox-eval")
     seed: int = _help("sampling seed", 0)
@@ -229,7 +231,8 @@ def detox_eval(config: DetoxEvalConfig, overwrite: bool = False, progress: bool 
     if backbone.kind != "causal":
         raise SoftpromptError(f"backbone {backbone.name} is an encoder; detox eval needs a causal LM")
     steerings = [
-        build_steering(name, arg, backbone, config.instruction, config.alpha, config.decay) for name, arg in specs
+        build_steering(name, arg, backbone, config.instruction, config.alpha, config.decay, config.filter_p)
+        for name, arg in specs
     ]
     scorers = [load_scorer(name) for name in scorer_names]
     out = Path(config.out)

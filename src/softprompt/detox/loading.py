@@ -25,9 +25,11 @@ def build_steering(
     instruction: str = DEFAULT_INSTRUCTION,
     alpha: float = 2.0,
     decay: float = 50.0,
+    filter_p: float = 0.9,
 ) -> Steering:
     """The steering of method ``name`` (see ``methods.METHOD_NAMES``); ``argument`` is the artifact
-    directory of ``soft_prompt`` / ``experts``, or the text of ``instruction`` (optional)."""
+    directory of ``soft_prompt`` / ``experts``, or the text of ``instruction`` (optional);
+    ``filter_p`` is the base-model nucleus the experts re-rank."""
     if name == "none":
         return Steering("none")
     if name == "instruction":
@@ -44,4 +46,4 @@ def build_steering(
         )
     expert = load_lm_prompt(directory / "expert", backbone)
     anti_expert = load_lm_prompt(directory / "anti_expert", backbone)
-    return ExpertSteering("experts", expert, anti_expert, alpha)
+    return ExpertSteering("experts", expert, anti_expert, alpha, filter_p)

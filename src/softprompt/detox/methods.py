@@ -55,15 +55,38 @@ class Steering:
 
 
 class ExpertSteering(Steering):
-    """DExperts (Liu et al., 2021) with prompt experts: base + alpha * (expert - anti-expert)."""
+    """DExperts (Liu et al., 2021) with prompt experts: base + alpha * (expert - anti-expert).
 
-    def __init__(self, name: str, expert: torch.Tensor, anti_expert: torch.Tensor, alpha: float):
+    As in the DExperts code, the base logits are first cut to the base model's own nucleus
+    (``filter_p``): the experts re-rank tokens the plain model finds plausible, which keeps
+    fluency, and never promote a token it would not write (``filter_p=1`` turns this off).
+    """
+
+    def __init__(self, name: str, expert: torch.Tensor, anti_expert: torch.Tensor, alpha: float, filter_p: float = 0.9):
         super().__init__(name, [Variant(), Variant(soft=expert), Variant(soft=anti_expert)])
-        self.alpha = alpha
+        self.alpha, self.filter_p = alpha, filter_p
 
     def combine(self, logits: torch.Tensor) -> torch.Tensor:
         base, expert, anti = logits.float().unbind(1)
+        if self.filter_p < 1:
+            base = base.masked_fill(~nucleus_mask(base, self.filter_p), float("-inf"))
         return base + self.alpha * (expert - anti)
+
+
+def nucleus_mask(logits: torch.Tensor, top_p: float, candidates: int = 256) -> torch.Tensor:
+    """``[N, V]`` True for the tokens of each row's nucleus (the smallest set holding ``top_p``).
+
+    Only the ``candidates`` most likely tokens are sorted unless they hold less than ``top_p``.
+    """
+    probs = torch.softmax(logits.float(), dim=-1)
+    mask = torch.zeros_like(probs, dtype=torch.bool)
+    values, index = probs.topk(min(candidates, probs.shape[-1]), dim=-1)
+    short = values.sum(-1) < top_p
+    mask.scatter_(-1, index, values.cumsum(-1) - values < top_p)  # the top token is always kept
+    if bool(short.any()):
+        values, index = probs[short].sort(dim=-1, descending=True)
+        mask[short] = torch.zeros_like(values, dtype=torch.bool).scatter_(-1, index, values.cumsum(-1) - values < top_p)
+    return mask
 
 
 class SelfDebiasSteering(Steering):
