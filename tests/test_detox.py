@@ -99,9 +99,18 @@ def test_unknown_scorer_suggests_the_closest():
 # ---- steering ----------------------------------------------------------------------------------
 def test_experts_combine_base_plus_alpha_times_expert_minus_anti():
     logits = torch.randn(3, 3, 7)
-    steering = ExpertSteering("experts", torch.zeros(1, 4), torch.zeros(1, 4), alpha=1.5)
+    steering = ExpertSteering("experts", torch.zeros(1, 4), torch.zeros(1, 4), alpha=1.5, filter_p=1.0)
     expected = logits[:, 0] + 1.5 * (logits[:, 1] - logits[:, 2])
     torch.testing.assert_close(steering.combine(logits), expected)
+
+
+def test_experts_rerank_only_the_base_models_nucleus():
+    base = torch.tensor([0.6, 0.25, 0.1, 0.05]).log()  # nucleus at p=0.8: tokens 0 and 1
+    expert, anti = torch.tensor([0.0, 0.0, 9.0, 9.0]), torch.zeros(4)  # the experts love tokens 2, 3
+    logits = torch.stack([base, expert, anti]).unsqueeze(0)
+    combined = ExpertSteering("experts", torch.zeros(1, 4), torch.zeros(1, 4), 2.0, filter_p=0.8).combine(logits)[0]
+    assert torch.isinf(combined[2:]).all() and combined[2:].lt(0).all()
+    torch.testing.assert_close(combined[:2], base[:2])
 
 
 def test_self_debias_scales_only_tokens_the_toxic_prefixes_make_likelier():
