@@ -382,3 +382,14 @@ def test_experts_trained_on_another_backbone_are_refused(detox_runs, tmp_path, c
     args = eval_args(other, detox_runs, out, methods=f"experts:{detox_runs / 'experts'}")
     bad(args, capsys, "was trained on backbone", out)
     bad(["generate", f"backbone={other}", f"detox=soft_prompt:{detox_runs / 'prompt'}", "Hi"], capsys, "retrain it")
+
+
+def test_detox_train_refuses_to_overwrite_and_resumes(tiny_llama_dir, detox_runs, capsys):
+    data = detox_runs / "paradetox.tsv"
+    out = detox_runs / "experts"
+    args = ["detox", "train", f"backbone={tiny_llama_dir}", f"data={data}", *TRAIN_QUICK, f"out={out}", "kind=experts"]
+    before = (out / "expert" / "adapter_model.safetensors").read_bytes()
+    bad(args, capsys, "already holds a run")
+    # a finished run resumes to the same weights, without training again
+    assert main([*args, "--resume"]) == 0
+    assert (out / "expert" / "adapter_model.safetensors").read_bytes() == before
