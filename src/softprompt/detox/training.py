@@ -54,7 +54,7 @@ class DetoxTrainConfig:
     threads: int = _help("torch CPU threads (0 = torch's default)", 0)
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(length=10, init="vocab"))
     train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(lr=0.003, batch_size=16, max_steps=150, eval_every=50, max_length=48)
+        default_factory=lambda: TrainConfig(lr=0.003, batch_size=16, max_steps=150, eval_every=50, max_length=256)
     )
 
     def __post_init__(self) -> None:
