@@ -69,8 +69,9 @@ def load_splits(config: RunConfig) -> Splits:
         splits = Splits(train_examples, dev_examples, test_examples, source, notes)
     else:
         name = config.dataset or DEFAULT_DATASET
-        raw = load_builtin(name)
-        splits = Splits(raw["train"], raw["dev"], raw["test"], {"dataset": name})
+        raw = load_builtin(name, data.path)
+        source = {"dataset": name, **({"path": data.path} if data.path else {})}
+        splits = Splits(raw["train"], raw["dev"], raw["test"], source)
     return _limit(splits, config)
 
 
@@ -151,11 +152,13 @@ def build_classifier(
     max_length: int,
     demos: str = "",
     method_options: Any = None,
+    for_inference: bool = False,
 ) -> PromptedClassifier:
     """A :class:`PromptedClassifier` for this backbone, method and prompt.
 
     ``method_options`` is the method's config section (its defaults when None). A method that
-    changes the backbone's layers needs a freshly loaded backbone.
+    changes the backbone's layers needs a freshly loaded backbone. ``for_inference``: the
+    method's state will be loaded from an artifact (initialisation sources are not read).
     """
     if backbone.kind == "encoder" and not get_method(method_name).trains:
         raise SoftpromptError(
@@ -171,7 +174,7 @@ def build_classifier(
         demonstrations=demos,
     )
     words = [w for ws in verbalizer.words for w in ws]
-    context = MethodContext(backbone, template.num_soft, words, prompt, method_options, seed)
+    context = MethodContext(backbone, template.num_soft, words, prompt, method_options, seed, for_inference)
     method = get_method(method_name).build(context)
     return PromptedClassifier(backbone, method, task, seed=seed)
 
@@ -203,6 +206,7 @@ def build_tagger(
     seed: int,
     max_length: int,
     method_options: Any = None,
+    for_inference: bool = False,
 ) -> TokenTagger:
     """A :class:`TokenTagger` for this encoder, method and tag set.
 
@@ -218,7 +222,7 @@ def build_tagger(
         raise SoftpromptError("task=ner needs a trained tag head: choose a method other than 'none'")
     num_soft = prompt.length if spec.uses_soft_tokens else 0
     kinds = sorted({tag[2:].lower() for tag in tags if tag != "O"})
-    method = spec.build(MethodContext(backbone, num_soft, kinds, prompt, method_options, seed))
+    method = spec.build(MethodContext(backbone, num_soft, kinds, prompt, method_options, seed, for_inference))
     positions = getattr(backbone.model.config, "max_position_embeddings", None) or max_length
     window = min(max_length, positions - method.prefix_length())
     task = TaggingTask(backbone.tokenizer, tags, num_soft, window)
@@ -278,7 +282,7 @@ def load_model(path: str | Path, backbone: Backbone | None = None) -> tuple[Task
     options = config.method_options(meta["method"])
     if meta.get("task") == "ner":
         model: TaskModel = build_tagger(
-            backbone, meta["method"], meta["tags"], config.prompt, 0, meta["max_length"], options
+            backbone, meta["method"], meta["tags"], config.prompt, 0, meta["max_length"], options, for_inference=True
         )
     else:
         model = build_classifier(
@@ -291,6 +295,7 @@ def load_model(path: str | Path, backbone: Backbone | None = None) -> tuple[Task
             max_length=meta["max_length"],
             demos=meta.get("demonstrations", ""),
             method_options=options,
+            for_inference=True,
         )
     try:
         model.load_export(files.state)

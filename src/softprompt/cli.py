@@ -130,8 +130,10 @@ def _eval(args: argparse.Namespace) -> None:
         dataset = read_examples(args.data, text_field, label_field, fields=model.task.template.fields)
         examples, where = dataset.examples, args.data
     else:
-        name = args.dataset or meta.get("data", {}).get("dataset") or DEFAULT_DATASET
-        examples, where = load_builtin(name)[args.split], f"{name} ({args.split})"
+        recorded = meta.get("data", {})
+        name = args.dataset or recorded.get("dataset") or DEFAULT_DATASET
+        path = recorded.get("path") if name == recorded.get("dataset") else None
+        examples, where = load_builtin(name, path)[args.split], f"{name} ({args.split})"
     model.task.template.check_fields(set(examples[0].fields), where)
     metrics = evaluate(model, examples, args.batch_size, where=where, progress=None if args.quiet else "eval")
     print(json.dumps({"data": where, **metrics}, ensure_ascii=False))
@@ -197,8 +199,15 @@ def _predict(args: argparse.Namespace) -> None:
 def _inspect(args: argparse.Namespace) -> None:
     from softprompt.artifact import size_bytes
     from softprompt.assemble import load_model
-    from softprompt.inspection import nearest_tokens
+    from softprompt.inspection import compare_prompts, nearest_tokens
 
+    if args.compare:
+        out = Path(args.out or "prompt-similarity.png")
+        summary = compare_prompts(args.compare[0], args.compare[1], out)
+        print(json.dumps(summary, ensure_ascii=False, indent=None if not args.json else 2))
+        return
+    if not args.artifact:
+        raise SoftpromptError("give an artifact directory, or --compare A B")
     model, meta = load_model(args.artifact)
     backbone = meta["backbone"]
     task = (
@@ -227,6 +236,33 @@ def _inspect(args: argparse.Namespace) -> None:
     for row in nearest_tokens(model, args.top):
         near = "  ".join(f"{n['token']!r} {n['cosine']:.2f}" for n in row["nearest"])
         print(f"soft[{row['index']:>3}] norm {row['norm']:.3f}  nearest: {near}")
+
+
+def _continual(args: argparse.Namespace) -> None:
+    from softprompt.continual.config import load_continual_config
+    from softprompt.continual.report import markdown
+    from softprompt.continual.runner import RESULTS, run_continual
+
+    config = load_continual_config(args.config, args.overrides)
+    args.resume_hint = "finished stages are kept; continue with the same command and --resume"
+    results = run_continual(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    print("\n" + markdown(results))
+    print(f"wrote {Path(config.out) / RESULTS}.md, .json and .png")
+
+
+def _similarity(args: argparse.Namespace) -> None:
+    from softprompt.transfer import rank_sources
+
+    rows = rank_sources(args.target, args.sources)
+    if args.json:
+        print(json.dumps({"target": args.target, "ranking": rows}, ensure_ascii=False, indent=2))
+        return
+    print(f"source prompts ranked for {args.target} (cosine of mean soft tokens; SPoT):")
+    for rank, row in enumerate(rows, start=1):
+        print(
+            f"{rank:>2}. {row['source']}  mean cosine {row['mean_cosine']:+.4f}  "
+            f"token max-cosine {row['token_max_cosine']:+.4f}  ({row['tokens']} tokens)"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,11 +315,29 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=32)
     predict.set_defaults(run=_predict)
 
-    inspect = commands.add_parser("inspect", help="show an artifact and its soft tokens' nearest words")
-    inspect.add_argument("artifact")
+    inspect = commands.add_parser(
+        "inspect", help="show an artifact and its soft tokens' nearest words; --compare A B: a similarity heat map"
+    )
+    inspect.add_argument("artifact", nargs="?")
     inspect.add_argument("--top", type=int, default=5)
     inspect.add_argument("--json", action="store_true")
+    inspect.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two artifacts' soft prompts, token by token")
+    inspect.add_argument("--out", help="--compare: the PNG to write (default: prompt-similarity.png)")
     inspect.set_defaults(run=_inspect)
+
+    cont = commands.add_parser("continual", help="learn a sequence of tasks one after another (accuracy matrix)")
+    cont.add_argument("--config", help="YAML recipe with the task sequence (configs/continual_*.yaml)")
+    cont.add_argument("--resume", action="store_true", help="skip finished stages, resume the current one")
+    cont.add_argument("--overwrite", action="store_true", help="replace an existing run in <out>")
+    cont.add_argument("--quiet", action="store_true", help="no progress bars")
+    cont.add_argument("overrides", nargs="*", metavar="key=value")
+    cont.set_defaults(run=_continual)
+
+    sim = commands.add_parser("similarity", help="rank source prompts for a target task by prompt similarity (SPoT)")
+    sim.add_argument("target", help="artifact of a prompt trained (briefly) on the target task")
+    sim.add_argument("sources", nargs="+", help="artifacts of candidate source prompts")
+    sim.add_argument("--json", action="store_true")
+    sim.set_defaults(run=_similarity)
     add_detox_commands(commands)
     return parser
 

@@ -39,12 +39,15 @@ class PromptConfig:
     """Soft prompt settings (used by prompt-based methods)."""
 
     length: int = _help("number of soft tokens when the template has no {soft:N} slot", 20)
-    init: str = _help("random | vocab | labels | text:<words>", "labels")
+    init: str = _help(
+        "random | vocab | labels | text:<words> | from:<artifact> (start from a trained prompt)", "labels"
+    )
 
     def __post_init__(self) -> None:
         _check(self.length >= 1, "prompt.length", f"must be >= 1, got {self.length}")
-        ok = self.init in ("random", "vocab", "labels") or self.init.startswith("text:")
-        _check(ok, "prompt.init", f"'{self.init}' is not one of random, vocab, labels, text:<words>")
+        ok = self.init in ("random", "vocab", "labels") or self.init.startswith(("text:", "from:"))
+        choices = "random, vocab, labels, text:<words>, from:<artifact>"
+        _check(ok, "prompt.init", f"'{self.init}' is not one of {choices}")
 
 
 @dataclass
@@ -85,6 +88,7 @@ class DataConfig:
     test: str | None = _help("test file (optional)", None)
     text_field: str = _help("column holding the input text (the template's {text})", "text")
     label_field: str = _help("column holding the label", "label")
+    path: str | None = _help("the file a built-in dataset of your own data reads (dataset=paradetox-toxicity)", None)
     dev_size: int = _help("examples held out of train for dev when no dev file is given", 200)
     max_train: int | None = _help("use at most this many training examples (seeded sample)", None)
     max_eval: int | None = _help("evaluate on at most this many dev and test examples (quick runs)", None)

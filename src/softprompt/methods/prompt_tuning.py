@@ -16,6 +16,7 @@ from softprompt.backbones import Backbone
 from softprompt.errors import SoftpromptError
 from softprompt.methods import register
 from softprompt.methods.base import Method, MethodContext
+from softprompt.transfer import FROM_PREFIX, transferred_prompt
 
 # Lester et al. sample init tokens among the 5,000 most frequent; BPE ids roughly follow frequency.
 COMMON_VOCAB = 5000
@@ -28,6 +29,11 @@ def _token_ids(backbone: Backbone, text: str) -> list[int]:
 def initial_token_ids(context: MethodContext, length: int, init: str) -> torch.Tensor:
     """``length`` token ids to start a prompt from (``vocab``, ``labels`` or ``text:``; for
     ``random``, common vocabulary tokens)."""
+    if init.startswith(FROM_PREFIX):
+        raise SoftpromptError(
+            "prompt.init=from:<artifact> starts token-embedding prompts (prompt_tuning, ptuning, "
+            "progressive_prompts); this method needs init tokens (vocab, labels or text:<words>)"
+        )
     backbone = context.backbone
     vocab_size = backbone.model.get_input_embeddings().weight.shape[0]
     generator = torch.Generator().manual_seed(context.seed)
@@ -46,6 +52,10 @@ def initial_token_ids(context: MethodContext, length: int, init: str) -> torch.T
 def initial_prompt(context: MethodContext, length: int, init: str) -> torch.Tensor:
     """The ``[length, hidden]`` starting embeddings for ``prompt.init``."""
     embed = context.backbone.model.get_input_embeddings()
+    if context.for_inference:  # the artifact's state replaces it (and a from: source may be gone)
+        return torch.zeros(length, embed.weight.shape[1])
+    if init.startswith(FROM_PREFIX):
+        return transferred_prompt(init.removeprefix(FROM_PREFIX), context.backbone, length)
     if init == "random":
         generator = torch.Generator().manual_seed(context.seed)
         weight = embed.weight[: min(COMMON_VOCAB, embed.weight.shape[0])]
