@@ -13,11 +13,12 @@ from softprompt.continual.config import load_continual_config, task_configs
 from softprompt.continual.learners import make_learner, prepare_tasks
 from softprompt.continual.metrics import continual_metrics
 from softprompt.continual.runner import run_continual
+from softprompt.datasets import load_builtin
 from softprompt.errors import SoftpromptError
 from softprompt.evaluate import label_probabilities
 from softprompt.transfer import read_soft_prompt
 
-from .conftest import NEGATIVE, POSITIVE, make_tiny_llama, write_jsonl
+from .conftest import NEGATIVE, POSITIVE, SHARED_DATA, make_tiny_llama, write_jsonl
 
 # A second and third task whose label names clash with the first ("positive" / "negative" mean
 # something else in each), to check tasks keep their labels apart.
@@ -285,3 +286,28 @@ def test_inspect_compare_draws_the_token_similarity_heat_map(tiny_llama_dir, sen
     summary = json.loads(capsys.readouterr().out)
     assert summary["shape"] == [4, 4] and summary["same_position_mean_cosine"] == pytest.approx(1.0, abs=1e-4)
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+# ---- the sequence's built-in datasets --------------------------------------------------------
+
+
+def test_rt_subjectivity_is_balanced_plot_sentences_vs_review_snippets():
+    splits = load_builtin("rt-subjectivity")
+    test = splits["test"]
+    counts = {label: sum(e.label == label for e in test) for label in ("objective", "subjective")}
+    assert len(test) == 1000 and min(counts.values()) > 400
+    assert all("\n" not in e.text and 5 <= len(e.text.split()) <= 60 for e in test if e.label == "objective")
+    seen = {e.text for split in splits.values() for e in split}
+    assert len(seen) == sum(len(split) for split in splits.values())  # no text in two splits
+
+
+def test_paradetox_toxicity_needs_its_path():
+    with pytest.raises(SoftpromptError, match=r"set data\.path=<that file>"):
+        load_builtin("paradetox-toxicity")
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "paradetox" / "paradetox.tsv").is_file(), reason="needs ../shared/data")
+def test_paradetox_toxicity_reads_one_side_of_each_pair():
+    splits = load_builtin("paradetox-toxicity", SHARED_DATA / "paradetox" / "paradetox.tsv")
+    labels = [e.label for e in splits["train"]]
+    assert abs(labels.count("toxic") - labels.count("neutral")) < 0.1 * len(labels)
