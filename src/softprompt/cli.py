@@ -265,6 +265,25 @@ def _similarity(args: argparse.Namespace) -> None:
         )
 
 
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from softprompt.backbones import load_backbone
+    from softprompt.serving.app import ServeSettings, Service, create_app
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    backbone = load_backbone(args.backbone)
+    if backbone.kind != "causal":
+        raise SoftpromptError(f"serve needs a causal LM backbone; {backbone.name} is an {backbone.kind}")
+    service = Service(backbone, args.prompts)
+    settings = ServeSettings(args.queue_size, args.max_batch, args.max_wait_ms)
+    print(f"serving {len(service.tasks.describe())} task(s) on {backbone.name} at http://{args.host}:{args.port}")
+    uvicorn.run(create_app(service, settings), host=args.host, port=args.port, log_level="warning")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="softprompt", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -332,6 +351,21 @@ def build_parser() -> argparse.ArgumentParser:
     cont.add_argument("--quiet", action="store_true", help="no progress bars")
     cont.add_argument("overrides", nargs="*", metavar="key=value")
     cont.set_defaults(run=_continual)
+
+    serve = commands.add_parser(
+        "serve", help="serve a folder of prompt artifacts over HTTP (one backbone, mixed batches)"
+    )
+    serve.add_argument("--backbone", default="smollm2-135m")
+    serve.add_argument(
+        "--prompts", required=True, help="a folder whose sub-folders are trained artifacts (task = name)"
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--queue-size", type=int, default=256, help="requests waiting before 429s")
+    serve.add_argument("--max-batch", type=int, default=32, help="texts per model call")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for company")
+    serve.add_argument("--threads", type=int, default=0)
+    serve.set_defaults(run=_serve)
 
     sim = commands.add_parser("similarity", help="rank source prompts for a target task by prompt similarity (SPoT)")
     sim.add_argument("target", help="artifact of a prompt trained (briefly) on the target task")

@@ -1,0 +1,174 @@
+"""Many tasks in one batch: each row carries its own task's soft prompt, template and verbalizer,
+on one frozen causal backbone in memory.
+
+A prompt that leads its template does not depend on the row's text, so each *distinct* prompt of
+the batch runs through the model once (the distinct prompts side by side, left-padded to the
+longest) and its key/value cache is gathered for the rows that use it. The rest of every row
+continues from its prompt's cache. The label is scored at the last position, projecting only onto
+the verbalizer words' first tokens of the tasks in the batch. Results equal each task's own
+:class:`~softprompt.model.PromptedClassifier` (tested to a tight tolerance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from softprompt.data import Example
+from softprompt.errors import SoftpromptError
+from softprompt.model import PromptedClassifier
+from softprompt.prompts import EncodedInput
+from softprompt.prompts.template import NO_SOFT
+
+
+def mixable(model: PromptedClassifier) -> str | None:
+    """Why ``model`` cannot share a batch with other tasks, or None when it can."""
+    if not model.task.causal:
+        return "mixed batches need a causal LM backbone"
+    if model.method.modifies_backbone or model.method.prefix_length():
+        return f"method {model.method.name} changes the backbone's layers; only soft-prompt methods mix in one batch"
+    return None
+
+
+class MixedPromptClassifier(nn.Module):
+    """Classify rows of different tasks together: ``forward(tasks, encoded)`` gives each row its
+    own task's label log-probabilities.
+
+    Args:
+        models: task name -> a classifier; all on the same backbone object, all :func:`mixable`.
+    """
+
+    def __init__(self, models: dict[str, PromptedClassifier]):
+        super().__init__()
+        if not models:
+            raise SoftpromptError("no tasks to serve")
+        first = next(iter(models.values()))
+        for name, model in models.items():
+            if model.backbone is not first.backbone:
+                raise SoftpromptError(f"task '{name}' is on another backbone object; load all tasks on one backbone")
+            reason = mixable(model)
+            if reason:
+                raise SoftpromptError(f"task '{name}': {reason}")
+        self.tasks = dict(models)
+        self.backbone = first.backbone
+        self.decoder = first.model.get_decoder()
+        self.head = first  # projection, soft-capping: the backbone's, so any task's will do
+        self.pad_id = first.task.tokenizer.pad_token_id or 0
+
+    def encode(self, task: str, example: Example) -> EncodedInput:
+        return self.tasks[task].task.encode(example)
+
+    def forward(self, tasks: Sequence[str], encoded: Sequence[EncodedInput]) -> list[torch.Tensor]:
+        """Per row, the ``[num_labels]`` log-probabilities of its task's labels."""
+        out: list[torch.Tensor] = [torch.empty(0)] * len(tasks)
+        # Multi-token verbalizer words continue each row from its cache with every candidate; those
+        # rows go through their own task's model, one group per task, and everything else mixes.
+        single = [i for i, name in enumerate(tasks) if not self.tasks[name].multi]
+        for name in dict.fromkeys(tasks[i] for i in range(len(tasks)) if self.tasks[tasks[i]].multi):
+            index = [i for i, task in enumerate(tasks) if task == name]
+            model = self.tasks[name]
+            scores = model(model.task.collate([encoded[i] for i in index]))
+            for i, row in zip(index, scores, strict=True):
+                out[i] = row
+        if single:
+            scores = self._mixed([tasks[i] for i in single], [encoded[i] for i in single])
+            for i, row in zip(single, scores, strict=True):
+                out[i] = row
+        return out
+
+    def _mixed(self, tasks: Sequence[str], encoded: Sequence[EncodedInput]) -> list[torch.Tensor]:
+        """One forward pass for rows of single-token-verbalizer tasks."""
+        distinct = list(dict.fromkeys(tasks))
+        column = {name: i for i, name in enumerate(distinct)}
+        rows = torch.tensor([column[name] for name in tasks])
+        lead = [self._lead(name) for name in distinct]
+        cache, prefix_mask = self._prompt_caches(distinct, lead, rows)
+        embeds, mask = self._row_inputs(tasks, encoded, lead, [column[name] for name in tasks])
+        lead_of_row = torch.tensor([lead[column[name]] for name in tasks]).unsqueeze(1)
+        positions = lead_of_row + (mask.cumsum(-1) - 1).clamp(min=0)
+        full_mask = torch.cat([prefix_mask, mask], dim=1) if prefix_mask is not None else mask
+        hidden = self.decoder(
+            inputs_embeds=embeds,
+            attention_mask=full_mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=cache is not None,
+        ).last_hidden_state[:, -1]
+        return self._label_scores(tasks, hidden)
+
+    def _lead(self, name: str) -> int:
+        """Leading soft tokens of a task's template (the part computed once per batch)."""
+        model = self.tasks[name]
+        return model.task.template.leading_soft if model.method.soft_embeddings() is not None else 0
+
+    def _prompt_caches(self, distinct: list[str], lead: list[int], rows: torch.Tensor):
+        """Run each distinct leading prompt once; gather its cache for the rows that use it."""
+        width = max(lead)
+        if width == 0:
+            return None, None
+        hidden = self.backbone.hidden_size
+        embeds = torch.zeros(len(distinct), width, hidden)
+        mask = torch.zeros(len(distinct), width, dtype=torch.long)
+        for i, (name, count) in enumerate(zip(distinct, lead, strict=True)):
+            if count:
+                soft = self.tasks[name].method.soft_embeddings()[:count]
+                embeds = embeds.clone() if embeds.requires_grad else embeds
+                embeds[i, width - count :] = soft.to(embeds.dtype)
+                mask[i, width - count :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = self.decoder(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True
+        ).past_key_values
+        cache.reorder_cache(rows)  # index_select on the batch axis: row b gets its task's cache
+        return cache, mask[rows]
+
+    def _row_inputs(self, tasks, encoded, lead, columns) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded embeddings of every row after its leading prompt, soft tokens in place."""
+        parts = [(e.ids[lead[c] :], e.soft[lead[c] :]) for e, c in zip(encoded, columns, strict=True)]
+        width = max(len(ids) for ids, _ in parts)
+        input_ids = torch.full((len(parts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(parts), width), dtype=torch.long)
+        soft_slots: list[tuple[int, int, str, int]] = []
+        for row, ((ids, soft), name) in enumerate(zip(parts, tasks, strict=True)):
+            start = width - len(ids)
+            input_ids[row, start:] = torch.tensor(ids)
+            mask[row, start:] = 1
+            soft_slots += [(row, start + k, name, s) for k, s in enumerate(soft) if s != NO_SOFT]
+        embeds = self.decoder.get_input_embeddings()(input_ids)
+        if soft_slots:
+            embeds = embeds.clone()
+            for row, position, name, index in soft_slots:
+                embeds[row, position] = self.tasks[name].method.soft_embeddings()[index].to(embeds.dtype)
+        return embeds, mask
+
+    def _label_scores(self, tasks: Sequence[str], hidden: torch.Tensor) -> list[torch.Tensor]:
+        """Project each row onto its own task's words' first tokens (one matmul for the union)."""
+        union = sorted({int(t) for name in set(tasks) for t in self.tasks[name].first_ids})
+        where = {token: i for i, token in enumerate(union)}
+        logits = self.head.project(hidden, torch.tensor(union))
+        out = []
+        for row, name in enumerate(tasks):
+            model = self.tasks[name]
+            scores = logits[row, [where[int(t)] for t in model.first_ids]]
+            labels = torch.stack([scores[group].logsumexp(-1) for group in model.label_groups])
+            out.append(torch.log_softmax(labels, dim=-1))
+        return out
+
+
+@torch.inference_mode()
+def classify_mixed(
+    mixed: MixedPromptClassifier, requests: Sequence[tuple[str, Example]], batch_size: int = 32
+) -> list[torch.Tensor]:
+    """Label probabilities for ``(task, example)`` pairs in any order, in batches that mix tasks
+    (sorted by length: less padding; results come back in input order)."""
+    encoded = [mixed.encode(task, example) for task, example in requests]
+    order = sorted(range(len(requests)), key=lambda i: len(encoded[i].ids))
+    out: list[torch.Tensor] = [torch.empty(0)] * len(requests)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        scores = mixed([requests[i][0] for i in index], [encoded[i] for i in index])
+        for i, row in zip(index, scores, strict=True):
+            out[i] = row.exp().float()
+    return out

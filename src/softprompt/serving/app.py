@@ -1,0 +1,162 @@
+"""The HTTP API (FastAPI): ``GET /healthz``, ``GET /v1/tasks``, ``POST /v1/classify``,
+``POST /v1/generate``, ``POST /v1/tasks/reload``; the OpenAPI schema at ``/openapi.json``.
+
+Errors: an invalid body is 422 with the field named (FastAPI's validation), an unknown task 404,
+a full queue 429 (retry later), a request of the wrong kind for its task 400.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from softprompt.backbones import Backbone
+from softprompt.data import Example
+from softprompt.detox.methods import Steering, Variant
+from softprompt.detox.sampling import sample_continuations
+from softprompt.mixed import classify_mixed
+from softprompt.serving.batcher import Batcher, QueueFull
+from softprompt.serving.registry import Tasks, load_tasks
+
+MAX_TEXTS = 256
+
+
+class ClassifyRequest(BaseModel):
+    task: str = Field(min_length=1, description="a task name from GET /v1/tasks")
+    texts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=MAX_TEXTS)
+
+
+class GenerateRequest(BaseModel):
+    task: str | None = Field(None, description="a generation prompt from GET /v1/tasks; none: the plain model")
+    prompt: str = Field(min_length=1)
+    max_new_tokens: int = Field(30, ge=1, le=512)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    samples: int = Field(1, ge=1, le=16)
+    seed: int = 0
+
+
+@dataclass
+class ServeSettings:
+    """How the server batches (see :class:`~softprompt.serving.batcher.Batcher`)."""
+
+    queue_size: int = 256
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+
+
+class Service:
+    """The model side: the loaded tasks and the batch handlers the worker calls."""
+
+    def __init__(self, backbone: Backbone, prompts: str | Path):
+        self.backbone = backbone
+        self.prompts = prompts
+        self.tasks: Tasks = load_tasks(prompts, backbone)
+        self.report_skipped()
+
+    def report_skipped(self) -> None:
+        for name, reason in self.tasks.skipped.items():
+            print(f"skipped task '{name}': {reason}", file=sys.stderr, flush=True)
+
+    def classify(self, payloads: list[ClassifyRequest]) -> list[list[dict[str, Any]]]:
+        """One mixed batch for every text of every request."""
+        requests = [(p.task, Example({"text": text})) for p in payloads for text in p.texts]
+        probabilities = classify_mixed(self.tasks.mixed, requests, batch_size=len(requests))
+        out, rows = [], iter(probabilities)
+        for payload in payloads:
+            labels = self.tasks.classifiers[payload.task].task.labels
+            answers = []
+            for text in payload.texts:
+                scores = next(rows).tolist()
+                best = max(range(len(labels)), key=scores.__getitem__)
+                answers.append({"text": text, "label": labels[best], "scores": dict(zip(labels, scores, strict=True))})
+            out.append(answers)
+        return out
+
+    def generate(self, payloads: list[GenerateRequest]) -> list[list[str]]:
+        out = []
+        for p in payloads:  # sampling settings differ per request: one call each
+            soft = self.tasks.generators.get(p.task) if p.task else None
+            steering = Steering("soft_prompt", [Variant(soft=soft)]) if soft is not None else Steering("none")
+            generator = torch.Generator().manual_seed(p.seed)
+            sampled = sample_continuations(
+                self.backbone, steering, [p.prompt], p.samples, p.max_new_tokens, p.top_p, generator, p.temperature
+            )
+            tokenizer = self.backbone.tokenizer
+            out.append([tokenizer.decode(ids, skip_special_tokens=True) for ids in sampled.tokens[0]])
+        return out
+
+    def reload(self, _: list[Any]) -> list[dict[str, Any]]:
+        self.tasks = load_tasks(self.prompts, self.backbone)
+        self.report_skipped()
+        return [{"tasks": self.tasks.describe(), "skipped": self.tasks.skipped}] * len(_)
+
+
+def create_app(service: Service, settings: ServeSettings | None = None) -> FastAPI:
+    """The FastAPI application serving ``service``."""
+    settings = settings or ServeSettings()
+    batcher = Batcher(
+        {"classify": service.classify, "generate": service.generate, "reload": service.reload},
+        queue_size=settings.queue_size,
+        max_batch=settings.max_batch,
+        max_wait=settings.max_wait_ms / 1000,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        batcher.start()
+        yield
+        await batcher.stop()  # Ctrl-C: in-flight requests are answered before the worker stops
+
+    app = FastAPI(title="softprompt", description="many prompt tasks on one frozen backbone", lifespan=lifespan)
+
+    async def submit(kind: str, payload: Any, size: int = 1) -> Any:
+        try:
+            return await batcher.submit(kind, payload, size)
+        except QueueFull:
+            raise HTTPException(429, "the request queue is full; retry shortly") from None
+
+    def known(task: str, kind: str) -> None:
+        tasks = service.tasks
+        other = tasks.generators if kind == "classify" else tasks.classifiers
+        mine = tasks.classifiers if kind == "classify" else tasks.generators
+        if task in mine:
+            return
+        if task in other:
+            raise HTTPException(400, f"task '{task}' is not a {kind} task; see GET /v1/tasks")
+        raise HTTPException(404, f"unknown task '{task}'; GET /v1/tasks lists them")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "tasks": len(service.tasks.classifiers) + len(service.tasks.generators)}
+
+    @app.get("/v1/tasks")
+    async def list_tasks() -> dict[str, Any]:
+        return {"backbone": service.backbone.name, "tasks": service.tasks.describe(), "skipped": service.tasks.skipped}
+
+    @app.post("/v1/classify")
+    async def classify(request: ClassifyRequest) -> dict[str, Any]:
+        known(request.task, "classify")
+        results = await submit("classify", request, size=len(request.texts))
+        return {"task": request.task, "results": results}
+
+    @app.post("/v1/generate")
+    async def generate(request: GenerateRequest) -> dict[str, Any]:
+        if request.task is not None:
+            known(request.task, "generate")
+        completions = await submit("generate", request)
+        return {"task": request.task, "prompt": request.prompt, "completions": completions}
+
+    @app.post("/v1/tasks/reload")
+    async def reload() -> JSONResponse:
+        return JSONResponse(await submit("reload", None))
+
+    return app

@@ -1,0 +1,80 @@
+"""The tasks a server offers: every artifact directory under the prompts directory, loaded on
+the one backbone. A directory that cannot be served (corrupt, another backbone, a method that
+changes the backbone's layers) is reported and skipped; the others are served."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from softprompt.artifact import TASK_FILE, read_artifact
+from softprompt.assemble import load_classifier
+from softprompt.backbones import Backbone
+from softprompt.detox.lm import LM_TASK, load_lm_prompt
+from softprompt.errors import SoftpromptError
+from softprompt.mixed import MixedPromptClassifier, mixable
+from softprompt.model import PromptedClassifier
+
+
+@dataclass
+class Tasks:
+    """What is served: classifiers (mixed in one batch) and generation prompts, by task name."""
+
+    classifiers: dict[str, PromptedClassifier] = field(default_factory=dict)
+    generators: dict[str, torch.Tensor] = field(default_factory=dict)  # soft prompt [n, hidden]
+    skipped: dict[str, str] = field(default_factory=dict)  # directory name -> why
+    mixed: MixedPromptClassifier | None = None
+
+    def describe(self) -> list[dict[str, Any]]:
+        rows = [
+            {
+                "name": name,
+                "kind": "classify",
+                "labels": model.task.labels,
+                "template": model.task.template.source,
+                "method": model.method.name,
+            }
+            for name, model in self.classifiers.items()
+        ]
+        rows += [{"name": name, "kind": "generate", "soft_tokens": p.shape[0]} for name, p in self.generators.items()]
+        return rows
+
+
+def load_tasks(directory: str | Path, backbone: Backbone) -> Tasks:
+    """Load every artifact directory under ``directory`` (its name is the task name).
+
+    Raises:
+        SoftpromptError: ``directory`` does not exist (a bad task inside it is only skipped).
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise SoftpromptError(f"prompts directory {root} does not exist (give a folder of trained artifacts)")
+    tasks = Tasks()
+    for path in sorted(p for p in root.iterdir() if p.is_dir()):
+        if not (path / TASK_FILE).exists():
+            continue
+        try:
+            _load_one(path, backbone, tasks)
+        except SoftpromptError as exc:
+            tasks.skipped[path.name] = str(exc)
+        except (RuntimeError, ValueError, KeyError, OSError) as exc:  # a damaged file of any kind
+            tasks.skipped[path.name] = f"cannot load {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+    if tasks.classifiers:
+        tasks.mixed = MixedPromptClassifier(tasks.classifiers)
+    return tasks
+
+
+def _load_one(path: Path, backbone: Backbone, tasks: Tasks) -> None:
+    meta = read_artifact(path).meta
+    if meta.get("task") == LM_TASK:
+        tasks.generators[path.name] = load_lm_prompt(path, backbone)
+        return
+    model, _ = load_classifier(path, backbone)
+    reason = mixable(model)
+    if reason:
+        raise SoftpromptError(f"{path}: {reason}")
+    model.eval()
+    tasks.classifiers[path.name] = model

@@ -1,0 +1,266 @@
+"""Mixed-prompt batches and the HTTP server, on the tiny random Llama."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from softprompt.backbones import load_backbone
+from softprompt.cli import main
+from softprompt.errors import SoftpromptError
+from softprompt.evaluate import label_probabilities
+from softprompt.mixed import MixedPromptClassifier, classify_mixed
+from softprompt.serving.app import ServeSettings, Service, create_app
+from softprompt.serving.batcher import Batcher, QueueFull
+
+from .helpers import EXAMPLES, classifier
+from .test_detox import write_paradetox
+
+
+@pytest.fixture(scope="module")
+def backbone(tiny_llama_dir):
+    return load_backbone(str(tiny_llama_dir))
+
+
+def test_mixed_batches_equal_each_task_on_its_own(backbone):
+    # Soft prompts in front (shared cache), in the middle, none at all, and multi-token words
+    # (those rows take their task's own path), all in batches that mix the tasks.
+    models = {
+        "front": classifier(backbone, "{soft:3}Review: {text} Sentiment:", {"pos": "a", "neg": "b"}, seed=1),
+        "longer": classifier(backbone, "{soft:5}Text: {text} Long?", {"y": "b", "n": "a", "m": "c"}, seed=2),
+        "middle": classifier(backbone, "Q: {text}{soft:2} A:", {"x": "b", "y": "a"}, seed=3),
+        "plain": classifier(backbone, "Plain {text} label:", {"u": "a", "v": "b"}, method="none"),
+        "multi": classifier(backbone, "{soft:4}W: {text} A:", seed=4),
+    }
+    mixed = MixedPromptClassifier(models)
+    requests = [(name, example) for example in EXAMPLES for name in models]
+    got = classify_mixed(mixed, requests, batch_size=7)
+    for name, model in models.items():
+        alone = label_probabilities(model, EXAMPLES)
+        together = torch.stack([p for (task, _), p in zip(requests, got, strict=True) if task == name])
+        assert torch.allclose(alone, together, atol=1e-5), name
+
+
+def test_mixed_batches_refuse_layer_changing_methods(tiny_llama_dir):
+    lora = classifier(load_backbone(str(tiny_llama_dir)), "Review: {text} Sentiment:", method="lora")
+    with pytest.raises(SoftpromptError, match="changes the backbone's layers"):
+        MixedPromptClassifier({"lora": lora})
+
+
+# ---- the batcher -------------------------------------------------------------------------------
+
+
+def test_jobs_arriving_together_share_one_call():
+    calls = []
+
+    def handler(payloads):
+        calls.append(list(payloads))
+        return [p * 10 for p in payloads]
+
+    async def scenario():
+        batcher = Batcher({"x": handler}, queue_size=8, max_batch=8, max_wait=0.05)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit("x", i) for i in range(5)))
+        await batcher.stop()
+        return results
+
+    assert asyncio.run(scenario()) == [0, 10, 20, 30, 40]
+    assert calls == [[0, 1, 2, 3, 4]]
+
+
+def test_a_full_queue_refuses_at_once_and_recovers():
+    release = threading.Event()
+
+    def slow(payloads):
+        release.wait(5)
+        return payloads
+
+    async def scenario():
+        batcher = Batcher({"x": slow}, queue_size=1, max_batch=1, max_wait=0)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit("x", 1))
+        await asyncio.sleep(0.05)  # the worker holds the first job
+        second = asyncio.ensure_future(batcher.submit("x", 2))  # waits in the queue
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull):
+            await batcher.submit("x", 3)
+        release.set()
+        done = [await first, await second, await batcher.submit("x", 4)]
+        await batcher.stop()
+        return done
+
+    assert asyncio.run(scenario()) == [1, 2, 4]
+
+
+# ---- the HTTP API ------------------------------------------------------------------------------
+
+
+def _train(tiny_llama_dir, files, out, template, verbalizer):
+    args = [
+        "train",
+        f"backbone={tiny_llama_dir}",
+        f"data.train={files['train']}",
+        f"data.dev={files['dev']}",
+        f"out={out}",
+        f"verbalizer={verbalizer}",
+        f"template={template}",
+        "prompt.init=vocab",
+        "train.max_steps=2",
+        "train.eval_every=2",
+        "--quiet",
+    ]
+    assert main(args) == 0
+
+
+@pytest.fixture
+def prompts_dir(tiny_llama_dir, sentiment_files, tmp_path):
+    root = tmp_path / "prompts"
+    _train(
+        tiny_llama_dir,
+        sentiment_files,
+        root / "sentiment",
+        "{soft:3}Review: {text} Sentiment:",
+        "{positive: a, negative: b}",
+    )
+    _train(
+        tiny_llama_dir, sentiment_files, root / "polarity", "Text: {text}{soft:2} Label:", "{positive: b, negative: a}"
+    )
+    data = write_paradetox(tmp_path / "paradetox.tsv")
+    quick = ["train.max_steps=1", "train.eval_every=1", "train.batch_size=4", "dev_size=2", "--quiet"]
+    assert main(["detox", "train", f"backbone={tiny_llama_dir}", f"data={data}", f"out={root / 'polite'}", *quick]) == 0
+    corrupt = root / "broken"
+    corrupt.mkdir()
+    (corrupt / "task.json").write_text("{not json", encoding="utf-8")
+    (corrupt / "adapter_model.safetensors").write_bytes(b"garbage")
+    return root
+
+
+@pytest.fixture
+def client(tiny_llama_dir, prompts_dir):
+    service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
+    with TestClient(create_app(service, ServeSettings(max_wait_ms=20))) as test_client:
+        yield test_client
+
+
+def test_tasks_are_listed_and_a_corrupt_one_is_skipped(client):
+    assert client.get("/healthz").json() == {"status": "ok", "tasks": 3}
+    listing = client.get("/v1/tasks").json()
+    kinds = {t["name"]: t["kind"] for t in listing["tasks"]}
+    assert kinds == {"sentiment": "classify", "polarity": "classify", "polite": "generate"}
+    assert "broken" in listing["skipped"] and "corrupt" in listing["skipped"]["broken"]
+    assert "/v1/classify" in client.get("/openapi.json").json()["paths"]
+
+
+def test_classify_answers_like_predict(client, prompts_dir, capsys):
+    texts = ["a great movie", "dull and boring"]
+    answer = client.post("/v1/classify", json={"task": "polarity", "texts": texts}).json()
+    capsys.readouterr()
+    assert main(["predict", str(prompts_dir / "polarity"), *texts]) == 0
+    expected = [__import__("json").loads(line) for line in capsys.readouterr().out.splitlines()]
+    for got, want in zip(answer["results"], expected, strict=True):
+        assert got["label"] == want["label"]
+        for label, p in want["scores"].items():
+            assert got["scores"][label] == pytest.approx(p, abs=1e-5)
+
+
+def test_requests_for_different_tasks_arriving_together_are_batched(client, monkeypatch):
+    service_calls = []
+    import softprompt.serving.app as app_module
+
+    real = app_module.classify_mixed
+
+    def counting(mixed, requests, batch_size):
+        service_calls.append(sorted({task for task, _ in requests}))
+        return real(mixed, requests, batch_size)
+
+    monkeypatch.setattr(app_module, "classify_mixed", counting)
+    results = {}
+
+    def ask(task):
+        results[task] = client.post("/v1/classify", json={"task": task, "texts": ["fine"]}).status_code
+
+    threads = [threading.Thread(target=ask, args=(task,)) for task in ("sentiment", "polarity")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {"sentiment": 200, "polarity": 200}
+    assert ["polarity", "sentiment"] in service_calls  # one model call held both tasks
+
+
+def test_bad_requests_name_the_problem(client):
+    missing = client.post("/v1/classify", json={"task": "sentiment"})
+    assert missing.status_code == 422 and missing.json()["detail"][0]["loc"][-1] == "texts"
+    empty = client.post("/v1/classify", json={"task": "sentiment", "texts": []})
+    assert empty.status_code == 422
+    unknown = client.post("/v1/classify", json={"task": "sentimnt", "texts": ["x"]})
+    assert unknown.status_code == 404 and "sentimnt" in unknown.json()["detail"]
+    wrong_kind = client.post("/v1/classify", json={"task": "polite", "texts": ["x"]})
+    assert wrong_kind.status_code == 400
+    bad_top_p = client.post("/v1/generate", json={"prompt": "Hi", "top_p": 2})
+    assert bad_top_p.status_code == 422 and bad_top_p.json()["detail"][0]["loc"][-1] == "top_p"
+
+
+def test_generate_with_and_without_a_prompt(client):
+    plain = client.post("/v1/generate", json={"prompt": "So I said", "max_new_tokens": 4, "samples": 2})
+    assert plain.status_code == 200 and len(plain.json()["completions"]) == 2
+    prompted = client.post("/v1/generate", json={"task": "polite", "prompt": "So I said", "max_new_tokens": 4})
+    assert prompted.status_code == 200 and isinstance(prompted.json()["completions"][0], str)
+
+
+def test_reload_picks_up_new_and_removed_tasks(client, prompts_dir, tiny_llama_dir, sentiment_files):
+    import shutil
+
+    shutil.rmtree(prompts_dir / "polarity")
+    _train(
+        tiny_llama_dir,
+        sentiment_files,
+        prompts_dir / "fresh",
+        "{soft:2}Say: {text} Label:",
+        "{positive: a, negative: b}",
+    )
+    listing = client.post("/v1/tasks/reload").json()
+    names = {t["name"] for t in listing["tasks"]}
+    assert names == {"sentiment", "fresh", "polite"}
+    assert client.post("/v1/classify", json={"task": "fresh", "texts": ["ok"]}).status_code == 200
+    assert client.post("/v1/classify", json={"task": "polarity", "texts": ["ok"]}).status_code == 404
+
+
+def test_serve_reports_a_missing_prompts_folder(tmp_path, capsys, tiny_llama_dir):
+    assert main(["serve", "--backbone", str(tiny_llama_dir), "--prompts", str(tmp_path / "none")]) == 2
+    assert "prompts directory" in capsys.readouterr().err
+
+
+def test_uvicorn_serves_and_stops_on_signal(tiny_llama_dir, prompts_dir):
+    # A real server process: it answers, and SIGINT (Ctrl-C) makes it exit cleanly.
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["serve", "--backbone", str(tiny_llama_dir), "--prompts", str(prompts_dir), "--port", str(port)]
+    process = subprocess.Popen([sys.executable, "-m", "softprompt", *args], stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/classify", json={"task": "sentiment", "texts": ["x"]})
+        assert answer.status_code == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert "Traceback" not in err
