@@ -264,3 +264,61 @@ def test_uvicorn_serves_and_stops_on_signal(tiny_llama_dir, prompts_dir):
         _, err = process.communicate(timeout=30)
     assert process.returncode == 0
     assert "Traceback" not in err
+
+
+# ---- multi-task training in mixed batches -----------------------------------------------------
+
+
+def test_mixed_training_loss_and_gradients_equal_the_per_task_path(backbone):
+    from softprompt.data import Example
+    from softprompt.multitask import MultitaskModel
+
+    models = {
+        "front": classifier(backbone, "{soft:3}Review: {text} Sentiment:", {"pos": "a", "neg": "b"}, seed=1),
+        "middle": classifier(backbone, "Q: {text}{soft:2} A:", {"x": "b", "y": "a"}, seed=3),
+        "multi": classifier(backbone, "{soft:4}W: {text} A:", seed=4),
+    }
+    multitask = MultitaskModel(models)
+    rows = []
+    for i, example in enumerate(EXAMPLES):
+        for name, model in models.items():
+            rows.append((name, model.task.encode(Example(example.fields)), i % 2))
+    mixed_loss = multitask.loss(rows)
+    mixed_loss.backward()
+    mixed_grads = [p.grad.clone() for p in multitask.trainable_parameters()]
+    for p in multitask.trainable_parameters():
+        p.grad = None
+    # The naive path: each task's own classifier on its own rows, weighted by its share of rows.
+    naive = sum(
+        len(mine) / len(rows) * models[name].loss([(encoded, label) for _, encoded, label in mine])
+        for name in models
+        for mine in [[row for row in rows if row[0] == name]]
+    )
+    naive.backward()
+    assert torch.allclose(mixed_loss, naive, atol=1e-5)
+    for got, want in zip(mixed_grads, [p.grad for p in multitask.trainable_parameters()], strict=True):
+        assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_multitask_command_writes_a_servable_artifact_per_task(tiny_llama_dir, tmp_path, capsys):
+    import json
+
+    from .test_continual import _sequence
+
+    recipe = {
+        "backbone": str(tiny_llama_dir),
+        "tasks": _sequence(tmp_path),
+        "out": str(tmp_path / "multi"),
+        "sampling": "uniform",
+        "prompt": {"length": 2, "init": "vocab"},
+        "train": {"lr": 0.05, "batch_size": 6, "max_steps": 4, "eval_every": 2, "patience": 0},
+    }
+    path = tmp_path / "multitask.yaml"
+    path.write_text(json.dumps(recipe), encoding="utf-8")
+    assert main(["multitask", "--config", str(path), "--quiet"]) == 0
+    assert "question: dev" in capsys.readouterr().out
+    tasks = tmp_path / "multi" / "tasks"
+    assert sorted(p.name for p in tasks.iterdir()) == ["length", "question", "sentiment"]
+    assert main(["predict", str(tasks / "length"), "a long and winding story"]) == 0
+    service = Service(load_backbone(str(tiny_llama_dir)), tasks)
+    assert sorted(service.tasks.classifiers) == ["length", "question", "sentiment"] and not service.tasks.skipped

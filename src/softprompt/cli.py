@@ -250,6 +250,18 @@ def _continual(args: argparse.Namespace) -> None:
     print(f"wrote {Path(config.out) / RESULTS}.md, .json and .png")
 
 
+def _multitask(args: argparse.Namespace) -> None:
+    from softprompt.multitask import TASKS_DIR, load_multitask_config, run_multitask
+
+    config = load_multitask_config(args.config, args.overrides)
+    args.resume_hint = "the last checkpoint is intact; continue with the same command and --resume"
+    summary = run_multitask(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    for name, metrics in summary["tasks"].items():
+        shown = ", ".join(f"{split} {100 * value:.1f}%" for split, value in metrics.items())
+        print(f"{name}: {shown}")
+    print(f"best step {summary['best_step']}; artifacts in {Path(config.out) / TASKS_DIR}/<task>")
+
+
 def _similarity(args: argparse.Namespace) -> None:
     from softprompt.transfer import rank_sources
 
@@ -366,6 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for company")
     serve.add_argument("--threads", type=int, default=0)
     serve.set_defaults(run=_serve)
+
+    multi = commands.add_parser("multitask", help="train several tasks' prompts at once in mixed batches")
+    multi.add_argument("--config", help="YAML recipe with the tasks (same task syntax as continual)")
+    multi.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    multi.add_argument("--overwrite", action="store_true", help="replace an existing run in <out>")
+    multi.add_argument("--quiet", action="store_true", help="no progress bars")
+    multi.add_argument("overrides", nargs="*", metavar="key=value")
+    multi.set_defaults(run=_multitask)
 
     sim = commands.add_parser("similarity", help="rank source prompts for a target task by prompt similarity (SPoT)")
     sim.add_argument("target", help="artifact of a prompt trained (briefly) on the target task")

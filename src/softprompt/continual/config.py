@@ -9,6 +9,7 @@ all stages and checked here through the ordinary run config, so a task's mistake
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,8 +111,14 @@ class StageTask:
     run: RunConfig
 
 
-def task_configs(config: ContinualConfig) -> list[StageTask]:
-    """A validated run config per task; duplicate names and unknown keys are refused."""
+def task_configs(config: Any, directory: Callable[[int, str], Path] | None = None) -> list[StageTask]:
+    """A validated run config per task; duplicate names and unknown keys are refused.
+
+    Args:
+        config: a :class:`ContinualConfig` (or any config with its shared fields and ``tasks``).
+        directory: task index and name -> the task's artifact directory (default: its stage's).
+    """
+    directory = directory or (lambda index, name: Path(config.out) / f"stage-{index + 1}-{name}")
     tasks, names = [], set()
     for index, raw in enumerate(config.tasks):
         where = f"tasks[{index}]"
@@ -131,7 +138,7 @@ def task_configs(config: ContinualConfig) -> list[StageTask]:
             "method": config.method,
             "seed": config.seed,
             "threads": config.threads,
-            "out": str(Path(config.out) / f"stage-{index + 1}-{name}"),
+            "out": str(directory(index, name)),
             "prompt": dataclasses.asdict(config.prompt),
             "train": dataclasses.asdict(config.train),
             "data": {"max_train": config.max_train, "max_eval": config.max_eval, **(raw.get("data") or {})},

@@ -57,7 +57,7 @@ class PreparedTask:
         return f"{self.name}: {source.get(split) or source.get('dataset')} ({split})"
 
 
-def prepare_tasks(tasks: list[StageTask]) -> list[PreparedTask]:
+def prepare_tasks(tasks: list[StageTask], need_test: bool = True) -> list[PreparedTask]:
     """Resolve every task's template and load its data, naming the task on any mistake: nothing
     trains until the whole sequence is known to be readable."""
     prepared = []
@@ -67,7 +67,7 @@ def prepare_tasks(tasks: list[StageTask]) -> list[PreparedTask]:
             splits = load_splits(task.run)
         except SoftpromptError as exc:
             raise SoftpromptError(f"tasks[{index}] ({task.name}): {exc}") from None
-        if not splits.test:
+        if need_test and not splits.test:
             raise SoftpromptError(
                 f"tasks[{index}] ({task.name}): no test split to score after each stage; set data.test"
             )

@@ -1,0 +1,233 @@
+"""``softprompt multitask``: several tasks trained at once on one frozen backbone, each with its
+own soft prompt, in batches that mix the tasks (:class:`~softprompt.mixed.MixedPromptClassifier`).
+
+The recipe lists ``tasks`` as ``continual`` does. Batches sample the tasks in proportion to their
+training sets (``sampling=proportional``) or equally (``uniform``: smaller sets are cycled). The
+run's checkpoint and best weights (by the mean dev accuracy over tasks) live in ``out``; at the
+end every task gets an ordinary artifact in ``out/tasks/<name>`` (``softprompt serve --prompts
+out/tasks`` serves them all).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+import torch
+
+from softprompt.artifact import read_artifact, update_metrics, write_artifact
+from softprompt.assemble import build_classifier
+from softprompt.atomic import atomic_write_json
+from softprompt.backbones import Backbone, load_backbone
+from softprompt.config import (
+    PromptConfig,
+    TrainConfig,
+    _check,
+    _help,
+    build,
+    merge,
+    method_sections,
+    parse_overrides,
+    read_yaml,
+)
+from softprompt.continual.config import task_configs
+from softprompt.continual.learners import PreparedTask, prepare_tasks
+from softprompt.errors import SoftpromptError
+from softprompt.evaluate import evaluate
+from softprompt.methods import get_method
+from softprompt.mixed import MixedPromptClassifier, mixable
+from softprompt.model import PromptedClassifier
+from softprompt.train import CONFIG_FILE, _meta, _prepare_out, backbone_record, fit
+
+SAMPLING = ("proportional", "uniform")
+TASKS_DIR = "tasks"
+
+
+@dataclass
+class MultitaskConfig:
+    """Everything one ``softprompt multitask`` run needs."""
+
+    tasks: list[dict[str, Any]] = _help(  # noqa: RUF009 (_help returns a dataclasses.field)
+        "the tasks: [{name, dataset | data, template?, verbalizer?}, ...]"
+    )
+    backbone: str = _help("a causal LM (softprompt ls backbones)", "smollm2-135m")
+    method: str = _help("a soft-prompt method: prompt_tuning or ptuning", "prompt_tuning")
+    sampling: str = _help("proportional | uniform: how batches draw from the tasks", "proportional")
+    max_train: int | None = _help("use at most this many training examples per task", None)
+    max_eval: int | None = _help("evaluate on at most this many dev and test examples per task", None)
+    out: str = _help("output directory (checkpoint; a ready artifact per task in out/tasks/)", "runs/multitask")
+    seed: int = _help("random seed", 0)
+    threads: int = _help("torch CPU threads (0 = torch's default)", 0)
+    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(length=20, init="labels"))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    options: dict[str, Any] = field(default_factory=dict, metadata={"help": "method sections"})
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.tasks, list) and len(self.tasks) >= 1, "tasks", "give a list of at least one task")
+        _check(self.sampling in SAMPLING, "sampling", f"'{self.sampling}' is not one of {', '.join(SAMPLING)}")
+        spec = get_method(self.method)
+        _check(spec.uses_soft_tokens, "method", f"{self.method} has no soft prompt to mix; use prompt_tuning")
+
+
+def load_multitask_config(path: str | Path | None, overrides: list[str]) -> MultitaskConfig:
+    """The multitask config from a YAML file and ``key=value`` overrides."""
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    data = merge(data, parse_overrides(overrides))
+    options = {name: data.pop(name) for name in list(data) if name in method_sections()}
+    if "tasks" not in data:
+        raise SoftpromptError("config has no 'tasks': list them, e.g. tasks: [{dataset: rotten-tomatoes}, ...]")
+    config = build(MultitaskConfig, data)
+    config.options = options
+    return config
+
+
+class _Prompts:
+    """What the training loop asks of ``model.method``: the L2 term; no peft layout for a bundle."""
+
+    def __init__(self, models: dict[str, PromptedClassifier]):
+        self.models = models
+
+    def l2_penalty(self) -> torch.Tensor:
+        return sum(model.method.l2_penalty() for model in self.models.values())
+
+    def peft_config(self, backbone: Backbone, prefix_layout: bool) -> None:
+        return None
+
+
+class MultitaskModel:
+    """Every task's classifier on one backbone, trained through mixed batches: rows are
+    ``(task, encoded, label)``; the loss is the mean NLL over rows, each scored with its task."""
+
+    metric = "accuracy"
+
+    def __init__(self, models: dict[str, PromptedClassifier]):
+        self.models = models
+        self.mixed = MixedPromptClassifier(models)
+        self.method = _Prompts(models)
+        self.backbone = next(iter(models.values())).backbone
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for model in self.models.values() for p in model.trainable_parameters()]
+
+    def loss(self, rows: list) -> torch.Tensor:
+        scores = self.mixed([task for task, _, _ in rows], [encoded for _, encoded, _ in rows])
+        return -torch.stack([row[label] for row, (_, _, label) in zip(scores, rows, strict=True)]).mean()
+
+    def row_length(self, row: tuple) -> int:
+        return len(row[1].ids)
+
+    def _gather(self, part: str) -> dict[str, torch.Tensor]:
+        return {f"{name}/{k}": v for name, model in self.models.items() for k, v in getattr(model, part)().items()}
+
+    def _scatter(self, part: str, state: dict[str, torch.Tensor]) -> None:
+        for name, model in self.models.items():
+            getattr(model, part)({k.split("/", 1)[1]: v for k, v in state.items() if k.split("/", 1)[0] == name})
+
+    def training_state(self) -> dict[str, torch.Tensor]:
+        return self._gather("training_state")
+
+    def load_training_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._scatter("load_training_state", state)
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        return self._gather("export_state")
+
+    def load_export(self, state: dict[str, torch.Tensor]) -> None:
+        self._scatter("load_export", state)
+
+
+def training_rows(tasks: list[PreparedTask], models: dict[str, PromptedClassifier], sampling: str) -> list:
+    """``(task, encoded, label)`` rows of all tasks; ``uniform`` cycles the smaller sets up to the
+    largest, so a batch draws each task equally often."""
+    per_task = []
+    for task in tasks:
+        model = models[task.name]
+        train = task.splits.train
+        rows = model.training_rows(train, model.encode_split(train), task.where("train"))
+        per_task.append([(task.name, encoded, label) for encoded, label in rows])
+    if sampling == "uniform":
+        largest = max(map(len, per_task))
+        per_task = [[rows[i % len(rows)] for i in range(largest)] for rows in per_task]
+    return [row for rows in per_task for row in rows]
+
+
+def run_multitask(
+    config: MultitaskConfig, resume: bool = False, overwrite: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train every task's prompt together; write ``out/tasks/<name>`` artifacts and a summary."""
+    out = Path(config.out)
+    _prepare_out(out, resume, overwrite)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    tasks = prepare_tasks(task_configs(config, lambda index, name: out / TASKS_DIR / name), need_test=False)
+    backbone = load_backbone(config.backbone)
+    models = {}
+    for task in tasks:
+        template = task.template.with_prefix(config.prompt.length)
+        model = build_classifier(
+            backbone,
+            config.method,
+            template,
+            task.verbalizer,
+            config.prompt,
+            config.seed,
+            config.train.max_length,
+            method_options=task.run.method_options(),
+        )
+        reason = mixable(model)
+        if reason:
+            raise SoftpromptError(f"task {task.name}: {reason}")
+        models[task.name] = model
+    model = MultitaskModel(models)
+    rows = training_rows(tasks, models, config.sampling)
+    encoded_dev = {t.name: models[t.name].encode_split(t.splits.dev) for t in tasks}
+
+    def dev_metric() -> dict:
+        per_task = {
+            t.name: evaluate(models[t.name], t.splits.dev, config.train.eval_batch_size, encoded_dev[t.name])[
+                "accuracy"
+            ]
+            for t in tasks
+        }
+        return {"accuracy": mean(per_task.values()), "per_task": per_task}
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / CONFIG_FILE, _plain(config))
+    meta = {
+        "task": "multitask",
+        "method": config.method,
+        "tasks": [t.name for t in tasks],
+        "backbone": backbone_record(backbone),
+        "soft_prefix": True,
+        "config": _plain(config),
+        "metrics": {},
+    }
+    state = fit(model, rows, config, out, meta, dev_metric, resume, progress)
+    model.load_export(read_artifact(out).state)
+    summary = {"best_step": state.best_step, "tasks": {}}
+    for task in tasks:
+        task_model = models[task.name]
+        task_meta = _meta(task.run, task_model, backbone, task.splits)
+        dev = evaluate(task_model, task.splits.dev, config.train.eval_batch_size, encoded_dev[task.name])
+        task.out.mkdir(parents=True, exist_ok=True)
+        peft_config = task_model.method.peft_config(backbone, task_meta["soft_prefix"])
+        artifact_meta = {**task_meta, "step": state.best_step, "metrics": {"dev": dev}}
+        write_artifact(task.out, task_model.export_state(), artifact_meta, peft_config)
+        metrics = {"dev": dev}
+        if task.splits.test:
+            metrics["test"] = evaluate(task_model, task.splits.test, config.train.eval_batch_size)
+            update_metrics(task.out, {"test": metrics["test"]})
+        summary["tasks"][task.name] = {split: m["accuracy"] for split, m in metrics.items()}
+    atomic_write_json(out / "multitask.json", summary)
+    return summary
+
+
+def _plain(config: MultitaskConfig) -> dict[str, Any]:
+    data = dataclasses.asdict(config)
+    data.update(data.pop("options"))
+    return json.loads(json.dumps(data))
