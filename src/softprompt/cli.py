@@ -48,6 +48,7 @@ def _options_line(spec) -> str:
 
 def _train(args: argparse.Namespace) -> None:
     from softprompt.config import load_config
+    from softprompt.distributed import processes
     from softprompt.train import CONFIG_FILE, train
 
     config = load_config(args.config, args.overrides)
@@ -55,6 +56,8 @@ def _train(args: argparse.Namespace) -> None:
         saved = json.loads((Path(config.out) / CONFIG_FILE).read_text(encoding="utf-8"))
         config = load_config(args.config, args.overrides, base=saved)
     result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    if not processes().main:  # under `accelerate launch`, the main process reports
+        return
     for note in result.notes:
         print(f"note: {note}")
     metrics = result.metrics

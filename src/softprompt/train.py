@@ -36,6 +36,7 @@ from softprompt.atomic import atomic_write_json, atomic_write_text
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.checkpoint import CHECKPOINT, Progress, load_checkpoint, save_checkpoint
 from softprompt.config import RunConfig
+from softprompt.distributed import processes
 from softprompt.errors import SoftpromptError, TrainingDiverged
 from softprompt.evaluate import evaluate
 from softprompt.methods import get_method
@@ -157,7 +158,9 @@ def train(
     """
     started = time.perf_counter()
     out = Path(config.out)
-    _prepare_out(out, resume, overwrite)
+    procs = processes()
+    if procs.main:
+        _prepare_out(out, resume, overwrite)
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -178,8 +181,9 @@ def train(
     meta = _meta(config, model, backbone, splits)
     where = {name: str(splits.source.get(name) or splits.source.get("dataset")) for name in ("train", "dev", "test")}
     encoded = {name: model.encode_split(getattr(splits, name), where[name]) for name in ("train", "dev", "test")}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / CONFIG_FILE, config.to_dict())
+    if procs.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / CONFIG_FILE, config.to_dict())
 
     def dev_metric() -> dict:
         return evaluate(model, splits.dev, cfg.eval_batch_size, encoded["dev"], where["dev"], bar_desc)
@@ -190,7 +194,9 @@ def train(
         _save_best(out, model, meta, 0, dev)
     else:
         rows = model.training_rows(splits.train, encoded["train"], where["train"])
-        state = fit(model, rows, config, out, meta, dev_metric, resume, progress)
+        state = fit(model, rows, config, out, meta, dev_metric, resume, progress and procs.main)
+        if not procs.main:  # the main process evaluates and writes the results
+            return TrainResult(out, {}, meta["trainable_parameters"], backbone.num_parameters, 0.0, 0, state.best_step)
         model.load_export(read_artifact(out).state)  # the best weights, not the last
     metrics = {}
     if splits.test:
@@ -283,23 +289,31 @@ def optimize(
 ) -> Progress:
     """Run optimizer steps from ``state.step`` to ``train.max_steps`` (or early stop)."""
     cfg = config.train
+    procs = processes()
+    if cfg.batch_size % procs.count:
+        raise SoftpromptError(
+            f"train.batch_size={cfg.batch_size} must be divisible by the {procs.count} training processes"
+        )
     params = model.trainable_parameters()
     lengths = [model.row_length(row) for row in rows] if cfg.group_by_length else None
-    _rewrite_log(out, state.history)
+    if procs.main:
+        _rewrite_log(out, state.history)
     bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not progress, desc="train", unit="step")
     while state.step < cfg.max_steps and not state.stopped_early:
         tick = time.perf_counter()
-        index = batch_indices(state.step, cfg.batch_size, len(rows), config.seed, lengths)
+        index = procs.shard(batch_indices(state.step, cfg.batch_size, len(rows), config.seed, lengths))
         loss = model.loss([rows[i] for i in index])
         if cfg.l2:
             loss = loss + cfg.l2 * model.method.l2_penalty()
-        if not math.isfinite(loss.item()):
+        batch_loss = procs.mean(loss.item())  # the whole batch's, the same in every process
+        if not math.isfinite(batch_loss):
             raise TrainingDiverged(
-                f"loss became {loss.item()} at step {state.step + 1}; the last good checkpoint "
+                f"loss became {batch_loss} at step {state.step + 1}; the last good checkpoint "
                 f"(step {_checkpoint_step(state)}) is kept in {out}; lower train.lr and "
                 "restart, or --resume"
             )
         loss.backward()
+        procs.average_gradients(params)
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
@@ -307,23 +321,22 @@ def optimize(
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
         seconds = round(time.perf_counter() - tick, 4)
-        _log(
-            out,
-            state,
-            {"step": state.step, "loss": round(loss.item(), 6), "lr": scheduler.get_last_lr()[0], "seconds": seconds},
-        )
+        entry = {"step": state.step, "loss": round(batch_loss, 6), "lr": scheduler.get_last_lr()[0], "seconds": seconds}
+        _log(out, state, entry, procs.main)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", dev=f"{state.best_metric:.4f}")
+        bar.set_postfix(loss=f"{batch_loss:.4f}", dev=f"{state.best_metric:.4f}")
         if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
-            dev = dev_metric()
-            _log(out, state, {"step": state.step, "dev": dev[model.metric]})
+            dev = dev_metric()  # every process computes it (same weights): they decide alike
+            _log(out, state, {"step": state.step, "dev": dev[model.metric]}, procs.main)
             if dev[model.metric] > state.best_metric:
                 state.best_metric, state.best_step, state.evals_without_improvement = dev[model.metric], state.step, 0
-                _save_best(out, model, meta, state.step, dev)
+                if procs.main:
+                    _save_best(out, model, meta, state.step, dev)
             else:
                 state.evals_without_improvement += 1
                 state.stopped_early = bool(cfg.patience) and state.evals_without_improvement >= cfg.patience
-            save_checkpoint(out, model.training_state(), optimizer, scheduler, state)
+            if procs.main:
+                save_checkpoint(out, model.training_state(), optimizer, scheduler, state)
     bar.close()
     return state
 
@@ -333,8 +346,10 @@ def _checkpoint_step(state: Progress) -> int:
     return evals[-1] if evals else 0
 
 
-def _log(out: Path, state: Progress, entry: dict[str, Any]) -> None:
+def _log(out: Path, state: Progress, entry: dict[str, Any], write: bool = True) -> None:
     state.history.append(entry)
+    if not write:
+        return
     with (out / LOG_FILE).open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(entry) + "\n")
 
