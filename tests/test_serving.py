@@ -19,6 +19,7 @@ from softprompt.serving.app import ServeSettings, Service, create_app
 from softprompt.serving.batcher import Batcher, QueueFull
 
 from .helpers import EXAMPLES, classifier
+from .test_continual import _train_prompt
 from .test_detox import write_paradetox
 
 
@@ -101,20 +102,7 @@ def test_a_full_queue_refuses_at_once_and_recovers():
 
 
 def _train(tiny_llama_dir, files, out, template, verbalizer):
-    args = [
-        "train",
-        f"backbone={tiny_llama_dir}",
-        f"data.train={files['train']}",
-        f"data.dev={files['dev']}",
-        f"out={out}",
-        f"verbalizer={verbalizer}",
-        f"template={template}",
-        "prompt.init=vocab",
-        "train.max_steps=2",
-        "train.eval_every=2",
-        "--quiet",
-    ]
-    assert main(args) == 0
+    _train_prompt(tiny_llama_dir, files, out, f"verbalizer={verbalizer}", f"template={template}")
 
 
 @pytest.fixture

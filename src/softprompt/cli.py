@@ -299,6 +299,17 @@ def _serve(args: argparse.Namespace) -> None:
     uvicorn.run(create_app(service, settings), host=args.host, port=args.port, log_level="warning")
 
 
+def _training_command(commands, name: str, help_text: str, run, resume: str = "continue from <out>/checkpoint") -> None:
+    """A command that trains from a recipe: --config, --resume, --overwrite, --quiet, overrides."""
+    command = commands.add_parser(name, help=help_text)
+    command.add_argument("--config", help="YAML recipe (configs/*.yaml)")
+    command.add_argument("--resume", action="store_true", help=resume)
+    command.add_argument("--overwrite", action="store_true", help="replace an existing run in <out>")
+    command.add_argument("--quiet", action="store_true", help="no progress bars")
+    command.add_argument("overrides", nargs="*", metavar="key=value")
+    command.set_defaults(run=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="softprompt", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -307,13 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["backbones", "datasets", "methods"])
     ls.set_defaults(run=_ls)
 
-    train = commands.add_parser("train", help="train a prompt (key=value overrides, e.g. train.lr=3e-3)")
-    train.add_argument("--config", help="YAML recipe (configs/*.yaml)")
-    train.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
-    train.add_argument("--overwrite", action="store_true", help="replace an existing run in <out>")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
-    train.add_argument("overrides", nargs="*", metavar="key=value")
-    train.set_defaults(run=_train)
+    _training_command(commands, "train", "train a prompt (key=value overrides, e.g. train.lr=3e-3)", _train)
 
     comp = commands.add_parser(
         "compare",
@@ -359,13 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--out", help="--compare: the PNG to write (default: prompt-similarity.png)")
     inspect.set_defaults(run=_inspect)
 
-    cont = commands.add_parser("continual", help="learn a sequence of tasks one after another (accuracy matrix)")
-    cont.add_argument("--config", help="YAML recipe with the task sequence (configs/continual_*.yaml)")
-    cont.add_argument("--resume", action="store_true", help="skip finished stages, resume the current one")
-    cont.add_argument("--overwrite", action="store_true", help="replace an existing run in <out>")
-    cont.add_argument("--quiet", action="store_true", help="no progress bars")
-    cont.add_argument("overrides", nargs="*", metavar="key=value")
-    cont.set_defaults(run=_continual)
+    _training_command(
+        commands,
+        "continual",
+        "learn a sequence of tasks one after another (accuracy matrix)",
+        _continual,
+        resume="skip finished stages, resume the current one",
+    )
 
     serve = commands.add_parser(
         "serve", help="serve a folder of prompt artifacts over HTTP (one backbone, mixed batches)"
@@ -382,13 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, default=0)
     serve.set_defaults(run=_serve)
 
-    multi = commands.add_parser("multitask", help="train several tasks' prompts at once in mixed batches")
-    multi.add_argument("--config", help="YAML recipe with the tasks (same task syntax as continual)")
-    multi.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
-    multi.add_argument("--overwrite", action="store_true", help="replace an existing run in <out>")
-    multi.add_argument("--quiet", action="store_true", help="no progress bars")
-    multi.add_argument("overrides", nargs="*", metavar="key=value")
-    multi.set_defaults(run=_multitask)
+    _training_command(commands, "multitask", "train several tasks' prompts at once in mixed batches", _multitask)
 
     sim = commands.add_parser("similarity", help="rank source prompts for a target task by prompt similarity (SPoT)")
     sim.add_argument("target", help="artifact of a prompt trained (briefly) on the target task")

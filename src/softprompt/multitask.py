@@ -10,7 +10,6 @@ out/tasks`` serves them all).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,18 +22,8 @@ from softprompt.artifact import read_artifact, update_metrics, write_artifact
 from softprompt.assemble import build_classifier
 from softprompt.atomic import atomic_write_json
 from softprompt.backbones import Backbone, load_backbone
-from softprompt.config import (
-    PromptConfig,
-    TrainConfig,
-    _check,
-    _help,
-    build,
-    merge,
-    method_sections,
-    parse_overrides,
-    read_yaml,
-)
-from softprompt.continual.config import task_configs
+from softprompt.config import PromptConfig, TrainConfig, _check, _help
+from softprompt.continual.config import load_task_list_config, plain_config, task_configs
 from softprompt.continual.learners import PreparedTask, prepare_tasks
 from softprompt.errors import SoftpromptError
 from softprompt.evaluate import evaluate
@@ -75,14 +64,7 @@ class MultitaskConfig:
 
 def load_multitask_config(path: str | Path | None, overrides: list[str]) -> MultitaskConfig:
     """The multitask config from a YAML file and ``key=value`` overrides."""
-    data: dict[str, Any] = read_yaml(path) if path is not None else {}
-    data = merge(data, parse_overrides(overrides))
-    options = {name: data.pop(name) for name in list(data) if name in method_sections()}
-    if "tasks" not in data:
-        raise SoftpromptError("config has no 'tasks': list them, e.g. tasks: [{dataset: rotten-tomatoes}, ...]")
-    config = build(MultitaskConfig, data)
-    config.options = options
-    return config
+    return load_task_list_config(MultitaskConfig, path, overrides)
 
 
 class _Prompts:
@@ -228,6 +210,4 @@ def run_multitask(
 
 
 def _plain(config: MultitaskConfig) -> dict[str, Any]:
-    data = dataclasses.asdict(config)
-    data.update(data.pop("options"))
-    return json.loads(json.dumps(data))
+    return json.loads(json.dumps(plain_config(config)))

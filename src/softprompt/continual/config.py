@@ -92,15 +92,28 @@ class ContinualConfig:
 
 def load_continual_config(path: str | Path | None, overrides: list[str]) -> ContinualConfig:
     """The continual config from a YAML file and ``key=value`` overrides."""
+    return load_task_list_config(ContinualConfig, path, overrides)
+
+
+def load_task_list_config(cls: type, path: str | Path | None, overrides: list[str]) -> Any:
+    """A config with a ``tasks`` list and method sections (continual, multitask) from a YAML
+    file and ``key=value`` overrides."""
     data: dict[str, Any] = read_yaml(path) if path is not None else {}
     data = merge(data, parse_overrides(overrides))
     sections = method_sections()
     options = {name: data.pop(name) for name in list(data) if name in sections}
     if "tasks" not in data:
-        raise SoftpromptError("config has no 'tasks': list the sequence, e.g. tasks: [{dataset: rotten-tomatoes}, ...]")
-    config = build(ContinualConfig, data)
+        raise SoftpromptError("config has no 'tasks': list them, e.g. tasks: [{dataset: rotten-tomatoes}, ...]")
+    config = build(cls, data)
     config.options = options
     return config
+
+
+def plain_config(config: Any) -> dict[str, Any]:
+    """A task-list config as plain data (method sections at the top level, as in the YAML)."""
+    data = dataclasses.asdict(config)
+    data.update(data.pop("options"))
+    return data
 
 
 @dataclass

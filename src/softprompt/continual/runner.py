@@ -20,7 +20,7 @@ from softprompt.artifact import read_artifact
 from softprompt.atomic import atomic_write_json
 from softprompt.backbones import load_backbone
 from softprompt.checkpoint import CHECKPOINT
-from softprompt.continual.config import PROGRESSIVE, ContinualConfig, task_configs
+from softprompt.continual.config import PROGRESSIVE, ContinualConfig, plain_config, task_configs
 from softprompt.continual.learners import Learner, PreparedTask, make_learner, prepare_tasks
 from softprompt.continual.metrics import continual_metrics
 from softprompt.continual.report import write_report
@@ -54,7 +54,7 @@ def run_continual(
     backbone = load_backbone(config.backbone)
     learner = make_learner(backbone, prepared, config)
     results = _read_results(results_path, config) if resume else None
-    results = results or {"config": _plain(config), "tasks": [t.name for t in prepared], "stages": []}
+    results = results or {"config": plain_config(config), "tasks": [t.name for t in prepared], "stages": []}
     out.mkdir(parents=True, exist_ok=True)
     if not results["stages"]:
         results["before"] = _score_all(learner, prepared, 0, config)
@@ -147,12 +147,6 @@ def _alone(
     return alone
 
 
-def _plain(config: ContinualConfig) -> dict[str, Any]:
-    data = dataclasses.asdict(config)
-    data.update(data.pop("options"))
-    return data
-
-
 def _read_results(path: Path, config: ContinualConfig) -> dict[str, Any] | None:
     """The results of an interrupted run, if it was the same sequence and settings."""
     if not path.is_file():
@@ -160,7 +154,7 @@ def _read_results(path: Path, config: ContinualConfig) -> dict[str, Any] | None:
     import json
 
     saved = json.loads(path.read_text(encoding="utf-8"))
-    if saved.get("config") != _plain(config):
+    if saved.get("config") != plain_config(config):
         raise SoftpromptError(
             f"{path} was written with other settings; resume with the same config, or use --overwrite"
         )
