@@ -121,6 +121,10 @@ def prompts_dir(tiny_llama_dir, sentiment_files, tmp_path):
     data = write_paradetox(tmp_path / "paradetox.tsv")
     quick = ["train.max_steps=1", "train.eval_every=1", "train.batch_size=4", "dev_size=2", "--quiet"]
     assert main(["detox", "train", f"backbone={tiny_llama_dir}", f"data={data}", f"out={root / 'polite'}", *quick]) == 0
+    # Sorted first, so it is met before the others: it must be refused before it touches the backbone.
+    _train_prompt(
+        tiny_llama_dir, sentiment_files, root / "aaa-lora", "method=lora", "template=Review: {text} Sentiment:"
+    )
     corrupt = root / "broken"
     corrupt.mkdir()
     (corrupt / "task.json").write_text("{not json", encoding="utf-8")
@@ -141,6 +145,7 @@ def test_tasks_are_listed_and_a_corrupt_one_is_skipped(client):
     kinds = {t["name"]: t["kind"] for t in listing["tasks"]}
     assert kinds == {"sentiment": "classify", "polarity": "classify", "polite": "generate"}
     assert "broken" in listing["skipped"] and "corrupt" in listing["skipped"]["broken"]
+    assert "changes the backbone's layers" in listing["skipped"]["aaa-lora"]
     assert "/v1/classify" in client.get("/openapi.json").json()["paths"]
 
 

@@ -15,6 +15,7 @@ from softprompt.assemble import load_classifier
 from softprompt.backbones import Backbone
 from softprompt.detox.lm import LM_TASK, load_lm_prompt
 from softprompt.errors import SoftpromptError
+from softprompt.methods import get_method
 from softprompt.mixed import MixedPromptClassifier, mixable
 from softprompt.model import PromptedClassifier
 
@@ -72,6 +73,13 @@ def _load_one(path: Path, backbone: Backbone, tasks: Tasks) -> None:
     if meta.get("task") == LM_TASK:
         tasks.generators[path.name] = load_lm_prompt(path, backbone)
         return
+    spec = get_method(meta.get("method", "?"))
+    if spec.trains and not spec.uses_soft_tokens:
+        # Checked before loading: attaching such a method would change the shared backbone.
+        raise SoftpromptError(
+            f"{path}: method {spec.name} changes the backbone's layers; only soft-prompt artifacts "
+            "(prompt_tuning, ptuning, progressive_prompts) or zero-shot ones share the backbone"
+        )
     model, _ = load_classifier(path, backbone)
     reason = mixable(model)
     if reason:
