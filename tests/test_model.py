@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from softprompt.backbones import load_backbone
+from softprompt.data import Example
+from softprompt.packing import pack_rows
 
 from .helpers import EXAMPLES, classifier
 
@@ -93,3 +95,64 @@ def test_only_prompt_and_head_are_trainable(llama, bert):
     assert not any(p.requires_grad for p in llama.model.parameters())
     enc = classifier(bert, "{soft:4}{text}")
     assert sum(p.numel() for p in enc.trainable_parameters()) == 4 * 32 + 32 * 2 + 2
+
+
+def test_pack_rows_plans_first_fit_longest_first():
+    lengths = [5, 2, 3, 1]
+    mask = torch.tensor([[0] * (5 - n) + [1] * n for n in lengths])
+    packed = pack_rows(mask, prefix=2)
+    assert packed.rows == 3  # [row 0], [row 2, row 1], [row 3]
+    assert packed.positions.tolist() == [[2, 3, 4, 5, 6], [2, 3, 4, 2, 3], [2, 0, 0, 0, 0]]
+    assert packed.source.view(3, 5)[1].tolist() == [12, 13, 14, 8, 9]
+    assert packed.last.tolist() == [4, 9, 7, 10]
+    # row 1's first token sees the shared prefix and itself, not row 2 packed before it
+    assert packed.mask[1, 0, 3].tolist() == [True, True, False, False, False, True, False]
+    assert packed.mask[2, 0, 1].tolist() == [False, False, False, True, False, False, False]  # padding: itself
+    assert pack_rows(torch.ones(3, 4, dtype=torch.long)) is None  # no padding: nothing to gain
+
+
+PACKING_EXAMPLES = [*EXAMPLES, Example({"text": "ok"}), Example({"text": "bad"})]
+
+
+@pytest.mark.parametrize(
+    ("template", "method"),
+    [
+        ("{soft:5} Review: {text}\nSentiment:", "prompt_tuning"),  # shared prefix cache + packing
+        ("Review: {text}\nSentiment:", "full"),
+        ("Review: {text}\nSentiment:", "lora"),
+        ("Review: {text}\nSentiment:", "prefix_tuning"),
+    ],
+)
+def test_packed_rows_equal_padded_rows_with_gradients(tiny_llama_dir, template, method):
+    llama = load_backbone(str(tiny_llama_dir))  # its own: layer-changing methods claim the backbone
+    model = classifier(llama, template, {"pos": "a", "neg": "b"}, method=method)  # one-token words
+    labels = torch.tensor([0, 1, 0, 1, 1, 0])
+    results = []
+    for pack in (True, False):
+        model.task.pack = pack
+        model.zero_grad()
+        batch = model.task.collate([model.task.encode(e) for e in PACKING_EXAMPLES])
+        shared = model.method.prefix_length() + batch.prefix_soft
+        assert (model._packing(batch, shared, 0) is not None) == pack  # the packed path really runs
+        scores = model(batch)
+        torch.nn.functional.nll_loss(scores, labels).backward()
+        grads = [p.grad.clone() for p in model.trainable_parameters() if p.grad is not None]
+        results.append((scores.detach(), grads))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    assert results[0][1], "no trainable parameter received a gradient"
+    for packed, padded in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
+
+
+def test_packing_respects_a_sliding_window(tiny_gemma_chinese_dir):
+    gemma = load_backbone(str(tiny_gemma_chinese_dir))
+    model = classifier(gemma, "{soft:2}评论：{text}", {"pos": "好", "neg": "不"})  # one-token words
+    short = [Example({"text": t}) for t in ["好", "很好的书", "差", "不好"]]
+    long = [*short, Example({"text": "这本书写得很好，值得一读，我很喜欢它的故事"})]
+    for examples, packs in ((short, True), (long, False)):  # the window is 16 positions
+        batch = model.task.collate([model.task.encode(e) for e in examples])
+        assert (model._packing(batch, batch.prefix_soft, 0) is not None) == packs
+        model.task.pack = False
+        padded = model(batch)
+        model.task.pack = True
+        torch.testing.assert_close(model(batch), padded, atol=1e-5, rtol=1e-5)

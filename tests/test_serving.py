@@ -47,6 +47,30 @@ def test_mixed_batches_equal_each_task_on_its_own(backbone):
         assert torch.allclose(alone, together, atol=1e-5), name
 
 
+def test_kept_prompt_caches_are_reused_and_follow_a_changed_prompt(backbone):
+    models = {
+        "a": classifier(backbone, "{soft:3}Review: {text} Sentiment:", {"pos": "a", "neg": "b"}, seed=1),
+        "b": classifier(backbone, "{soft:5}Text: {text} Long?", {"y": "b", "n": "a"}, seed=2),
+    }
+    mixed = MixedPromptClassifier(models)
+    requests = [(name, example) for example in EXAMPLES for name in models]
+    first = classify_mixed(mixed, requests, batch_size=3)
+    kept = mixed._kept
+    assert kept is not None
+    again = classify_mixed(mixed, requests, batch_size=5)
+    assert mixed._kept is kept  # no prompt changed: the caches were not recomputed
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(first, again, strict=True))
+    with torch.no_grad():
+        for parameter in models["a"].method.parameters():
+            parameter.add_(0.5)
+    changed = classify_mixed(mixed, requests, batch_size=3)
+    assert mixed._kept is not kept
+    alone = label_probabilities(models["a"], EXAMPLES)
+    together = torch.stack([p for (task, _), p in zip(requests, changed, strict=True) if task == "a"])
+    assert torch.allclose(alone, together, atol=1e-5)
+    assert not torch.allclose(together, torch.stack([p for (t, _), p in zip(requests, first, strict=True) if t == "a"]))
+
+
 def test_mixed_batches_refuse_layer_changing_methods(tiny_llama_dir):
     lora = classifier(load_backbone(str(tiny_llama_dir)), "Review: {text} Sentiment:", method="lora")
     with pytest.raises(SoftpromptError, match="changes the backbone's layers"):

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from softprompt.data import Example
 from softprompt.errors import SoftpromptError
@@ -56,6 +57,7 @@ class MixedPromptClassifier(nn.Module):
         self.decoder = first.model.get_decoder()
         self.head = first  # projection, soft-capping: the backbone's, so any task's will do
         self.pad_id = first.task.tokenizer.pad_token_id or 0
+        self._kept: tuple | None = None  # inference: (prompts, per-layer caches, mask) of all tasks
 
     def encode(self, task: str, example: Example) -> EncodedInput:
         return self.tasks[task].task.encode(example)
@@ -104,24 +106,51 @@ class MixedPromptClassifier(nn.Module):
         return model.task.template.leading_soft if model.method.soft_embeddings() is not None else 0
 
     def _prompt_caches(self, distinct: list[str], lead: list[int], rows: torch.Tensor):
-        """Run each distinct leading prompt once; gather its cache for the rows that use it."""
-        width = max(lead)
-        if width == 0:
+        """Each distinct leading prompt's key/value cache, gathered for the rows that use it.
+
+        In training the prompts run once per batch (gradients flow back through them); in
+        inference every task's prompt runs once and its cache is kept until a prompt changes.
+        """
+        if max(lead) == 0:
             return None, None
+        if torch.is_grad_enabled():
+            layers, mask = self._run_prompts(distinct, lead)
+            index = rows
+        else:
+            layers, mask = self._kept_prompts()
+            column = {name: i for i, name in enumerate(self.tasks)}
+            index = torch.tensor([column[name] for name in distinct])[rows]
+        cache = DynamicCache([(k[index], v[index]) for k, v in layers], config=self.backbone.model.config)
+        return cache, mask[index]
+
+    def _kept_prompts(self):
+        """Every task's prompt cache, recomputed only when some prompt's values changed."""
+        prompts = [self._soft(name, self._lead(name)) for name in self.tasks]
+        kept = self._kept
+        if kept is None or not all(torch.equal(a, b) for a, b in zip(kept[0], prompts, strict=True)):
+            layers, mask = self._run_prompts(list(self.tasks), [len(p) for p in prompts])
+            self._kept = kept = ([p.clone() for p in prompts], layers, mask)
+        return kept[1], kept[2]
+
+    def _soft(self, name: str, count: int) -> torch.Tensor:
+        soft = self.tasks[name].method.soft_embeddings()
+        return soft[:count].float() if count else torch.zeros(0, self.backbone.hidden_size)
+
+    def _run_prompts(self, names: list[str], lead: list[int]):
+        """Run the leading prompts side by side (left-padded to the longest): per-layer
+        ``(keys, values)`` with one row per prompt, and the ``[prompts, width]`` padding mask."""
+        width = max(lead)
         hidden = self.backbone.hidden_size
         padded = []
-        mask = torch.zeros(len(distinct), width, dtype=torch.long)
-        for i, (name, count) in enumerate(zip(distinct, lead, strict=True)):
-            soft = self.tasks[name].method.soft_embeddings()[:count] if count else torch.zeros(0, hidden)
-            padded.append(torch.cat([torch.zeros(width - count, hidden), soft.float()]))  # left-padded
+        mask = torch.zeros(len(names), width, dtype=torch.long)
+        for i, (name, count) in enumerate(zip(names, lead, strict=True)):
+            padded.append(torch.cat([torch.zeros(width - count, hidden), self._soft(name, count)]))
             mask[i, width - count :] = 1
-        embeds = torch.stack(padded)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = self.decoder(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True
+            inputs_embeds=torch.stack(padded), attention_mask=mask, position_ids=positions, use_cache=True
         ).past_key_values
-        cache.reorder_cache(rows)  # index_select on the batch axis: row b gets its task's cache
-        return cache, mask[rows]
+        return [(layer.keys, layer.values) for layer in cache.layers], mask
 
     def _row_inputs(self, tasks, encoded, lead, columns) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded embeddings of every row after its leading prompt, soft tokens in place."""

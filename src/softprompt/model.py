@@ -17,6 +17,7 @@ from torch import nn
 from softprompt.backbones import Backbone
 from softprompt.data import Example
 from softprompt.methods.base import Method
+from softprompt.packing import PackedRows, can_pack, pack_rows
 from softprompt.prompts import EncodedInput
 from softprompt.tasks.classification import Batch, ClassificationTask
 
@@ -155,24 +156,35 @@ class PromptedClassifier(TaskModel):
         mask = batch.attention_mask
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         embeds = self.embed(batch.input_ids, batch.soft_index)
+        frozen = self._frozen_columns(batch)
+        shared = self.method.prefix_length() + batch.prefix_soft  # cached positions every row sees
+        packed = self._packing(batch, shared, frozen)
+        rows = packed.rows if packed is not None else size
         cache = None
-        prefix = self.method.prefix_length()
-        if prefix:
+        if self.method.prefix_length():
             # Per-layer key/value prefixes (prefix tuning); positions continue after them, as if
             # the prefix were tokens (which it is at init: the keys/values of the init tokens).
-            cache = self.method.prefix_cache(size)
-            mask = torch.cat([torch.ones(size, prefix, dtype=mask.dtype), mask], dim=1)
-            positions = positions + prefix
+            cache = self.method.prefix_cache(rows)
         if batch.prefix_soft:
             # The leading soft block is identical in every row: run it once, share its KV cache.
             count = batch.prefix_soft
             prefix = self.method.soft_embeddings()[:count].unsqueeze(0)
-            out = decoder(inputs_embeds=prefix, position_ids=torch.arange(count).unsqueeze(0), use_cache=True)
-            cache = out.past_key_values
-            cache.batch_repeat_interleave(size)
-            mask = torch.cat([torch.ones(size, count, dtype=mask.dtype), mask], dim=1)
-            positions = positions + count
-        frozen = self._frozen_columns(batch)
+            cache = decoder(inputs_embeds=prefix, position_ids=torch.arange(count).unsqueeze(0), use_cache=True)
+            cache = cache.past_key_values
+            cache.batch_repeat_interleave(rows)
+        if packed is not None:
+            hidden = decoder(
+                inputs_embeds=embeds.flatten(0, 1)[packed.source].view(rows, -1, embeds.shape[-1]),
+                attention_mask=packed.mask,
+                position_ids=packed.positions,
+                past_key_values=cache,
+                use_cache=cache is not None,
+            ).last_hidden_state
+            scores = self.project(hidden.flatten(0, 1)[packed.last], self.first_ids)
+            return torch.stack([scores[:, group].logsumexp(-1) for group in self.label_groups], dim=-1)
+        if shared:
+            mask = torch.cat([torch.ones(size, shared, dtype=mask.dtype), mask], dim=1)
+            positions = positions + shared
         if frozen:
             # Nothing before the first soft token depends on a trainable parameter: run it without
             # building a graph and continue from its KV cache (exact, and no backward through it).
@@ -194,6 +206,13 @@ class PromptedClassifier(TaskModel):
         if self.multi:
             scores = scores + self._continuation_logprobs(out.past_key_values, mask, positions[:, -1])
         return torch.stack([scores[:, group].logsumexp(-1) for group in self.label_groups], dim=-1)
+
+    def _packing(self, batch: Batch, shared: int, frozen: int) -> PackedRows | None:
+        """How to pack the batch's rows (None: run it padded). Multi-token words continue each row
+        from its own cache, and a frozen leading part is cached per row, so those stay padded."""
+        if not self.task.pack or self.multi or frozen or not can_pack(self.model, shared, batch.input_ids.shape[1]):
+            return None
+        return pack_rows(batch.attention_mask, shared)
 
     def _frozen_columns(self, batch: Batch) -> int:
         """Leading columns that need no gradient (0 when the split would not pay off)."""

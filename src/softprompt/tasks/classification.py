@@ -2,7 +2,8 @@
 
 Causal LMs: rows are left-padded so that every row's label position is the last column. When the
 template starts with a soft block, that block is the same in every row, so it is cut from the
-rows and computed once per batch by the model (``Batch.prefix_soft``); the result is exact.
+rows and computed once per batch by the model (``Batch.prefix_soft``); the result is exact. The
+model may then pack the rows end to end (:mod:`softprompt.packing`), also exact.
 Encoders: rows are right-padded and the label is read at ``{mask}`` (or [CLS]).
 """
 
@@ -45,6 +46,7 @@ class ClassificationTask:
     max_length: int = 256
     demonstrations: str = ""
     share_prefix: bool = True  # compute the leading soft block once per batch (exact, faster)
+    pack: bool = True  # pack short rows end to end instead of padding them (exact, faster)
     candidates: list[Candidate] = field(init=False)
 
     def __post_init__(self) -> None:
