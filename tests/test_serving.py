@@ -12,10 +12,12 @@ from fastapi.testclient import TestClient
 
 from softprompt.backbones import load_backbone
 from softprompt.cli import main
+from softprompt.detox.methods import Steering
+from softprompt.detox.sampling import sample_continuations
 from softprompt.errors import SoftpromptError
 from softprompt.evaluate import label_probabilities
 from softprompt.mixed import MixedPromptClassifier, classify_mixed
-from softprompt.serving.app import ServeSettings, Service, create_app
+from softprompt.serving.app import GenerateRequest, ServeSettings, Service, create_app
 from softprompt.serving.batcher import Batcher, QueueFull
 
 from .helpers import EXAMPLES, classifier
@@ -228,6 +230,24 @@ def test_generate_with_and_without_a_prompt(client):
     assert plain.status_code == 200 and len(plain.json()["completions"]) == 2
     prompted = client.post("/v1/generate", json={"task": "polite", "prompt": "So I said", "max_new_tokens": 4})
     assert prompted.status_code == 200 and isinstance(prompted.json()["completions"][0], str)
+
+
+def test_generate_requests_batched_together_get_what_each_gets_alone(tiny_llama_dir, prompts_dir):
+    service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
+    payloads = [
+        GenerateRequest(prompt="So I said", max_new_tokens=5, samples=2, seed=1),
+        GenerateRequest(task="polite", prompt="Well", max_new_tokens=3, top_p=0.5, seed=2),
+        GenerateRequest(task="polite", prompt="A much longer opening line", max_new_tokens=6, temperature=0.7),
+    ]
+    together = service.generate(payloads)
+    assert together == [service.generate([payload])[0] for payload in payloads]
+    # and alone, the batched sampler is the detox sampler (the one `softprompt generate` uses)
+    tokenizer = service.backbone.tokenizer
+    first = payloads[0]
+    reference = sample_continuations(
+        service.backbone, Steering("none"), [first.prompt], 2, 5, 0.9, torch.Generator().manual_seed(1)
+    )
+    assert together[0] == [tokenizer.decode(ids, skip_special_tokens=True) for ids in reference.tokens[0]]
 
 
 def test_reload_picks_up_new_and_removed_tasks(client, prompts_dir, tiny_llama_dir, sentiment_files):

@@ -166,3 +166,63 @@ def continuation_nll(
     sums, counts = nll.sum(-1).tolist(), valid.sum(-1).tolist()
     pairs = list(zip(sums, counts, strict=True))
     return [pairs[p * k : (p + 1) * k] for p in range(len(prompts))]
+
+
+@dataclass
+class SampleRequest:
+    """One caller's sampling job inside a shared batch (see :func:`sample_requests`)."""
+
+    prompt: str
+    soft: torch.Tensor | None  # [n, hidden] soft prompt put before the text, or None
+    samples: int
+    max_new_tokens: int
+    top_p: float
+    temperature: float
+    seed: int
+
+
+@torch.inference_mode()
+def sample_requests(backbone: Backbone, requests: Sequence[SampleRequest]) -> list[list[list[int]]]:
+    """Sample every request's continuations in one batch, each row with its own soft prompt.
+
+    Each request draws from its own generator, seeded by its ``seed``, so what it gets does not
+    depend on what else shared the batch: the same as :func:`sample_continuations` for it alone
+    (up to float rounding of the batched forward pass).
+    """
+    rows = [(r.soft, context_ids(backbone, r.prompt)) for r in requests for _ in range(r.samples)]
+    spans, start = [], 0
+    for request in requests:
+        spans.append(slice(start, start + request.samples))
+        start += request.samples
+    generators = [torch.Generator().manual_seed(r.seed) for r in requests]
+    embeds, mask = left_padded_embeddings(backbone, rows)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    model = backbone.model
+    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache, logits, last = out.past_key_values, out.logits[:, -1], positions[:, -1:]
+    longest = max(r.max_new_tokens for r in requests)
+    eos = backbone.tokenizer.eos_token_id
+    tokens = torch.zeros(len(rows), longest, dtype=torch.long)
+    lengths = torch.tensor([r.max_new_tokens for r in requests for _ in range(r.samples)])
+    done = torch.zeros(len(rows), dtype=torch.bool)
+    for step in range(longest):
+        chosen = torch.cat(
+            [
+                nucleus_sample(logits[span] / r.temperature, r.top_p, generator)
+                for r, span, generator in zip(requests, spans, generators, strict=True)
+            ]
+        )
+        finished = ~done & (chosen == eos) if eos is not None else torch.zeros_like(done)
+        lengths = torch.where(finished, torch.minimum(lengths, torch.tensor(step)), lengths)
+        done |= finished | (lengths <= step + 1)
+        tokens[:, step] = chosen
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
+        last = last + 1
+        out = model(
+            input_ids=chosen.unsqueeze(1), attention_mask=mask, position_ids=last, past_key_values=cache, use_cache=True
+        )
+        cache, logits = out.past_key_values, out.logits[:, -1]
+    texts = [tokens[i, : lengths[i]].tolist() for i in range(len(rows))]
+    return [texts[span] for span in spans]

@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from softprompt.backbones import Backbone
 from softprompt.data import Example
-from softprompt.detox.methods import Steering, Variant
-from softprompt.detox.sampling import sample_continuations
+from softprompt.detox.sampling import SampleRequest, sample_requests
 from softprompt.mixed import classify_mixed
 from softprompt.serving.batcher import Batcher, QueueFull
 from softprompt.serving.registry import Tasks, load_tasks
@@ -82,17 +80,25 @@ class Service:
         return out
 
     def generate(self, payloads: list[GenerateRequest]) -> list[list[str]]:
-        out = []
-        for p in payloads:  # sampling settings differ per request: one call each
-            soft = self.tasks.generators.get(p.task) if p.task else None
-            steering = Steering("soft_prompt", [Variant(soft=soft)]) if soft is not None else Steering("none")
-            generator = torch.Generator().manual_seed(p.seed)
-            sampled = sample_continuations(
-                self.backbone, steering, [p.prompt], p.samples, p.max_new_tokens, p.top_p, generator, p.temperature
+        """One batch for every sample of every request; each request keeps its own settings and
+        seed, so its answer does not depend on what it was batched with."""
+        requests = [
+            SampleRequest(
+                p.prompt,
+                self.tasks.generators.get(p.task) if p.task else None,
+                p.samples,
+                p.max_new_tokens,
+                p.top_p,
+                p.temperature,
+                p.seed,
             )
-            tokenizer = self.backbone.tokenizer
-            out.append([tokenizer.decode(ids, skip_special_tokens=True) for ids in sampled.tokens[0]])
-        return out
+            for p in payloads
+        ]
+        tokenizer = self.backbone.tokenizer
+        return [
+            [tokenizer.decode(ids, skip_special_tokens=True) for ids in samples]
+            for samples in sample_requests(self.backbone, requests)
+        ]
 
     def reload(self, _: list[Any]) -> list[dict[str, Any]]:
         self.tasks = load_tasks(self.prompts, self.backbone)
