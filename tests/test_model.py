@@ -118,6 +118,7 @@ PACKING_EXAMPLES = [*EXAMPLES, Example({"text": "ok"}), Example({"text": "bad"})
     ("template", "method"),
     [
         ("{soft:5} Review: {text}\nSentiment:", "prompt_tuning"),  # shared prefix cache + packing
+        ("{soft:3} Review: {text}\nSentiment:{soft:2}", "prompt_tuning"),  # and soft tokens in the rows
         ("Review: {text}\nSentiment:", "full"),
         ("Review: {text}\nSentiment:", "lora"),
         ("Review: {text}\nSentiment:", "prefix_tuning"),
