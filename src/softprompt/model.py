@@ -180,8 +180,7 @@ class PromptedClassifier(TaskModel):
                 past_key_values=cache,
                 use_cache=cache is not None,
             ).last_hidden_state
-            scores = self.project(hidden.flatten(0, 1)[packed.last], self.first_ids)
-            return torch.stack([scores[:, group].logsumexp(-1) for group in self.label_groups], dim=-1)
+            return self._by_label(self.project(hidden.flatten(0, 1)[packed.last], self.first_ids))
         if shared:
             mask = torch.cat([torch.ones(size, shared, dtype=mask.dtype), mask], dim=1)
             positions = positions + shared
@@ -205,6 +204,10 @@ class PromptedClassifier(TaskModel):
         scores = self.project(out.last_hidden_state[:, -1], self.first_ids)
         if self.multi:
             scores = scores + self._continuation_logprobs(out.past_key_values, mask, positions[:, -1])
+        return self._by_label(scores)
+
+    def _by_label(self, scores: torch.Tensor) -> torch.Tensor:
+        """``[B, candidates]`` word scores -> ``[B, labels]`` (log-sum-exp over each label's words)."""
         return torch.stack([scores[:, group].logsumexp(-1) for group in self.label_groups], dim=-1)
 
     def _packing(self, batch: Batch, shared: int, frozen: int) -> PackedRows | None:

@@ -189,22 +189,24 @@ def sample_requests(backbone: Backbone, requests: Sequence[SampleRequest]) -> li
     depend on what else shared the batch: the same as :func:`sample_continuations` for it alone
     (up to float rounding of the batched forward pass).
     """
-    rows = [(r.soft, context_ids(backbone, r.prompt)) for r in requests for _ in range(r.samples)]
-    spans, start = [], 0
-    for request in requests:
-        spans.append(slice(start, start + request.samples))
-        start += request.samples
+    counts = torch.tensor([r.samples for r in requests])
+    ends = counts.cumsum(0).tolist()
+    spans = [slice(end - r.samples, end) for r, end in zip(requests, ends, strict=True)]
     generators = [torch.Generator().manual_seed(r.seed) for r in requests]
-    embeds, mask = left_padded_embeddings(backbone, rows)
+    # Each request's prompt is pre-filled once; its cache is repeated for its samples.
+    embeds, mask = left_padded_embeddings(backbone, [(r.soft, context_ids(backbone, r.prompt)) for r in requests])
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     model = backbone.model
     out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache, logits, last = out.past_key_values, out.logits[:, -1], positions[:, -1:]
+    sample_of = torch.repeat_interleave(torch.arange(len(requests)), counts)  # row -> its request
+    cache = out.past_key_values
+    cache.reorder_cache(sample_of)
+    logits, mask, last = out.logits[sample_of, -1], mask[sample_of], positions[sample_of, -1:]
     longest = max(r.max_new_tokens for r in requests)
     eos = backbone.tokenizer.eos_token_id
-    tokens = torch.zeros(len(rows), longest, dtype=torch.long)
-    lengths = torch.tensor([r.max_new_tokens for r in requests for _ in range(r.samples)])
-    done = torch.zeros(len(rows), dtype=torch.bool)
+    tokens = torch.zeros(len(sample_of), longest, dtype=torch.long)
+    lengths = torch.tensor([r.max_new_tokens for r in requests])[sample_of]
+    done = torch.zeros(len(sample_of), dtype=torch.bool)
     for step in range(longest):
         chosen = torch.cat(
             [
@@ -224,5 +226,5 @@ def sample_requests(backbone: Backbone, requests: Sequence[SampleRequest]) -> li
             input_ids=chosen.unsqueeze(1), attention_mask=mask, position_ids=last, past_key_values=cache, use_cache=True
         )
         cache, logits = out.past_key_values, out.logits[:, -1]
-    texts = [tokens[i, : lengths[i]].tolist() for i in range(len(rows))]
+    texts = [tokens[i, : lengths[i]].tolist() for i in range(len(sample_of))]
     return [texts[span] for span in spans]
