@@ -1,4 +1,5 @@
-"""Chinese sentiment with a soft prompt, on a tiny Gemma 3 with a tiny Chinese tokenizer."""
+"""Chinese sentiment (a soft prompt, or the top blocks fine-tuned), on a tiny Gemma 3 with a tiny
+Chinese tokenizer."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from .conftest import write_jsonl
 
 POSITIVE = ["这本书写得很好，值得一读", "物流很快，很满意", "包装完好，推荐购买", "不错，喜欢"]
 NEGATIVE = ["质量太差了，非常失望", "服务态度不好", "东西不好用，不推荐", "垃圾，讨厌"]
-RECIPE = Path(__file__).parent.parent / "configs" / "chinese_sentiment.yaml"
+CONFIGS = Path(__file__).parent.parent / "configs"
 
 
 @pytest.fixture
@@ -24,19 +25,30 @@ def chinese_files(tmp_path):
     return {split: write_jsonl(tmp_path / f"{split}.jsonl", rows * reps) for split, reps in (("train", 4), ("dev", 1))}
 
 
-def test_chinese_template_trains_and_predicts(tiny_gemma_chinese_dir, chinese_files, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("template", "method_args", "lr"),
+    [
+        ("评论：{text}\\n这条评论是{soft:4}", ["method=prompt_tuning"], "0.05"),
+        ("评论：{text}\\n这条评论是", ["method=full", "full.layers=top:1"], "0.003"),
+    ],
+    ids=["soft_prompt", "full_top_blocks"],
+)
+def test_chinese_template_trains_and_predicts(
+    tiny_gemma_chinese_dir, chinese_files, tmp_path, capsys, template, method_args, lr
+):
     out = tmp_path / "run"
     args = [
         "train",
+        *method_args,
         f"backbone={tiny_gemma_chinese_dir}",
         f"data.train={chinese_files['train']}",
         f"data.dev={chinese_files['dev']}",
         f"data.test={chinese_files['dev']}",
-        "template=评论：{text}\\n这条评论是{soft:4}",
+        f"template={template}",
         "verbalizer={pos: 正面, neg: 负面}",
         "train.max_steps=30",
         "train.eval_every=10",
-        "train.lr=0.05",
+        f"train.lr={lr}",
         "train.batch_size=8",
         "train.patience=0",
         f"out={out}",
@@ -55,9 +67,13 @@ def test_chinese_template_trains_and_predicts(tiny_gemma_chinese_dir, chinese_fi
     assert meta["verbalizer"] == {"pos": ["正面"], "neg": ["负面"]}
 
 
-def test_chinese_recipe_reads_and_renders():
-    config = load_config(RECIPE)
+@pytest.mark.parametrize(
+    ("recipe", "method", "soft"),
+    [("chinese_sentiment", "prompt_tuning", True), ("chinese_sentiment_top6", "full", False)],
+)
+def test_chinese_recipes_read_and_render(recipe, method, soft):
+    config = load_config(CONFIGS / f"{recipe}.yaml")
     template, verbalizer = resolve_prompting(config)
-    assert config.backbone == "gemma3-270m" and config.dataset == "chinese-reviews"
-    assert template.num_soft > 0 and template.render({"text": "很好"}).startswith("评论")
+    assert config.backbone == "gemma3-270m" and config.dataset == "chinese-reviews" and config.method == method
+    assert (template.num_soft > 0) == soft and template.render({"text": "很好"}).startswith("评论")
     assert verbalizer.labels == ["pos", "neg"]
