@@ -13,12 +13,15 @@ import torch
 
 from softprompt.backbones import load_backbone
 from softprompt.cli import main
+from softprompt.config import load_dataclass
 from softprompt.detox import sampling
 from softprompt.detox.data import read_paradetox, read_prompts
+from softprompt.detox.evaluation import DetoxEvalConfig
 from softprompt.detox.lm import PromptedLM
 from softprompt.detox.methods import ExpertSteering, SelfDebiasSteering, Steering, Variant, parse_method
 from softprompt.detox.metrics import distinct_n, toxicity_metrics
 from softprompt.detox.scorers import HFScorer, ProfanityScorer, parse_scorer_names
+from softprompt.detox.training import DetoxTrainConfig
 from softprompt.errors import SoftpromptError
 
 from .conftest import ASSETS, make_tiny_llama, write_jsonl
@@ -393,3 +396,13 @@ def test_detox_train_refuses_to_overwrite_and_resumes(tiny_llama_dir, detox_runs
     # a finished run resumes to the same weights, without training again
     assert main([*args, "--resume"]) == 0
     assert (out / "expert" / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_detox_recipes_read():
+    """The README's detox recipes load: the strong expert prompts, and the eval that uses them."""
+    configs = Path(__file__).parent.parent / "configs"
+    train = load_dataclass(DetoxTrainConfig, configs / "detox_experts.yaml", {})
+    assert train.kind == "experts" and train.prompt.length == 20
+    assert (train.train.max_steps, train.train.lr) == (300, 0.01)
+    evaluation = load_dataclass(DetoxEvalConfig, configs / "detox_rtp.yaml", {})
+    assert (evaluation.alpha, evaluation.filter_p, evaluation.samples) == (10.0, 0.7, 5)
