@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -76,6 +77,26 @@ def _rows(backbone: Backbone, prompts: Sequence[str], variants: list[Variant]):
     return [(v.soft, context_ids(backbone, v.text_prefix + p)) for p in prompts for v in variants]
 
 
+def _prefill(backbone: Backbone, rows: list) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+    """Run left-padded ``(soft, ids)`` rows once: last-token logits, cache, mask, last positions."""
+    embeds, mask = left_padded_embeddings(backbone, rows)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = backbone.model(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+    )
+    return out.logits[:, -1], out.past_key_values, mask, positions[:, -1:]
+
+
+def _extend(
+    backbone: Backbone, feed: torch.Tensor, mask: torch.Tensor, last: torch.Tensor, cache: Any
+) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+    """Feed one new token per row (``[N, 1]``) through the cache: next logits, cache, mask, positions."""
+    mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
+    last = last + 1
+    out = backbone.model(input_ids=feed, attention_mask=mask, position_ids=last, past_key_values=cache, use_cache=True)
+    return out.logits[:, -1], out.past_key_values, mask, last
+
+
 @torch.inference_mode()
 def sample_continuations(
     backbone: Backbone,
@@ -93,16 +114,10 @@ def sample_continuations(
     together at every step; each prompt's sample gets one token, appended to all of its rows.
     When the steering has a plain row, the plain model's likelihood of the samples comes along.
     """
-    model = backbone.model
     count, width = len(prompts), len(steering.variants)
-    embeds, mask = left_padded_embeddings(backbone, _rows(backbone, prompts, steering.variants))
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    logits, cache, mask, last = _prefill(backbone, _rows(backbone, prompts, steering.variants))
     cache.batch_repeat_interleave(k)  # row (p * width + r) * k + j: prompt p, variant r, sample j
-    logits = out.logits[:, -1].repeat_interleave(k, 0)
-    mask = mask.repeat_interleave(k, 0)
-    last = positions[:, -1:].repeat_interleave(k, 0)
+    logits, mask, last = (t.repeat_interleave(k, 0) for t in (logits, mask, last))
     eos = backbone.tokenizer.eos_token_id
     tokens = torch.zeros(count * k, max_new_tokens, dtype=torch.long)
     lengths = torch.full((count * k,), max_new_tokens)
@@ -122,10 +137,7 @@ def sample_continuations(
         if bool(done.all()) or step == max_new_tokens - 1:
             break
         feed = chosen.view(count, 1, k).expand(count, width, k).reshape(-1, 1)
-        mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
-        last = last + 1
-        out = model(input_ids=feed, attention_mask=mask, position_ids=last, past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        logits, cache, mask, last = _extend(backbone, feed, mask, last, cache)
     rows = [tokens[i, : lengths[i]].tolist() for i in range(count * k)]
     scored = list(zip(nll.tolist(), lengths.tolist(), strict=True)) if plain is not None else None
     return Sampled(
@@ -194,14 +206,10 @@ def sample_requests(backbone: Backbone, requests: Sequence[SampleRequest]) -> li
     spans = [slice(end - r.samples, end) for r, end in zip(requests, ends, strict=True)]
     generators = [torch.Generator().manual_seed(r.seed) for r in requests]
     # Each request's prompt is pre-filled once; its cache is repeated for its samples.
-    embeds, mask = left_padded_embeddings(backbone, [(r.soft, context_ids(backbone, r.prompt)) for r in requests])
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    model = backbone.model
-    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    logits, cache, mask, last = _prefill(backbone, [(r.soft, context_ids(backbone, r.prompt)) for r in requests])
     sample_of = torch.repeat_interleave(torch.arange(len(requests)), counts)  # row -> its request
-    cache = out.past_key_values
     cache.reorder_cache(sample_of)
-    logits, mask, last = out.logits[sample_of, -1], mask[sample_of], positions[sample_of, -1:]
+    logits, mask, last = logits[sample_of], mask[sample_of], last[sample_of]
     longest = max(r.max_new_tokens for r in requests)
     eos = backbone.tokenizer.eos_token_id
     tokens = torch.zeros(len(sample_of), longest, dtype=torch.long)
@@ -220,11 +228,6 @@ def sample_requests(backbone: Backbone, requests: Sequence[SampleRequest]) -> li
         tokens[:, step] = chosen
         if bool(done.all()):
             break
-        mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
-        last = last + 1
-        out = model(
-            input_ids=chosen.unsqueeze(1), attention_mask=mask, position_ids=last, past_key_values=cache, use_cache=True
-        )
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        logits, cache, mask, last = _extend(backbone, chosen.unsqueeze(1), mask, last, cache)
     texts = [tokens[i, : lengths[i]].tolist() for i in range(len(sample_of))]
     return [texts[span] for span in spans]
