@@ -200,6 +200,25 @@ def test_batches_grouped_by_length_cover_each_sample_once_per_epoch():
     assert batches == [batch_indices(step, size, count, 0, lengths) for step in range(GROUP)]  # resumable
 
 
+def test_length_grouped_batches_keep_the_class_mix_when_length_goes_with_the_class():
+    from softprompt.train import GROUP, batch_indices
+
+    count, size = GROUP * 8, 8
+    classes = [i % 2 for i in range(count)]
+    lengths = [10 + 40 * c + (i * 7) % 30 for i, c in enumerate(classes)]  # class 1 is always longer
+    plain = [batch_indices(step, size, count, 0, lengths) for step in range(GROUP)]
+    mixed = [batch_indices(step, size, count, 0, lengths, classes) for step in range(GROUP)]
+    assert sorted(i for b in mixed for i in b) == list(range(count))  # each sample once per epoch
+    pure = [sum(classes[i] for i in b) in (0, size) for b in plain]
+    assert sum(pure) >= GROUP - 1  # plain sorting: one class per batch (bar the one at the border)
+    # the pool holds some mix of both classes; every batch is within one sample of it
+    share = [sum(classes[i] for i in b) for b in mixed]
+    assert max(share) - min(share) <= 1 and min(share) > 0
+    # and lengths are still grouped within each class: a batch spans a small part of the range
+    longer = [[lengths[i] for i in b if classes[i] == 1] for b in mixed]
+    assert max(max(group) - min(group) for group in longer) <= 4
+
+
 def test_two_processes_under_accelerate_match_one_with_the_same_global_batch(tiny_llama_dir, sentiment_files, tmp_path):
     # `accelerate launch` starts 2 CPU processes (gloo); each takes half of every batch of 4 and
     # accelerate averages the gradients: the prompt must end where a 1-process run ends.

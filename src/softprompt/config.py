@@ -66,7 +66,10 @@ class TrainConfig:
     grad_clip: float = _help("clip the gradient norm to this value (0 = off)", 1.0)
     eval_batch_size: int = _help("examples per batch when evaluating", 32)
     max_length: int = _help("maximum tokens of a rendered example; longer inputs are truncated", 256)
-    group_by_length: bool = _help("batch rows of similar length together (less padding, faster steps)", False)
+    group_by_length: bool = _help(
+        "batch rows of similar length together (less padding, faster steps); classifier batches keep the class mix",
+        False,
+    )
     zero_shot_baseline: bool = _help("also report zero-shot test accuracy with the same template", False)
 
     def __post_init__(self) -> None:

@@ -124,6 +124,10 @@ class PromptedClassifier(TaskModel):
         """Tokens of a training row (for ``train.group_by_length``)."""
         return len(row[0].ids)
 
+    def row_class(self, row) -> int | None:
+        """Gold label of a training row: length-grouped batches keep the class mix by it."""
+        return int(row[1])
+
     def loss(self, rows: list) -> torch.Tensor:
         """Mean negative log-likelihood of the gold labels of ``rows`` (from :meth:`training_rows`)."""
         batch = self.task.collate([encoded for encoded, _ in rows], [label for _, label in rows])

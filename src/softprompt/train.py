@@ -68,23 +68,44 @@ def _epoch_order(count: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(count, generator=generator).tolist()
 
 
-def batch_indices(step: int, size: int, count: int, seed: int, lengths: list[int] | None = None) -> list[int]:
+def batch_indices(
+    step: int, size: int, count: int, seed: int, lengths: list[int] | None = None, classes: list[int] | None = None
+) -> list[int]:
     """Indices of the examples in batch ``step``: epochs are seeded permutations, so any step's
     batch can be recomputed on resume.
 
     With ``lengths``, batches are grouped by length (less padding, faster steps): the samples of
     each run of ``GROUP`` consecutive batches are sorted by length, cut into batches, and those
-    batches are taken in a seeded random order.
+    batches are taken in a seeded random order. With ``classes`` too, the sort key is a sample's
+    length rank within its own class, so every batch keeps the run's class mix.
     """
     if lengths is None:
         return [_sample(n, count, seed) for n in range(step * size, (step + 1) * size)]
     group, position = divmod(step, GROUP)
     first = group * GROUP * size
-    pool = [_sample(n, count, seed) for n in range(first, first + GROUP * size)]
-    pool.sort(key=lambda i: lengths[i])
+    pool = _by_length([_sample(n, count, seed) for n in range(first, first + GROUP * size)], lengths, classes)
     order = torch.randperm(GROUP, generator=torch.Generator().manual_seed(seed * 100_003 + group)).tolist()
     start = order[position] * size
     return pool[start : start + size]
+
+
+def _by_length(pool: list[int], lengths: list[int], classes: list[int] | None) -> list[int]:
+    """``pool`` sorted by length, or by length quantile within each class.
+
+    Why the quantile: length often goes with the label (long reviews are mostly positive in
+    chinese-reviews), so a plain sort makes the longest batches nearly one class, and each such
+    step pulls the whole model towards that class; full fine-tuning swung by 10-20 dev points.
+    """
+    if classes is None:
+        return sorted(pool, key=lengths.__getitem__)
+    members: dict[int, list[int]] = {}
+    for i in pool:
+        members.setdefault(classes[i], []).append(i)
+    quantile = {}
+    for same_class in members.values():
+        same_class.sort(key=lengths.__getitem__)
+        quantile.update({i: (rank + 0.5) / len(same_class) for rank, i in enumerate(same_class)})
+    return sorted(pool, key=quantile.__getitem__)
 
 
 GROUP = 50  # batches whose samples are sorted together by length
@@ -296,12 +317,15 @@ def optimize(
         )
     params = model.trainable_parameters()
     lengths = [model.row_length(row) for row in rows] if cfg.group_by_length else None
+    classes = [model.row_class(row) for row in rows] if cfg.group_by_length else None
+    if classes is not None and None in classes:
+        classes = None
     if procs.main:
         _rewrite_log(out, state.history)
     bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not progress, desc="train", unit="step")
     while state.step < cfg.max_steps and not state.stopped_early:
         tick = time.perf_counter()
-        index = procs.shard(batch_indices(state.step, cfg.batch_size, len(rows), config.seed, lengths))
+        index = procs.shard(batch_indices(state.step, cfg.batch_size, len(rows), config.seed, lengths, classes))
         loss = model.loss([rows[i] for i in index])
         if cfg.l2:
             loss = loss + cfg.l2 * model.method.l2_penalty()

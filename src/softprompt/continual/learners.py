@@ -257,6 +257,10 @@ class StageModel:
         task, first = row[0]
         return self.models[task].row_length(first)
 
+    def row_class(self, row: tuple) -> int | None:
+        """None: a row mixes tasks, whose labels are not one set of classes."""
+        return None
+
 
 def diagonal_fisher(model: PromptedClassifier, rows: list, params: list[torch.Tensor]) -> list[torch.Tensor]:
     """The empirical Fisher's diagonal: the mean over ``rows`` of each example's squared gradient
