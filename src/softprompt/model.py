@@ -99,6 +99,11 @@ class TaskModel(nn.Module):
             mask = torch.cat([torch.ones(size, prefix, dtype=mask.dtype), mask], dim=1)
         return self.model(inputs_embeds=embeds, attention_mask=mask, **extra).last_hidden_state
 
+    def row_class(self, row) -> int | None:
+        """The one gold class of a training row, by which length-grouped batches keep the class
+        mix; None (the default) where a row has no single class, such as a tagger's window."""
+        return None
+
 
 class PromptedClassifier(TaskModel):
     """Scores each label for a batch: ``forward(batch) -> [B, num_labels]`` log-probabilities."""

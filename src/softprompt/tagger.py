@@ -35,10 +35,6 @@ class TokenTagger(TaskModel):
         """Tokens of a training row (for ``train.group_by_length``)."""
         return len(row.ids)
 
-    def row_class(self, row: Window) -> int | None:
-        """None: a window holds many tags, so length-grouped batches are not stratified."""
-        return None
-
     def loss(self, rows: list[Window]) -> torch.Tensor:
         """Mean cross-entropy over the words (first sub-tokens) of the windows in ``rows``."""
         batch = self.task.collate(rows)
