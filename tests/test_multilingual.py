@@ -69,7 +69,11 @@ def test_chinese_template_trains_and_predicts(
 
 @pytest.mark.parametrize(
     ("recipe", "method", "soft"),
-    [("chinese_sentiment", "prompt_tuning", True), ("chinese_sentiment_top6", "full", False)],
+    [
+        ("chinese_sentiment", "prompt_tuning", True),
+        ("chinese_sentiment_top6", "full", False),
+        ("chinese_sentiment_lora", "lora", False),
+    ],
 )
 def test_chinese_recipes_read_and_render(recipe, method, soft):
     config = load_config(CONFIGS / f"{recipe}.yaml")
