@@ -30,7 +30,7 @@ def build(args: argparse.Namespace):
     import torch
     from peft import PromptTuningConfig, TaskType, get_peft_model
 
-    from softprompt.assemble import build_classifier
+    from softprompt.tasks.classification import build_classifier
     from softprompt.backbones import load_backbone
     from softprompt.config import PromptConfig
     from softprompt.datasets import load_builtin

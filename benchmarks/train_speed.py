@@ -39,7 +39,7 @@ def _examples(count: int):
 
 
 def _ours(backbone, examples, batch: int, soft: int):
-    from softprompt.assemble import build_classifier
+    from softprompt.tasks.classification import build_classifier
     from softprompt.config import PromptConfig
     from softprompt.prompts import Template, Verbalizer
 

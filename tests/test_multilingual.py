@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from softprompt.assemble import resolve_prompting
 from softprompt.cli import main
 from softprompt.config import load_config
+from softprompt.tasks.classification import resolve_prompting
 
 from .conftest import write_jsonl
 

@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from softprompt.assemble import build_tagger, load_model
 from softprompt.backbones import load_backbone
 from softprompt.cli import main
 from softprompt.config import PromptConfig
 from softprompt.conll import Sentence, entity_spans, iob1_to_iob2, read_conll, tag_set
 from softprompt.errors import SoftpromptError
 from softprompt.evaluate import entity_metrics
+from softprompt.loading import load_model
 from softprompt.methods import METHODS
-from softprompt.tasks.ner import IGNORE, entities, split_words
+from softprompt.tasks.ner import build_tagger
+from softprompt.tasks.ner_batches import IGNORE, entities, split_words
 
 TRAINED = [name for name, spec in METHODS.items() if spec.trains]
 

@@ -9,11 +9,11 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from softprompt.artifact import read_artifact
-from softprompt.assemble import load_classifier
 from softprompt.backbones import load_backbone
 from softprompt.config import load_config
 from softprompt.errors import SoftpromptError, TrainingDiverged
-from softprompt.train import train
+from softprompt.loading import load_classifier
+from softprompt.training.run import train
 
 from .helpers import EXAMPLES
 
@@ -189,7 +189,7 @@ def _log_without_timing(run: Path) -> list[dict]:
 
 
 def test_batches_grouped_by_length_cover_each_sample_once_per_epoch():
-    from softprompt.train import GROUP, batch_indices
+    from softprompt.training.batches import GROUP, batch_indices
 
     count, size = GROUP * 4, 4  # one epoch = one group of GROUP batches
     lengths = [(i * 37) % 23 for i in range(count // 2)] * 2
@@ -201,7 +201,7 @@ def test_batches_grouped_by_length_cover_each_sample_once_per_epoch():
 
 
 def test_length_grouped_batches_keep_the_class_mix_when_length_goes_with_the_class():
-    from softprompt.train import GROUP, batch_indices
+    from softprompt.training.batches import GROUP, batch_indices
 
     count, size = GROUP * 8, 8
     classes = [i % 2 for i in range(count)]

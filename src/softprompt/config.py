@@ -19,113 +19,112 @@ import yaml
 from softprompt.errors import SoftpromptError, did_you_mean
 
 
-def _help(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
-    """A dataclass field carrying its help text in metadata (shown by ``softprompt train --help``)."""
+def option(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    """A config dataclass field carrying its help text in metadata (shown by ``--help`` and in
+    the generated configuration reference)."""
     if default is dataclasses.MISSING:
         return field(metadata={"help": text}, **kw)
     return field(default=default, metadata={"help": text}, **kw)
 
 
-def _check(condition: bool, key: str, message: str) -> None:
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise the one-line error of a bad config value unless ``condition`` holds."""
     if not condition:
         raise SoftpromptError(f"config field '{key}': {message}")
-
-
-TASKS = ("classification", "ner")
 
 
 @dataclass
 class PromptConfig:
     """Soft prompt settings (used by prompt-based methods)."""
 
-    length: int = _help("number of soft tokens when the template has no {soft:N} slot", 20)
-    init: str = _help(
+    length: int = option("number of soft tokens when the template has no {soft:N} slot", 20)
+    init: str = option(
         "random | vocab | labels | text:<words> | from:<artifact> (start from a trained prompt)", "labels"
     )
 
     def __post_init__(self) -> None:
-        _check(self.length >= 1, "prompt.length", f"must be >= 1, got {self.length}")
+        require(self.length >= 1, "prompt.length", f"must be >= 1, got {self.length}")
         ok = self.init in ("random", "vocab", "labels") or self.init.startswith(("text:", "from:"))
         choices = "random, vocab, labels, text:<words>, from:<artifact>"
-        _check(ok, "prompt.init", f"'{self.init}' is not one of {choices}")
+        require(ok, "prompt.init", f"'{self.init}' is not one of {choices}")
 
 
 @dataclass
 class TrainConfig:
     """The one training loop's settings."""
 
-    lr: float = _help("AdamW learning rate", 3e-3)
-    batch_size: int = _help("examples per optimizer step", 16)
-    max_steps: int = _help("optimizer steps", 300)
-    epochs: float | None = _help("passes over the training data; when set, replaces max_steps", None)
-    warmup_ratio: float = _help("fraction of max_steps with linear warm-up", 0.06)
-    eval_every: int = _help("evaluate on dev and checkpoint every N steps", 50)
-    patience: int = _help("stop after N evaluations without dev improvement (0 = never)", 3)
-    l2: float = _help("L2 penalty lambda * ||P||^2 on the trainable parameters", 0.0)
-    weight_decay: float = _help("AdamW decoupled weight decay", 0.0)
-    grad_clip: float = _help("clip the gradient norm to this value (0 = off)", 1.0)
-    eval_batch_size: int = _help("examples per batch when evaluating", 32)
-    max_length: int = _help("maximum tokens of a rendered example; longer inputs are truncated", 256)
-    group_by_length: bool = _help(
+    lr: float = option("AdamW learning rate", 3e-3)
+    batch_size: int = option("examples per optimizer step", 16)
+    max_steps: int = option("optimizer steps", 300)
+    epochs: float | None = option("passes over the training data; when set, replaces max_steps", None)
+    warmup_ratio: float = option("fraction of max_steps with linear warm-up", 0.06)
+    eval_every: int = option("evaluate on dev and checkpoint every N steps", 50)
+    patience: int = option("stop after N evaluations without dev improvement (0 = never)", 3)
+    l2: float = option("L2 penalty lambda * ||P||^2 on the trainable parameters", 0.0)
+    weight_decay: float = option("AdamW decoupled weight decay", 0.0)
+    grad_clip: float = option("clip the gradient norm to this value (0 = off)", 1.0)
+    eval_batch_size: int = option("examples per batch when evaluating", 32)
+    max_length: int = option("maximum tokens of a rendered example; longer inputs are truncated", 256)
+    group_by_length: bool = option(
         "batch rows of similar length together (less padding, faster steps); classifier batches keep the class mix",
         False,
     )
-    zero_shot_baseline: bool = _help("also report zero-shot test accuracy with the same template", False)
+    zero_shot_baseline: bool = option("also report zero-shot test accuracy with the same template", False)
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         for key in ("batch_size", "max_steps", "eval_every", "eval_batch_size", "max_length"):
-            _check(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
-        _check(self.epochs is None or self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
-        _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
-        _check(self.patience >= 0, "train.patience", "must be >= 0")
-        _check(self.l2 >= 0 and self.weight_decay >= 0, "train.l2", "penalties must be >= 0")
+            require(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
+        require(self.epochs is None or self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
+        require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
+        require(self.patience >= 0, "train.patience", "must be >= 0")
+        require(self.l2 >= 0 and self.weight_decay >= 0, "train.l2", "penalties must be >= 0")
 
 
 @dataclass
 class DataConfig:
     """Where the examples come from when not using a built-in dataset."""
 
-    train: str | None = _help("training file (.jsonl, .csv or .tsv; a CoNLL file for task=ner)", None)
-    dev: str | None = _help("dev file; when absent, dev_size examples are held out of train", None)
-    test: str | None = _help("test file (optional)", None)
-    text_field: str = _help("column holding the input text (the template's {text})", "text")
-    label_field: str = _help("column holding the label", "label")
-    path: str | None = _help("the file a built-in dataset of your own data reads (dataset=paradetox-toxicity)", None)
-    dev_size: int = _help("examples held out of train for dev when no dev file is given", 200)
-    max_train: int | None = _help("use at most this many training examples (seeded sample)", None)
-    max_eval: int | None = _help("evaluate on at most this many dev and test examples (quick runs)", None)
+    train: str | None = option("training file (.jsonl, .csv or .tsv; a CoNLL file for task=ner)", None)
+    dev: str | None = option("dev file; when absent, dev_size examples are held out of train", None)
+    test: str | None = option("test file (optional)", None)
+    text_field: str = option("column holding the input text (the template's {text})", "text")
+    label_field: str = option("column holding the label", "label")
+    path: str | None = option("the file a built-in dataset of your own data reads (dataset=paradetox-toxicity)", None)
+    dev_size: int = option("examples held out of train for dev when no dev file is given", 200)
+    max_train: int | None = option("use at most this many training examples (seeded sample)", None)
+    max_eval: int | None = option("evaluate on at most this many dev and test examples (quick runs)", None)
 
     def __post_init__(self) -> None:
-        _check(self.dev_size >= 1, "data.dev_size", "must be >= 1")
+        require(self.dev_size >= 1, "data.dev_size", "must be >= 1")
         for key in ("max_train", "max_eval"):
             value = getattr(self, key)
-            _check(value is None or value >= 1, f"data.{key}", "must be >= 1")
+            require(value is None or value >= 1, f"data.{key}", "must be >= 1")
 
 
 @dataclass
 class FewshotConfig:
     """In-context demonstrations (no training needed)."""
 
-    k: int = _help("labelled demonstrations from the train split put before each input", 0)
+    k: int = option("labelled demonstrations from the train split put before each input", 0)
 
     def __post_init__(self) -> None:
-        _check(self.k >= 0, "fewshot.k", "must be >= 0")
+        require(self.k >= 0, "fewshot.k", "must be >= 0")
 
 
 @dataclass
 class RunConfig:
     """Everything one ``softprompt train`` run needs."""
 
-    backbone: str = _help("backbone name (softprompt ls backbones) or a local HF dir / .gguf file", "smollm2-135m")
-    dataset: str | None = _help("built-in dataset (softprompt ls datasets); ignored when data.train is set", None)
-    method: str = _help("softprompt ls methods; 'none' = zero-/few-shot without training", "prompt_tuning")
-    task: str = _help("classification | ner (tagging CoNLL files; needs an encoder backbone)", "classification")
-    out: str = _help("artifact directory", "runs/default")
-    seed: int = _help("random seed (data order, initialisation)", 0)
-    threads: int = _help("torch CPU threads (0 = torch's default)", 0)
-    template: str | None = _help("e.g. '{soft:10} Review: {text}\\nSentiment:'; default: the dataset's", None)
-    verbalizer: dict[str, Any] | None = _help(  # noqa: RUF009 (_help returns a dataclasses.field)
+    backbone: str = option("backbone name (softprompt ls backbones) or a local HF dir / .gguf file", "smollm2-135m")
+    dataset: str | None = option("built-in dataset (softprompt ls datasets); ignored when data.train is set", None)
+    method: str = option("softprompt ls methods; 'none' = zero-/few-shot without training", "prompt_tuning")
+    task: str = option("softprompt ls tasks: classification, or ner (CoNLL files; an encoder)", "classification")
+    out: str = option("artifact directory", "runs/default")
+    seed: int = option("random seed (data order, initialisation)", 0)
+    threads: int = option("torch CPU threads (0 = torch's default)", 0)
+    template: str | None = option("e.g. '{soft:10} Review: {text}\\nSentiment:'; default: the dataset's", None)
+    verbalizer: dict[str, Any] | None = option(  # noqa: RUF009 (option returns a dataclasses.field)
         "label -> word or list of words; default: the dataset's", None
     )
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -137,8 +136,11 @@ class RunConfig:
     options: dict[str, Any] = field(default_factory=dict, metadata={"help": "per-method sections, e.g. lora.r=16"})
 
     def __post_init__(self) -> None:
-        _check(self.task in TASKS, "task", f"'{self.task}' is not one of {', '.join(TASKS)}")
-        _check(self.threads >= 0, "threads", "must be >= 0")
+        from softprompt.tasks import task_specs  # late: the registry imports the models
+
+        tasks = task_specs()
+        require(self.task in tasks, "task", f"'{self.task}' is not one of {', '.join(tasks)}")
+        require(self.threads >= 0, "threads", "must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict, as written to the artifact (method sections at the top level)."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import random
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from softprompt.errors import SoftpromptError
 
@@ -81,6 +83,33 @@ def read_examples(
     rows = read_rows(path)
     if not rows:
         raise SoftpromptError(f"data file {path} is empty")
+    return examples_from_rows(rows, str(path), text_field, label_field, fields)
+
+
+def examples_from_records(
+    records: Iterable[Mapping[str, Any]], source: str, text_field: str = "text", label_field: str | None = "label"
+) -> Dataset:
+    """Examples from in-memory records (a list of dicts, or a ``datasets.Dataset``), checked as a
+    file's rows are; errors name ``source`` and the record's position (``item 1`` is the first)."""
+    rows = []
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, Mapping):
+            raise SoftpromptError(f"{source} item {number}: expected a dict, got {type(record).__name__}")
+        rows.append((number, dict(record)))
+    if not rows:
+        raise SoftpromptError(f"{source} is empty")
+    return examples_from_rows(rows, source, text_field, label_field, unit="item")
+
+
+def examples_from_rows(
+    rows: list[tuple[int, dict]],
+    source: str,
+    text_field: str = "text",
+    label_field: str | None = "label",
+    fields: list[str] | None = None,
+    unit: str = "line",
+) -> Dataset:
+    """Validate numbered rows into examples; rows whose text is empty are skipped and counted."""
     wanted = [text_field] + [f for f in (fields or []) if f != "text"]
     if label_field:
         wanted.append(label_field)
@@ -91,7 +120,7 @@ def read_examples(
                 columns = ", ".join(sorted(str(k) for k in row))
                 hint = "data.label_field" if column == label_field else "data.text_field"
                 raise SoftpromptError(
-                    f"{path} line {number}: no column '{column}' (columns: {columns}); set {hint}=<column>"
+                    f"{source} {unit} {number}: no column '{column}' (columns: {columns}); set {hint}=<column>"
                 )
         values = {str(k): str(v) for k, v in row.items() if v is not None and not isinstance(v, (dict, list))}
         values["text"] = str(row[text_field])
@@ -101,9 +130,9 @@ def read_examples(
         label = str(row[label_field]).strip() if label_field else None
         examples.append(Example(values, label))
     if not examples:
-        raise SoftpromptError(f"data file {path} has no non-empty texts in column '{text_field}'")
-    notes = [f"{path}: skipped {skipped} rows with empty text"] if skipped else []
-    return Dataset(examples, str(path), skipped_empty=skipped, notes=notes)
+        raise SoftpromptError(f"{source} has no non-empty texts in column '{text_field}'")
+    notes = [f"{source}: skipped {skipped} rows with empty text"] if skipped else []
+    return Dataset(examples, source, skipped_empty=skipped, notes=notes)
 
 
 def seeded_split(examples: list[Example], sizes: dict[str, int], seed: int) -> dict[str, list[Example]]:

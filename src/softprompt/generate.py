@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from softprompt.backbones import load_backbone
-from softprompt.config import _check, _help
+from softprompt.config import option, require
 from softprompt.detox.loading import build_steering
 from softprompt.detox.methods import DEFAULT_INSTRUCTION, parse_method
 from softprompt.detox.sampling import sample_continuations
@@ -18,24 +18,24 @@ from softprompt.errors import SoftpromptError
 class GenerateConfig:
     """Settings of ``softprompt generate``."""
 
-    backbone: str = _help("causal backbone", "smollm2-135m")
-    detox: str = _help("none | instruction | self_debias | soft_prompt:<dir> | experts:<dir>", "none")
-    samples: int = _help("continuations per prompt", 1)
-    max_new_tokens: int = _help("tokens per continuation", 30)
-    top_p: float = _help("nucleus sampling mass", 0.9)
-    temperature: float = _help("sampling temperature", 1.0)
-    instruction: str = _help("the instruction method's prefix", DEFAULT_INSTRUCTION)
-    alpha: float = _help("experts: base + alpha * (expert - anti-expert)", 2.0)
-    decay: float = _help("self_debias: decay constant lambda", 50.0)
-    filter_p: float = _help("experts: re-rank only the plain model's nucleus of this mass (1 = all tokens)", 0.9)
-    seed: int = _help("sampling seed", 0)
-    threads: int = _help("torch CPU threads (0 = torch's default)", 0)
+    backbone: str = option("causal backbone", "smollm2-135m")
+    detox: str = option("none | instruction | self_debias | soft_prompt:<dir> | experts:<dir>", "none")
+    samples: int = option("continuations per prompt", 1)
+    max_new_tokens: int = option("tokens per continuation", 30)
+    top_p: float = option("nucleus sampling mass", 0.9)
+    temperature: float = option("sampling temperature", 1.0)
+    instruction: str = option("the instruction method's prefix", DEFAULT_INSTRUCTION)
+    alpha: float = option("experts: base + alpha * (expert - anti-expert)", 2.0)
+    decay: float = option("self_debias: decay constant lambda", 50.0)
+    filter_p: float = option("experts: re-rank only the plain model's nucleus of this mass (1 = all tokens)", 0.9)
+    seed: int = option("sampling seed", 0)
+    threads: int = option("torch CPU threads (0 = torch's default)", 0)
 
     def __post_init__(self) -> None:
-        _check(self.samples >= 1, "samples", f"must be >= 1, got {self.samples}")
-        _check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
-        _check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
-        _check(self.temperature > 0, "temperature", "must be > 0")
+        require(self.samples >= 1, "samples", f"must be >= 1, got {self.samples}")
+        require(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        require(self.temperature > 0, "temperature", "must be > 0")
 
 
 def generate(texts: list[str], config: GenerateConfig) -> list[list[str]]:

@@ -19,7 +19,8 @@ from softprompt.data import Example
 from softprompt.methods.base import Method
 from softprompt.packing import PackedRows, can_pack, pack_rows
 from softprompt.prompts import EncodedInput
-from softprompt.tasks.classification import Batch, ClassificationTask
+from softprompt.seeding import seeded
+from softprompt.tasks.classification_batches import Batch, ClassificationTask
 
 HEAD_PREFIX = "classifier."
 
@@ -37,8 +38,8 @@ class TaskModel(nn.Module):
         self.method = method
         self.head: nn.Linear | None = None
         if head_outputs:
-            torch.manual_seed(seed)
-            self.head = nn.Linear(backbone.hidden_size, head_outputs)
+            with seeded(seed):
+                self.head = nn.Linear(backbone.hidden_size, head_outputs)
 
     # ---- trainable state ---------------------------------------------------------------------
     def _head_state(self) -> dict[str, torch.Tensor]:
@@ -65,6 +66,10 @@ class TaskModel(nn.Module):
 
     def load_export(self, state: dict[str, torch.Tensor]) -> None:
         self.method.load_export(self._split_head(state))
+
+    def l2_penalty(self) -> torch.Tensor:
+        """Sum of squares of the method's trained parameters (the optional ``train.l2`` term)."""
+        return self.method.l2_penalty()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         params = self.method.trainable_parameters()

@@ -18,19 +18,20 @@ from typing import Any
 
 import torch
 
-from softprompt.artifact import read_artifact, update_metrics, write_artifact
-from softprompt.assemble import build_classifier
+from softprompt.artifact import RUN_CONFIG_FILE, read_artifact, update_metrics, write_artifact
 from softprompt.atomic import atomic_write_json
-from softprompt.backbones import Backbone, load_backbone
-from softprompt.config import PromptConfig, TrainConfig, _check, _help
-from softprompt.continual.config import load_task_list_config, plain_config, task_configs
-from softprompt.continual.learners import PreparedTask, prepare_tasks
+from softprompt.backbones import load_backbone
+from softprompt.config import PromptConfig, TrainConfig, option, require
 from softprompt.errors import SoftpromptError
 from softprompt.evaluate import evaluate
 from softprompt.methods import get_method
+from softprompt.methods.prompt_tuning import PromptTuning
 from softprompt.mixed import MixedPromptClassifier, mixable
 from softprompt.model import PromptedClassifier
-from softprompt.train import CONFIG_FILE, _meta, _prepare_out, backbone_record, fit
+from softprompt.tasklist import PreparedTask, load_task_list_config, plain_config, prepare_tasks, task_configs
+from softprompt.tasks.classification import build_classifier
+from softprompt.training import fit
+from softprompt.training.run import artifact_meta, artifact_saver, backbone_record, check_out
 
 SAMPLING = ("proportional", "uniform")
 TASKS_DIR = "tasks"
@@ -40,26 +41,26 @@ TASKS_DIR = "tasks"
 class MultitaskConfig:
     """Everything one ``softprompt multitask`` run needs."""
 
-    tasks: list[dict[str, Any]] = _help(  # noqa: RUF009 (_help returns a dataclasses.field)
+    tasks: list[dict[str, Any]] = option(  # noqa: RUF009 (option returns a dataclasses.field)
         "the tasks: [{name, dataset | data, template?, verbalizer?}, ...]"
     )
-    backbone: str = _help("a causal LM (softprompt ls backbones)", "smollm2-135m")
-    method: str = _help("a soft-prompt method: prompt_tuning or ptuning", "prompt_tuning")
-    sampling: str = _help("proportional | uniform: how batches draw from the tasks", "proportional")
-    max_train: int | None = _help("use at most this many training examples per task", None)
-    max_eval: int | None = _help("evaluate on at most this many dev and test examples per task", None)
-    out: str = _help("output directory (checkpoint; a ready artifact per task in out/tasks/)", "runs/multitask")
-    seed: int = _help("random seed", 0)
-    threads: int = _help("torch CPU threads (0 = torch's default)", 0)
+    backbone: str = option("a causal LM (softprompt ls backbones)", "smollm2-135m")
+    method: str = option("a soft-prompt method: prompt_tuning or ptuning", PromptTuning.name)
+    sampling: str = option("proportional | uniform: how batches draw from the tasks", "proportional")
+    max_train: int | None = option("use at most this many training examples per task", None)
+    max_eval: int | None = option("evaluate on at most this many dev and test examples per task", None)
+    out: str = option("output directory (checkpoint; a ready artifact per task in out/tasks/)", "runs/multitask")
+    seed: int = option("random seed", 0)
+    threads: int = option("torch CPU threads (0 = torch's default)", 0)
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(length=20, init="labels"))
     train: TrainConfig = field(default_factory=TrainConfig)
     options: dict[str, Any] = field(default_factory=dict, metadata={"help": "method sections"})
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.tasks, list) and len(self.tasks) >= 1, "tasks", "give a list of at least one task")
-        _check(self.sampling in SAMPLING, "sampling", f"'{self.sampling}' is not one of {', '.join(SAMPLING)}")
+        require(isinstance(self.tasks, list) and len(self.tasks) >= 1, "tasks", "give a list of at least one task")
+        require(self.sampling in SAMPLING, "sampling", f"'{self.sampling}' is not one of {', '.join(SAMPLING)}")
         spec = get_method(self.method)
-        _check(spec.uses_soft_tokens, "method", f"{self.method} has no soft prompt to mix; use prompt_tuning")
+        require(spec.uses_soft_tokens, "method", f"{self.method} has no soft prompt to mix; use {PromptTuning.name}")
 
 
 def load_multitask_config(path: str | Path | None, overrides: list[str]) -> MultitaskConfig:
@@ -67,30 +68,16 @@ def load_multitask_config(path: str | Path | None, overrides: list[str]) -> Mult
     return load_task_list_config(MultitaskConfig, path, overrides)
 
 
-class _Prompts:
-    """What the training loop asks of ``model.method``: the L2 term; no peft layout for a bundle."""
-
-    def __init__(self, models: dict[str, PromptedClassifier]):
-        self.models = models
-
-    def l2_penalty(self) -> torch.Tensor:
-        return sum(model.method.l2_penalty() for model in self.models.values())
-
-    def peft_config(self, backbone: Backbone, prefix_layout: bool) -> None:
-        return None
-
-
 class MultitaskModel:
     """Every task's classifier on one backbone, trained through mixed batches: rows are
-    ``(task, encoded, label)``; the loss is the mean NLL over rows, each scored with its task."""
+    ``(task, encoded, label)``; the loss is the mean NLL over rows, each scored with its task.
+    A :class:`~softprompt.training.Trainable` whose state holds every task's prompt."""
 
     metric = "accuracy"
 
     def __init__(self, models: dict[str, PromptedClassifier]):
         self.models = models
         self.mixed = MixedPromptClassifier(models)
-        self.method = _Prompts(models)
-        self.backbone = next(iter(models.values())).backbone
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for model in self.models.values() for p in model.trainable_parameters()]
@@ -99,8 +86,15 @@ class MultitaskModel:
         scores = self.mixed([task for task, _, _ in rows], [encoded for _, encoded, _ in rows])
         return -torch.stack([row[label] for row, (_, _, label) in zip(scores, rows, strict=True)]).mean()
 
+    def l2_penalty(self) -> torch.Tensor:
+        return sum(model.l2_penalty() for model in self.models.values())
+
     def row_length(self, row: tuple) -> int:
         return len(row[1].ids)
+
+    def row_class(self, row: tuple) -> int | None:
+        """None: rows of different tasks do not share one set of classes."""
+        return None
 
     def _gather(self, part: str) -> dict[str, torch.Tensor]:
         return {f"{name}/{k}": v for name, model in self.models.items() for k, v in getattr(model, part)().items()}
@@ -142,10 +136,9 @@ def run_multitask(
 ) -> dict[str, Any]:
     """Train every task's prompt together; write ``out/tasks/<name>`` artifacts and a summary."""
     out = Path(config.out)
-    _prepare_out(out, resume, overwrite)
+    check_out(out, resume, overwrite)
     if config.threads:
         torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
     tasks = prepare_tasks(task_configs(config, lambda index, name: out / TASKS_DIR / name), need_test=False)
     backbone = load_backbone(config.backbone)
     models = {}
@@ -179,7 +172,7 @@ def run_multitask(
         return {"accuracy": mean(per_task.values()), "per_task": per_task}
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / CONFIG_FILE, _plain(config))
+    atomic_write_json(out / RUN_CONFIG_FILE, _plain(config))
     meta = {
         "task": "multitask",
         "method": config.method,
@@ -189,17 +182,18 @@ def run_multitask(
         "config": _plain(config),
         "metrics": {},
     }
-    state = fit(model, rows, config, out, meta, dev_metric, resume, progress)
+    def save_best(step: int, dev: dict) -> None:  # every task's prompt; no peft layout for a bundle
+        write_artifact(out, model.export_state(), {**meta, "step": step, "metrics": {"dev": dev}}, None)
+
+    state = fit(model, rows, config.train, config.seed, out, save_best, dev_metric, resume, progress)
     model.load_export(read_artifact(out).state)
     summary = {"best_step": state.best_step, "tasks": {}}
     for task in tasks:
         task_model = models[task.name]
-        task_meta = _meta(task.run, task_model, backbone, task.splits)
+        task_meta = artifact_meta(task.run, task_model, backbone, task.splits)
         dev = evaluate(task_model, task.splits.dev, config.train.eval_batch_size, encoded_dev[task.name])
         task.out.mkdir(parents=True, exist_ok=True)
-        peft_config = task_model.method.peft_config(backbone, task_meta["soft_prefix"])
-        artifact_meta = {**task_meta, "step": state.best_step, "metrics": {"dev": dev}}
-        write_artifact(task.out, task_model.export_state(), artifact_meta, peft_config)
+        artifact_saver(task.out, task_model, task_meta)(state.best_step, dev)
         metrics = {"dev": dev}
         if task.splits.test:
             metrics["test"] = evaluate(task_model, task.splits.test, config.train.eval_batch_size)

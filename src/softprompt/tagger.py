@@ -11,7 +11,7 @@ from softprompt.backbones import Backbone
 from softprompt.conll import Sentence
 from softprompt.methods.base import Method
 from softprompt.model import TaskModel
-from softprompt.tasks.ner import IGNORE, TagBatch, TaggingTask, Window
+from softprompt.tasks.ner_batches import IGNORE, TagBatch, TaggingTask, Window
 
 
 class TokenTagger(TaskModel):

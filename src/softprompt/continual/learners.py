@@ -15,65 +15,29 @@ import dataclasses
 import random
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from softprompt.artifact import read_artifact
-from softprompt.assemble import Splits, build_classifier, load_splits, resolve_prompting, validate_examples
 from softprompt.atomic import atomic_write
 from softprompt.backbones import Backbone
 from softprompt.config import RunConfig
-from softprompt.continual.config import PROGRESSIVE, ContinualConfig, StageTask
+from softprompt.continual.config import PROGRESSIVE, ContinualConfig
 from softprompt.errors import SoftpromptError
 from softprompt.methods import MethodContext, get_method
+from softprompt.methods.none import NoMethod
 from softprompt.methods.progressive_prompts import ProgressiveOptions
+from softprompt.methods.prompt_tuning import PromptTuning
 from softprompt.model import PromptedClassifier
-from softprompt.prompts import Template, Verbalizer
-from softprompt.tasks.classification import ClassificationTask
+from softprompt.prompts import Template
+from softprompt.tasklist import PreparedTask
+from softprompt.tasks.classification import build_classifier, validate_examples
+from softprompt.tasks.classification_batches import ClassificationTask
 from softprompt.transfer import PROMPT_KEY, read_soft_prompt
 
 EWC_FILE = "ewc.safetensors"
-
-
-@dataclass
-class PreparedTask:
-    """A task of the sequence with its data loaded and its prompting resolved."""
-
-    name: str
-    run: RunConfig
-    template: Template  # without soft slots: learners place the soft tokens
-    verbalizer: Verbalizer
-    splits: Splits
-
-    @property
-    def out(self) -> Path:
-        return Path(self.run.out)
-
-    def where(self, split: str) -> str:
-        source = self.splits.source
-        return f"{self.name}: {source.get(split) or source.get('dataset')} ({split})"
-
-
-def prepare_tasks(tasks: list[StageTask], need_test: bool = True) -> list[PreparedTask]:
-    """Resolve every task's template and load its data, naming the task on any mistake: nothing
-    trains until the whole sequence is known to be readable."""
-    prepared = []
-    for index, task in enumerate(tasks):
-        try:
-            template, verbalizer = resolve_prompting(dataclasses.replace(task.run, method="none"))
-            splits = load_splits(task.run)
-        except SoftpromptError as exc:
-            raise SoftpromptError(f"tasks[{index}] ({task.name}): {exc}") from None
-        if need_test and not splits.test:
-            raise SoftpromptError(
-                f"tasks[{index}] ({task.name}): no test split to score after each stage; set data.test"
-            )
-        prepared.append(PreparedTask(task.name, task.run, template, verbalizer, splits))
-    return prepared
 
 
 class Learner:
@@ -91,6 +55,10 @@ class Learner:
     def stage_model(self, k: int) -> tuple[Any, list]:
         """The model stage ``k`` trains and its training rows."""
         raise NotImplementedError
+
+    def scored_model(self, model: Any) -> PromptedClassifier:
+        """The classifier that scores a stage's dev set and is saved as its artifact."""
+        return model
 
     def finish_stage(self, k: int) -> None:
         """After stage ``k`` trained (its best weights loaded)."""
@@ -144,9 +112,9 @@ class ProgressiveLearner(Learner):
     def classifier(self, j: int, stages_done: int) -> PromptedClassifier:
         tokens = self._length(min(j + 1, stages_done))
         if tokens == 0:
-            return self._build(j, "none", self.tasks[j].template)
+            return self._build(j, NoMethod.name, self.tasks[j].template)
         stack = read_soft_prompt(self.tasks[stages_done - 1].out).embeddings
-        model = self._build(j, "prompt_tuning", self.tasks[j].template.with_prefix(tokens), for_inference=True)
+        model = self._build(j, PromptTuning.name, self.tasks[j].template.with_prefix(tokens), for_inference=True)
         model.load_export({PROMPT_KEY: stack[:tokens]})
         return model
 
@@ -230,18 +198,38 @@ class SharedLearner(Learner):
     def classifier(self, j: int, stages_done: int) -> PromptedClassifier:
         return self.models[j]
 
+    def scored_model(self, model: Any) -> PromptedClassifier:
+        return model.current if isinstance(model, StageModel) else model
+
 
 class StageModel:
-    """The current task's classifier (everything is delegated to it), with a loss over rows that
-    may hold replayed examples of earlier tasks, plus the EWC penalty."""
+    """A :class:`~softprompt.training.Trainable` for one stage of a shared method: the current
+    task's classifier, with a loss over rows that may hold replayed examples of earlier tasks,
+    plus the EWC penalty. The parameters and their state are the shared method's."""
 
     def __init__(self, current: PromptedClassifier, models: list[PromptedClassifier], penalty: Callable | None):
         self.current = current
         self.models = models
         self.penalty = penalty
+        self.metric = current.metric
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.current, name)
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return self.current.trainable_parameters()
+
+    def l2_penalty(self) -> torch.Tensor:
+        return self.current.l2_penalty()
+
+    def training_state(self) -> dict[str, torch.Tensor]:
+        return self.current.training_state()
+
+    def load_training_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.current.load_training_state(state)
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        return self.current.export_state()
+
+    def load_export(self, state: dict[str, torch.Tensor]) -> None:
+        self.current.load_export(state)
 
     def loss(self, rows: list) -> torch.Tensor:
         """Mean loss over every (task, row) item of ``rows``, each scored with its own task."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -17,17 +18,22 @@ from typing import Any
 
 import torch
 
-from softprompt.artifact import read_artifact
+from softprompt.artifact import RUN_CONFIG_FILE, read_artifact
 from softprompt.atomic import atomic_write_json
 from softprompt.backbones import load_backbone
-from softprompt.checkpoint import CHECKPOINT
-from softprompt.continual.config import PROGRESSIVE, ContinualConfig, plain_config, task_configs
-from softprompt.continual.learners import Learner, PreparedTask, make_learner, prepare_tasks
+from softprompt.continual.config import PROGRESSIVE, ContinualConfig
+from softprompt.continual.learners import Learner, make_learner
 from softprompt.continual.metrics import continual_metrics
 from softprompt.continual.report import write_report
 from softprompt.errors import SoftpromptError
 from softprompt.evaluate import evaluate
-from softprompt.train import CONFIG_FILE, _meta, fit, train
+from softprompt.methods.prompt_tuning import PromptTuning
+from softprompt.tasklist import PreparedTask, plain_config, prepare_tasks, task_configs
+from softprompt.training import fit
+from softprompt.training.checkpoint import CHECKPOINT
+from softprompt.training.run import artifact_meta, artifact_saver, train
+
+logger = logging.getLogger(__name__)
 
 RESULTS = "continual"  # continual.json / .md / .png
 
@@ -50,7 +56,6 @@ def run_continual(
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     if config.threads:
         torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
     prepared = prepare_tasks(tasks)  # every task's data, before the backbone and any training
     backbone = load_backbone(config.backbone)
     learner = make_learner(backbone, prepared, config)
@@ -79,7 +84,7 @@ def run_continual(
             shown = "  ".join(
                 f"{name} {100 * acc:.1f}%" for name, acc in zip(results["tasks"], accuracies, strict=True)
             )
-            print(f"after stage {k + 1} ({task.name}): {shown}", flush=True)
+            logger.info("after stage %d (%s): %s", k + 1, task.name, shown)
     if config.alone:
         results["alone"] = _alone(prepared, results, config, resume, progress)
         atomic_write_json(results_path, results)
@@ -100,19 +105,19 @@ def _train_stage(
     stage = task.out
     again = resume and (stage / CHECKPOINT).exists()
     stage.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(stage / CONFIG_FILE, stage_config.to_dict())
-    meta = _meta(stage_config, model, learner.backbone, task.splits)
+    atomic_write_json(stage / RUN_CONFIG_FILE, stage_config.to_dict())
+    scored = learner.scored_model(model)  # what dev scores and the artifact holds
+    meta = artifact_meta(stage_config, scored, learner.backbone, task.splits)
     dev = task.splits.dev
-    encoded_dev = model.encode_split(dev)
-
-    scored = getattr(model, "current", model)  # a StageModel scores dev with its current task
+    encoded_dev = scored.encode_split(dev)
 
     def dev_metric() -> dict:
         return evaluate(scored, dev, config.train.eval_batch_size, encoded_dev, task.where("dev"))
 
     if progress:
-        print(f"stage {k + 1}/{len(learner.tasks)}: {task.name} ({len(rows)} training rows)", flush=True)
-    state = fit(model, rows, stage_config, stage, meta, dev_metric, again, progress)
+        logger.info("stage %d/%d: %s (%d training rows)", k + 1, len(learner.tasks), task.name, len(rows))
+    save_best = artifact_saver(stage, scored, meta)
+    state = fit(model, rows, stage_config.train, stage_config.seed, stage, save_best, dev_metric, again, progress)
     model.load_export(read_artifact(stage).state)
     learner.finish_stage(k)
     return state.best_step
@@ -134,7 +139,7 @@ def _alone(
     """Each task trained alone with the same method and budget. The first task's stage is exactly
     that (nothing came before it), so its accuracy is taken from the matrix, not trained twice."""
     alone = [results["stages"][0]["accuracies"][0]]
-    method = "prompt_tuning" if config.method == PROGRESSIVE else config.method
+    method = PromptTuning.name if config.method == PROGRESSIVE else config.method  # alone, a plain prompt
     for task in tasks[1:]:
         out = Path(config.out) / f"alone-{task.name}"
         run = dataclasses.replace(task.run, method=method, out=str(out))
@@ -142,7 +147,7 @@ def _alone(
             alone.append(read_artifact(out).meta["metrics"]["test"]["accuracy"])
             continue
         if progress:
-            print(f"alone: {task.name} with {method}", flush=True)
+            logger.info("alone: %s with %s", task.name, method)
         result = train(run, resume=resume and (out / CHECKPOINT).exists(), overwrite=True, progress=progress)
         alone.append(result.metrics["test"]["accuracy"])
     return alone

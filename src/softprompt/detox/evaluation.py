@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from softprompt.atomic import atomic_write_json, atomic_write_text
 from softprompt.backbones import Backbone, load_backbone
-from softprompt.config import _check, _help
+from softprompt.config import option, require
 from softprompt.detox.data import DEFAULT_PROMPT_FIELD, Prompt, read_prompts
 from softprompt.detox.loading import build_steering
 from softprompt.detox.methods import DEFAULT_INSTRUCTION, Steering, parse_methods
@@ -52,33 +52,33 @@ GENERATION_KEYS = (
 class DetoxEvalConfig:
     """Everything one ``softprompt detox eval`` run needs."""
 
-    prompts: str = _help("prompts file (.jsonl with the text at prompt_field, or .txt, one per line)", "")
-    backbone: str = _help("causal backbone to generate with", "smollm2-135m")
-    methods: str = _help("comma list: none, instruction, self_debias, soft_prompt:<dir>, experts:<dir>", "none")
-    scorer: str = _help("comma list: profanity, classifier, hf:<dir>", "profanity,classifier")
-    samples: int = _help("continuations per prompt (k; 25 in the papers)", 25)
-    max_new_tokens: int = _help("tokens per continuation", 20)
-    top_p: float = _help("nucleus sampling mass", 0.9)
-    temperature: float = _help("sampling temperature", 1.0)
-    prompt_field: str = _help("dotted JSON path of the prompt text", DEFAULT_PROMPT_FIELD)
-    max_prompts: int | None = _help("use the first N prompts (quick runs)", None)
-    instruction: str = _help("the instruction method's prefix", DEFAULT_INSTRUCTION)
-    alpha: float = _help("experts: base + alpha * (expert - anti-expert)", 2.0)
-    decay: float = _help("self_debias: decay constant lambda", 50.0)
-    filter_p: float = _help("experts: re-rank only the plain model's nucleus of this mass (1 = all tokens)", 0.9)
-    batch_rows: int = _help("sequences per forward pass (prompts x samples x method rows)", 256)
-    out: str = _help("output directory", "runs/detox-eval")
-    seed: int = _help("sampling seed", 0)
-    threads: int = _help("torch CPU threads (0 = torch's default)", 0)
+    prompts: str = option("prompts file (.jsonl with the text at prompt_field, or .txt, one per line)", "")
+    backbone: str = option("causal backbone to generate with", "smollm2-135m")
+    methods: str = option("comma list: none, instruction, self_debias, soft_prompt:<dir>, experts:<dir>", "none")
+    scorer: str = option("comma list: profanity, classifier, hf:<dir>", "profanity,classifier")
+    samples: int = option("continuations per prompt (k; 25 in the papers)", 25)
+    max_new_tokens: int = option("tokens per continuation", 20)
+    top_p: float = option("nucleus sampling mass", 0.9)
+    temperature: float = option("sampling temperature", 1.0)
+    prompt_field: str = option("dotted JSON path of the prompt text", DEFAULT_PROMPT_FIELD)
+    max_prompts: int | None = option("use the first N prompts (quick runs)", None)
+    instruction: str = option("the instruction method's prefix", DEFAULT_INSTRUCTION)
+    alpha: float = option("experts: base + alpha * (expert - anti-expert)", 2.0)
+    decay: float = option("self_debias: decay constant lambda", 50.0)
+    filter_p: float = option("experts: re-rank only the plain model's nucleus of this mass (1 = all tokens)", 0.9)
+    batch_rows: int = option("sequences per forward pass (prompts x samples x method rows)", 256)
+    out: str = option("output directory", "runs/detox-eval")
+    seed: int = option("sampling seed", 0)
+    threads: int = option("torch CPU threads (0 = torch's default)", 0)
 
     def __post_init__(self) -> None:
-        _check(bool(self.prompts), "prompts", "give the prompts file: prompts=PATH/toxic_prompts.jsonl")
-        _check(self.samples >= 1, "samples", f"must be >= 1, got {self.samples}")
-        _check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
-        _check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
-        _check(self.temperature > 0, "temperature", "must be > 0")
-        _check(self.batch_rows >= 1, "batch_rows", "must be >= 1")
-        _check(self.max_prompts is None or self.max_prompts >= 1, "max_prompts", "must be >= 1")
+        require(bool(self.prompts), "prompts", "give the prompts file: prompts=PATH/toxic_prompts.jsonl")
+        require(self.samples >= 1, "samples", f"must be >= 1, got {self.samples}")
+        require(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        require(self.temperature > 0, "temperature", "must be > 0")
+        require(self.batch_rows >= 1, "batch_rows", "must be >= 1")
+        require(self.max_prompts is None or self.max_prompts >= 1, "max_prompts", "must be >= 1")
 
 
 def _read_done(path: Path) -> tuple[dict[int, dict], bool]:

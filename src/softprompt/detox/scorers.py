@@ -59,7 +59,7 @@ class ClassifierScorer:
     """A softprompt classification artifact whose labels include ``toxic``."""
 
     def __init__(self, artifact: str | Path = PACKAGED_CLASSIFIER, batch_size: int = 64, name: str = "classifier"):
-        from softprompt.assemble import load_classifier
+        from softprompt.loading import load_classifier
 
         if not Path(artifact, "task.json").is_file():
             raise SoftpromptError(

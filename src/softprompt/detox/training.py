@@ -19,17 +19,19 @@ from typing import Any
 
 import torch
 
-from softprompt.artifact import TASK_FILE, read_artifact
+from softprompt.artifact import read_artifact
 from softprompt.atomic import atomic_write_json
 from softprompt.backbones import Backbone, load_backbone
-from softprompt.checkpoint import CHECKPOINT
-from softprompt.config import PromptConfig, TrainConfig, _check, _help
+from softprompt.config import PromptConfig, TrainConfig, option, require
 from softprompt.detox.data import ParaPair, read_paradetox
 from softprompt.detox.lm import LM_TASK, PromptedLM, Row, encode_texts
 from softprompt.errors import SoftpromptError
 from softprompt.methods import get_method
 from softprompt.methods.base import MethodContext
-from softprompt.train import backbone_record, fit
+from softprompt.methods.prompt_tuning import PromptTuning
+from softprompt.training import fit
+from softprompt.training.checkpoint import CHECKPOINT
+from softprompt.training.run import artifact_saver, backbone_record, check_out
 
 KINDS = ("soft_prompt", "experts")
 EXPERTS_FILE = "experts.json"
@@ -41,27 +43,27 @@ TOXIC_INIT = "text:The following text contains rude, disrespectful, obscene and 
 class DetoxTrainConfig:
     """Everything one ``softprompt detox train`` run needs."""
 
-    data: str = _help("ParaDetox TSV (columns toxic, neutral1..3)", "")
-    backbone: str = _help("causal backbone the prompts are for", "smollm2-135m")
-    kind: str = _help("soft_prompt | experts", "soft_prompt")
-    out: str = _help("output directory", "runs/detox-prompt")
-    unlikelihood: float = _help("soft_prompt: weight of the unlikelihood loss on the toxic sentences (0 = off)", 0.0)
-    init: str = _help("start of the detox / expert prompt (random | vocab | text:<words>)", NEUTRAL_INIT)
-    anti_init: str = _help("start of the anti-expert prompt", TOXIC_INIT)
-    dev_size: int = _help("ParaDetox pairs held out to pick the best step by dev loss", 200)
-    max_pairs: int | None = _help("use at most this many training pairs (quick runs)", None)
-    seed: int = _help("random seed (split, data order)", 0)
-    threads: int = _help("torch CPU threads (0 = torch's default)", 0)
+    data: str = option("ParaDetox TSV (columns toxic, neutral1..3)", "")
+    backbone: str = option("causal backbone the prompts are for", "smollm2-135m")
+    kind: str = option("soft_prompt | experts", "soft_prompt")
+    out: str = option("output directory", "runs/detox-prompt")
+    unlikelihood: float = option("soft_prompt: weight of the unlikelihood loss on the toxic sentences (0 = off)", 0.0)
+    init: str = option("start of the detox / expert prompt (random | vocab | text:<words>)", NEUTRAL_INIT)
+    anti_init: str = option("start of the anti-expert prompt", TOXIC_INIT)
+    dev_size: int = option("ParaDetox pairs held out to pick the best step by dev loss", 200)
+    max_pairs: int | None = option("use at most this many training pairs (quick runs)", None)
+    seed: int = option("random seed (split, data order)", 0)
+    threads: int = option("torch CPU threads (0 = torch's default)", 0)
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(length=10, init="vocab"))
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(lr=0.003, batch_size=16, max_steps=150, eval_every=50, max_length=256)
     )
 
     def __post_init__(self) -> None:
-        _check(bool(self.data), "data", "give the ParaDetox file: data=PATH/paradetox.tsv")
-        _check(self.kind in KINDS, "kind", f"'{self.kind}' is not one of {', '.join(KINDS)}")
-        _check(self.unlikelihood >= 0, "unlikelihood", "must be >= 0")
-        _check(self.dev_size >= 1, "dev_size", "must be >= 1")
+        require(bool(self.data), "data", "give the ParaDetox file: data=PATH/paradetox.tsv")
+        require(self.kind in KINDS, "kind", f"'{self.kind}' is not one of {', '.join(KINDS)}")
+        require(self.unlikelihood >= 0, "unlikelihood", "must be >= 0")
+        require(self.dev_size >= 1, "dev_size", "must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,13 +95,12 @@ def _train_prompt(
     """Train one soft prompt on ``rows["train"]``; returns its artifact's dev metrics."""
     prompt = PromptConfig(length=config.prompt.length, init=init)
     context = MethodContext(backbone, prompt.length, [], prompt, None, config.seed)
-    torch.manual_seed(config.seed)
     model = PromptedLM(
-        backbone, get_method("prompt_tuning").build(context), config.train.max_length, config.unlikelihood
+        backbone, get_method(PromptTuning.name).build(context), config.train.max_length, config.unlikelihood
     )
     meta = {
         "task": LM_TASK,
-        "method": "prompt_tuning",
+        "method": PromptTuning.name,
         "detox_role": role,
         **model.describe(),
         "backbone": backbone_record(backbone),
@@ -111,14 +112,10 @@ def _train_prompt(
     }
     out.mkdir(parents=True, exist_ok=True)
     resume = resume and (out / CHECKPOINT).exists()  # experts: the second prompt may not have started
-    fit(model, rows["train"], config, out, meta, lambda: model.dev_metrics(rows["dev"]), resume, progress)
+    save_best = artifact_saver(out, model, meta)
+    dev_metric = lambda: model.dev_metrics(rows["dev"])  # noqa: E731
+    fit(model, rows["train"], config.train, config.seed, out, save_best, dev_metric, resume, progress)
     return read_artifact(out).meta["metrics"]["dev"]
-
-
-def _prepare(out: Path, resume: bool, overwrite: bool) -> None:
-    taken = any((d / TASK_FILE).exists() or (d / CHECKPOINT).exists() for d in (out, out / "expert"))
-    if taken and not (resume or overwrite):
-        raise SoftpromptError(f"{out} already holds a run; use --resume, --overwrite, or another out=")
 
 
 def train_detox(
@@ -127,7 +124,7 @@ def train_detox(
     """Train what ``config.kind`` needs and return ``{role: dev metrics, "seconds": ...}``."""
     started = time.perf_counter()
     out = Path(config.out)
-    _prepare(out, resume, overwrite)
+    check_out(out, resume, overwrite, extra=(out / "expert",))
     if config.threads:
         torch.set_num_threads(config.threads)
     train_pairs, dev_pairs = _split(read_paradetox(config.data), config)

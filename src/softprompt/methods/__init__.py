@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from softprompt.errors import unknown_name
 from softprompt.methods.base import Method, MethodContext
+from softprompt.seeding import seeded
 
 
 @dataclass(frozen=True)
@@ -20,13 +21,19 @@ class MethodSpec:
 
     name: str
     description: str
-    build: Callable[[MethodContext], Method]
+    builder: Callable[[MethodContext], Method]
     trains: bool  # False for zero-/few-shot ('none')
     uses_soft_tokens: bool  # feeds the template's {soft} slots
     options: type | None  # its config section (a dataclass), or None
     default_lr: float  # the learning rate `compare` uses unless told otherwise
-    prompt_based: bool  # a prompt method (prompt_tuning, prefix_tuning, ptuning)
     identity_at_start: bool  # zero-initialised: the untrained method leaves the backbone's outputs unchanged
+    changes_layers: bool  # it changes the backbone's own layers (a shared backbone cannot host it)
+
+    def build(self, context: MethodContext) -> Method:
+        """Attach the method to ``context.backbone``; the same seed gives the same initial weights,
+        and the caller's random state is left as it was."""
+        with seeded(context.seed):
+            return self.builder(context)
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -40,14 +47,18 @@ def register(
     uses_soft_tokens: bool = False,
     options: type | None = None,
     default_lr: float = 1e-3,
-    prompt_based: bool = False,
     identity_at_start: bool = False,
+    changes_layers: bool = False,
 ):
-    """Class decorator registering a method builder (a callable taking a MethodContext)."""
+    """Class decorator registering a method class (built from a :class:`MethodContext`).
 
-    def decorate(builder: Callable[[MethodContext], Method]):
+    This is the one place a method's name is written: it becomes the class's ``name``.
+    """
+
+    def decorate(builder: type[Method]):
+        builder.name = name
         METHODS[name] = MethodSpec(
-            name, description, builder, trains, uses_soft_tokens, options, default_lr, prompt_based, identity_at_start
+            name, description, builder, trains, uses_soft_tokens, options, default_lr, identity_at_start, changes_layers
         )
         return builder
 
@@ -61,7 +72,7 @@ def get_method(name: str) -> MethodSpec:
     return METHODS[name]
 
 
-# Importing the modules registers them .
+# Importing the modules registers them.
 from softprompt.methods import (  # noqa: E402, F401
     adapter,
     bitfit,

@@ -43,12 +43,12 @@ class Bottleneck(nn.Module):
     "adapter",
     "bottleneck adapters after attention and MLP blocks (Houlsby et al. 2019)",
     options=AdapterOptions,
+    changes_layers=True,
     identity_at_start=True,
 )
 class Adapter(Method):
     """Two adapters per transformer block."""
 
-    name = "adapter"
     modifies_backbone = True
 
     def __init__(self, context: MethodContext):
@@ -56,7 +56,6 @@ class Adapter(Method):
         options = context.options or AdapterOptions()
         backbone = context.backbone
         backbone.claim(self.name)
-        torch.manual_seed(context.seed)
         targets = [linear for block in transformer_blocks(backbone) for linear in sublayer_outputs(block)]
         self.adapters = nn.ModuleList(Bottleneck(t.out_features, options.bottleneck) for t in targets)
         for target, adapter in zip(targets, self.adapters, strict=True):

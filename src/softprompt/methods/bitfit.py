@@ -19,12 +19,12 @@ from softprompt.methods.layers import transformer_blocks
     "bitfit",
     "only bias terms train (Ben Zaken et al. 2021); adds zero biases to bias-free models",
     default_lr=3e-3,
+    changes_layers=True,
     identity_at_start=True,
 )
 class BitFit(Method):
     """Existing biases as resident parameters, or added ones as own parameters."""
 
-    name = "bitfit"
     modifies_backbone = True
 
     def __init__(self, context: MethodContext):

@@ -25,11 +25,16 @@ class FullOptions:
         self.top()
 
 
-@register("full", "all weights train (full.layers=top:K: only the top K blocks)", options=FullOptions, default_lr=3e-5)
+@register(
+    "full",
+    "all weights train (full.layers=top:K: only the top K blocks)",
+    options=FullOptions,
+    default_lr=3e-5,
+    changes_layers=True,
+)
 class Full(Method):
     """The backbone's parameters, trained in place."""
 
-    name = "full"
     modifies_backbone = True
 
     def __init__(self, context: MethodContext):

@@ -26,13 +26,13 @@ class Ia3Options:
     "ia3",
     "learned rescaling vectors of keys, values and MLP activations (Liu et al. 2022), via peft",
     options=Ia3Options,
+    changes_layers=True,
     default_lr=3e-3,
     identity_at_start=True,
 )
 class Ia3(PeftTuner):
     """IA3 vectors injected by peft."""
 
-    name = "ia3"
     marker = "ia3_"
 
     def __init__(self, context: MethodContext):

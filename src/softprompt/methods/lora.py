@@ -37,12 +37,12 @@ class LoraOptions:
     "lora",
     "low-rank weight updates on attention/MLP layers (Hu et al. 2021), via peft",
     options=LoraOptions,
+    changes_layers=True,
     identity_at_start=True,
 )
 class Lora(PeftTuner):
     """LoRA matrices injected by peft."""
 
-    name = "lora"
     marker = "lora_"
 
     def __init__(self, context: MethodContext):

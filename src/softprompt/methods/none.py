@@ -12,7 +12,6 @@ from softprompt.methods.base import Method, MethodContext
 class NoMethod(Method):
     """The plain frozen backbone."""
 
-    name = "none"
 
     def __init__(self, context: MethodContext):
         super().__init__()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from peft import PeftConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -35,7 +34,6 @@ class PeftTuner(Method):
         backbone = context.backbone
         backbone.claim(self.name)
         self._peft = config
-        torch.manual_seed(context.seed)
         try:
             inject_adapter_in_model(config, backbone.model)
         except ValueError as exc:  # e.g. target modules not found

@@ -70,19 +70,16 @@ class PrefixMLP(nn.Module):
     "trainable key/value prefixes in every layer (Li & Liang 2021, P-tuning v2)",
     options=PrefixTuningOptions,
     default_lr=5e-3,
-    prompt_based=True,
 )
 class PrefixTuning(Method):
     """Per-layer key/value prefixes of ``prompt.length`` positions."""
 
-    name = "prefix_tuning"
     modifies_backbone = True  # every position attends to the prefixes
 
     def __init__(self, context: MethodContext):
         super().__init__()
         options = context.options or PrefixTuningOptions()
         length = context.prompt.length
-        torch.manual_seed(context.seed)
         keys, values = initial_prefix(context, length)
         self.prefix_keys = nn.Parameter(keys)
         self.prefix_values = nn.Parameter(values)

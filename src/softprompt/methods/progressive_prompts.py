@@ -36,12 +36,10 @@ class ProgressiveOptions:
     uses_soft_tokens=True,
     options=ProgressiveOptions,
     default_lr=1e-2,
-    prompt_based=True,
 )
 class ProgressivePrompts(Method):
     """Frozen earlier prompts + one trainable prompt, filling the template's soft slots in order."""
 
-    name = "progressive_prompts"
 
     def __init__(self, context: MethodContext):
         super().__init__()

@@ -69,12 +69,10 @@ def initial_prompt(context: MethodContext, length: int, init: str) -> torch.Tens
     "N soft tokens in the template's {soft} slots (Lester et al. 2021)",
     uses_soft_tokens=True,
     default_lr=1e-2,
-    prompt_based=True,
 )
 class PromptTuning(Method):
     """Trainable soft-token embeddings."""
 
-    name = "prompt_tuning"
 
     def __init__(self, context: MethodContext):
         super().__init__()

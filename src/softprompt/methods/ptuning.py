@@ -58,19 +58,16 @@ class PromptEncoder(nn.Module):
     uses_soft_tokens=True,
     options=PtuningOptions,
     default_lr=1e-2,
-    prompt_based=True,
 )
 class Ptuning(Method):
     """Soft tokens = encoder(trainable embeddings)."""
 
-    name = "ptuning"
 
     def __init__(self, context: MethodContext):
         super().__init__()
         options = context.options or PtuningOptions()
         self.num_soft_tokens = context.num_soft_tokens
         self.prompt_inputs = nn.Parameter(initial_prompt(context, context.num_soft_tokens, context.prompt.init))
-        torch.manual_seed(context.seed)
         self.encoder: PromptEncoder | None = PromptEncoder(
             context.backbone.hidden_size, options.hidden, options.encoder
         )

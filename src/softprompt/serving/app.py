@@ -8,7 +8,7 @@ a full queue 429 (retry later), a request of the wrong kind for its task 400.
 from __future__ import annotations
 
 import contextlib
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,6 +23,8 @@ from softprompt.detox.sampling import SampleRequest, sample_requests
 from softprompt.mixed import classify_mixed
 from softprompt.serving.batcher import Batcher, QueueFull
 from softprompt.serving.registry import Tasks, load_tasks
+
+logger = logging.getLogger(__name__)
 
 MAX_TEXTS = 256
 
@@ -62,7 +64,7 @@ class Service:
 
     def report_skipped(self) -> None:
         for name, reason in self.tasks.skipped.items():
-            print(f"skipped task '{name}': {reason}", file=sys.stderr, flush=True)
+            logger.warning("skipped task '%s': %s", name, reason)
 
     def classify(self, payloads: list[ClassifyRequest]) -> list[list[dict[str, Any]]]:
         """One mixed batch for every text of every request."""

@@ -11,11 +11,11 @@ from typing import Any
 import torch
 
 from softprompt.artifact import TASK_FILE, read_artifact
-from softprompt.assemble import load_classifier
 from softprompt.backbones import Backbone
 from softprompt.detox.lm import LM_TASK, load_lm_prompt
 from softprompt.errors import SoftpromptError
-from softprompt.methods import get_method
+from softprompt.loading import load_classifier
+from softprompt.methods import METHODS, get_method
 from softprompt.mixed import MixedPromptClassifier, mixable
 from softprompt.model import PromptedClassifier
 
@@ -74,11 +74,12 @@ def _load_one(path: Path, backbone: Backbone, tasks: Tasks) -> None:
         tasks.generators[path.name] = load_lm_prompt(path, backbone)
         return
     spec = get_method(meta.get("method", "?"))
-    if spec.trains and not spec.uses_soft_tokens:
+    if spec.changes_layers:
         # Checked before loading: attaching such a method would change the shared backbone.
+        shared = ", ".join(name for name, s in METHODS.items() if s.uses_soft_tokens)
         raise SoftpromptError(
             f"{path}: method {spec.name} changes the backbone's layers; only soft-prompt artifacts "
-            "(prompt_tuning, ptuning, progressive_prompts) or zero-shot ones share the backbone"
+            f"({shared}) or zero-shot ones share the backbone"
         )
     model, _ = load_classifier(path, backbone)
     reason = mixable(model)

@@ -1,1 +1,111 @@
-"""Tasks: how examples become batches, and what is predicted and measured."""
+"""Task registry: each task is one module registered with ``@register_task``.
+
+A task says how its data is read, how its model is built from a config or rebuilt from an
+artifact, how it is scored, what it predicts for raw texts and how its results read. Nothing
+outside this package branches on a task's name: callers ask :func:`get_task` for the spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from softprompt.errors import unknown_name
+
+if TYPE_CHECKING:
+    from softprompt.backbones import Backbone
+    from softprompt.config import RunConfig
+    from softprompt.model import TaskModel
+    from softprompt.prompts import Template
+    from softprompt.splits import Records, Splits
+
+
+class TaskSpec:
+    """What a registered task provides. ``name`` is set by :func:`register_task`."""
+
+    name: str = ""
+    description: str = ""
+    metric: str = "accuracy"  # the dev metric that selects the best weights
+    metric_label: str = "accuracy"  # how reports name it
+    predict_command: str = "predict"  # the CLI command that applies an artifact to raw texts
+    prompt_baselines: bool = False  # zero-/few-shot and TF-IDF baselines apply (`compare`)
+
+    def load_splits(self, config: RunConfig, records: dict[str, Records] | None = None) -> Splits:
+        """The run's train/dev/test data (from files, a built-in dataset, or in-memory records)."""
+        raise NotImplementedError
+
+    def from_records(self, records: Records, source: str, meta: dict[str, Any]) -> list:
+        """Labelled items of in-memory records, read with the fields an artifact recorded."""
+        raise NotImplementedError
+
+    def check(self, config: RunConfig) -> None:
+        """Cheap checks of the config (template, verbalizer...) before any data or model loads."""
+
+    def build(self, config: RunConfig, backbone: Backbone, splits: Splits) -> TaskModel:
+        """The untrained model a run config describes, checked against its data."""
+        raise NotImplementedError
+
+    def load(self, meta: dict[str, Any], config: RunConfig, backbone: Backbone) -> TaskModel:
+        """The model an artifact describes (its weights are loaded by the caller)."""
+        raise NotImplementedError
+
+    def baselines(self, config: RunConfig, backbone: Backbone, splits: Splits, progress: str | None) -> dict:
+        """Extra metrics measured before training (e.g. zero-shot), keyed by name."""
+        return {}
+
+    def compare_template(self, config: RunConfig) -> Template | None:
+        """The template methods share in ``compare`` (soft slots dropped for methods without)."""
+        return None
+
+    def read_eval_data(self, path: str, meta: dict[str, Any], model: TaskModel, fields: dict[str, str | None]) -> list:
+        """Labelled examples of a file given to ``eval --data``."""
+        raise NotImplementedError
+
+    def summary(self, metrics: dict[str, Any], best_step: int, trained: bool, method: str) -> list[str]:
+        """Lines that report a finished run."""
+        raise NotImplementedError
+
+    def report(self, metrics: dict[str, Any], where: str) -> str | None:
+        """A readable report of evaluation metrics, or None to print them as JSON."""
+        return None
+
+    def describe(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """What ``inspect`` shows of an artifact's task."""
+        return {}
+
+    def predict(self, model: TaskModel, texts: list[str], batch_size: int = 32) -> list[dict[str, Any]]:
+        """One result dict per raw text."""
+        raise NotImplementedError
+
+
+TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(name: str, description: str) -> Callable[[type[TaskSpec]], type[TaskSpec]]:
+    """Class decorator registering a task spec; the one place a task's name is written."""
+
+    def decorate(cls: type[TaskSpec]) -> type[TaskSpec]:
+        cls.name, cls.description = name, description
+        TASKS[name] = cls()
+        return cls
+
+    return decorate
+
+
+def task_specs() -> dict[str, TaskSpec]:
+    """Every registered task by name."""
+    # Imported here, not at the top: the task modules import the models, which import this package.
+    from softprompt.tasks import classification, ner  # noqa: F401
+
+    return TASKS
+
+
+def get_task(name: str) -> TaskSpec:
+    """The registered task, or an error suggesting the closest name."""
+    specs = task_specs()
+    if name not in specs:
+        raise unknown_name("task", name, specs)
+    return specs[name]
+
+
+__all__ = ["TASKS", "TaskSpec", "get_task", "register_task", "task_specs"]

@@ -1,109 +1,189 @@
-"""Classification as data: a template, a verbalizer, a metric; here only the batching.
-
-Causal LMs: rows are left-padded so that every row's label position is the last column. When the
-template starts with a soft block, that block is the same in every row, so it is cut from the
-rows and computed once per batch by the model (``Batch.prefix_soft``); the result is exact. The
-model may then pack the rows end to end (:mod:`softprompt.packing`), also exact.
-Encoders: rows are right-padded and the label is read at ``{mask}`` (or [CLS]).
-"""
+"""Classification: a template, a verbalizer and accuracy. Built from a run config or rebuilt from
+an artifact; the batching is :mod:`softprompt.tasks.classification_batches`."""
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field
+import dataclasses
+from typing import Any
 
-import torch
-from transformers import PreTrainedTokenizerBase
+from softprompt.backbones import Backbone
+from softprompt.config import PromptConfig, RunConfig
+from softprompt.data import Example, examples_from_records, read_examples
+from softprompt.errors import SoftpromptError
+from softprompt.evaluate import evaluate, label_probabilities
+from softprompt.methods import MethodContext, get_method
+from softprompt.model import PromptedClassifier
+from softprompt.prompts import Template, Verbalizer
+from softprompt.splits import DEFAULT_DATASET, Records, Splits, example_splits
+from softprompt.tasks import TaskSpec, register_task
+from softprompt.tasks.classification_batches import ClassificationTask, demonstrations
 
-from softprompt.data import Example
-from softprompt.prompts import Candidate, EncodedInput, Template, Verbalizer
-from softprompt.prompts.template import NO_SOFT
-
-
-@dataclass
-class Batch:
-    """Padded tensors for one batch."""
-
-    input_ids: torch.Tensor  # [B, L]; soft positions hold the pad id
-    attention_mask: torch.Tensor  # [B, L]
-    soft_index: torch.Tensor  # [B, L]; index into the soft embeddings, -1 for real tokens
-    mask_positions: torch.Tensor | None = None  # [B] encoder label positions
-    labels: torch.Tensor | None = None  # [B]
-    prefix_soft: int = 0  # leading soft tokens shared by all rows, cut from input_ids
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
+PLAIN_TEMPLATE = "{text}\nLabel:"  # when neither the run nor its dataset gives one
 
 
-@dataclass
-class ClassificationTask:
-    """Turns examples into batches for one template + verbalizer on one tokenizer."""
+def resolve_prompting(config: RunConfig) -> tuple[Template, Verbalizer]:
+    """The run's template and verbalizer: its own, else its dataset's."""
+    from softprompt.datasets import get_spec  # late: reads the package's dataset files
 
-    template: Template
-    verbalizer: Verbalizer
-    tokenizer: PreTrainedTokenizerBase
-    causal: bool
-    max_length: int = 256
-    demonstrations: str = ""
-    share_prefix: bool = True  # compute the leading soft block once per batch (exact, faster)
-    pack: bool = True  # pack short rows end to end instead of padding them (exact, faster)
-    candidates: list[Candidate] = field(init=False)
-
-    def __post_init__(self) -> None:
-        space_before = not self.template.ends_with_space()
-        self.candidates = self.verbalizer.candidates(self.tokenizer, space_before) if self.causal else []
-
-    @property
-    def labels(self) -> list[str]:
-        return self.verbalizer.labels
-
-    def encode(self, example: Example) -> EncodedInput:
-        return self.template.encode(example.fields, self.tokenizer, self.causal, self.max_length, self.demonstrations)
-
-    def label_ids(self, examples: list[Example], where: str) -> list[int]:
-        """Label indices, with an error naming ``where`` for a label the verbalizer lacks."""
-        return [self.verbalizer.index(ex.label, where) for ex in examples]
-
-    def collate(
-        self, encoded: list[EncodedInput], labels: list[int] | None = None, soft_prefix_available: bool = True
-    ) -> Batch:
-        """Pad encoded rows into a :class:`Batch`."""
-        pad = self.tokenizer.pad_token_id or 0
-        cut = self.template.leading_soft if (self.causal and self.share_prefix and soft_prefix_available) else 0
-        rows = [(e.ids[cut:], e.soft[cut:]) for e in encoded]
-        width = max(len(ids) for ids, _ in rows)
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        soft_index = torch.full((len(rows), width), NO_SOFT, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, (ids, soft) in enumerate(rows):
-            span = slice(width - len(ids), width) if self.causal else slice(0, len(ids))
-            input_ids[row, span] = torch.tensor(ids)
-            soft_index[row, span] = torch.tensor(soft)
-            attention[row, span] = 1
-        mask_positions = None
-        if not self.causal:
-            mask_positions = torch.tensor([e.mask_position for e in encoded], dtype=torch.long)
-        label_tensor = torch.tensor(labels, dtype=torch.long) if labels is not None else None
-        return Batch(input_ids, attention, soft_index, mask_positions, label_tensor, prefix_soft=cut)
+    spec = None
+    if not config.data.train:
+        spec = get_spec(config.dataset or DEFAULT_DATASET)
+    template_source = config.template or (spec.template if spec else None)
+    mapping = config.verbalizer or (spec.verbalizer if spec else None)
+    if template_source is None:
+        template_source = PLAIN_TEMPLATE
+    if mapping is None:
+        raise SoftpromptError("no verbalizer: set verbalizer={label: word, ...} for your data's labels")
+    template = Template(template_source)
+    method = get_method(config.method)
+    if method.uses_soft_tokens and template.num_soft == 0:
+        template = template.with_prefix(config.prompt.length)
+    if not method.uses_soft_tokens and template.num_soft:
+        raise SoftpromptError(
+            f"template {template.source!r} has soft slots but method={config.method} has no "
+            "soft tokens; remove them or use a soft-token method (softprompt ls methods)"
+        )
+    return template, Verbalizer(mapping)
 
 
-def demonstrations(template: Template, verbalizer: Verbalizer, pool: list[Example], k: int, seed: int) -> str:
-    """Render ``k`` labelled examples (seeded, drawn round-robin over labels) as few-shot context."""
-    if k == 0:
-        return ""
-    rng = random.Random(seed)
-    by_label = {label: [ex for ex in pool if ex.label == label] for label in verbalizer.labels}
-    for examples in by_label.values():
-        rng.shuffle(examples)
-    chosen: list[Example] = []
-    while len(chosen) < k and any(by_label.values()):
-        for label in verbalizer.labels:
-            if by_label[label] and len(chosen) < k:
-                chosen.append(by_label[label].pop())
-    rng.shuffle(chosen)
-    plain = template.without_soft()
-    space = "" if plain.ends_with_space() else " "
-    blocks = [
-        f"{plain.render(ex.fields)}{space}{verbalizer.words[verbalizer.labels.index(ex.label)][0]}" for ex in chosen
-    ]
-    return "\n\n".join(blocks) + "\n\n"
+def validate_examples(task: ClassificationTask, splits: Splits) -> None:
+    """Every template field present and every label known, before anything is trained or written."""
+    for name in ("train", "dev", "test"):
+        examples, where = getattr(splits, name), splits.where(name)
+        if examples:
+            task.template.check_fields(set(examples[0].fields), f"the {name} data ({where})")
+            task.label_ids(examples, f"{where} ({name})")
+
+
+def build_classifier(
+    backbone: Backbone,
+    method_name: str,
+    template: Template,
+    verbalizer: Verbalizer,
+    prompt: PromptConfig,
+    seed: int = 0,
+    max_length: int = 256,
+    demos: str = "",
+    method_options: Any = None,
+    for_inference: bool = False,
+) -> PromptedClassifier:
+    """A :class:`PromptedClassifier` for this backbone, method and prompt.
+
+    Args:
+        backbone: the frozen model (a method that changes its layers needs a fresh one).
+        method_name: a registered method (``softprompt ls methods``).
+        template: the prompt, with ``{soft}`` slots for soft-token methods.
+        verbalizer: label -> word(s).
+        prompt: soft prompt settings (length, initialisation).
+        seed: initialises the method's parameters.
+        max_length: tokens of a rendered example; longer inputs are truncated.
+        demos: few-shot demonstrations put before each input.
+        method_options: the method's config section (its defaults when None).
+        for_inference: the method's state will be loaded from an artifact (no init sources read).
+    """
+    if backbone.kind == "encoder" and not get_method(method_name).trains:
+        raise SoftpromptError(
+            f"backbone {backbone.name} is an encoder without an LM head: zero-/few-shot "
+            "(method=none) needs a causal LM; train a method instead"
+        )
+    task = ClassificationTask(
+        template, verbalizer, backbone.tokenizer, causal=backbone.kind == "causal", max_length=max_length,
+        demonstrations=demos,
+    )
+    words = [w for ws in verbalizer.words for w in ws]
+    context = MethodContext(backbone, template.num_soft, words, prompt, method_options, seed, for_inference)
+    method = get_method(method_name).build(context)
+    return PromptedClassifier(backbone, method, task, seed=seed)
+
+
+@register_task("classification", "label texts through a template and a verbalizer (accuracy)")
+class Classification(TaskSpec):
+    metric = "accuracy"
+    metric_label = "accuracy"
+    predict_command = "predict"
+    prompt_baselines = True
+
+    def load_splits(self, config: RunConfig, records: dict[str, Records] | None = None) -> Splits:
+        return example_splits(config, records)
+
+    def from_records(self, records: Records, source: str, meta: dict[str, Any]) -> list[Example]:
+        data = meta.get("data", {})
+        text_field, label_field = data.get("text_field", "text"), data.get("label_field", "label")
+        return examples_from_records(records, source, text_field, label_field).examples
+
+    def check(self, config: RunConfig) -> None:
+        resolve_prompting(config)
+
+    def build(self, config: RunConfig, backbone: Backbone, splits: Splits) -> PromptedClassifier:
+        template, verbalizer = resolve_prompting(config)
+        demos = demonstrations(template, verbalizer, splits.train, config.fewshot.k, config.seed)
+        model = build_classifier(
+            backbone, config.method, template, verbalizer, config.prompt, config.seed, config.train.max_length,
+            demos, config.method_options(),
+        )
+        validate_examples(model.task, splits)
+        return model
+
+    def load(self, meta: dict[str, Any], config: RunConfig, backbone: Backbone) -> PromptedClassifier:
+        return build_classifier(
+            backbone, meta["method"], Template(meta["template"]), Verbalizer(meta["verbalizer"]), config.prompt,
+            max_length=meta["max_length"], demos=meta.get("demonstrations", ""),
+            method_options=config.method_options(meta["method"]), for_inference=True,
+        )
+
+    def baselines(self, config: RunConfig, backbone: Backbone, splits: Splits, progress: str | None) -> dict:
+        """``{"zero_shot_test": metrics}``: the template minus its soft tokens, when asked for.
+        Measured before the method attaches (methods such as LoRA change the backbone's layers)."""
+        cfg = config.train
+        if not (cfg.zero_shot_baseline and backbone.kind == "causal" and splits.test):
+            return {}
+        template, verbalizer = resolve_prompting(config)
+        plain = build_classifier(
+            backbone, "none", template.without_soft(), verbalizer, config.prompt, config.seed, cfg.max_length
+        )
+        return {"zero_shot_test": evaluate(plain, splits.test, cfg.eval_batch_size, None, "test", progress)}
+
+    def compare_template(self, config: RunConfig) -> Template:
+        # The user's template with its soft slots: methods without soft tokens get it without them.
+        template, _ = resolve_prompting(dataclasses.replace(config, method="prompt_tuning"))
+        return template
+
+    def read_eval_data(self, path: str, meta: dict[str, Any], model, fields: dict[str, str | None]) -> list:
+        recorded = meta.get("data", {})
+        text_field = fields.get("text_field") or recorded.get("text_field", "text")
+        label_field = fields.get("label_field") or recorded.get("label_field", "label")
+        return read_examples(path, text_field, label_field, fields=model.task.template.fields).examples
+
+    def summary(self, metrics: dict[str, Any], best_step: int, trained: bool, method: str) -> list[str]:
+        lines = []
+        if "zero_shot_test" in metrics:
+            zero = metrics["zero_shot_test"]
+            lines.append(
+                f"zero-shot test accuracy: {100 * zero['accuracy']:.1f}% (same template without soft tokens, "
+                f"n={zero['n']})"
+            )
+        if "test" in metrics:
+            lines.append(
+                f"{'tuned' if trained else 'method=' + method} test accuracy: "
+                f"{100 * metrics['test']['accuracy']:.1f}% (n={metrics['test']['n']}; best dev "
+                f"{100 * metrics['dev']['accuracy']:.1f}% at step {best_step})"
+            )
+        else:
+            lines.append(f"dev accuracy: {100 * metrics['dev']['accuracy']:.1f}% (no test split)")
+        return lines
+
+    def describe(self, meta: dict[str, Any]) -> dict[str, Any]:
+        return {"template": meta["template"], "verbalizer": meta["verbalizer"]}
+
+    def predict(self, model: PromptedClassifier, texts: list[str], batch_size: int = 32) -> list[dict[str, Any]]:
+        extra = [f for f in model.task.template.fields if f != "text"]
+        if extra:
+            raise SoftpromptError(f"this prompt needs fields {extra}; use `softprompt eval --data FILE`")
+        probabilities = label_probabilities(model, [Example({"text": t}) for t in texts], batch_size)
+        labels = model.task.labels
+        results = []
+        for text, row in zip(texts, probabilities.tolist(), strict=True):
+            best = max(range(len(labels)), key=row.__getitem__)
+            scores = {label: round(p, 6) for label, p in zip(labels, row, strict=True)}
+            results.append({"text": text, "label": labels[best], "scores": scores})
+        return results

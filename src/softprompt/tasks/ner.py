@@ -1,178 +1,140 @@
-"""Token classification (NER) as batches: words → sub-tokens → windows → tensors, and back.
-
-A sentence's words are tokenized together; each word's label goes on its first sub-token (the
-others are ignored by the loss and by prediction). A row is ``[CLS] soft… sub-tokens [SEP]``:
-soft tokens, when the method has them, follow ``[CLS]``. A sentence with more sub-tokens than fit
-in the model's window is split at word boundaries into several windows, each its own row, and the
-predictions are joined back, so no word goes untagged.
-"""
+"""Named-entity recognition: CoNLL files, an encoder with a tag head, entity-level F1. The
+windows and batches are :mod:`softprompt.tasks.ner_batches`."""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-import torch
-from transformers import PreTrainedTokenizerBase
-
-from softprompt.conll import OUTSIDE, Sentence, entity_spans
+from softprompt.backbones import Backbone
+from softprompt.config import PromptConfig, RunConfig
+from softprompt.conll import Sentence, read_conll, tag_set
 from softprompt.errors import SoftpromptError
-from softprompt.prompts.template import NO_SOFT
-
-IGNORE = -100  # label of positions the loss skips (special, soft, non-first sub-tokens, padding)
-
-# Words roughly as CoNLL splits them: runs of letters/digits with inner hyphens, apostrophes or
-# dots ("Jean-Pierre", "don't", "3.5"), or single punctuation characters.
-WORD = re.compile(r"\w+(?:[-'.]\w+)*|[^\w\s]")
-
-
-@dataclass
-class Window:
-    """One row: a run of a sentence's words, tokenized."""
-
-    sentence: int  # index of the sentence in its split
-    first_word: int  # index of the window's first word in the sentence
-    ids: list[int]
-    soft: list[int]  # index into the soft embeddings, NO_SOFT for real tokens
-    word_starts: list[int]  # position of each word's first sub-token in ``ids``
-    labels: list[int] | None  # tag index per position (IGNORE elsewhere), None when untagged
+from softprompt.methods import MethodContext, get_method
+from softprompt.report import ner_report
+from softprompt.splits import Records, Splits, assemble_splits
+from softprompt.tagger import TokenTagger
+from softprompt.tasks import TaskSpec, register_task
+from softprompt.tasks.ner_batches import TaggingTask, entities, split_words
 
 
-@dataclass
-class TagBatch:
-    """Padded tensors for a batch of windows."""
+def build_tagger(
+    backbone: Backbone,
+    method_name: str,
+    tags: list[str],
+    prompt: PromptConfig,
+    seed: int = 0,
+    max_length: int = 256,
+    method_options: Any = None,
+    for_inference: bool = False,
+) -> TokenTagger:
+    """A :class:`TokenTagger` for this encoder, method and tag set.
 
-    input_ids: torch.Tensor  # [B, L]
-    attention_mask: torch.Tensor  # [B, L]
-    soft_index: torch.Tensor  # [B, L]
-    labels: torch.Tensor | None  # [B, L], IGNORE where there is nothing to predict
+    Soft-token methods put ``prompt.length`` soft tokens after ``[CLS]``. The window is
+    ``max_length`` tokens, less what position embeddings the method's prefixes take.
+    """
+    if backbone.kind != "encoder":
+        raise SoftpromptError(
+            f"task=ner needs an encoder backbone (e.g. backbone=minilm-l6); {backbone.name} is {backbone.kind}"
+        )
+    spec = get_method(method_name)
+    if not spec.trains:
+        raise SoftpromptError("task=ner needs a trained tag head: choose a method other than 'none'")
+    num_soft = prompt.length if spec.uses_soft_tokens else 0
+    kinds = sorted({tag[2:].lower() for tag in tags if tag != "O"})
+    method = spec.build(MethodContext(backbone, num_soft, kinds, prompt, method_options, seed, for_inference))
+    positions = getattr(backbone.model.config, "max_position_embeddings", None) or max_length
+    window = min(max_length, positions - method.prefix_length())
+    task = TaggingTask(backbone.tokenizer, tags, num_soft, window)
+    return TokenTagger(backbone, method, task, seed=seed)
 
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
 
-
-def split_words(text: str) -> list[tuple[str, int, int]]:
-    """``(word, start, end)`` character spans of the words of raw text, split as in CoNLL."""
-    return [(m.group(), m.start(), m.end()) for m in WORD.finditer(text)]
-
-
-@dataclass
-class TaggingTask:
-    """Turns tagged sentences into batches of windows for one tokenizer and tag set."""
-
-    tokenizer: PreTrainedTokenizerBase
-    tags: list[str]
-    num_soft: int = 0
-    max_length: int = 256
-
-    def __post_init__(self) -> None:
-        specials = int(self.tokenizer.cls_token_id is not None) + int(self.tokenizer.sep_token_id is not None)
-        self.budget = self.max_length - specials - self.num_soft  # sub-tokens of words per window
-        if self.budget < 1:
+def sentences_from_records(records: Iterable[Mapping[str, Any]], source: str) -> list[Sentence]:
+    """Tagged sentences from in-memory records ``{"tokens": [...], "tags": [...]}``."""
+    sentences = []
+    for number, record in enumerate(records, start=1):
+        tokens, tags = record.get("tokens"), record.get("tags")
+        if not isinstance(tokens, list) or not isinstance(tags, list) or len(tokens) != len(tags):
             raise SoftpromptError(
-                f"train.max_length={self.max_length} leaves no room for words after {self.num_soft} soft tokens; "
-                "raise train.max_length or lower prompt.length"
+                f"{source} item {number}: expected 'tokens' and 'tags', two lists of the same length"
             )
-        self.index = {tag: i for i, tag in enumerate(self.tags)}
-
-    def tag_ids(self, sentence: Sentence, where: str) -> list[int]:
-        """Tag indices, with an error naming ``where`` and the line for a tag the model lacks."""
-        for offset, tag in enumerate(sentence.tags):
-            if tag not in self.index:
-                raise SoftpromptError(
-                    f"{where} line {sentence.line + offset}: tag '{tag}' was not in the training data "
-                    f"(known: {', '.join(self.tags)})"
-                )
-        return [self.index[tag] for tag in sentence.tags]
-
-    def word_pieces(self, words: list[str]) -> tuple[list[list[int]], int]:
-        """Sub-token ids per word, and how many words are (partly) unknown to the tokenizer.
-
-        A word the tokenizer drops entirely (zero-width or control characters) gets the unknown
-        token, so that every word still has a position to be tagged at.
-        """
-        encoded = self.tokenizer(words, is_split_into_words=True, add_special_tokens=False)
-        pieces: list[list[int]] = [[] for _ in words]
-        for position, word in enumerate(encoded.word_ids()):
-            if word is not None:
-                pieces[word].append(encoded["input_ids"][position])
-        unk = self.tokenizer.unk_token_id
-        fallback = unk if unk is not None else (self.tokenizer.pad_token_id or 0)
-        unknown = 0
-        for index, ids in enumerate(pieces):
-            if not ids:
-                pieces[index] = [fallback]
-            if unk is not None and unk in pieces[index]:
-                unknown += 1
-        return pieces, unknown
-
-    def encode(self, sentence: Sentence, index: int, where: str | None = None) -> list[Window]:
-        """The windows of one sentence (labels when ``where`` is given and the sentence is tagged)."""
-        pieces, _ = self.word_pieces(sentence.words)
-        tag_ids = self.tag_ids(sentence, where) if where is not None and sentence.tags else None
-        windows, start = [], 0
-        while start < len(pieces):
-            end, used = start, 0
-            # Whole words while they fit; a single word longer than the window keeps its first
-            # sub-tokens (only the first one is tagged).
-            while end < len(pieces) and (used + len(pieces[end]) <= self.budget or end == start):
-                used += min(len(pieces[end]), self.budget)
-                end += 1
-            windows.append(self._window(index, start, pieces[start:end], tag_ids[start:end] if tag_ids else None))
-            start = end
-        return windows
-
-    def _window(self, sentence: int, first_word: int, pieces: list[list[int]], tags: list[int] | None) -> Window:
-        cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
-        pad = self.tokenizer.pad_token_id or 0
-        ids = ([cls] if cls is not None else []) + [pad] * self.num_soft
-        soft = [NO_SOFT] * len(ids)
-        soft[len(ids) - self.num_soft :] = range(self.num_soft)
-        starts = []
-        for word in pieces:
-            starts.append(len(ids))
-            ids += word[: self.budget]
-        if sep is not None:
-            ids.append(sep)
-        soft += [NO_SOFT] * (len(ids) - len(soft))
-        labels = None
-        if tags is not None:
-            labels = [IGNORE] * len(ids)
-            for position, tag in zip(starts, tags, strict=True):
-                labels[position] = tag
-        return Window(sentence, first_word, ids, soft, starts, labels)
-
-    def collate(self, windows: list[Window]) -> TagBatch:
-        """Right-pad windows into a :class:`TagBatch`."""
-        pad = self.tokenizer.pad_token_id or 0
-        width = max(len(w.ids) for w in windows)
-        input_ids = torch.full((len(windows), width), pad, dtype=torch.long)
-        soft_index = torch.full((len(windows), width), NO_SOFT, dtype=torch.long)
-        attention = torch.zeros((len(windows), width), dtype=torch.long)
-        tagged = all(w.labels is not None for w in windows)
-        labels = torch.full((len(windows), width), IGNORE, dtype=torch.long) if tagged else None
-        for row, window in enumerate(windows):
-            n = len(window.ids)
-            input_ids[row, :n] = torch.tensor(window.ids)
-            soft_index[row, :n] = torch.tensor(window.soft)
-            attention[row, :n] = 1
-            if labels is not None:
-                labels[row, :n] = torch.tensor(window.labels)
-        return TagBatch(input_ids, attention, soft_index, labels)
-
-    def decode(self, windows: list[Window], predicted: list[list[int]], lengths: list[int]) -> list[list[str]]:
-        """Per-sentence word tags from per-window predicted tag indices (one per word start)."""
-        out = [[OUTSIDE] * n for n in lengths]
-        for window, row in zip(windows, predicted, strict=True):
-            for offset, tag in enumerate(row):
-                out[window.sentence][window.first_word + offset] = self.tags[tag]
-        return out
+        sentences.append(Sentence([str(t) for t in tokens], [str(t) for t in tags]))
+    if not sentences:
+        raise SoftpromptError(f"{source} is empty")
+    return sentences
 
 
-def entities(text: str, spans: list[tuple[str, int, int]], tags: list[str]) -> list[dict]:
-    """Entities of raw ``text`` from its word spans and their predicted IOB2 tags."""
-    found = []
-    for kind, first, last in entity_spans(tags):
-        start, end = spans[first][1], spans[last - 1][2]
-        found.append({"text": text[start:end], "type": kind, "start": start, "end": end})
-    return found
+@register_task("ner", "tag entities in CoNLL data with an encoder (entity-level F1)")
+class NamedEntities(TaskSpec):
+    metric = "f1"
+    metric_label = "entity F1"
+    predict_command = "tag"
+    prompt_baselines = False
+
+    def load_splits(self, config: RunConfig, records: dict[str, Records] | None = None) -> Splits:
+        data = config.data
+        if records:
+            source = {name: f"{name}_data (in memory)" for name in records}
+
+            def read(name: str) -> tuple[list[Sentence], list[str]]:
+                return sentences_from_records(records[name], f"{name}_data"), []
+
+            return assemble_splits(config, read, source)
+        if not data.train:
+            raise SoftpromptError(
+                "task=ner needs data.train=PATH: a CoNLL file ('token TAG' per line, blank between sentences)"
+            )
+
+        def read_file(name: str) -> tuple[list[Sentence], list[str]]:
+            return read_conll(getattr(data, name)), []
+
+        source = {"train": data.train, "dev": data.dev, "test": data.test, "format": "conll"}
+        return assemble_splits(config, read_file, source)
+
+    def from_records(self, records: Records, source: str, meta: dict[str, Any]) -> list[Sentence]:
+        return sentences_from_records(records, source)
+
+    def build(self, config: RunConfig, backbone: Backbone, splits: Splits) -> TokenTagger:
+        return build_tagger(
+            backbone, config.method, tag_set(splits.train), config.prompt, config.seed, config.train.max_length,
+            config.method_options(),
+        )
+
+    def load(self, meta: dict[str, Any], config: RunConfig, backbone: Backbone) -> TokenTagger:
+        return build_tagger(
+            backbone, meta["method"], meta["tags"], config.prompt, 0, meta["max_length"],
+            config.method_options(meta["method"]), for_inference=True,
+        )
+
+    def read_eval_data(self, path: str, meta: dict[str, Any], model, fields: dict[str, str | None]) -> list:
+        return read_conll(path)
+
+    def summary(self, metrics: dict[str, Any], best_step: int, trained: bool, method: str) -> list[str]:
+        dev = metrics["dev"]
+        lines = [f"best dev entity F1: {100 * dev['f1']:.1f} at step {best_step} (n={dev['n']} sentences)"]
+        if "test" in metrics:
+            test = metrics["test"]
+            lines.append(
+                f"test entity F1: {100 * test['f1']:.1f} (precision {100 * test['precision']:.1f}, "
+                f"recall {100 * test['recall']:.1f}; n={test['n']} sentences)"
+            )
+        return lines
+
+    def report(self, metrics: dict[str, Any], where: str) -> str:
+        return ner_report(metrics, where)
+
+    def describe(self, meta: dict[str, Any]) -> dict[str, Any]:
+        return {"tags": meta["tags"]}
+
+    def predict(self, model: TokenTagger, texts: list[str], batch_size: int = 32) -> list[dict[str, Any]]:
+        """``{"text", "entities"}`` per text; words the tokenizer does not know are counted in
+        ``unknown_words``."""
+        spans = [split_words(text) for text in texts]
+        sentences = [Sentence([word for word, _, _ in words], []) for words in spans]
+        predicted = iter(model.predict([s for s in sentences if s.words], batch_size))
+        results = []
+        for text, words, sentence in zip(texts, spans, sentences, strict=True):
+            found = entities(text, words, next(predicted)) if sentence.words else []
+            unknown = model.task.word_pieces(sentence.words)[1] if sentence.words else 0
+            results.append({"text": text, "entities": found, **({"unknown_words": unknown} if unknown else {})})
+        return results

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from softprompt.cli_args import training_command
+from softprompt.cli.args import training_command
 from softprompt.errors import SoftpromptError
 
 
@@ -69,7 +69,7 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Register the many-task commands on the ``softprompt`` parser."""
+    """Register ``continual``, ``multitask``, ``serve`` and ``similarity``."""
     training_command(
         commands,
         "continual",

@@ -1,4 +1,4 @@
-"""Argument helpers shared by the command modules (``cli.py``, ``tasks_cli.py``)."""
+"""Argument helpers shared by the command modules."""
 
 from __future__ import annotations
 

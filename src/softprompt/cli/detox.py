@@ -6,25 +6,12 @@ import argparse
 import json
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from softprompt.config import _check, _help, load_dataclass
+from softprompt.config import load_dataclass
 from softprompt.errors import SoftpromptError
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
-
-
-@dataclass
-class ValidateConfig:
-    """Settings of ``softprompt detox validate-scorer``."""
-
-    data: str = _help("folder of RealToxicityPrompts .jsonl files with Perspective scores (or one file)", "")
-    scorer: str = _help("comma list: profanity, classifier, hf:<dir>", "profanity,classifier")
-    out: str | None = _help("also write the report as JSON here", None)
-
-    def __post_init__(self) -> None:
-        _check(bool(self.data), "data", "give the scored prompts: data=PATH/rtp")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -51,7 +38,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 def _validate(args: argparse.Namespace) -> None:
     from softprompt.atomic import atomic_write_json
-    from softprompt.detox.validation import validate_scorers, validation_table
+    from softprompt.detox.validation import ValidateConfig, validate_scorers, validation_table
 
     config = load_dataclass(ValidateConfig, None, args.overrides)
     report = validate_scorers(config.data, config.scorer)

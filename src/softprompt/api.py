@@ -1,0 +1,182 @@
+"""The public Python API: build, train, load and apply prompt models.
+
+Everything here is re-exported from :mod:`softprompt`::
+
+    import softprompt
+    result = softprompt.train(train_data=rows, template="{soft:8}{text}\\nSentiment:", verbalizer=...)
+    result.model.predict(["a tedious film"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from softprompt.artifact import write_artifact
+from softprompt.backbones import Backbone, load_backbone
+from softprompt.config import RunConfig, load_config, merge
+from softprompt.errors import SoftpromptError
+from softprompt.evaluate import evaluate
+from softprompt.loading import artifact_task, load_model
+from softprompt.model import TaskModel
+from softprompt.seeding import seeded
+from softprompt.splits import Records, Splits
+from softprompt.tasks import TaskSpec, get_task
+from softprompt.training.run import TrainResult, artifact_meta
+from softprompt.training.run import train as train_run
+
+
+class Model:
+    """A prompt model ready to use: a frozen backbone, a method's parameters and a task.
+
+    Attributes:
+        module: the underlying ``torch.nn.Module`` (a classifier or tagger).
+        task: the task spec (``softprompt ls tasks``).
+        meta: the artifact record (template, verbalizer or tags, backbone, metrics...).
+    """
+
+    def __init__(self, module: TaskModel, task: TaskSpec, meta: dict[str, Any]):
+        self.module = module
+        self.task = task
+        self.meta = meta
+
+    def predict(self, texts: str | list[str], batch_size: int = 32) -> list[dict[str, Any]]:
+        """Apply the model to raw texts.
+
+        Returns:
+            One dict per text: ``{"text", "label", "scores"}`` for a classifier,
+            ``{"text", "entities"}`` for a tagger.
+        """
+        return self.task.predict(self.module, [texts] if isinstance(texts, str) else list(texts), batch_size)
+
+    def evaluate(self, examples: Records, batch_size: int = 32) -> dict[str, Any]:
+        """Metrics on labelled in-memory examples (dicts with the fields the training data had)."""
+        items = self.task.from_records(examples, "examples", self.meta)
+        return evaluate(self.module, items, batch_size, where="examples")
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the model as an artifact directory (loadable by :func:`load` and the CLI)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_artifact(directory, self.module.export_state(), self.meta, self._peft_config())
+        return directory
+
+    def _peft_config(self) -> dict[str, Any] | None:
+        return self.module.method.peft_config(self.module.backbone, self.meta.get("soft_prefix", False))
+
+
+def _config(config: RunConfig | str | Path | dict | None, settings: dict[str, Any]) -> RunConfig:
+    """A run config from a YAML path, a dict or a RunConfig, with ``settings`` merged on top."""
+    if isinstance(config, RunConfig):
+        base = config.to_dict()
+    elif isinstance(config, (str, Path)):
+        base = load_config(config).to_dict()
+    elif isinstance(config, dict) or config is None:
+        base = dict(config or {})
+    else:
+        raise SoftpromptError(f"config: expected a YAML path, a dict or a RunConfig, got {type(config).__name__}")
+    return load_config(base=merge(base, settings))
+
+
+def _records(train_data: Records | None, dev_data: Records | None, test_data: Records | None) -> dict[str, Records]:
+    given = {"train": train_data, "dev": dev_data, "test": test_data}
+    records = {name: data for name, data in given.items() if data is not None}
+    if records and "train" not in records:
+        raise SoftpromptError("dev_data/test_data need train_data too")
+    return records
+
+
+def _backbone(backbone: Backbone | str | None, config: RunConfig) -> tuple[Backbone | None, RunConfig]:
+    if isinstance(backbone, Backbone):
+        return backbone, dataclasses.replace(config, backbone=backbone.name)
+    if isinstance(backbone, str):
+        return None, dataclasses.replace(config, backbone=backbone)
+    return None, config
+
+
+def build(
+    config: RunConfig | str | Path | dict | None = None,
+    *,
+    backbone: Backbone | str | None = None,
+    train_data: Records | None = None,
+    **settings: Any,
+) -> Model:
+    """An untrained prompt model; with ``method="none"`` it classifies zero-shot right away.
+
+    Args:
+        config: a recipe YAML path, a dict of settings, or a :class:`RunConfig`.
+        backbone: a loaded backbone, or a name / local path / Hub id.
+        train_data: records for the tag set (NER) or few-shot demonstrations (``fewshot={"k": 4}``).
+        **settings: recipe keys on top of ``config`` (sections as dicts, e.g. ``prompt={"length": 8}``).
+    """
+    loaded, run = _backbone(backbone, _config(config, settings))
+    task = get_task(run.task)
+    task.check(run)
+    splits = Splits([], [], [], {"train": "train_data (in memory)"})
+    if train_data is not None:
+        splits = task.load_splits(run, {"train": train_data, "dev": train_data})
+    loaded = loaded or load_backbone(run.backbone)
+    with seeded(run.seed):
+        module = task.build(run, loaded, splits)
+    return Model(module, task, artifact_meta(run, module, loaded, splits))
+
+
+def train(
+    config: RunConfig | str | Path | dict | None = None,
+    *,
+    train_data: Records | None = None,
+    dev_data: Records | None = None,
+    test_data: Records | None = None,
+    backbone: Backbone | str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    **settings: Any,
+) -> TrainResult:
+    """Train a prompt model and write its artifact to ``out``.
+
+    Args:
+        config: a recipe YAML path, a dict of settings, or a :class:`RunConfig`.
+        train_data: training records (dicts, or a ``datasets.Dataset``); without it the recipe's
+            files or built-in dataset are used.
+        dev_data: dev records (default: held out of ``train_data``).
+        test_data: test records (optional).
+        backbone: a loaded backbone, or a name / local path / Hub id.
+        resume: continue from the checkpoint in ``out``.
+        overwrite: replace a run already in ``out``.
+        progress: show progress bars.
+        **settings: recipe keys on top of ``config``: ``template=``, ``verbalizer=``, ``method=``,
+            ``out=``, ``seed=``, and sections as dicts (``train={"max_steps": 100}``, ``lora={"r": 16}``).
+
+    Returns:
+        A :class:`TrainResult`; ``result.model`` is the trained :class:`Model` (best weights).
+    """
+    loaded, run = _backbone(backbone, _config(config, settings))
+    result = train_run(run, resume, overwrite, progress, loaded, _records(train_data, dev_data, test_data) or None)
+    if result.model is not None:
+        meta = load_model_meta(result.out)
+        result.model = Model(result.model, get_task(run.task), meta)
+    return result
+
+
+def load_model_meta(path: str | Path) -> dict[str, Any]:
+    """The record (``task.json``) of an artifact directory."""
+    from softprompt.artifact import read_artifact
+
+    return read_artifact(path).meta
+
+
+def load(artifact: str | Path, backbone: Backbone | None = None) -> Model:
+    """The model saved in an artifact directory.
+
+    Args:
+        artifact: the directory ``train`` (or :meth:`Model.save`) wrote.
+        backbone: an already loaded backbone to share (it must be the one the artifact was
+            trained on); loaded from the artifact's record when None.
+    """
+    module, meta = load_model(artifact, backbone)
+    return Model(module, get_task(artifact_task(meta)), meta)
+
+
+__all__ = ["Model", "build", "load", "train"]

@@ -1,0 +1,82 @@
+"""softprompt: train, apply and serve tiny learned prompts on frozen language models.
+
+User mistakes surface as ``error: <one line>`` with exit status 2 and no traceback; Ctrl-C exits
+with 130 and leaves the last checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from softprompt.cli import detox, listing, many, models, training
+from softprompt.errors import SoftpromptError, TrainingDiverged
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``softprompt`` argument parser: one module per command group registers its commands."""
+    parser = argparse.ArgumentParser(prog="softprompt", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for group in (listing, training, models, many, detox):
+        group.add_commands(commands)
+    return parser
+
+
+class _PrintHandler(logging.Handler):
+    """Library messages (``logging``) printed as plain lines on the current stdout."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), flush=True)
+
+
+def _setup_output() -> None:
+    """What the command (not the library) decides: softprompt's messages shown, the libraries'
+    progress bars and warnings quieted."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    log = logging.getLogger("softprompt")
+    if not any(isinstance(h, _PrintHandler) for h in log.handlers):
+        log.addHandler(_PrintHandler())
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``softprompt`` command; returns the exit status."""
+    _setup_output()
+    parser = build_parser()
+    # key=value overrides may stand between options (`out=x --resume train.lr=1e-3`).
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        free_text = getattr(args, "free_text", False)  # generate: prompts stand among the overrides
+        if not hasattr(args, "overrides") or any(
+            item.startswith("-") or ("=" not in item and not free_text) for item in extra
+        ):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
+    try:
+        args.run(args)
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except SoftpromptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        hint = getattr(
+            args, "resume_hint", "the last checkpoint is intact; continue with `softprompt train ... --resume`"
+        )
+        print(f"\ninterrupted: {hint}", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

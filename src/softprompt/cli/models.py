@@ -1,0 +1,140 @@
+"""Commands that apply a trained artifact: ``eval``, ``predict``, ``tag`` and ``inspect``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from softprompt.errors import SoftpromptError
+
+
+def _load_for(command: str, artifact: str):
+    """The artifact's model and task, refusing an artifact that another command applies."""
+    from softprompt.loading import artifact_task, load_model
+    from softprompt.tasks import get_task
+
+    model, meta = load_model(artifact)
+    task = get_task(artifact_task(meta))
+    if task.predict_command != command:
+        raise SoftpromptError(f"{artifact} is a {task.name} model; use `softprompt {task.predict_command}` for it")
+    return model, task
+
+
+def _input_texts(args: argparse.Namespace) -> list[str]:
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise SoftpromptError("no input: give texts as arguments or one per line on stdin")
+    return texts
+
+
+def _apply(args: argparse.Namespace) -> None:
+    """``predict`` and ``tag``: one JSON line per input text."""
+    model, task = _load_for(args.command, args.artifact)
+    results = task.predict(model, _input_texts(args), args.batch_size)
+    unknown = sum(result.pop("unknown_words", 0) for result in results)
+    if unknown:
+        print(f"note: {unknown} word(s) hold characters the tokenizer does not know ([UNK])", file=sys.stderr)
+    for result in results:
+        print(json.dumps(result, ensure_ascii=False), flush=True)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from softprompt.datasets import load_builtin
+    from softprompt.evaluate import evaluate
+    from softprompt.loading import artifact_task, load_model
+    from softprompt.splits import DEFAULT_DATASET
+    from softprompt.tasks import get_task
+
+    model, meta = load_model(args.artifact)
+    task = get_task(artifact_task(meta))
+    if args.data:
+        fields = {"text_field": args.text_field, "label_field": args.label_field}
+        examples, where = task.read_eval_data(args.data, meta, model, fields), args.data
+    elif task.prompt_baselines:
+        recorded = meta.get("data", {})
+        name = args.dataset or recorded.get("dataset") or DEFAULT_DATASET
+        path = recorded.get("path") if name == recorded.get("dataset") else None
+        examples, where = load_builtin(name, path)[args.split], f"{name} ({args.split})"
+        model.task.template.check_fields(set(examples[0].fields), where)
+    else:
+        raise SoftpromptError(f"a {task.name} model is evaluated on a file: add --data PATH")
+    metrics = evaluate(model, examples, args.batch_size, where=where, progress=None if args.quiet else "eval")
+    report = None if args.json else task.report(metrics, where)
+    print(report if report is not None else json.dumps({"data": where, **metrics}, ensure_ascii=False))
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from softprompt.artifact import size_bytes
+    from softprompt.inspection import compare_prompts, nearest_tokens
+    from softprompt.loading import artifact_task, load_model
+    from softprompt.tasks import get_task
+
+    if args.compare:
+        out = Path(args.out or "prompt-similarity.png")
+        summary = compare_prompts(args.compare[0], args.compare[1], out)
+        print(json.dumps(summary, ensure_ascii=False, indent=None if not args.json else 2))
+        return
+    if not args.artifact:
+        raise SoftpromptError("give an artifact directory, or --compare A B")
+    model, meta = load_model(args.artifact)
+    backbone = meta["backbone"]
+    task = get_task(artifact_task(meta))
+    summary = {
+        "artifact": args.artifact,
+        "backbone": backbone["name"],
+        "fingerprint": backbone["fingerprint"],
+        "task": task.name,
+        "method": meta["method"],
+        **task.describe(meta),
+        "trainable_parameters": meta["trainable_parameters"],
+        "share_of_backbone": f"{100 * meta['trainable_parameters'] / backbone['parameters']:.4f}%",
+        "size_kb": round(size_bytes(Path(args.artifact)) / 1024, 1),
+        "metrics": dict(meta.get("metrics", {})),
+    }
+    if args.json:
+        print(json.dumps({**summary, "soft_tokens": nearest_tokens(model, args.top)}, ensure_ascii=False, indent=2))
+        return
+    for key, value in summary.items():
+        shown = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value
+        print(f"{key}: {shown}")
+    for row in nearest_tokens(model, args.top):
+        near = "  ".join(f"{n['token']!r} {n['cosine']:.2f}" for n in row["nearest"])
+        print(f"soft[{row['index']:>3}] norm {row['norm']:.3f}  nearest: {near}")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Register ``eval``, ``predict``, ``tag`` and ``inspect``."""
+    ev = commands.add_parser("eval", help="evaluate an artifact")
+    ev.add_argument("artifact")
+    source = ev.add_mutually_exclusive_group()
+    source.add_argument("--dataset", help="built-in dataset name")
+    source.add_argument("--data", help="a .jsonl/.csv/.tsv file (a CoNLL file for a NER model)")
+    ev.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    ev.add_argument("--text-field")
+    ev.add_argument("--label-field")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--quiet", action="store_true")
+    ev.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    ev.set_defaults(run=_eval)
+
+    for name, help_text in (
+        ("predict", "label texts (arguments or stdin) with a classifier, one JSON line each"),
+        ("tag", "tag entities in texts (arguments or stdin) with a NER artifact, one JSON line each"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("artifact")
+        command.add_argument("texts", nargs="*")
+        command.add_argument("--batch-size", type=int, default=32)
+        command.set_defaults(run=_apply)
+
+    inspect = commands.add_parser(
+        "inspect", help="show an artifact and its soft tokens' nearest words; --compare A B: a similarity heat map"
+    )
+    inspect.add_argument("artifact", nargs="?")
+    inspect.add_argument("--top", type=int, default=5)
+    inspect.add_argument("--json", action="store_true")
+    inspect.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two artifacts' soft prompts, token by token")
+    inspect.add_argument("--out", help="--compare: the PNG to write (default: prompt-similarity.png)")
+    inspect.set_defaults(run=_inspect)

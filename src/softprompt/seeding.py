@@ -1,0 +1,21 @@
+"""Seeded initialisation without touching the caller's random state.
+
+Some initialisers are not ours (``nn.Linear``, peft's LoRA) and draw from torch's global
+generator. :func:`seeded` runs them from a fixed seed inside a forked random state, so the same
+seed gives the same weights and the process's own generator is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's CPU generator seeded to ``seed``; restore it afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

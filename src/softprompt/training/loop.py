@@ -1,0 +1,186 @@
+"""The one training loop (DESIGN.md §3): AdamW, warm-up + linear decay, clipping, optional L2,
+dev evaluation every N steps, early stopping, best weights, resumable checkpoint.
+
+The frozen backbone stays in eval mode, so a forward pass has no randomness and the data order is
+a pure function of (seed, step): a resumed run repeats an uninterrupted one exactly. The loop knows
+nothing of tasks or artifacts: the model is a :class:`~softprompt.training.trainable.Trainable`,
+and writing the best weights is the caller's ``save_best``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from softprompt.atomic import atomic_write_text
+from softprompt.config import TrainConfig
+from softprompt.distributed import processes
+from softprompt.errors import SoftpromptError, TrainingDiverged
+from softprompt.training.batches import batch_indices
+from softprompt.training.checkpoint import Progress, load_checkpoint, save_checkpoint
+from softprompt.training.trainable import Trainable
+
+LOG_FILE = "log.jsonl"
+
+SaveBest = Callable[[int, dict[str, Any]], None]  # (step, dev metrics): write the best weights
+
+
+def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup`` steps, then linear decay to zero at ``total``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def resolve_steps(settings: TrainConfig, rows: int) -> TrainConfig:
+    """``settings`` with ``max_steps`` worked out from ``epochs`` when that is set."""
+    if not settings.epochs:
+        return settings
+    return dataclasses.replace(settings, max_steps=max(1, math.ceil(settings.epochs * rows / settings.batch_size)))
+
+
+def fit(
+    model: Trainable,
+    rows: list,
+    settings: TrainConfig,
+    seed: int,
+    out: Path,
+    save_best: SaveBest,
+    dev_metric: Callable[[], dict[str, Any]],
+    resume: bool = False,
+    progress: bool = True,
+) -> Progress:
+    """Train ``model`` on ``rows`` and return the loop's final counters.
+
+    Args:
+        model: what to train (see :class:`Trainable`).
+        rows: the training rows; batches are drawn from them by a seeded order.
+        settings: optimizer, schedule, evaluation and stopping settings.
+        seed: orders the data.
+        out: the run directory: ``log.jsonl`` and ``checkpoint/`` are written there.
+        save_best: called (main process only) with the step and dev metrics of each new best.
+        dev_metric: the dev metrics of the model as it stands; ``model.metric`` selects the best.
+        resume: continue from the checkpoint in ``out``.
+        progress: show a progress bar.
+    """
+    settings = resolve_steps(settings, len(rows))
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    warmup = max(1, int(settings.warmup_ratio * settings.max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, settings.max_steps))
+    state = Progress()
+    if resume:
+        saved = load_checkpoint(out)
+        model.load_training_state(saved["trainable"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = saved["progress"]
+    run = _Run(model, optimizer, scheduler, settings, seed, out, save_best, dev_metric)
+    return run.steps(rows, state, progress)
+
+
+@dataclasses.dataclass
+class _Run:
+    """One call of :func:`fit`: the optimizer steps from ``state.step`` to the end (or early stop)."""
+
+    model: Trainable
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    settings: TrainConfig
+    seed: int
+    out: Path
+    save_best: SaveBest
+    dev_metric: Callable[[], dict[str, Any]]
+
+    def steps(self, rows: list, state: Progress, progress: bool) -> Progress:
+        cfg, model, procs = self.settings, self.model, processes()
+        if cfg.batch_size % procs.count:
+            raise SoftpromptError(
+                f"train.batch_size={cfg.batch_size} must be divisible by the {procs.count} training processes"
+            )
+        params = model.trainable_parameters()
+        lengths = [model.row_length(row) for row in rows] if cfg.group_by_length else None
+        classes = [model.row_class(row) for row in rows] if cfg.group_by_length else None
+        if classes is not None and None in classes:
+            classes = None
+        if procs.main:
+            _rewrite_log(self.out, state.history)
+        bar = tqdm(
+            total=cfg.max_steps, initial=state.step, disable=not (progress and procs.main), desc="train", unit="step"
+        )
+        while state.step < cfg.max_steps and not state.stopped_early:
+            tick = time.perf_counter()
+            index = procs.shard(batch_indices(state.step, cfg.batch_size, len(rows), self.seed, lengths, classes))
+            loss = model.loss([rows[i] for i in index])
+            if cfg.l2:
+                loss = loss + cfg.l2 * model.l2_penalty()
+            batch_loss = procs.mean(loss.item())  # the whole batch's, the same in every process
+            if not math.isfinite(batch_loss):
+                raise TrainingDiverged(
+                    f"loss became {batch_loss} at step {state.step + 1}; the last good checkpoint "
+                    f"(step {_checkpoint_step(state)}) is kept in {self.out}; lower train.lr and "
+                    "restart, or --resume"
+                )
+            loss.backward()
+            procs.average_gradients(params)
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            seconds = round(time.perf_counter() - tick, 4)
+            lr = self.scheduler.get_last_lr()[0]
+            _log(self.out, state, {"step": state.step, "loss": round(batch_loss, 6), "lr": lr, "seconds": seconds})
+            bar.update(1)
+            bar.set_postfix(loss=f"{batch_loss:.4f}", dev=f"{state.best_metric:.4f}")
+            if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
+                self.evaluate(state)
+        bar.close()
+        return state
+
+    def evaluate(self, state: Progress) -> None:
+        """Score dev, keep the best weights, update early stopping, write the checkpoint."""
+        main = processes().main
+        dev = self.dev_metric()  # every process computes it (same weights): they decide alike
+        value = dev[self.model.metric]
+        _log(self.out, state, {"step": state.step, "dev": value})
+        if value > state.best_metric:
+            state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
+            if main:
+                self.save_best(state.step, dev)
+        else:
+            state.evals_without_improvement += 1
+            patience = self.settings.patience
+            state.stopped_early = bool(patience) and state.evals_without_improvement >= patience
+        if main:
+            save_checkpoint(self.out, self.model.training_state(), self.optimizer, self.scheduler, state)
+
+
+def _checkpoint_step(state: Progress) -> int:
+    evals = [h["step"] for h in state.history if "dev" in h]
+    return evals[-1] if evals else 0
+
+
+def _log(out: Path, state: Progress, entry: dict[str, Any]) -> None:
+    state.history.append(entry)
+    if not processes().main:
+        return
+    with (out / LOG_FILE).open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+def _rewrite_log(out: Path, history: list[dict[str, Any]]) -> None:
+    """On (re)start the log holds exactly the checkpoint's history: steps after it are redone."""
+    atomic_write_text(out / LOG_FILE, "".join(json.dumps(h) + "\n" for h in history))

@@ -1,0 +1,206 @@
+"""A whole ``train`` run: data, model, the loop, evaluation and the artifact.
+
+It reads the run's task from the registry; the loop (:mod:`softprompt.training.loop`) is told
+how to save the best weights rather than reaching for the artifact itself.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from softprompt.artifact import RUN_CONFIG_FILE, TASK_FILE, read_artifact, size_bytes, update_metrics, write_artifact
+from softprompt.atomic import atomic_write_json
+from softprompt.backbones import Backbone, load_backbone
+from softprompt.config import RunConfig
+from softprompt.distributed import processes
+from softprompt.errors import SoftpromptError
+from softprompt.evaluate import evaluate
+from softprompt.methods import get_method
+from softprompt.model import TaskModel
+from softprompt.plotting import plot_training_curves
+from softprompt.seeding import seeded
+from softprompt.splits import Records, Splits
+from softprompt.tasks import get_task
+from softprompt.training.checkpoint import CHECKPOINT, Progress
+from softprompt.training.loop import SaveBest, fit
+
+PLOT_FILE = "curves.png"
+
+
+@dataclass
+class TrainResult:
+    """What a run produced.
+
+    Attributes:
+        out: the artifact directory.
+        metrics: dev (best step), test and baseline metrics, and resources.
+        trainable_parameters: parameters the optimizer updated.
+        backbone_parameters: parameters of the frozen backbone.
+        seconds: wall time of the run.
+        artifact_bytes: size of the artifact's files.
+        best_step: the step whose weights were kept.
+        notes: things the user should know (skipped rows, held-out dev...).
+        model: the trained model (best weights), in memory.
+    """
+
+    out: Path
+    metrics: dict[str, Any]
+    trainable_parameters: int
+    backbone_parameters: int
+    seconds: float
+    artifact_bytes: int
+    best_step: int
+    notes: list[str] = field(default_factory=list)
+    model: TaskModel | None = None
+
+
+def backbone_record(backbone: Backbone) -> dict[str, Any]:
+    """What an artifact records of its backbone (the fingerprint is checked on load)."""
+    return {
+        "name": backbone.name,
+        "fingerprint": backbone.fingerprint,
+        "kind": backbone.kind,
+        "parameters": backbone.num_parameters,
+        "hidden_size": backbone.hidden_size,
+    }
+
+
+def artifact_meta(config: RunConfig, model: TaskModel, backbone: Backbone, splits: Splits) -> dict[str, Any]:
+    """The record (``task.json``) of an artifact of ``model`` trained by ``config``."""
+    return {
+        "task": config.task,
+        "method": config.method,
+        **model.describe(),
+        "max_length": config.train.max_length,
+        "backbone": backbone_record(backbone),
+        "trainable_parameters": sum(p.numel() for p in model.trainable_parameters()),
+        "saved_parameters": sum(v.numel() for v in model.export_state().values()),
+        "data": splits.source,
+        "config": config.to_dict(),
+        "metrics": {},
+    }
+
+
+def artifact_saver(out: Path, model: TaskModel, meta: dict[str, Any]) -> SaveBest:
+    """``save_best`` for :func:`~softprompt.training.fit`: write ``model`` as an artifact in ``out``."""
+
+    def save(step: int, dev: dict[str, Any]) -> None:
+        peft_config = model.method.peft_config(model.backbone, meta["soft_prefix"])
+        write_artifact(out, model.export_state(), {**meta, "step": step, "metrics": {"dev": dev}}, peft_config)
+
+    return save
+
+
+def check_out(out: Path, resume: bool, overwrite: bool, extra: tuple[Path, ...] = ()) -> None:
+    """Refuse to write over an existing run unless resuming or overwriting."""
+    taken = any((d / TASK_FILE).exists() or (d / CHECKPOINT).exists() for d in (out, *extra))
+    if taken and not (resume or overwrite):
+        raise SoftpromptError(
+            f"{out} already holds a run; use --resume to continue it, --overwrite to replace it, or another out="
+        )
+
+
+def train(
+    config: RunConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    backbone: Backbone | None = None,
+    records: dict[str, Records] | None = None,
+) -> TrainResult:
+    """Train (or, for ``method=none``, just evaluate) and write the artifact to ``config.out``.
+
+    Args:
+        config: the run.
+        resume: continue from the checkpoint in ``config.out``.
+        overwrite: replace a run already in ``config.out``.
+        progress: show progress bars.
+        backbone: an already loaded backbone (loaded from ``config.backbone`` when None).
+        records: in-memory data (split name -> records) in place of ``config.data`` files.
+
+    Raises:
+        SoftpromptError: bad input (before anything is written), or a diverged loss (the last good
+            checkpoint is kept).
+    """
+    started = time.perf_counter()
+    out = Path(config.out)
+    procs = processes()
+    if procs.main:
+        check_out(out, resume, overwrite)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    task = get_task(config.task)
+    # Cheap checks first (names, template, data), the backbone last; nothing is written yet.
+    task.check(config)
+    splits = task.load_splits(config, records)
+    backbone = backbone or load_backbone(config.backbone)
+    bar = "eval" if progress else None
+    baseline = task.baselines(config, backbone, splits, bar)
+    with seeded(config.seed):
+        model = task.build(config, backbone, splits)
+    meta = artifact_meta(config, model, backbone, splits)
+    encoded = {name: model.encode_split(getattr(splits, name), splits.where(name)) for name in ("train", "dev", "test")}
+    if procs.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / RUN_CONFIG_FILE, config.to_dict())
+
+    def dev_metric() -> dict:
+        return evaluate(model, splits.dev, config.train.eval_batch_size, encoded["dev"], splits.where("dev"), bar)
+
+    save_best = artifact_saver(out, model, meta)
+    state = Progress()
+    if not get_method(config.method).trains:
+        save_best(0, dev_metric())
+    else:
+        rows = model.training_rows(splits.train, encoded["train"], splits.where("train"))
+        state = fit(model, rows, config.train, config.seed, out, save_best, dev_metric, resume, progress)
+        if not procs.main:  # the main process evaluates and writes the results
+            trainable = meta["trainable_parameters"]
+            return TrainResult(out, {}, trainable, backbone.num_parameters, 0.0, 0, state.best_step, model=model)
+        model.load_export(read_artifact(out).state)  # the best weights, not the last
+    metrics = {}
+    if splits.test:
+        metrics["test"] = evaluate(
+            model, splits.test, config.train.eval_batch_size, encoded["test"], splits.where("test"), bar
+        )
+    metrics.update(baseline)
+    metrics["resources"] = resources(state.history)
+    update_metrics(out, {**metrics, "best_step": state.best_step, "stopped_early": state.stopped_early})
+    if state.history:
+        plot_training_curves(state.history, out / PLOT_FILE)
+    all_metrics = json.loads((out / TASK_FILE).read_text(encoding="utf-8"))["metrics"]
+    return TrainResult(
+        out,
+        all_metrics,
+        meta["trainable_parameters"],
+        backbone.num_parameters,
+        time.perf_counter() - started,
+        size_bytes(out),
+        state.best_step,
+        splits.notes + model.method.notes,
+        model,
+    )
+
+
+def resources(history: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Peak memory of this process and the median seconds per optimizer step."""
+    step_seconds = [h["seconds"] for h in history if "seconds" in h]
+    return {
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "median_step_seconds": round(statistics.median(step_seconds), 4) if step_seconds else None,
+    }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 2**20  # Linux: KiB, macOS: bytes
