@@ -14,13 +14,14 @@ import torch
 from softprompt.backbones import load_backbone
 from softprompt.cli import main
 from softprompt.config import load_dataclass
+from softprompt.datasets.paradetox import read_paradetox
 from softprompt.detox import sampling
-from softprompt.detox.data import read_paradetox, read_prompts
+from softprompt.detox.data import read_prompts
 from softprompt.detox.evaluation import DetoxEvalConfig
 from softprompt.detox.lm import PromptedLM
-from softprompt.detox.methods import ExpertSteering, SelfDebiasSteering, Steering, Variant, parse_method
 from softprompt.detox.metrics import distinct_n, toxicity_metrics
 from softprompt.detox.scorers import HFScorer, ProfanityScorer, parse_scorer_names
+from softprompt.detox.steering import ExpertSteering, SelfDebiasSteering, Steering, Variant, parse_method
 from softprompt.detox.training import DetoxTrainConfig
 from softprompt.errors import SoftpromptError
 

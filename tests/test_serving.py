@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 
 from softprompt.backbones import load_backbone
 from softprompt.cli import main
-from softprompt.detox.methods import Steering
 from softprompt.detox.sampling import sample_continuations
+from softprompt.detox.steering import Steering
 from softprompt.errors import SoftpromptError
 from softprompt.evaluate import label_probabilities
 from softprompt.mixed import MixedPromptClassifier, classify_mixed

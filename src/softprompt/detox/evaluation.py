@@ -24,10 +24,10 @@ from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import option, require
 from softprompt.detox.data import DEFAULT_PROMPT_FIELD, Prompt, read_prompts
 from softprompt.detox.loading import build_steering
-from softprompt.detox.methods import DEFAULT_INSTRUCTION, Steering, parse_methods
 from softprompt.detox.metrics import distinct_n, toxicity_metrics
 from softprompt.detox.sampling import continuation_nll, sample_continuations
 from softprompt.detox.scorers import Scorer, load_scorer, parse_scorer_names
+from softprompt.detox.steering import DEFAULT_INSTRUCTION, Steering, parse_methods
 from softprompt.errors import SoftpromptError
 
 SETTINGS_FILE = "eval_config.json"

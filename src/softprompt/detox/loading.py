@@ -1,4 +1,4 @@
-"""Turn a method spec (``experts:runs/x``) into a :class:`~softprompt.detox.methods.Steering`,
+"""Turn a method spec (``experts:runs/x``) into a :class:`~softprompt.detox.steering.Steering`,
 loading and checking the prompts it needs."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from softprompt.backbones import Backbone
 from softprompt.detox.lm import load_lm_prompt
-from softprompt.detox.methods import (
+from softprompt.detox.steering import (
     DEFAULT_INSTRUCTION,
     ExpertSteering,
     SelfDebiasSteering,

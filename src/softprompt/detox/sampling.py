@@ -1,4 +1,4 @@
-"""Batched nucleus sampling under a :class:`~softprompt.detox.methods.Steering`, and the
+"""Batched nucleus sampling under a :class:`~softprompt.detox.steering.Steering`, and the
 perplexity of continuations under the plain model.
 
 Only public transformers APIs: ``model(inputs_embeds=..., past_key_values=..., logits_to_keep=...)``.
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from softprompt.backbones import Backbone
-from softprompt.detox.methods import Steering, Variant
+from softprompt.detox.steering import Steering, Variant
 
 
 @dataclass

@@ -23,7 +23,7 @@ from softprompt.artifact import read_artifact
 from softprompt.atomic import atomic_write_json
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import PromptConfig, TrainConfig, option, require
-from softprompt.detox.data import ParaPair, read_paradetox
+from softprompt.datasets.paradetox import ParaPair, read_paradetox
 from softprompt.detox.lm import LM_TASK, PromptedLM, Row, encode_texts
 from softprompt.errors import SoftpromptError
 from softprompt.methods import get_method

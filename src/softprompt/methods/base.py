@@ -62,7 +62,7 @@ class Method(nn.Module):
         return own + list(self._resident.values())
 
     def num_trainable(self) -> int:
-        """Parameters trained (the reparameterisation included; see :meth:`num_exported`)."""
+        """Parameters trained (a reparameterisation included; :meth:`export_state` may hold fewer)."""
         return sum(p.numel() for p in self.trainable_parameters())
 
     # ---- state -------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from softprompt.data import Example
 from softprompt.detox.sampling import SampleRequest, sample_requests
 from softprompt.mixed import classify_mixed
 from softprompt.serving.batcher import Batcher, QueueFull
-from softprompt.serving.registry import Tasks, load_tasks
+from softprompt.serving.registry import ServedPrompts, load_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Service:
     def __init__(self, backbone: Backbone, prompts: str | Path):
         self.backbone = backbone
         self.prompts = prompts
-        self.tasks: Tasks = load_tasks(prompts, backbone)
+        self.tasks: ServedPrompts = load_tasks(prompts, backbone)
         self.report_skipped()
 
     def report_skipped(self) -> None:

@@ -21,7 +21,7 @@ from softprompt.model import PromptedClassifier
 
 
 @dataclass
-class Tasks:
+class ServedPrompts:
     """What is served: classifiers (mixed in one batch) and generation prompts, by task name."""
 
     classifiers: dict[str, PromptedClassifier] = field(default_factory=dict)
@@ -44,7 +44,7 @@ class Tasks:
         return rows
 
 
-def load_tasks(directory: str | Path, backbone: Backbone) -> Tasks:
+def load_tasks(directory: str | Path, backbone: Backbone) -> ServedPrompts:
     """Load every artifact directory under ``directory`` (its name is the task name).
 
     Raises:
@@ -53,7 +53,7 @@ def load_tasks(directory: str | Path, backbone: Backbone) -> Tasks:
     root = Path(directory)
     if not root.is_dir():
         raise SoftpromptError(f"prompts directory {root} does not exist (give a folder of trained artifacts)")
-    tasks = Tasks()
+    tasks = ServedPrompts()
     for path in sorted(p for p in root.iterdir() if p.is_dir()):
         if not (path / TASK_FILE).exists():
             continue
@@ -68,7 +68,7 @@ def load_tasks(directory: str | Path, backbone: Backbone) -> Tasks:
     return tasks
 
 
-def _load_one(path: Path, backbone: Backbone, tasks: Tasks) -> None:
+def _load_one(path: Path, backbone: Backbone, tasks: ServedPrompts) -> None:
     meta = read_artifact(path).meta
     if meta.get("task") == LM_TASK:
         tasks.generators[path.name] = load_lm_prompt(path, backbone)

@@ -64,12 +64,10 @@ class ClassificationTask:
         """Label indices, with an error naming ``where`` for a label the verbalizer lacks."""
         return [self.verbalizer.index(ex.label, where) for ex in examples]
 
-    def collate(
-        self, encoded: list[EncodedInput], labels: list[int] | None = None, soft_prefix_available: bool = True
-    ) -> Batch:
+    def collate(self, encoded: list[EncodedInput], labels: list[int] | None = None) -> Batch:
         """Pad encoded rows into a :class:`Batch`."""
         pad = self.tokenizer.pad_token_id or 0
-        cut = self.template.leading_soft if (self.causal and self.share_prefix and soft_prefix_available) else 0
+        cut = self.template.leading_soft if (self.causal and self.share_prefix) else 0
         rows = [(e.ids[cut:], e.soft[cut:]) for e in encoded]
         width = max(len(ids) for ids, _ in rows)
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)

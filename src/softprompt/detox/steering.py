@@ -1,7 +1,8 @@
-"""Detoxification methods as *steering*: the rows each prompt is run as, and how their
-next-token logits combine into one distribution.
+"""Detoxification by *steering* generation: the rows each prompt is run as, and how their
+next-token logits combine into one distribution. (Called "steering", not "methods": the training
+methods are :mod:`softprompt.methods`.)
 
-Every method is a list of :class:`Variant` rows (a soft prompt and/or a text put before the
+Every steering is a list of :class:`Variant` rows (a soft prompt and/or a text put before the
 prompt) plus ``combine``. The sampler runs all rows of all prompts in ONE batched forward pass
 per step and appends the sampled token to every row of its prompt, so self-debiasing's prefixes
 and DExperts' base / expert / anti-expert never need separate model calls.

