@@ -30,12 +30,12 @@ def build(args: argparse.Namespace):
     import torch
     from peft import PromptTuningConfig, TaskType, get_peft_model
 
-    from softprompt.tasks.classification import build_classifier
     from softprompt.backbones import load_backbone
     from softprompt.config import PromptConfig
     from softprompt.datasets import load_builtin
     from softprompt.mixed import MixedPromptClassifier
     from softprompt.prompts import Template, Verbalizer
+    from softprompt.tasks.classification import build_classifier
 
     torch.set_num_threads(args.threads)
     backbone = load_backbone(args.backbone)

@@ -39,9 +39,9 @@ def _examples(count: int):
 
 
 def _ours(backbone, examples, batch: int, soft: int):
-    from softprompt.tasks.classification import build_classifier
     from softprompt.config import PromptConfig
     from softprompt.prompts import Template, Verbalizer
+    from softprompt.tasks.classification import build_classifier
 
     template = Template(f"{{soft:{soft}}}" + TEMPLATE)
     model = build_classifier(

@@ -71,7 +71,7 @@ def render() -> str:
         "Generated from the config dataclasses by `python scripts/config_reference.py`; do not edit by hand.\n"
         "Every key can be set in a recipe YAML file or on the command line as `key=value` "
         "(sections with dots: `train.lr=3e-3`), and in Python as keyword arguments "
-        "(`softprompt.train(train={\"lr\": 3e-3})`).\n",
+        '(`softprompt.train(train={"lr": 3e-3})`).\n',
         table("softprompt train / compare", "The run config (`softprompt.RunConfig`).", RunConfig),
     ]
     for spec in METHODS.values():

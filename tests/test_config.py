@@ -2,8 +2,9 @@ import re
 
 import pytest
 
-from softprompt.config import load_config, parse_overrides
+from softprompt.config import load_config
 from softprompt.errors import SoftpromptError
+from softprompt.recipe import parse_overrides
 
 
 def test_overrides_are_typed_and_nested():

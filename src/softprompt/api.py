@@ -15,11 +15,12 @@ from typing import Any
 
 from softprompt.artifact import write_artifact
 from softprompt.backbones import Backbone, load_backbone
-from softprompt.config import RunConfig, load_config, merge
+from softprompt.config import RunConfig, load_config
 from softprompt.errors import SoftpromptError
 from softprompt.evaluate import evaluate
 from softprompt.loading import artifact_task, load_model
 from softprompt.model import TaskModel
+from softprompt.recipe import merge
 from softprompt.seeding import seeded
 from softprompt.splits import Records, Splits
 from softprompt.tasks import TaskSpec, get_task

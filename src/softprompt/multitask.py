@@ -20,7 +20,7 @@ import torch
 
 from softprompt.artifact import RUN_CONFIG_FILE, read_artifact, update_metrics, write_artifact
 from softprompt.atomic import atomic_write_json
-from softprompt.backbones import load_backbone
+from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import PromptConfig, TrainConfig, option, require
 from softprompt.errors import SoftpromptError
 from softprompt.evaluate import evaluate
@@ -141,23 +141,7 @@ def run_multitask(
         torch.set_num_threads(config.threads)
     tasks = prepare_tasks(task_configs(config, lambda index, name: out / TASKS_DIR / name), need_test=False)
     backbone = load_backbone(config.backbone)
-    models = {}
-    for task in tasks:
-        template = task.template.with_prefix(config.prompt.length)
-        model = build_classifier(
-            backbone,
-            config.method,
-            template,
-            task.verbalizer,
-            config.prompt,
-            config.seed,
-            config.train.max_length,
-            method_options=task.run.method_options(),
-        )
-        reason = mixable(model)
-        if reason:
-            raise SoftpromptError(f"task {task.name}: {reason}")
-        models[task.name] = model
+    models = _build_models(config, tasks, backbone)
     model = MultitaskModel(models)
     rows = training_rows(tasks, models, config.sampling)
     encoded_dev = {t.name: models[t.name].encode_split(t.splits.dev) for t in tasks}
@@ -182,6 +166,7 @@ def run_multitask(
         "config": _plain(config),
         "metrics": {},
     }
+
     def save_best(step: int, dev: dict) -> None:  # every task's prompt; no peft layout for a bundle
         write_artifact(out, model.export_state(), {**meta, "step": step, "metrics": {"dev": dev}}, None)
 
@@ -189,18 +174,55 @@ def run_multitask(
     model.load_export(read_artifact(out).state)
     summary = {"best_step": state.best_step, "tasks": {}}
     for task in tasks:
-        task_model = models[task.name]
-        task_meta = artifact_meta(task.run, task_model, backbone, task.splits)
-        dev = evaluate(task_model, task.splits.dev, config.train.eval_batch_size, encoded_dev[task.name])
-        task.out.mkdir(parents=True, exist_ok=True)
-        artifact_saver(task.out, task_model, task_meta)(state.best_step, dev)
-        metrics = {"dev": dev}
-        if task.splits.test:
-            metrics["test"] = evaluate(task_model, task.splits.test, config.train.eval_batch_size)
-            update_metrics(task.out, {"test": metrics["test"]})
+        metrics = _write_task_artifact(
+            task, models[task.name], backbone, encoded_dev[task.name], config, state.best_step
+        )
         summary["tasks"][task.name] = {split: m["accuracy"] for split, m in metrics.items()}
     atomic_write_json(out / "multitask.json", summary)
     return summary
+
+
+def _build_models(
+    config: MultitaskConfig, tasks: list[PreparedTask], backbone: Backbone
+) -> dict[str, PromptedClassifier]:
+    """Every task's classifier with its own soft prompt, all able to share one mixed batch."""
+    models = {}
+    for task in tasks:
+        model = build_classifier(
+            backbone,
+            config.method,
+            task.template.with_prefix(config.prompt.length),
+            task.verbalizer,
+            config.prompt,
+            config.seed,
+            config.train.max_length,
+            method_options=task.run.method_options(),
+        )
+        reason = mixable(model)
+        if reason:
+            raise SoftpromptError(f"task {task.name}: {reason}")
+        models[task.name] = model
+    return models
+
+
+def _write_task_artifact(
+    task: PreparedTask,
+    model: PromptedClassifier,
+    backbone: Backbone,
+    encoded_dev: list,
+    config: MultitaskConfig,
+    best_step: int,
+) -> dict[str, Any]:
+    """``out/tasks/<name>``: an ordinary artifact of one task's prompt; returns its metrics."""
+    batch = config.train.eval_batch_size
+    dev = evaluate(model, task.splits.dev, batch, encoded_dev)
+    task.out.mkdir(parents=True, exist_ok=True)
+    artifact_saver(task.out, model, artifact_meta(task.run, model, backbone, task.splits))(best_step, dev)
+    metrics = {"dev": dev}
+    if task.splits.test:
+        metrics["test"] = evaluate(model, task.splits.test, batch)
+        update_metrics(task.out, {"test": metrics["test"]})
+    return metrics
 
 
 def _plain(config: MultitaskConfig) -> dict[str, Any]:

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from softprompt.config import RunConfig, build, load_config, merge, method_sections, parse_overrides, read_yaml
+from softprompt.config import RunConfig, load_config, method_sections
 from softprompt.errors import SoftpromptError, did_you_mean
 from softprompt.methods.none import NoMethod
 from softprompt.prompts import Template, Verbalizer
+from softprompt.recipe import build, merge, parse_overrides, read_yaml
 from softprompt.splits import Splits, example_splits
 from softprompt.tasks.classification import resolve_prompting
 

@@ -30,7 +30,6 @@ class ValidateConfig:
         require(bool(self.data), "data", "give the scored prompts: data=PATH/rtp")
 
 
-
 def reference_texts(data: str | Path) -> tuple[list[str], np.ndarray]:
     """Prompt and continuation texts of every ``*.jsonl`` in ``data`` (a folder or one file) with
     their Perspective toxicity (texts without a score are left out)."""

@@ -12,6 +12,5 @@ from softprompt.methods.base import Method, MethodContext
 class NoMethod(Method):
     """The plain frozen backbone."""
 
-
     def __init__(self, context: MethodContext):
         super().__init__()

@@ -40,7 +40,6 @@ class ProgressiveOptions:
 class ProgressivePrompts(Method):
     """Frozen earlier prompts + one trainable prompt, filling the template's soft slots in order."""
 
-
     def __init__(self, context: MethodContext):
         super().__init__()
         self.num_soft_tokens = context.num_soft_tokens

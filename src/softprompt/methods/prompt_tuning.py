@@ -73,7 +73,6 @@ def initial_prompt(context: MethodContext, length: int, init: str) -> torch.Tens
 class PromptTuning(Method):
     """Trainable soft-token embeddings."""
 
-
     def __init__(self, context: MethodContext):
         super().__init__()
         self.num_soft_tokens = context.num_soft_tokens

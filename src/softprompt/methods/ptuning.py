@@ -62,7 +62,6 @@ class PromptEncoder(nn.Module):
 class Ptuning(Method):
     """Soft tokens = encoder(trainable embeddings)."""
 
-
     def __init__(self, context: MethodContext):
         super().__init__()
         options = context.options or PtuningOptions()

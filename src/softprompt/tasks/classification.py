@@ -87,7 +87,11 @@ def build_classifier(
             "(method=none) needs a causal LM; train a method instead"
         )
     task = ClassificationTask(
-        template, verbalizer, backbone.tokenizer, causal=backbone.kind == "causal", max_length=max_length,
+        template,
+        verbalizer,
+        backbone.tokenizer,
+        causal=backbone.kind == "causal",
+        max_length=max_length,
         demonstrations=demos,
     )
     words = [w for ws in verbalizer.words for w in ws]
@@ -118,17 +122,30 @@ class Classification(TaskSpec):
         template, verbalizer = resolve_prompting(config)
         demos = demonstrations(template, verbalizer, splits.train, config.fewshot.k, config.seed)
         model = build_classifier(
-            backbone, config.method, template, verbalizer, config.prompt, config.seed, config.train.max_length,
-            demos, config.method_options(),
+            backbone,
+            config.method,
+            template,
+            verbalizer,
+            config.prompt,
+            config.seed,
+            config.train.max_length,
+            demos,
+            config.method_options(),
         )
         validate_examples(model.task, splits)
         return model
 
     def load(self, meta: dict[str, Any], config: RunConfig, backbone: Backbone) -> PromptedClassifier:
         return build_classifier(
-            backbone, meta["method"], Template(meta["template"]), Verbalizer(meta["verbalizer"]), config.prompt,
-            max_length=meta["max_length"], demos=meta.get("demonstrations", ""),
-            method_options=config.method_options(meta["method"]), for_inference=True,
+            backbone,
+            meta["method"],
+            Template(meta["template"]),
+            Verbalizer(meta["verbalizer"]),
+            config.prompt,
+            max_length=meta["max_length"],
+            demos=meta.get("demonstrations", ""),
+            method_options=config.method_options(meta["method"]),
+            for_inference=True,
         )
 
     def baselines(self, config: RunConfig, backbone: Backbone, splits: Splits, progress: str | None) -> dict:

@@ -55,9 +55,7 @@ def sentences_from_records(records: Iterable[Mapping[str, Any]], source: str) ->
     for number, record in enumerate(records, start=1):
         tokens, tags = record.get("tokens"), record.get("tags")
         if not isinstance(tokens, list) or not isinstance(tags, list) or len(tokens) != len(tags):
-            raise SoftpromptError(
-                f"{source} item {number}: expected 'tokens' and 'tags', two lists of the same length"
-            )
+            raise SoftpromptError(f"{source} item {number}: expected 'tokens' and 'tags', two lists of the same length")
         sentences.append(Sentence([str(t) for t in tokens], [str(t) for t in tags]))
     if not sentences:
         raise SoftpromptError(f"{source} is empty")
@@ -96,14 +94,25 @@ class NamedEntities(TaskSpec):
 
     def build(self, config: RunConfig, backbone: Backbone, splits: Splits) -> TokenTagger:
         return build_tagger(
-            backbone, config.method, tag_set(splits.train), config.prompt, config.seed, config.train.max_length,
+            backbone,
+            config.method,
+            tag_set(splits.train),
+            config.prompt,
+            config.seed,
+            config.train.max_length,
             config.method_options(),
         )
 
     def load(self, meta: dict[str, Any], config: RunConfig, backbone: Backbone) -> TokenTagger:
         return build_tagger(
-            backbone, meta["method"], meta["tags"], config.prompt, 0, meta["max_length"],
-            config.method_options(meta["method"]), for_inference=True,
+            backbone,
+            meta["method"],
+            meta["tags"],
+            config.prompt,
+            0,
+            meta["max_length"],
+            config.method_options(meta["method"]),
+            for_inference=True,
         )
 
     def read_eval_data(self, path: str, meta: dict[str, Any], model, fields: dict[str, str | None]) -> list:

@@ -128,25 +128,15 @@ def train(
         records: in-memory data (split name -> records) in place of ``config.data`` files.
 
     Raises:
-        SoftpromptError: bad input (before anything is written), or a diverged loss (the last good
-            checkpoint is kept).
+        SoftpromptError: bad input (nothing written), or a diverged loss (last checkpoint kept).
     """
-    started = time.perf_counter()
-    out = Path(config.out)
-    procs = processes()
+    started, out, procs = time.perf_counter(), Path(config.out), processes()
     if procs.main:
         check_out(out, resume, overwrite)
     if config.threads:
         torch.set_num_threads(config.threads)
-    task = get_task(config.task)
-    # Cheap checks first (names, template, data), the backbone last; nothing is written yet.
-    task.check(config)
-    splits = task.load_splits(config, records)
-    backbone = backbone or load_backbone(config.backbone)
     bar = "eval" if progress else None
-    baseline = task.baselines(config, backbone, splits, bar)
-    with seeded(config.seed):
-        model = task.build(config, backbone, splits)
+    splits, backbone, model, baseline = _setup(config, backbone, records, bar)
     meta = artifact_meta(config, model, backbone, splits)
     encoded = {name: model.encode_split(getattr(splits, name), splits.where(name)) for name in ("train", "dev", "test")}
     if procs.main:
@@ -167,17 +157,7 @@ def train(
             trainable = meta["trainable_parameters"]
             return TrainResult(out, {}, trainable, backbone.num_parameters, 0.0, 0, state.best_step, model=model)
         model.load_export(read_artifact(out).state)  # the best weights, not the last
-    metrics = {}
-    if splits.test:
-        metrics["test"] = evaluate(
-            model, splits.test, config.train.eval_batch_size, encoded["test"], splits.where("test"), bar
-        )
-    metrics.update(baseline)
-    metrics["resources"] = resources(state.history)
-    update_metrics(out, {**metrics, "best_step": state.best_step, "stopped_early": state.stopped_early})
-    if state.history:
-        plot_training_curves(state.history, out / PLOT_FILE)
-    all_metrics = json.loads((out / TASK_FILE).read_text(encoding="utf-8"))["metrics"]
+    all_metrics = _record_results(out, model, splits, encoded["test"], config, state, baseline, bar)
     return TrainResult(
         out,
         all_metrics,
@@ -189,6 +169,46 @@ def train(
         splits.notes + model.method.notes,
         model,
     )
+
+
+def _setup(
+    config: RunConfig, backbone: Backbone | None, records: dict[str, Records] | None, bar: str | None
+) -> tuple[Splits, Backbone, TaskModel, dict]:
+    """The run's data, backbone, untrained model and pre-training baselines. Cheap checks come
+    first (names, template, data), the backbone last; nothing is written."""
+    task = get_task(config.task)
+    task.check(config)
+    splits = task.load_splits(config, records)
+    backbone = backbone or load_backbone(config.backbone)
+    # Baselines run before the method attaches: methods such as LoRA change the backbone's layers.
+    baseline = task.baselines(config, backbone, splits, bar)
+    with seeded(config.seed):
+        model = task.build(config, backbone, splits)
+    return splits, backbone, model, baseline
+
+
+def _record_results(
+    out: Path,
+    model: TaskModel,
+    splits: Splits,
+    encoded_test: list,
+    config: RunConfig,
+    state: Progress,
+    baseline: dict,
+    bar: str | None,
+) -> dict[str, Any]:
+    """Score test with the best weights, add the baselines and resources to the artifact's
+    record, plot the curves; returns every metric the record now holds."""
+    metrics = {}
+    if splits.test:
+        batch = config.train.eval_batch_size
+        metrics["test"] = evaluate(model, splits.test, batch, encoded_test, splits.where("test"), bar)
+    metrics.update(baseline)
+    metrics["resources"] = resources(state.history)
+    update_metrics(out, {**metrics, "best_step": state.best_step, "stopped_early": state.stopped_early})
+    if state.history:
+        plot_training_curves(state.history, out / PLOT_FILE)
+    return json.loads((out / TASK_FILE).read_text(encoding="utf-8"))["metrics"]
 
 
 def resources(history: list[dict[str, Any]]) -> dict[str, float | None]:
