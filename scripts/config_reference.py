@@ -60,9 +60,9 @@ def render() -> str:
     from softprompt.config import RunConfig
     from softprompt.continual.config import ContinualConfig
     from softprompt.detox.evaluation import DetoxEvalConfig
+    from softprompt.detox.generate import GenerateConfig
     from softprompt.detox.training import DetoxTrainConfig
     from softprompt.detox.validation import ValidateConfig
-    from softprompt.generate import GenerateConfig
     from softprompt.methods import METHODS
     from softprompt.multitask import MultitaskConfig
 

@@ -134,7 +134,7 @@ def test_packed_rows_equal_padded_rows_with_gradients(tiny_llama_dir, template, 
         model.zero_grad()
         batch = model.task.collate([model.task.encode(e) for e in PACKING_EXAMPLES])
         shared = model.method.prefix_length() + batch.prefix_soft
-        assert (model._packing(batch, shared, 0) is not None) == pack  # the packed path really runs
+        assert (model.packing(batch, shared, 0) is not None) == pack  # the packed path really runs
         scores = model(batch)
         torch.nn.functional.nll_loss(scores, labels).backward()
         grads = [p.grad.clone() for p in model.trainable_parameters() if p.grad is not None]
@@ -152,7 +152,7 @@ def test_packing_respects_a_sliding_window(tiny_gemma_chinese_dir):
     long = [*short, Example({"text": "这本书写得很好，值得一读，我很喜欢它的故事"})]
     for examples, packs in ((short, True), (long, False)):  # the window is 16 positions
         batch = model.task.collate([model.task.encode(e) for e in examples])
-        assert (model._packing(batch, batch.prefix_soft, 0) is not None) == packs
+        assert (model.packing(batch, batch.prefix_soft, 0) is not None) == packs
         model.task.pack = False
         padded = model(batch)
         model.task.pack = True

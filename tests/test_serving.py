@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 
 from softprompt.backbones import load_backbone
 from softprompt.cli import main
-from softprompt.detox.sampling import sample_continuations
 from softprompt.detox.steering import Steering
 from softprompt.errors import SoftpromptError
 from softprompt.evaluate import label_probabilities
+from softprompt.generation.sampling import sample_continuations
 from softprompt.mixed import MixedPromptClassifier, classify_mixed
 from softprompt.serving.app import GenerateRequest, ServeSettings, Service, create_app
 from softprompt.serving.batcher import Batcher, QueueFull

@@ -172,7 +172,7 @@ class PromptedClassifier(TaskModel):
         embeds = self.embed(batch.input_ids, batch.soft_index)
         frozen = self._frozen_columns(batch)
         shared = self.method.prefix_length() + batch.prefix_soft  # cached positions every row sees
-        packed = self._packing(batch, shared, frozen)
+        packed = self.packing(batch, shared, frozen)
         rows = packed.rows if packed is not None else size
         cache = None
         if self.method.prefix_length():
@@ -224,7 +224,7 @@ class PromptedClassifier(TaskModel):
         """``[B, candidates]`` word scores -> ``[B, labels]`` (log-sum-exp over each label's words)."""
         return torch.stack([scores[:, group].logsumexp(-1) for group in self.label_groups], dim=-1)
 
-    def _packing(self, batch: Batch, shared: int, frozen: int) -> PackedRows | None:
+    def packing(self, batch: Batch, shared: int, frozen: int) -> PackedRows | None:
         """How to pack the batch's rows (None: run it padded). Multi-token words continue each row
         from its own cache, and a frozen leading part is cached per row, so those stay padded."""
         if not self.task.pack or self.multi or frozen or not can_pack(self.model, shared, batch.input_ids.shape[1]):

@@ -48,7 +48,7 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from softprompt.generate import GenerateConfig, generate
+    from softprompt.detox.generate import GenerateConfig, generate
 
     overrides = [item for item in args.overrides if OVERRIDE.match(item)]
     texts = [item for item in args.overrides if not OVERRIDE.match(item)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from softprompt.backbones import Backbone
-from softprompt.detox.lm import load_lm_prompt
 from softprompt.detox.steering import (
     DEFAULT_INSTRUCTION,
     ExpertSteering,
@@ -16,6 +15,7 @@ from softprompt.detox.steering import (
 )
 from softprompt.detox.training import EXPERTS_FILE
 from softprompt.errors import SoftpromptError
+from softprompt.generation.lm import load_lm_prompt
 
 
 def build_steering(

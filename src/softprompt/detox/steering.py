@@ -10,11 +10,10 @@ and DExperts' base / expert / anti-expert never need separate model calls.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from softprompt.errors import SoftpromptError, unknown_name
+from softprompt.generation.rows import Steering, Variant
 
 # Schick et al. (2021), Table 1: the self-debiasing prefixes for Perspective's six attributes.
 SELF_DEBIAS_PREFIXES = (
@@ -27,32 +26,6 @@ SELF_DEBIAS_PREFIXES = (
 )
 DEFAULT_INSTRUCTION = "The following text is polite, respectful and free of insults, profanity and slurs:\n"
 METHOD_NAMES = ("none", "instruction", "self_debias", "soft_prompt", "experts")
-
-
-@dataclass
-class Variant:
-    """One row a prompt is run as: ``[soft prompt][text_prefix + prompt]``."""
-
-    soft: torch.Tensor | None = None  # [n, hidden] embeddings put before the text
-    text_prefix: str = ""
-
-
-@dataclass
-class Steering:
-    """A method's rows and its combination rule (the plain model: one bare row, no change)."""
-
-    name: str = "none"
-    variants: list[Variant] = field(default_factory=lambda: [Variant()])
-
-    def combine(self, logits: torch.Tensor) -> torch.Tensor:
-        """``[P, R, V]`` logits of each prompt's R rows -> ``[P, V]`` next-token logits."""
-        return logits[:, 0]
-
-    def plain_row(self) -> int | None:
-        """The row that is the plain model (no soft prompt, no prefix), if any: its logits give
-        the base model's likelihood of the sampled text for free."""
-        plain = [i for i, v in enumerate(self.variants) if v.soft is None and not v.text_prefix]
-        return plain[0] if plain else None
 
 
 class ExpertSteering(Steering):

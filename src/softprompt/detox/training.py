@@ -24,8 +24,8 @@ from softprompt.atomic import atomic_write_json
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import PromptConfig, TrainConfig, option, require
 from softprompt.datasets.paradetox import ParaPair, read_paradetox
-from softprompt.detox.lm import LM_TASK, PromptedLM, Row, encode_texts
 from softprompt.errors import SoftpromptError
+from softprompt.generation.lm import LM_TASK, PromptedLM, Row, encode_texts
 from softprompt.methods import get_method
 from softprompt.methods.base import MethodContext
 from softprompt.methods.prompt_tuning import PromptTuning

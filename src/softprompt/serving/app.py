@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from softprompt.backbones import Backbone
 from softprompt.data import Example
-from softprompt.detox.sampling import SampleRequest, sample_requests
+from softprompt.generation.sampling import SampleRequest, sample_requests
 from softprompt.mixed import classify_mixed
 from softprompt.serving.batcher import Batcher, QueueFull
 from softprompt.serving.registry import ServedPrompts, load_tasks

@@ -12,8 +12,8 @@ import torch
 
 from softprompt.artifact import TASK_FILE, read_artifact
 from softprompt.backbones import Backbone
-from softprompt.detox.lm import LM_TASK, load_lm_prompt
 from softprompt.errors import SoftpromptError
+from softprompt.generation.lm import LM_TASK, load_lm_prompt
 from softprompt.loading import load_classifier
 from softprompt.methods import METHODS, get_method
 from softprompt.mixed import MixedPromptClassifier, mixable

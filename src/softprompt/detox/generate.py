@@ -9,9 +9,9 @@ import torch
 from softprompt.backbones import load_backbone
 from softprompt.config import option, require
 from softprompt.detox.loading import build_steering
-from softprompt.detox.sampling import sample_continuations
 from softprompt.detox.steering import DEFAULT_INSTRUCTION, parse_method
 from softprompt.errors import SoftpromptError
+from softprompt.generation.sampling import sample_continuations
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from softprompt.backbones import Backbone
-from softprompt.detox.steering import Steering, Variant
+from softprompt.generation.rows import Steering, Variant
 
 
 @dataclass
@@ -73,7 +73,8 @@ def _sample_sorted(values: torch.Tensor, index: torch.Tensor, top_p: float, gene
     return index.gather(-1, torch.multinomial(values * keep, 1, generator=generator)).squeeze(-1)
 
 
-def _rows(backbone: Backbone, prompts: Sequence[str], variants: list[Variant]):
+def variant_rows(backbone: Backbone, prompts: Sequence[str], variants: list[Variant]) -> list:
+    """``(soft prompt, token ids)`` of every variant of every prompt, prompt-major."""
     return [(v.soft, context_ids(backbone, v.text_prefix + p)) for p in prompts for v in variants]
 
 
@@ -115,7 +116,7 @@ def sample_continuations(
     When the steering has a plain row, the plain model's likelihood of the samples comes along.
     """
     count, width = len(prompts), len(steering.variants)
-    logits, cache, mask, last = _prefill(backbone, _rows(backbone, prompts, steering.variants))
+    logits, cache, mask, last = _prefill(backbone, variant_rows(backbone, prompts, steering.variants))
     cache.batch_repeat_interleave(k)  # row (p * width + r) * k + j: prompt p, variant r, sample j
     logits, mask, last = (t.repeat_interleave(k, 0) for t in (logits, mask, last))
     eos = backbone.tokenizer.eos_token_id

@@ -3,7 +3,7 @@
 Rows are ``(token ids, unlikely)``. Likely rows get the usual next-token loss; unlikely rows get
 the unlikelihood loss ``-log(1 - p(token))`` (Welleck et al., 2020), weighted by
 ``unlikelihood``, which pushes their tokens down. The prompt stands before the text exactly as
-at generation time (``[soft][context ids]``, see :func:`~softprompt.detox.sampling.context_ids`).
+at generation time (``[soft][context ids]``, see :func:`~softprompt.generation.sampling.context_ids`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 
 from softprompt.artifact import read_artifact
 from softprompt.backbones import Backbone
-from softprompt.detox.sampling import context_ids
 from softprompt.errors import SoftpromptError
+from softprompt.generation.sampling import context_ids
 from softprompt.methods.base import Method
 from softprompt.model import TaskModel
 
