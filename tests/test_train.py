@@ -54,7 +54,7 @@ def test_loss_goes_down(tiny_llama_dir, sentiment_files, tmp_path):
         "log.jsonl",
         "curves.png",
         "config.json",
-        "checkpoint/state.pt",
+        "checkpoint/state.safetensors",
     ):
         assert (tmp_path / "run" / name).is_file(), name
 
@@ -147,7 +147,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_llama_dir, sentiment_file
     with pytest.raises(TrainingDiverged, match=r"loss became nan at step 3; the last good checkpoint \(step 2\)"):
         train(cfg, progress=False)
     assert read_artifact(tmp_path / "run").meta["step"] == 2
-    assert (tmp_path / "run/checkpoint/state.pt").is_file()
+    assert (tmp_path / "run/checkpoint/state.safetensors").is_file()
 
 
 def test_existing_run_is_not_overwritten_silently(tiny_llama_dir, sentiment_files, tmp_path):

@@ -46,6 +46,14 @@ def _setup_output() -> None:
     log.propagate = False
 
 
+def _interrupt_hint(args: argparse.Namespace) -> str:
+    """What Ctrl-C leaves behind, said truthfully."""
+    checkpoint = getattr(args, "checkpoint", None)
+    if checkpoint is not None and not checkpoint.is_file():
+        return "stopped before the first checkpoint: there is nothing to resume; run the command again"
+    return getattr(args, "resume_hint", "the last checkpoint is intact; continue with `softprompt train ... --resume`")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``softprompt`` command; returns the exit status."""
     _setup_output()
@@ -68,10 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = getattr(
-            args, "resume_hint", "the last checkpoint is intact; continue with `softprompt train ... --resume`"
-        )
-        print(f"\ninterrupted: {hint}", file=sys.stderr)
+        print(f"\ninterrupted: {_interrupt_hint(args)}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0

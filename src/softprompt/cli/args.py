@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 
-def training_command(commands, name: str, help_text: str, run, resume: str = "continue from <out>/checkpoint") -> None:
+
+def training_command(
+    commands, name: str, help_text: str, run, resume: str = "continue from <out>/checkpoint"
+) -> argparse.ArgumentParser:
     """A command that trains from a recipe: --config, --resume, --overwrite, --quiet, overrides."""
     command = commands.add_parser(name, help=help_text)
     command.add_argument("--config", help="YAML recipe (configs/*.yaml)")
@@ -12,3 +16,4 @@ def training_command(commands, name: str, help_text: str, run, resume: str = "co
     command.add_argument("--quiet", action="store_true", help="no progress bars")
     command.add_argument("overrides", nargs="*", metavar="key=value")
     command.set_defaults(run=run)
+    return command

@@ -31,6 +31,8 @@ def _input_texts(args: argparse.Namespace) -> list[str]:
 
 def _apply(args: argparse.Namespace) -> None:
     """``predict`` and ``tag``: one JSON line per input text."""
+    if args.batch_size < 1:
+        raise SoftpromptError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, task = _load_for(args.command, args.artifact)
     results = task.predict(model, _input_texts(args), args.batch_size)
     unknown = sum(result.pop("unknown_words", 0) for result in results)
@@ -41,25 +43,26 @@ def _apply(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from softprompt.datasets import load_builtin
     from softprompt.evaluate import evaluate
     from softprompt.loading import artifact_task, load_model
-    from softprompt.splits import DEFAULT_DATASET
     from softprompt.tasks import get_task
 
+    if args.data and args.split:
+        raise SoftpromptError(
+            "--split chooses a split of the artifact's own data or of --dataset; a --data file is scored whole"
+        )
+    if args.batch_size < 1:
+        raise SoftpromptError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, meta = load_model(args.artifact)
     task = get_task(artifact_task(meta))
+    split = args.split or "test"
     if args.data:
         fields = {"text_field": args.text_field, "label_field": args.label_field}
         examples, where = task.read_eval_data(args.data, meta, model, fields), args.data
-    elif task.prompt_baselines:
-        recorded = meta.get("data", {})
-        name = args.dataset or recorded.get("dataset") or DEFAULT_DATASET
-        path = recorded.get("path") if name == recorded.get("dataset") else None
-        examples, where = load_builtin(name, path)[args.split], f"{name} ({args.split})"
-        model.task.template.check_fields(set(examples[0].fields), where)
-    else:
-        raise SoftpromptError(f"a {task.name} model is evaluated on a file: add --data PATH")
+    elif args.dataset:
+        examples, where = task.builtin_split(args.dataset, None, split, model), f"{args.dataset} ({split})"
+    else:  # what the user meant: the data the artifact was trained on
+        examples, where = task.own_split(meta, split, model)
     metrics = evaluate(model, examples, args.batch_size, where=where, progress=None if args.quiet else "eval")
     report = None if args.json else task.report(metrics, where)
     print(report if report is not None else json.dumps({"data": where, **metrics}, ensure_ascii=False))
@@ -111,7 +114,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     source = ev.add_mutually_exclusive_group()
     source.add_argument("--dataset", help="built-in dataset name")
     source.add_argument("--data", help="a .jsonl/.csv/.tsv file (a CoNLL file for a NER model)")
-    ev.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    ev.add_argument("--split", choices=["train", "dev", "test"], help="default: test (of the artifact's own data)")
     ev.add_argument("--text-field")
     ev.add_argument("--label-field")
     ev.add_argument("--batch-size", type=int, default=32)

@@ -10,17 +10,19 @@ from softprompt.cli.args import training_command
 
 
 def _train(args: argparse.Namespace) -> None:
-    from softprompt.artifact import RUN_CONFIG_FILE
     from softprompt.config import load_config
     from softprompt.distributed import processes
     from softprompt.tasks import get_task
+    from softprompt.training.checkpoint import CHECKPOINT
+    from softprompt.training.resume import saved_config
     from softprompt.training.run import train
 
     config = load_config(args.config, args.overrides)
-    if args.resume and (Path(config.out) / RUN_CONFIG_FILE).is_file():
-        saved = json.loads((Path(config.out) / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
+    saved = saved_config(Path(config.out)) if args.resume else None
+    if saved is not None:  # settings not given again are the saved run's; given ones must agree
         config = load_config(args.config, args.overrides, base=saved)
-    result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    args.checkpoint = Path(config.out) / CHECKPOINT  # what Ctrl-C can promise
+    result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, extend=args.extend)
     if not processes().main:  # under `accelerate launch`, the main process reports
         return
     for note in result.notes:
@@ -48,7 +50,8 @@ def _compare(args: argparse.Namespace) -> None:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Register ``train`` and ``compare``."""
-    training_command(commands, "train", "train a prompt (key=value overrides, e.g. train.lr=3e-3)", _train)
+    train = training_command(commands, "train", "train a prompt (key=value overrides, e.g. train.lr=3e-3)", _train)
+    train.add_argument("--extend", action="store_true", help="with --resume: allow a larger train.max_steps")
     comp = commands.add_parser(
         "compare",
         help="train several methods on the same data and budget, with baselines "

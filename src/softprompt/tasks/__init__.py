@@ -8,9 +8,10 @@ outside this package branches on a task's name: callers ask :func:`get_task` for
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from softprompt.errors import unknown_name
+from softprompt.errors import SoftpromptError, unknown_name
 
 if TYPE_CHECKING:
     from softprompt.backbones import Backbone
@@ -60,6 +61,25 @@ class TaskSpec:
     def read_eval_data(self, path: str, meta: dict[str, Any], model: TaskModel, fields: dict[str, str | None]) -> list:
         """Labelled examples of a file given to ``eval --data``."""
         raise NotImplementedError
+
+    def builtin_split(self, name: str, path: str | None, split: str, model: TaskModel) -> list:
+        """A split of a built-in dataset (tasks that have them)."""
+        raise SoftpromptError(f"task {self.name} has no built-in datasets; give --data FILE")
+
+    def own_split(self, meta: dict[str, Any], split: str, model: TaskModel) -> tuple[list, str]:
+        """``split`` of the data an artifact was trained on, and a description of it."""
+        source = meta.get("data", {})
+        path = source.get(split)
+        if path and Path(path).is_file():
+            return self.read_eval_data(path, meta, model, {}), f"{path} ({split})"
+        if source.get("dataset"):
+            name = source["dataset"]
+            return self.builtin_split(name, source.get("path"), split, model), f"{name} ({split})"
+        if path:
+            raise SoftpromptError(f"the artifact's {split} data ({path}) is not a file here; give --data FILE")
+        raise SoftpromptError(
+            f"the artifact records no {split} file (its dev data may have been held out of train); give --data FILE"
+        )
 
     def summary(self, metrics: dict[str, Any], best_step: int, trained: bool, method: str) -> list[str]:
         """Lines that report a finished run."""

@@ -171,6 +171,13 @@ class Classification(TaskSpec):
         label_field = fields.get("label_field") or recorded.get("label_field", "label")
         return read_examples(path, text_field, label_field, fields=model.task.template.fields).examples
 
+    def builtin_split(self, name: str, path: str | None, split: str, model: PromptedClassifier) -> list[Example]:
+        from softprompt.datasets import load_builtin  # late: reads package data
+
+        examples = load_builtin(name, path)[split]
+        model.task.template.check_fields(set(examples[0].fields), f"{name} ({split})")
+        return examples
+
     def summary(self, metrics: dict[str, Any], best_step: int, trained: bool, method: str) -> list[str]:
         lines = []
         if "zero_shot_test" in metrics:

@@ -30,8 +30,9 @@ from softprompt.plotting import plot_training_curves
 from softprompt.seeding import seeded
 from softprompt.splits import Records, Splits
 from softprompt.tasks import get_task
-from softprompt.training.checkpoint import CHECKPOINT, Progress
+from softprompt.training.checkpoint import CHECKPOINT, Progress, load_checkpoint
 from softprompt.training.loop import SaveBest, fit
+from softprompt.training.resume import check_same_run, saved_config
 
 PLOT_FILE = "curves.png"
 
@@ -116,6 +117,7 @@ def train(
     progress: bool = True,
     backbone: Backbone | None = None,
     records: dict[str, Records] | None = None,
+    extend: bool = False,
 ) -> TrainResult:
     """Train (or, for ``method=none``, just evaluate) and write the artifact to ``config.out``.
 
@@ -126,6 +128,7 @@ def train(
         progress: show progress bars.
         backbone: an already loaded backbone (loaded from ``config.backbone`` when None).
         records: in-memory data (split name -> records) in place of ``config.data`` files.
+        extend: with ``resume``, allow a larger ``train.max_steps`` than the saved run's.
 
     Raises:
         SoftpromptError: bad input (nothing written), or a diverged loss (last checkpoint kept).
@@ -133,6 +136,8 @@ def train(
     started, out, procs = time.perf_counter(), Path(config.out), processes()
     if procs.main:
         check_out(out, resume, overwrite)
+    if resume:
+        check_resumable(out, config, extend)
     if config.threads:
         torch.set_num_threads(config.threads)
     bar = "eval" if progress else None
@@ -169,6 +174,15 @@ def train(
         splits.notes + model.method.notes,
         model,
     )
+
+
+def check_resumable(out: Path, config: RunConfig, extend: bool) -> None:
+    """Before anything is written: a checkpoint to resume, saved by a run with the same settings."""
+    if not (out / CHECKPOINT).is_file():
+        load_checkpoint(out)  # raises the error that says why (none, or an old pickled one)
+    saved = saved_config(out)
+    if saved is not None:
+        check_same_run(saved, config.to_dict(), extend)
 
 
 def _setup(

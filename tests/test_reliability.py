@@ -1,0 +1,117 @@
+"""Faults, bad input and untrusted files: nothing unpickled, resumes that are the same run,
+evaluation of the data the user meant, truthful messages, files that respect the umask."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import pickle
+import stat
+
+import pytest
+import safetensors
+
+from softprompt.cli import main
+
+
+@pytest.fixture
+def base_args(tiny_llama_dir, sentiment_files):
+    return [
+        f"backbone={tiny_llama_dir}",
+        f"data.train={sentiment_files['train']}",
+        f"data.dev={sentiment_files['dev']}",
+        f"data.test={sentiment_files['test']}",
+        "verbalizer={positive: positive, negative: negative}",
+        "template=Review: {text}\\nSentiment:{soft:2}",
+        "prompt.init=vocab",
+        "train.batch_size=4",
+        "--quiet",
+    ]
+
+
+@pytest.fixture
+def run(base_args, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *base_args, f"out={out}", "train.max_steps=4", "train.eval_every=2"]) == 0
+    return out
+
+
+class _Planted:
+    """Unpickling this creates a file: proof that code ran."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return builtins.open, (self.marker, "w")
+
+
+def test_checkpoint_holds_no_pickle(run):
+    with safetensors.safe_open(str(run / "checkpoint" / "state.safetensors"), framework="pt") as handle:
+        assert json.loads(handle.metadata()["state"])["progress"]["step"] == 4
+        assert any(key.startswith("optimizer.") for key in handle.keys())  # noqa: SIM118
+
+
+def test_a_planted_pickle_checkpoint_is_refused_and_never_run(run, base_args, tmp_path, capsys):
+    (run / "checkpoint" / "state.safetensors").unlink()
+    marker = tmp_path / "code-ran"
+    (run / "checkpoint" / "state.pt").write_bytes(pickle.dumps(_Planted(str(marker))))
+    assert main(["train", *base_args, f"out={run}", "train.max_steps=4", "train.eval_every=2", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "pickled checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+def test_resume_refuses_settings_that_change_the_result(run, base_args, capsys):
+    args = ["train", *base_args, f"out={run}", "train.eval_every=2", "--resume"]
+    assert main([*args, "train.lr=0.5"]) == 2
+    assert "train.lr (0.003 -> 0.5)" in capsys.readouterr().err
+    assert main([*args, "train.max_steps=6"]) == 2
+    assert "may grow with --extend" in capsys.readouterr().err
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train"]["max_steps"] == 4, "a refused resume leaves the saved settings alone"
+    assert main([*args, "train.max_steps=6", "threads=1", "--extend"]) == 0
+    assert json.loads((run / "log.jsonl").read_text().splitlines()[-1])["step"] == 6
+
+
+def test_a_failed_resume_writes_nothing(base_args, tmp_path, capsys):
+    out = tmp_path / "never-started"
+    assert main(["train", *base_args, f"out={out}", "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_eval_without_data_scores_the_artifacts_own_test_file(run, sentiment_files, capsys):
+    assert main(["eval", str(run), "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["data"] == f"{sentiment_files['test']} (test)"
+    assert main(["eval", str(run), "--split", "dev", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["data"] == f"{sentiment_files['dev']} (dev)"
+    assert main(["eval", str(run), "--data", str(sentiment_files["test"]), "--split", "dev"]) == 2
+    assert "scored whole" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_batch_size_zero_is_one_line(run, command, capsys):
+    texts = ["some text"] if command == "predict" else []
+    assert main([command, str(run), *texts, "--batch-size", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --batch-size must be >= 1, got 0"
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_so(base_args, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("softprompt.training.run.fit", interrupted)
+    assert main(["train", *base_args, f"out={tmp_path / 'run'}"]) == 130
+    assert "before the first checkpoint: there is nothing to resume" in capsys.readouterr().err
+
+
+def test_artifacts_follow_the_umask(base_args, tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert main(["train", *base_args, f"out={tmp_path / 'run'}", "train.max_steps=1"]) == 0
+    finally:
+        os.umask(old)
+    for name in ("task.json", "adapter_model.safetensors", "checkpoint/state.safetensors"):
+        assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == 0o644, name
