@@ -259,6 +259,13 @@ def test_detox_train_writes_prompt_artifacts(detox_runs):
     assert read_paradetox(detox_runs / "paradetox.tsv")[0].neutral == ["you are mistaken 0", "please be quiet"]
 
 
+@pytest.mark.parametrize("command", [["inspect"], ["eval"], ["predict", "some text"]])
+def test_classifier_commands_send_a_detox_prompt_to_the_generation_commands(detox_runs, command, capsys):
+    assert main([command[0], str(detox_runs / "prompt"), *command[1:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a 'lm' prompt" in err and "softprompt generate" in err
+
+
 def eval_args(tiny_llama_dir, detox_runs, out, methods=None):
     methods = methods or (
         f"none,instruction,self_debias,soft_prompt:{detox_runs / 'prompt'},experts:{detox_runs / 'experts'}"

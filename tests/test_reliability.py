@@ -115,3 +115,69 @@ def test_artifacts_follow_the_umask(base_args, tmp_path):
         os.umask(old)
     for name in ("task.json", "adapter_model.safetensors", "checkpoint/state.safetensors"):
         assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == 0o644, name
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        (
+            "bytes.jsonl",
+            b'{"text": "fine", "label": "positive"}\n{"text": "caf\xe9", "label": "negative"}\n',
+            "line 2: not UTF-8",
+        ),
+        ("bytes.csv", b"text,label\nfine,positive\ncaf\xe9,negative\n", "line 3: not UTF-8"),
+        ("short.csv", b"text,label\nfine,positive\nno label here\n", "line 3: no value for 'label'"),
+        ("null.jsonl", b'{"text": null, "label": "positive"}\n', "line 1: no value for 'text'"),
+        (
+            "neutral.jsonl",
+            b'{"text": "a", "label": "positive"}\n{"text": "b", "label": "neutral"}\n',
+            "line 2: label 'neutral'",
+        ),
+    ],
+)
+def test_bad_data_files_name_the_line(base_args, tmp_path, capsys, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert main(["train", *base_args, f"data.train={path}", f"out={tmp_path / 'run'}"]) == 2
+    assert message in _one_line_error(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_naming_a_file_and_an_empty_template(base_args, tmp_path, capsys):
+    taken = tmp_path / "a-file"
+    taken.write_text("mine")
+    assert main(["train", *base_args, f"out={taken}"]) == 2
+    assert "is a file; give a directory" in _one_line_error(capsys)
+    assert taken.read_text() == "mine"
+    assert main(["train", *base_args, "template=", f"out={tmp_path / 'run'}"]) == 2
+    assert "config field 'template': is empty" in _one_line_error(capsys)
+
+
+def test_serve_refuses_a_port_out_of_range(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--prompts", ".", "--port", "99999"])
+    assert exit_info.value.code == 2
+    assert "expected a port number from 1 to 65535" in capsys.readouterr().err
+
+
+def test_long_texts_are_counted_when_shortened(base_args, tmp_path, capsys):
+    assert main(["train", *base_args, f"out={tmp_path / 'run'}", "train.max_length=12", "train.max_steps=1"]) == 0
+    assert "texts were shortened to fit train.max_length=12" in capsys.readouterr().out
+
+
+def test_predict_takes_threads(run, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["predict", str(run), "a great movie", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert json.loads(capsys.readouterr().out)["text"] == "a great movie"

@@ -359,3 +359,57 @@ def test_multitask_command_writes_a_servable_artifact_per_task(tiny_llama_dir, t
     assert main(["predict", str(tasks / "length"), "a long and winding story"]) == 0
     service = Service(load_backbone(str(tiny_llama_dir)), tasks)
     assert sorted(service.tasks.classifiers) == ["length", "question", "sentiment"] and not service.tasks.skipped
+
+
+@pytest.fixture
+def guarded(tiny_llama_dir, prompts_dir):
+    service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
+    limits = ServeSettings(
+        max_wait_ms=5, api_key="s3cret", max_body_bytes=2_000, max_text_chars=100, max_generated_tokens=32
+    )
+    with TestClient(create_app(service, limits)) as test_client:
+        yield test_client
+
+
+def test_an_api_key_guards_everything_but_healthz(guarded):
+    key = {"Authorization": "Bearer s3cret"}
+    assert guarded.get("/healthz").status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        refused = guarded.post("/v1/classify", json={"task": "sentiment", "texts": ["x"]}, headers=headers)
+        assert refused.status_code == 401 and "API key" in refused.json()["detail"]
+        assert guarded.post("/v1/tasks/reload", headers=headers).status_code == 401
+    assert guarded.post("/v1/classify", json={"task": "sentiment", "texts": ["x"]}, headers=key).status_code == 200
+
+
+def test_limits_answer_413_naming_the_limit(guarded):
+    key = {"Authorization": "Bearer s3cret"}
+    huge = guarded.post("/v1/classify", json={"task": "sentiment", "texts": ["x" * 5_000]}, headers=key)
+    assert huge.status_code == 413 and "2,000 bytes" in huge.json()["detail"]
+    streamed = guarded.post(
+        "/v1/classify", content=iter([b'{"task": "sentiment", "texts": ["', b"y" * 3_000, b'"]}']), headers=key
+    )
+    assert streamed.status_code == 413
+    long_text = guarded.post("/v1/classify", json={"task": "sentiment", "texts": ["ok", "z" * 150]}, headers=key)
+    assert long_text.status_code == 413 and "text 1 has 150 characters; the limit is 100" in long_text.json()["detail"]
+    costly = guarded.post("/v1/generate", json={"prompt": "Hi", "max_new_tokens": 20, "samples": 2}, headers=key)
+    assert costly.status_code == 413 and "40 is over the limit of 32" in costly.json()["detail"]
+    assert guarded.post("/v1/generate", json={"prompt": "Hi", "max_new_tokens": 4}, headers=key).status_code == 200
+
+
+def test_no_page_loads_from_a_cdn(client):
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    assert client.get("/openapi.json").status_code == 200
+
+
+def test_a_slow_request_times_out_with_504(tiny_llama_dir, prompts_dir, monkeypatch):
+    service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
+    real = service.classify
+
+    def slow(requests):
+        time.sleep(0.5)
+        return real(requests)
+
+    monkeypatch.setattr(service, "classify", slow)
+    with TestClient(create_app(service, ServeSettings(timeout_s=0.1))) as test_client:
+        answer = test_client.post("/v1/classify", json={"task": "sentiment", "texts": ["x"]})
+    assert answer.status_code == 504 and "0.1 s" in answer.json()["detail"]

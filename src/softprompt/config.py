@@ -138,6 +138,10 @@ class RunConfig:
         tasks = task_specs()
         require(self.task in tasks, "task", f"'{self.task}' is not one of {', '.join(tasks)}")
         require(self.threads >= 0, "threads", "must be >= 0")
+        empty = self.template is not None and not self.template.strip()
+        require(
+            not empty, "template", "is empty; give one such as '{text}\\nLabel:', or leave it out for the dataset's"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict, as written to the artifact (method sections at the top level)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from softprompt.data import check_utf8
 from softprompt.errors import SoftpromptError
 
 DOCSTART = "-DOCSTART-"
@@ -65,6 +66,7 @@ def read_conll(path: str | Path) -> list[Sentence]:
             sentences.append(Sentence(words, iob1_to_iob2(tags), start))
         words, tags = [], []
 
+    check_utf8(path)
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             parts = line.split()

@@ -21,6 +21,7 @@ class Example:
 
     fields: dict[str, str]
     label: str | None = None
+    line: int | None = field(default=None, compare=False)  # where it was read, for messages
 
     @property
     def text(self) -> str:
@@ -37,11 +38,31 @@ class Dataset:
     notes: list[str] = field(default_factory=list)
 
 
+def check_utf8(path: Path) -> None:
+    """Refuse a file that is not UTF-8 text, naming the line of the first bad byte."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SoftpromptError(
+            f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8"
+        ) from None
+
+
 def read_rows(path: Path) -> list[tuple[int, dict]]:
     """(line number, row dict) pairs of a JSONL/CSV/TSV file, with file + line errors."""
     suffix = path.suffix.lower()
     if suffix not in READERS:
         raise SoftpromptError(f"{path}: unsupported file type '{suffix}' (use .jsonl, .csv or .tsv)")
+    check_utf8(path)
+    try:
+        return _read_rows(path, suffix)
+    except csv.Error as exc:  # e.g. a field over the csv module's size limit
+        raise SoftpromptError(f"{path}: unreadable as {suffix[1:].upper()} ({exc})") from None
+
+
+def _read_rows(path: Path, suffix: str) -> list[tuple[int, dict]]:
     with path.open(encoding="utf-8", newline="") as handle:
         if suffix in (".jsonl", ".json"):
             rows = []
@@ -117,7 +138,9 @@ def examples_from_rows(
     for number, row in rows:
         for column in wanted:
             if row.get(column) is None:
-                columns = ", ".join(sorted(str(k) for k in row))
+                if column in row:  # the column exists, this row has no value in it
+                    raise SoftpromptError(f"{source} {unit} {number}: no value for '{column}'; fill it or drop the row")
+                columns = ", ".join(sorted(str(k) for k in row if k is not None))
                 hint = "data.label_field" if column == label_field else "data.text_field"
                 raise SoftpromptError(
                     f"{source} {unit} {number}: no column '{column}' (columns: {columns}); set {hint}=<column>"
@@ -128,7 +151,7 @@ def examples_from_rows(
             skipped += 1
             continue
         label = str(row[label_field]).strip() if label_field else None
-        examples.append(Example(values, label))
+        examples.append(Example(values, label, number))
     if not examples:
         raise SoftpromptError(f"{source} has no non-empty texts in column '{text_field}'")
     notes = [f"{source}: skipped {skipped} rows with empty text"] if skipped else []

@@ -10,7 +10,7 @@ from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import load_config
 from softprompt.errors import SoftpromptError
 from softprompt.model import PromptedClassifier, TaskModel
-from softprompt.tasks import get_task
+from softprompt.tasks import get_task, task_specs
 
 DEFAULT_TASK = "classification"  # artifacts written before task.json recorded the task
 
@@ -35,6 +35,11 @@ def load_model(path: str | Path, backbone: Backbone | None = None) -> tuple[Task
     files = read_artifact(path)
     meta = files.meta
     recorded = meta["backbone"]
+    if artifact_task(meta) not in task_specs():
+        raise SoftpromptError(
+            f"{path} is a '{artifact_task(meta)}' prompt, not a classifier or tagger; use it with "
+            "`softprompt generate`, `softprompt detox eval` or `softprompt serve`"
+        )
     try:
         config = load_config(base=meta["config"])
     except SoftpromptError as exc:

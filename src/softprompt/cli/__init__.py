@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # a file the user named cannot be written or read: say which, no traceback
+        print(
+            f"error: {exc.filename or ''}: {exc.strerror or exc}; check the path and its permissions", file=sys.stderr
+        )
+        return 2
     return 0
 
 

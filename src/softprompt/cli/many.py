@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from softprompt.cli.args import training_command
@@ -63,9 +64,29 @@ def _serve(args: argparse.Namespace) -> None:
     if backbone.kind != "causal":
         raise SoftpromptError(f"serve needs a causal LM backbone; {backbone.name} is an {backbone.kind}")
     service = Service(backbone, args.prompts)
-    settings = ServeSettings(args.queue_size, args.max_batch, args.max_wait_ms)
+    api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
+    settings = ServeSettings(
+        args.queue_size,
+        args.max_batch,
+        args.max_wait_ms,
+        api_key=api_key,
+        max_body_bytes=args.max_body_bytes,
+        max_text_chars=args.max_text_chars,
+        max_generated_tokens=args.max_generated_tokens,
+        timeout_s=args.timeout,
+    )
     print(f"serving {len(service.tasks.describe())} task(s) on {backbone.name} at http://{args.host}:{args.port}")
     uvicorn.run(create_app(service, settings), host=args.host, port=args.port, log_level="warning")
+
+
+API_KEY_VARIABLE = "SOFTPROMPT_API_KEY"
+
+
+def _port(value: str) -> int:
+    """A TCP port number, refused by argparse in one line when out of range."""
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {value!r}")
+    return int(value)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -86,11 +107,20 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--prompts", required=True, help="a folder whose sub-folders are trained artifacts (task = name)"
     )
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000)
     serve.add_argument("--queue-size", type=int, default=256, help="requests waiting before 429s")
     serve.add_argument("--max-batch", type=int, default=32, help="texts per model call")
     serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for company")
     serve.add_argument("--threads", type=int, default=0)
+    serve.add_argument(
+        "--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE}; none: open)"
+    )
+    serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="413 for a larger request body")
+    serve.add_argument("--max-text-chars", type=int, default=10_000, help="413 for a longer text or prompt")
+    serve.add_argument(
+        "--max-generated-tokens", type=int, default=2_048, help="413 when max_new_tokens x samples is larger"
+    )
+    serve.add_argument("--timeout", type=float, default=120.0, help="504 for a request that takes longer (seconds)")
     serve.set_defaults(run=_serve)
 
     training_command(commands, "multitask", "train several tasks' prompts at once in mixed batches", _multitask)

@@ -44,6 +44,7 @@ class EncodedInput:
     ids: list[int]
     soft: list[int]
     mask_position: int | None = None
+    shortened: bool = False  # a field was cut to fit max_length
 
 
 class Template:
@@ -146,10 +147,11 @@ class Template:
             demonstrations: few-shot text put before the first literal/field chunk.
         """
         fields = dict(fields)
-        for _ in range(4):
+        for attempt in range(4):
             encoded = self._encode_once(fields, tokenizer, causal, demonstrations)
             overflow = len(encoded.ids) - max_length
             if overflow <= 0:
+                encoded.shortened = attempt > 0
                 return encoded
             longest = max(self.fields, key=lambda name: len(fields[name]))
             ids = tokenizer(fields[longest], add_special_tokens=False)["input_ids"]

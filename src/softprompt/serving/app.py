@@ -2,11 +2,13 @@
 ``POST /v1/generate``, ``POST /v1/tasks/reload``; the OpenAPI schema at ``/openapi.json``.
 
 Errors: an invalid body is 422 with the field named (FastAPI's validation), an unknown task 404,
-a full queue 429 (retry later), a request of the wrong kind for its task 400.
+a full queue 429 (retry later), a request of the wrong kind for its task 400, a missing or wrong
+API key 401, a body, text or generation over its limit 413, a request over its time 504.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from softprompt.data import Example
 from softprompt.generation.sampling import SampleRequest, sample_requests
 from softprompt.mixed import classify_mixed
 from softprompt.serving.batcher import Batcher, QueueFull
+from softprompt.serving.guards import ApiKey, BodyLimit
 from softprompt.serving.registry import ServedPrompts, load_tasks
 
 logger = logging.getLogger(__name__)
@@ -46,11 +49,17 @@ class GenerateRequest(BaseModel):
 
 @dataclass
 class ServeSettings:
-    """How the server batches (see :class:`~softprompt.serving.batcher.Batcher`)."""
+    """How the server batches (see :class:`~softprompt.serving.batcher.Batcher`) and what it
+    accepts: every limit is answered with a status that names it."""
 
     queue_size: int = 256
     max_batch: int = 32
     max_wait_ms: float = 5.0
+    api_key: str | None = None  # when set, every route but /healthz needs "Authorization: Bearer KEY"
+    max_body_bytes: int = 1_000_000  # 413 above
+    max_text_chars: int = 10_000  # 413 for a longer text or prompt
+    max_generated_tokens: int = 2_048  # 413 when max_new_tokens x samples is larger
+    timeout_s: float = 120.0  # 504 when a request waits and runs longer
 
 
 class Service:
@@ -124,13 +133,37 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
         yield
         await batcher.stop()  # Ctrl-C: in-flight requests are answered before the worker stops
 
-    app = FastAPI(title="softprompt", description="many prompt tasks on one frozen backbone", lifespan=lifespan)
+    # No /docs or /redoc: their pages load scripts from a CDN; the schema stays at /openapi.json.
+    app = FastAPI(
+        title="softprompt",
+        description="many prompt tasks on one frozen backbone",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if settings.api_key:
+        app.add_middleware(ApiKey, key=settings.api_key)  # added last: checked first
 
     async def submit(kind: str, payload: Any, size: int = 1) -> Any:
         try:
-            return await batcher.submit(kind, payload, size)
+            return await asyncio.wait_for(batcher.submit(kind, payload, size), settings.timeout_s)
         except QueueFull:
             raise HTTPException(429, "the request queue is full; retry shortly") from None
+        except TimeoutError:
+            raise HTTPException(504, f"the request took longer than {settings.timeout_s:g} s") from None
+
+    def within_limits(texts: list[str], cost: int = 0) -> None:
+        for index, text in enumerate(texts):
+            if len(text) > settings.max_text_chars:
+                raise HTTPException(
+                    413, f"text {index} has {len(text):,} characters; the limit is {settings.max_text_chars:,}"
+                )
+        if cost > settings.max_generated_tokens:
+            raise HTTPException(
+                413,
+                f"max_new_tokens x samples = {cost:,} is over the limit of {settings.max_generated_tokens:,} tokens",
+            )
 
     def known(task: str, kind: str) -> None:
         tasks = service.tasks
@@ -152,12 +185,14 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
 
     @app.post("/v1/classify")
     async def classify(request: ClassifyRequest) -> dict[str, Any]:
+        within_limits(request.texts)
         known(request.task, "classify")
         results = await submit("classify", request, size=len(request.texts))
         return {"task": request.task, "results": results}
 
     @app.post("/v1/generate")
     async def generate(request: GenerateRequest) -> dict[str, Any]:
+        within_limits([request.prompt], request.max_new_tokens * request.samples)
         if request.task is not None:
             known(request.task, "generate")
         completions = await submit("generate", request)

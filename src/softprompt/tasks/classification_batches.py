@@ -62,7 +62,9 @@ class ClassificationTask:
 
     def label_ids(self, examples: list[Example], where: str) -> list[int]:
         """Label indices, with an error naming ``where`` for a label the verbalizer lacks."""
-        return [self.verbalizer.index(ex.label, where) for ex in examples]
+        return [
+            self.verbalizer.index(ex.label, where if ex.line is None else f"{where} line {ex.line}") for ex in examples
+        ]
 
     def collate(self, encoded: list[EncodedInput], labels: list[int] | None = None) -> Batch:
         """Pad encoded rows into a :class:`Batch`."""

@@ -102,7 +102,10 @@ def artifact_saver(out: Path, model: TaskModel, meta: dict[str, Any]) -> SaveBes
 
 
 def check_out(out: Path, resume: bool, overwrite: bool, extra: tuple[Path, ...] = ()) -> None:
-    """Refuse to write over an existing run unless resuming or overwriting."""
+    """Refuse to write over an existing run unless resuming or overwriting, or into a path that
+    is a file."""
+    if out.exists() and not out.is_dir():
+        raise SoftpromptError(f"out={out} is a file; give a directory for the run")
     taken = any((d / TASK_FILE).exists() or (d / CHECKPOINT).exists() for d in (out, *extra))
     if taken and not (resume or overwrite):
         raise SoftpromptError(
@@ -144,6 +147,7 @@ def train(
     splits, backbone, model, baseline = _setup(config, backbone, records, bar)
     meta = artifact_meta(config, model, backbone, splits)
     encoded = {name: model.encode_split(getattr(splits, name), splits.where(name)) for name in ("train", "dev", "test")}
+    splits.notes += shortened_notes(encoded, config.train.max_length)
     if procs.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / RUN_CONFIG_FILE, config.to_dict())
@@ -183,6 +187,16 @@ def check_resumable(out: Path, config: RunConfig, extend: bool) -> None:
     saved = saved_config(out)
     if saved is not None:
         check_same_run(saved, config.to_dict(), extend)
+
+
+def shortened_notes(encoded: dict[str, list], max_length: int) -> list[str]:
+    """One note per split whose texts were cut to fit ``max_length`` tokens."""
+    notes = []
+    for name, rows in encoded.items():
+        cut = sum(bool(getattr(row, "shortened", False)) for row in rows)
+        if cut:
+            notes.append(f"{name}: {cut:,} of {len(rows):,} texts were shortened to fit train.max_length={max_length}")
+    return notes
 
 
 def _setup(
