@@ -10,7 +10,12 @@ class SoftpromptError(Exception):
     """A mistake in the user's input or environment, reported as a single line.
 
     The CLI prints ``error: <message>`` and exits with status 2; library callers can catch it.
+    Line breaks that user data brings into a message (a column name, a label) are shown escaped,
+    so the message stays one line.
     """
+
+    def __init__(self, message: str = "", *args: object):
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"), *args)
 
 
 class TrainingDiverged(SoftpromptError):
