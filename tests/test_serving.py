@@ -413,3 +413,55 @@ def test_a_slow_request_times_out_with_504(tiny_llama_dir, prompts_dir, monkeypa
     with TestClient(create_app(service, ServeSettings(timeout_s=0.1))) as test_client:
         answer = test_client.post("/v1/classify", json={"task": "sentiment", "texts": ["x"]})
     assert answer.status_code == 504 and "0.1 s" in answer.json()["detail"]
+
+
+def _slowed_generation(service, monkeypatch, seconds=0.05):
+    """Each decoding slice takes ``seconds`` more; returns the list that counts the slices."""
+    slices = []
+    real = service.advance_generation
+
+    def slow(sampler):
+        slices.append(time.perf_counter())
+        time.sleep(seconds)
+        return real(sampler)
+
+    monkeypatch.setattr(service, "advance_generation", slow)
+    return slices
+
+
+def test_classification_runs_between_slices_of_a_long_generation(tiny_llama_dir, prompts_dir, monkeypatch):
+    service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
+    slices = _slowed_generation(service, monkeypatch)
+    finished = {}
+    with TestClient(create_app(service, ServeSettings(max_wait_ms=1))) as test_client:
+
+        def long_generation():
+            body = {"prompt": "Once", "max_new_tokens": 160, "temperature": 0.01}
+            assert test_client.post("/v1/generate", json=body).status_code == 200
+            finished["generate"] = time.perf_counter()
+
+        thread = threading.Thread(target=long_generation)
+        thread.start()
+        while len(slices) < 3:  # the generation is under way
+            time.sleep(0.01)
+        answer = test_client.post("/v1/classify", json={"task": "sentiment", "texts": ["fine"]})
+        finished["classify"] = time.perf_counter()
+        thread.join()
+    assert answer.status_code == 200
+    assert finished["classify"] < finished["generate"], "classification waited for the whole generation"
+
+
+def test_work_of_a_caller_that_went_away_is_abandoned(tiny_llama_dir, prompts_dir, monkeypatch):
+    service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
+    slices = _slowed_generation(service, monkeypatch)
+    with TestClient(create_app(service, ServeSettings(max_wait_ms=1, timeout_s=0.3))) as test_client:
+        body = {"prompt": "Once", "max_new_tokens": 400, "temperature": 0.01}
+        assert test_client.post("/v1/generate", json=body).status_code == 504
+        time.sleep(0.2)  # a slice in flight ends
+        count = len(slices)
+        started = time.perf_counter()
+        assert test_client.post("/v1/classify", json={"task": "sentiment", "texts": ["fine"]}).status_code == 200
+        assert time.perf_counter() - started < 1.0
+        time.sleep(0.3)
+    assert len(slices) == count, "the abandoned generation kept decoding"
+    assert count < 400 / 4, "it stopped well before its 400 tokens"

@@ -194,41 +194,71 @@ class SampleRequest:
     seed: int
 
 
-@torch.inference_mode()
-def sample_requests(backbone: Backbone, requests: Sequence[SampleRequest]) -> list[list[list[int]]]:
-    """Sample every request's continuations in one batch, each row with its own soft prompt.
+class RequestSampler:
+    """Several callers' sampling jobs decoded together, a few tokens at a time.
 
-    Each request draws from its own generator, seeded by its ``seed``, so what it gets does not
-    depend on what else shared the batch: the same as :func:`sample_continuations` for it alone
-    (up to float rounding of the batched forward pass).
+    Every row has its own soft prompt and each request draws from its own generator, seeded by
+    its ``seed``, so what it gets does not depend on what else shared the batch, nor on how the
+    decoding was sliced: a server advances it a few steps between other work.
     """
-    counts = torch.tensor([r.samples for r in requests])
-    ends = counts.cumsum(0).tolist()
-    spans = [slice(end - r.samples, end) for r, end in zip(requests, ends, strict=True)]
-    generators = [torch.Generator().manual_seed(r.seed) for r in requests]
-    # Each request's prompt is pre-filled once; its cache is repeated for its samples.
-    logits, cache, mask, last = _prefill(backbone, [(r.soft, context_ids(backbone, r.prompt)) for r in requests])
-    sample_of = torch.repeat_interleave(torch.arange(len(requests)), counts)  # row -> its request
-    cache.reorder_cache(sample_of)
-    logits, mask, last = logits[sample_of], mask[sample_of], last[sample_of]
-    longest = max(r.max_new_tokens for r in requests)
-    eos = backbone.tokenizer.eos_token_id
-    tokens = torch.zeros(len(sample_of), longest, dtype=torch.long)
-    lengths = torch.tensor([r.max_new_tokens for r in requests])[sample_of]
-    done = torch.zeros(len(sample_of), dtype=torch.bool)
-    for step in range(longest):
-        chosen = torch.cat(
-            [
-                nucleus_sample(logits[span] / r.temperature, r.top_p, generator)
-                for r, span, generator in zip(requests, spans, generators, strict=True)
-            ]
-        )
-        finished = ~done & (chosen == eos) if eos is not None else torch.zeros_like(done)
-        lengths = torch.where(finished, torch.minimum(lengths, torch.tensor(step)), lengths)
-        done |= finished | (lengths <= step + 1)
-        tokens[:, step] = chosen
-        if bool(done.all()):
-            break
-        logits, cache, mask, last = _extend(backbone, chosen.unsqueeze(1), mask, last, cache)
-    texts = [tokens[i, : lengths[i]].tolist() for i in range(len(sample_of))]
-    return [texts[span] for span in spans]
+
+    @torch.inference_mode()
+    def __init__(self, backbone: Backbone, requests: Sequence[SampleRequest]):
+        self.backbone, self.requests = backbone, list(requests)
+        counts = torch.tensor([r.samples for r in requests])
+        ends = counts.cumsum(0).tolist()
+        self.spans = [slice(end - r.samples, end) for r, end in zip(requests, ends, strict=True)]
+        self.generators = [torch.Generator().manual_seed(r.seed) for r in requests]
+        # Each request's prompt is pre-filled once; its cache is repeated for its samples.
+        rows = [(r.soft, context_ids(backbone, r.prompt)) for r in requests]
+        logits, self.cache, mask, last = _prefill(backbone, rows)
+        sample_of = torch.repeat_interleave(torch.arange(len(requests)), counts)  # row -> its request
+        self.cache.reorder_cache(sample_of)
+        self.logits, self.mask, self.last = logits[sample_of], mask[sample_of], last[sample_of]
+        self.longest = max(r.max_new_tokens for r in requests)
+        self.tokens = torch.zeros(len(sample_of), self.longest, dtype=torch.long)
+        self.lengths = torch.tensor([r.max_new_tokens for r in requests])[sample_of]
+        self.done = torch.zeros(len(sample_of), dtype=torch.bool)
+        self.step = 0
+        self.finished = False
+
+    @torch.inference_mode()
+    def advance(self, steps: int) -> bool:
+        """Decode up to ``steps`` more tokens; True once every row is finished."""
+        eos = self.backbone.tokenizer.eos_token_id
+        for _ in range(steps):
+            if self.finished:
+                break
+            step = self.step
+            chosen = torch.cat(
+                [
+                    nucleus_sample(self.logits[span] / r.temperature, r.top_p, generator)
+                    for r, span, generator in zip(self.requests, self.spans, self.generators, strict=True)
+                ]
+            )
+            finished = ~self.done & (chosen == eos) if eos is not None else torch.zeros_like(self.done)
+            self.lengths = torch.where(finished, torch.minimum(self.lengths, torch.tensor(step)), self.lengths)
+            self.done |= finished | (self.lengths <= step + 1)
+            self.tokens[:, step] = chosen
+            self.step += 1
+            if bool(self.done.all()) or self.step >= self.longest:
+                self.finished = True
+                break
+            self.logits, self.cache, self.mask, self.last = _extend(
+                self.backbone, chosen.unsqueeze(1), self.mask, self.last, self.cache
+            )
+        return self.finished
+
+    def results(self) -> list[list[list[int]]]:
+        """Per request, the token ids of each of its samples."""
+        texts = [self.tokens[i, : self.lengths[i]].tolist() for i in range(len(self.tokens))]
+        return [texts[span] for span in self.spans]
+
+
+def sample_requests(backbone: Backbone, requests: Sequence[SampleRequest]) -> list[list[list[int]]]:
+    """Sample every request's continuations in one batch (see :class:`RequestSampler`): the same
+    as :func:`sample_continuations` for each alone, up to float rounding of the batched pass."""
+    sampler = RequestSampler(backbone, requests)
+    while not sampler.advance(64):
+        pass
+    return sampler.results()

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from softprompt.backbones import Backbone
 from softprompt.data import Example
-from softprompt.generation.sampling import SampleRequest, sample_requests
+from softprompt.generation.sampling import RequestSampler, SampleRequest
 from softprompt.mixed import classify_mixed
-from softprompt.serving.batcher import Batcher, QueueFull
+from softprompt.serving.batcher import Batcher, QueueFull, Stepwise
 from softprompt.serving.guards import ApiKey, BodyLimit
 from softprompt.serving.registry import ServedPrompts, load_tasks
 
@@ -90,7 +90,7 @@ class Service:
             out.append(answers)
         return out
 
-    def generate(self, payloads: list[GenerateRequest]) -> list[list[str]]:
+    def start_generation(self, payloads: list[GenerateRequest]) -> RequestSampler:
         """One batch for every sample of every request; each request keeps its own settings and
         seed, so its answer does not depend on what it was batched with."""
         requests = [
@@ -105,11 +105,22 @@ class Service:
             )
             for p in payloads
         ]
+        return RequestSampler(self.backbone, requests)
+
+    def advance_generation(self, sampler: RequestSampler) -> bool:
+        """A slice of decoding; between slices the worker runs waiting classification batches."""
+        return sampler.advance(GENERATION_SLICE)
+
+    def finish_generation(self, sampler: RequestSampler) -> list[list[str]]:
         tokenizer = self.backbone.tokenizer
-        return [
-            [tokenizer.decode(ids, skip_special_tokens=True) for ids in samples]
-            for samples in sample_requests(self.backbone, requests)
-        ]
+        return [[tokenizer.decode(ids, skip_special_tokens=True) for ids in samples] for samples in sampler.results()]
+
+    def generate(self, payloads: list[GenerateRequest]) -> list[list[str]]:
+        """All of a generation batch at once (what the worker does slice by slice)."""
+        sampler = self.start_generation(payloads)
+        while not self.advance_generation(sampler):
+            pass
+        return self.finish_generation(sampler)
 
     def reload(self, _: list[Any]) -> list[dict[str, Any]]:
         self.tasks = load_tasks(self.prompts, self.backbone)
@@ -117,11 +128,23 @@ class Service:
         return [{"tasks": self.tasks.describe(), "skipped": self.tasks.skipped}] * len(_)
 
 
+GENERATION_SLICE = 4  # tokens decoded between chances for other batches to run
+
+
+async def _until_disconnected(request: Request, every: float = 0.1) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(every)
+
+
 def create_app(service: Service, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI application serving ``service``."""
     settings = settings or ServeSettings()
     batcher = Batcher(
-        {"classify": service.classify, "generate": service.generate, "reload": service.reload},
+        {
+            "classify": service.classify,
+            "generate": Stepwise(service.start_generation, service.advance_generation, service.finish_generation),
+            "reload": service.reload,
+        },
         queue_size=settings.queue_size,
         max_batch=settings.max_batch,
         max_wait=settings.max_wait_ms / 1000,
@@ -145,13 +168,27 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
     if settings.api_key:
         app.add_middleware(ApiKey, key=settings.api_key)  # added last: checked first
 
-    async def submit(kind: str, payload: Any, size: int = 1) -> Any:
+    async def submit(kind: str, payload: Any, size: int = 1, request: Request | None = None) -> Any:
+        """Queue the work and wait for it; a caller that disconnects or times out takes its work
+        out of the queue (or out of a running generation) with it."""
+        work = asyncio.ensure_future(batcher.submit(kind, payload, size))
+        watchers = {work}
+        if request is not None:
+            watchers.add(asyncio.ensure_future(_until_disconnected(request)))
         try:
-            return await asyncio.wait_for(batcher.submit(kind, payload, size), settings.timeout_s)
+            done, _ = await asyncio.wait(watchers, timeout=settings.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for other in watchers - {work}:
+                other.cancel()
+        if work not in done:
+            work.cancel()
+            if not done:
+                raise HTTPException(504, f"the request took longer than {settings.timeout_s:g} s")
+            raise HTTPException(499, "the client closed the request")
+        try:
+            return work.result()
         except QueueFull:
             raise HTTPException(429, "the request queue is full; retry shortly") from None
-        except TimeoutError:
-            raise HTTPException(504, f"the request took longer than {settings.timeout_s:g} s") from None
 
     def within_limits(texts: list[str], cost: int = 0) -> None:
         for index, text in enumerate(texts):
@@ -184,18 +221,18 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
         return {"backbone": service.backbone.name, "tasks": service.tasks.describe(), "skipped": service.tasks.skipped}
 
     @app.post("/v1/classify")
-    async def classify(request: ClassifyRequest) -> dict[str, Any]:
+    async def classify(request: ClassifyRequest, http: Request) -> dict[str, Any]:
         within_limits(request.texts)
         known(request.task, "classify")
-        results = await submit("classify", request, size=len(request.texts))
+        results = await submit("classify", request, size=len(request.texts), request=http)
         return {"task": request.task, "results": results}
 
     @app.post("/v1/generate")
-    async def generate(request: GenerateRequest) -> dict[str, Any]:
+    async def generate(request: GenerateRequest, http: Request) -> dict[str, Any]:
         within_limits([request.prompt], request.max_new_tokens * request.samples)
         if request.task is not None:
             known(request.task, "generate")
-        completions = await submit("generate", request)
+        completions = await submit("generate", request, request=http)
         return {"task": request.task, "prompt": request.prompt, "completions": completions}
 
     @app.post("/v1/tasks/reload")

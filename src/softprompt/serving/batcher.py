@@ -4,14 +4,30 @@ Requests wait at most ``max_wait`` seconds for company: classification texts of 
 arrive together go through the model as one mixed batch. The queue is bounded, so a server under
 more load than it can take answers 429 at once instead of hanging. Model calls run one at a time
 in a worker thread, so the event loop keeps answering (health checks, 429s) while it computes.
+
+Long jobs (generation) are :class:`Stepwise`: the worker advances them a slice at a time and runs
+whatever else is waiting between slices, so a long generation never starves classification. Jobs
+whose caller went away (disconnected, timed out) are dropped before they run, and a generation
+whose callers have all gone is abandoned between slices.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Stepwise:
+    """A kind of job computed in slices: ``start(payloads) -> state``, ``advance(state) -> done``,
+    ``finish(state) -> results`` (one per payload)."""
+
+    start: Callable[[list[Any]], Any]
+    advance: Callable[[Any], bool]
+    finish: Callable[[Any], list[Any]]
 
 
 class QueueFull(Exception):
@@ -33,7 +49,7 @@ class Batcher:
 
     def __init__(
         self,
-        handlers: dict[str, Callable[[list[Any]], list[Any]]],
+        handlers: dict[str, Callable[[list[Any]], list[Any]] | Stepwise],
         queue_size: int = 256,
         max_batch: int = 32,
         max_wait: float = 0.005,
@@ -44,6 +60,8 @@ class Batcher:
         self.max_wait = max_wait
         self._worker: asyncio.Task | None = None
         self._held: Job | None = None  # a job that did not fit the last batch
+        self._waiting: collections.deque[list[Job]] = collections.deque()  # stepwise batches not started
+        self._active: tuple[list[Job], Any] | None = None  # the stepwise batch being advanced
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run())
@@ -85,19 +103,65 @@ class Batcher:
         return batch
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch()
-            handler = self.handlers[batch[0].kind]
-            try:
-                results = await loop.run_in_executor(None, handler, [job.payload for job in batch])
-                for job, result in zip(batch, results, strict=True):
-                    if not job.future.done():
-                        job.future.set_result(result)
-            except Exception as exc:  # a failure answers its own requests, never stops the worker
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-            finally:
-                for _ in batch:
-                    self.queue.task_done()
+            busy = self._active is not None or self._waiting
+            if not busy or self._held is not None or not self.queue.empty():
+                batch = self._live(await self._next_batch())
+                if batch and isinstance(self.handlers[batch[0].kind], Stepwise):
+                    self._waiting.append(batch)
+                elif batch:
+                    await self._run_once(batch)
+            await self._advance()
+
+    def _live(self, batch: list[Job]) -> list[Job]:
+        """The jobs of ``batch`` whose callers still wait; the others are done with now."""
+        live = [job for job in batch if not job.future.done()]
+        for _ in range(len(batch) - len(live)):
+            self.queue.task_done()
+        return live
+
+    async def _run_once(self, batch: list[Job]) -> None:
+        handler = self.handlers[batch[0].kind]
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(None, handler, [job.payload for job in batch])
+            self._answer(batch, results)
+        except Exception as exc:  # a failure answers its own requests, never stops the worker
+            self._fail(batch, exc)
+
+    async def _advance(self) -> None:
+        """Start the next stepwise batch if none is active, then advance the active one a slice."""
+        loop = asyncio.get_running_loop()
+        try:
+            if self._active is None and self._waiting:
+                batch = self._live(self._waiting.popleft())
+                if batch:
+                    steps = self.handlers[batch[0].kind]
+                    state = await loop.run_in_executor(None, steps.start, [job.payload for job in batch])
+                    self._active = (batch, state)
+            if self._active is None:
+                return
+            batch, state = self._active
+            if all(job.future.done() for job in batch):  # every caller went away: stop computing
+                self._active = None
+                self._live(batch)
+                return
+            steps = self.handlers[batch[0].kind]
+            if await loop.run_in_executor(None, steps.advance, state):
+                self._active = None
+                self._answer(batch, steps.finish(state))
+        except Exception as exc:
+            failed = self._active[0] if self._active else batch
+            self._active = None
+            self._fail(failed, exc)
+
+    def _answer(self, batch: list[Job], results: list[Any]) -> None:
+        for job, result in zip(batch, results, strict=True):
+            if not job.future.done():
+                job.future.set_result(result)
+            self.queue.task_done()
+
+    def _fail(self, batch: list[Job], exc: Exception) -> None:
+        for job in batch:
+            if not job.future.done():
+                job.future.set_exception(exc)
+            self.queue.task_done()
