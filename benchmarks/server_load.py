@@ -4,7 +4,11 @@
 
 Phase 1: ``--clients`` concurrent clients, each sending one classification request after the
 other (a random task, 1-4 texts) for ``--seconds``: requests/s, p50/p99 latency, and every status.
-Phase 2: a burst of ``--burst`` requests at once, beyond the queue: some are refused with 429,
+Phase 2 (soak): as many clients for as long, mixing classification with generation, slow uploads,
+clients that disconnect mid-generation, oversized bodies (413 expected) and a client without the
+API key (401 expected): no request may be lost or fail other than those, and classification's
+p99 latency is compared with phase 1's.
+Phase 3: a burst of ``--burst`` requests at once, beyond the queue: some are refused with 429,
 none hang or fail otherwise, and a request after the burst is answered (recovery).
 """
 
@@ -46,12 +50,7 @@ async def client_loop(client: httpx.AsyncClient, tasks: list[str], until: float,
         log.append((status, time.perf_counter() - start))
 
 
-async def load(base: str, tasks: list[str], clients: int, seconds: float) -> dict:
-    log: list = []
-    limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
-        until = time.perf_counter() + seconds
-        await asyncio.gather(*(client_loop(client, tasks, until, i, log) for i in range(clients)))
+def summary(log: list, seconds: float) -> dict:
     ok = sorted(latency for status, latency in log if status == 200)
     return {
         "requests": len(log),
@@ -62,8 +61,81 @@ async def load(base: str, tasks: list[str], clients: int, seconds: float) -> dic
     }
 
 
-async def burst(base: str, tasks: list[str], count: int) -> dict:
-    async with httpx.AsyncClient(base_url=base, timeout=300, limits=httpx.Limits(max_connections=count)) as client:
+async def load(base: str, tasks: list[str], clients: int, seconds: float, headers: dict) -> dict:
+    log: list = []
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits, headers=headers) as client:
+        until = time.perf_counter() + seconds
+        await asyncio.gather(*(client_loop(client, tasks, until, i, log) for i in range(clients)))
+    return summary(log, seconds)
+
+
+async def timed(log: list, request) -> None:
+    start = time.perf_counter()
+    try:
+        status = (await request).status_code
+    except httpx.TimeoutException:
+        status = "disconnected"  # the client gave up on purpose
+    except httpx.HTTPError as exc:
+        status = f"error: {type(exc).__name__}"
+    log.append((status, time.perf_counter() - start))
+
+
+async def slow_body(body: dict):
+    """An upload that trickles in over about a second."""
+    data = json.dumps(body).encode()
+    for i in range(0, len(data), max(1, len(data) // 3)):
+        await asyncio.sleep(0.3)
+        yield data[i : i + max(1, len(data) // 3)]
+
+
+async def soak(base: str, tasks: list[str], clients: int, seconds: float, key: str) -> dict:
+    """Phase 2: classification clients beside generation, slow, disconnecting, oversized and
+    unauthorised ones; every kind keeps its own log."""
+    headers = {"Authorization": f"Bearer {key}"}
+    logs: dict[str, list] = {kind: [] for kind in ("classify", "generate", "slow", "disconnect", "oversized", "no_key")}
+    until = time.perf_counter() + seconds
+    roles = ["generate"] * 4 + ["slow"] * 2 + ["disconnect", "oversized", "no_key"]
+    roles += ["classify"] * max(1, clients - len(roles))
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits, headers=headers) as client:
+
+        async def role_loop(role: str, seed: int) -> None:
+            rng = random.Random(seed)
+            while time.perf_counter() < until:
+                body = {"task": rng.choice(tasks), "texts": rng.sample(TEXTS, rng.randint(1, 4))}
+                if role == "classify":
+                    request = client.post("/v1/classify", json=body)
+                elif role == "generate":
+                    gen = {"prompt": rng.choice(TEXTS), "max_new_tokens": 48, "samples": 2, "seed": seed}
+                    request = client.post("/v1/generate", json=gen)
+                elif role == "slow":
+                    slow_headers = {"content-type": "application/json"}
+                    request = client.post("/v1/classify", content=slow_body(body), headers=slow_headers)
+                elif role == "disconnect":
+                    gen = {"prompt": rng.choice(TEXTS), "max_new_tokens": 256}
+                    request = client.post("/v1/generate", json=gen, timeout=0.5)
+                elif role == "oversized":
+                    request = client.post("/v1/classify", json={"task": body["task"], "texts": ["x" * 3_000_000]})
+                else:
+                    request = client.post("/v1/classify", json=body, headers={"Authorization": "Bearer wrong"})
+                await timed(logs[role], request)
+                if role in ("oversized", "no_key", "disconnect"):
+                    await asyncio.sleep(1.0)  # now and then, not a flood
+
+        await asyncio.gather(*(role_loop(role, i) for i, role in enumerate(roles)))
+    expected = {"oversized": {"413"}, "no_key": {"401"}, "disconnect": {"disconnected", "200"}}
+    result = {kind: summary(log, seconds) for kind, log in logs.items()}
+    failed = {
+        kind: {s: n for s, n in r["statuses"].items() if s not in expected.get(kind, {"200"})}
+        for kind, r in result.items()
+    }
+    return {"by_kind": result, "unexpected": {k: v for k, v in failed.items() if v}}
+
+
+async def burst(base: str, tasks: list[str], count: int, headers: dict) -> dict:
+    limits = httpx.Limits(max_connections=count)
+    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits, headers=headers) as client:
 
         async def one(i: int):
             try:
@@ -89,12 +161,16 @@ def main() -> None:
     parser.add_argument("--queue-size", type=int, default=64)
     parser.add_argument("--burst", type=int, default=400)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--soak", action="store_true", help="also run phase 2 (mixed, slow, disconnecting clients)")
     parser.add_argument("--out", default=str(RESULTS / "server_load.json"))
     args = parser.parse_args()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "softprompt", "serve", "--backbone", args.backbone, "--prompts", args.prompts]
     command += ["--port", str(port), "--queue-size", str(args.queue_size), "--threads", str(args.threads)]
+    key = "benchmark-key"
+    command += ["--api-key", key]
+    headers = {"Authorization": f"Bearer {key}"}
     server = subprocess.Popen(command)
     try:
         for _ in range(600):
@@ -103,10 +179,11 @@ def main() -> None:
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
-        listing = httpx.get(f"{base}/v1/tasks").json()
+        listing = httpx.get(f"{base}/v1/tasks", headers=headers).json()
         tasks = [t["name"] for t in listing["tasks"] if t["kind"] == "classify"]
-        steady = asyncio.run(load(base, tasks, args.clients, args.seconds))
-        spike = asyncio.run(burst(base, tasks, args.burst))
+        steady = asyncio.run(load(base, tasks, args.clients, args.seconds, headers))
+        mixed = asyncio.run(soak(base, tasks, args.clients, args.seconds, key)) if args.soak else None
+        spike = asyncio.run(burst(base, tasks, args.burst, headers))
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -120,12 +197,31 @@ def main() -> None:
         f"| steady | {steady['requests']} | {steady['statuses']} | {steady['requests_per_second']:.1f} | "
         f"{steady['p50_ms']:.0f} | {steady['p99_ms']:.0f} |"
     )
+    if mixed:
+        for kind, r in mixed["by_kind"].items():
+            p50 = f"{r['p50_ms']:.0f}" if r["p50_ms"] is not None else "-"
+            p99 = f"{r['p99_ms']:.0f}" if r["p99_ms"] is not None else "-"
+            print(
+                f"| soak: {kind} | {r['requests']} | {r['statuses']} | {r['requests_per_second']:.1f} | {p50} | {p99} |"
+            )
     print(f"| burst of {spike['sent']} | {spike['sent']} | {spike['statuses']} | | | |")
+    if mixed:
+        ratio = mixed["by_kind"]["classify"]["p99_ms"] / steady["p99_ms"]
+        mixed["classify_p99_ratio"] = ratio
+        print(f"\nsoak: classify p99 {ratio:.2f}x its p99 without generation (target < 3x)")
+        print(f"soak: unexpected statuses (lost or failed requests): {mixed['unexpected'] or 'none'}")
     print(f"\nafter the burst a request got {spike['after']} ({spike['seconds']:.1f} s for the burst)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(
         json.dumps(
-            {"setting": setting, "tasks": tasks, "skipped": listing["skipped"], "steady": steady, "burst": spike},
+            {
+                "setting": setting,
+                "tasks": tasks,
+                "skipped": listing["skipped"],
+                "steady": steady,
+                "soak": mixed,
+                "burst": spike,
+            },
             indent=2,
         )
     )
