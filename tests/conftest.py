@@ -120,3 +120,19 @@ def sentiment_files(tmp_path) -> dict[str, Path]:
     for split, reps in (("train", 4), ("dev", 1), ("test", 1)):
         files[split] = write_jsonl(tmp_path / f"{split}.jsonl", rows * reps)
     return files
+
+
+@pytest.fixture
+def base_args(tiny_llama_dir, sentiment_files):
+    """Command-line settings of a quick run of the tiny model on ``sentiment_files``."""
+    return [
+        f"backbone={tiny_llama_dir}",
+        f"data.train={sentiment_files['train']}",
+        f"data.dev={sentiment_files['dev']}",
+        f"data.test={sentiment_files['test']}",
+        "verbalizer={positive: positive, negative: negative}",
+        "template=Review: {text}\\nSentiment:{soft:2}",
+        "prompt.init=vocab",
+        "train.batch_size=4",
+        "--quiet",
+    ]

@@ -57,24 +57,9 @@ def _log(out):
 
 
 @pytest.fixture
-def train_args(tiny_llama_dir, sentiment_files):
-    return [
-        "train",
-        f"backbone={tiny_llama_dir}",
-        f"data.train={sentiment_files['train']}",
-        f"data.dev={sentiment_files['dev']}",
-        f"data.test={sentiment_files['test']}",
-        "verbalizer={positive: positive, negative: negative}",
-        "template=Review: {text}\\nSentiment:{soft:2}",
-        "prompt.init=vocab",
-        "train.batch_size=4",
-        "train.max_steps=8",
-        "train.eval_every=2",
-        "train.lr=0.05",
-        "train.patience=0",
-        "threads=1",
-        "--quiet",
-    ]
+def train_args(base_args):
+    steps = ["train.max_steps=8", "train.eval_every=2", "train.lr=0.05", "train.patience=0", "threads=1"]
+    return ["train", *base_args, *steps]
 
 
 def _run(args, killer=None):

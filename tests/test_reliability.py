@@ -16,21 +16,6 @@ from softprompt.cli import main
 
 
 @pytest.fixture
-def base_args(tiny_llama_dir, sentiment_files):
-    return [
-        f"backbone={tiny_llama_dir}",
-        f"data.train={sentiment_files['train']}",
-        f"data.dev={sentiment_files['dev']}",
-        f"data.test={sentiment_files['test']}",
-        "verbalizer={positive: positive, negative: negative}",
-        "template=Review: {text}\\nSentiment:{soft:2}",
-        "prompt.init=vocab",
-        "train.batch_size=4",
-        "--quiet",
-    ]
-
-
-@pytest.fixture
 def run(base_args, tmp_path):
     out = tmp_path / "run"
     assert main(["train", *base_args, f"out={out}", "train.max_steps=4", "train.eval_every=2"]) == 0
