@@ -136,15 +136,64 @@ async def _until_disconnected(request: Request, every: float = 0.1) -> None:
         await asyncio.sleep(every)
 
 
+class Gate:
+    """What every request passes through: limits, the task check, and the queue with its
+    timeout and disconnect watch."""
+
+    def __init__(self, service: Service, batcher: Batcher, settings: ServeSettings):
+        self.service, self.batcher, self.settings = service, batcher, settings
+
+    async def submit(self, kind: str, payload: Any, size: int = 1, request: Request | None = None) -> Any:
+        """Queue the work and wait for it; a caller that disconnects or times out takes its work
+        out of the queue (or out of a running generation) with it."""
+        work = asyncio.ensure_future(self.batcher.submit(kind, payload, size))
+        watchers = {work}
+        if request is not None:
+            watchers.add(asyncio.ensure_future(_until_disconnected(request)))
+        timeout = self.settings.timeout_s
+        try:
+            done, _ = await asyncio.wait(watchers, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for other in watchers - {work}:
+                other.cancel()
+        if work not in done:
+            work.cancel()
+            if not done:
+                raise HTTPException(504, f"the request took longer than {timeout:g} s")
+            raise HTTPException(499, "the client closed the request")
+        try:
+            return work.result()
+        except QueueFull:
+            raise HTTPException(429, "the request queue is full; retry shortly") from None
+
+    def within_limits(self, texts: list[str], cost: int = 0) -> None:
+        """413 for a text over ``max_text_chars`` or a generation over ``max_generated_tokens``."""
+        limit = self.settings.max_text_chars
+        for index, text in enumerate(texts):
+            if len(text) > limit:
+                raise HTTPException(413, f"text {index} has {len(text):,} characters; the limit is {limit:,}")
+        tokens = self.settings.max_generated_tokens
+        if cost > tokens:
+            raise HTTPException(413, f"max_new_tokens x samples = {cost:,} is over the limit of {tokens:,} tokens")
+
+    def known(self, task: str, kind: str) -> None:
+        """404 for an unknown task, 400 for a task of the other kind."""
+        tasks = self.service.tasks
+        other = tasks.generators if kind == "classify" else tasks.classifiers
+        mine = tasks.classifiers if kind == "classify" else tasks.generators
+        if task in mine:
+            return
+        if task in other:
+            raise HTTPException(400, f"task '{task}' is not a {kind} task; see GET /v1/tasks")
+        raise HTTPException(404, f"unknown task '{task}'; GET /v1/tasks lists them")
+
+
 def create_app(service: Service, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI application serving ``service``."""
     settings = settings or ServeSettings()
+    generate = Stepwise(service.start_generation, service.advance_generation, service.finish_generation)
     batcher = Batcher(
-        {
-            "classify": service.classify,
-            "generate": Stepwise(service.start_generation, service.advance_generation, service.finish_generation),
-            "reload": service.reload,
-        },
+        {"classify": service.classify, "generate": generate, "reload": service.reload},
         queue_size=settings.queue_size,
         max_batch=settings.max_batch,
         max_wait=settings.max_wait_ms / 1000,
@@ -167,50 +216,12 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.api_key:
         app.add_middleware(ApiKey, key=settings.api_key)  # added last: checked first
+    add_routes(app, service, Gate(service, batcher, settings))
+    return app
 
-    async def submit(kind: str, payload: Any, size: int = 1, request: Request | None = None) -> Any:
-        """Queue the work and wait for it; a caller that disconnects or times out takes its work
-        out of the queue (or out of a running generation) with it."""
-        work = asyncio.ensure_future(batcher.submit(kind, payload, size))
-        watchers = {work}
-        if request is not None:
-            watchers.add(asyncio.ensure_future(_until_disconnected(request)))
-        try:
-            done, _ = await asyncio.wait(watchers, timeout=settings.timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for other in watchers - {work}:
-                other.cancel()
-        if work not in done:
-            work.cancel()
-            if not done:
-                raise HTTPException(504, f"the request took longer than {settings.timeout_s:g} s")
-            raise HTTPException(499, "the client closed the request")
-        try:
-            return work.result()
-        except QueueFull:
-            raise HTTPException(429, "the request queue is full; retry shortly") from None
 
-    def within_limits(texts: list[str], cost: int = 0) -> None:
-        for index, text in enumerate(texts):
-            if len(text) > settings.max_text_chars:
-                raise HTTPException(
-                    413, f"text {index} has {len(text):,} characters; the limit is {settings.max_text_chars:,}"
-                )
-        if cost > settings.max_generated_tokens:
-            raise HTTPException(
-                413,
-                f"max_new_tokens x samples = {cost:,} is over the limit of {settings.max_generated_tokens:,} tokens",
-            )
-
-    def known(task: str, kind: str) -> None:
-        tasks = service.tasks
-        other = tasks.generators if kind == "classify" else tasks.classifiers
-        mine = tasks.classifiers if kind == "classify" else tasks.generators
-        if task in mine:
-            return
-        if task in other:
-            raise HTTPException(400, f"task '{task}' is not a {kind} task; see GET /v1/tasks")
-        raise HTTPException(404, f"unknown task '{task}'; GET /v1/tasks lists them")
+def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
+    """The endpoints (see the module docstring)."""
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -222,21 +233,19 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
 
     @app.post("/v1/classify")
     async def classify(request: ClassifyRequest, http: Request) -> dict[str, Any]:
-        within_limits(request.texts)
-        known(request.task, "classify")
-        results = await submit("classify", request, size=len(request.texts), request=http)
+        gate.within_limits(request.texts)
+        gate.known(request.task, "classify")
+        results = await gate.submit("classify", request, size=len(request.texts), request=http)
         return {"task": request.task, "results": results}
 
     @app.post("/v1/generate")
     async def generate(request: GenerateRequest, http: Request) -> dict[str, Any]:
-        within_limits([request.prompt], request.max_new_tokens * request.samples)
+        gate.within_limits([request.prompt], request.max_new_tokens * request.samples)
         if request.task is not None:
-            known(request.task, "generate")
-        completions = await submit("generate", request, request=http)
+            gate.known(request.task, "generate")
+        completions = await gate.submit("generate", request, request=http)
         return {"task": request.task, "prompt": request.prompt, "completions": completions}
 
     @app.post("/v1/tasks/reload")
     async def reload() -> JSONResponse:
-        return JSONResponse(await submit("reload", None))
-
-    return app
+        return JSONResponse(await gate.submit("reload", None))

@@ -137,17 +137,11 @@ def train(
         SoftpromptError: bad input (nothing written), or a diverged loss (last checkpoint kept).
     """
     started, out, procs = time.perf_counter(), Path(config.out), processes()
-    if procs.main:
-        check_out(out, resume, overwrite)
-    if resume:
-        check_resumable(out, config, extend)
-    if config.threads:
-        torch.set_num_threads(config.threads)
     bar = "eval" if progress else None
+    _check_start(config, resume, overwrite, extend, procs.main)
     splits, backbone, model, baseline = _setup(config, backbone, records, bar)
     meta = artifact_meta(config, model, backbone, splits)
-    encoded = {name: model.encode_split(getattr(splits, name), splits.where(name)) for name in ("train", "dev", "test")}
-    splits.notes += shortened_notes(encoded, config.train.max_length)
+    encoded = encode_splits(model, splits, config.train.max_length)
     if procs.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / RUN_CONFIG_FILE, config.to_dict())
@@ -180,6 +174,17 @@ def train(
     )
 
 
+def _check_start(config: RunConfig, resume: bool, overwrite: bool, extend: bool, main: bool) -> None:
+    """Before anything is written: the output directory, a resumable run, the thread count."""
+    out = Path(config.out)
+    if main:
+        check_out(out, resume, overwrite)
+    if resume:
+        check_resumable(out, config, extend)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+
+
 def check_resumable(out: Path, config: RunConfig, extend: bool) -> None:
     """Before anything is written: a checkpoint to resume, saved by a run with the same settings."""
     if not (out / CHECKPOINT).is_file():
@@ -189,14 +194,16 @@ def check_resumable(out: Path, config: RunConfig, extend: bool) -> None:
         check_same_run(saved, config.to_dict(), extend)
 
 
-def shortened_notes(encoded: dict[str, list], max_length: int) -> list[str]:
-    """One note per split whose texts were cut to fit ``max_length`` tokens."""
-    notes = []
+def encode_splits(model: TaskModel, splits: Splits, max_length: int) -> dict[str, list]:
+    """Every split encoded once; a note per split whose texts were cut to fit ``max_length``."""
+    encoded = {name: model.encode_split(getattr(splits, name), splits.where(name)) for name in ("train", "dev", "test")}
     for name, rows in encoded.items():
         cut = sum(bool(getattr(row, "shortened", False)) for row in rows)
         if cut:
-            notes.append(f"{name}: {cut:,} of {len(rows):,} texts were shortened to fit train.max_length={max_length}")
-    return notes
+            splits.notes.append(
+                f"{name}: {cut:,} of {len(rows):,} texts were shortened to fit train.max_length={max_length}"
+            )
+    return encoded
 
 
 def _setup(
