@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from softprompt.artifact import write_artifact
+from softprompt.artifact import read_artifact, write_artifact
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import RunConfig, load_config
 from softprompt.errors import SoftpromptError
@@ -156,16 +156,8 @@ def train(
     loaded, run = _backbone(backbone, _config(config, settings))
     result = train_run(run, resume, overwrite, progress, loaded, _records(train_data, dev_data, test_data) or None)
     if result.model is not None:
-        meta = load_model_meta(result.out)
-        result.model = Model(result.model, get_task(run.task), meta)
+        result.model = Model(result.model, get_task(run.task), read_artifact(result.out).meta)
     return result
-
-
-def load_model_meta(path: str | Path) -> dict[str, Any]:
-    """The record (``task.json``) of an artifact directory."""
-    from softprompt.artifact import read_artifact
-
-    return read_artifact(path).meta
 
 
 def load(artifact: str | Path, backbone: Backbone | None = None) -> Model:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.errors import SoftpromptError, did_you_mean
+from softprompt.methods import METHODS
 from softprompt.methods.prompt_tuning import PromptTuning
 from softprompt.recipe import build, merge, parse_overrides, read_yaml
 
@@ -160,8 +161,6 @@ class RunConfig:
 
 def method_sections() -> dict[str, type]:
     """Method name -> its options dataclass, for the methods that have options."""
-    from softprompt.methods import METHODS  # late: the registry imports torch and the backbones
-
     return {name: spec.options for name, spec in METHODS.items() if spec.options is not None}
 
 

@@ -183,7 +183,7 @@ def continuation_nll(
 
 @dataclass
 class SampleRequest:
-    """One caller's sampling job inside a shared batch (see :func:`sample_requests`)."""
+    """One caller's sampling job inside a shared batch (see :class:`RequestSampler`)."""
 
     prompt: str
     soft: torch.Tensor | None  # [n, hidden] soft prompt put before the text, or None
@@ -253,12 +253,3 @@ class RequestSampler:
         """Per request, the token ids of each of its samples."""
         texts = [self.tokens[i, : self.lengths[i]].tolist() for i in range(len(self.tokens))]
         return [texts[span] for span in self.spans]
-
-
-def sample_requests(backbone: Backbone, requests: Sequence[SampleRequest]) -> list[list[list[int]]]:
-    """Sample every request's continuations in one batch (see :class:`RequestSampler`): the same
-    as :func:`sample_continuations` for each alone, up to float rounding of the batched pass."""
-    sampler = RequestSampler(backbone, requests)
-    while not sampler.advance(64):
-        pass
-    return sampler.results()

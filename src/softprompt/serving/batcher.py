@@ -131,28 +131,33 @@ class Batcher:
     async def _advance(self) -> None:
         """Start the next stepwise batch if none is active, then advance the active one a slice."""
         loop = asyncio.get_running_loop()
-        try:
-            if self._active is None and self._waiting:
-                batch = self._live(self._waiting.popleft())
-                if batch:
-                    steps = self.handlers[batch[0].kind]
+        if self._active is None and self._waiting:
+            batch = self._live(self._waiting.popleft())
+            if batch:
+                steps = self.handlers[batch[0].kind]
+                try:
                     state = await loop.run_in_executor(None, steps.start, [job.payload for job in batch])
                     self._active = (batch, state)
-            if self._active is None:
-                return
-            batch, state = self._active
-            if all(job.future.done() for job in batch):  # every caller went away: stop computing
-                self._active = None
-                self._live(batch)
-                return
-            steps = self.handlers[batch[0].kind]
-            if await loop.run_in_executor(None, steps.advance, state):
-                self._active = None
-                self._answer(batch, steps.finish(state))
-        except Exception as exc:
-            failed = self._active[0] if self._active else batch
+                except Exception as exc:  # a failure answers its own requests, never stops the worker
+                    self._fail(batch, exc)
+        if self._active is None:
+            return
+        batch, state = self._active
+        if all(job.future.done() for job in batch):  # every caller went away: stop computing
             self._active = None
-            self._fail(failed, exc)
+            self._live(batch)
+            return
+        steps = self.handlers[batch[0].kind]
+        try:
+            finished = await loop.run_in_executor(None, steps.advance, state)
+            results = steps.finish(state) if finished else None
+        except Exception as exc:
+            self._active = None
+            self._fail(batch, exc)
+            return
+        if finished:
+            self._active = None
+            self._answer(batch, results)
 
     def _answer(self, batch: list[Job], results: list[Any]) -> None:
         for job, result in zip(batch, results, strict=True):

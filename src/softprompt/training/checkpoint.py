@@ -79,6 +79,18 @@ def save_checkpoint(
     atomic_write(out / CHECKPOINT, lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata=metadata))
 
 
+def require_checkpoint(out: Path) -> None:
+    """Raise the error that says why ``out`` has nothing to resume (none, or an old pickled one)."""
+    if (out / CHECKPOINT).is_file():
+        return
+    if (out / OLD_CHECKPOINT).is_file():
+        raise SoftpromptError(
+            f"{out / OLD_CHECKPOINT} is a pickled checkpoint of an older softprompt; it is not loaded because "
+            "a pickle can run code. Start the run again without --resume (or with --overwrite)"
+        )
+    raise SoftpromptError(f"nothing to resume: {out / CHECKPOINT} does not exist (start without --resume)")
+
+
 def load_checkpoint(out: Path) -> dict[str, Any]:
     """The saved state: ``trainable`` (tensors), ``optimizer`` and ``scheduler`` state dicts,
     ``progress`` (:class:`Progress`).
@@ -86,14 +98,8 @@ def load_checkpoint(out: Path) -> dict[str, Any]:
     Raises:
         SoftpromptError: no checkpoint, an old pickled one (refused, never loaded), or a damaged one.
     """
+    require_checkpoint(out)
     path = out / CHECKPOINT
-    if not path.is_file():
-        if (out / OLD_CHECKPOINT).is_file():
-            raise SoftpromptError(
-                f"{out / OLD_CHECKPOINT} is a pickled checkpoint of an older softprompt; it is not loaded because "
-                "a pickle can run code. Start the run again without --resume (or with --overwrite)"
-            )
-        raise SoftpromptError(f"nothing to resume: {path} does not exist (start without --resume)")
     try:
         with safetensors.safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}

@@ -30,7 +30,7 @@ from softprompt.plotting import plot_training_curves
 from softprompt.seeding import seeded
 from softprompt.splits import Records, Splits
 from softprompt.tasks import get_task
-from softprompt.training.checkpoint import CHECKPOINT, Progress, load_checkpoint
+from softprompt.training.checkpoint import CHECKPOINT, Progress, require_checkpoint
 from softprompt.training.loop import SaveBest, fit
 from softprompt.training.resume import check_same_run, saved_config
 
@@ -187,8 +187,7 @@ def _check_start(config: RunConfig, resume: bool, overwrite: bool, extend: bool,
 
 def check_resumable(out: Path, config: RunConfig, extend: bool) -> None:
     """Before anything is written: a checkpoint to resume, saved by a run with the same settings."""
-    if not (out / CHECKPOINT).is_file():
-        load_checkpoint(out)  # raises the error that says why (none, or an old pickled one)
+    require_checkpoint(out)
     saved = saved_config(out)
     if saved is not None:
         check_same_run(saved, config.to_dict(), extend)
