@@ -117,7 +117,7 @@ def build(
     splits = Splits([], [], [], {"train": "train_data (in memory)"})
     if train_data is not None:
         splits = task.load_splits(run, {"train": train_data, "dev": train_data})
-    loaded = loaded or load_backbone(run.backbone)
+    loaded = loaded or load_backbone(run.backbone, run.device, run.precision)
     with seeded(run.seed):
         module = task.build(run, loaded, splits)
     return Model(module, task, artifact_meta(run, module, loaded, splits))
@@ -160,15 +160,19 @@ def train(
     return result
 
 
-def load(artifact: str | Path, backbone: Backbone | None = None) -> Model:
+def load(
+    artifact: str | Path, backbone: Backbone | None = None, *, device: str = "auto", precision: str = "auto"
+) -> Model:
     """The model saved in an artifact directory.
 
     Args:
         artifact: the directory ``train`` (or :meth:`Model.save`) wrote.
         backbone: an already loaded backbone to share (it must be the one the artifact was
             trained on); loaded from the artifact's record when None.
+        device: ``auto | cpu | cuda | cuda:N | mps`` for that backbone.
+        precision: ``auto | fp32 | bf16 | fp16`` for that backbone.
     """
-    module, meta = load_model(artifact, backbone)
+    module, meta = load_model(artifact, backbone, device, precision)
     return Model(module, get_task(artifact_task(meta)), meta)
 
 

@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from softprompt.errors import SoftpromptError, unknown_name
+from softprompt.placement import Placement, resolve_placement, run_in
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +102,17 @@ class Backbone:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     fingerprint: str  # identifies the weights; artifacts record it and refuse other backbones
+    placement: Placement = field(default_factory=lambda: Placement(torch.device("cpu"), torch.float32))
     num_parameters: int = 0  # of the pretrained model, counted at load (before any method adds some)
     modified_by: str | None = None  # the method that changed its layers (LoRA, adapters...), if any
 
     def __post_init__(self) -> None:
         if not self.num_parameters:
             self.num_parameters = sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.device
 
     @property
     def hidden_size(self) -> int:
@@ -230,18 +236,27 @@ def resolve(name_or_path: str) -> tuple[str, Kind, Path]:
     raise unknown_name("backbone", name_or_path, BACKBONES)
 
 
-def load_backbone(name_or_path: str) -> Backbone:
-    """Load a frozen backbone by name (``softprompt ls backbones``) or local path, offline.
+def load_backbone(name_or_path: str, device: str = "auto", precision: str = "auto") -> Backbone:
+    """Load a frozen backbone by name (``softprompt ls backbones``) or local path.
+
+    Args:
+        name_or_path: a bundled name, a local Hugging Face directory or a ``.gguf`` file.
+        device: ``auto | cpu | cuda | cuda:N | mps``.
+        precision: ``auto | fp32 | bf16 | fp16``: the dtype the frozen weights are held and
+            computed in (trainable parameters stay float32).
 
     Raises:
         SoftpromptError: unknown name (with a suggestion), missing weight package (with the pip
-            command), or a path that is not a model.
+            command), a path that is not a model, or a device/precision this machine lacks.
     """
+    placement = resolve_placement(device, precision)
     name, kind, directory = resolve(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         loader = AutoModel if kind == "encoder" else AutoModelForCausalLM
-        model = loader.from_pretrained(directory, local_files_only=True, dtype=torch.float32)
+        model = loader.from_pretrained(
+            directory, local_files_only=True, dtype=torch.float32, attn_implementation=placement.attention()
+        )
     except OSError as exc:
         raise SoftpromptError(f"could not load backbone from {directory}: {str(exc).splitlines()[0]}") from None
     if kind == "encoder" and getattr(model, "pooler", None) is not None:
@@ -251,4 +266,18 @@ def load_backbone(name_or_path: str) -> Backbone:
         param.requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return Backbone(name=name, kind=kind, model=model, tokenizer=tokenizer, fingerprint=fingerprint(model))
+    # The fingerprint is taken from the float32 weights, so an artifact loads in any precision.
+    weights_id = fingerprint(model)
+    place(model, placement)
+    return Backbone(name=name, kind=kind, model=model, tokenizer=tokenizer, fingerprint=weights_id, placement=placement)
+
+
+def place(model: PreTrainedModel, placement: Placement) -> None:
+    """Move ``model`` to the placement's device and dtype; its forward passes (the whole model's
+    and the bare decoder's or encoder's, which our scoring calls directly) run under autocast."""
+    model.to(device=placement.device, dtype=placement.dtype)
+    if placement.mixed:
+        model.forward = run_in(placement, model.forward)
+        body = model.get_decoder() if hasattr(model, "get_decoder") and model.get_decoder() is not model else None
+        if body is not None:
+            body.forward = run_in(placement, body.forward)

@@ -14,6 +14,7 @@ from typing import Any
 from softprompt.errors import SoftpromptError, did_you_mean
 from softprompt.methods import METHODS
 from softprompt.methods.prompt_tuning import PromptTuning
+from softprompt.placement import DEVICE_HELP, PRECISION_HELP
 from softprompt.recipe import build, merge, parse_overrides, read_yaml
 
 
@@ -29,6 +30,22 @@ def require(condition: bool, key: str, message: str) -> None:
     """Raise the one-line error of a bad config value unless ``condition`` holds."""
     if not condition:
         raise SoftpromptError(f"config field '{key}': {message}")
+
+
+@dataclass(kw_only=True)
+class ComputeSettings:
+    """Where a command that loads a backbone computes: shared by every run config."""
+
+    threads: int = option("torch CPU threads (0 = torch's default)", 0)
+    device: str = option(DEVICE_HELP, "auto")
+    precision: str = option(PRECISION_HELP, "auto")
+
+    def use_threads(self) -> None:
+        """Apply ``threads`` to this process (before any forward pass)."""
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
 
 
 @dataclass
@@ -111,7 +128,7 @@ class FewshotConfig:
 
 
 @dataclass
-class RunConfig:
+class RunConfig(ComputeSettings):
     """Everything one ``softprompt train`` run needs."""
 
     backbone: str = option("backbone name (softprompt ls backbones) or a local HF dir / .gguf file", "smollm2-135m")
@@ -120,7 +137,6 @@ class RunConfig:
     task: str = option("softprompt ls tasks: classification, or ner (CoNLL files; an encoder)", "classification")
     out: str = option("artifact directory", "runs/default")
     seed: int = option("random seed (data order, initialisation)", 0)
-    threads: int = option("torch CPU threads (0 = torch's default)", 0)
     template: str | None = option("e.g. '{soft:10} Review: {text}\\nSentiment:'; default: the dataset's", None)
     verbalizer: dict[str, Any] | None = option(  # noqa: RUF009 (option returns a dataclasses.field)
         "label -> word or list of words; default: the dataset's", None
@@ -138,7 +154,6 @@ class RunConfig:
 
         tasks = task_specs()
         require(self.task in tasks, "task", f"'{self.task}' is not one of {', '.join(tasks)}")
-        require(self.threads >= 0, "threads", "must be >= 0")
         empty = self.template is not None and not self.template.strip()
         require(
             not empty, "template", "is empty; give one such as '{text}\\nLabel:', or leave it out for the dataset's"

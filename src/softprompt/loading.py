@@ -20,13 +20,16 @@ def artifact_task(meta: dict[str, Any]) -> str:
     return meta.get("task", DEFAULT_TASK)
 
 
-def load_model(path: str | Path, backbone: Backbone | None = None) -> tuple[TaskModel, dict]:
+def load_model(
+    path: str | Path, backbone: Backbone | None = None, device: str = "auto", precision: str = "auto"
+) -> tuple[TaskModel, dict]:
     """Rebuild a trained model (classifier, tagger...) from an artifact directory.
 
     Args:
         path: the artifact directory.
         backbone: an already loaded backbone to attach to (it must be the one the artifact was
             trained on); loaded from the artifact's record when None.
+        device, precision: where and how to load that backbone (see :func:`load_backbone`).
 
     Raises:
         SoftpromptError: corrupt artifact, an artifact of another kind, or a backbone other than
@@ -46,7 +49,7 @@ def load_model(path: str | Path, backbone: Backbone | None = None) -> tuple[Task
         raise SoftpromptError(f"{path} is not a model artifact that softprompt can load ({exc})") from None
     task = get_task(artifact_task(meta))
     if backbone is None:
-        backbone = load_backbone(recorded["name"])
+        backbone = load_backbone(recorded["name"], device, precision)
     if backbone.fingerprint != recorded["fingerprint"]:
         raise SoftpromptError(
             f"artifact {path} was trained on backbone '{recorded['name']}' (fingerprint "

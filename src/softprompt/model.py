@@ -25,6 +25,14 @@ from softprompt.tasks.classification_batches import Batch, ClassificationTask
 HEAD_PREFIX = "classifier."
 
 
+def hold_in_float32(params: list[nn.Parameter], device: torch.device) -> None:
+    """Trainable parameters live in float32 on the backbone's device, whatever the backbone's
+    dtype (mixed precision: autocast computes in the low dtype, the update stays exact)."""
+    for param in params:
+        if param.dtype != torch.float32 or param.device != device:
+            param.data = param.data.to(device=device, dtype=torch.float32)
+
+
 class TaskModel(nn.Module):
     """A frozen backbone, a method's trainable parameters, and an optional trainable linear head:
     the state handling and the encoder forward pass every task shares."""
@@ -40,6 +48,7 @@ class TaskModel(nn.Module):
         if head_outputs:
             with seeded(seed):
                 self.head = nn.Linear(backbone.hidden_size, head_outputs)
+        hold_in_float32(self.trainable_parameters(), backbone.device)
 
     # ---- trainable state ---------------------------------------------------------------------
     def _head_state(self) -> dict[str, torch.Tensor]:
@@ -162,7 +171,7 @@ class PromptedClassifier(TaskModel):
     def _encoder_scores(self, batch: Batch) -> torch.Tensor:
         hidden = self.encoder_hidden(batch.input_ids, batch.soft_index, batch.attention_mask)
         rows = torch.arange(len(batch))
-        return self.head(hidden[rows, batch.mask_positions])
+        return self.head(hidden[rows, batch.mask_positions].float())
 
     def _causal_scores(self, batch: Batch) -> torch.Tensor:
         decoder = self.model.get_decoder()
@@ -247,9 +256,10 @@ class PromptedClassifier(TaskModel):
         """LM-head logits for ``hidden``, restricted to ``token_ids`` when given."""
         head = self.model.get_output_embeddings()
         weight = head.weight if token_ids is None else head.weight[token_ids]
-        logits = hidden @ weight.T
+        # In float32 whatever the backbone's dtype: the scores feed the loss and the label softmax.
+        logits = hidden.float() @ weight.float().T
         if getattr(head, "bias", None) is not None:
-            logits = logits + (head.bias if token_ids is None else head.bias[token_ids])
+            logits = logits + (head.bias if token_ids is None else head.bias[token_ids]).float()
         softcap = getattr(self.model.config, "final_logit_softcapping", None)
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap

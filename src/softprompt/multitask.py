@@ -21,7 +21,7 @@ import torch
 from softprompt.artifact import RUN_CONFIG_FILE, read_artifact, update_metrics, write_artifact
 from softprompt.atomic import atomic_write_json
 from softprompt.backbones import Backbone, load_backbone
-from softprompt.config import PromptConfig, TrainConfig, option, require
+from softprompt.config import ComputeSettings, PromptConfig, TrainConfig, option, require
 from softprompt.errors import SoftpromptError
 from softprompt.evaluate import evaluate
 from softprompt.methods import get_method
@@ -38,7 +38,7 @@ TASKS_DIR = "tasks"
 
 
 @dataclass
-class MultitaskConfig:
+class MultitaskConfig(ComputeSettings):
     """Everything one ``softprompt multitask`` run needs."""
 
     tasks: list[dict[str, Any]] = option(  # noqa: RUF009 (option returns a dataclasses.field)
@@ -51,7 +51,6 @@ class MultitaskConfig:
     max_eval: int | None = option("evaluate on at most this many dev and test examples per task", None)
     out: str = option("output directory (checkpoint; a ready artifact per task in out/tasks/)", "runs/multitask")
     seed: int = option("random seed", 0)
-    threads: int = option("torch CPU threads (0 = torch's default)", 0)
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(length=20, init="labels"))
     train: TrainConfig = field(default_factory=TrainConfig)
     options: dict[str, Any] = field(default_factory=dict, metadata={"help": "method sections"})
@@ -137,10 +136,9 @@ def run_multitask(
     """Train every task's prompt together; write ``out/tasks/<name>`` artifacts and a summary."""
     out = Path(config.out)
     check_out(out, resume, overwrite)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    config.use_threads()
     tasks = prepare_tasks(task_configs(config, lambda index, name: out / TASKS_DIR / name), need_test=False)
-    backbone = load_backbone(config.backbone)
+    backbone = load_backbone(config.backbone, config.device, config.precision)
     models = _build_models(config, tasks, backbone)
     model = MultitaskModel(models)
     rows = training_rows(tasks, models, config.sampling)

@@ -47,7 +47,7 @@ class TokenTagger(TaskModel):
 
     # ---- forward ------------------------------------------------------------------------------
     def forward(self, batch: TagBatch) -> torch.Tensor:
-        return self.head(self.encoder_hidden(batch.input_ids, batch.soft_index, batch.attention_mask))
+        return self.head(self.encoder_hidden(batch.input_ids, batch.soft_index, batch.attention_mask).float())
 
     @torch.inference_mode()
     def predict(

@@ -4,6 +4,28 @@ from __future__ import annotations
 
 import argparse
 
+from softprompt.errors import SoftpromptError
+from softprompt.placement import DEVICE_HELP, PRECISION_HELP
+
+THREADS_HELP = "torch CPU threads (0 = torch's default, one per core; use fewer on a busy machine)"
+
+
+def compute_flags(command: argparse.ArgumentParser) -> None:
+    """--threads, --device and --precision, for a command that loads a backbone."""
+    command.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
+    command.add_argument("--device", default="auto", help=DEVICE_HELP)
+    command.add_argument("--precision", default="auto", help=PRECISION_HELP)
+
+
+def use_threads(args: argparse.Namespace) -> None:
+    """Apply --threads to this process."""
+    if args.threads < 0:
+        raise SoftpromptError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
 
 def training_command(
     commands, name: str, help_text: str, run, resume: str = "continue from <out>/checkpoint"

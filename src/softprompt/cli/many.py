@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from softprompt.cli.args import training_command
+from softprompt.cli.args import compute_flags, training_command, use_threads
 from softprompt.errors import SoftpromptError
 
 
@@ -56,11 +56,8 @@ def _serve(args: argparse.Namespace) -> None:
     from softprompt.backbones import load_backbone
     from softprompt.serving.app import ServeSettings, Service, create_app
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    backbone = load_backbone(args.backbone)
+    use_threads(args)
+    backbone = load_backbone(args.backbone, args.device, args.precision)
     if backbone.kind != "causal":
         raise SoftpromptError(f"serve needs a causal LM backbone; {backbone.name} is an {backbone.kind}")
     service = Service(backbone, args.prompts)
@@ -111,7 +108,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--queue-size", type=int, default=256, help="requests waiting before 429s")
     serve.add_argument("--max-batch", type=int, default=32, help="texts per model call")
     serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for company")
-    serve.add_argument("--threads", type=int, default=0)
+    compute_flags(serve)
     serve.add_argument(
         "--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE}; none: open)"
     )

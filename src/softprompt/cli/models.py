@@ -7,27 +7,19 @@ import json
 import sys
 from pathlib import Path
 
+from softprompt.cli.args import compute_flags, use_threads
 from softprompt.errors import SoftpromptError
 
 
-def _use_threads(args: argparse.Namespace) -> None:
-    if args.threads < 0:
-        raise SoftpromptError(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-
-def _load_for(command: str, artifact: str):
+def _load_for(command: str, args: argparse.Namespace):
     """The artifact's model and task, refusing an artifact that another command applies."""
     from softprompt.loading import artifact_task, load_model
     from softprompt.tasks import get_task
 
-    model, meta = load_model(artifact)
+    model, meta = load_model(args.artifact, None, args.device, args.precision)
     task = get_task(artifact_task(meta))
     if task.predict_command != command:
-        raise SoftpromptError(f"{artifact} is a {task.name} model; use `softprompt {task.predict_command}` for it")
+        raise SoftpromptError(f"{args.artifact} is a {task.name} model; use `softprompt {task.predict_command}` for it")
     return model, task
 
 
@@ -42,8 +34,8 @@ def _apply(args: argparse.Namespace) -> None:
     """``predict`` and ``tag``: one JSON line per input text."""
     if args.batch_size < 1:
         raise SoftpromptError(f"--batch-size must be >= 1, got {args.batch_size}")
-    _use_threads(args)
-    model, task = _load_for(args.command, args.artifact)
+    use_threads(args)
+    model, task = _load_for(args.command, args)
     results = task.predict(model, _input_texts(args), args.batch_size)
     unknown = sum(result.pop("unknown_words", 0) for result in results)
     if unknown:
@@ -63,8 +55,8 @@ def _eval(args: argparse.Namespace) -> None:
         )
     if args.batch_size < 1:
         raise SoftpromptError(f"--batch-size must be >= 1, got {args.batch_size}")
-    _use_threads(args)
-    model, meta = load_model(args.artifact)
+    use_threads(args)
+    model, meta = load_model(args.artifact, None, args.device, args.precision)
     task = get_task(artifact_task(meta))
     split = args.split or "test"
     if args.data:
@@ -92,8 +84,8 @@ def _inspect(args: argparse.Namespace) -> None:
         return
     if not args.artifact:
         raise SoftpromptError("give an artifact directory, or --compare A B")
-    _use_threads(args)
-    model, meta = load_model(args.artifact)
+    use_threads(args)
+    model, meta = load_model(args.artifact, None, args.device, args.precision)
     backbone = meta["backbone"]
     task = get_task(artifact_task(meta))
     summary = {
@@ -119,9 +111,6 @@ def _inspect(args: argparse.Namespace) -> None:
         print(f"soft[{row['index']:>3}] norm {row['norm']:.3f}  nearest: {near}")
 
 
-THREADS_HELP = "torch CPU threads (0 = torch's default, one per core; use fewer on a busy machine)"
-
-
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Register ``eval``, ``predict``, ``tag`` and ``inspect``."""
     ev = commands.add_parser("eval", help="evaluate an artifact")
@@ -135,7 +124,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--quiet", action="store_true")
     ev.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    ev.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
+    compute_flags(ev)
     ev.set_defaults(run=_eval)
 
     for name, help_text in (
@@ -146,7 +135,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         command.add_argument("artifact")
         command.add_argument("texts", nargs="*")
         command.add_argument("--batch-size", type=int, default=32)
-        command.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
+        compute_flags(command)
         command.set_defaults(run=_apply)
 
     inspect = commands.add_parser(
@@ -157,5 +146,5 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     inspect.add_argument("--json", action="store_true")
     inspect.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two artifacts' soft prompts, token by token")
     inspect.add_argument("--out", help="--compare: the PNG to write (default: prompt-similarity.png)")
-    inspect.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
+    compute_flags(inspect)
     inspect.set_defaults(run=_inspect)

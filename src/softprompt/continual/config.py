@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from softprompt.config import PromptConfig, TrainConfig, option, require
+from softprompt.config import ComputeSettings, PromptConfig, TrainConfig, option, require
 from softprompt.methods.progressive_prompts import ProgressivePrompts
 from softprompt.tasklist import load_task_list_config
 
@@ -43,7 +43,7 @@ class EwcConfig:
 
 
 @dataclass
-class ContinualConfig:
+class ContinualConfig(ComputeSettings):
     """Everything one ``softprompt continual`` run needs."""
 
     tasks: list[dict[str, Any]] = option(  # noqa: RUF009 (option returns a dataclasses.field)
@@ -59,7 +59,6 @@ class ContinualConfig:
     max_eval: int | None = option("evaluate on at most this many dev and test examples per task", None)
     out: str = option("output directory (a stage artifact per task, continual.md/.json/.png)", "runs/continual")
     seed: int = option("random seed", 0)
-    threads: int = option("torch CPU threads (0 = torch's default)", 0)
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(length=10, init="labels"))
     train: TrainConfig = field(default_factory=TrainConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)

@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from softprompt.artifact import RUN_CONFIG_FILE, read_artifact
 from softprompt.atomic import atomic_write_json
 from softprompt.backbones import load_backbone
@@ -54,10 +52,9 @@ def run_continual(
     if overwrite and not resume:
         for path in owned:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    config.use_threads()
     prepared = prepare_tasks(tasks)  # every task's data, before the backbone and any training
-    backbone = load_backbone(config.backbone)
+    backbone = load_backbone(config.backbone, config.device, config.precision)
     learner = make_learner(backbone, prepared, config)
     results = _read_results(results_path, config) if resume else None
     results = results or {"config": plain_config(config), "tasks": [t.name for t in prepared], "stages": []}

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from softprompt.atomic import atomic_write_json, atomic_write_text
 from softprompt.backbones import Backbone, load_backbone
-from softprompt.config import option, require
+from softprompt.config import ComputeSettings, option, require
 from softprompt.detox.data import DEFAULT_PROMPT_FIELD, Prompt, read_prompts
 from softprompt.detox.loading import build_steering
 from softprompt.detox.metrics import distinct_n, toxicity_metrics
@@ -49,7 +49,7 @@ GENERATION_KEYS = (
 
 
 @dataclass
-class DetoxEvalConfig:
+class DetoxEvalConfig(ComputeSettings):
     """Everything one ``softprompt detox eval`` run needs."""
 
     prompts: str = option("prompts file (.jsonl with the text at prompt_field, or .txt, one per line)", "")
@@ -69,7 +69,6 @@ class DetoxEvalConfig:
     batch_rows: int = option("sequences per forward pass (prompts x samples x method rows)", 256)
     out: str = option("output directory", "runs/detox-eval")
     seed: int = option("sampling seed", 0)
-    threads: int = option("torch CPU threads (0 = torch's default)", 0)
 
     def __post_init__(self) -> None:
         require(bool(self.prompts), "prompts", "give the prompts file: prompts=PATH/toxic_prompts.jsonl")
@@ -225,9 +224,8 @@ def detox_eval(config: DetoxEvalConfig, overwrite: bool = False, progress: bool 
     specs = parse_methods(config.methods)
     scorer_names = parse_scorer_names(config.scorer)
     prompts = read_prompts(config.prompts, config.prompt_field, config.max_prompts)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    backbone = load_backbone(config.backbone)
+    config.use_threads()
+    backbone = load_backbone(config.backbone, config.device, config.precision)
     if backbone.kind != "causal":
         raise SoftpromptError(f"backbone {backbone.name} is an encoder; detox eval needs a causal LM")
     steerings = [

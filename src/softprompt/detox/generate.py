@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from softprompt.backbones import load_backbone
-from softprompt.config import option, require
+from softprompt.config import ComputeSettings, option, require
 from softprompt.detox.loading import build_steering
 from softprompt.detox.steering import DEFAULT_INSTRUCTION, parse_method
 from softprompt.errors import SoftpromptError
@@ -15,7 +15,7 @@ from softprompt.generation.sampling import sample_continuations
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(ComputeSettings):
     """Settings of ``softprompt generate``."""
 
     backbone: str = option("causal backbone", "smollm2-135m")
@@ -29,7 +29,6 @@ class GenerateConfig:
     decay: float = option("self_debias: decay constant lambda", 50.0)
     filter_p: float = option("experts: re-rank only the plain model's nucleus of this mass (1 = all tokens)", 0.9)
     seed: int = option("sampling seed", 0)
-    threads: int = option("torch CPU threads (0 = torch's default)", 0)
 
     def __post_init__(self) -> None:
         require(self.samples >= 1, "samples", f"must be >= 1, got {self.samples}")
@@ -43,9 +42,8 @@ def generate(texts: list[str], config: GenerateConfig) -> list[list[str]]:
     if not texts or any(not t.strip() for t in texts):
         raise SoftpromptError("give non-empty prompts as arguments or one per line on stdin")
     name, argument = parse_method(config.detox)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    backbone = load_backbone(config.backbone)
+    config.use_threads()
+    backbone = load_backbone(config.backbone, config.device, config.precision)
     if backbone.kind != "causal":
         raise SoftpromptError(f"backbone {backbone.name} is an encoder; generate needs a causal LM")
     steering = build_steering(name, argument, backbone, config.instruction, config.alpha, config.decay, config.filter_p)

@@ -17,12 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from softprompt.artifact import read_artifact
 from softprompt.atomic import atomic_write_json
 from softprompt.backbones import Backbone, load_backbone
-from softprompt.config import PromptConfig, TrainConfig, option, require
+from softprompt.config import ComputeSettings, PromptConfig, TrainConfig, option, require
 from softprompt.datasets.paradetox import ParaPair, read_paradetox
 from softprompt.errors import SoftpromptError
 from softprompt.generation.lm import LM_TASK, PromptedLM, Row, encode_texts
@@ -40,7 +38,7 @@ TOXIC_INIT = "text:The following text contains rude, disrespectful, obscene and 
 
 
 @dataclass
-class DetoxTrainConfig:
+class DetoxTrainConfig(ComputeSettings):
     """Everything one ``softprompt detox train`` run needs."""
 
     data: str = option("ParaDetox TSV (columns toxic, neutral1..3)", "")
@@ -53,7 +51,6 @@ class DetoxTrainConfig:
     dev_size: int = option("ParaDetox pairs held out to pick the best step by dev loss", 200)
     max_pairs: int | None = option("use at most this many training pairs (quick runs)", None)
     seed: int = option("random seed (split, data order)", 0)
-    threads: int = option("torch CPU threads (0 = torch's default)", 0)
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(length=10, init="vocab"))
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(lr=0.003, batch_size=16, max_steps=150, eval_every=50, max_length=256)
@@ -125,10 +122,9 @@ def train_detox(
     started = time.perf_counter()
     out = Path(config.out)
     check_out(out, resume, overwrite, extra=(out / "expert",))
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    config.use_threads()
     train_pairs, dev_pairs = _split(read_paradetox(config.data), config)
-    backbone = load_backbone(config.backbone)
+    backbone = load_backbone(config.backbone, config.device, config.precision)
     if backbone.kind != "causal":
         raise SoftpromptError(f"backbone {backbone.name} is an encoder; detox prompts need a causal LM")
 

@@ -85,7 +85,7 @@ def _prefill(backbone: Backbone, rows: list) -> tuple[torch.Tensor, Any, torch.T
     out = backbone.model(
         inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
     )
-    return out.logits[:, -1], out.past_key_values, mask, positions[:, -1:]
+    return out.logits[:, -1].float(), out.past_key_values, mask, positions[:, -1:]
 
 
 def _extend(
@@ -95,7 +95,7 @@ def _extend(
     mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
     last = last + 1
     out = backbone.model(input_ids=feed, attention_mask=mask, position_ids=last, past_key_values=cache, use_cache=True)
-    return out.logits[:, -1], out.past_key_values, mask, last
+    return out.logits[:, -1].float(), out.past_key_values, mask, last
 
 
 @torch.inference_mode()
@@ -172,9 +172,9 @@ def continuation_nll(
         valid[row, : len(ids)] = 1
     attention = torch.cat([mask.repeat_interleave(k, 0), valid], dim=1)
     after = positions[:, -1:].repeat_interleave(k, 0) + 1 + torch.arange(steps)
-    logits = model(input_ids=tokens, attention_mask=attention, position_ids=after, past_key_values=cache).logits
+    logits = model(input_ids=tokens, attention_mask=attention, position_ids=after, past_key_values=cache).logits.float()
     # The prompt's last position predicts token 0; continuation column t predicts token t + 1.
-    logits = torch.cat([out.logits[:, -1:].repeat_interleave(k, 0), logits[:, :-1]], dim=1)
+    logits = torch.cat([out.logits[:, -1:].float().repeat_interleave(k, 0), logits[:, :-1]], dim=1)
     nll = (logits.logsumexp(-1) - logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)) * valid
     sums, counts = nll.sum(-1).tolist(), valid.sum(-1).tolist()
     pairs = list(zip(sums, counts, strict=True))

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from softprompt.artifact import RUN_CONFIG_FILE, TASK_FILE, read_artifact, size_bytes, update_metrics, write_artifact
 from softprompt.atomic import atomic_write_json
 from softprompt.backbones import Backbone, load_backbone
@@ -181,8 +179,7 @@ def _check_start(config: RunConfig, resume: bool, overwrite: bool, extend: bool,
         check_out(out, resume, overwrite)
     if resume:
         check_resumable(out, config, extend)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    config.use_threads()
 
 
 def check_resumable(out: Path, config: RunConfig, extend: bool) -> None:
@@ -213,7 +210,7 @@ def _setup(
     task = get_task(config.task)
     task.check(config)
     splits = task.load_splits(config, records)
-    backbone = backbone or load_backbone(config.backbone)
+    backbone = backbone or load_backbone(config.backbone, config.device, config.precision)
     # Baselines run before the method attaches: methods such as LoRA change the backbone's layers.
     baseline = task.baselines(config, backbone, splits, bar)
     with seeded(config.seed):

@@ -1,0 +1,108 @@
+"""Where a backbone runs and in which precision: decided here and nowhere else.
+
+The frozen backbone is held in the compute dtype; trainable parameters, optimizer state and the
+loss stay in float32. Forward passes run under ``torch.autocast`` in the compute dtype (mixed
+precision as torchtune, litgpt and accelerate do it), so a float32 soft prompt or LoRA matrix
+meets a bfloat16 backbone without any caller casting by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from softprompt.errors import SoftpromptError
+
+logger = logging.getLogger(__name__)
+
+DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (auto: CUDA when available, else CPU)"
+PRECISION_HELP = "auto | fp32 | bf16 | fp16 (auto: bf16 on a GPU that supports it, fp32 otherwise)"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("auto", *DTYPES)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A device and the dtype the frozen backbone computes in."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def precision(self) -> str:
+        return next(name for name, dtype in DTYPES.items() if dtype == self.dtype)
+
+    @property
+    def mixed(self) -> bool:
+        """True when forward passes run in a lower precision than the float32 trainable parameters."""
+        return self.dtype != torch.float32
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context every forward pass runs in (a no-op in float32)."""
+        if not self.mixed:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def attention(self) -> str:
+        """The attention implementation to load the backbone with. On a CPU in bf16/fp16 the eager
+        kernels are about 2x faster than SDPA's CPU flash kernel, whose backward dominates a
+        prompt-tuning step there (measured on SmolLM2-135M: benchmarks/RESULTS.md)."""
+        return "eager" if self.device.type == "cpu" and self.mixed else "sdpa"
+
+
+def resolve_placement(device: str = "auto", precision: str = "auto") -> Placement:
+    """Check ``device`` and ``precision`` against this machine and resolve ``auto``.
+
+    Raises:
+        SoftpromptError: a device that is not here, or a precision the device cannot run.
+    """
+    where = _device(device)
+    if precision not in PRECISIONS:
+        raise SoftpromptError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        precision = "bf16" if where.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if where.type == "cpu" and precision == "fp16":
+        raise SoftpromptError("precision=fp16 needs a GPU; on a CPU use precision=bf16 or fp32")
+    if where.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise SoftpromptError(f"{torch.cuda.get_device_name(where)} has no bf16 support; use precision=fp16 or fp32")
+    if where.type == "cpu" and precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        logger.warning("this CPU has no native bf16 instructions: precision=bf16 will be slow; fp32 is faster here")
+    return Placement(where, DTYPES[precision])
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        where = torch.device(name)
+    except RuntimeError:
+        raise SoftpromptError(f"device '{name}' is not one of auto, cpu, cuda, cuda:N, mps") from None
+    if where.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SoftpromptError(f"device={name}: this machine has no CUDA GPU (or torch was built without CUDA)")
+        if where.index is not None and where.index >= torch.cuda.device_count():
+            raise SoftpromptError(f"device={name}: there are {torch.cuda.device_count()} CUDA devices")
+    elif where.type == "mps" and not torch.backends.mps.is_available():
+        raise SoftpromptError(f"device={name}: MPS (Apple GPU) is not available here")
+    elif where.type not in ("cpu", "cuda", "mps"):
+        raise SoftpromptError(f"device '{name}' is not one of auto, cpu, cuda, cuda:N, mps")
+    return where
+
+
+def run_in(placement: Placement, forward: Callable[..., Any]) -> Callable[..., Any]:
+    """``forward`` wrapped to run under ``placement``'s autocast (the way accelerate's
+    ``prepare`` wraps a model's forward), so every caller of the backbone computes alike."""
+
+    @functools.wraps(forward)
+    def forward_in_placement(*args: Any, **kwargs: Any) -> Any:
+        with placement.autocast():
+            return forward(*args, **kwargs)
+
+    return forward_in_placement
+
