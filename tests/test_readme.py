@@ -15,6 +15,7 @@ from softprompt.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+CONSTRAINTS = (ROOT / "constraints.txt").read_text(encoding="utf-8")
 MAKEFILE = (ROOT / "Makefile").read_text(encoding="utf-8")
 
 
@@ -34,9 +35,9 @@ def test_make_targets_exist(line):
 
 
 @pytest.mark.parametrize("line", [line for line in shell_lines() if line.startswith("pip install")])
-def test_pinned_installs_match_the_makefile(line):
+def test_pinned_installs_match_what_make_installs(line):
     for pin in re.findall(r"[\w-]+==[\w.]+", line):
-        assert pin in MAKEFILE, f"{pin} differs from the Makefile's pin"
+        assert pin in MAKEFILE or pin in CONSTRAINTS, f"{pin} differs from the Makefile's and constraints.txt's pins"
 
 
 @pytest.mark.parametrize("line", [line for line in shell_lines() if line.startswith("softprompt ")])

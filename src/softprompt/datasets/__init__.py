@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from softprompt.backbones import package_dir
+from softprompt.backbone_sources import package_dir
 from softprompt.data import Example, seeded_split
 from softprompt.datasets.paradetox import read_paradetox
 from softprompt.errors import SoftpromptError, unknown_name

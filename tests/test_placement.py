@@ -1,0 +1,91 @@
+"""Devices and precision: one placement decides them; bf16 trains on a CPU; bad settings fail in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import softprompt
+from softprompt.backbones import load_backbone
+from softprompt.errors import SoftpromptError
+from softprompt.placement import resolve_placement
+
+from .conftest import NEGATIVE, POSITIVE
+
+ROWS = [{"text": t, "label": "positive"} for t in POSITIVE] + [{"text": t, "label": "negative"} for t in NEGATIVE]
+VERBALIZER = {"positive": "great", "negative": "bad"}
+
+
+def test_auto_is_float32_on_a_cpu_machine():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: auto picks it")
+    placement = resolve_placement()
+    assert (placement.device.type, placement.dtype) == ("cpu", torch.float32)
+
+
+@pytest.mark.parametrize(
+    ("device", "precision", "message"),
+    [
+        ("cpu", "fp16", "precision=fp16 needs a GPU"),
+        ("cpu", "fp8", "precision 'fp8' is not one of auto, fp32, bf16, fp16"),
+        ("tpu", "auto", "device 'tpu' is not one of"),
+    ],
+)
+def test_bad_device_or_precision_is_one_line(device, precision, message):
+    with pytest.raises(SoftpromptError, match=message):
+        resolve_placement(device, precision)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_says_so(tiny_llama_dir):
+    with pytest.raises(SoftpromptError, match="this machine has no CUDA GPU"):
+        load_backbone(str(tiny_llama_dir), device="cuda")
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "lora", "bitfit"])
+def test_bf16_on_cpu_trains_and_reloads_the_same_outputs(tiny_llama_dir, tmp_path, method):
+    soft = "{soft:4}" if method == "prompt_tuning" else ""
+    result = softprompt.train(
+        train_data=ROWS * 4,
+        dev_data=ROWS,
+        backbone=str(tiny_llama_dir),
+        method=method,
+        precision="bf16",
+        template=soft + "Review: {text}\nSentiment:",
+        verbalizer=VERBALIZER,
+        train={"max_steps": 8, "eval_every": 4, "lr": 0.05},
+        out=str(tmp_path / "run"),
+        progress=False,
+    )
+    module = result.model.module
+    assert module.backbone.model.get_input_embeddings().weight.dtype == torch.bfloat16  # the frozen part
+    assert {p.dtype for p in module.trainable_parameters()} == {torch.float32}  # what the optimizer updates
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").open() if '"loss"' in line]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    texts = ["a great movie", "a dull film"]
+    again = softprompt.load(tmp_path / "run", precision="bf16")
+    assert again.module.backbone.placement.precision == "bf16"
+    assert again.predict(texts) == result.model.predict(texts)
+
+
+def test_a_float32_artifact_loads_in_bf16_and_agrees(tiny_llama_dir, tmp_path):
+    result = softprompt.train(
+        train_data=ROWS * 4,
+        dev_data=ROWS,
+        backbone=str(tiny_llama_dir),
+        template="{soft:4}Review: {text}\nSentiment:",
+        verbalizer=VERBALIZER,
+        train={"max_steps": 6, "eval_every": 6, "lr": 0.05},
+        out=str(tmp_path / "run"),
+        progress=False,
+    )
+    texts = [row["text"] for row in ROWS]
+    full = result.model.predict(texts)
+    half = softprompt.load(tmp_path / "run", precision="bf16").predict(texts)
+    # The fingerprint is taken before the cast, so the artifact is accepted; bf16 rounds the
+    # scores (about 3 significant digits) but keeps the labels of this well-separated toy set.
+    assert [p["label"] for p in half] == [p["label"] for p in full]
+    for a, b in zip(half, full, strict=True):
+        assert abs(a["scores"]["positive"] - b["scores"]["positive"]) < 0.05
