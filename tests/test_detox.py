@@ -14,6 +14,7 @@ import torch
 from softprompt.backbones import load_backbone
 from softprompt.cli import main
 from softprompt.config import load_dataclass
+from softprompt.core import forward as core
 from softprompt.datasets.paradetox import read_paradetox
 from softprompt.detox.data import read_prompts
 from softprompt.detox.evaluation import DetoxEvalConfig
@@ -170,7 +171,7 @@ def test_all_rows_of_all_prompts_run_in_one_forward_pass_per_token(tiny, rows, m
     # the batched logits of each row equal that row run on its own
     for p, prompt in enumerate(prompts):
         for r, variant in enumerate(variants):
-            embeds, mask = sampling.left_padded_embeddings(tiny, sampling.variant_rows(tiny, [prompt], [variant]))
+            embeds, mask = core.embed_rows(tiny, sampling.variant_rows(tiny, [prompt], [variant]))
             alone = tiny.model(inputs_embeds=embeds, attention_mask=mask).logits[0, -1]
             torch.testing.assert_close(steering.seen[0][p * k, r], alone, atol=1e-4, rtol=1e-4)
 

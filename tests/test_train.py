@@ -266,3 +266,41 @@ def test_two_processes_under_accelerate_match_one_with_the_same_global_batch(tin
         for name in ("one", "two")
     ]
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+def test_grad_accum_2_of_batch_8_makes_the_update_of_batch_16(tiny_llama_dir, tmp_path):
+    """Both draw the same 16 rows per step; two backward passes of 8 add up to one of 16 (the
+    rows are padded differently, so float32 rounding differs: tolerance 1e-5)."""
+    import softprompt
+
+    from .conftest import NEGATIVE, POSITIVE
+
+    rows = [{"text": t, "label": "positive"} for t in POSITIVE] + [{"text": t, "label": "negative"} for t in NEGATIVE]
+    prompts = {}
+    for name, batching in (("one", {"batch_size": 16}), ("two", {"batch_size": 8, "grad_accum": 2})):
+        softprompt.train(
+            train_data=rows * 4,
+            dev_data=rows,
+            backbone=str(tiny_llama_dir),
+            template="{soft:3}Review: {text}\nSentiment:",
+            verbalizer={"positive": "great", "negative": "bad"},
+            train={"max_steps": 3, "eval_every": 3, "lr": 0.05, **batching},
+            out=str(tmp_path / name),
+            progress=False,
+        )
+        prompts[name] = read_artifact(tmp_path / name).state["prompt_embeddings"]
+    start = softprompt.build(
+        backbone=str(tiny_llama_dir),
+        template="{soft:3}Review: {text}\nSentiment:",
+        verbalizer={"positive": "great", "negative": "bad"},
+    ).module.method.soft_embeddings()
+    assert start.shape == prompts["one"].shape and (start - prompts["one"]).abs().max() > 1e-3  # it trained
+    assert torch.allclose(prompts["one"], prompts["two"], atol=1e-5)
+
+
+def test_grad_accum_0_is_refused_in_one_line():
+    from softprompt.config import load_config
+    from softprompt.errors import SoftpromptError
+
+    with pytest.raises(SoftpromptError, match=r"config field 'train\.grad_accum': must be >= 1, got 0"):
+        load_config(overrides=["train.grad_accum=0"])

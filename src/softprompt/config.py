@@ -69,7 +69,12 @@ class TrainConfig:
     """The one training loop's settings."""
 
     lr: float = option("AdamW learning rate", 3e-3)
-    batch_size: int = option("examples per optimizer step", 16)
+    batch_size: int = option(
+        "examples per forward pass (shared out among processes under accelerate launch); "
+        "an optimizer step sees batch_size x grad_accum",
+        16,
+    )
+    grad_accum: int = option("forward passes whose gradients add up to one optimizer step", 1)
     max_steps: int = option("optimizer steps", 300)
     epochs: float | None = option("passes over the training data; when set, replaces max_steps", None)
     warmup_ratio: float = option("fraction of max_steps with linear warm-up", 0.06)
@@ -88,7 +93,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
-        for key in ("batch_size", "max_steps", "eval_every", "eval_batch_size", "max_length"):
+        for key in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batch_size", "max_length"):
             require(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
         require(self.epochs is None or self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
         require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")

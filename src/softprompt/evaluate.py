@@ -34,7 +34,7 @@ def label_probabilities(
     for start in bar:
         index = order[start : start + batch_size]
         batch = model.task.collate([encoded[i] for i in index])
-        out[index] = model(batch).exp().float()
+        out[index] = model(batch).exp().float().cpu()
     return out
 
 

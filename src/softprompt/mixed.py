@@ -15,13 +15,12 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from transformers import DynamicCache
 
+from softprompt.core import forward as core
 from softprompt.data import Example
 from softprompt.errors import SoftpromptError
 from softprompt.model import PromptedClassifier
 from softprompt.prompts import EncodedInput
-from softprompt.prompts.template import NO_SOFT
 
 
 def mixable(model: PromptedClassifier) -> str | None:
@@ -54,8 +53,6 @@ class MixedPromptClassifier(nn.Module):
                 raise SoftpromptError(f"task '{name}': {reason}")
         self.tasks = dict(models)
         self.backbone = first.backbone
-        self.decoder = first.model.get_decoder()
-        self.head = first  # projection, soft-capping: the backbone's, so any task's will do
         self.pad_id = first.task.tokenizer.pad_token_id or 0
         self._kept: tuple | None = None  # inference: (prompts, per-layer caches, mask) of all tasks
 
@@ -82,19 +79,20 @@ class MixedPromptClassifier(nn.Module):
 
     def _mixed(self, tasks: Sequence[str], encoded: Sequence[EncodedInput]) -> list[torch.Tensor]:
         """One forward pass for rows of single-token-verbalizer tasks."""
+        device = self.backbone.device
         distinct = list(dict.fromkeys(tasks))
         column = {name: i for i, name in enumerate(distinct)}
-        rows = torch.tensor([column[name] for name in tasks])
+        rows = torch.tensor([column[name] for name in tasks], device=device)
         lead = [self._lead(name) for name in distinct]
         cache, prefix_mask = self._prompt_caches(distinct, lead, rows)
         embeds, mask = self._row_inputs(tasks, encoded, lead, [column[name] for name in tasks])
-        lead_of_row = torch.tensor([lead[column[name]] for name in tasks]).unsqueeze(1)
-        positions = lead_of_row + (mask.cumsum(-1) - 1).clamp(min=0)
+        lead_of_row = torch.tensor([lead[column[name]] for name in tasks], device=device).unsqueeze(1)
         full_mask = torch.cat([prefix_mask, mask], dim=1) if prefix_mask is not None else mask
-        hidden = self.decoder(
+        hidden = core.hidden_states(
+            self.backbone,
             inputs_embeds=embeds,
             attention_mask=full_mask,
-            position_ids=positions,
+            position_ids=core.positions(mask, lead_of_row),
             past_key_values=cache,
             use_cache=cache is not None,
         ).last_hidden_state[:, -1]
@@ -114,68 +112,52 @@ class MixedPromptClassifier(nn.Module):
         if max(lead) == 0:
             return None, None
         if torch.is_grad_enabled():
-            layers, mask = self._run_prompts(distinct, lead)
+            layers, mask = core.prompt_cache(
+                self.backbone, [self._soft(n, c) for n, c in zip(distinct, lead, strict=True)]
+            )
             index = rows
         else:
             layers, mask = self._kept_prompts()
             column = {name: i for i, name in enumerate(self.tasks)}
-            index = torch.tensor([column[name] for name in distinct])[rows]
-        cache = DynamicCache([(k[index], v[index]) for k, v in layers], config=self.backbone.model.config)
-        return cache, mask[index]
+            index = torch.tensor([column[name] for name in distinct], device=rows.device)[rows]
+        return core.gather_cache(self.backbone, layers, index), mask[index]
 
     def _kept_prompts(self):
         """Every task's prompt cache, recomputed only when some prompt's values changed."""
         prompts = [self._soft(name, self._lead(name)) for name in self.tasks]
         kept = self._kept
         if kept is None or not all(torch.equal(a, b) for a, b in zip(kept[0], prompts, strict=True)):
-            layers, mask = self._run_prompts(list(self.tasks), [len(p) for p in prompts])
+            layers, mask = core.prompt_cache(self.backbone, prompts)
             self._kept = kept = ([p.clone() for p in prompts], layers, mask)
         return kept[1], kept[2]
 
     def _soft(self, name: str, count: int) -> torch.Tensor:
         soft = self.tasks[name].method.soft_embeddings()
-        return soft[:count].float() if count else torch.zeros(0, self.backbone.hidden_size)
-
-    def _run_prompts(self, names: list[str], lead: list[int]):
-        """Run the leading prompts side by side (left-padded to the longest): per-layer
-        ``(keys, values)`` with one row per prompt, and the ``[prompts, width]`` padding mask."""
-        width = max(lead)
-        hidden = self.backbone.hidden_size
-        padded = []
-        mask = torch.zeros(len(names), width, dtype=torch.long)
-        for i, (name, count) in enumerate(zip(names, lead, strict=True)):
-            padded.append(torch.cat([torch.zeros(width - count, hidden), self._soft(name, count)]))
-            mask[i, width - count :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = self.decoder(
-            inputs_embeds=torch.stack(padded), attention_mask=mask, position_ids=positions, use_cache=True
-        ).past_key_values
-        return [(layer.keys, layer.values) for layer in cache.layers], mask
+        return soft[:count].float() if count else torch.zeros(0, self.backbone.hidden_size, device=self.backbone.device)
 
     def _row_inputs(self, tasks, encoded, lead, columns) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded embeddings of every row after its leading prompt, soft tokens in place."""
+        """Left-padded embeddings of every row after its leading prompt, soft tokens in place: the
+        tasks' soft tokens side by side in one table, each row's indices offset to its task's."""
+        offset, tables = {}, []
+        for name in dict.fromkeys(tasks):
+            soft = self.tasks[name].method.soft_embeddings()
+            offset[name] = sum(len(t) for t in tables)
+            tables.append(soft if soft is not None else torch.zeros(0, self.backbone.hidden_size))
         parts = [(e.ids[lead[c] :], e.soft[lead[c] :]) for e, c in zip(encoded, columns, strict=True)]
-        width = max(len(ids) for ids, _ in parts)
-        input_ids = torch.full((len(parts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(parts), width), dtype=torch.long)
-        soft_slots: list[tuple[int, int, str, int]] = []
-        for row, ((ids, soft), name) in enumerate(zip(parts, tasks, strict=True)):
-            start = width - len(ids)
-            input_ids[row, start:] = torch.tensor(ids)
-            mask[row, start:] = 1
-            soft_slots += [(row, start + k, name, s) for k, s in enumerate(soft) if s != NO_SOFT]
-        embeds = self.decoder.get_input_embeddings()(input_ids)
-        if soft_slots:
-            embeds = embeds.clone()
-            for row, position, name, index in soft_slots:
-                embeds[row, position] = self.tasks[name].method.soft_embeddings()[index].to(embeds.dtype)
-        return embeds, mask
+        soft_rows = [
+            [s + offset[name] if s >= 0 else s for s in soft] for (_, soft), name in zip(parts, tasks, strict=True)
+        ]
+        padded = core.pad(
+            [ids for ids, _ in parts], self.pad_id, left=True, device=self.backbone.device, soft=soft_rows
+        )
+        table = torch.cat([t.float().to(self.backbone.device) for t in tables])
+        return core.embed(self.backbone, padded.input_ids, padded.soft_index, table), padded.attention_mask
 
     def _label_scores(self, tasks: Sequence[str], hidden: torch.Tensor) -> list[torch.Tensor]:
         """Project each row onto its own task's words' first tokens (one matmul for the union)."""
         union = sorted({int(t) for name in set(tasks) for t in self.tasks[name].first_ids})
         where = {token: i for i, token in enumerate(union)}
-        logits = self.head.project(hidden, torch.tensor(union))
+        logits = core.project(self.backbone, hidden, torch.tensor(union, device=hidden.device))
         out = []
         for row, name in enumerate(tasks):
             model = self.tasks[name]
@@ -198,5 +180,5 @@ def classify_mixed(
         index = order[start : start + batch_size]
         scores = mixed([requests[i][0] for i in index], [encoded[i] for i in index])
         for i, row in zip(index, scores, strict=True):
-            out[i] = row.exp().float()
+            out[i] = row.exp().float().cpu()
     return out

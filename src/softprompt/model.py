@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from softprompt.backbones import Backbone
+from softprompt.core import forward as core
 from softprompt.data import Example
 from softprompt.methods.base import Method
 from softprompt.packing import PackedRows, can_pack, pack_rows
@@ -89,12 +90,7 @@ class TaskModel(nn.Module):
     # ---- forward ------------------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, soft_index: torch.Tensor) -> torch.Tensor:
         """Token embeddings with the method's soft tokens placed at their slots."""
-        embeds = self.model.get_input_embeddings()(input_ids)
-        soft = self.method.soft_embeddings()
-        if soft is None or not bool((soft_index >= 0).any()):
-            return embeds
-        picked = soft[soft_index.clamp(min=0)]
-        return torch.where((soft_index >= 0).unsqueeze(-1), picked.to(embeds.dtype), embeds)
+        return core.embed(self.backbone, input_ids, soft_index, self.method.soft_embeddings())
 
     def encoder_hidden(
         self, input_ids: torch.Tensor, soft_index: torch.Tensor, attention_mask: torch.Tensor
@@ -110,8 +106,9 @@ class TaskModel(nn.Module):
             # backbone's own keys/values of the init tokens, the input reads "init tokens + text".
             size = input_ids.shape[0]
             extra["past_key_values"] = self.method.prefix_cache(size)
-            mask = torch.cat([torch.ones(size, prefix, dtype=mask.dtype), mask], dim=1)
-        return self.model(inputs_embeds=embeds, attention_mask=mask, **extra).last_hidden_state
+            mask = torch.cat([mask.new_ones(size, prefix), mask], dim=1)
+        out = core.hidden_states(self.backbone, inputs_embeds=embeds, attention_mask=mask, **extra)
+        return out.last_hidden_state
 
     def row_class(self, row) -> int | None:
         """The one gold class of a training row, by which length-grouped batches keep the class
@@ -126,9 +123,10 @@ class PromptedClassifier(TaskModel):
         super().__init__(backbone, method, 0 if task.causal else len(task.labels), seed)
         self.task = task
         candidates = task.candidates
-        self.first_ids = torch.tensor([c.ids[0] for c in candidates], dtype=torch.long)
+        self.first_ids = torch.tensor([c.ids[0] for c in candidates], dtype=torch.long, device=backbone.device)
         self.label_groups = [
-            torch.tensor([k for k, c in enumerate(candidates) if c.label_index == i]) for i in range(len(task.labels))
+            torch.tensor([k for k, c in enumerate(candidates) if c.label_index == i], device=backbone.device)
+            for i in range(len(task.labels))
         ]
         self.multi = [k for k, c in enumerate(candidates) if len(c.ids) > 1]
 
@@ -150,6 +148,7 @@ class PromptedClassifier(TaskModel):
     def loss(self, rows: list) -> torch.Tensor:
         """Mean negative log-likelihood of the gold labels of ``rows`` (from :meth:`training_rows`)."""
         batch = self.task.collate([encoded for encoded, _ in rows], [label for _, label in rows])
+        batch = core.to_device(batch, self.backbone.device)
         return torch.nn.functional.nll_loss(self(batch), batch.labels)
 
     def describe(self) -> dict[str, Any]:
@@ -165,19 +164,19 @@ class PromptedClassifier(TaskModel):
 
     # ---- forward ------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> torch.Tensor:
+        batch = core.to_device(batch, self.backbone.device)
         scores = self._causal_scores(batch) if self.task.causal else self._encoder_scores(batch)
         return torch.log_softmax(scores, dim=-1)
 
     def _encoder_scores(self, batch: Batch) -> torch.Tensor:
         hidden = self.encoder_hidden(batch.input_ids, batch.soft_index, batch.attention_mask)
-        rows = torch.arange(len(batch))
+        rows = torch.arange(len(batch), device=hidden.device)
         return self.head(hidden[rows, batch.mask_positions].float())
 
     def _causal_scores(self, batch: Batch) -> torch.Tensor:
-        decoder = self.model.get_decoder()
         size = len(batch)
         mask = batch.attention_mask
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = core.positions(mask)
         embeds = self.embed(batch.input_ids, batch.soft_index)
         frozen = self._frozen_columns(batch)
         shared = self.method.prefix_length() + batch.prefix_soft  # cached positions every row sees
@@ -190,13 +189,10 @@ class PromptedClassifier(TaskModel):
             cache = self.method.prefix_cache(rows)
         if batch.prefix_soft:
             # The leading soft block is identical in every row: run it once, share its KV cache.
-            count = batch.prefix_soft
-            prefix = self.method.soft_embeddings()[:count].unsqueeze(0)
-            cache = decoder(inputs_embeds=prefix, position_ids=torch.arange(count).unsqueeze(0), use_cache=True)
-            cache = cache.past_key_values
-            cache.batch_repeat_interleave(rows)
+            cache = core.shared_prompt_cache(self.backbone, self.method.soft_embeddings()[: batch.prefix_soft], rows)
         if packed is not None:
-            hidden = decoder(
+            hidden = core.hidden_states(
+                self.backbone,
                 inputs_embeds=embeds.flatten(0, 1)[packed.source].view(rows, -1, embeds.shape[-1]),
                 attention_mask=packed.mask,
                 position_ids=packed.positions,
@@ -205,19 +201,21 @@ class PromptedClassifier(TaskModel):
             ).last_hidden_state
             return self._by_label(self.project(hidden.flatten(0, 1)[packed.last], self.first_ids))
         if shared:
-            mask = torch.cat([torch.ones(size, shared, dtype=mask.dtype), mask], dim=1)
+            mask = torch.cat([mask.new_ones(size, shared), mask], dim=1)
             positions = positions + shared
         if frozen:
             # Nothing before the first soft token depends on a trainable parameter: run it without
             # building a graph and continue from its KV cache (exact, and no backward through it).
             with torch.no_grad():
-                cache = decoder(
+                cache = core.hidden_states(
+                    self.backbone,
                     inputs_embeds=embeds[:, :frozen],
                     attention_mask=mask[:, :frozen],
                     position_ids=positions[:, :frozen],
                     use_cache=True,
                 ).past_key_values
-        out = decoder(
+        out = core.hidden_states(
+            self.backbone,
             inputs_embeds=embeds[:, frozen:],
             attention_mask=mask,
             position_ids=positions[:, frozen:],
@@ -253,17 +251,8 @@ class PromptedClassifier(TaskModel):
         return int(soft_columns[0]) if len(soft_columns) else 0
 
     def project(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """LM-head logits for ``hidden``, restricted to ``token_ids`` when given."""
-        head = self.model.get_output_embeddings()
-        weight = head.weight if token_ids is None else head.weight[token_ids]
-        # In float32 whatever the backbone's dtype: the scores feed the loss and the label softmax.
-        logits = hidden.float() @ weight.float().T
-        if getattr(head, "bias", None) is not None:
-            logits = logits + (head.bias if token_ids is None else head.bias[token_ids]).float()
-        softcap = getattr(self.model.config, "final_logit_softcapping", None)
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        return logits
+        """Float32 LM-head logits for ``hidden``, restricted to ``token_ids`` when given."""
+        return core.project(self.backbone, hidden, token_ids)
 
     def _continuation_logprobs(self, cache, mask: torch.Tensor, last_position: torch.Tensor) -> torch.Tensor:
         """Log-probability of the 2nd..nth tokens of multi-token words, continued from the cache."""
@@ -271,23 +260,23 @@ class PromptedClassifier(TaskModel):
         size, count = mask.shape[0], len(candidates)
         steps = max(len(c.ids) for c in candidates) - 1
         pad = self.task.tokenizer.pad_token_id or 0
-        inputs = torch.full((count, steps), pad, dtype=torch.long)
-        targets = torch.zeros((count, steps), dtype=torch.long)
-        valid = torch.zeros((count, steps), dtype=torch.long)
-        for row, cand in enumerate(candidates):
-            n = len(cand.ids) - 1
-            inputs[row, :n] = torch.tensor(cand.ids[:-1])
-            targets[row, :n] = torch.tensor(cand.ids[1:])
-            valid[row, :n] = 1
+        device = mask.device
+        inputs = core.pad([c.ids[:-1] for c in candidates], pad, left=False, device=device)
+        targets = core.pad([c.ids[1:] for c in candidates], 0, left=False, device=device).input_ids
+        valid = inputs.attention_mask
         cache.batch_repeat_interleave(count)  # row b*count + m continues row b with candidate m
         attention = torch.cat([mask.repeat_interleave(count, 0), valid.repeat(size, 1)], dim=1)
-        positions = last_position.repeat_interleave(count).unsqueeze(1) + 1 + torch.arange(steps)
-        hidden = self.model.get_decoder()(
-            input_ids=inputs.repeat(size, 1), attention_mask=attention, position_ids=positions, past_key_values=cache
+        positions = last_position.repeat_interleave(count).unsqueeze(1) + 1 + torch.arange(steps, device=device)
+        hidden = core.hidden_states(
+            self.backbone,
+            input_ids=inputs.input_ids.repeat(size, 1),
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=cache,
         ).last_hidden_state
         logprobs = torch.log_softmax(self.project(hidden), dim=-1)
         picked = logprobs.gather(-1, targets.repeat(size, 1).unsqueeze(-1)).squeeze(-1)
         per_word = (picked * valid.repeat(size, 1)).sum(-1).view(size, count)
-        extra = torch.zeros(size, len(self.task.candidates), dtype=per_word.dtype)
+        extra = per_word.new_zeros(size, len(self.task.candidates))
         extra[:, self.multi] = per_word
         return extra

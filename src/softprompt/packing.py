@@ -83,4 +83,5 @@ def pack_rows(attention_mask: torch.Tensor, prefix: int = 0) -> PackedRows | Non
     block = (same & causal & real.unsqueeze(2)) | (~real.unsqueeze(2) & torch.eye(width, dtype=torch.bool))
     shared = real.unsqueeze(2).expand(-1, -1, prefix)
     mask = torch.cat([shared, block], dim=2).unsqueeze(1)
-    return PackedRows(source.flatten(), positions, mask, last)
+    device = attention_mask.device  # planned on the CPU (many small writes), used where the batch is
+    return PackedRows(source.flatten().to(device), positions.to(device), mask.to(device), last.to(device))

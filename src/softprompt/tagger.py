@@ -9,6 +9,7 @@ import torch
 
 from softprompt.backbones import Backbone
 from softprompt.conll import Sentence
+from softprompt.core import forward as core
 from softprompt.methods.base import Method
 from softprompt.model import TaskModel
 from softprompt.tasks.ner_batches import IGNORE, TagBatch, TaggingTask, Window
@@ -37,7 +38,7 @@ class TokenTagger(TaskModel):
 
     def loss(self, rows: list[Window]) -> torch.Tensor:
         """Mean cross-entropy over the words (first sub-tokens) of the windows in ``rows``."""
-        batch = self.task.collate(rows)
+        batch = core.to_device(self.task.collate(rows), self.backbone.device)
         logits = self(batch)
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE)
 
@@ -47,6 +48,7 @@ class TokenTagger(TaskModel):
 
     # ---- forward ------------------------------------------------------------------------------
     def forward(self, batch: TagBatch) -> torch.Tensor:
+        batch = core.to_device(batch, self.backbone.device)
         return self.head(self.encoder_hidden(batch.input_ids, batch.soft_index, batch.attention_mask).float())
 
     @torch.inference_mode()

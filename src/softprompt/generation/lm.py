@@ -15,6 +15,7 @@ import torch
 
 from softprompt.artifact import read_artifact
 from softprompt.backbones import Backbone
+from softprompt.core import forward as core
 from softprompt.errors import SoftpromptError
 from softprompt.generation.sampling import context_ids
 from softprompt.methods.base import Method
@@ -50,20 +51,17 @@ class PromptedLM(TaskModel):
     def token_losses(self, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token ``[B, L]`` loss (NLL or weighted unlikelihood) and the mask of real tokens."""
         soft = self.method.soft_embeddings()
-        count, width = len(soft), max(len(ids) for ids, _ in rows)
-        ids = torch.full((len(rows), width), self.backbone.tokenizer.pad_token_id or 0, dtype=torch.long)
-        valid = torch.zeros(len(rows), width, dtype=torch.bool)
-        for i, (row_ids, _) in enumerate(rows):
-            ids[i, : len(row_ids)] = torch.tensor(row_ids)
-            valid[i, : len(row_ids)] = True
-        embeds = torch.cat(
-            [soft.unsqueeze(0).expand(len(rows), -1, -1), self.embed(ids, ids.new_full(ids.shape, -1))], 1
-        )
-        mask = torch.cat([torch.ones(len(rows), count, dtype=torch.long), valid.long()], dim=1)
+        count = len(soft)
+        pad_id = self.backbone.tokenizer.pad_token_id or 0
+        padded = core.pad([ids for ids, _ in rows], pad_id, left=False, device=self.backbone.device)
+        ids, valid = padded.input_ids, padded.attention_mask.bool()
+        width = ids.shape[1]
+        embeds = torch.cat([soft.unsqueeze(0).expand(len(rows), -1, -1), self.embed(ids, padded.soft_index)], 1)
+        mask = torch.cat([padded.attention_mask.new_ones(len(rows), count), padded.attention_mask], dim=1)
         # Position count - 1 + t (the last soft token's output) predicts text token t.
-        logits = self.model(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=width + 1).logits[:, :-1]
-        logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-        unlikely = torch.tensor([u for _, u in rows]).unsqueeze(1)
+        logits, _ = core.next_token_logits(self.backbone, width + 1, inputs_embeds=embeds, attention_mask=mask)
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        unlikely = torch.tensor([u for _, u in rows], device=ids.device).unsqueeze(1)
         # -log(1 - p), computed stably from log p.
         push_down = -torch.log1p(-logprobs.exp().clamp(max=1 - 1e-6)) * self.unlikelihood
         return torch.where(unlikely, push_down, -logprobs), valid

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from softprompt.backbones import Backbone
+from softprompt.core import forward as core
 from softprompt.generation.rows import Steering, Variant
 
 
@@ -32,24 +33,6 @@ def context_ids(backbone: Backbone, text: str) -> list[int]:
     return backbone.tokenizer(text)["input_ids"]
 
 
-def left_padded_embeddings(
-    backbone: Backbone, rows: Sequence[tuple[torch.Tensor | None, list[int]]]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[N, L, H]`` embeddings of ``(soft, ids)`` rows (soft first), left-padded, and their mask."""
-    embed = backbone.model.get_input_embeddings()
-    pieces = []
-    for soft, ids in rows:
-        tokens = embed(torch.tensor([ids], dtype=torch.long))[0]
-        pieces.append(tokens if soft is None else torch.cat([soft.to(tokens.dtype), tokens]))
-    width = max(len(p) for p in pieces)
-    embeds = pieces[0].new_zeros(len(pieces), width, pieces[0].shape[-1])
-    mask = torch.zeros(len(pieces), width, dtype=torch.long)
-    for row, piece in enumerate(pieces):
-        embeds[row, width - len(piece) :] = piece
-        mask[row, width - len(piece) :] = 1
-    return embeds, mask
-
-
 def nucleus_sample(
     logits: torch.Tensor, top_p: float, generator: torch.Generator, candidates: int = 256
 ) -> torch.Tensor:
@@ -60,11 +43,13 @@ def nucleus_sample(
     """
     probs = torch.softmax(logits.float(), dim=-1)
     values, index = probs.topk(min(candidates, probs.shape[-1]), dim=-1)  # descending
-    chosen = _sample_sorted(values, index, top_p, generator)
-    short = values.sum(-1) < top_p
+    # The draw happens where the generator lives (the CPU: the same samples on every device);
+    # only the candidates travel there, not the whole vocabulary.
+    chosen = _sample_sorted(values.cpu(), index.cpu(), top_p, generator)
+    short = (values.sum(-1) < top_p).cpu()
     if bool(short.any()):
-        values, index = probs[short].sort(dim=-1, descending=True)
-        chosen[short] = _sample_sorted(values, index, top_p, generator)
+        values, index = probs[short.to(probs.device)].sort(dim=-1, descending=True)
+        chosen[short] = _sample_sorted(values.cpu(), index.cpu(), top_p, generator)
     return chosen
 
 
@@ -80,12 +65,10 @@ def variant_rows(backbone: Backbone, prompts: Sequence[str], variants: list[Vari
 
 def _prefill(backbone: Backbone, rows: list) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
     """Run left-padded ``(soft, ids)`` rows once: last-token logits, cache, mask, last positions."""
-    embeds, mask = left_padded_embeddings(backbone, rows)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = backbone.model(
-        inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
-    )
-    return out.logits[:, -1].float(), out.past_key_values, mask, positions[:, -1:]
+    embeds, mask = core.embed_rows(backbone, rows)
+    positions = core.positions(mask)
+    logits, cache = core.next_token_logits(backbone, inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+    return logits[:, -1], cache, mask, positions[:, -1:]
 
 
 def _extend(
@@ -94,8 +77,10 @@ def _extend(
     """Feed one new token per row (``[N, 1]``) through the cache: next logits, cache, mask, positions."""
     mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
     last = last + 1
-    out = backbone.model(input_ids=feed, attention_mask=mask, position_ids=last, past_key_values=cache, use_cache=True)
-    return out.logits[:, -1].float(), out.past_key_values, mask, last
+    logits, cache = core.next_token_logits(
+        backbone, input_ids=feed, attention_mask=mask, position_ids=last, past_key_values=cache
+    )
+    return logits[:, -1], cache, mask, last
 
 
 @torch.inference_mode()
@@ -130,7 +115,8 @@ def sample_continuations(
         chosen = nucleus_sample(steering.combine(grouped) / temperature, top_p, generator)
         finished = ~done & (chosen == eos) if eos is not None else torch.zeros_like(done)
         if plain is not None:
-            logprob = torch.log_softmax(grouped[:, plain].float(), -1).gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
+            logprob = torch.log_softmax(grouped[:, plain].float(), -1)
+            logprob = logprob.gather(-1, chosen.to(logprob.device).unsqueeze(-1)).squeeze(-1).cpu()
             nll -= torch.where(done | finished, 0.0, logprob.double())
         lengths[finished] = step
         done |= finished
@@ -138,7 +124,7 @@ def sample_continuations(
         if bool(done.all()) or step == max_new_tokens - 1:
             break
         feed = chosen.view(count, 1, k).expand(count, width, k).reshape(-1, 1)
-        logits, cache, mask, last = _extend(backbone, feed, mask, last, cache)
+        logits, cache, mask, last = _extend(backbone, feed.to(backbone.device), mask, last, cache)
     rows = [tokens[i, : lengths[i]].tolist() for i in range(count * k)]
     scored = list(zip(nll.tolist(), lengths.tolist(), strict=True)) if plain is not None else None
     return Sampled(
@@ -156,25 +142,22 @@ def continuation_nll(
 
     Each prompt is run once; its KV cache is repeated for its samples, which then run together.
     """
-    model = backbone.model
     k = len(continuations[0])
-    embeds, mask = left_padded_embeddings(backbone, [(None, context_ids(backbone, p)) for p in prompts])
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    embeds, mask = core.embed_rows(backbone, [(None, context_ids(backbone, p)) for p in prompts])
+    positions = core.positions(mask)
+    first, cache = core.next_token_logits(backbone, inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
     cache.batch_repeat_interleave(k)
     flat = [list(ids) for rows in continuations for ids in rows]
     steps = max(1, max(len(ids) for ids in flat))
-    tokens = torch.zeros(len(flat), steps, dtype=torch.long)
-    valid = torch.zeros(len(flat), steps, dtype=torch.long)
-    for row, ids in enumerate(flat):
-        tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        valid[row, : len(ids)] = 1
+    padded = core.pad(flat, 0, left=False, device=backbone.device, width=steps)
+    tokens, valid = padded.input_ids, padded.attention_mask
     attention = torch.cat([mask.repeat_interleave(k, 0), valid], dim=1)
-    after = positions[:, -1:].repeat_interleave(k, 0) + 1 + torch.arange(steps)
-    logits = model(input_ids=tokens, attention_mask=attention, position_ids=after, past_key_values=cache).logits.float()
+    after = positions[:, -1:].repeat_interleave(k, 0) + 1 + torch.arange(steps, device=backbone.device)
+    logits, _ = core.next_token_logits(
+        backbone, steps, input_ids=tokens, attention_mask=attention, position_ids=after, past_key_values=cache
+    )
     # The prompt's last position predicts token 0; continuation column t predicts token t + 1.
-    logits = torch.cat([out.logits[:, -1:].float().repeat_interleave(k, 0), logits[:, :-1]], dim=1)
+    logits = torch.cat([first[:, -1:].repeat_interleave(k, 0), logits[:, :-1]], dim=1)
     nll = (logits.logsumexp(-1) - logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)) * valid
     sums, counts = nll.sum(-1).tolist(), valid.sum(-1).tolist()
     pairs = list(zip(sums, counts, strict=True))
@@ -213,8 +196,9 @@ class RequestSampler:
         rows = [(r.soft, context_ids(backbone, r.prompt)) for r in requests]
         logits, self.cache, mask, last = _prefill(backbone, rows)
         sample_of = torch.repeat_interleave(torch.arange(len(requests)), counts)  # row -> its request
-        self.cache.reorder_cache(sample_of)
-        self.logits, self.mask, self.last = logits[sample_of], mask[sample_of], last[sample_of]
+        on_device = sample_of.to(backbone.device)
+        self.cache.reorder_cache(on_device)
+        self.logits, self.mask, self.last = logits[on_device], mask[on_device], last[on_device]
         self.longest = max(r.max_new_tokens for r in requests)
         self.tokens = torch.zeros(len(sample_of), self.longest, dtype=torch.long)
         self.lengths = torch.tensor([r.max_new_tokens for r in requests])[sample_of]
@@ -245,7 +229,7 @@ class RequestSampler:
                 self.finished = True
                 break
             self.logits, self.cache, self.mask, self.last = _extend(
-                self.backbone, chosen.unsqueeze(1), self.mask, self.last, self.cache
+                self.backbone, chosen.unsqueeze(1).to(self.backbone.device), self.mask, self.last, self.cache
             )
         return self.finished
 

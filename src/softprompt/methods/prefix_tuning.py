@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from softprompt.core import forward as core
 from softprompt.methods import register
 from softprompt.methods.base import Method, MethodContext
 from softprompt.methods.layers import AttentionShape, attention_shape
@@ -34,15 +35,14 @@ class PrefixTuningOptions:
 def initial_prefix(context: MethodContext, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values ``[layers, kv_heads, length, head_dim]`` the backbone computes for the
     ``prompt.init`` tokens."""
-    ids = initial_token_ids(context, length, context.prompt.init).unsqueeze(0)
-    model = context.backbone.model
-    cache = DynamicCache(config=model.config)
+    backbone = context.backbone
+    ids = initial_token_ids(context, length, context.prompt.init).unsqueeze(0).to(backbone.device)
+    cache = DynamicCache(config=backbone.model.config)
     with torch.no_grad():
-        body = model.get_decoder() if context.backbone.kind == "causal" else model
-        body(input_ids=ids, past_key_values=cache, use_cache=True)
+        core.hidden_states(backbone, input_ids=ids, past_key_values=cache, use_cache=True)
     keys = torch.stack([layer.keys[0] for layer in cache.layers])
     values = torch.stack([layer.values[0] for layer in cache.layers])
-    return keys.clone(), values.clone()
+    return keys.float().clone(), values.float().clone()
 
 
 class PrefixMLP(nn.Module):

@@ -65,7 +65,7 @@ class ProgressivePrompts(Method):
         )
 
     def soft_embeddings(self) -> torch.Tensor:
-        return torch.cat([self.frozen_prompts.to(self.new_prompt.dtype), self.new_prompt])
+        return torch.cat([self.frozen_prompts.to(self.new_prompt), self.new_prompt])
 
     def export_state(self) -> dict[str, torch.Tensor]:
         return {PROMPT_KEY: self.soft_embeddings().detach().clone()}

@@ -121,18 +121,14 @@ class _Run:
         )
         while state.step < cfg.max_steps and not state.stopped_early:
             tick = time.perf_counter()
-            index = procs.shard(batch_indices(state.step, cfg.batch_size, len(rows), self.seed, lengths, classes))
-            loss = model.loss([rows[i] for i in index])
-            if cfg.l2:
-                loss = loss + cfg.l2 * model.l2_penalty()
-            batch_loss = procs.mean(loss.item())  # the whole batch's, the same in every process
+            index = batch_indices(state.step, cfg.batch_size * cfg.grad_accum, len(rows), self.seed, lengths, classes)
+            batch_loss = procs.mean(self.accumulate(rows, procs.shard(index)))  # the same in every process
             if not math.isfinite(batch_loss):
                 raise TrainingDiverged(
                     f"loss became {batch_loss} at step {state.step + 1}; the last good checkpoint "
                     f"(step {_checkpoint_step(state)}) is kept in {self.out}; lower train.lr and "
                     "restart, or --resume"
                 )
-            loss.backward()
             procs.average_gradients(params)
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -149,6 +145,23 @@ class _Run:
                 self.evaluate(state)
         bar.close()
         return state
+
+    def accumulate(self, rows: list, index: list[int]) -> float:
+        """Backpropagate this process's rows of one step in ``grad_accum`` forward passes; the
+        gradients add up to those of the mean loss over all of them. Returns that mean loss."""
+        count = self.settings.grad_accum
+        parts = [index[k::count] for k in range(count)] if count > 1 else [index]
+        total = 0.0
+        for part in parts:
+            if not part:
+                continue
+            loss = self.model.loss([rows[i] for i in part])
+            if self.settings.l2:
+                loss = loss + self.settings.l2 * self.model.l2_penalty()
+            share = len(part) / len(index)  # a mean over unequal parts weighs each by its size
+            (loss * share).backward()
+            total += loss.item() * share
+        return total
 
     def evaluate(self, state: Progress) -> None:
         """Score dev, keep the best weights, update early stopping, write the checkpoint."""

@@ -1,0 +1,176 @@
+"""The one place that runs the backbone.
+
+Every consumer (the classifier, the tagger, mixed batches, the detox LM, the sampler) builds its
+inputs and calls the backbone through these functions: token rows padded into tensors, soft
+tokens put into the embeddings at their slots, positions from the padding mask, soft prompts run
+once and their key/value cache shared by the rows that use them, the body's hidden states or the
+LM's next-token logits, and the output projection at chosen positions and token ids.
+
+Device and dtype are decided here: every tensor is created on the backbone's device, and the
+backbone's forward passes already run under its placement's autocast (:mod:`softprompt.placement`),
+so float32 soft prompts meet a bf16 backbone without casts elsewhere. Scores come back in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+from transformers import DynamicCache
+
+from softprompt.backbones import Backbone
+from softprompt.prompts.template import NO_SOFT
+
+T = TypeVar("T")
+
+
+@dataclass
+class Padded:
+    """Token rows as ``[B, L]`` tensors: ids, attention mask, and each position's soft-token index."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    soft_index: torch.Tensor  # NO_SOFT for real tokens
+
+
+def pad(
+    rows: Sequence[Sequence[int]],
+    pad_id: int,
+    *,
+    left: bool,
+    device: torch.device | None = None,
+    soft: Sequence[Sequence[int]] | None = None,
+    width: int | None = None,
+) -> Padded:
+    """Pad ``rows`` of token ids to one width: on the left for a causal LM (every row's next token
+    in the last column), on the right for an encoder. ``soft`` gives each position's soft-token
+    index (``NO_SOFT`` for a real token); soft positions keep ``pad_id`` in ``input_ids``."""
+    width = width or max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    soft_index = torch.full((len(rows), width), NO_SOFT, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        span = slice(width - len(ids), width) if left else slice(0, len(ids))
+        input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
+        if soft is not None:
+            soft_index[row, span] = torch.tensor(soft[row], dtype=torch.long)
+        mask[row, span] = 1
+    return Padded(*(t.to(device) for t in (input_ids, mask, soft_index)))
+
+
+def to_device(batch: T, device: torch.device) -> T:
+    """A copy of a batch dataclass with its tensors on ``device`` (itself when already there)."""
+    moved = {
+        f.name: value.to(device)
+        for f in dataclasses.fields(batch)
+        if isinstance(value := getattr(batch, f.name), torch.Tensor) and value.device != device
+    }
+    return dataclasses.replace(batch, **moved) if moved else batch
+
+
+def positions(mask: torch.Tensor, offset: torch.Tensor | int = 0) -> torch.Tensor:
+    """Position ids of left-padded rows (padding gets 0), starting at ``offset``."""
+    return (mask.cumsum(-1) - 1).clamp(min=0) + offset
+
+
+def embed(
+    backbone: Backbone,
+    input_ids: torch.Tensor,
+    soft_index: torch.Tensor | None = None,
+    soft: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Token embeddings with soft tokens (rows of ``soft``) placed where ``soft_index`` points."""
+    embeds = backbone.model.get_input_embeddings()(input_ids)
+    if soft is None or soft_index is None:
+        return embeds
+    slots = soft_index >= 0
+    if not bool(slots.any()):
+        return embeds
+    picked = soft[soft_index.clamp(min=0)]
+    return torch.where(slots.unsqueeze(-1), picked.to(embeds.dtype), embeds)
+
+
+def embed_rows(
+    backbone: Backbone, rows: Sequence[tuple[torch.Tensor | None, list[int]]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[N, L, H]`` left-padded embeddings of ``(soft prompt or None, token ids)`` rows, each
+    prompt before its tokens, and their attention mask."""
+    embedding = backbone.model.get_input_embeddings()
+    pieces = []
+    for soft, ids in rows:
+        tokens = embedding(torch.tensor(ids, dtype=torch.long, device=backbone.device))
+        pieces.append(tokens if soft is None else torch.cat([soft.to(tokens.dtype), tokens]))
+    width = max(len(p) for p in pieces)
+    embeds = pieces[0].new_zeros(len(pieces), width, pieces[0].shape[-1])
+    mask = torch.zeros(len(pieces), width, dtype=torch.long, device=backbone.device)
+    for row, piece in enumerate(pieces):
+        embeds[row, width - len(piece) :] = piece
+        mask[row, width - len(piece) :] = 1
+    return embeds, mask
+
+
+def body(backbone: Backbone) -> torch.nn.Module:
+    """The transformer without its LM head (a causal LM's decoder, or the encoder itself)."""
+    return backbone.model.get_decoder() if backbone.kind == "causal" else backbone.model
+
+
+def hidden_states(backbone: Backbone, **inputs: Any) -> Any:
+    """The body's output (``last_hidden_state``, ``past_key_values``) for ``inputs``."""
+    return body(backbone)(**inputs)
+
+
+def next_token_logits(backbone: Backbone, keep: int = 1, **inputs: Any) -> tuple[torch.Tensor, Any]:
+    """Float32 logits of the last ``keep`` positions (``[B, keep, V]``) and the KV cache."""
+    out = backbone.model(**inputs, use_cache=True, logits_to_keep=keep)
+    return out.logits.float(), out.past_key_values
+
+
+def prompt_cache(backbone: Backbone, prompts: Sequence[torch.Tensor]) -> tuple[list, torch.Tensor]:
+    """Run soft prompts (``[n_i, H]`` each) side by side, left-padded to the longest: per-layer
+    ``(keys, values)`` with one row per prompt, and the ``[prompts, width]`` padding mask. Rows
+    that share a prompt then gather its cache (:func:`gather_cache`) instead of running it again."""
+    width = max(len(p) for p in prompts)
+    embeds = torch.zeros(len(prompts), width, backbone.hidden_size, device=backbone.device)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long, device=backbone.device)
+    for row, prompt in enumerate(prompts):
+        if len(prompt):
+            embeds[row, width - len(prompt) :] = prompt.float()
+            mask[row, width - len(prompt) :] = 1
+    cache = hidden_states(
+        backbone, inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask), use_cache=True
+    ).past_key_values
+    return [(layer.keys, layer.values) for layer in cache.layers], mask
+
+
+def gather_cache(backbone: Backbone, layers: list, index: torch.Tensor) -> DynamicCache:
+    """A cache whose row ``i`` is row ``index[i]`` of per-layer ``(keys, values)``."""
+    return DynamicCache([(k[index], v[index]) for k, v in layers], config=backbone.model.config)
+
+
+def shared_prompt_cache(backbone: Backbone, prompt: torch.Tensor, rows: int) -> DynamicCache:
+    """The KV cache of one leading soft block (``[n, H]``), run once and repeated for ``rows`` rows
+    (the block is the same in every row, so this is exact, and its backward runs once too)."""
+    count = len(prompt)
+    place = torch.arange(count, device=backbone.device).unsqueeze(0)
+    cache = hidden_states(backbone, inputs_embeds=prompt.unsqueeze(0), position_ids=place, use_cache=True)
+    cache = cache.past_key_values
+    cache.batch_repeat_interleave(rows)
+    return cache
+
+
+def project(backbone: Backbone, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Float32 LM-head logits for ``hidden``, only for ``token_ids`` when given (the verbalizer's
+    words: a few rows of the head instead of the whole vocabulary)."""
+    head = backbone.model.get_output_embeddings()
+    weight = head.weight if token_ids is None else head.weight[token_ids]
+    # In float32 whatever the backbone's dtype: the scores feed the loss and the label softmax.
+    logits = hidden.float() @ weight.float().T
+    if getattr(head, "bias", None) is not None:
+        logits = logits + (head.bias if token_ids is None else head.bias[token_ids]).float()
+    softcap = getattr(backbone.model.config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
