@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from softprompt.core.forward import pad
 from softprompt.data import Example
 from softprompt.prompts import Candidate, EncodedInput, Template, Verbalizer
-from softprompt.prompts.template import NO_SOFT
 
 
 @dataclass
@@ -68,23 +68,16 @@ class ClassificationTask:
 
     def collate(self, encoded: list[EncodedInput], labels: list[int] | None = None) -> Batch:
         """Pad encoded rows into a :class:`Batch`."""
-        pad = self.tokenizer.pad_token_id or 0
+        pad_id = self.tokenizer.pad_token_id or 0
         cut = self.template.leading_soft if (self.causal and self.share_prefix) else 0
-        rows = [(e.ids[cut:], e.soft[cut:]) for e in encoded]
-        width = max(len(ids) for ids, _ in rows)
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        soft_index = torch.full((len(rows), width), NO_SOFT, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, (ids, soft) in enumerate(rows):
-            span = slice(width - len(ids), width) if self.causal else slice(0, len(ids))
-            input_ids[row, span] = torch.tensor(ids)
-            soft_index[row, span] = torch.tensor(soft)
-            attention[row, span] = 1
+        padded = pad([e.ids[cut:] for e in encoded], pad_id, left=self.causal, soft=[e.soft[cut:] for e in encoded])
         mask_positions = None
         if not self.causal:
             mask_positions = torch.tensor([e.mask_position for e in encoded], dtype=torch.long)
         label_tensor = torch.tensor(labels, dtype=torch.long) if labels is not None else None
-        return Batch(input_ids, attention, soft_index, mask_positions, label_tensor, prefix_soft=cut)
+        return Batch(
+            padded.input_ids, padded.attention_mask, padded.soft_index, mask_positions, label_tensor, prefix_soft=cut
+        )
 
 
 def demonstrations(template: Template, verbalizer: Verbalizer, pool: list[Example], k: int, seed: int) -> str:

@@ -16,6 +16,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from softprompt.conll import OUTSIDE, Sentence, entity_spans
+from softprompt.core.forward import pad
 from softprompt.errors import SoftpromptError
 from softprompt.prompts.template import NO_SOFT
 
@@ -144,21 +145,13 @@ class TaggingTask:
 
     def collate(self, windows: list[Window]) -> TagBatch:
         """Right-pad windows into a :class:`TagBatch`."""
-        pad = self.tokenizer.pad_token_id or 0
-        width = max(len(w.ids) for w in windows)
-        input_ids = torch.full((len(windows), width), pad, dtype=torch.long)
-        soft_index = torch.full((len(windows), width), NO_SOFT, dtype=torch.long)
-        attention = torch.zeros((len(windows), width), dtype=torch.long)
-        tagged = all(w.labels is not None for w in windows)
-        labels = torch.full((len(windows), width), IGNORE, dtype=torch.long) if tagged else None
-        for row, window in enumerate(windows):
-            n = len(window.ids)
-            input_ids[row, :n] = torch.tensor(window.ids)
-            soft_index[row, :n] = torch.tensor(window.soft)
-            attention[row, :n] = 1
-            if labels is not None:
-                labels[row, :n] = torch.tensor(window.labels)
-        return TagBatch(input_ids, attention, soft_index, labels)
+        padded = pad(
+            [w.ids for w in windows], self.tokenizer.pad_token_id or 0, left=False, soft=[w.soft for w in windows]
+        )
+        labels = None
+        if all(w.labels is not None for w in windows):
+            labels = pad([w.labels for w in windows], IGNORE, left=False).input_ids
+        return TagBatch(padded.input_ids, padded.attention_mask, padded.soft_index, labels)
 
     def decode(self, windows: list[Window], predicted: list[list[int]], lengths: list[int]) -> list[list[str]]:
         """Per-sentence word tags from per-window predicted tag indices (one per word start)."""
