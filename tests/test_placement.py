@@ -89,3 +89,18 @@ def test_a_float32_artifact_loads_in_bf16_and_agrees(tiny_llama_dir, tmp_path):
     assert [p["label"] for p in half] == [p["label"] for p in full]
     for a, b in zip(half, full, strict=True):
         assert abs(a["scores"]["positive"] - b["scores"]["positive"]) < 0.05
+
+
+def test_packed_rows_equal_padded_rows_in_bf16_with_eager_attention(tiny_llama_dir):
+    """On a CPU in bf16 the backbone loads with eager attention, which adds the packing mask to
+    its scores: the mask must be additive there, or packed rows would see each other."""
+    from softprompt.evaluate import label_probabilities
+
+    from .helpers import EXAMPLES, classifier
+
+    backbone = load_backbone(str(tiny_llama_dir), device="cpu", precision="bf16")
+    assert backbone.model.config._attn_implementation == "eager"
+    model = classifier(backbone, "{soft:3}Review: {text} Sentiment:", {"pos": "a", "neg": "b"}, seed=1)
+    packed = label_probabilities(model, EXAMPLES)
+    model.task.pack = False
+    assert torch.allclose(packed, label_probabilities(model, EXAMPLES), atol=1e-3)

@@ -194,7 +194,7 @@ class PromptedClassifier(TaskModel):
             hidden = core.hidden_states(
                 self.backbone,
                 inputs_embeds=embeds.flatten(0, 1)[packed.source].view(rows, -1, embeds.shape[-1]),
-                attention_mask=packed.mask,
+                attention_mask=core.additive_mask(packed.mask, self.backbone),
                 position_ids=packed.positions,
                 past_key_values=cache,
                 use_cache=cache is not None,

@@ -161,6 +161,14 @@ def shared_prompt_cache(backbone: Backbone, prompt: torch.Tensor, rows: int) -> 
     return cache
 
 
+def additive_mask(allowed: torch.Tensor, backbone: Backbone) -> torch.Tensor:
+    """A ready 4-D boolean mask (True: may attend) as the additive float mask every attention
+    implementation reads alike: eager attention adds a mask to its scores, so a boolean one
+    would be misread there (SDPA takes either)."""
+    low = torch.finfo(backbone.placement.dtype).min
+    return torch.zeros(allowed.shape, dtype=backbone.placement.dtype, device=allowed.device).masked_fill(~allowed, low)
+
+
 def project(backbone: Backbone, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Float32 LM-head logits for ``hidden``, only for ``token_ids`` when given (the verbalizer's
     words: a few rows of the head instead of the whole vocabulary)."""
