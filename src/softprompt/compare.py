@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.atomic import atomic_write_json, atomic_write_text
-from softprompt.backbones import resolve
+from softprompt.backbone_sources import resolve
 from softprompt.baselines import tfidf_accuracy
 from softprompt.config import RunConfig, load_config
 from softprompt.errors import SoftpromptError
