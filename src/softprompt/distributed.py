@@ -1,11 +1,11 @@
-"""Data-parallel training on several processes through accelerate (``accelerate launch``).
+"""Which process this is when training runs on several (``accelerate launch``, torchrun).
 
-One process (the default) changes nothing. Under ``accelerate launch --num_processes N`` (or
-torchrun) every process takes its share of each batch, and accelerate averages the gradients
-across processes (gloo on CPU, NCCL on GPUs) before the optimizer step, so each process holds the
-same weights after every step. With equal shards, the averaged gradient is the gradient of the
-whole batch's mean loss: the run matches a single-process run with the same global batch. Only
-the main process writes files.
+One process (the default) changes nothing. Under ``accelerate launch --num_processes N`` every
+process takes its share of each batch (:meth:`Processes.shard`); the training loop runs on
+``accelerate.Accelerator``, whose DDP wrapper averages the gradients across processes (gloo on
+CPU, NCCL on GPUs) during the backward pass, so each process holds the same weights after every
+step. With equal shards the averaged gradient is that of the whole batch's mean loss: the run
+matches a single-process run with the same global batch. Only the main process writes files.
 """
 
 from __future__ import annotations
@@ -33,16 +33,6 @@ class Processes:
     def shard(self, batch: list[int]) -> list[int]:
         """This process's rows of a batch (every ``count``-th, starting at its index)."""
         return batch if self.count == 1 else batch[self.index :: self.count]
-
-    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """Replace each gradient by its mean over the processes."""
-        if self.count == 1:
-            return
-        from accelerate.utils import reduce
-
-        for param in params:
-            if param.grad is not None:
-                param.grad.copy_(reduce(param.grad, reduction="mean"))
 
     def mean(self, value: float) -> float:
         """The mean of ``value`` over the processes (for logging the whole batch's loss)."""

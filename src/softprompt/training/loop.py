@@ -1,5 +1,7 @@
 """The one training loop (DESIGN.md §3): AdamW, warm-up + linear decay, clipping, optional L2,
-dev evaluation every N steps, early stopping, best weights, resumable checkpoint.
+gradient accumulation, dev evaluation every N steps, early stopping, best weights, resumable
+checkpoint. It runs on ``accelerate.Accelerator``: under ``accelerate launch`` the model's loss is
+wrapped in DDP, which averages the trainable parameters' gradients across processes.
 
 The frozen backbone stays in eval mode, so a forward pass has no randomness and the data order is
 a pure function of (seed, step): a resumed run repeats an uninterrupted one exactly. The loop knows
@@ -9,6 +11,7 @@ and writing the best weights is the caller's ``save_best``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -18,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+from torch import nn
 from tqdm import tqdm
 
 from softprompt.atomic import atomic_write_text
@@ -86,8 +92,32 @@ def fit(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["progress"]
-    run = _Run(model, optimizer, scheduler, settings, seed, out, save_best, dev_metric)
+    run = _Run(model, optimizer, scheduler, settings, seed, out, save_best, dev_metric, *_accelerated(model))
     return run.steps(rows, state, progress)
+
+
+class Objective(nn.Module):
+    """A trainable model's loss as a module over its trainable parameters only, for accelerate to
+    wrap: DDP then syncs exactly those gradients and never broadcasts the frozen backbone."""
+
+    def __init__(self, model: Trainable):
+        super().__init__()
+        self.trained = nn.ParameterList(model.trainable_parameters())
+        self.model = [model]  # in a list: not a submodule (its backbone is not DDP's business)
+
+    def forward(self, rows: list) -> torch.Tensor:
+        return self.model[0].loss(rows)
+
+
+def _accelerated(model: Trainable) -> tuple[Accelerator, nn.Module]:
+    """The accelerator and the objective it prepared (DDP under several processes, else as is).
+    Placement and precision are the backbone's (softprompt.placement), so accelerate moves
+    nothing and adds no autocast; a step may leave some parameters unused (the prompts of tasks
+    absent from a multitask batch), which DDP must be told."""
+    on_cpu = all(p.device.type == "cpu" for p in model.trainable_parameters())
+    unused = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(cpu=on_cpu, device_placement=False, kwargs_handlers=[unused])
+    return accelerator, accelerator.prepare_model(Objective(model))
 
 
 @dataclasses.dataclass
@@ -102,6 +132,8 @@ class _Run:
     out: Path
     save_best: SaveBest
     dev_metric: Callable[[], dict[str, Any]]
+    accelerator: Accelerator
+    objective: nn.Module
 
     def steps(self, rows: list, state: Progress, progress: bool) -> Progress:
         cfg, model, procs = self.settings, self.model, processes()
@@ -129,9 +161,8 @@ class _Run:
                     f"(step {_checkpoint_step(state)}) is kept in {self.out}; lower train.lr and "
                     "restart, or --resume"
                 )
-            procs.average_gradients(params)
             if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                self.accelerator.clip_grad_norm_(params, cfg.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -150,16 +181,17 @@ class _Run:
         """Backpropagate this process's rows of one step in ``grad_accum`` forward passes; the
         gradients add up to those of the mean loss over all of them. Returns that mean loss."""
         count = self.settings.grad_accum
-        parts = [index[k::count] for k in range(count)] if count > 1 else [index]
+        parts = [part for part in (index[k::count] for k in range(count)) if part]
         total = 0.0
-        for part in parts:
-            if not part:
-                continue
-            loss = self.model.loss([rows[i] for i in part])
-            if self.settings.l2:
-                loss = loss + self.settings.l2 * self.model.l2_penalty()
-            share = len(part) / len(index)  # a mean over unequal parts weighs each by its size
-            (loss * share).backward()
+        for k, part in enumerate(parts):
+            # Processes sync gradients once per step: on the last part, not on every one.
+            sync = contextlib.nullcontext() if k == len(parts) - 1 else self.accelerator.no_sync(self.objective)
+            with sync:
+                loss = self.objective([rows[i] for i in part])
+                if self.settings.l2:
+                    loss = loss + self.settings.l2 * self.model.l2_penalty()
+                share = len(part) / len(index)  # a mean over unequal parts weighs each by its size
+                self.accelerator.backward(loss * share)
             total += loss.item() * share
         return total
 
