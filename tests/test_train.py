@@ -304,3 +304,68 @@ def test_grad_accum_0_is_refused_in_one_line():
 
     with pytest.raises(SoftpromptError, match=r"config field 'train\.grad_accum': must be >= 1, got 0"):
         load_config(overrides=["train.grad_accum=0"])
+
+
+@pytest.mark.parametrize(
+    ("method", "template"),
+    [
+        ("prompt_tuning", "{soft:3}Review: {text}\nSentiment:"),  # a leading block (shared when not checkpointed)
+        ("prompt_tuning", "Review: {text}{soft:2}\nSentiment:"),  # after the text (frozen prefix when not)
+        ("lora", "Review: {text}\nSentiment:"),
+    ],
+)
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_llama_dir, method, template, monkeypatch):
+    import transformers.modeling_utils
+
+    from softprompt.backbones import load_backbone
+
+    checkpoint, calls = transformers.modeling_utils.checkpoint, []
+    monkeypatch.setattr(
+        transformers.modeling_utils, "checkpoint", lambda *a, **k: calls.append(1) or checkpoint(*a, **k)
+    )
+
+    from .helpers import EXAMPLES, classifier
+
+    model = classifier(load_backbone(str(tiny_llama_dir)), template, {"positive": "a", "negative": "b"}, method)
+    rows = model.training_rows(
+        [type(e)(e.fields, label=label) for e, label in zip(EXAMPLES, ["positive", "negative"] * 2, strict=True)],
+        model.encode_split(EXAMPLES),
+        "test",
+    )
+    results = []
+    for checkpointing in (False, True):
+        model.checkpointing = checkpointing
+        loss = model.loss(rows)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.trainable_parameters()]))
+        model.zero_grad(set_to_none=True)
+        assert len(calls) == (2 if checkpointing else 0)  # both layers of the tiny Llama, when on
+    (plain, plain_grads), (checked, checked_grads) = results
+    torch.testing.assert_close(plain, checked, atol=1e-6, rtol=1e-5)
+    assert any(g.abs().sum() > 0 for g in plain_grads)  # (LoRA's A gets none at init: B starts at zero)
+    for a, b in zip(plain_grads, checked_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_gradient_checkpointing_trains_through_the_loop_and_refuses_prefix_tuning(tiny_llama_dir, tmp_path):
+    import softprompt
+    from softprompt.errors import SoftpromptError
+
+    from .conftest import NEGATIVE, POSITIVE
+
+    rows = [{"text": t, "label": "positive"} for t in POSITIVE] + [{"text": t, "label": "negative"} for t in NEGATIVE]
+    common = {"train_data": rows * 4, "dev_data": rows, "backbone": str(tiny_llama_dir), "progress": False}
+    common["verbalizer"] = {"positive": "great", "negative": "bad"}
+    steps = {"max_steps": 4, "eval_every": 4, "lr": 0.05, "gradient_checkpointing": True}
+    result = softprompt.train(
+        template="{soft:3}Review: {text}\nSentiment:", train=steps, out=str(tmp_path / "a"), **common
+    )
+    assert result.metrics["dev"]["n"] == len(rows)
+    with pytest.raises(SoftpromptError, match="gradient_checkpointing does not work with method=prefix_tuning"):
+        softprompt.train(
+            method="prefix_tuning",
+            template="Review: {text}\nSentiment:",
+            train=steps,
+            out=str(tmp_path / "b"),
+            **common,
+        )

@@ -90,6 +90,9 @@ class TrainConfig:
         False,
     )
     zero_shot_baseline: bool = option("also report zero-shot test accuracy with the same template", False)
+    gradient_checkpointing: bool = option(
+        "recompute the backbone's activations in the backward pass (less memory, slower steps)", False
+    )
 
     def __post_init__(self) -> None:
         require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")

@@ -17,6 +17,7 @@ from torch import nn
 from softprompt.backbones import Backbone
 from softprompt.core import forward as core
 from softprompt.data import Example
+from softprompt.errors import SoftpromptError
 from softprompt.methods.base import Method
 from softprompt.packing import PackedRows, can_pack, pack_rows
 from softprompt.prompts import EncodedInput
@@ -39,6 +40,7 @@ class TaskModel(nn.Module):
     the state handling and the encoder forward pass every task shares."""
 
     metric = "accuracy"  # the dev metric that selects the best checkpoint
+    checkpointing = False  # train.gradient_checkpointing: recompute activations in the backward pass
 
     def __init__(self, backbone: Backbone, method: Method, head_outputs: int = 0, seed: int = 0):
         super().__init__()
@@ -110,6 +112,20 @@ class TaskModel(nn.Module):
         out = core.hidden_states(self.backbone, inputs_embeds=embeds, attention_mask=mask, **extra)
         return out.last_hidden_state
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Train with activation checkpointing (``train.gradient_checkpointing``).
+
+        Raises:
+            SoftpromptError: a method whose rows continue from a key/value cache (prefix tuning),
+                which transformers' checkpointing drops.
+        """
+        if self.method.prefix_length():
+            raise SoftpromptError(
+                f"train.gradient_checkpointing does not work with method={self.method.name}: its prefixes are a "
+                "key/value cache, which checkpointed layers drop; use prompt_tuning, lora or another method"
+            )
+        self.checkpointing = True
+
     def row_class(self, row) -> int | None:
         """The one gold class of a training row, by which length-grouped batches keep the class
         mix; None (the default) where a row has no single class, such as a tagger's window."""
@@ -147,9 +163,23 @@ class PromptedClassifier(TaskModel):
 
     def loss(self, rows: list) -> torch.Tensor:
         """Mean negative log-likelihood of the gold labels of ``rows`` (from :meth:`training_rows`)."""
-        batch = self.task.collate([encoded for encoded, _ in rows], [label for _, label in rows])
-        batch = core.to_device(batch, self.backbone.device)
-        return torch.nn.functional.nll_loss(self(batch), batch.labels)
+        encoded, labels = [encoded for encoded, _ in rows], [label for _, label in rows]
+        if not self.checkpointing:
+            batch = core.to_device(self.task.collate(encoded, labels), self.backbone.device)
+            return torch.nn.functional.nll_loss(self(batch), batch.labels)
+        # Checkpointed layers drop caches: every row runs its leading soft block itself.
+        batch = core.to_device(self.task.collate(encoded, labels, share_prefix=False), self.backbone.device)
+        with core.checkpointed(self.backbone):
+            return torch.nn.functional.nll_loss(self(batch), batch.labels)
+
+    def enable_gradient_checkpointing(self) -> None:
+        super().enable_gradient_checkpointing()
+        if self.multi:
+            self.checkpointing = False
+            raise SoftpromptError(
+                "train.gradient_checkpointing needs one-token verbalizer words (longer words are scored "
+                "from a key/value cache, which checkpointed layers drop); choose one-token words"
+            )
 
     def describe(self) -> dict[str, Any]:
         """The task's part of the artifact's record."""
@@ -242,6 +272,7 @@ class PromptedClassifier(TaskModel):
         """Leading columns that need no gradient (0 when the split would not pay off)."""
         if (
             not torch.is_grad_enabled()
+            or self.checkpointing
             or batch.prefix_soft
             or self.method.modifies_backbone
             or self.method.soft_embeddings() is None

@@ -3,6 +3,7 @@ method, and counted in its trainable parameters)."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -39,7 +40,8 @@ class TokenTagger(TaskModel):
     def loss(self, rows: list[Window]) -> torch.Tensor:
         """Mean cross-entropy over the words (first sub-tokens) of the windows in ``rows``."""
         batch = core.to_device(self.task.collate(rows), self.backbone.device)
-        logits = self(batch)
+        with core.checkpointed(self.backbone) if self.checkpointing else contextlib.nullcontext():
+            logits = self(batch)
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE)
 
     def describe(self) -> dict[str, Any]:

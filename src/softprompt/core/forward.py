@@ -13,13 +13,15 @@ so float32 soft prompts meet a bf16 backbone without casts elsewhere. Scores com
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 from transformers import DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from softprompt.backbones import Backbone
 from softprompt.prompts.template import NO_SOFT
@@ -182,3 +184,26 @@ def project(backbone: Backbone, hidden: torch.Tensor, token_ids: torch.Tensor | 
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return logits
+
+
+@contextlib.contextmanager
+def checkpointed(backbone: Backbone) -> Iterator[None]:
+    """Activation checkpointing of the backbone's layers inside this block: their activations are
+    recomputed in the backward pass instead of kept (less memory, about a third more compute).
+
+    transformers checkpoints a layer only in training mode and then drops any key/value cache,
+    so callers run their rows without one here (no shared prompt block, no frozen-prefix cache).
+    Only the layers are put in training mode: dropout inside them stays off, as in every forward
+    pass of the frozen backbone."""
+    model = backbone.model
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer.training = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.training = False
+        model.activation_checkpointing_disable()
+        model.disable_input_require_grads()

@@ -66,10 +66,13 @@ class ClassificationTask:
             self.verbalizer.index(ex.label, where if ex.line is None else f"{where} line {ex.line}") for ex in examples
         ]
 
-    def collate(self, encoded: list[EncodedInput], labels: list[int] | None = None) -> Batch:
-        """Pad encoded rows into a :class:`Batch`."""
+    def collate(
+        self, encoded: list[EncodedInput], labels: list[int] | None = None, share_prefix: bool | None = None
+    ) -> Batch:
+        """Pad encoded rows into a :class:`Batch` (``share_prefix`` overrides the task's own)."""
         pad_id = self.tokenizer.pad_token_id or 0
-        cut = self.template.leading_soft if (self.causal and self.share_prefix) else 0
+        share = self.share_prefix if share_prefix is None else share_prefix
+        cut = self.template.leading_soft if (self.causal and share) else 0
         padded = pad([e.ids[cut:] for e in encoded], pad_id, left=self.causal, soft=[e.soft[cut:] for e in encoded])
         mask_positions = None
         if not self.causal:

@@ -82,6 +82,11 @@ def fit(
         progress: show a progress bar.
     """
     settings = resolve_steps(settings, len(rows))
+    if settings.gradient_checkpointing:
+        enable = getattr(model, "enable_gradient_checkpointing", None)
+        if enable is None:
+            raise SoftpromptError(f"train.gradient_checkpointing: {type(model).__name__} does not support it")
+        enable()
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     warmup = max(1, int(settings.warmup_ratio * settings.max_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, settings.max_steps))
