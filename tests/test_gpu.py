@@ -3,6 +3,7 @@ train -> save -> load -> predict for a tiny model of each kind, mixed batches, s
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -120,3 +121,15 @@ def test_the_server_classifies_on_cuda(tiny_llama_dir, tmp_path):
     assert answer.status_code == 200, answer.text
     assert answer.json()["results"][0]["label"] in ("positive", "negative")
     assert written.status_code == 200, written.text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
+@pytest.mark.parametrize("method", ["prompt_tuning", "lora"])
+def test_a_prompt_or_lora_trains_on_a_4bit_backbone(tiny_llama_dir, tmp_path, method):
+    soft = "{soft:4}" if method == "prompt_tuning" else ""
+    result = _trained(
+        tiny_llama_dir, tmp_path, method=method, quantize="4bit", template=soft + "Review: {text}\nSentiment:"
+    )
+    assert result.model.module.backbone.quantized
+    texts = [row["text"] for row in ROWS]
+    assert softprompt.load(tmp_path / "run", **CUDA).predict(texts)  # the artifact also loads unquantized

@@ -104,3 +104,19 @@ def test_packed_rows_equal_padded_rows_in_bf16_with_eager_attention(tiny_llama_d
     packed = label_probabilities(model, EXAMPLES)
     model.task.pack = False
     assert torch.allclose(packed, label_probabilities(model, EXAMPLES), atol=1e-3)
+
+
+def test_quantize_needs_cuda_and_names_its_values(tiny_llama_dir, tmp_path):
+    for quantize, message in (("4bit", "quantize=4bit needs a CUDA GPU"), ("3bit", "quantize '3bit' is not one of")):
+        with pytest.raises(SoftpromptError, match=message):
+            load_backbone(str(tiny_llama_dir), device="cpu", quantize=quantize)
+    with pytest.raises(SoftpromptError, match="quantize=8bit needs a CUDA GPU"):
+        softprompt.train(
+            train_data=ROWS, backbone=str(tiny_llama_dir), quantize="8bit", out=str(tmp_path / "q"), progress=False
+        )
+    assert not (tmp_path / "q").exists()
+
+
+def test_the_fingerprint_does_not_depend_on_the_precision(tiny_llama_dir):
+    prints = {load_backbone(str(tiny_llama_dir), "cpu", p).fingerprint for p in ("fp32", "bf16")}
+    assert len(prints) == 1

@@ -117,7 +117,7 @@ def build(
     splits = Splits([], [], [], {"train": "train_data (in memory)"})
     if train_data is not None:
         splits = task.load_splits(run, {"train": train_data, "dev": train_data})
-    loaded = loaded or load_backbone(run.backbone, run.device, run.precision)
+    loaded = loaded or load_backbone(run.backbone, run.device, run.precision, run.quantize)
     with seeded(run.seed):
         module = task.build(run, loaded, splits)
     return Model(module, task, artifact_meta(run, module, loaded, splits))

@@ -39,6 +39,11 @@ class ComputeSettings:
     threads: int = option("torch CPU threads (0 = torch's default)", 0)
     device: str = option(DEVICE_HELP, "auto")
     precision: str = option(PRECISION_HELP, "auto")
+    quantize: str = option(
+        "none | 4bit | 8bit: hold the frozen backbone quantized (bitsandbytes, CUDA only; "
+        "pip install 'softprompt[quantization]')",
+        "none",
+    )
 
     def use_threads(self) -> None:
         """Apply ``threads`` to this process (before any forward pass)."""

@@ -138,7 +138,7 @@ def run_multitask(
     check_out(out, resume, overwrite)
     config.use_threads()
     tasks = prepare_tasks(task_configs(config, lambda index, name: out / TASKS_DIR / name), need_test=False)
-    backbone = load_backbone(config.backbone, config.device, config.precision)
+    backbone = load_backbone(config.backbone, config.device, config.precision, config.quantize)
     models = _build_models(config, tasks, backbone)
     model = MultitaskModel(models)
     rows = training_rows(tasks, models, config.sampling)

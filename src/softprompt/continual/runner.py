@@ -54,7 +54,7 @@ def run_continual(
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     config.use_threads()
     prepared = prepare_tasks(tasks)  # every task's data, before the backbone and any training
-    backbone = load_backbone(config.backbone, config.device, config.precision)
+    backbone = load_backbone(config.backbone, config.device, config.precision, config.quantize)
     learner = make_learner(backbone, prepared, config)
     results = _read_results(results_path, config) if resume else None
     results = results or {"config": plain_config(config), "tasks": [t.name for t in prepared], "stages": []}

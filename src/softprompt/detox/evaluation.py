@@ -225,7 +225,7 @@ def detox_eval(config: DetoxEvalConfig, overwrite: bool = False, progress: bool 
     scorer_names = parse_scorer_names(config.scorer)
     prompts = read_prompts(config.prompts, config.prompt_field, config.max_prompts)
     config.use_threads()
-    backbone = load_backbone(config.backbone, config.device, config.precision)
+    backbone = load_backbone(config.backbone, config.device, config.precision, config.quantize)
     if backbone.kind != "causal":
         raise SoftpromptError(f"backbone {backbone.name} is an encoder; detox eval needs a causal LM")
     steerings = [

@@ -43,7 +43,7 @@ def generate(texts: list[str], config: GenerateConfig) -> list[list[str]]:
         raise SoftpromptError("give non-empty prompts as arguments or one per line on stdin")
     name, argument = parse_method(config.detox)
     config.use_threads()
-    backbone = load_backbone(config.backbone, config.device, config.precision)
+    backbone = load_backbone(config.backbone, config.device, config.precision, config.quantize)
     if backbone.kind != "causal":
         raise SoftpromptError(f"backbone {backbone.name} is an encoder; generate needs a causal LM")
     steering = build_steering(name, argument, backbone, config.instruction, config.alpha, config.decay, config.filter_p)

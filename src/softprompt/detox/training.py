@@ -124,7 +124,7 @@ def train_detox(
     check_out(out, resume, overwrite, extra=(out / "expert",))
     config.use_threads()
     train_pairs, dev_pairs = _split(read_paradetox(config.data), config)
-    backbone = load_backbone(config.backbone, config.device, config.precision)
+    backbone = load_backbone(config.backbone, config.device, config.precision, config.quantize)
     if backbone.kind != "causal":
         raise SoftpromptError(f"backbone {backbone.name} is an encoder; detox prompts need a causal LM")
 

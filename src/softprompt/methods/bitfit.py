@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from softprompt.errors import SoftpromptError
 from softprompt.methods import register
 from softprompt.methods.base import Method, MethodContext
 from softprompt.methods.layers import transformer_blocks
@@ -30,6 +31,11 @@ class BitFit(Method):
     def __init__(self, context: MethodContext):
         super().__init__()
         backbone = context.backbone
+        if backbone.quantized:
+            raise SoftpromptError(
+                f"method={self.name} trains the backbone's own weights, which a quantized backbone "
+                "holds in 4 or 8 bits; use quantize=none, or lora / prompt_tuning on the quantized one"
+            )
         backbone.claim(self.name)
         blocks = transformer_blocks(backbone)
         biases = [(n, p) for n, p in backbone.model.named_parameters() if n.endswith(".bias")]

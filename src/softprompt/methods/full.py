@@ -41,6 +41,11 @@ class Full(Method):
         super().__init__()
         options = context.options or FullOptions()
         backbone = context.backbone
+        if backbone.quantized:
+            raise SoftpromptError(
+                f"method={self.name} trains the backbone's own weights, which a quantized backbone "
+                "holds in 4 or 8 bits; use quantize=none, or lora / prompt_tuning on the quantized one"
+            )
         backbone.claim(self.name)
         top = options.top()
         if top is None:

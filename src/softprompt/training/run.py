@@ -210,7 +210,7 @@ def _setup(
     task = get_task(config.task)
     task.check(config)
     splits = task.load_splits(config, records)
-    backbone = backbone or load_backbone(config.backbone, config.device, config.precision)
+    backbone = backbone or load_backbone(config.backbone, config.device, config.precision, config.quantize)
     # Baselines run before the method attaches: methods such as LoRA change the backbone's layers.
     baseline = task.baselines(config, backbone, splits, bar)
     with seeded(config.seed):
