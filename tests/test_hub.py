@@ -59,11 +59,12 @@ def test_a_hub_id_trains_from_the_cache_and_peft_opens_the_artifact(hub_home, tm
     assert json.loads(predicted.stdout)["label"] in ("positive", "negative")
 
 
-def test_a_hub_id_missing_from_the_cache_offline_is_one_line(hub_home, tmp_path):
+def test_a_hub_id_missing_from_the_cache_offline_is_one_line(hub_home, tmp_path, sentiment_files):
     out = tmp_path / "run"
-    done = _run(
-        [sys.executable, "-m", "softprompt", "train", "backbone=nobody/absent-model", f"out={out}"], hub_home, tmp_path
-    )
+    data = [f"data.{split}={path}" for split, path in sentiment_files.items()]
+    data += ["verbalizer={positive: great, negative: bad}"]
+    command = [sys.executable, "-m", "softprompt", "train", "backbone=nobody/absent-model", f"out={out}", *data]
+    done = _run(command, hub_home, tmp_path)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert "nobody/absent-model is not in the Hugging Face cache" in done.stderr
