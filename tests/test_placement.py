@@ -120,3 +120,19 @@ def test_quantize_needs_cuda_and_names_its_values(tiny_llama_dir, tmp_path):
 def test_the_fingerprint_does_not_depend_on_the_precision(tiny_llama_dir):
     prints = {load_backbone(str(tiny_llama_dir), "cpu", p).fingerprint for p in ("fp32", "bf16")}
     assert len(prints) == 1
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [("precision=fp16", "precision=fp16 needs a GPU"), ("device=cuda:0", "no CUDA GPU"), ("train.grad_accum=0", "")],
+)
+def test_bad_compute_settings_fail_in_one_line_and_write_nothing(base_args, tmp_path, capsys, setting, message):
+    from softprompt.cli import main
+
+    if setting.startswith("device") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "never"
+    assert main(["train", *base_args, setting, f"out={out}"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and message in error and "Traceback" not in error
+    assert not out.exists()
