@@ -19,10 +19,10 @@ from softprompt.config import RunConfig, load_config
 from softprompt.errors import SoftpromptError
 from softprompt.evaluate import evaluate
 from softprompt.loading import artifact_task, load_model
-from softprompt.model import TaskModel
 from softprompt.recipe import merge
 from softprompt.seeding import seeded
 from softprompt.splits import Records, Splits
+from softprompt.task_model import TaskModel
 from softprompt.tasks import TaskSpec, get_task
 from softprompt.training.run import TrainResult, artifact_meta
 from softprompt.training.run import train as train_run

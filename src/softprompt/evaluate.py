@@ -10,8 +10,9 @@ from tqdm import tqdm
 
 from softprompt.conll import OUTSIDE, Sentence, entity_spans
 from softprompt.data import Example
-from softprompt.model import PromptedClassifier, TaskModel
+from softprompt.model import PromptedClassifier
 from softprompt.prompts import EncodedInput
+from softprompt.task_model import TaskModel
 
 
 @torch.inference_mode()

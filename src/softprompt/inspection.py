@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from softprompt.atomic import atomic_write
-from softprompt.model import TaskModel
 from softprompt.plotting import plt
+from softprompt.task_model import TaskModel
 from softprompt.transfer import check_same_backbone, prompt_similarity, read_soft_prompt, token_cosines
 
 

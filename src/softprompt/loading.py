@@ -9,7 +9,8 @@ from softprompt.artifact import read_artifact
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import load_config
 from softprompt.errors import SoftpromptError
-from softprompt.model import PromptedClassifier, TaskModel
+from softprompt.model import PromptedClassifier
+from softprompt.task_model import TaskModel
 from softprompt.tasks import get_task, task_specs
 
 DEFAULT_TASK = "classification"  # artifacts written before task.json recorded the task

@@ -12,7 +12,7 @@ from softprompt.backbones import Backbone
 from softprompt.conll import Sentence
 from softprompt.core import forward as core
 from softprompt.methods.base import Method
-from softprompt.model import TaskModel
+from softprompt.task_model import TaskModel
 from softprompt.tasks.ner_batches import IGNORE, TagBatch, TaggingTask, Window
 
 

@@ -19,7 +19,7 @@ from softprompt.core import forward as core
 from softprompt.errors import SoftpromptError
 from softprompt.generation.sampling import context_ids
 from softprompt.methods.base import Method
-from softprompt.model import TaskModel
+from softprompt.task_model import TaskModel
 
 LM_TASK = "lm"
 Row = tuple[list[int], bool]  # (token ids, unlikely)

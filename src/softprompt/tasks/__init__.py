@@ -16,9 +16,9 @@ from softprompt.errors import SoftpromptError, unknown_name
 if TYPE_CHECKING:
     from softprompt.backbones import Backbone
     from softprompt.config import RunConfig
-    from softprompt.model import TaskModel
     from softprompt.prompts import Template
     from softprompt.splits import Records, Splits
+    from softprompt.task_model import TaskModel
 
 
 class TaskSpec:

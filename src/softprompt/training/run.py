@@ -23,10 +23,10 @@ from softprompt.distributed import processes
 from softprompt.errors import SoftpromptError
 from softprompt.evaluate import evaluate
 from softprompt.methods import get_method
-from softprompt.model import TaskModel
 from softprompt.plotting import plot_training_curves
 from softprompt.seeding import seeded
 from softprompt.splits import Records, Splits
+from softprompt.task_model import TaskModel
 from softprompt.tasks import get_task
 from softprompt.training.checkpoint import CHECKPOINT, Progress, require_checkpoint
 from softprompt.training.loop import SaveBest, fit
