@@ -20,6 +20,17 @@ from transformers import (
 )
 
 ASSETS = Path(__file__).parent / "assets"
+
+
+@pytest.fixture(autouse=True)
+def cpu_unless_marked_gpu(request, monkeypatch):
+    """Tests not marked ``gpu`` state CPU expectations (fp32 tolerances, "no CUDA here"): on a
+    machine with a GPU they still run on the CPU, in this process and in the ones they start."""
+    if request.node.get_closest_marker("gpu") is None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
 SHARED_DATA = Path(os.environ.get("SOFTPROMPT_SHARED_DATA", Path(__file__).parents[1].parent / "shared" / "data"))
 
 

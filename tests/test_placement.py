@@ -124,7 +124,7 @@ def test_the_fingerprint_does_not_depend_on_the_precision(tiny_llama_dir):
 
 @pytest.mark.parametrize(
     ("setting", "message"),
-    [("precision=fp16", "precision=fp16 needs a GPU"), ("device=cuda:0", "no CUDA GPU"), ("train.grad_accum=0", "")],
+    [("precision=fp16", "fp16 is for inference"), ("device=cuda:0", "no CUDA GPU"), ("train.grad_accum=0", "")],
 )
 def test_bad_compute_settings_fail_in_one_line_and_write_nothing(base_args, tmp_path, capsys, setting, message):
     from softprompt.cli import main

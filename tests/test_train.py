@@ -369,3 +369,15 @@ def test_gradient_checkpointing_trains_through_the_loop_and_refuses_prefix_tunin
             out=str(tmp_path / "b"),
             **common,
         )
+
+
+def test_a_run_saved_before_the_compute_settings_existed_still_resumes():
+    from softprompt.config import load_config
+    from softprompt.training.resume import check_same_run
+
+    requested = load_config(overrides=["out=runs/x"]).to_dict()
+    saved = {k: v for k, v in requested.items() if k not in ("precision", "quantize", "device")}
+    saved["train"] = {k: v for k, v in requested["train"].items() if k not in ("grad_accum", "gradient_checkpointing")}
+    check_same_run(saved, requested)  # the defaults are what such a run used
+    with pytest.raises(SoftpromptError, match="precision"):
+        check_same_run(saved, {**requested, "precision": "bf16"})

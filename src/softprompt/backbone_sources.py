@@ -166,7 +166,10 @@ def _convert_gguf(gguf: Path) -> Path:
 
 def _kind_of(directory: Path, shown: str) -> Kind:
     """Causal for a decoder-only LM, encoder for an encoder-only model; an encoder-decoder is refused."""
-    config = AutoConfig.from_pretrained(directory, local_files_only=True)
+    try:
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise SoftpromptError(f"backbone {shown}: {str(exc).splitlines()[0]}") from None
     if getattr(config, "is_encoder_decoder", False):
         raise SoftpromptError(
             f"backbone {shown} is an encoder-decoder model ({config.model_type}), which softprompt does not "

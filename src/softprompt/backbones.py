@@ -85,7 +85,7 @@ def _stored_embeddings(model: PreTrainedModel, directory: Path) -> torch.Tensor 
         with safe_open(path, framework="pt") as handle:
             # A checkpoint of a task model prefixes the body's names ("bert." + "embeddings...").
             for key in handle.keys():  # noqa: SIM118 (safe_open has keys(), not __iter__)
-                if any(key == name or key.endswith("." + name) for name in names):
+                if any(key == name or key.endswith("." + name) or name.endswith("." + key) for name in names):
                     return handle.get_tensor(key)
     return None
 
@@ -119,7 +119,7 @@ def load_backbone(name_or_path: str, device: str = "auto", precision: str = "aut
             device_map={"": placement.device} if placement.device.type != "cpu" else None,
             quantization_config=quantization,
         )
-    except OSError as exc:
+    except (OSError, ValueError, ImportError) as exc:
         raise SoftpromptError(f"could not load backbone from {directory}: {str(exc).splitlines()[0]}") from None
     if kind == "encoder" and getattr(model, "pooler", None) is not None:
         model.pooler = None  # our heads read token states; an unused pooler would only cost time

@@ -47,6 +47,7 @@ class ComputeSettings:
 
     def use_threads(self) -> None:
         """Apply ``threads`` to this process (before any forward pass)."""
+        require(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")
         if self.threads:
             import torch
 

@@ -40,7 +40,7 @@ class Processes:
             return value
         from accelerate.utils import reduce
 
-        return float(reduce(torch.tensor([value]), reduction="mean"))
+        return float(reduce(torch.tensor([value], device=self.state.device), reduction="mean"))
 
 
 @functools.lru_cache(maxsize=1)

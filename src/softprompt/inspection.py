@@ -20,8 +20,8 @@ def nearest_tokens(model: TaskModel, top: int = 5) -> list[dict[str, Any]]:
     if soft is None:
         return []
     tokenizer = model.backbone.tokenizer
-    vocab = model.model.get_input_embeddings().weight.detach()
-    soft = soft.detach()
+    vocab = model.model.get_input_embeddings().weight.detach().float()
+    soft = soft.detach().float().to(vocab.device)
     cosine = torch.nn.functional.normalize(soft, dim=-1) @ torch.nn.functional.normalize(vocab, dim=-1).T
     values, ids = cosine.topk(min(top, vocab.shape[0]), dim=-1)
     rows = []

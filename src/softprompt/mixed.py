@@ -155,13 +155,13 @@ class MixedPromptClassifier(nn.Module):
 
     def _label_scores(self, tasks: Sequence[str], hidden: torch.Tensor) -> list[torch.Tensor]:
         """Project each row onto its own task's words' first tokens (one matmul for the union)."""
-        union = sorted({int(t) for name in set(tasks) for t in self.tasks[name].first_ids})
+        union = sorted({t for name in set(tasks) for t in self.tasks[name].first_ids.tolist()})
         where = {token: i for i, token in enumerate(union)}
         logits = core.project(self.backbone, hidden, torch.tensor(union, device=hidden.device))
         out = []
         for row, name in enumerate(tasks):
             model = self.tasks[name]
-            scores = logits[row, [where[int(t)] for t in model.first_ids]]
+            scores = logits[row, [where[t] for t in model.first_ids.tolist()]]
             labels = torch.stack([scores[group].logsumexp(-1) for group in model.label_groups])
             out.append(torch.log_softmax(labels, dim=-1))
         return out

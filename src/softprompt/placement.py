@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -66,17 +67,31 @@ def resolve_placement(device: str = "auto", precision: str = "auto") -> Placemen
     if precision not in PRECISIONS:
         raise SoftpromptError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        precision = "bf16" if where.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        precision = "bf16" if where.type == "cuda" and _native_bf16(where) else "fp32"
     if where.type == "cpu" and precision == "fp16":
         raise SoftpromptError("precision=fp16 needs a GPU; on a CPU use precision=bf16 or fp32")
-    if where.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+    if where.type == "cuda" and precision == "bf16" and not _native_bf16(where):
         raise SoftpromptError(f"{torch.cuda.get_device_name(where)} has no bf16 support; use precision=fp16 or fp32")
     if where.type == "cpu" and precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         logger.warning("this CPU has no native bf16 instructions: precision=bf16 will be slow; fp32 is faster here")
     return Placement(where, DTYPES[precision])
 
 
+def _native_bf16(where: torch.device) -> bool:
+    """Whether the GPU computes bf16 itself (Ampere and later), not by emulation."""
+    with torch.cuda.device(where):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def _device(name: str) -> torch.device:
+    where = _named_device(name)
+    if where.type == "cuda" and where.index is None:
+        # One GPU per process: under `accelerate launch` / torchrun, this process's own.
+        where = torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+    return where
+
+
+def _named_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -104,7 +104,7 @@ def embed_rows(
     pieces = []
     for soft, ids in rows:
         tokens = embedding(torch.tensor(ids, dtype=torch.long, device=backbone.device))
-        pieces.append(tokens if soft is None else torch.cat([soft.to(tokens.dtype), tokens]))
+        pieces.append(tokens if soft is None else torch.cat([soft.to(tokens), tokens]))
     width = max(len(p) for p in pieces)
     embeds = pieces[0].new_zeros(len(pieces), width, pieces[0].shape[-1])
     mask = torch.zeros(len(pieces), width, dtype=torch.long, device=backbone.device)

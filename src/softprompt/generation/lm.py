@@ -42,6 +42,9 @@ class PromptedLM(TaskModel):
         self.max_length = max_length
         self.unlikelihood = unlikelihood
 
+    def enable_gradient_checkpointing(self) -> None:
+        raise SoftpromptError("train.gradient_checkpointing is not supported for detox prompts yet; leave it off")
+
     def row_length(self, row: Row) -> int:
         return len(row[0])
 
@@ -97,4 +100,4 @@ def load_lm_prompt(directory: str | Path, backbone: Backbone) -> torch.Tensor:
             f"detox prompt {directory} was trained on backbone '{recorded['name']}', not on '{backbone.name}'; "
             f"retrain it with backbone={backbone.name}"
         )
-    return files.state["prompt_embeddings"].to(backbone.model.dtype)
+    return files.state["prompt_embeddings"].to(device=backbone.device, dtype=backbone.placement.dtype)

@@ -39,14 +39,15 @@ def initial_token_ids(context: MethodContext, length: int, init: str) -> torch.T
     generator = torch.Generator().manual_seed(context.seed)
     special = set(backbone.tokenizer.all_special_ids)
     vocab = [i for i in range(min(COMMON_VOCAB, vocab_size)) if i not in special]
+    device = backbone.device  # ids index the embedding, wherever it lives
     if init in ("vocab", "random"):
-        return torch.tensor(vocab)[torch.randint(len(vocab), (length,), generator=generator)]
+        return torch.tensor(vocab)[torch.randint(len(vocab), (length,), generator=generator)].to(device)
     words = " ".join(context.label_words) if init == "labels" else init.removeprefix("text:")
     word_ids = _token_ids(backbone, " " + words.strip()) if words.strip() else []
     if not word_ids:
         raise SoftpromptError(f"prompt.init={init}: no tokens to initialise from")
     # Word tokens first (repeated if the prompt is longer), as in Lester et al.'s class-label init.
-    return torch.tensor([word_ids[i % len(word_ids)] for i in range(length)])
+    return torch.tensor([word_ids[i % len(word_ids)] for i in range(length)], device=device)
 
 
 def initial_prompt(context: MethodContext, length: int, init: str) -> torch.Tensor:
@@ -59,9 +60,9 @@ def initial_prompt(context: MethodContext, length: int, init: str) -> torch.Tens
     if init == "random":
         generator = torch.Generator().manual_seed(context.seed)
         weight = embed.weight[: min(COMMON_VOCAB, embed.weight.shape[0])]
-        return torch.randn(length, weight.shape[1], generator=generator) * weight.std()
+        return torch.randn(length, weight.shape[1], generator=generator) * weight.float().std().item()
     with torch.no_grad():
-        return embed(initial_token_ids(context, length, init)).detach().clone()
+        return embed(initial_token_ids(context, length, init)).detach().float().clone()
 
 
 @register(

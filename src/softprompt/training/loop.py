@@ -54,7 +54,8 @@ def resolve_steps(settings: TrainConfig, rows: int) -> TrainConfig:
     """``settings`` with ``max_steps`` worked out from ``epochs`` when that is set."""
     if not settings.epochs:
         return settings
-    return dataclasses.replace(settings, max_steps=max(1, math.ceil(settings.epochs * rows / settings.batch_size)))
+    per_step = settings.batch_size * settings.grad_accum
+    return dataclasses.replace(settings, max_steps=max(1, math.ceil(settings.epochs * rows / per_step)))
 
 
 def fit(
@@ -97,7 +98,9 @@ def fit(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["progress"]
-    run = _Run(model, optimizer, scheduler, settings, seed, out, save_best, dev_metric, *_accelerated(model))
+    run = _Run(
+        model, optimizer, scheduler, settings, seed, out, save_best, dev_metric, *_accelerated(model, settings.l2)
+    )
     return run.steps(rows, state, progress)
 
 
@@ -105,24 +108,29 @@ class Objective(nn.Module):
     """A trainable model's loss as a module over its trainable parameters only, for accelerate to
     wrap: DDP then syncs exactly those gradients and never broadcasts the frozen backbone."""
 
-    def __init__(self, model: Trainable):
+    def __init__(self, model: Trainable, l2: float = 0.0):
         super().__init__()
         self.trained = nn.ParameterList(model.trainable_parameters())
         self.model = [model]  # in a list: not a submodule (its backbone is not DDP's business)
+        self.l2 = l2
 
     def forward(self, rows: list) -> torch.Tensor:
-        return self.model[0].loss(rows)
+        # The L2 term belongs inside: DDP must see every gradient of a step come from its forward.
+        loss = self.model[0].loss(rows)
+        return loss + self.l2 * self.model[0].l2_penalty() if self.l2 else loss
 
 
-def _accelerated(model: Trainable) -> tuple[Accelerator, nn.Module]:
+def _accelerated(model: Trainable, l2: float) -> tuple[Accelerator, nn.Module]:
     """The accelerator and the objective it prepared (DDP under several processes, else as is).
     Placement and precision are the backbone's (softprompt.placement), so accelerate moves
     nothing and adds no autocast; a step may leave some parameters unused (the prompts of tasks
     absent from a multitask batch), which DDP must be told."""
     on_cpu = all(p.device.type == "cpu" for p in model.trainable_parameters())
     unused = DistributedDataParallelKwargs(find_unused_parameters=True)
-    accelerator = Accelerator(cpu=on_cpu, device_placement=False, kwargs_handlers=[unused])
-    return accelerator, accelerator.prepare_model(Objective(model))
+    # mixed_precision="no": an `accelerate launch --mixed_precision` or config must not add a
+    # second autocast (and an unused loss scaler) around ours.
+    accelerator = Accelerator(cpu=on_cpu, device_placement=False, mixed_precision="no", kwargs_handlers=[unused])
+    return accelerator, accelerator.prepare_model(Objective(model, l2))
 
 
 @dataclasses.dataclass
@@ -193,8 +201,6 @@ class _Run:
             sync = contextlib.nullcontext() if k == len(parts) - 1 else self.accelerator.no_sync(self.objective)
             with sync:
                 loss = self.objective([rows[i] for i in part])
-                if self.settings.l2:
-                    loss = loss + self.settings.l2 * self.model.l2_penalty()
                 share = len(part) / len(index)  # a mean over unequal parts weighs each by its size
                 self.accelerator.backward(loss * share)
             total += loss.item() * share

@@ -10,7 +10,9 @@ from softprompt.artifact import RUN_CONFIG_FILE
 from softprompt.errors import SoftpromptError
 
 # Settings that change how fast a run goes, never what it computes.
-FREE_TO_CHANGE = ("threads",)
+FREE_TO_CHANGE = ("threads", "device", "train.gradient_checkpointing")
+# Settings added after runs were saved: a saved run without them ran with these values.
+ADDED_LATER = {"precision": "auto", "quantize": "none", "train.grad_accum": 1}
 EXTENDABLE = "train.max_steps"
 
 
@@ -40,6 +42,7 @@ def check_same_run(saved: dict[str, Any], requested: dict[str, Any], extend: boo
     """Refuse a resume whose settings differ from the saved run's in anything that changes the
     result, naming the keys. ``extend`` allows a larger ``train.max_steps``."""
     old, new = flatten(saved), flatten(requested)
+    old.update({key: value for key, value in ADDED_LATER.items() if key not in old})
     changed = []
     for key in sorted(set(old) | set(new)):
         if key in FREE_TO_CHANGE or old.get(key) == new.get(key):

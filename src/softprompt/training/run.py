@@ -18,7 +18,7 @@ from typing import Any
 from softprompt.artifact import RUN_CONFIG_FILE, TASK_FILE, read_artifact, size_bytes, update_metrics, write_artifact
 from softprompt.atomic import atomic_write_json
 from softprompt.backbones import Backbone, load_backbone
-from softprompt.config import RunConfig
+from softprompt.config import RunConfig, require
 from softprompt.distributed import processes
 from softprompt.errors import SoftpromptError
 from softprompt.evaluate import evaluate
@@ -180,6 +180,8 @@ def _check_start(config: RunConfig, resume: bool, overwrite: bool, extend: bool,
     if resume:
         check_resumable(out, config, extend)
     config.use_threads()
+    # fp16 without loss scaling lets small prompt gradients underflow: the loop has no scaler.
+    require(config.precision != "fp16", "precision", "fp16 is for inference; train in bf16 (or fp32)")
 
 
 def check_resumable(out: Path, config: RunConfig, extend: bool) -> None:
