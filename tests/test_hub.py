@@ -96,3 +96,25 @@ def test_a_hub_snapshot_with_only_pickled_weights_is_refused(hub_home, tmp_path,
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(SoftpromptError, match="no safetensors weights"):
         resolve(REPO_ID)
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_peft_opens_layer_method_artifacts_of_a_hub_backbone(hub_home, tmp_path, sentiment_files, method):
+    out = tmp_path / method
+    train = _run(
+        [sys.executable, "-m", "softprompt", "train", f"backbone={REPO_ID}", f"method={method}", f"out={out}"]
+        + [f"data.{split}={path}" for split, path in sentiment_files.items()]
+        + ["template=Review: {text}\\nSentiment:", "verbalizer={positive: great, negative: bad}", "--quiet"]
+        + ["train.max_steps=2", "train.eval_every=2", "train.batch_size=4"],
+        hub_home,
+        tmp_path,
+    )
+    assert train.returncode == 0, train.stderr[-2000:]
+    code = (
+        "import sys, torch; from peft import AutoPeftModelForCausalLM; "
+        "m = AutoPeftModelForCausalLM.from_pretrained(sys.argv[1]); "
+        "print(m.peft_config['default'].peft_type.value, m.peft_config['default'].base_model_name_or_path)"
+    )
+    opened = _run([sys.executable, "-c", code, str(out)], hub_home, tmp_path)
+    assert opened.returncode == 0, opened.stderr[-2000:]
+    assert opened.stdout.split() == [method.upper(), REPO_ID]
