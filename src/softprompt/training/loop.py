@@ -129,7 +129,12 @@ def _accelerated(model: Trainable, l2: float) -> tuple[Accelerator, nn.Module]:
     unused = DistributedDataParallelKwargs(find_unused_parameters=True)
     # mixed_precision="no": an `accelerate launch --mixed_precision` or config must not add a
     # second autocast (and an unused loss scaler) around ours.
-    accelerator = Accelerator(cpu=on_cpu, device_placement=False, mixed_precision="no", kwargs_handlers=[unused])
+    try:
+        accelerator = Accelerator(cpu=on_cpu, device_placement=False, mixed_precision="no", kwargs_handlers=[unused])
+    except ValueError as exc:  # accelerate's state is one per process: it cannot change device mid-process
+        raise SoftpromptError(
+            f"accelerate refused this run ({str(exc).splitlines()[0]}); train on each device in its own process"
+        ) from None
     return accelerator, accelerator.prepare_model(Objective(model, l2))
 
 
