@@ -32,6 +32,15 @@ def _run(args: list[str], home: Path, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
+def _open_with_peft(artifact: Path, shown: str, home: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """A fresh process that opens ``artifact`` with peft alone (``m``) and prints ``shown``."""
+    code = (
+        "import sys, torch; from peft import AutoPeftModelForCausalLM; "
+        f"m = AutoPeftModelForCausalLM.from_pretrained(sys.argv[1]); print({shown})"
+    )
+    return _run([sys.executable, "-c", code, str(artifact)], home, cwd)
+
+
 def test_a_hub_id_trains_from_the_cache_and_peft_opens_the_artifact(hub_home, tmp_path, sentiment_files):
     out = tmp_path / "run"
     train = _run(
@@ -46,12 +55,8 @@ def test_a_hub_id_trains_from_the_cache_and_peft_opens_the_artifact(hub_home, tm
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == REPO_ID
     assert json.loads((out / "task.json").read_text())["backbone"]["name"] == REPO_ID
     # peft resolves the recorded id through the same cache, without softprompt.
-    code = (
-        "import sys, torch; from peft import AutoPeftModelForCausalLM; "
-        "m = AutoPeftModelForCausalLM.from_pretrained(sys.argv[1]); "
-        "print(m.peft_config['default'].num_virtual_tokens, m(input_ids=torch.tensor([[1, 2, 3]])).logits.shape[-1])"
-    )
-    opened = _run([sys.executable, "-c", code, str(out)], hub_home, tmp_path)
+    shown = "m.peft_config['default'].num_virtual_tokens, m(input_ids=torch.tensor([[1, 2, 3]])).logits.shape[-1]"
+    opened = _open_with_peft(out, shown, hub_home, tmp_path)
     assert opened.returncode == 0, opened.stderr[-2000:]
     assert opened.stdout.split()[0] == "4"
     predicted = _run([sys.executable, "-m", "softprompt", "predict", str(out), "a great movie"], hub_home, tmp_path)
@@ -110,11 +115,7 @@ def test_peft_opens_layer_method_artifacts_of_a_hub_backbone(hub_home, tmp_path,
         tmp_path,
     )
     assert train.returncode == 0, train.stderr[-2000:]
-    code = (
-        "import sys, torch; from peft import AutoPeftModelForCausalLM; "
-        "m = AutoPeftModelForCausalLM.from_pretrained(sys.argv[1]); "
-        "print(m.peft_config['default'].peft_type.value, m.peft_config['default'].base_model_name_or_path)"
-    )
-    opened = _run([sys.executable, "-c", code, str(out)], hub_home, tmp_path)
+    shown = "m.peft_config['default'].peft_type.value, m.peft_config['default'].base_model_name_or_path"
+    opened = _open_with_peft(out, shown, hub_home, tmp_path)
     assert opened.returncode == 0, opened.stderr[-2000:]
     assert opened.stdout.split() == [method.upper(), REPO_ID]

@@ -14,7 +14,7 @@ from typing import Any
 from softprompt.errors import SoftpromptError, did_you_mean
 from softprompt.methods import METHODS
 from softprompt.methods.prompt_tuning import PromptTuning
-from softprompt.placement import DEVICE_HELP, PRECISION_HELP
+from softprompt.placement import DEVICE_HELP, PRECISION_HELP, set_threads
 from softprompt.recipe import build, merge, parse_overrides, read_yaml
 
 
@@ -47,11 +47,7 @@ class ComputeSettings:
 
     def use_threads(self) -> None:
         """Apply ``threads`` to this process (before any forward pass)."""
-        require(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")
-        if self.threads:
-            import torch
-
-            torch.set_num_threads(self.threads)
+        set_threads(self.threads, "config field 'threads':")
 
 
 @dataclass

@@ -110,6 +110,15 @@ def _named_device(name: str) -> torch.device:
     return where
 
 
+def set_threads(count: int, label: str) -> None:
+    """Use ``count`` torch CPU threads in this process (0: torch's default); ``label`` names the
+    setting in the error for a negative count."""
+    if count < 0:
+        raise SoftpromptError(f"{label} must be >= 0, got {count}")
+    if count:
+        torch.set_num_threads(count)
+
+
 def run_in(placement: Placement, forward: Callable[..., Any]) -> Callable[..., Any]:
     """``forward`` wrapped to run under ``placement``'s autocast (the way accelerate's
     ``prepare`` wraps a model's forward), so every caller of the backbone computes alike."""

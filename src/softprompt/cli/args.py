@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from softprompt.errors import SoftpromptError
-from softprompt.placement import DEVICE_HELP, PRECISION_HELP
+from softprompt.placement import DEVICE_HELP, PRECISION_HELP, set_threads
 
 THREADS_HELP = "torch CPU threads (0 = torch's default, one per core; use fewer on a busy machine)"
 
@@ -19,12 +18,7 @@ def compute_flags(command: argparse.ArgumentParser) -> None:
 
 def use_threads(args: argparse.Namespace) -> None:
     """Apply --threads to this process."""
-    if args.threads < 0:
-        raise SoftpromptError(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads, "--threads")
 
 
 def training_command(
