@@ -47,9 +47,29 @@ class Model:
 
         Returns:
             One dict per text: ``{"text", "label", "scores"}`` for a classifier,
-            ``{"text", "entities"}`` for a tagger.
+            ``{"text", "entities"}`` for a tagger, ``{"text", "output"}`` for a generation model.
         """
         return self.task.predict(self.module, [texts] if isinstance(texts, str) else list(texts), batch_size)
+
+    def generate(self, texts: str | list[str], batch_size: int = 32, **decoding: Any) -> list[str]:
+        """The output a generation model writes for each text.
+
+        Args:
+            texts: the inputs (each fills the template's ``{text}``).
+            batch_size: inputs decoded together.
+            **decoding: ``gen`` settings over the model's own, e.g. ``num_beams=4``,
+                ``do_sample=True, top_p=0.9, seed=1``, ``max_new_tokens=64``.
+        """
+        settings = getattr(self.module, "decoding", None)
+        if settings is None:
+            raise SoftpromptError(
+                f"this is a {self.task.name} model; use predict() (generate() is for task=generation)"
+            )
+        self.module.decoding = load_config(base={"gen": {**dataclasses.asdict(settings), **decoding}}).gen
+        try:
+            return [row["output"] for row in self.predict(texts, batch_size)]
+        finally:
+            self.module.decoding = settings
 
     def evaluate(self, examples: Records, batch_size: int = 32) -> dict[str, Any]:
         """Metrics on labelled in-memory examples (dicts with the fields the training data had)."""

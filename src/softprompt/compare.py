@@ -18,15 +18,13 @@ from typing import Any
 
 from softprompt.atomic import atomic_write_json, atomic_write_text
 from softprompt.backbone_sources import resolve
-from softprompt.baselines import tfidf_accuracy
 from softprompt.config import RunConfig, load_config
 from softprompt.errors import SoftpromptError
 from softprompt.methods import METHODS, get_method
-from softprompt.tasks import get_task
+from softprompt.tasks import get_task, task_specs
 
 REPORT = "compare"  # compare.md, compare.json, compare.png in the output directory
 DEFAULT_FEWSHOT = 4
-BASELINES = ("zero_shot", "few_shot", "tfidf")
 
 
 @dataclass
@@ -46,6 +44,7 @@ class Row:
     peak_rss_mb: float | None = None
     wall_seconds: float | None = None
     best_step: int | None = None
+    metrics: dict[str, Any] | None = None  # the test (or dev) metrics the table's columns show
 
 
 @dataclass
@@ -55,12 +54,12 @@ class Plan:
     methods: list[str]
     lrs: dict[str, float]
     fewshot: int
-    baselines: list[str]
+    baselines: list[str] | None  # None: every baseline of the task
 
 
 def parse_plan(overrides: list[str]) -> tuple[Plan, list[str]]:
     """Take ``methods=``, ``lrs=`` and ``fewshot=`` out of the overrides; return the rest."""
-    plan = Plan([m for m, s in METHODS.items() if s.trains], {}, DEFAULT_FEWSHOT, list(BASELINES))
+    plan = Plan([m for m, s in METHODS.items() if s.trains], {}, DEFAULT_FEWSHOT, None)
     rest = []
     for item in overrides:
         key, _, value = item.partition("=")
@@ -73,9 +72,10 @@ def parse_plan(overrides: list[str]) -> tuple[Plan, list[str]]:
             plan.lrs = _parse_lrs(value)
         elif key == "baselines":
             plan.baselines = [b.strip() for b in value.split(",") if b.strip() and b.strip() != "none"]
-            unknown = [b for b in plan.baselines if b not in BASELINES]
+            known = list(dict.fromkeys(b for spec in task_specs().values() for b in spec.baseline_names))
+            unknown = [b for b in plan.baselines if b not in known]
             if unknown:
-                raise SoftpromptError(f"baselines: unknown '{unknown[0]}'; choose from {', '.join(BASELINES)} or none")
+                raise SoftpromptError(f"baselines: unknown '{unknown[0]}'; choose from {', '.join(known)} or none")
         elif key == "fewshot":
             if not value.isdigit():
                 raise SoftpromptError(f"fewshot: expected a number of demonstrations, got '{value}'")
@@ -108,7 +108,12 @@ def _train_args(config_path: str | None, overrides: list[str], out: Path) -> lis
     return [*args, *overrides, f"out={out}", "train.zero_shot_baseline=false"]
 
 
-def _run(name: str, kind: str, args: list[str], out: Path, lr: float | None) -> Row:
+def _shown(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A metrics dict without its bulky parts (examples, confusion tables)."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
+
+
+def _run(name: str, kind: str, args: list[str], out: Path, lr: float | None, task) -> Row:
     """Run one ``softprompt train`` process and read its artifact into a row."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -121,11 +126,13 @@ def _run(name: str, kind: str, args: list[str], out: Path, lr: float | None) -> 
     metrics, backbone = meta["metrics"], meta["backbone"]
     resources = metrics.get("resources", {})
     files = [out / n for n in ("task.json", "adapter_model.safetensors", "adapter_config.json")]
+    scored = metrics.get("test", metrics["dev"])
     return Row(
         name,
         kind,
         lr=lr,
-        test_metric=primary_metric(metrics.get("test", metrics["dev"])),
+        test_metric=task.headline(scored),
+        metrics=_shown(scored),
         trainable_parameters=meta["trainable_parameters"],
         share_of_backbone=100 * meta["trainable_parameters"] / backbone["parameters"],
         saved_parameters=meta.get("saved_parameters"),
@@ -135,11 +142,6 @@ def _run(name: str, kind: str, args: list[str], out: Path, lr: float | None) -> 
         wall_seconds=wall,
         best_step=metrics.get("best_step"),
     )
-
-
-def primary_metric(metrics: dict[str, Any]) -> float:
-    """The headline number of a metrics dict (accuracy for classification, F1 for tagging)."""
-    return metrics["accuracy"] if "accuracy" in metrics else metrics["f1"]
 
 
 def _failure(code: int, log: Path) -> str:
@@ -160,8 +162,12 @@ def compare(config_path: str | None, overrides: list[str], progress=print) -> tu
     task = get_task(config.task)
     template = task.compare_template(config)
     splits = task.load_splits(config)
-    if not task.prompt_baselines:
-        plan.baselines = []  # zero-/few-shot and TF-IDF baselines need a template and verbalizer
+    if plan.baselines is None:
+        plan.baselines = list(task.baseline_names)
+    unknown = [b for b in plan.baselines if b not in task.baseline_names]
+    if unknown:
+        offered = ", ".join(task.baseline_names) or "no baselines"
+        raise SoftpromptError(f"baselines: '{unknown[0]}' is not a baseline of task={task.name} (it has: {offered})")
     out = Path(config.out)
     rows: list[Row] = []
     for index, name in enumerate(plan.methods, 1):
@@ -171,16 +177,16 @@ def compare(config_path: str | None, overrides: list[str], progress=print) -> tu
         if template is not None and not spec.uses_soft_tokens and template.num_soft:
             extra.append(f"template={template.without_soft().source}")
         progress(f"[{index}/{len(plan.methods)}] {name} (lr {lr:g}) ... log: {out / name}.log")
-        row = _run(name, "method", _train_args(config_path, rest, out / name) + extra, out / name, lr)
+        row = _run(name, "method", _train_args(config_path, rest, out / name) + extra, out / name, lr, task)
         progress(f"    {_summary(row)}")
         rows.append(row)
         write_report(rows, out, _context(config, plan, splits))  # a partial report survives a Ctrl-C
-    rows += _baselines(config_path, rest, config, template, splits, plan, progress)
+    rows += _baselines(config_path, rest, config, task, splits, plan, progress)
     write_report(rows, out, _context(config, plan, splits))
     return rows, out
 
 
-def _baselines(config_path, rest, config, template, splits, plan: Plan, progress) -> list[Row]:
+def _baselines(config_path, rest, config, task, splits, plan: Plan, progress) -> list[Row]:
     rows = []
     shots = [("zero-shot", 0)] if "zero_shot" in plan.baselines else []
     if plan.fewshot and "few_shot" in plan.baselines:
@@ -192,21 +198,24 @@ def _baselines(config_path, rest, config, template, splits, plan: Plan, progress
             continue
         progress(f"baseline: {label}")
         out = Path(config.out) / f"none-k{k}"
-        extra = ["method=none", f"template={template.without_soft().source}", f"fewshot.k={k}"]
-        rows.append(_run(label, "baseline", _train_args(config_path, rest, out) + extra, out, None))
-    if "tfidf" not in plan.baselines:
-        return rows
-    progress("baseline: TF-IDF + logistic regression")
-    started = time.perf_counter()
-    accuracy, description = tfidf_accuracy(splits.train, splits.test or splits.dev, config.seed)
-    rows.append(Row(description, "baseline", test_metric=accuracy, wall_seconds=time.perf_counter() - started))
+        extra = ["method=none", f"template={task.zero_shot_template(config).source}", f"fewshot.k={k}"]
+        rows.append(_run(label, "baseline", _train_args(config_path, rest, out) + extra, out, None, task))
+        write_report(rows, Path(config.out), _context(config, plan, splits))
+    offline = [b for b in plan.baselines if b not in ("zero_shot", "few_shot")]
+    if offline:
+        progress(f"baselines: {', '.join(offline)}")
+        started = time.perf_counter()
+        for label, metrics in task.offline_baselines(config, splits, offline):
+            rows.append(Row(label, "baseline", test_metric=task.headline(metrics), metrics=_shown(metrics)))
+        for row in rows[len(rows) - len(offline) :]:
+            row.wall_seconds = (time.perf_counter() - started) / len(offline)
     return rows
 
 
 def _summary(row: Row) -> str:
     if row.status != "ok":
         return f"failed: {row.status}"
-    return f"test {100 * row.test_metric:.1f}%, {row.trainable_parameters:,} trainable, {row.wall_seconds / 60:.1f} min"
+    return f"test {100 * row.test_metric:.1f}, {row.trainable_parameters:,} trainable, {row.wall_seconds / 60:.1f} min"
 
 
 def _context(config: RunConfig, plan: Plan, splits) -> dict[str, Any]:
@@ -217,6 +226,7 @@ def _context(config: RunConfig, plan: Plan, splits) -> dict[str, Any]:
         "data": config.data.train or config.dataset or "rotten-tomatoes",
         "seed": config.seed,
         "metric": get_task(config.task).metric_label,
+        "columns": [list(column) for column in get_task(config.task).report_columns],
         "max_steps": config.train.max_steps,
         "epochs": config.train.epochs,
         "batch_size": config.train.batch_size,
@@ -234,20 +244,22 @@ def markdown(rows: list[Row], context: dict[str, Any]) -> str:
     budget = f"{context['max_steps']} steps"
     if context.get("epochs"):
         budget = f"{context['epochs']:g} epochs"
+    columns = context.get("columns") or [["accuracy", context.get("metric", "accuracy"), "{:.1%}"]]
     head = (
         f"{context['backbone']} on {context['data']} ({context['evaluated_on']}, n={context['n_test']}); "
         f"{budget} x batch {context['batch_size']} for every method, seed {context['seed']}, "
         f"{context['threads']} threads\n\n"
-        f"| method | lr | {context.get('metric', 'accuracy')} | trainable params | % of backbone | artifact "
-        "| s/step (median) | peak RSS | time | note |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n"
+        f"| method | lr | {' | '.join(label for _, label, _ in columns)} | trainable params | % of backbone "
+        "| artifact | s/step (median) | peak RSS | time | note |\n"
+        f"|---|---|{'---|' * len(columns)}---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
+        metrics = r.metrics or ({columns[0][0]: r.test_metric} if r.test_metric is not None else {})
         cells = [
             r.name,
             f"{r.lr:g}" if r.lr else "-",
-            f"{100 * r.test_metric:.1f}%" if r.test_metric is not None else "-",
+            *[form.format(metrics[key]) if metrics.get(key) is not None else "-" for key, _, form in columns],
             f"{r.trainable_parameters:,}" if r.trainable_parameters is not None else "-",
             f"{r.share_of_backbone:.3f}%" if r.share_of_backbone is not None else "-",
             _size(r.artifact_bytes),

@@ -115,6 +115,11 @@ class DataConfig:
     test: str | None = option("test file (optional)", None)
     text_field: str = option("column holding the input text (the template's {text})", "text")
     label_field: str = option("column holding the label", "label")
+    target_field: str = option(
+        "task=generation: the column(s) holding the output text; several, comma-separated "
+        "(neutral1,neutral2), are references for evaluation and each trains as a row",
+        "target",
+    )
     path: str | None = option("the file a built-in dataset of your own data reads (dataset=paradetox-toxicity)", None)
     dev_size: int = option("examples held out of train for dev when no dev file is given", 200)
     max_train: int | None = option("use at most this many training examples (seeded sample)", None)
@@ -138,13 +143,34 @@ class FewshotConfig:
 
 
 @dataclass
+class GenConfig:
+    """Decoding settings of task=generation (transformers' ``generate``)."""
+
+    max_new_tokens: int = option("most tokens written per input", 48)
+    num_beams: int = option("beam search width (1 = greedy or sampling)", 1)
+    do_sample: bool = option("sample instead of taking the most likely token", False)
+    temperature: float = option("sampling temperature (do_sample=true)", 1.0)
+    top_p: float = option("nucleus sampling: keep the smallest token set holding this probability", 1.0)
+    seed: int = option("seed of the sampling generator (same seed, same outputs)", 0)
+
+    def __post_init__(self) -> None:
+        require(self.max_new_tokens >= 1, "gen.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        require(self.num_beams >= 1, "gen.num_beams", f"must be >= 1 (1 = no beam search), got {self.num_beams}")
+        require(self.temperature > 0, "gen.temperature", f"must be > 0, got {self.temperature}")
+        require(0 < self.top_p <= 1, "gen.top_p", f"must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
 class RunConfig(ComputeSettings):
     """Everything one ``softprompt train`` run needs."""
 
     backbone: str = option("backbone name (softprompt ls backbones) or a local HF dir / .gguf file", "smollm2-135m")
     dataset: str | None = option("built-in dataset (softprompt ls datasets); ignored when data.train is set", None)
     method: str = option("softprompt ls methods; 'none' = zero-/few-shot without training", PromptTuning.name)
-    task: str = option("softprompt ls tasks: classification, or ner (CoNLL files; an encoder)", "classification")
+    task: str = option(
+        "softprompt ls tasks: classification, ner (CoNLL files; an encoder) or generation (text to text)",
+        "classification",
+    )
     out: str = option("artifact directory", "runs/default")
     seed: int = option("random seed (data order, initialisation)", 0)
     template: str | None = option("e.g. '{soft:10} Review: {text}\\nSentiment:'; default: the dataset's", None)
@@ -155,6 +181,7 @@ class RunConfig(ComputeSettings):
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     fewshot: FewshotConfig = field(default_factory=FewshotConfig)
+    gen: GenConfig = field(default_factory=GenConfig)
     # Per-method sections (``lora.r=16``), keyed by method name: each the options dataclass its
     # method registers. Filled by load_config; written back as top-level sections by to_dict.
     options: dict[str, Any] = field(default_factory=dict, metadata={"help": "per-method sections, e.g. lora.r=16"})

@@ -128,7 +128,11 @@ def evaluate(
     where: str = "data",
     progress: str | None = None,
 ) -> dict[str, Any]:
-    """Metrics of ``model`` on labelled ``examples`` (tagged sentences for a tagger)."""
+    """Metrics of ``model`` on labelled ``examples`` (tagged sentences for a tagger); a model with
+    its own ``evaluate_examples`` (the generator) measures itself."""
+    own = getattr(model, "evaluate_examples", None)
+    if own is not None:
+        return own(examples, batch_size, encoded, where, progress)
     if not isinstance(model, PromptedClassifier):
         return evaluate_tagger(model, examples, batch_size, encoded, where, progress)
     gold = model.task.label_ids(examples, where)

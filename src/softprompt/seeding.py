@@ -19,3 +19,14 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+@contextlib.contextmanager
+def seeded_on(device: torch.device, seed: int) -> Iterator[None]:
+    """Run the block with torch's generators of the CPU and of ``device`` seeded to ``seed``
+    (code that draws from the global generators, such as ``generate``'s sampling); restore them
+    afterwards."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

@@ -117,6 +117,15 @@ class TaskModel(nn.Module):
             )
         self.checkpointing = True
 
+    def selection_metrics(
+        self, examples: list, batch_size: int, encoded: list | None, where: str, progress: str | None = None
+    ) -> dict:
+        """The dev metrics that pick the best checkpoint during training (by default the full
+        evaluation; a task may choose something cheaper)."""
+        from softprompt.evaluate import evaluate  # late: evaluate imports the task models
+
+        return evaluate(self, examples, batch_size, encoded, where, progress)
+
     def row_class(self, row) -> int | None:
         """The one gold class of a training row, by which length-grouped batches keep the class
         mix; None (the default) where a row has no single class, such as a tagger's window."""

@@ -52,6 +52,11 @@ def _generate(args: argparse.Namespace) -> None:
 
     overrides = [item for item in args.overrides if OVERRIDE.match(item)]
     texts = [item for item in args.overrides if not OVERRIDE.match(item)]
+    if texts and Path(texts[0], "task.json").is_file():  # a trained artifact writes for each text
+        from softprompt.cli.models import generate_from_artifact
+
+        generate_from_artifact(texts[0], texts[1:], overrides)
+        return
     if not texts and not sys.stdin.isatty():
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
@@ -91,7 +96,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     val.add_argument("overrides", nargs="*", metavar="key=value")
     val.set_defaults(run=_validate)
 
-    gen = commands.add_parser("generate", help="continue prompts (arguments or stdin), optionally detoxified")
+    gen = commands.add_parser(
+        "generate",
+        help="generate ARTIFACT text...: write with a generation artifact (JSON lines); generate text...: continue "
+        "prompts with the plain or detoxified model",
+    )
     gen.add_argument("--config", help="YAML file of settings")
     gen.add_argument("--json", action="store_true", help="one JSON line per prompt")
     gen.add_argument("overrides", nargs="*", metavar="key=value or text")

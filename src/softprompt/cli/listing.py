@@ -23,7 +23,10 @@ def _ls(args: argparse.Namespace) -> None:
         rows = [(s.name, s.kind, s.description) for s in BACKBONES.values()]
         rows.append(("<path>", "auto", "any local Hugging Face model directory or .gguf file"))
     elif args.what == "datasets":
-        rows = [(s.name, "/".join(map(str, s.verbalizer)), s.description) for s in builtin_specs().values()]
+        rows = [
+            (s.name, "/".join(map(str, s.verbalizer)) if s.verbalizer else f"task={s.task}", s.description)
+            for s in builtin_specs().values()
+        ]
     elif args.what == "tasks":
         rows = [(s.name, s.metric_label, s.description) for s in task_specs().values()]
     else:

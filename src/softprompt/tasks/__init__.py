@@ -29,7 +29,22 @@ class TaskSpec:
     metric: str = "accuracy"  # the dev metric that selects the best weights
     metric_label: str = "accuracy"  # how reports name it
     predict_command: str = "predict"  # the CLI command that applies an artifact to raw texts
-    prompt_baselines: bool = False  # zero-/few-shot and TF-IDF baselines apply (`compare`)
+    prompt_baselines: bool = False  # zero-/few-shot baselines apply (`compare`)
+    baseline_names: tuple[str, ...] = ()  # the baselines `compare` adds (zero_shot, few_shot, the task's own)
+    report_columns: tuple[tuple[str, str, str], ...] = (("accuracy", "accuracy", "{:.1%}"),)  # key, label, format
+
+    def headline(self, metrics: dict[str, Any]) -> float:
+        """The one number of a metrics dict that ranks runs (``compare``'s chart)."""
+        return metrics[self.report_columns[0][0]]
+
+    def zero_shot_template(self, config: RunConfig) -> Template | None:
+        """The template of ``compare``'s zero-/few-shot rows (the shared one without soft slots)."""
+        template = self.compare_template(config)
+        return template.without_soft() if template is not None else None
+
+    def offline_baselines(self, config: RunConfig, splits: Splits, wanted: list[str]) -> list[tuple[str, dict]]:
+        """``(label, test metrics)`` of the task's baselines that train no prompt (``compare``)."""
+        return []
 
     def load_splits(self, config: RunConfig, records: dict[str, Records] | None = None) -> Splits:
         """The run's train/dev/test data (from files, a built-in dataset, or in-memory records)."""
@@ -115,7 +130,7 @@ def register_task(name: str, description: str) -> Callable[[type[TaskSpec]], typ
 def task_specs() -> dict[str, TaskSpec]:
     """Every registered task by name."""
     # Imported here, not at the top: the task modules import the models, which import this package.
-    from softprompt.tasks import classification, ner  # noqa: F401
+    from softprompt.tasks import classification, generation, ner  # noqa: F401
 
     return TASKS
 

@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 from softprompt.backbones import Backbone
+from softprompt.baselines import tfidf_accuracy
 from softprompt.config import PromptConfig, RunConfig
 from softprompt.data import Example, examples_from_records, read_examples
 from softprompt.errors import SoftpromptError
@@ -28,6 +29,8 @@ def resolve_prompting(config: RunConfig) -> tuple[Template, Verbalizer]:
     spec = None
     if not config.data.train:
         spec = get_spec(config.dataset or DEFAULT_DATASET)
+        if spec.task != Classification.name:
+            raise SoftpromptError(f"dataset '{spec.name}' is for task={spec.task}; set task={spec.task}")
     template_source = config.template or (spec.template if spec else None)
     mapping = config.verbalizer or (spec.verbalizer if spec else None)
     if template_source is None:
@@ -106,6 +109,13 @@ class Classification(TaskSpec):
     metric_label = "accuracy"
     predict_command = "predict"
     prompt_baselines = True
+    baseline_names = ("zero_shot", "few_shot", "tfidf")
+
+    def offline_baselines(self, config: RunConfig, splits: Splits, wanted: list[str]) -> list[tuple[str, dict]]:
+        if "tfidf" not in wanted:
+            return []
+        accuracy, description = tfidf_accuracy(splits.train, splits.test or splits.dev, config.seed)
+        return [(description, {"accuracy": accuracy})]
 
     def load_splits(self, config: RunConfig, records: dict[str, Records] | None = None) -> Splits:
         return example_splits(config, records)

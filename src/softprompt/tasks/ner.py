@@ -68,6 +68,7 @@ class NamedEntities(TaskSpec):
     metric_label = "entity F1"
     predict_command = "tag"
     prompt_baselines = False
+    report_columns = (("f1", "entity F1", "{:.1%}"),)
 
     def load_splits(self, config: RunConfig, records: dict[str, Records] | None = None) -> Splits:
         data = config.data

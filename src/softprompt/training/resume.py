@@ -10,9 +10,20 @@ from softprompt.artifact import RUN_CONFIG_FILE
 from softprompt.errors import SoftpromptError
 
 # Settings that change how fast a run goes, never what it computes.
-FREE_TO_CHANGE = ("threads", "device", "train.gradient_checkpointing")
+# Decoding (gen.*) only shapes the final evaluation, which a resumed run repeats.
+FREE_TO_CHANGE = (
+    "threads",
+    "device",
+    "train.gradient_checkpointing",
+    "gen.max_new_tokens",
+    "gen.num_beams",
+    "gen.do_sample",
+    "gen.temperature",
+    "gen.top_p",
+    "gen.seed",
+)
 # Settings added after runs were saved: a saved run without them ran with these values.
-ADDED_LATER = {"precision": "auto", "quantize": "none", "train.grad_accum": 1}
+ADDED_LATER = {"precision": "auto", "quantize": "none", "train.grad_accum": 1, "data.target_field": "target"}
 EXTENDABLE = "train.max_steps"
 
 

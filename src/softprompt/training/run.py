@@ -145,7 +145,8 @@ def train(
         atomic_write_json(out / RUN_CONFIG_FILE, config.to_dict())
 
     def dev_metric() -> dict:
-        return evaluate(model, splits.dev, config.train.eval_batch_size, encoded["dev"], splits.where("dev"), bar)
+        batch = config.train.eval_batch_size
+        return model.selection_metrics(splits.dev, batch, encoded["dev"], splits.where("dev"), bar)
 
     save_best = artifact_saver(out, model, meta)
     state = Progress()

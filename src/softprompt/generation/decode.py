@@ -1,0 +1,89 @@
+"""Decoding prompted inputs with transformers' ``generate`` (greedy, beam search or sampling).
+
+Rows are left-padded embeddings with the method's soft tokens at their slots (``inputs_embeds``),
+so soft tokens may stand anywhere in the template and rows of one batch may differ. A method with
+key/value prefixes (prefix tuning) passes them as ``past_key_values``: ``generate`` then expects
+the full sequence, cached part included, and slices the cached columns off the embeddings, so
+those columns hold placeholders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import GenerationConfig
+
+from softprompt.backbones import Backbone
+from softprompt.config import GenConfig
+from softprompt.core import forward as core
+from softprompt.methods.base import Method
+from softprompt.prompts import EncodedInput
+from softprompt.seeding import seeded_on
+
+
+def generation_config(backbone: Backbone, settings: GenConfig) -> GenerationConfig:
+    """``settings`` as transformers' config (the model's own defaults are not used: a run's
+    outputs depend only on what it states)."""
+    tokenizer = backbone.tokenizer
+    sampling = {"temperature": settings.temperature, "top_p": settings.top_p, "top_k": 0} if settings.do_sample else {}
+    return GenerationConfig(
+        max_new_tokens=settings.max_new_tokens,
+        num_beams=settings.num_beams,
+        do_sample=settings.do_sample,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **sampling,
+    )
+
+
+@torch.inference_mode()
+def decode_batch(
+    backbone: Backbone, method: Method, prompts: Sequence[EncodedInput], settings: GenConfig
+) -> list[list[int]]:
+    """Generated token ids (without EOS and padding) of one batch of encoded prompts."""
+    pad_id = backbone.tokenizer.pad_token_id or 0
+    padded = core.pad(
+        [p.ids for p in prompts], pad_id, left=True, device=backbone.device, soft=[p.soft for p in prompts]
+    )
+    embeds = core.embed(backbone, padded.input_ids, padded.soft_index, method.soft_embeddings())
+    mask = padded.attention_mask
+    extra = {}
+    prefix = method.prefix_length()
+    if prefix:
+        size = len(prompts)
+        extra["past_key_values"] = method.prefix_cache(size)
+        embeds = torch.cat([embeds.new_zeros(size, prefix, embeds.shape[-1]), embeds], dim=1)
+        mask = torch.cat([mask.new_ones(size, prefix), mask], dim=1)
+    with seeded_on(backbone.device, settings.seed):
+        out = backbone.model.generate(
+            inputs_embeds=embeds, attention_mask=mask, generation_config=generation_config(backbone, settings), **extra
+        )
+    config = generation_config(backbone, settings)
+    ends = {config.eos_token_id, config.pad_token_id}
+    results = []
+    for row in out.tolist():
+        stop = next((i for i, token in enumerate(row) if token in ends), len(row))
+        results.append(row[:stop])
+    return results
+
+
+def decode(
+    backbone: Backbone,
+    method: Method,
+    prompts: Sequence[EncodedInput],
+    settings: GenConfig,
+    batch_size: int = 32,
+    bar=None,
+) -> list[str]:
+    """The text generated for each prompt, in input order (batched by length: less padding)."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].ids))
+    texts: list[str] = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        rows = decode_batch(backbone, method, [prompts[i] for i in index], settings)
+        for i, ids in zip(index, rows, strict=True):
+            texts[i] = backbone.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        if bar is not None:
+            bar.update(len(index))
+    return texts
