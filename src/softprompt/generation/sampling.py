@@ -173,7 +173,7 @@ class SampleRequest:
     samples: int
     max_new_tokens: int
     top_p: float
-    temperature: float
+    temperature: float  # 0: greedy
     seed: int
 
 
@@ -216,7 +216,10 @@ class RequestSampler:
             step = self.step
             chosen = torch.cat(
                 [
-                    nucleus_sample(self.logits[span] / r.temperature, r.top_p, generator)
+                    # Temperature 0: greedy (the most likely token), as in OpenAI's API.
+                    self.logits[span].argmax(-1).cpu()
+                    if r.temperature == 0
+                    else nucleus_sample(self.logits[span] / r.temperature, r.top_p, generator)
                     for r, span, generator in zip(self.requests, self.spans, self.generators, strict=True)
                 ]
             )

@@ -1,5 +1,6 @@
 """The HTTP API (FastAPI): ``GET /healthz``, ``GET /v1/tasks``, ``POST /v1/classify``,
-``POST /v1/generate``, ``POST /v1/tasks/reload``; the OpenAPI schema at ``/openapi.json``.
+``POST /v1/generate``, ``POST /v1/tasks/reload``, and OpenAI's ``POST /v1/completions`` and
+``GET /v1/models`` (:mod:`softprompt.serving.openai`); the OpenAPI schema at ``/openapi.json``.
 
 Errors: an invalid body is 422 with the field named (FastAPI's validation), an unknown task 404,
 a full queue 429 (retry later), a request of the wrong kind for its task 400, a missing or wrong
@@ -21,11 +22,12 @@ from pydantic import BaseModel, Field
 
 from softprompt.backbones import Backbone
 from softprompt.data import Example
-from softprompt.generation.sampling import RequestSampler, SampleRequest
 from softprompt.mixed import classify_mixed
 from softprompt.serving.batcher import Batcher, QueueFull, Stepwise
 from softprompt.serving.guards import ApiKey, BodyLimit
+from softprompt.serving.openai import add_completion_routes
 from softprompt.serving.registry import ServedPrompts, load_tasks
+from softprompt.serving.writing import Listener, WriteJob, Writing
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +40,18 @@ class ClassifyRequest(BaseModel):
 
 
 class GenerateRequest(BaseModel):
-    task: str | None = Field(None, description="a generation prompt from GET /v1/tasks; none: the plain model")
-    prompt: str = Field(min_length=1)
-    max_new_tokens: int = Field(30, ge=1, le=512)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(0.9, gt=0, le=1)
+    task: str | None = Field(None, description="a generate task from GET /v1/tasks; none: the plain model")
+    prompt: str = Field(min_length=1, description="the text (a generation task renders it with its template)")
+    max_new_tokens: int | None = Field(None, ge=1, le=512, description="default: the task's (30 for the plain model)")
+    temperature: float | None = Field(None, ge=0, description="0: greedy; default: the task's (plain model: 1)")
+    top_p: float | None = Field(None, gt=0, le=1, description="default: the task's (plain model: 0.9)")
     samples: int = Field(1, ge=1, le=16)
     seed: int = 0
+
+    def job(self, listener: Listener | None = None) -> WriteJob:
+        return WriteJob(
+            self.task, self.prompt, self.max_new_tokens, self.temperature, self.top_p, self.samples, self.seed, listener
+        )
 
 
 @dataclass
@@ -90,37 +97,26 @@ class Service:
             out.append(answers)
         return out
 
-    def start_generation(self, payloads: list[GenerateRequest]) -> RequestSampler:
-        """One batch for every sample of every request; each request keeps its own settings and
-        seed, so its answer does not depend on what it was batched with."""
-        requests = [
-            SampleRequest(
-                p.prompt,
-                self.tasks.generators.get(p.task) if p.task else None,
-                p.samples,
-                p.max_new_tokens,
-                p.top_p,
-                p.temperature,
-                p.seed,
-            )
-            for p in payloads
-        ]
-        return RequestSampler(self.backbone, requests)
+    def start_generation(self, payloads: list[WriteJob | GenerateRequest]) -> Writing:
+        """One batch for every sample of every job; each keeps its own settings and seed, so its
+        answer does not depend on what it was batched with."""
+        jobs = [p.job() if isinstance(p, GenerateRequest) else p for p in payloads]
+        return Writing(self.backbone, jobs, self.tasks.generators)
 
-    def advance_generation(self, sampler: RequestSampler) -> bool:
+    def advance_generation(self, writing: Writing) -> bool:
         """A slice of decoding; between slices the worker runs waiting classification batches."""
-        return sampler.advance(GENERATION_SLICE)
+        return writing.advance(GENERATION_SLICE)
 
-    def finish_generation(self, sampler: RequestSampler) -> list[list[str]]:
+    def finish_generation(self, writing: Writing) -> list[list[str]]:
         tokenizer = self.backbone.tokenizer
-        return [[tokenizer.decode(ids, skip_special_tokens=True) for ids in samples] for samples in sampler.results()]
+        return [[tokenizer.decode(ids, skip_special_tokens=True) for ids in samples] for samples in writing.results()]
 
-    def generate(self, payloads: list[GenerateRequest]) -> list[list[str]]:
+    def generate(self, payloads: list[WriteJob | GenerateRequest]) -> list[list[str]]:
         """All of a generation batch at once (what the worker does slice by slice)."""
-        sampler = self.start_generation(payloads)
-        while not self.advance_generation(sampler):
+        writing = self.start_generation(payloads)
+        while not self.advance_generation(writing):
             pass
-        return self.finish_generation(sampler)
+        return self.finish_generation(writing)
 
     def reload(self, _: list[Any]) -> list[dict[str, Any]]:
         self.tasks = load_tasks(self.prompts, self.backbone)
@@ -216,7 +212,9 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.api_key:
         app.add_middleware(ApiKey, key=settings.api_key)  # added last: checked first
-    add_routes(app, service, Gate(service, batcher, settings))
+    gate = Gate(service, batcher, settings)
+    add_routes(app, service, gate)
+    add_completion_routes(app, service, gate)
     return app
 
 
@@ -240,10 +238,10 @@ def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
 
     @app.post("/v1/generate")
     async def generate(request: GenerateRequest, http: Request) -> dict[str, Any]:
-        gate.within_limits([request.prompt], request.max_new_tokens * request.samples)
+        gate.within_limits([request.prompt], (request.max_new_tokens or 0) * request.samples)
         if request.task is not None:
             gate.known(request.task, "generate")
-        completions = await gate.submit("generate", request, request=http)
+        completions = await gate.submit("generate", request.job(), request=http)
         return {"task": request.task, "prompt": request.prompt, "completions": completions}
 
     @app.post("/v1/tasks/reload")

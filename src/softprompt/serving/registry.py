@@ -8,16 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from softprompt.artifact import TASK_FILE, read_artifact
 from softprompt.backbones import Backbone
 from softprompt.errors import SoftpromptError
 from softprompt.generation.lm import LM_TASK, load_lm_prompt
-from softprompt.loading import load_classifier
+from softprompt.generator import PromptedGenerator
+from softprompt.loading import load_model
 from softprompt.methods import METHODS, get_method
 from softprompt.mixed import MixedPromptClassifier, mixable
 from softprompt.model import PromptedClassifier
+from softprompt.serving.writing import Writer
 
 
 @dataclass
@@ -25,7 +25,7 @@ class ServedPrompts:
     """What is served: classifiers (mixed in one batch) and generation prompts, by task name."""
 
     classifiers: dict[str, PromptedClassifier] = field(default_factory=dict)
-    generators: dict[str, torch.Tensor] = field(default_factory=dict)  # soft prompt [n, hidden]
+    generators: dict[str, Writer] = field(default_factory=dict)  # detox LM prompts and generation tasks
     skipped: dict[str, str] = field(default_factory=dict)  # directory name -> why
     mixed: MixedPromptClassifier | None = None
 
@@ -40,7 +40,7 @@ class ServedPrompts:
             }
             for name, model in self.classifiers.items()
         ]
-        rows += [{"name": name, "kind": "generate", "soft_tokens": p.shape[0]} for name, p in self.generators.items()]
+        rows += [{"name": name, "kind": "generate", **writer.describe()} for name, writer in self.generators.items()]
         return rows
 
 
@@ -71,7 +71,7 @@ def load_tasks(directory: str | Path, backbone: Backbone) -> ServedPrompts:
 def _load_one(path: Path, backbone: Backbone, tasks: ServedPrompts) -> None:
     meta = read_artifact(path).meta
     if meta.get("task") == LM_TASK:
-        tasks.generators[path.name] = load_lm_prompt(path, backbone)
+        tasks.generators[path.name] = Writer(load_lm_prompt(path, backbone))
         return
     spec = get_method(meta.get("method", "?"))
     if spec.changes_layers:
@@ -81,9 +81,28 @@ def _load_one(path: Path, backbone: Backbone, tasks: ServedPrompts) -> None:
             f"{path}: method {spec.name} changes the backbone's layers; only soft-prompt artifacts "
             f"({shared}) or zero-shot ones share the backbone"
         )
-    model, _ = load_classifier(path, backbone)
+    model, _ = load_model(path, backbone)
+    if isinstance(model, PromptedGenerator):
+        tasks.generators[path.name] = writer_of(model, path)
+        return
+    if not isinstance(model, PromptedClassifier):
+        raise SoftpromptError(f"{path}: only classification and generation artifacts are served")
     reason = mixable(model)
     if reason:
         raise SoftpromptError(f"{path}: {reason}")
     model.eval()
     tasks.classifiers[path.name] = model
+
+
+def writer_of(model: PromptedGenerator, path: Path) -> Writer:
+    """A served writer for a generation artifact whose soft tokens (if any) lead its template."""
+    template = model.template
+    if model.method.prefix_length() or template.leading_soft != template.num_soft:
+        raise SoftpromptError(
+            f"{path}: a served writer's soft tokens must lead its template (no prefix tuning, no soft "
+            "tokens inside the text); use `softprompt generate` for this artifact"
+        )
+    soft = model.method.soft_embeddings()
+    if soft is not None:
+        soft = soft.detach().to(dtype=model.backbone.placement.dtype)
+    return Writer(soft, template, model.demonstrations, model.decoding)

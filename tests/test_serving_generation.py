@@ -1,0 +1,113 @@
+"""Generation artifacts served: ``/v1/generate`` with mixed soft prompts in one decoding batch,
+and the OpenAI-compatible ``/v1/completions`` driven by the official ``openai`` client."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from softprompt.backbones import load_backbone
+from softprompt.cli import main
+from softprompt.generation.decode import decode
+from softprompt.loading import load_model
+from softprompt.serving.app import GenerateRequest, ServeSettings, Service, create_app
+
+from .test_generation import PAIRS, gen_args, pair_files  # noqa: F401 (fixtures)
+
+
+@pytest.fixture(scope="module")
+def served_dir(tmp_path_factory, tiny_llama_dir):
+    """Two generation tasks with different soft prompts, and a classifier beside them."""
+    from .conftest import write_jsonl
+
+    root = tmp_path_factory.mktemp("served")
+    rows = [{"text": t, "target": y} for t, y in PAIRS]
+    data = write_jsonl(root / "pairs.jsonl", rows * 3)
+    common = [
+        "train",
+        "task=generation",
+        f"backbone={tiny_llama_dir}",
+        f"data.train={data}",
+        f"data.dev={data}",
+        "prompt.init=vocab",
+        "train.batch_size=4",
+        "train.max_steps=2",
+        "gen.max_new_tokens=5",
+        "--quiet",
+    ]
+    prompts = root / "prompts"
+    assert main([*common, "template={soft:3}Toxic: {text}\\nPolite:", f"out={prompts / 'polite'}", "seed=1"]) == 0
+    assert main([*common, "template={soft:2}Rude: {text} Nice:", f"out={prompts / 'nice'}", "seed=2"]) == 0
+    return prompts
+
+
+@pytest.fixture(scope="module")
+def service(served_dir, tiny_llama_dir):
+    return Service(load_backbone(str(tiny_llama_dir)), served_dir)
+
+
+def test_generation_artifacts_are_served_with_their_templates(service):
+    listing = {t["name"]: t for t in service.tasks.describe()}
+    assert listing["polite"]["kind"] == "generate" and listing["polite"]["template"].startswith("{soft:3}")
+    assert listing["nice"]["soft_tokens"] == 2
+
+
+def test_served_greedy_output_is_the_artifacts_own(service, served_dir):
+    model, _ = load_model(served_dir / "polite", service.backbone)
+    text = PAIRS[0][0]
+    expected = decode(model.backbone, model.method, [model.encode_prompt({"text": text})], model.decoding)[0]
+    got = service.generate([GenerateRequest(task="polite", prompt=text)])[0][0]
+    assert got.strip() == expected
+
+
+def test_mixed_generation_requests_get_what_each_gets_alone(service):
+    payloads = [
+        GenerateRequest(task="polite", prompt=PAIRS[0][0], max_new_tokens=4),  # greedy (the task's default)
+        GenerateRequest(task="nice", prompt=PAIRS[1][0], temperature=0.9, top_p=0.8, samples=2, seed=5),
+        GenerateRequest(task="polite", prompt=PAIRS[2][0], temperature=1.2, seed=7),
+        GenerateRequest(task="nice", prompt="short", temperature=0),
+    ]
+    together = service.generate(payloads)
+    assert together == [service.generate([payload])[0] for payload in payloads]
+    assert together[1] == service.generate([payloads[1]])[0]  # a seed gives the same samples again
+
+
+@pytest.fixture(scope="module")
+def openai_client(service):
+    openai = pytest.importorskip("openai")
+    with TestClient(create_app(service, ServeSettings(max_wait_ms=1))) as test_client:
+        yield openai.OpenAI(api_key="unused", base_url="http://testserver/v1", http_client=test_client)
+
+
+def test_openai_client_completes_with_a_task(openai_client, service):
+    answer = openai_client.completions.create(model="polite", prompt=PAIRS[0][0], max_tokens=4)
+    expected = service.generate([GenerateRequest(task="polite", prompt=PAIRS[0][0], max_new_tokens=4)])[0][0]
+    assert answer.object == "text_completion" and answer.model == "polite"
+    assert answer.choices[0].text == expected and answer.choices[0].finish_reason in ("stop", "length")
+    assert answer.usage.completion_tokens <= 4 and answer.usage.prompt_tokens > 3
+    several = openai_client.completions.create(
+        model="nice", prompt=["a", "b c"], n=2, temperature=0.8, seed=3, max_tokens=3
+    )
+    assert [c.index for c in several.choices] == [0, 1, 2, 3]
+    models = [m.id for m in openai_client.models.list()]
+    assert sorted(models) == ["nice", "polite"]
+
+
+def test_openai_client_streams_the_same_text(openai_client):
+    whole = openai_client.completions.create(model="nice", prompt="you idiot", max_tokens=5, temperature=0)
+    pieces = openai_client.completions.create(
+        model="nice", prompt="you idiot", max_tokens=5, temperature=0, stream=True
+    )
+    chunks = list(pieces)
+    assert len(chunks) >= 2
+    assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_openai_client_gets_a_404_for_an_unknown_model(openai_client):
+    import openai
+
+    with pytest.raises(openai.NotFoundError) as caught:
+        openai_client.completions.create(model="polit", prompt="x")
+    error = caught.value.body
+    assert error["code"] == "model_not_found" and error["param"] == "model" and "polit" in error["message"]
