@@ -132,6 +132,16 @@ def test_greedy_decoding_matches_a_hand_written_loop(tiny_llama_dir, method):
         assert got == backbone.tokenizer.decode(written, skip_special_tokens=True).strip()
 
 
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_beam_search_in_a_batch_equals_each_input_alone(tiny_llama_dir, method):
+    backbone = load_backbone(str(tiny_llama_dir))
+    model = _generator(backbone, method, "{soft:2}Toxic: {text}\nPolite:")
+    prompts = [model.encode_prompt({"text": t}) for t, _ in PAIRS]
+    beams = GenConfig(max_new_tokens=4, num_beams=3)
+    together = decode(backbone, model.method, prompts, beams, batch_size=4)
+    assert together == [decode(backbone, model.method, [p], beams)[0] for p in prompts]
+
+
 def test_sampling_is_seeded(tiny_llama_dir):
     backbone = load_backbone(str(tiny_llama_dir))
     model = _generator(backbone)
@@ -271,3 +281,31 @@ def test_the_python_api_trains_and_generates(tiny_llama_dir, tmp_path):
     with pytest.raises(SoftpromptError, match="num_beams"):
         model.generate("x", num_beams=0)
     assert softprompt.load(tmp_path / "api").generate("you are a stupid cat") == greedy[:1]
+
+
+def test_an_interrupted_generation_run_resumes_to_the_uninterrupted_one(gen_args, tmp_path, monkeypatch):
+    from softprompt.artifact import read_artifact
+    from softprompt.training.run import train
+
+    overrides = [a for a in gen_args[1:] if "=" in a] + ["train.max_steps=6", "train.eval_every=2", "train.lr=0.05"]
+
+    def run(out, resume=False):
+        return train(load_config(overrides=[*overrides, f"out={out}"]), resume=resume, progress=False)
+
+    straight = run(tmp_path / "a")
+    calls, real_step = {"n": 0}, torch.optim.AdamW.step
+
+    def interrupted_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # after the step-2 checkpoint and one more step
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b")
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    resumed = run(tmp_path / "b", resume=True)
+    a, b = read_artifact(tmp_path / "a"), read_artifact(tmp_path / "b")
+    assert torch.equal(a.state["prompt_embeddings"], b.state["prompt_embeddings"])
+    assert resumed.metrics["test"] == straight.metrics["test"]

@@ -107,6 +107,27 @@ def test_sampling_on_cuda_is_seeded_like_on_the_cpu(tiny_llama_dir):
     assert runs[0] == runs[1] and all(len(rows) == 2 for rows in runs[0])
 
 
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning", "lora"])
+def test_a_generation_task_trains_and_writes_in_bf16_on_cuda(tiny_llama_dir, tmp_path, method):
+    rows = [{"text": t, "target": t.upper()} for t in POSITIVE + NEGATIVE]
+    result = softprompt.train(
+        task="generation",
+        train_data=rows * 2,
+        dev_data=rows,
+        backbone=str(tiny_llama_dir),
+        method=method,
+        train={"max_steps": 4, "eval_every": 2},
+        gen={"max_new_tokens": 5},
+        out=str(tmp_path / "gen"),
+        progress=False,
+        **CUDA,
+    )
+    texts = [row["text"] for row in rows[:3]]
+    written = result.model.generate(texts)
+    assert len(written) == 3 and written == softprompt.load(tmp_path / "gen", **CUDA).generate(texts)
+    assert len(result.model.generate(texts, num_beams=2)) == 3
+
+
 def test_the_server_classifies_on_cuda(tiny_llama_dir, tmp_path):
     from fastapi.testclient import TestClient
 

@@ -99,12 +99,17 @@ def read_examples(
         SoftpromptError: missing/empty file, malformed line (with its number), missing column.
     """
     path = Path(path)
+    return examples_from_rows(read_data_file(path), str(path), text_field, label_field, fields)
+
+
+def read_data_file(path: Path) -> list[tuple[int, dict]]:
+    """The numbered rows of a data file that must exist and hold at least one row."""
     if not path.is_file():
         raise SoftpromptError(f"data file {path} does not exist")
     rows = read_rows(path)
     if not rows:
         raise SoftpromptError(f"data file {path} is empty")
-    return examples_from_rows(rows, str(path), text_field, label_field, fields)
+    return rows
 
 
 def examples_from_records(

@@ -52,7 +52,9 @@ def decode_batch(
     prefix = method.prefix_length()
     if prefix:
         size = len(prompts)
-        extra["past_key_values"] = method.prefix_cache(size)
+        # generate repeats each row for its beams but not a cache it is given: the prefixes are the
+        # same in every row, so a cache for rows x beams is the repeated one.
+        extra["past_key_values"] = method.prefix_cache(size * settings.num_beams)
         embeds = torch.cat([embeds.new_zeros(size, prefix, embeds.shape[-1]), embeds], dim=1)
         mask = torch.cat([mask.new_ones(size, prefix), mask], dim=1)
     with seeded_on(backbone.device, settings.seed):

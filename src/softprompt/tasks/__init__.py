@@ -113,6 +113,22 @@ class TaskSpec:
         raise NotImplementedError
 
 
+def fit_soft_slots(template: Template, config: RunConfig) -> Template:
+    """``template`` for the run's method: soft-token methods get ``prompt.length`` soft tokens in
+    front when it has no slot; a method without soft tokens refuses a template with slots."""
+    from softprompt.methods import get_method  # late: the methods import the backbones
+
+    method = get_method(config.method)
+    if method.uses_soft_tokens and template.num_soft == 0:
+        return template.with_prefix(config.prompt.length)
+    if not method.uses_soft_tokens and template.num_soft:
+        raise SoftpromptError(
+            f"template {template.source!r} has soft slots but method={config.method} has no "
+            "soft tokens; remove them or use a soft-token method (softprompt ls methods)"
+        )
+    return template
+
+
 TASKS: dict[str, TaskSpec] = {}
 
 
@@ -143,4 +159,4 @@ def get_task(name: str) -> TaskSpec:
     return specs[name]
 
 
-__all__ = ["TASKS", "TaskSpec", "get_task", "register_task", "task_specs"]
+__all__ = ["TASKS", "TaskSpec", "fit_soft_slots", "get_task", "register_task", "task_specs"]

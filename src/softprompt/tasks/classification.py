@@ -16,7 +16,7 @@ from softprompt.methods import MethodContext, get_method
 from softprompt.model import PromptedClassifier
 from softprompt.prompts import Template, Verbalizer
 from softprompt.splits import DEFAULT_DATASET, Records, Splits, example_splits
-from softprompt.tasks import TaskSpec, register_task
+from softprompt.tasks import TaskSpec, fit_soft_slots, register_task
 from softprompt.tasks.classification_batches import ClassificationTask, demonstrations
 
 PLAIN_TEMPLATE = "{text}\nLabel:"  # when neither the run nor its dataset gives one
@@ -37,16 +37,7 @@ def resolve_prompting(config: RunConfig) -> tuple[Template, Verbalizer]:
         template_source = PLAIN_TEMPLATE
     if mapping is None:
         raise SoftpromptError("no verbalizer: set verbalizer={label: word, ...} for your data's labels")
-    template = Template(template_source)
-    method = get_method(config.method)
-    if method.uses_soft_tokens and template.num_soft == 0:
-        template = template.with_prefix(config.prompt.length)
-    if not method.uses_soft_tokens and template.num_soft:
-        raise SoftpromptError(
-            f"template {template.source!r} has soft slots but method={config.method} has no "
-            "soft tokens; remove them or use a soft-token method (softprompt ls methods)"
-        )
-    return template, Verbalizer(mapping)
+    return fit_soft_slots(Template(template_source), config), Verbalizer(mapping)
 
 
 def validate_examples(task: ClassificationTask, splits: Splits) -> None:

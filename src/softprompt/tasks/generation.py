@@ -20,7 +20,7 @@ from softprompt.generator import PromptedGenerator
 from softprompt.methods import MethodContext, get_method
 from softprompt.prompts import Template
 from softprompt.splits import Records, Splits, assemble_splits, limit
-from softprompt.tasks import TaskSpec, register_task
+from softprompt.tasks import TaskSpec, fit_soft_slots, register_task
 from softprompt.tasks.generation_baselines import offline_baselines, score_outputs
 from softprompt.tasks.generation_data import TextPair, pairs_from_records, read_pairs
 
@@ -37,16 +37,7 @@ def _dataset_spec(config: RunConfig):
 def resolve_template(config: RunConfig) -> Template:
     """The run's template (its own, else its dataset's), with a soft prefix for soft-token methods."""
     spec = _dataset_spec(config)
-    template = Template(config.template or (spec.template if spec else None) or PLAIN_TEMPLATE)
-    method = get_method(config.method)
-    if method.uses_soft_tokens and template.num_soft == 0:
-        template = template.with_prefix(config.prompt.length)
-    if not method.uses_soft_tokens and template.num_soft:
-        raise SoftpromptError(
-            f"template {template.source!r} has soft slots but method={config.method} has no soft tokens; "
-            "remove them or use a soft-token method (softprompt ls methods)"
-        )
-    return template
+    return fit_soft_slots(Template(config.template or (spec.template if spec else None) or PLAIN_TEMPLATE), config)
 
 
 def demonstrations(template: Template, pool: list[TextPair], k: int, seed: int) -> str:

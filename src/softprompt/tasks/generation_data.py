@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from softprompt.data import read_rows
+from softprompt.data import read_data_file
 from softprompt.errors import SoftpromptError
 
 
@@ -77,13 +77,7 @@ def pairs_from_rows(
 
 def read_pairs(path: str | Path, text_field: str, target_field: str, fields: list[str] | None = None) -> list[TextPair]:
     """Input/output pairs of a ``.jsonl``, ``.csv`` or ``.tsv`` file (see :func:`pairs_from_rows`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SoftpromptError(f"data file {path} does not exist")
-    rows = read_rows(path)
-    if not rows:
-        raise SoftpromptError(f"data file {path} is empty")
-    return pairs_from_rows(rows, str(path), text_field, target_field, fields)
+    return pairs_from_rows(read_data_file(Path(path)), str(path), text_field, target_field, fields)
 
 
 def pairs_from_records(
