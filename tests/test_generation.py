@@ -309,3 +309,22 @@ def test_an_interrupted_generation_run_resumes_to_the_uninterrupted_one(gen_args
     a, b = read_artifact(tmp_path / "a"), read_artifact(tmp_path / "b")
     assert torch.equal(a.state["prompt_embeddings"], b.state["prompt_embeddings"])
     assert resumed.metrics["test"] == straight.metrics["test"]
+
+
+def test_compare_reports_generation_methods_and_baselines_in_one_table(gen_args, tmp_path, capsys):
+    from softprompt.compare import compare
+
+    overrides = [a for a in gen_args[1:] if "=" in a]
+    plan = ["methods=prompt_tuning", "baselines=zero_shot,copy,delete,references", "fewshot=0"]
+    rows, out = compare(None, [*overrides, *plan, f"out={tmp_path / 'cmp'}"], progress=lambda _: None)
+    names = [row.name for row in rows]
+    assert names[0] == "prompt_tuning" and "zero-shot" in names and "copy the input" in names
+    assert any(n.startswith("delete (") for n in names) and "human references" in names
+    assert all(row.status == "ok" and row.metrics and "bleu" in row.metrics for row in rows)
+    copy = next(row for row in rows if row.name == "copy the input")
+    references = [[y] for _, y in PAIRS]
+    assert copy.metrics["bleu"] == pytest.approx(text_metrics([t for t, _ in PAIRS], references)["bleu"])
+    table = (out / "compare.md").read_text()
+    assert "| method | lr | J | STA | SIM | FL | BLEU | chrF | ROUGE-L |" in table and "| prompt_tuning |" in table
+    saved = json.loads((out / "compare.json").read_text())
+    assert [r["name"] for r in saved["rows"]] == names

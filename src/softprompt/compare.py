@@ -181,13 +181,13 @@ def compare(config_path: str | None, overrides: list[str], progress=print) -> tu
         progress(f"    {_summary(row)}")
         rows.append(row)
         write_report(rows, out, _context(config, plan, splits))  # a partial report survives a Ctrl-C
-    rows += _baselines(config_path, rest, config, task, splits, plan, progress)
+    _baselines(config_path, rest, config, task, splits, plan, progress, rows)
     write_report(rows, out, _context(config, plan, splits))
     return rows, out
 
 
-def _baselines(config_path, rest, config, task, splits, plan: Plan, progress) -> list[Row]:
-    rows = []
+def _baselines(config_path, rest, config, task, splits, plan: Plan, progress, rows: list[Row]) -> None:
+    """Append the plan's baselines to ``rows`` (the report is rewritten after each slow one)."""
     shots = [("zero-shot", 0)] if "zero_shot" in plan.baselines else []
     if plan.fewshot and "few_shot" in plan.baselines:
         shots.append((f"few-shot (k={plan.fewshot})", plan.fewshot))
@@ -205,11 +205,11 @@ def _baselines(config_path, rest, config, task, splits, plan: Plan, progress) ->
     if offline:
         progress(f"baselines: {', '.join(offline)}")
         started = time.perf_counter()
-        for label, metrics in task.offline_baselines(config, splits, offline):
+        measured = task.offline_baselines(config, splits, offline)
+        seconds = (time.perf_counter() - started) / max(1, len(measured))
+        for label, metrics in measured:
             rows.append(Row(label, "baseline", test_metric=task.headline(metrics), metrics=_shown(metrics)))
-        for row in rows[len(rows) - len(offline) :]:
-            row.wall_seconds = (time.perf_counter() - started) / len(offline)
-    return rows
+            rows[-1].wall_seconds = seconds
 
 
 def _summary(row: Row) -> str:
