@@ -117,6 +117,11 @@ def examples_from_records(
 ) -> Dataset:
     """Examples from in-memory records (a list of dicts, or a ``datasets.Dataset``), checked as a
     file's rows are; errors name ``source`` and the record's position (``item 1`` is the first)."""
+    return examples_from_rows(numbered_records(records, source), source, text_field, label_field, unit="item")
+
+
+def numbered_records(records: Iterable[Mapping[str, Any]], source: str) -> list[tuple[int, dict]]:
+    """In-memory records as numbered rows (``item 1`` is the first), each checked to be a dict."""
     rows = []
     for number, record in enumerate(records, start=1):
         if not isinstance(record, Mapping):
@@ -124,7 +129,7 @@ def examples_from_records(
         rows.append((number, dict(record)))
     if not rows:
         raise SoftpromptError(f"{source} is empty")
-    return examples_from_rows(rows, source, text_field, label_field, unit="item")
+    return rows
 
 
 def examples_from_rows(

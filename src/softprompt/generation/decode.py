@@ -57,11 +57,9 @@ def decode_batch(
         extra["past_key_values"] = method.prefix_cache(size * settings.num_beams)
         embeds = torch.cat([embeds.new_zeros(size, prefix, embeds.shape[-1]), embeds], dim=1)
         mask = torch.cat([mask.new_ones(size, prefix), mask], dim=1)
-    with seeded_on(backbone.device, settings.seed):
-        out = backbone.model.generate(
-            inputs_embeds=embeds, attention_mask=mask, generation_config=generation_config(backbone, settings), **extra
-        )
     config = generation_config(backbone, settings)
+    with seeded_on(backbone.device, settings.seed):
+        out = backbone.model.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config, **extra)
     ends = {config.eos_token_id, config.pad_token_id}
     results = []
     for row in out.tolist():

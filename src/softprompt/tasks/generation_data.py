@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from softprompt.data import read_data_file
+from softprompt.data import numbered_records, read_data_file
 from softprompt.errors import SoftpromptError
 
 
@@ -84,11 +84,4 @@ def pairs_from_records(
     records: Iterable[Mapping[str, Any]], source: str, text_field: str, target_field: str
 ) -> list[TextPair]:
     """Pairs from in-memory records (``item 1`` is the first in messages)."""
-    rows = []
-    for number, record in enumerate(records, start=1):
-        if not isinstance(record, Mapping):
-            raise SoftpromptError(f"{source} item {number}: expected a dict, got {type(record).__name__}")
-        rows.append((number, dict(record)))
-    if not rows:
-        raise SoftpromptError(f"{source} is empty")
-    return pairs_from_rows(rows, source, text_field, target_field, unit="item")
+    return pairs_from_rows(numbered_records(records, source), source, text_field, target_field, unit="item")
