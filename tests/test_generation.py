@@ -328,3 +328,17 @@ def test_compare_reports_generation_methods_and_baselines_in_one_table(gen_args,
     assert "| method | lr | J | STA | SIM | FL | BLEU | chrF | ROUGE-L |" in table and "| prompt_tuning |" in table
     saved = json.loads((out / "compare.json").read_text())
     assert [r["name"] for r in saved["rows"]] == names
+
+
+def test_grad_accum_2_of_batch_4_makes_the_update_of_batch_8(gen_args, tmp_path):
+    """The loss is a mean over target tokens and the rows' targets differ in length: each part of
+    a step weighs by its share of the step's target tokens, not of its rows (float32 rounding
+    of differently padded parts apart: 1e-5)."""
+    from softprompt.artifact import read_artifact
+
+    common = [a for a in gen_args if not a.startswith(("train.batch_size", "data.test"))]
+    runs = {"one": ["train.batch_size=8"], "two": ["train.batch_size=4", "train.grad_accum=2"]}
+    for name, batching in runs.items():
+        assert main([*common, *batching, "train.lr=0.05", f"out={tmp_path / name}"]) == 0
+    one, two = (read_artifact(tmp_path / name).state["prompt_embeddings"] for name in runs)
+    assert torch.allclose(one, two, atol=1e-5)

@@ -264,3 +264,18 @@ def test_bad_input_is_one_clear_line(tiny_bert_dir, tiny_llama_dir, conll_files,
     assert "task=ner needs an encoder backbone" in capsys.readouterr().err
     assert main(["predict", str(out), "hello"]) == 2
     assert "is a ner model" in capsys.readouterr().err
+
+
+def test_grad_accum_2_of_batch_3_makes_the_update_of_batch_6(tiny_bert_dir, conll_files, tmp_path):
+    """The loss is a mean over tagged words and the sentences differ in length: each part of a
+    step weighs by its share of the step's words, not of its windows (rounding apart: 1e-5)."""
+    from softprompt.artifact import read_artifact
+
+    runs = {"one": ["train.batch_size=6"], "two": ["train.batch_size=3", "train.grad_accum=2"]}
+    for name, batching in runs.items():
+        args = _train_args(tiny_bert_dir, conll_files, "prompt_tuning", tmp_path / name)
+        assert main([*args, *batching, "train.max_steps=3", "train.eval_every=3", "train.lr=0.05"]) == 0
+    one, two = (read_artifact(tmp_path / name).state for name in runs)
+    assert one.keys() == two.keys()
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5), key

@@ -219,55 +219,6 @@ def test_length_grouped_batches_keep_the_class_mix_when_length_goes_with_the_cla
     assert max(max(group) - min(group) for group in longer) <= 4
 
 
-def test_two_processes_under_accelerate_match_one_with_the_same_global_batch(tiny_llama_dir, sentiment_files, tmp_path):
-    # `accelerate launch` starts 2 CPU processes (gloo); each takes half of every batch of 4 and
-    # accelerate averages the gradients: the prompt must end where a 1-process run ends.
-    import shutil
-    import socket
-    import subprocess
-    import sys
-
-    if shutil.which("accelerate") is None:
-        pytest.skip("the accelerate launcher is not on PATH")
-    common = [
-        "train",
-        f"backbone={tiny_llama_dir}",
-        f"data.train={sentiment_files['train']}",
-        f"data.dev={sentiment_files['dev']}",
-        "verbalizer={positive: positive, negative: negative}",
-        "template={soft:3}Review: {text} Sentiment:",
-        "prompt.init=vocab",
-        "train.batch_size=4",
-        "train.max_steps=4",
-        "train.eval_every=4",
-        "train.lr=0.05",
-        "threads=1",
-        "--quiet",
-    ]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
-    two = subprocess.run(
-        [*launch, "-m", "softprompt", *common, f"out={tmp_path / 'two'}"], capture_output=True, text=True
-    )
-    assert two.returncode == 0, two.stderr[-2000:]
-    one = subprocess.run([sys.executable, "-m", "softprompt", *common, f"out={tmp_path / 'one'}"], capture_output=True)
-    assert one.returncode == 0
-    state = {name: read_artifact(tmp_path / name).state["prompt_embeddings"] for name in ("one", "two")}
-    assert torch.allclose(state["one"], state["two"], atol=1e-5)
-    losses = [
-        [
-            json.loads(line)["loss"]
-            for line in (tmp_path / name / "log.jsonl").read_text().splitlines()
-            if "loss" in line
-        ]
-        for name in ("one", "two")
-    ]
-    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
-
-
 def test_grad_accum_2_of_batch_8_makes_the_update_of_batch_16(tiny_llama_dir, tmp_path):
     """Both draw the same 16 rows per step; two backward passes of 8 add up to one of 16 (the
     rows are padded differently, so float32 rounding differs: tolerance 1e-5)."""

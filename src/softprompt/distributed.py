@@ -42,6 +42,11 @@ class Processes:
 
         return float(reduce(torch.tensor([value], device=self.state.device), reduction="mean"))
 
+    def wait(self) -> None:
+        """Return when every process has reached this point (e.g. the main one has written a file)."""
+        if self.count > 1:
+            self.state.wait_for_everyone()
+
 
 @functools.lru_cache(maxsize=1)
 def processes() -> Processes:

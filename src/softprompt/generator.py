@@ -92,6 +92,10 @@ class PromptedGenerator(TaskModel):
     def row_length(self, row: Row) -> int:
         return len(row.prompt.ids) + len(row.target)
 
+    def row_weight(self, row: Row) -> int:
+        """The loss averages over target tokens (EOS included): a row weighs its token count."""
+        return len(row.target)
+
     def describe(self) -> dict[str, Any]:
         """The task's part of the artifact's record."""
         template = self.template
@@ -109,7 +113,7 @@ class PromptedGenerator(TaskModel):
 
     def target_losses(self, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, T]`` negative log-likelihoods of each row's target tokens and their mask."""
-        share = bool(self.template.leading_soft) and not self.checkpointing
+        share = bool(self.template.leading_soft) and not self.inline_soft_prompt
         cut = self.template.leading_soft if share else 0
         device = self.backbone.device
         pad_id = self.backbone.tokenizer.pad_token_id or 0

@@ -9,6 +9,7 @@ the full softmax. Encoder: a linear head at the mask position (trainable in ever
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -56,12 +57,9 @@ class PromptedClassifier(TaskModel):
     def loss(self, rows: list) -> torch.Tensor:
         """Mean negative log-likelihood of the gold labels of ``rows`` (from :meth:`training_rows`)."""
         encoded, labels = [encoded for encoded, _ in rows], [label for _, label in rows]
-        if not self.checkpointing:
-            batch = core.to_device(self.task.collate(encoded, labels), self.backbone.device)
-            return torch.nn.functional.nll_loss(self(batch), batch.labels)
-        # Checkpointed layers drop caches: every row runs its leading soft block itself.
-        batch = core.to_device(self.task.collate(encoded, labels, share_prefix=False), self.backbone.device)
-        with core.checkpointed(self.backbone):
+        share = None if not self.inline_soft_prompt else False  # None: the task's own choice
+        batch = core.to_device(self.task.collate(encoded, labels, share_prefix=share), self.backbone.device)
+        with core.checkpointed(self.backbone) if self.checkpointing else contextlib.nullcontext():
             return torch.nn.functional.nll_loss(self(batch), batch.labels)
 
     def enable_gradient_checkpointing(self) -> None:

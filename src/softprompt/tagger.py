@@ -37,6 +37,10 @@ class TokenTagger(TaskModel):
         """Tokens of a training row (for ``train.group_by_length``)."""
         return len(row.ids)
 
+    def row_weight(self, row: Window) -> int:
+        """The loss averages over tagged words: a window weighs its word count."""
+        return sum(label != IGNORE for label in row.labels or [])
+
     def loss(self, rows: list[Window]) -> torch.Tensor:
         """Mean cross-entropy over the words (first sub-tokens) of the windows in ``rows``."""
         batch = core.to_device(self.task.collate(rows), self.backbone.device)

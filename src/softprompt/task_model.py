@@ -32,6 +32,15 @@ class TaskModel(nn.Module):
 
     metric = "accuracy"  # the dev metric that selects the best checkpoint
     checkpointing = False  # train.gradient_checkpointing: recompute activations in the backward pass
+    sharded = False  # the backbone's blocks are sharded across processes (training.sharding)
+
+    @property
+    def inline_soft_prompt(self) -> bool:
+        """Whether each training row runs its leading soft block itself instead of sharing one
+        key/value cache per batch. Checkpointed layers drop caches; FSDP gathers a block's weights
+        for the backward pass only when the block's own output gets a gradient, which the shared
+        block's last layer output never does."""
+        return self.checkpointing or self.sharded
 
     def __init__(self, backbone: Backbone, method: Method, head_outputs: int = 0, seed: int = 0):
         super().__init__()

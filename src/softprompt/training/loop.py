@@ -32,6 +32,7 @@ from softprompt.distributed import processes
 from softprompt.errors import SoftpromptError, TrainingDiverged
 from softprompt.training.batches import batch_indices
 from softprompt.training.checkpoint import Progress, load_checkpoint, save_checkpoint
+from softprompt.training.sharding import accelerate_fsdp_hidden, requested_sharding
 from softprompt.training.trainable import Trainable
 
 LOG_FILE = "log.jsonl"
@@ -68,6 +69,7 @@ def fit(
     dev_metric: Callable[[], dict[str, Any]],
     resume: bool = False,
     progress: bool = True,
+    sharded: bool = False,
 ) -> Progress:
     """Train ``model`` on ``rows`` and return the loop's final counters.
 
@@ -81,7 +83,14 @@ def fit(
         dev_metric: the dev metrics of the model as it stands; ``model.metric`` selects the best.
         resume: continue from the checkpoint in ``out``.
         progress: show a progress bar.
+        sharded: the caller has sharded the frozen backbone as the FSDP launch config asks
+            (:mod:`softprompt.training.sharding`); an FSDP launch is refused otherwise.
     """
+    if requested_sharding() is not None and not sharded:
+        raise SoftpromptError(
+            "this command does not shard the backbone with FSDP (softprompt train does); "
+            "launch it without the FSDP config, as plain data parallel"
+        )
     settings = resolve_steps(settings, len(rows))
     if settings.gradient_checkpointing:
         enable = getattr(model, "enable_gradient_checkpointing", None)
@@ -130,7 +139,10 @@ def _accelerated(model: Trainable, l2: float) -> tuple[Accelerator, nn.Module]:
     # mixed_precision="no": an `accelerate launch --mixed_precision` or config must not add a
     # second autocast (and an unused loss scaler) around ours.
     try:
-        accelerator = Accelerator(cpu=on_cpu, device_placement=False, mixed_precision="no", kwargs_handlers=[unused])
+        with accelerate_fsdp_hidden():  # the frozen blocks are sharded already; the trained ones are DDP's
+            accelerator = Accelerator(
+                cpu=on_cpu, device_placement=False, mixed_precision="no", kwargs_handlers=[unused]
+            )
     except ValueError as exc:  # accelerate's state is one per process: it cannot change device mid-process
         raise SoftpromptError(
             f"accelerate refused this run ({str(exc).splitlines()[0]}); train on each device in its own process"
@@ -172,7 +184,7 @@ class _Run:
         while state.step < cfg.max_steps and not state.stopped_early:
             tick = time.perf_counter()
             index = batch_indices(state.step, cfg.batch_size * cfg.grad_accum, len(rows), self.seed, lengths, classes)
-            batch_loss = procs.mean(self.accumulate(rows, procs.shard(index)))  # the same in every process
+            batch_loss = procs.mean(self.accumulate(rows, index))  # the same in every process
             if not math.isfinite(batch_loss):
                 raise TrainingDiverged(
                     f"loss became {batch_loss} at step {state.step + 1}; the last good checkpoint "
@@ -195,18 +207,26 @@ class _Run:
         bar.close()
         return state
 
-    def accumulate(self, rows: list, index: list[int]) -> float:
-        """Backpropagate this process's rows of one step in ``grad_accum`` forward passes; the
-        gradients add up to those of the mean loss over all of them. Returns that mean loss."""
-        count = self.settings.grad_accum
-        parts = [part for part in (index[k::count] for k in range(count)) if part]
-        total = 0.0
+    def accumulate(self, rows: list, step: list[int]) -> float:
+        """Backpropagate this process's rows of the ``step`` (the rows of every process) in
+        ``grad_accum`` forward passes; after DDP averages over the processes, the gradients are
+        those of the mean loss over the whole step. Returns this process's share of that loss."""
+        procs, count = processes(), self.settings.grad_accum
+        mine = procs.shard(step)
+        parts = [part for part in (mine[k::count] for k in range(count)) if part]
+        weigh = getattr(self.model, "row_weight", None)  # a loss averaged over tokens, not rows
+
+        def weight(index: list[int]) -> int:
+            return sum(weigh(rows[i]) for i in index) if weigh else len(index)
+
+        whole, total = max(1, weight(step)), 0.0
         for k, part in enumerate(parts):
             # Processes sync gradients once per step: on the last part, not on every one.
             sync = contextlib.nullcontext() if k == len(parts) - 1 else self.accelerator.no_sync(self.objective)
             with sync:
                 loss = self.objective([rows[i] for i in part])
-                share = len(part) / len(index)  # a mean over unequal parts weighs each by its size
+                # A part's mean weighs by its share of the step; DDP divides by the process count.
+                share = weight(part) / whole * procs.count
                 self.accelerator.backward(loss * share)
             total += loss.item() * share
         return total

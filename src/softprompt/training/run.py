@@ -7,10 +7,12 @@ how to save the best weights rather than reaching for the artifact itself.
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,9 @@ from softprompt.tasks import get_task
 from softprompt.training.checkpoint import CHECKPOINT, Progress, require_checkpoint
 from softprompt.training.loop import SaveBest, fit
 from softprompt.training.resume import check_same_run, saved_config
+from softprompt.training.sharding import requested_sharding, shard_frozen_blocks
+
+logger = logging.getLogger(__name__)
 
 PLOT_FILE = "curves.png"
 
@@ -153,12 +158,10 @@ def train(
     if not get_method(config.method).trains:
         save_best(0, dev_metric())
     else:
-        rows = model.training_rows(splits.train, encoded["train"], splits.where("train"))
-        state = fit(model, rows, config.train, config.seed, out, save_best, dev_metric, resume, progress)
+        state = _fit_best(model, splits, encoded, config, save_best, dev_metric, resume, progress)
         if not procs.main:  # the main process evaluates and writes the results
             trainable = meta["trainable_parameters"]
             return TrainResult(out, {}, trainable, backbone.num_parameters, 0.0, 0, state.best_step, model=model)
-        model.load_export(read_artifact(out).state)  # the best weights, not the last
     all_metrics = _record_results(out, model, splits, encoded["test"], config, state, baseline, bar)
     return TrainResult(
         out,
@@ -171,6 +174,41 @@ def train(
         splits.notes + model.method.notes,
         model,
     )
+
+
+def _fit_best(
+    model: TaskModel,
+    splits: Splits,
+    encoded: dict[str, list],
+    config: RunConfig,
+    save_best: SaveBest,
+    dev_metric: Callable[[], dict],
+    resume: bool,
+    progress: bool,
+) -> Progress:
+    """Train, then hold the best weights (not the last) on every process. Under FSDP the other
+    processes also join the main one's test pass, whose forward passes gather the sharded blocks."""
+    out, procs = Path(config.out), processes()
+    rows = model.training_rows(splits.train, encoded["train"], splits.where("train"))
+    sharded = shard_for_launch(model, model.backbone)
+    state = fit(model, rows, config.train, config.seed, out, save_best, dev_metric, resume, progress, sharded)
+    procs.wait()  # the main process has written the best weights
+    model.load_export(read_artifact(out).state)
+    if sharded and not procs.main and splits.test:
+        evaluate(model, splits.test, config.train.eval_batch_size, encoded["test"], splits.where("test"))
+    return state
+
+
+def shard_for_launch(model: TaskModel, backbone: Backbone) -> bool:
+    """Shard the frozen backbone's blocks when the launch config asks for FSDP; True if it did."""
+    sharding = requested_sharding()
+    if sharding is None:
+        return False
+    require(not backbone.quantized, "quantize", "a quantized backbone cannot be sharded with FSDP; use quantize=none")
+    blocks = shard_frozen_blocks(backbone.model, model.trainable_parameters(), sharding)
+    model.sharded = True
+    logger.info("FSDP: the frozen weights of %d blocks are sharded across %d processes", blocks, processes().count)
+    return True
 
 
 def _check_start(config: RunConfig, resume: bool, overwrite: bool, extend: bool, main: bool) -> None:

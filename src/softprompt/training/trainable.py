@@ -18,6 +18,11 @@ class Trainable(Protocol):
 
     Rows are whatever the model's own ``training_rows`` made (encoded examples with their
     labels); the loop only picks them by index, measures them and hands batches back.
+
+    A model whose loss is a mean over tokens rather than rows may also define
+    ``row_weight(row) -> int`` (the tokens a row's loss averages over): the loop then weighs the
+    parts of a step split by ``train.grad_accum`` or across processes by it, so the update is
+    that of the whole step's mean.
     """
 
     metric: str  # the key of the dev metrics that selects the best weights (higher is better)
