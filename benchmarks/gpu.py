@@ -42,7 +42,10 @@ WHEELS = [
     "annotated-types==0.7.0",
     "typing-inspection==0.4.2",
     "annotated-doc==0.0.7",
+    "nltk==3.10.4",  # rouge-score's stemmer (text-to-text metrics)
 ]
+# Published as source archives only: their (pure-Python) wheels are built here.
+SOURCE_ONLY = ["seqeval==1.2.2", "rouge-score==0.1.2"]
 LLAMA_1B = {  # Llama-3.2-1B's shape
     "hidden_size": 2048,
     "intermediate_size": 8192,
@@ -76,8 +79,7 @@ def prepare(assets: Path) -> None:
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", *target, "-d", str(wheels), *WHEELS], check=True
     )
-    # seqeval ships as a source archive only: build its (pure-Python) wheel here.
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(wheels), "seqeval==1.2.2"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(wheels), *SOURCE_ONLY], check=True)
     print(f"prepared {assets}: carry it to the GPU machine")
 
 
