@@ -415,3 +415,20 @@ def test_detox_recipes_read():
     assert (train.train.max_steps, train.train.lr) == (300, 0.01)
     evaluation = load_dataclass(DetoxEvalConfig, configs / "detox_rtp.yaml", {})
     assert (evaluation.alpha, evaluation.filter_p, evaluation.samples) == (10.0, 0.7, 5)
+
+
+def test_grad_accum_2_of_batch_4_makes_the_update_of_batch_8(tiny_llama_dir, tmp_path):
+    """The detox loss is a mean over tokens and the texts differ in length: each part of a step
+    weighs by its share of the step's tokens (rounding of differently padded parts apart)."""
+    from softprompt.artifact import read_artifact
+
+    data = write_paradetox(tmp_path / "paradetox.tsv")
+    common = ["detox", "train", f"backbone={tiny_llama_dir}", f"data={data}", "dev_size=2", "unlikelihood=0.5"]
+    common += ["train.max_steps=2", "train.eval_every=2", "--quiet"]
+    runs = {"one": ["train.batch_size=8"], "two": ["train.batch_size=4", "train.grad_accum=2"]}
+    for name, batching in runs.items():
+        assert main([*common, *batching, f"out={tmp_path / name}"]) == 0
+    one, two = (read_artifact(tmp_path / name).state for name in runs)
+    assert one.keys() == two.keys()
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5), key

@@ -189,3 +189,31 @@ def test_sharding_needs_blocks_with_frozen_weights(tiny_llama_dir):
         shard_frozen_blocks(model, model.parameters(), Sharding(reshard_after_forward=True))
     with pytest.raises(SoftpromptError, match="set fsdp_transformer_layer_cls_to_wrap"):
         shard_frozen_blocks(model, [], Sharding(reshard_after_forward=True, block_names=("GPT2Block",)))
+
+
+def test_sharding_wraps_the_blocks_and_keeps_trained_weights_whole(tiny_llama_dir):
+    # One process (a process group of size 1): every block is wrapped, its frozen weights become
+    # sharded tensors, the trained ones (here the first block's q_proj) stay plain parameters,
+    # and a backbone sharded once is refused a second time.
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+    from transformers import AutoModelForCausalLM
+
+    from softprompt.training.sharding import shard_frozen_blocks
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    trained = model.model.layers[0].self_attn.q_proj.weight
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=1, rank=0)
+    try:
+        assert shard_frozen_blocks(model, [trained], Sharding(reshard_after_forward=True)) == 2
+        assert all(isinstance(layer, FSDPModule) for layer in model.model.layers)
+        assert not isinstance(model.model.layers[0].self_attn.q_proj.weight, DTensor)
+        assert isinstance(model.model.layers[0].self_attn.k_proj.weight, DTensor)
+        with pytest.raises(SoftpromptError, match="sharded by an earlier run"):
+            shard_frozen_blocks(model, [trained], Sharding(reshard_after_forward=True))
+    finally:
+        dist.destroy_process_group()

@@ -48,6 +48,10 @@ class PromptedLM(TaskModel):
     def row_length(self, row: Row) -> int:
         return len(row[0])
 
+    def row_weight(self, row: Row) -> int:
+        """The loss averages over every token of the rows: a row weighs its length."""
+        return len(row[0])
+
     def describe(self) -> dict[str, Any]:
         return {"soft_prefix": True, "num_soft": self.method.num_soft_tokens, "max_length": self.max_length}
 

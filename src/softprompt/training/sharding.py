@@ -83,8 +83,10 @@ def shard_frozen_blocks(model: nn.Module, trained: Iterable[nn.Parameter], shard
         SoftpromptError: no block of the named classes, or no block with frozen weights.
     """
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import FSDPModule, fully_shard
 
+    if any(isinstance(module, FSDPModule) for module in model.modules()):
+        raise SoftpromptError("FSDP: this backbone was sharded by an earlier run; load a fresh one for this run")
     names = set(sharding.block_names or getattr(model, "_no_split_modules", None) or ())
     blocks = [module for module in model.modules() if type(module).__name__ in names]
     if not blocks:
