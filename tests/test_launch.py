@@ -104,6 +104,25 @@ def test_fsdp_launch_shards_the_frozen_blocks_and_trains_as_one_process(
     assert tested[0]["accuracy"] == tested[1]["accuracy"]
 
 
+def test_fsdp_launch_trains_a_tagger_on_an_encoder_as_one_process(tiny_bert_dir, tmp_path):
+    # BERT lists its embeddings module among the blocks to keep whole: it must stay unsharded
+    # (soft prompts call the embedding layer directly), only the 2 encoder layers are sharded.
+    from .test_ner import SENTENCES, write_conll
+
+    files = {split: write_conll(tmp_path / f"{split}.txt", SENTENCES * n) for split, n in (("train", 4), ("dev", 1))}
+    settings = ["train", "task=ner", f"backbone={tiny_bert_dir}", "method=prompt_tuning"]
+    settings += [f"data.train={files['train']}", f"data.dev={files['dev']}", f"data.test={files['dev']}"]
+    settings += ["prompt.length=3", "prompt.init=vocab", "train.batch_size=4", "train.max_steps=3"]
+    settings += ["train.eval_every=3", "train.lr=0.05", "threads=1"]
+    two = _launch_two(settings, tmp_path / "two", "--use_fsdp", "--fsdp_version", "2")
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("FSDP: the frozen weights of 2 blocks are sharded across 2 processes") == 2
+    _run_one(settings, tmp_path / "one")
+    _assert_same_run(tmp_path / "one", tmp_path / "two")
+    tested = [json.loads((tmp_path / name / "task.json").read_text())["metrics"]["test"] for name in ("one", "two")]
+    assert tested[0]["f1"] == tested[1]["f1"]
+
+
 def _fsdp_env(monkeypatch, **settings: str) -> None:
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -118,7 +137,16 @@ def test_the_fsdp_settings_of_the_launch_config_are_read(monkeypatch):
     assert requested_sharding() == Sharding(reshard_after_forward=False, block_names=("LlamaDecoderLayer",))
     monkeypatch.setenv("FSDP_VERSION", "1")
     monkeypatch.setenv("FSDP_SHARDING_STRATEGY", "NO_SHARD")
+    monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "false")
     assert requested_sharding() is None  # plain data parallel
+    # `accelerate config` saves FSDP1's strategy as fsdp_reshard_after_forward; the launcher
+    # then sets FSDP_SHARDING_STRATEGY to its FULL_SHARD default
+    monkeypatch.setenv("FSDP_SHARDING_STRATEGY", "FULL_SHARD")
+    monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "SHARD_GRAD_OP")
+    assert requested_sharding().reshard_after_forward is False
+    monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "HYBRID_SHARD")
+    with pytest.raises(SoftpromptError, match="fsdp_sharding_strategy HYBRID_SHARD"):
+        requested_sharding()
 
 
 @pytest.mark.parametrize(
@@ -134,6 +162,20 @@ def test_launch_configs_the_loop_cannot_honour_are_refused_in_one_line(monkeypat
     with pytest.raises(SoftpromptError, match=message) as refused:
         requested_sharding()
     assert "\n" not in str(refused.value)
+
+
+def test_commands_that_do_not_shard_refuse_an_fsdp_launch_before_writing(monkeypatch, tiny_llama_dir, tmp_path, capsys):
+    from softprompt.cli import main
+
+    _fsdp_env(monkeypatch, FSDP_VERSION="2")
+    out = tmp_path / "detox"
+    assert main(["detox", "train", f"backbone={tiny_llama_dir}", "data=missing.tsv", f"out={out}"]) == 2
+    assert "softprompt detox train does not shard the backbone with FSDP" in capsys.readouterr().err
+    assert not out.exists()
+    # softprompt train refuses what it cannot honour under FSDP before loading anything
+    assert main(["train", f"backbone={tiny_llama_dir}", "train.gradient_checkpointing=true", f"out={out}"]) == 2
+    assert "'train.gradient_checkpointing': not supported with FSDP yet" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_a_command_that_does_not_shard_refuses_an_fsdp_launch(monkeypatch, tmp_path):
@@ -172,7 +214,7 @@ def test_fsdp_launch_trains_a_generation_task_as_one_process(tiny_llama_dir, tmp
     ]
     two = _launch_two(settings, tmp_path / "two", "--use_fsdp", "--fsdp_version", "2")
     assert two.returncode == 0, two.stderr[-2000:]
-    assert "FSDP: the frozen weights of 2 blocks are sharded" in two.stdout
+    assert two.stdout.count("FSDP: the frozen weights of 2 blocks are sharded across 2 processes") == 2
     _run_one(settings, tmp_path / "one")
     _assert_same_run(tmp_path / "one", tmp_path / "two")
     tested = [json.loads((tmp_path / name / "task.json").read_text())["metrics"]["test"] for name in ("one", "two")]
@@ -182,9 +224,11 @@ def test_fsdp_launch_trains_a_generation_task_as_one_process(tiny_llama_dir, tmp
 def test_sharding_needs_blocks_with_frozen_weights(tiny_llama_dir):
     from transformers import AutoModelForCausalLM
 
-    from softprompt.training.sharding import shard_frozen_blocks
+    from softprompt.training.sharding import _blocks, shard_frozen_blocks
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    # nested classes: the outer blocks only
+    assert [type(b).__name__ for b in _blocks(model, ("LlamaDecoderLayer", "LlamaMLP"))] == ["LlamaDecoderLayer"] * 2
     with pytest.raises(SoftpromptError, match="nothing frozen is left to shard"):  # method=full
         shard_frozen_blocks(model, model.parameters(), Sharding(reshard_after_forward=True))
     with pytest.raises(SoftpromptError, match="set fsdp_transformer_layer_cls_to_wrap"):

@@ -57,7 +57,7 @@ class PromptedClassifier(TaskModel):
     def loss(self, rows: list) -> torch.Tensor:
         """Mean negative log-likelihood of the gold labels of ``rows`` (from :meth:`training_rows`)."""
         encoded, labels = [encoded for encoded, _ in rows], [label for _, label in rows]
-        share = None if not self.inline_soft_prompt else False  # None: the task's own choice
+        share = False if self.inline_soft_prompt else None  # None: the task's own choice
         batch = core.to_device(self.task.collate(encoded, labels, share_prefix=share), self.backbone.device)
         with core.checkpointed(self.backbone) if self.checkpointing else contextlib.nullcontext():
             return torch.nn.functional.nll_loss(self(batch), batch.labels)

@@ -32,6 +32,7 @@ from softprompt.tasklist import PreparedTask, load_task_list_config, plain_confi
 from softprompt.tasks.classification import build_classifier
 from softprompt.training import fit
 from softprompt.training.run import artifact_meta, artifact_saver, backbone_record, check_out
+from softprompt.training.sharding import refuse_sharded_launch
 
 SAMPLING = ("proportional", "uniform")
 TASKS_DIR = "tasks"
@@ -134,6 +135,7 @@ def run_multitask(
     config: MultitaskConfig, resume: bool = False, overwrite: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Train every task's prompt together; write ``out/tasks/<name>`` artifacts and a summary."""
+    refuse_sharded_launch("softprompt multitask")
     out = Path(config.out)
     check_out(out, resume, overwrite)
     config.use_threads()

@@ -30,6 +30,7 @@ from softprompt.tasklist import PreparedTask, plain_config, prepare_tasks, task_
 from softprompt.training import fit
 from softprompt.training.checkpoint import CHECKPOINT
 from softprompt.training.run import artifact_meta, artifact_saver, train
+from softprompt.training.sharding import refuse_sharded_launch
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def run_continual(
     config: ContinualConfig, resume: bool = False, overwrite: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Run the sequence and write the report; returns the results (also in ``continual.json``)."""
+    refuse_sharded_launch("softprompt continual")
     out = Path(config.out)
     results_path = out / f"{RESULTS}.json"
     tasks = task_configs(config)

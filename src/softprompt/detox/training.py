@@ -30,6 +30,7 @@ from softprompt.methods.prompt_tuning import PromptTuning
 from softprompt.training import fit
 from softprompt.training.checkpoint import CHECKPOINT
 from softprompt.training.run import artifact_saver, backbone_record, check_out
+from softprompt.training.sharding import refuse_sharded_launch
 
 KINDS = ("soft_prompt", "experts")
 EXPERTS_FILE = "experts.json"
@@ -119,6 +120,7 @@ def train_detox(
     config: DetoxTrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Train what ``config.kind`` needs and return ``{role: dev metrics, "seconds": ...}``."""
+    refuse_sharded_launch("softprompt detox train")
     started = time.perf_counter()
     out = Path(config.out)
     check_out(out, resume, overwrite, extra=(out / "expert",))

@@ -32,7 +32,7 @@ from softprompt.distributed import processes
 from softprompt.errors import SoftpromptError, TrainingDiverged
 from softprompt.training.batches import batch_indices
 from softprompt.training.checkpoint import Progress, load_checkpoint, save_checkpoint
-from softprompt.training.sharding import accelerate_fsdp_hidden, requested_sharding
+from softprompt.training.sharding import accelerate_fsdp_hidden, refuse_sharded_launch
 from softprompt.training.trainable import Trainable
 
 LOG_FILE = "log.jsonl"
@@ -86,11 +86,8 @@ def fit(
         sharded: the caller has sharded the frozen backbone as the FSDP launch config asks
             (:mod:`softprompt.training.sharding`); an FSDP launch is refused otherwise.
     """
-    if requested_sharding() is not None and not sharded:
-        raise SoftpromptError(
-            "this command does not shard the backbone with FSDP (softprompt train does); "
-            "launch it without the FSDP config, as plain data parallel"
-        )
+    if not sharded:
+        refuse_sharded_launch("this command")
     settings = resolve_steps(settings, len(rows))
     if settings.gradient_checkpointing:
         enable = getattr(model, "enable_gradient_checkpointing", None)
@@ -210,7 +207,8 @@ class _Run:
     def accumulate(self, rows: list, step: list[int]) -> float:
         """Backpropagate this process's rows of the ``step`` (the rows of every process) in
         ``grad_accum`` forward passes; after DDP averages over the processes, the gradients are
-        those of the mean loss over the whole step. Returns this process's share of that loss."""
+        those of the mean loss over the whole step. Returns this process's part of that mean,
+        times the process count (so that the mean over the processes is the step's loss)."""
         procs, count = processes(), self.settings.grad_accum
         mine = procs.shard(step)
         parts = [part for part in (mine[k::count] for k in range(count)) if part]

@@ -7,7 +7,6 @@ how to save the best weights rather than reaching for the artifact itself.
 from __future__ import annotations
 
 import json
-import logging
 import resource
 import statistics
 import sys
@@ -33,9 +32,7 @@ from softprompt.tasks import get_task
 from softprompt.training.checkpoint import CHECKPOINT, Progress, require_checkpoint
 from softprompt.training.loop import SaveBest, fit
 from softprompt.training.resume import check_same_run, saved_config
-from softprompt.training.sharding import requested_sharding, shard_frozen_blocks
-
-logger = logging.getLogger(__name__)
+from softprompt.training.sharding import requested_sharding, shard_for_launch
 
 PLOT_FILE = "curves.png"
 
@@ -139,6 +136,7 @@ def train(
     Raises:
         SoftpromptError: bad input (nothing written), or a diverged loss (last checkpoint kept).
     """
+    _check_sharding(config)  # first: the launch config may be one this run cannot honour
     started, out, procs = time.perf_counter(), Path(config.out), processes()
     bar = "eval" if progress else None
     _check_start(config, resume, overwrite, extend, procs.main)
@@ -190,25 +188,22 @@ def _fit_best(
     processes also join the main one's test pass, whose forward passes gather the sharded blocks."""
     out, procs = Path(config.out), processes()
     rows = model.training_rows(splits.train, encoded["train"], splits.where("train"))
-    sharded = shard_for_launch(model, model.backbone)
+    sharded = shard_for_launch(model)
     state = fit(model, rows, config.train, config.seed, out, save_best, dev_metric, resume, progress, sharded)
-    procs.wait()  # the main process has written the best weights
-    model.load_export(read_artifact(out).state)
+    if sharded:  # the other processes join the main one's test pass, with the same weights
+        procs.wait()  # the main process has written the best weights
+    if procs.main or sharded:
+        model.load_export(read_artifact(out).state)
     if sharded and not procs.main and splits.test:
         evaluate(model, splits.test, config.train.eval_batch_size, encoded["test"], splits.where("test"))
     return state
 
 
-def shard_for_launch(model: TaskModel, backbone: Backbone) -> bool:
-    """Shard the frozen backbone's blocks when the launch config asks for FSDP; True if it did."""
-    sharding = requested_sharding()
-    if sharding is None:
-        return False
-    require(not backbone.quantized, "quantize", "a quantized backbone cannot be sharded with FSDP; use quantize=none")
-    blocks = shard_frozen_blocks(backbone.model, model.trainable_parameters(), sharding)
-    model.sharded = True
-    logger.info("FSDP: the frozen weights of %d blocks are sharded across %d processes", blocks, processes().count)
-    return True
+def _check_sharding(config: RunConfig) -> None:
+    """Refuse, before anything loads or is written, what an FSDP launch cannot honour."""
+    if requested_sharding() is not None:
+        require(not config.train.gradient_checkpointing, "train.gradient_checkpointing", "not supported with FSDP yet")
+        require(config.quantize == "none", "quantize", "a quantized backbone cannot be sharded with FSDP; use none")
 
 
 def _check_start(config: RunConfig, resume: bool, overwrite: bool, extend: bool, main: bool) -> None:

@@ -17,14 +17,19 @@ together: training, dev and test evaluation all run on each process; only the ma
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from softprompt.distributed import processes
 from softprompt.errors import SoftpromptError
+
+logger = logging.getLogger(__name__)
 
 FSDP_FLAG = "ACCELERATE_USE_FSDP"
 DEEPSPEED_FLAG = "ACCELERATE_USE_DEEPSPEED"
@@ -63,6 +68,11 @@ def requested_sharding() -> Sharding | None:
         reshard = _flag("FSDP_RESHARD_AFTER_FORWARD", default="true")
     else:
         strategy = os.environ.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").upper()
+        # `accelerate config` saves FSDP1's strategy as fsdp_reshard_after_forward, while the
+        # launcher sets FSDP_SHARDING_STRATEGY to its FULL_SHARD default: a name there wins.
+        named = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "").upper()
+        if named not in ("", "TRUE", "FALSE", "1", "FULL_SHARD"):
+            strategy = named
         strategy = V1_STRATEGIES.get(int(strategy), strategy) if strategy.isdigit() else strategy
         if strategy == "NO_SHARD":
             return None  # plain data parallel: DDP alone
@@ -73,6 +83,34 @@ def requested_sharding() -> Sharding | None:
         raise SoftpromptError("fsdp_offload_params is not supported: set it to false in the accelerate config")
     names = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "").split(",")
     return Sharding(reshard, tuple(name.strip() for name in names if name.strip()))
+
+
+def refuse_sharded_launch(command: str) -> None:
+    """For the training commands that do not shard the backbone: refuse an FSDP (or DeepSpeed)
+    launch before anything is loaded or written.
+
+    Raises:
+        SoftpromptError: the launch config asks for sharding.
+    """
+    if requested_sharding() is not None:
+        raise SoftpromptError(
+            f"{command} does not shard the backbone with FSDP (softprompt train does); "
+            "launch it without the FSDP config, as plain data parallel"
+        )
+
+
+def shard_for_launch(model: Any) -> bool:
+    """Shard ``model``'s frozen backbone blocks when the launch config asks for FSDP, and mark
+    the model so (see ``TaskModel.inline_soft_prompt``); True if it did."""
+    sharding = requested_sharding()
+    if sharding is None:
+        return False
+    if model.backbone.quantized:
+        raise SoftpromptError("FSDP: a quantized backbone cannot be sharded; load it with quantize=none")
+    blocks = shard_frozen_blocks(model.backbone.model, model.trainable_parameters(), sharding)
+    model.sharded = True
+    logger.info("FSDP: the frozen weights of %d blocks are sharded across %d processes", blocks, processes().count)
+    return True
 
 
 def shard_frozen_blocks(model: nn.Module, trained: Iterable[nn.Parameter], sharding: Sharding) -> int:
@@ -87,11 +125,12 @@ def shard_frozen_blocks(model: nn.Module, trained: Iterable[nn.Parameter], shard
 
     if any(isinstance(module, FSDPModule) for module in model.modules()):
         raise SoftpromptError("FSDP: this backbone was sharded by an earlier run; load a fresh one for this run")
-    names = set(sharding.block_names or getattr(model, "_no_split_modules", None) or ())
-    blocks = [module for module in model.modules() if type(module).__name__ in names]
+    blocks = _blocks(model, sharding.block_names)
     if not blocks:
+        names = sharding.block_names or getattr(model, "_no_split_modules", None) or ()
         raise SoftpromptError(
-            f"FSDP: {type(model).__name__} has no module of the classes {sorted(names) or '(none named)'}; "
+            f"FSDP: {type(model).__name__} has no module of the classes {sorted(names) or '(none named)'} "
+            "outside its input embeddings; "
             "set fsdp_transformer_layer_cls_to_wrap in the accelerate config to its block class"
         )
     trained_ids = {id(param) for param in trained}
@@ -106,6 +145,25 @@ def shard_frozen_blocks(model: nn.Module, trained: Iterable[nn.Parameter], shard
         kept_whole = {p for p in block.parameters() if id(p) in trained_ids}
         fully_shard(block, mesh=mesh, reshard_after_forward=sharding.reshard_after_forward, ignored_params=kept_whole)
     return len(frozen_blocks)
+
+
+def _blocks(model: nn.Module, names: tuple[str, ...]) -> list[nn.Module]:
+    """The modules of the named classes (by default the model's ``_no_split_modules``) to shard,
+    outermost first and none inside another. Any module holding the input embeddings is left
+    whole (BERT lists ``BertEmbeddings``): soft prompts call the embedding layer directly, not
+    through its owner's forward, where FSDP would gather it."""
+    wanted = set(names or getattr(model, "_no_split_modules", None) or ())
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    chosen: list[nn.Module] = []
+    covered: set[int] = set()  # ids of the modules inside a chosen block
+    for module in model.modules():  # parents come before their children
+        if type(module).__name__ not in wanted or id(module) in covered:
+            continue
+        if embeddings is not None and any(m is embeddings for m in module.modules()):
+            continue
+        chosen.append(module)
+        covered.update(id(m) for m in module.modules())
+    return chosen
 
 
 @contextlib.contextmanager
