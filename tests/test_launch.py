@@ -77,6 +77,17 @@ def test_two_processes_under_accelerate_match_one_with_the_same_global_batch(tin
     _assert_same_run(tmp_path / "one", tmp_path / "two")
 
 
+def _fsdp_matches_one(settings: list[str], tmp_path: Path, *fsdp_options: str) -> list[dict]:
+    """Train under a 2-process FSDP launch and in one process; both must shard the tiny model's
+    2 blocks (in each process) and end alike. Returns the two runs' test metrics."""
+    two = _launch_two(settings, tmp_path / "two", "--use_fsdp", *fsdp_options)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("FSDP: the frozen weights of 2 blocks are sharded across 2 processes") == 2
+    _run_one(settings, tmp_path / "one")
+    _assert_same_run(tmp_path / "one", tmp_path / "two")
+    return [json.loads((tmp_path / name / "task.json").read_text())["metrics"]["test"] for name in ("one", "two")]
+
+
 @pytest.mark.parametrize(
     ("method", "fsdp_options"),
     [
@@ -94,13 +105,8 @@ def test_fsdp_launch_shards_the_frozen_blocks_and_trains_as_one_process(
     if method == "lora":
         settings = [s for s in settings if not s.startswith(("template=", "prompt.init"))]
         settings.append("template=Review: {text} Sentiment:")
-    two = _launch_two(settings, tmp_path / "two", "--use_fsdp", *fsdp_options)
-    assert two.returncode == 0, two.stderr[-2000:]
-    # both processes shard the tiny Llama's 2 decoder blocks (named by the model's _no_split_modules)
-    assert two.stdout.count("FSDP: the frozen weights of 2 blocks are sharded across 2 processes") == 2
-    _run_one(settings, tmp_path / "one")
-    _assert_same_run(tmp_path / "one", tmp_path / "two")
-    tested = [json.loads((tmp_path / name / "task.json").read_text())["metrics"]["test"] for name in ("one", "two")]
+    # the tiny Llama's 2 decoder blocks, named by the model's _no_split_modules
+    tested = _fsdp_matches_one(settings, tmp_path, *fsdp_options)
     assert tested[0]["accuracy"] == tested[1]["accuracy"]
 
 
@@ -114,12 +120,7 @@ def test_fsdp_launch_trains_a_tagger_on_an_encoder_as_one_process(tiny_bert_dir,
     settings += [f"data.train={files['train']}", f"data.dev={files['dev']}", f"data.test={files['dev']}"]
     settings += ["prompt.length=3", "prompt.init=vocab", "train.batch_size=4", "train.max_steps=3"]
     settings += ["train.eval_every=3", "train.lr=0.05", "threads=1"]
-    two = _launch_two(settings, tmp_path / "two", "--use_fsdp", "--fsdp_version", "2")
-    assert two.returncode == 0, two.stderr[-2000:]
-    assert two.stdout.count("FSDP: the frozen weights of 2 blocks are sharded across 2 processes") == 2
-    _run_one(settings, tmp_path / "one")
-    _assert_same_run(tmp_path / "one", tmp_path / "two")
-    tested = [json.loads((tmp_path / name / "task.json").read_text())["metrics"]["test"] for name in ("one", "two")]
+    tested = _fsdp_matches_one(settings, tmp_path, "--fsdp_version", "2")
     assert tested[0]["f1"] == tested[1]["f1"]
 
 
@@ -212,12 +213,7 @@ def test_fsdp_launch_trains_a_generation_task_as_one_process(tiny_llama_dir, tmp
         "gen.max_new_tokens=4",
         "threads=1",
     ]
-    two = _launch_two(settings, tmp_path / "two", "--use_fsdp", "--fsdp_version", "2")
-    assert two.returncode == 0, two.stderr[-2000:]
-    assert two.stdout.count("FSDP: the frozen weights of 2 blocks are sharded across 2 processes") == 2
-    _run_one(settings, tmp_path / "one")
-    _assert_same_run(tmp_path / "one", tmp_path / "two")
-    tested = [json.loads((tmp_path / name / "task.json").read_text())["metrics"]["test"] for name in ("one", "two")]
+    tested = _fsdp_matches_one(settings, tmp_path, "--fsdp_version", "2")
     assert tested[0]["examples"] == tested[1]["examples"]  # the same decoded outputs
 
 
