@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
 from softprompt.backbones import Backbone
 from softprompt.config import PromptConfig
 from softprompt.data import Example
@@ -27,3 +32,21 @@ def classifier(
     return build_classifier(
         backbone, method, Template(template), Verbalizer(verbalizer), PromptConfig(init=init), seed=seed, max_length=128
     )
+
+
+@contextlib.contextmanager
+def ctrl_c_at_step(n: int) -> Iterator[None]:
+    """Within it, the ``n``-th optimizer step raises KeyboardInterrupt, as Ctrl-C mid-training would."""
+    calls, real_step = {"n": 0}, torch.optim.AdamW.step
+
+    def interrupted_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    torch.optim.AdamW.step = interrupted_step
+    try:
+        yield
+    finally:
+        torch.optim.AdamW.step = real_step

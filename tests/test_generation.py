@@ -27,6 +27,7 @@ from softprompt.tasks.generation_baselines import delete_words, deletion_lexicon
 from softprompt.tasks.generation_data import TextPair, read_pairs
 
 from .conftest import write_jsonl
+from .helpers import ctrl_c_at_step
 
 PAIRS = [
     ("you are a stupid cat", "you are a cat"),
@@ -283,7 +284,7 @@ def test_the_python_api_trains_and_generates(tiny_llama_dir, tmp_path):
     assert softprompt.load(tmp_path / "api").generate("you are a stupid cat") == greedy[:1]
 
 
-def test_an_interrupted_generation_run_resumes_to_the_uninterrupted_one(gen_args, tmp_path, monkeypatch):
+def test_an_interrupted_generation_run_resumes_to_the_uninterrupted_one(gen_args, tmp_path):
     from softprompt.artifact import read_artifact
     from softprompt.training.run import train
 
@@ -293,18 +294,8 @@ def test_an_interrupted_generation_run_resumes_to_the_uninterrupted_one(gen_args
         return train(load_config(overrides=[*overrides, f"out={out}"]), resume=resume, progress=False)
 
     straight = run(tmp_path / "a")
-    calls, real_step = {"n": 0}, torch.optim.AdamW.step
-
-    def interrupted_step(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:  # after the step-2 checkpoint and one more step
-            raise KeyboardInterrupt
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", interrupted_step)
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_at_step(4), pytest.raises(KeyboardInterrupt):  # after the step-2 checkpoint and one more step
         run(tmp_path / "b")
-    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
     resumed = run(tmp_path / "b", resume=True)
     a, b = read_artifact(tmp_path / "a"), read_artifact(tmp_path / "b")
     assert torch.equal(a.state["prompt_embeddings"], b.state["prompt_embeddings"])

@@ -15,7 +15,7 @@ from softprompt.errors import SoftpromptError, TrainingDiverged
 from softprompt.loading import load_classifier
 from softprompt.training.run import train
 
-from .helpers import EXAMPLES
+from .helpers import EXAMPLES, ctrl_c_at_step
 
 
 def _config(tiny_llama_dir, files, out, *extra):
@@ -107,23 +107,13 @@ def test_peft_loads_our_artifact_with_equal_logits(tiny_llama_dir, sentiment_fil
     assert any(len(c.ids) > 1 for c in ours.task.candidates)  # multi-token words are covered too
 
 
-def test_resume_equals_uninterrupted_run(tiny_llama_dir, sentiment_files, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted_run(tiny_llama_dir, sentiment_files, tmp_path):
     steps = ["train.max_steps=6", "train.eval_every=2", "train.lr=0.05"]
     straight = train(_config(tiny_llama_dir, sentiment_files, tmp_path / "a", *steps), progress=False)
 
-    calls = {"n": 0}
-    real_step = torch.optim.AdamW.step
-
-    def interrupted_step(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:  # after the step-2 checkpoint and one more step
-            raise KeyboardInterrupt
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", interrupted_step)
-    with pytest.raises(KeyboardInterrupt):
+    # the 4th step: after the step-2 checkpoint and one more step
+    with ctrl_c_at_step(4), pytest.raises(KeyboardInterrupt):
         train(_config(tiny_llama_dir, sentiment_files, tmp_path / "b", *steps), progress=False)
-    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
     assert json.loads((tmp_path / "b/task.json").read_text())["step"] == 2  # the last good artifact survived
     resumed = train(_config(tiny_llama_dir, sentiment_files, tmp_path / "b", *steps), resume=True, progress=False)
 
