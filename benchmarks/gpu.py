@@ -61,7 +61,7 @@ LLAMA_1B = {  # Llama-3.2-1B's shape
 def prepare(assets: Path) -> None:
     """Tokenizer, texts and wheels for the GPU machine, into ``assets``."""
     sys.path.insert(0, str(HERE))
-    from softprompt.backbone_sources import resolve
+    from softprompt.backbones.sources import resolve
     from train_speed import load_examples
 
     assets.mkdir(parents=True, exist_ok=True)

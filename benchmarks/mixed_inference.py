@@ -34,9 +34,9 @@ def build(args: argparse.Namespace):
 
     from softprompt.backbones import load_backbone
     from softprompt.config import PromptConfig
-    from softprompt.mixed import MixedPromptClassifier
     from softprompt.prompts import Template, Verbalizer
     from softprompt.tasks.classification import build_classifier
+    from softprompt.tasks.classification.mixed import MixedPromptClassifier
 
     torch.set_num_threads(args.threads)
     backbone = load_backbone(args.backbone, args.device, args.precision)
@@ -64,8 +64,8 @@ def build(args: argparse.Namespace):
 
 
 def run_ours(mixed, stream, batch: int) -> list[int]:
-    from softprompt.data import Example
-    from softprompt.mixed import classify_mixed
+    from softprompt.data.records import Example
+    from softprompt.tasks.classification.mixed import classify_mixed
 
     probabilities = classify_mixed(mixed, [(task, Example({"text": text})) for task, text in stream], batch)
     return [int(p.argmax()) for p in probabilities]

@@ -35,7 +35,7 @@ WORDS = {"positive": "positive", "negative": "negative"}
 def load_examples(count: int, texts: str | None = None, split: str = "train"):
     """``count`` labelled examples: from a JSONL file of ``{"text", "label"}`` rows when given
     (a machine without the dataset package), else the built-in Rotten Tomatoes split."""
-    from softprompt.data import Example
+    from softprompt.data.records import Example
     from softprompt.datasets import load_builtin
 
     if texts is None:
@@ -89,7 +89,7 @@ def matmul_flops(device: str = "cpu", dtype: str = "fp32", size: int = 2048, rep
     """FLOP/s of a large matmul in the backbone's dtype on its device, now (the reference)."""
     import torch
 
-    from softprompt.placement import DTYPES
+    from softprompt.backbones.placement import DTYPES
 
     a, b = (torch.randn(size, size, device=device, dtype=DTYPES[dtype]) for _ in range(2))
     a @ b

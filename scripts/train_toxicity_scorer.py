@@ -1,4 +1,4 @@
-"""Train the ``classifier`` toxicity scorer that ships in the package (src/softprompt/detox/toxicity_scorer).
+"""Train the ``classifier`` toxicity scorer that ships in the package (src/softprompt/tasks/generation/toxicity_scorer).
 
 A LoRA on MiniLM-L6 (a few hundred KB) separating ParaDetox's toxic sentences from their
 human-written neutral paraphrases, trained by softprompt itself. Pairs are split by a seeded
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from softprompt.cli import main as softprompt
 from softprompt.detox.data import read_paradetox
-from softprompt.detox.scorers import PACKAGED_CLASSIFIER
+from softprompt.tasks.generation.toxicity import PACKAGED_CLASSIFIER
 
 SHIPPED_FILES = ("task.json", "adapter_config.json", "adapter_model.safetensors")
 

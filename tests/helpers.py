@@ -9,10 +9,10 @@ import torch
 
 from softprompt.backbones import Backbone
 from softprompt.config import PromptConfig
-from softprompt.data import Example
-from softprompt.model import PromptedClassifier
+from softprompt.data.records import Example
 from softprompt.prompts import Template, Verbalizer
 from softprompt.tasks.classification import build_classifier
+from softprompt.tasks.classification.model import PromptedClassifier
 
 EXAMPLES = [
     Example({"text": t})

@@ -154,7 +154,7 @@ def test_broken_artifacts(trained, capsys):
 def test_artifact_refuses_another_backbone(trained, tmp_path, capsys):
     from softprompt.backbones import load_backbone
     from softprompt.errors import SoftpromptError
-    from softprompt.loading import load_classifier
+    from softprompt.tasks.loading import load_classifier
 
     other = make_tiny_llama(tmp_path / "other-llama", seed=1)
     with pytest.raises(SoftpromptError, match="was trained on backbone"):

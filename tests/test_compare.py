@@ -7,7 +7,7 @@ import json
 import pytest
 
 from softprompt.cli import main
-from softprompt.compare import parse_plan
+from softprompt.cli.compare import parse_plan
 from softprompt.errors import SoftpromptError
 from softprompt.methods import METHODS
 

@@ -3,8 +3,8 @@ import re
 import pytest
 
 from softprompt.config import load_config
+from softprompt.config.recipe import parse_overrides
 from softprompt.errors import SoftpromptError
-from softprompt.recipe import parse_overrides
 
 
 def test_overrides_are_typed_and_nested():

@@ -15,9 +15,9 @@ from softprompt.continual.metrics import continual_metrics
 from softprompt.continual.runner import run_continual
 from softprompt.datasets import load_builtin
 from softprompt.errors import SoftpromptError
-from softprompt.evaluate import label_probabilities
-from softprompt.tasklist import prepare_tasks, task_configs
-from softprompt.transfer import read_soft_prompt
+from softprompt.methods.transfer import read_soft_prompt
+from softprompt.tasks.classification.model import label_probabilities
+from softprompt.tasks.tasklist import prepare_tasks, task_configs
 
 from .conftest import NEGATIVE, POSITIVE, SHARED_DATA, make_tiny_llama, write_jsonl
 

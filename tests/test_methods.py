@@ -11,11 +11,11 @@ import torch
 
 from softprompt.backbones import load_backbone
 from softprompt.config import load_config
+from softprompt.data.splits import example_splits
 from softprompt.errors import SoftpromptError
-from softprompt.loading import load_classifier
 from softprompt.methods import METHODS
-from softprompt.splits import example_splits
 from softprompt.tasks import get_task
+from softprompt.tasks.loading import load_classifier
 from softprompt.training.run import artifact_meta, artifact_saver
 
 from .helpers import EXAMPLES

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from softprompt.backbones import load_backbone
-from softprompt.data import Example
-from softprompt.packing import pack_rows
+from softprompt.core.packing import pack_rows
+from softprompt.data.records import Example
 
 from .helpers import EXAMPLES, classifier
 

@@ -13,13 +13,13 @@ import torch
 from softprompt.backbones import load_backbone
 from softprompt.cli import main
 from softprompt.config import PromptConfig
-from softprompt.conll import Sentence, entity_spans, iob1_to_iob2, read_conll, tag_set
+from softprompt.data.conll import Sentence, entity_spans, iob1_to_iob2, read_conll, tag_set
 from softprompt.errors import SoftpromptError
-from softprompt.evaluate import entity_metrics
-from softprompt.loading import load_model
 from softprompt.methods import METHODS
+from softprompt.tasks.loading import load_model
 from softprompt.tasks.ner import build_tagger
-from softprompt.tasks.ner_batches import IGNORE, entities, split_words
+from softprompt.tasks.ner.batches import IGNORE, entities, split_words
+from softprompt.tasks.ner.metrics import entity_metrics
 
 TRAINED = [name for name, spec in METHODS.items() if spec.trains]
 

@@ -9,8 +9,8 @@ import torch
 
 import softprompt
 from softprompt.backbones import load_backbone
+from softprompt.backbones.placement import resolve_placement
 from softprompt.errors import SoftpromptError
-from softprompt.placement import resolve_placement
 
 from .conftest import NEGATIVE, POSITIVE
 
@@ -94,7 +94,7 @@ def test_a_float32_artifact_loads_in_bf16_and_agrees(tiny_llama_dir, tmp_path):
 def test_packed_rows_equal_padded_rows_in_bf16_with_eager_attention(tiny_llama_dir):
     """On a CPU in bf16 the backbone loads with eager attention, which adds the packing mask to
     its scores: the mask must be additive there, or packed rows would see each other."""
-    from softprompt.evaluate import label_probabilities
+    from softprompt.tasks.classification.model import label_probabilities
 
     from .helpers import EXAMPLES, classifier
 

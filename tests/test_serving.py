@@ -14,11 +14,11 @@ from softprompt.backbones import load_backbone
 from softprompt.cli import main
 from softprompt.detox.steering import Steering
 from softprompt.errors import SoftpromptError
-from softprompt.evaluate import label_probabilities
 from softprompt.generation.sampling import sample_continuations
-from softprompt.mixed import MixedPromptClassifier, classify_mixed
 from softprompt.serving.app import GenerateRequest, ServeSettings, Service, create_app
 from softprompt.serving.batcher import Batcher, QueueFull
+from softprompt.tasks.classification.mixed import MixedPromptClassifier, classify_mixed
+from softprompt.tasks.classification.model import label_probabilities
 
 from .helpers import EXAMPLES, classifier
 from .test_continual import _train_prompt
@@ -307,7 +307,7 @@ def test_uvicorn_serves_and_stops_on_signal(tiny_llama_dir, prompts_dir):
 
 
 def test_mixed_training_loss_and_gradients_equal_the_per_task_path(backbone):
-    from softprompt.data import Example
+    from softprompt.data.records import Example
     from softprompt.multitask import MultitaskModel
 
     models = {

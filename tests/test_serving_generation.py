@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 from softprompt.backbones import load_backbone
 from softprompt.cli import main
 from softprompt.generation.decode import decode
-from softprompt.loading import load_model
 from softprompt.serving.app import GenerateRequest, ServeSettings, Service, create_app
+from softprompt.tasks.loading import load_model
 
 from .test_generation import PAIRS, gen_args, pair_files  # noqa: F401 (fixtures)
 

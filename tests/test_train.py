@@ -12,7 +12,7 @@ from softprompt.artifact import read_artifact
 from softprompt.backbones import load_backbone
 from softprompt.config import load_config
 from softprompt.errors import SoftpromptError, TrainingDiverged
-from softprompt.loading import load_classifier
+from softprompt.tasks.loading import load_classifier
 from softprompt.training.run import train
 
 from .helpers import EXAMPLES, ctrl_c_at_step

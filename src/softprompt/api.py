@@ -16,14 +16,13 @@ from typing import Any
 from softprompt.artifact import read_artifact, write_artifact
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import RunConfig, load_config
+from softprompt.config.recipe import merge
+from softprompt.data.splits import Records, Splits
 from softprompt.errors import SoftpromptError
-from softprompt.evaluate import evaluate
-from softprompt.loading import artifact_task, load_model
-from softprompt.recipe import merge
 from softprompt.seeding import seeded
-from softprompt.splits import Records, Splits
-from softprompt.task_model import TaskModel
 from softprompt.tasks import TaskSpec, get_task
+from softprompt.tasks.base import TaskModel, evaluate
+from softprompt.tasks.loading import artifact_task, load_model
 from softprompt.training.run import TrainResult, artifact_meta
 from softprompt.training.run import train as train_run
 

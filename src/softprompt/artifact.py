@@ -23,9 +23,9 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from softprompt import __version__
 from softprompt.atomic import atomic_write, atomic_write_json
 from softprompt.errors import SoftpromptError
+from softprompt.version import __version__
 
 TASK_FILE = "task.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from softprompt.placement import DEVICE_HELP, PRECISION_HELP, set_threads
+from softprompt.backbones.placement import DEVICE_HELP, PRECISION_HELP, set_threads
 
 THREADS_HELP = "torch CPU threads (0 = torch's default, one per core; use fewer on a busy machine)"
 

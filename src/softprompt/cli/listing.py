@@ -14,7 +14,7 @@ def _options_line(spec) -> str:
 
 
 def _ls(args: argparse.Namespace) -> None:
-    from softprompt.backbone_sources import BACKBONES
+    from softprompt.backbones.sources import BACKBONES
     from softprompt.datasets import builtin_specs
     from softprompt.methods import METHODS
     from softprompt.tasks import task_specs

@@ -36,7 +36,7 @@ def _multitask(args: argparse.Namespace) -> None:
 
 
 def _similarity(args: argparse.Namespace) -> None:
-    from softprompt.transfer import rank_sources
+    from softprompt.methods.transfer import rank_sources
 
     rows = rank_sources(args.target, args.sources)
     if args.json:

@@ -13,8 +13,8 @@ from softprompt.errors import SoftpromptError
 
 def _load_for(command: str, args: argparse.Namespace):
     """The artifact's model and task, refusing an artifact that another command applies."""
-    from softprompt.loading import artifact_task, load_model
     from softprompt.tasks import get_task
+    from softprompt.tasks.loading import artifact_task, load_model
 
     model, meta = load_model(args.artifact, None, args.device, args.precision)
     task = get_task(artifact_task(meta))
@@ -36,7 +36,7 @@ def generate_from_artifact(artifact: str, texts: list[str], overrides: list[str]
     import dataclasses
 
     from softprompt.config import ComputeSettings, GenConfig
-    from softprompt.recipe import build, parse_overrides
+    from softprompt.config.recipe import build, parse_overrides
 
     given = parse_overrides([item.removeprefix("gen.") for item in overrides])
     compute = build(ComputeSettings, {k: given.pop(k) for k in list(given) if k in ("threads", "device", "precision")})
@@ -66,9 +66,9 @@ def _apply(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from softprompt.evaluate import evaluate
-    from softprompt.loading import artifact_task, load_model
     from softprompt.tasks import get_task
+    from softprompt.tasks.base import evaluate
+    from softprompt.tasks.loading import artifact_task, load_model
 
     if args.data and args.split:
         raise SoftpromptError(
@@ -94,9 +94,9 @@ def _eval(args: argparse.Namespace) -> None:
 
 def _inspect(args: argparse.Namespace) -> None:
     from softprompt.artifact import size_bytes
-    from softprompt.inspection import compare_prompts, nearest_tokens
-    from softprompt.loading import artifact_task, load_model
+    from softprompt.cli.inspection import compare_prompts, nearest_tokens
     from softprompt.tasks import get_task
+    from softprompt.tasks.loading import artifact_task, load_model
 
     if args.compare:
         out = Path(args.out or "prompt-similarity.png")

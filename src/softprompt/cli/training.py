@@ -11,9 +11,9 @@ from softprompt.cli.args import training_command
 
 def _train(args: argparse.Namespace) -> None:
     from softprompt.config import load_config
-    from softprompt.distributed import processes
     from softprompt.tasks import get_task
     from softprompt.training.checkpoint import CHECKPOINT
+    from softprompt.training.processes import processes
     from softprompt.training.resume import saved_config
     from softprompt.training.run import train
 
@@ -40,7 +40,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from softprompt.compare import REPORT, compare, markdown
+    from softprompt.cli.compare import REPORT, compare, markdown
 
     rows, out = compare(args.config, args.overrides)
     context = json.loads((out / f"{REPORT}.json").read_text(encoding="utf-8"))["context"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from softprompt.config import ComputeSettings, PromptConfig, TrainConfig, option, require
 from softprompt.methods.progressive_prompts import ProgressivePrompts
-from softprompt.tasklist import load_task_list_config
+from softprompt.tasks.tasklist import load_task_list_config
 
 PROGRESSIVE = ProgressivePrompts.name
 STRATEGIES = ("naive", "replay", "ewc")

@@ -30,12 +30,12 @@ from softprompt.methods import MethodContext, get_method
 from softprompt.methods.none import NoMethod
 from softprompt.methods.progressive_prompts import ProgressiveOptions
 from softprompt.methods.prompt_tuning import PromptTuning
-from softprompt.model import PromptedClassifier
+from softprompt.methods.transfer import PROMPT_KEY, read_soft_prompt
 from softprompt.prompts import Template
-from softprompt.tasklist import PreparedTask
 from softprompt.tasks.classification import build_classifier, validate_examples
-from softprompt.tasks.classification_batches import ClassificationTask
-from softprompt.transfer import PROMPT_KEY, read_soft_prompt
+from softprompt.tasks.classification.batches import ClassificationTask
+from softprompt.tasks.classification.model import PromptedClassifier
+from softprompt.tasks.tasklist import PreparedTask
 
 EWC_FILE = "ewc.safetensors"
 

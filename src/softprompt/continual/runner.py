@@ -24,9 +24,9 @@ from softprompt.continual.learners import Learner, make_learner
 from softprompt.continual.metrics import continual_metrics
 from softprompt.continual.report import write_report
 from softprompt.errors import SoftpromptError
-from softprompt.evaluate import evaluate
 from softprompt.methods.prompt_tuning import PromptTuning
-from softprompt.tasklist import PreparedTask, plain_config, prepare_tasks, task_configs
+from softprompt.tasks.base import evaluate
+from softprompt.tasks.tasklist import PreparedTask, plain_config, prepare_tasks, task_configs
 from softprompt.training import fit
 from softprompt.training.checkpoint import CHECKPOINT
 from softprompt.training.run import artifact_meta, artifact_saver, train

@@ -7,7 +7,7 @@ once and their key/value cache shared by the rows that use them, the body's hidd
 LM's next-token logits, and the output projection at chosen positions and token ids.
 
 Device and dtype are decided here: every tensor is created on the backbone's device, and the
-backbone's forward passes already run under its placement's autocast (:mod:`softprompt.placement`),
+backbone's forward passes already run under its placement's autocast (:mod:`softprompt.backbones.placement`),
 so float32 soft prompts meet a bf16 backbone without casts elsewhere. Scores come back in float32.
 """
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import yaml
 
-from softprompt.backbone_sources import package_dir
-from softprompt.data import Example, seeded_split
+from softprompt.backbones.sources import package_dir
+from softprompt.data.pairs import TextPair
+from softprompt.data.records import Example, seeded_split
 from softprompt.datasets.paradetox import read_paradetox
 from softprompt.errors import SoftpromptError, unknown_name
-from softprompt.tasks.generation_data import TextPair
 
 
 @dataclass(frozen=True)

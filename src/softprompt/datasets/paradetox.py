@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from softprompt.data import read_rows
+from softprompt.data.records import read_rows
 from softprompt.errors import SoftpromptError
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from softprompt.data import read_rows
+from softprompt.data.records import read_rows
 from softprompt.errors import SoftpromptError
 
 DEFAULT_PROMPT_FIELD = "prompt.text"  # RealToxicityPrompts' layout; plain files may use "text"

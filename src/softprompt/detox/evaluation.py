@@ -25,10 +25,10 @@ from softprompt.config import ComputeSettings, option, require
 from softprompt.detox.data import DEFAULT_PROMPT_FIELD, Prompt, read_prompts
 from softprompt.detox.loading import build_steering
 from softprompt.detox.metrics import distinct_n, toxicity_metrics
-from softprompt.detox.scorers import Scorer, load_scorer, parse_scorer_names
 from softprompt.detox.steering import DEFAULT_INSTRUCTION, Steering, parse_methods
 from softprompt.errors import SoftpromptError
 from softprompt.generation.sampling import continuation_nll, sample_continuations
+from softprompt.tasks.generation.toxicity import Scorer, load_scorer, parse_scorer_names
 
 SETTINGS_FILE = "eval_config.json"
 # Settings that change what is generated: a resumed run must match them.

@@ -15,7 +15,7 @@ from softprompt.detox.steering import (
 )
 from softprompt.detox.training import EXPERTS_FILE
 from softprompt.errors import SoftpromptError
-from softprompt.generation.lm import load_lm_prompt
+from softprompt.tasks.lm import load_lm_prompt
 
 
 def build_steering(

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-TOXIC = 0.5  # a continuation scoring above this counts as toxic
+from softprompt.tasks.generation.toxicity import TOXIC
 
 
 @dataclass(frozen=True)

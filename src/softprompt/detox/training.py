@@ -23,10 +23,10 @@ from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import ComputeSettings, PromptConfig, TrainConfig, option, require
 from softprompt.datasets.paradetox import ParaPair, read_paradetox
 from softprompt.errors import SoftpromptError
-from softprompt.generation.lm import LM_TASK, PromptedLM, Row, encode_texts
 from softprompt.methods import get_method
 from softprompt.methods.base import MethodContext
 from softprompt.methods.prompt_tuning import PromptTuning
+from softprompt.tasks.lm import LM_TASK, PromptedLM, Row, encode_texts
 from softprompt.training import fit
 from softprompt.training.checkpoint import CHECKPOINT
 from softprompt.training.run import artifact_saver, backbone_record, check_out

@@ -13,9 +13,8 @@ from sklearn.metrics import roc_auc_score
 
 from softprompt.config import option, require
 from softprompt.detox.data import read_prompts
-from softprompt.detox.metrics import TOXIC
-from softprompt.detox.scorers import load_scorer, parse_scorer_names
 from softprompt.errors import SoftpromptError
+from softprompt.tasks.generation.toxicity import TOXIC, load_scorer, parse_scorer_names
 
 
 @dataclass

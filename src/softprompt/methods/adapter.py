@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from softprompt.methods import register
 from softprompt.methods.base import Method, MethodContext
 from softprompt.methods.layers import sublayer_outputs, transformer_blocks
+from softprompt.methods.registry import register
 
 
 @dataclass

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from softprompt.errors import SoftpromptError
-from softprompt.methods import register
 from softprompt.methods.base import Method, MethodContext
 from softprompt.methods.layers import transformer_blocks
+from softprompt.methods.registry import register
 
 
 @register(

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from softprompt.errors import SoftpromptError
-from softprompt.methods import register
 from softprompt.methods.base import Method, MethodContext
 from softprompt.methods.layers import top_blocks, transformer_blocks
+from softprompt.methods.registry import register
 
 
 @dataclass

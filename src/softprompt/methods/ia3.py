@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 from peft import IA3Config
 
-from softprompt.methods import register
 from softprompt.methods.base import MethodContext
 from softprompt.methods.peft_tuners import PeftTuner, target_list
+from softprompt.methods.registry import register
 
 
 @dataclass

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from peft import LoraConfig
 
 from softprompt.errors import SoftpromptError
-from softprompt.methods import register
 from softprompt.methods.base import MethodContext
 from softprompt.methods.layers import top_blocks, transformer_blocks
 from softprompt.methods.peft_tuners import PeftTuner, target_list
+from softprompt.methods.registry import register
 
 
 @dataclass

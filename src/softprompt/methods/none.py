@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from softprompt.methods import register
 from softprompt.methods.base import Method, MethodContext
+from softprompt.methods.registry import register
 
 
 @register(

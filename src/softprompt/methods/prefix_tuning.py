@@ -18,10 +18,10 @@ from torch import nn
 from transformers import DynamicCache
 
 from softprompt.core import forward as core
-from softprompt.methods import register
 from softprompt.methods.base import Method, MethodContext
 from softprompt.methods.layers import AttentionShape, attention_shape
 from softprompt.methods.prompt_tuning import initial_token_ids
+from softprompt.methods.registry import register
 
 
 @dataclass

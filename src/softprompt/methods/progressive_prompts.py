@@ -17,10 +17,10 @@ from torch import nn
 
 from softprompt.backbones import Backbone
 from softprompt.errors import SoftpromptError
-from softprompt.methods import register
 from softprompt.methods.base import Method, MethodContext
 from softprompt.methods.prompt_tuning import initial_prompt, prompt_tuning_peft_config
-from softprompt.transfer import PROMPT_KEY, check_same_backbone, read_soft_prompt
+from softprompt.methods.registry import register
+from softprompt.methods.transfer import PROMPT_KEY, check_same_backbone, read_soft_prompt
 
 
 @dataclass

@@ -14,9 +14,9 @@ from torch import nn
 
 from softprompt.backbones import Backbone
 from softprompt.errors import SoftpromptError
-from softprompt.methods import register
 from softprompt.methods.base import Method, MethodContext
-from softprompt.transfer import FROM_PREFIX, transferred_prompt
+from softprompt.methods.registry import register
+from softprompt.methods.transfer import FROM_PREFIX, transferred_prompt
 
 # Lester et al. sample init tokens among the 5,000 most frequent; BPE ids roughly follow frequency.
 COMMON_VOCAB = 5000

@@ -17,9 +17,9 @@ from torch import nn
 
 from softprompt.backbones import Backbone
 from softprompt.errors import SoftpromptError
-from softprompt.methods import register
 from softprompt.methods.base import Method, MethodContext
 from softprompt.methods.prompt_tuning import initial_prompt, prompt_tuning_peft_config
+from softprompt.methods.registry import register
 
 
 @dataclass

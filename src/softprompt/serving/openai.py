@@ -14,16 +14,14 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from softprompt.serving.service import Gate, Service
 from softprompt.serving.writing import WriteJob
-
-if TYPE_CHECKING:
-    from softprompt.serving.app import Gate, Service
 
 UNSUPPORTED = ("stop", "logprobs", "echo", "suffix", "logit_bias")  # refused rather than ignored
 

@@ -11,13 +11,13 @@ from typing import Any
 from softprompt.artifact import TASK_FILE, read_artifact
 from softprompt.backbones import Backbone
 from softprompt.errors import SoftpromptError
-from softprompt.generation.lm import LM_TASK, load_lm_prompt
-from softprompt.generator import PromptedGenerator
-from softprompt.loading import load_model
 from softprompt.methods import METHODS, get_method
-from softprompt.mixed import MixedPromptClassifier, mixable
-from softprompt.model import PromptedClassifier
 from softprompt.serving.writing import Writer
+from softprompt.tasks.classification.mixed import MixedPromptClassifier, mixable
+from softprompt.tasks.classification.model import PromptedClassifier
+from softprompt.tasks.generation.model import PromptedGenerator
+from softprompt.tasks.lm import LM_TASK, load_lm_prompt
+from softprompt.tasks.loading import load_model
 
 
 @dataclass

@@ -28,10 +28,10 @@ from tqdm import tqdm
 
 from softprompt.atomic import atomic_write_text
 from softprompt.config import TrainConfig
-from softprompt.distributed import processes
 from softprompt.errors import SoftpromptError, TrainingDiverged
 from softprompt.training.batches import batch_indices
 from softprompt.training.checkpoint import Progress, load_checkpoint, save_checkpoint
+from softprompt.training.processes import processes
 from softprompt.training.sharding import accelerate_fsdp_hidden, refuse_sharded_launch
 from softprompt.training.trainable import Trainable
 
@@ -128,7 +128,7 @@ class Objective(nn.Module):
 
 def _accelerated(model: Trainable, l2: float) -> tuple[Accelerator, nn.Module]:
     """The accelerator and the objective it prepared (DDP under several processes, else as is).
-    Placement and precision are the backbone's (softprompt.placement), so accelerate moves
+    Placement and precision are the backbone's (softprompt.backbones.placement), so accelerate moves
     nothing and adds no autocast; a step may leave some parameters unused (the prompts of tasks
     absent from a multitask batch), which DDP must be told."""
     on_cpu = all(p.device.type == "cpu" for p in model.trainable_parameters())

@@ -20,17 +20,16 @@ from softprompt.artifact import RUN_CONFIG_FILE, TASK_FILE, read_artifact, size_
 from softprompt.atomic import atomic_write_json
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import RunConfig, require
-from softprompt.distributed import processes
+from softprompt.data.splits import Records, Splits
 from softprompt.errors import SoftpromptError
-from softprompt.evaluate import evaluate
 from softprompt.methods import get_method
 from softprompt.plotting import plot_training_curves
 from softprompt.seeding import seeded
-from softprompt.splits import Records, Splits
-from softprompt.task_model import TaskModel
 from softprompt.tasks import get_task
+from softprompt.tasks.base import TaskModel, evaluate
 from softprompt.training.checkpoint import CHECKPOINT, Progress, require_checkpoint
 from softprompt.training.loop import SaveBest, fit
+from softprompt.training.processes import processes
 from softprompt.training.resume import check_same_run, saved_config
 from softprompt.training.sharding import requested_sharding, shard_for_launch
 

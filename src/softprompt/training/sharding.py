@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from softprompt.distributed import processes
 from softprompt.errors import SoftpromptError
+from softprompt.training.processes import processes
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,247 @@
+"""Run configuration: dataclasses with per-field help, loaded from YAML plus ``key=value`` overrides.
+
+A config is plain data. ``load_config`` merges a YAML file and dotted command-line overrides
+(``train.lr=3e-3``) into nested dicts, then builds the dataclasses (:mod:`softprompt.config.recipe`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from softprompt.backbones.placement import DEVICE_HELP, PRECISION_HELP, set_threads
+from softprompt.config.recipe import build, merge, parse_overrides, read_yaml
+from softprompt.errors import SoftpromptError, did_you_mean
+from softprompt.methods import METHODS
+from softprompt.methods.prompt_tuning import PromptTuning
+
+
+def option(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    """A config dataclass field carrying its help text in metadata (shown by ``--help`` and in
+    the generated configuration reference)."""
+    if default is dataclasses.MISSING:
+        return field(metadata={"help": text}, **kw)
+    return field(default=default, metadata={"help": text}, **kw)
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise the one-line error of a bad config value unless ``condition`` holds."""
+    if not condition:
+        raise SoftpromptError(f"config field '{key}': {message}")
+
+
+@dataclass(kw_only=True)
+class ComputeSettings:
+    """Where a command that loads a backbone computes: shared by every run config."""
+
+    threads: int = option("torch CPU threads (0 = torch's default)", 0)
+    device: str = option(DEVICE_HELP, "auto")
+    precision: str = option(PRECISION_HELP, "auto")
+    quantize: str = option(
+        "none | 4bit | 8bit: hold the frozen backbone quantized (bitsandbytes, CUDA only; "
+        "pip install 'softprompt[quantization]')",
+        "none",
+    )
+
+    def use_threads(self) -> None:
+        """Apply ``threads`` to this process (before any forward pass)."""
+        set_threads(self.threads, "config field 'threads':")
+
+
+@dataclass
+class PromptConfig:
+    """Soft prompt settings (used by prompt-based methods)."""
+
+    length: int = option("number of soft tokens when the template has no {soft:N} slot", 20)
+    init: str = option(
+        "random | vocab | labels | text:<words> | from:<artifact> (start from a trained prompt)", "labels"
+    )
+
+    def __post_init__(self) -> None:
+        require(self.length >= 1, "prompt.length", f"must be >= 1, got {self.length}")
+        ok = self.init in ("random", "vocab", "labels") or self.init.startswith(("text:", "from:"))
+        choices = "random, vocab, labels, text:<words>, from:<artifact>"
+        require(ok, "prompt.init", f"'{self.init}' is not one of {choices}")
+
+
+@dataclass
+class TrainConfig:
+    """The one training loop's settings."""
+
+    lr: float = option("AdamW learning rate", 3e-3)
+    batch_size: int = option(
+        "examples per forward pass (shared out among processes under accelerate launch); "
+        "an optimizer step sees batch_size x grad_accum",
+        16,
+    )
+    grad_accum: int = option("forward passes whose gradients add up to one optimizer step", 1)
+    max_steps: int = option("optimizer steps", 300)
+    epochs: float | None = option("passes over the training data; when set, replaces max_steps", None)
+    warmup_ratio: float = option("fraction of max_steps with linear warm-up", 0.06)
+    eval_every: int = option("evaluate on dev and checkpoint every N steps", 50)
+    patience: int = option("stop after N evaluations without dev improvement (0 = never)", 3)
+    l2: float = option("L2 penalty lambda * ||P||^2 on the trainable parameters", 0.0)
+    weight_decay: float = option("AdamW decoupled weight decay", 0.0)
+    grad_clip: float = option("clip the gradient norm to this value (0 = off)", 1.0)
+    eval_batch_size: int = option("examples per batch when evaluating", 32)
+    max_length: int = option("maximum tokens of a rendered example; longer inputs are truncated", 256)
+    group_by_length: bool = option(
+        "batch rows of similar length together (less padding, faster steps); classifier batches keep the class mix",
+        False,
+    )
+    zero_shot_baseline: bool = option("also report zero-shot test accuracy with the same template", False)
+    gradient_checkpointing: bool = option(
+        "recompute the backbone's activations in the backward pass (less memory, slower steps)", False
+    )
+
+    def __post_init__(self) -> None:
+        require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        for key in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batch_size", "max_length"):
+            require(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
+        require(self.epochs is None or self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
+        require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
+        require(self.patience >= 0, "train.patience", "must be >= 0")
+        require(self.l2 >= 0 and self.weight_decay >= 0, "train.l2", "penalties must be >= 0")
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from when not using a built-in dataset."""
+
+    train: str | None = option("training file (.jsonl, .csv or .tsv; a CoNLL file for task=ner)", None)
+    dev: str | None = option("dev file; when absent, dev_size examples are held out of train", None)
+    test: str | None = option("test file (optional)", None)
+    text_field: str = option("column holding the input text (the template's {text})", "text")
+    label_field: str = option("column holding the label", "label")
+    target_field: str = option(
+        "task=generation: the column(s) holding the output text; several, comma-separated "
+        "(neutral1,neutral2), are references for evaluation and each trains as a row",
+        "target",
+    )
+    path: str | None = option("the file a built-in dataset of your own data reads (dataset=paradetox-toxicity)", None)
+    dev_size: int = option("examples held out of train for dev when no dev file is given", 200)
+    max_train: int | None = option("use at most this many training examples (seeded sample)", None)
+    max_eval: int | None = option("evaluate on at most this many dev and test examples (quick runs)", None)
+
+    def __post_init__(self) -> None:
+        require(self.dev_size >= 1, "data.dev_size", "must be >= 1")
+        for key in ("max_train", "max_eval"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, f"data.{key}", "must be >= 1")
+
+
+@dataclass
+class FewshotConfig:
+    """In-context demonstrations (no training needed)."""
+
+    k: int = option("labelled demonstrations from the train split put before each input", 0)
+
+    def __post_init__(self) -> None:
+        require(self.k >= 0, "fewshot.k", "must be >= 0")
+
+
+@dataclass
+class GenConfig:
+    """Decoding settings of task=generation (transformers' ``generate``)."""
+
+    max_new_tokens: int = option("most tokens written per input", 48)
+    num_beams: int = option("beam search width (1 = greedy or sampling)", 1)
+    do_sample: bool = option("sample instead of taking the most likely token", False)
+    temperature: float = option("sampling temperature (do_sample=true)", 1.0)
+    top_p: float = option("nucleus sampling: keep the smallest token set holding this probability", 1.0)
+    seed: int = option("seed of the sampling generator (same seed, same outputs)", 0)
+
+    def __post_init__(self) -> None:
+        require(self.max_new_tokens >= 1, "gen.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        require(self.num_beams >= 1, "gen.num_beams", f"must be >= 1 (1 = no beam search), got {self.num_beams}")
+        require(self.temperature > 0, "gen.temperature", f"must be > 0, got {self.temperature}")
+        require(0 < self.top_p <= 1, "gen.top_p", f"must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class RunConfig(ComputeSettings):
+    """Everything one ``softprompt train`` run needs."""
+
+    backbone: str = option("backbone name (softprompt ls backbones) or a local HF dir / .gguf file", "smollm2-135m")
+    dataset: str | None = option("built-in dataset (softprompt ls datasets); ignored when data.train is set", None)
+    method: str = option("softprompt ls methods; 'none' = zero-/few-shot without training", PromptTuning.name)
+    task: str = option(
+        "softprompt ls tasks: classification, ner (CoNLL files; an encoder) or generation (text to text)",
+        "classification",
+    )
+    out: str = option("artifact directory", "runs/default")
+    seed: int = option("random seed (data order, initialisation)", 0)
+    template: str | None = option("e.g. '{soft:10} Review: {text}\\nSentiment:'; default: the dataset's", None)
+    verbalizer: dict[str, Any] | None = option(  # noqa: RUF009 (option returns a dataclasses.field)
+        "label -> word or list of words; default: the dataset's", None
+    )
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    fewshot: FewshotConfig = field(default_factory=FewshotConfig)
+    gen: GenConfig = field(default_factory=GenConfig)
+    # Per-method sections (``lora.r=16``), keyed by method name: each the options dataclass its
+    # method registers. Filled by load_config; written back as top-level sections by to_dict.
+    options: dict[str, Any] = field(default_factory=dict, metadata={"help": "per-method sections, e.g. lora.r=16"})
+
+    def __post_init__(self) -> None:
+        # The task name is checked by softprompt.tasks.get_task (the registry sits above config).
+        empty = self.template is not None and not self.template.strip()
+        require(
+            not empty, "template", "is empty; give one such as '{text}\\nLabel:', or leave it out for the dataset's"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict, as written to the artifact (method sections at the top level)."""
+        data = dataclasses.asdict(self)
+        data.update(data.pop("options"))
+        return data
+
+    def method_options(self, method: str | None = None) -> Any:
+        """The options of ``method`` (default: this run's): its section, else its defaults."""
+        name = method or self.method
+        sections = method_sections()
+        if name not in sections:
+            return None
+        return self.options.get(name) or sections[name]()
+
+
+def method_sections() -> dict[str, type]:
+    """Method name -> its options dataclass, for the methods that have options."""
+    return {name: spec.options for name, spec in METHODS.items() if spec.options is not None}
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, base: dict[str, Any] | None = None
+) -> RunConfig:
+    """Load a :class:`RunConfig` from an optional YAML file and ``key=value`` overrides.
+
+    Args:
+        path: YAML file with config keys (optional).
+        overrides: dotted ``key=value`` strings, applied after the file.
+        base: a nested dict applied first (e.g. the config saved by a run being resumed).
+    """
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data = merge(data, read_yaml(path))
+    data = merge(data, parse_overrides(overrides or []))
+    sections = method_sections()
+    known = [f.name for f in dataclasses.fields(RunConfig) if f.name != "options"]
+    for key in data:
+        if key not in known and key not in sections:
+            raise SoftpromptError(f"unknown config key '{key}'{did_you_mean(key, known + list(sections))}")
+    found = {name: data.pop(name) for name in list(data) if name in sections}
+    config = build(RunConfig, data)
+    for name, value in found.items():
+        if not isinstance(value, dict):
+            raise SoftpromptError(f"config field '{name}' is a section; use {name}.<key>=value")
+        config.options[name] = build(sections[name], value, prefix=f"{name}.")
+    return config
+
+
+def load_dataclass(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+    """Build config dataclass ``cls`` from an optional YAML file and ``key=value`` overrides."""
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    return build(cls, merge(data, parse_overrides(overrides or [])))

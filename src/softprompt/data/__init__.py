@@ -1,0 +1,1 @@
+"""Data: reading and validating examples (records, text pairs, CoNLL sentences) and splitting them."""

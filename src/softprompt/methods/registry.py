@@ -1,0 +1,79 @@
+"""The method registry: :func:`register` (the one place a method's name is written), the
+:class:`MethodSpec` it records, and :func:`get_method`. Method modules import this module, and
+the package's ``__init__`` imports every method module, so importing :mod:`softprompt.methods`
+(or anything in it) fills the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from softprompt.errors import unknown_name
+from softprompt.methods.base import Method, MethodContext
+from softprompt.seeding import seeded
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method."""
+
+    name: str
+    description: str
+    builder: Callable[[MethodContext], Method]
+    trains: bool  # False for zero-/few-shot ('none')
+    uses_soft_tokens: bool  # feeds the template's {soft} slots
+    options: type | None  # its config section (a dataclass), or None
+    default_lr: float  # the learning rate `compare` uses unless told otherwise
+    identity_at_start: bool  # zero-initialised: the untrained method leaves the backbone's outputs unchanged
+    changes_layers: bool  # it changes the backbone's own layers (a shared backbone cannot host it)
+
+    def build(self, context: MethodContext) -> Method:
+        """Attach the method to ``context.backbone``; the same seed gives the same initial weights,
+        and the caller's random state is left as it was."""
+        with seeded(context.seed):
+            return self.builder(context)
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register(
+    name: str,
+    description: str,
+    *,
+    trains: bool = True,
+    uses_soft_tokens: bool = False,
+    options: type | None = None,
+    default_lr: float = 1e-3,
+    identity_at_start: bool = False,
+    changes_layers: bool = False,
+):
+    """Class decorator registering a method class (built from a :class:`MethodContext`).
+
+    This is the one place a method's name is written: it becomes the class's ``name``.
+    """
+
+    def decorate(builder: type[Method]):
+        builder.name = name
+        METHODS[name] = MethodSpec(
+            name, description, builder, trains, uses_soft_tokens, options, default_lr, identity_at_start, changes_layers
+        )
+        return builder
+
+    return decorate
+
+
+def get_method(name: str) -> MethodSpec:
+    """The registered method, or an error suggesting the closest name."""
+    if name not in METHODS:
+        raise unknown_name("method", name, METHODS)
+    return METHODS[name]
+
+
+def put_in_order(order: list[str]) -> None:
+    """Reorder :data:`METHODS` in place: the listing order (`softprompt ls methods`, `compare`'s
+    default); methods not named go last."""
+    ordered = sorted(METHODS, key=lambda n: order.index(n) if n in order else len(order))
+    specs = {name: METHODS.pop(name) for name in ordered}
+    METHODS.update(specs)

@@ -1,0 +1,31 @@
+"""The request bodies of the server's own routes (``/v1/classify``, ``/v1/generate``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, Field
+
+from softprompt.serving.writing import Listener, WriteJob
+
+MAX_TEXTS = 256
+
+
+class ClassifyRequest(BaseModel):
+    task: str = Field(min_length=1, description="a task name from GET /v1/tasks")
+    texts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=MAX_TEXTS)
+
+
+class GenerateRequest(BaseModel):
+    task: str | None = Field(None, description="a generate task from GET /v1/tasks; none: the plain model")
+    prompt: str = Field(min_length=1, description="the text (a generation task renders it with its template)")
+    max_new_tokens: int | None = Field(None, ge=1, le=512, description="default: the task's (30 for the plain model)")
+    temperature: float | None = Field(None, ge=0, description="0: greedy; default: the task's (plain model: 1)")
+    top_p: float | None = Field(None, gt=0, le=1, description="default: the task's (plain model: 0.9)")
+    samples: int = Field(1, ge=1, le=16)
+    seed: int = 0
+
+    def job(self, listener: Listener | None = None) -> WriteJob:
+        return WriteJob(
+            self.task, self.prompt, self.max_new_tokens, self.temperature, self.top_p, self.samples, self.seed, listener
+        )

@@ -1,0 +1,152 @@
+"""The model side of the server: the loaded tasks and the batch handlers the worker calls
+(:class:`Service`), and what every request passes through (:class:`Gate`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException, Request
+
+from softprompt.backbones import Backbone
+from softprompt.data.records import Example
+from softprompt.serving.batcher import Batcher, QueueFull
+from softprompt.serving.registry import ServedPrompts, load_tasks
+from softprompt.serving.requests import ClassifyRequest, GenerateRequest
+from softprompt.serving.writing import WriteJob, Writing
+from softprompt.tasks.classification.mixed import classify_mixed
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeSettings:
+    """How the server batches (see :class:`~softprompt.serving.batcher.Batcher`) and what it
+    accepts: every limit is answered with a status that names it."""
+
+    queue_size: int = 256
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    api_key: str | None = None  # when set, every route but /healthz needs "Authorization: Bearer KEY"
+    max_body_bytes: int = 1_000_000  # 413 above
+    max_text_chars: int = 10_000  # 413 for a longer text or prompt
+    max_generated_tokens: int = 2_048  # 413 when max_new_tokens x samples is larger
+    timeout_s: float = 120.0  # 504 when a request waits and runs longer
+
+
+class Service:
+    """The model side: the loaded tasks and the batch handlers the worker calls."""
+
+    def __init__(self, backbone: Backbone, prompts: str | Path):
+        self.backbone = backbone
+        self.prompts = prompts
+        self.tasks: ServedPrompts = load_tasks(prompts, backbone)
+        self.report_skipped()
+
+    def report_skipped(self) -> None:
+        for name, reason in self.tasks.skipped.items():
+            logger.warning("skipped task '%s': %s", name, reason)
+
+    def classify(self, payloads: list[ClassifyRequest]) -> list[list[dict[str, Any]]]:
+        """One mixed batch for every text of every request."""
+        requests = [(p.task, Example({"text": text})) for p in payloads for text in p.texts]
+        probabilities = classify_mixed(self.tasks.mixed, requests, batch_size=len(requests))
+        out, rows = [], iter(probabilities)
+        for payload in payloads:
+            labels = self.tasks.classifiers[payload.task].task.labels
+            answers = []
+            for text in payload.texts:
+                scores = next(rows).tolist()
+                best = max(range(len(labels)), key=scores.__getitem__)
+                answers.append({"text": text, "label": labels[best], "scores": dict(zip(labels, scores, strict=True))})
+            out.append(answers)
+        return out
+
+    def start_generation(self, payloads: list[WriteJob | GenerateRequest]) -> Writing:
+        """One batch for every sample of every job; each keeps its own settings and seed, so its
+        answer does not depend on what it was batched with."""
+        jobs = [p.job() if isinstance(p, GenerateRequest) else p for p in payloads]
+        return Writing(self.backbone, jobs, self.tasks.generators)
+
+    def advance_generation(self, writing: Writing) -> bool:
+        """A slice of decoding; between slices the worker runs waiting classification batches."""
+        return writing.advance(GENERATION_SLICE)
+
+    def finish_generation(self, writing: Writing) -> list[list[str]]:
+        tokenizer = self.backbone.tokenizer
+        return [[tokenizer.decode(ids, skip_special_tokens=True) for ids in samples] for samples in writing.results()]
+
+    def generate(self, payloads: list[WriteJob | GenerateRequest]) -> list[list[str]]:
+        """All of a generation batch at once (what the worker does slice by slice)."""
+        writing = self.start_generation(payloads)
+        while not self.advance_generation(writing):
+            pass
+        return self.finish_generation(writing)
+
+    def reload(self, _: list[Any]) -> list[dict[str, Any]]:
+        self.tasks = load_tasks(self.prompts, self.backbone)
+        self.report_skipped()
+        return [{"tasks": self.tasks.describe(), "skipped": self.tasks.skipped}] * len(_)
+
+
+GENERATION_SLICE = 4  # tokens decoded between chances for other batches to run
+
+
+async def _until_disconnected(request: Request, every: float = 0.1) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(every)
+
+
+class Gate:
+    """What every request passes through: limits, the task check, and the queue with its
+    timeout and disconnect watch."""
+
+    def __init__(self, service: Service, batcher: Batcher, settings: ServeSettings):
+        self.service, self.batcher, self.settings = service, batcher, settings
+
+    async def submit(self, kind: str, payload: Any, size: int = 1, request: Request | None = None) -> Any:
+        """Queue the work and wait for it; a caller that disconnects or times out takes its work
+        out of the queue (or out of a running generation) with it."""
+        work = asyncio.ensure_future(self.batcher.submit(kind, payload, size))
+        watchers = {work}
+        if request is not None:
+            watchers.add(asyncio.ensure_future(_until_disconnected(request)))
+        timeout = self.settings.timeout_s
+        try:
+            done, _ = await asyncio.wait(watchers, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for other in watchers - {work}:
+                other.cancel()
+        if work not in done:
+            work.cancel()
+            if not done:
+                raise HTTPException(504, f"the request took longer than {timeout:g} s")
+            raise HTTPException(499, "the client closed the request")
+        try:
+            return work.result()
+        except QueueFull:
+            raise HTTPException(429, "the request queue is full; retry shortly") from None
+
+    def within_limits(self, texts: list[str], cost: int = 0) -> None:
+        """413 for a text over ``max_text_chars`` or a generation over ``max_generated_tokens``."""
+        limit = self.settings.max_text_chars
+        for index, text in enumerate(texts):
+            if len(text) > limit:
+                raise HTTPException(413, f"text {index} has {len(text):,} characters; the limit is {limit:,}")
+        tokens = self.settings.max_generated_tokens
+        if cost > tokens:
+            raise HTTPException(413, f"max_new_tokens x samples = {cost:,} is over the limit of {tokens:,} tokens")
+
+    def known(self, task: str, kind: str) -> None:
+        """404 for an unknown task, 400 for a task of the other kind."""
+        tasks = self.service.tasks
+        other = tasks.generators if kind == "classify" else tasks.classifiers
+        mine = tasks.classifiers if kind == "classify" else tasks.generators
+        if task in mine:
+            return
+        if task in other:
+            raise HTTPException(400, f"task '{task}' is not a {kind} task; see GET /v1/tasks")
+        raise HTTPException(404, f"unknown task '{task}'; GET /v1/tasks lists them")

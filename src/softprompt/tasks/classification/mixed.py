@@ -1,0 +1,184 @@
+"""Many tasks in one batch: each row carries its own task's soft prompt, template and verbalizer,
+on one frozen causal backbone in memory.
+
+A prompt that leads its template does not depend on the row's text, so each *distinct* prompt of
+the batch runs through the model once (the distinct prompts side by side, left-padded to the
+longest) and its key/value cache is gathered for the rows that use it. The rest of every row
+continues from its prompt's cache. The label is scored at the last position, projecting only onto
+the verbalizer words' first tokens of the tasks in the batch. Results equal each task's own
+:class:`~softprompt.tasks.classification.model.PromptedClassifier` (tested to a tight tolerance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from softprompt.core import forward as core
+from softprompt.data.records import Example
+from softprompt.errors import SoftpromptError
+from softprompt.prompts import EncodedInput
+from softprompt.tasks.classification.model import PromptedClassifier
+
+
+def mixable(model: PromptedClassifier) -> str | None:
+    """Why ``model`` cannot share a batch with other tasks, or None when it can."""
+    if not model.task.causal:
+        return "mixed batches need a causal LM backbone"
+    if model.method.modifies_backbone or model.method.prefix_length():
+        return f"method {model.method.name} changes the backbone's layers; only soft-prompt methods mix in one batch"
+    return None
+
+
+class MixedPromptClassifier(nn.Module):
+    """Classify rows of different tasks together: ``forward(tasks, encoded)`` gives each row its
+    own task's label log-probabilities.
+
+    Args:
+        models: task name -> a classifier; all on the same backbone object, all :func:`mixable`.
+    """
+
+    def __init__(self, models: dict[str, PromptedClassifier]):
+        super().__init__()
+        if not models:
+            raise SoftpromptError("no tasks to serve")
+        first = next(iter(models.values()))
+        for name, model in models.items():
+            if model.backbone is not first.backbone:
+                raise SoftpromptError(f"task '{name}' is on another backbone object; load all tasks on one backbone")
+            reason = mixable(model)
+            if reason:
+                raise SoftpromptError(f"task '{name}': {reason}")
+        self.tasks = dict(models)
+        self.backbone = first.backbone
+        self.pad_id = first.task.tokenizer.pad_token_id or 0
+        self._kept: tuple | None = None  # inference: (prompts, per-layer caches, mask) of all tasks
+
+    def encode(self, task: str, example: Example) -> EncodedInput:
+        return self.tasks[task].task.encode(example)
+
+    def forward(self, tasks: Sequence[str], encoded: Sequence[EncodedInput]) -> list[torch.Tensor]:
+        """Per row, the ``[num_labels]`` log-probabilities of its task's labels."""
+        out: list[torch.Tensor] = [torch.empty(0)] * len(tasks)
+        # Multi-token verbalizer words continue each row from its cache with every candidate; those
+        # rows go through their own task's model, one group per task, and everything else mixes.
+        single = [i for i, name in enumerate(tasks) if not self.tasks[name].multi]
+        for name in dict.fromkeys(tasks[i] for i in range(len(tasks)) if self.tasks[tasks[i]].multi):
+            index = [i for i, task in enumerate(tasks) if task == name]
+            model = self.tasks[name]
+            scores = model(model.task.collate([encoded[i] for i in index]))
+            for i, row in zip(index, scores, strict=True):
+                out[i] = row
+        if single:
+            scores = self._mixed([tasks[i] for i in single], [encoded[i] for i in single])
+            for i, row in zip(single, scores, strict=True):
+                out[i] = row
+        return out
+
+    def _mixed(self, tasks: Sequence[str], encoded: Sequence[EncodedInput]) -> list[torch.Tensor]:
+        """One forward pass for rows of single-token-verbalizer tasks."""
+        device = self.backbone.device
+        distinct = list(dict.fromkeys(tasks))
+        column = {name: i for i, name in enumerate(distinct)}
+        rows = torch.tensor([column[name] for name in tasks], device=device)
+        lead = [self._lead(name) for name in distinct]
+        cache, prefix_mask = self._prompt_caches(distinct, lead, rows)
+        embeds, mask = self._row_inputs(tasks, encoded, lead, [column[name] for name in tasks])
+        lead_of_row = torch.tensor([lead[column[name]] for name in tasks], device=device).unsqueeze(1)
+        full_mask = torch.cat([prefix_mask, mask], dim=1) if prefix_mask is not None else mask
+        hidden = core.hidden_states(
+            self.backbone,
+            inputs_embeds=embeds,
+            attention_mask=full_mask,
+            position_ids=core.positions(mask, lead_of_row),
+            past_key_values=cache,
+            use_cache=cache is not None,
+        ).last_hidden_state[:, -1]
+        return self._label_scores(tasks, hidden)
+
+    def _lead(self, name: str) -> int:
+        """Leading soft tokens of a task's template (the part computed once per batch)."""
+        model = self.tasks[name]
+        return model.task.template.leading_soft if model.method.soft_embeddings() is not None else 0
+
+    def _prompt_caches(self, distinct: list[str], lead: list[int], rows: torch.Tensor):
+        """Each distinct leading prompt's key/value cache, gathered for the rows that use it.
+
+        In training the prompts run once per batch (gradients flow back through them); in
+        inference every task's prompt runs once and its cache is kept until a prompt changes.
+        """
+        if max(lead) == 0:
+            return None, None
+        if torch.is_grad_enabled():
+            layers, mask = core.prompt_cache(
+                self.backbone, [self._soft(n, c) for n, c in zip(distinct, lead, strict=True)]
+            )
+            index = rows
+        else:
+            layers, mask = self._kept_prompts()
+            column = {name: i for i, name in enumerate(self.tasks)}
+            index = torch.tensor([column[name] for name in distinct], device=rows.device)[rows]
+        return core.gather_cache(self.backbone, layers, index), mask[index]
+
+    def _kept_prompts(self):
+        """Every task's prompt cache, recomputed only when some prompt's values changed."""
+        prompts = [self._soft(name, self._lead(name)) for name in self.tasks]
+        kept = self._kept
+        if kept is None or not all(torch.equal(a, b) for a, b in zip(kept[0], prompts, strict=True)):
+            layers, mask = core.prompt_cache(self.backbone, prompts)
+            self._kept = kept = ([p.clone() for p in prompts], layers, mask)
+        return kept[1], kept[2]
+
+    def _soft(self, name: str, count: int) -> torch.Tensor:
+        soft = self.tasks[name].method.soft_embeddings()
+        return soft[:count].float() if count else torch.zeros(0, self.backbone.hidden_size, device=self.backbone.device)
+
+    def _row_inputs(self, tasks, encoded, lead, columns) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded embeddings of every row after its leading prompt, soft tokens in place: the
+        tasks' soft tokens side by side in one table, each row's indices offset to its task's."""
+        offset, tables = {}, []
+        for name in dict.fromkeys(tasks):
+            soft = self.tasks[name].method.soft_embeddings()
+            offset[name] = sum(len(t) for t in tables)
+            tables.append(soft if soft is not None else torch.zeros(0, self.backbone.hidden_size))
+        parts = [(e.ids[lead[c] :], e.soft[lead[c] :]) for e, c in zip(encoded, columns, strict=True)]
+        soft_rows = [
+            [s + offset[name] if s >= 0 else s for s in soft] for (_, soft), name in zip(parts, tasks, strict=True)
+        ]
+        padded = core.pad(
+            [ids for ids, _ in parts], self.pad_id, left=True, device=self.backbone.device, soft=soft_rows
+        )
+        table = torch.cat([t.float().to(self.backbone.device) for t in tables])
+        return core.embed(self.backbone, padded.input_ids, padded.soft_index, table), padded.attention_mask
+
+    def _label_scores(self, tasks: Sequence[str], hidden: torch.Tensor) -> list[torch.Tensor]:
+        """Project each row onto its own task's words' first tokens (one matmul for the union)."""
+        union = sorted({t for name in set(tasks) for t in self.tasks[name].first_ids.tolist()})
+        where = {token: i for i, token in enumerate(union)}
+        logits = core.project(self.backbone, hidden, torch.tensor(union, device=hidden.device))
+        out = []
+        for row, name in enumerate(tasks):
+            model = self.tasks[name]
+            scores = logits[row, [where[t] for t in model.first_ids.tolist()]]
+            labels = torch.stack([scores[group].logsumexp(-1) for group in model.label_groups])
+            out.append(torch.log_softmax(labels, dim=-1))
+        return out
+
+
+@torch.inference_mode()
+def classify_mixed(
+    mixed: MixedPromptClassifier, requests: Sequence[tuple[str, Example]], batch_size: int = 32
+) -> list[torch.Tensor]:
+    """Label probabilities for ``(task, example)`` pairs in any order, in batches that mix tasks
+    (sorted by length: less padding; results come back in input order)."""
+    encoded = [mixed.encode(task, example) for task, example in requests]
+    order = sorted(range(len(requests)), key=lambda i: len(encoded[i].ids))
+    out: list[torch.Tensor] = [torch.empty(0)] * len(requests)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        scores = mixed([requests[i][0] for i in index], [encoded[i] for i in index])
+        for i, row in zip(index, scores, strict=True):
+            out[i] = row.exp().float().cpu()
+    return out

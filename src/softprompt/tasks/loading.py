@@ -1,0 +1,73 @@
+"""Rebuilding a trained model from its artifact directory, for any registered task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from softprompt.artifact import read_artifact
+from softprompt.backbones import Backbone, load_backbone
+from softprompt.config import load_config
+from softprompt.errors import SoftpromptError
+from softprompt.tasks.base import TaskModel
+from softprompt.tasks.classification.model import PromptedClassifier
+from softprompt.tasks.registry import get_task, task_specs
+
+DEFAULT_TASK = "classification"  # artifacts written before task.json recorded the task
+
+
+def artifact_task(meta: dict[str, Any]) -> str:
+    """The task an artifact's record names."""
+    return meta.get("task", DEFAULT_TASK)
+
+
+def load_model(
+    path: str | Path, backbone: Backbone | None = None, device: str = "auto", precision: str = "auto"
+) -> tuple[TaskModel, dict]:
+    """Rebuild a trained model (classifier, tagger...) from an artifact directory.
+
+    Args:
+        path: the artifact directory.
+        backbone: an already loaded backbone to attach to (it must be the one the artifact was
+            trained on); loaded from the artifact's record when None.
+        device, precision: where and how to load that backbone (see :func:`load_backbone`).
+
+    Raises:
+        SoftpromptError: corrupt artifact, an artifact of another kind, or a backbone other than
+            the one it was trained on.
+    """
+    files = read_artifact(path)
+    meta = files.meta
+    recorded = meta["backbone"]
+    if artifact_task(meta) not in task_specs():
+        raise SoftpromptError(
+            f"{path} is a '{artifact_task(meta)}' prompt, not a classifier or tagger; use it with "
+            "`softprompt generate`, `softprompt detox eval` or `softprompt serve`"
+        )
+    try:
+        config = load_config(base=meta["config"])
+    except SoftpromptError as exc:
+        raise SoftpromptError(f"{path} is not a model artifact that softprompt can load ({exc})") from None
+    task = get_task(artifact_task(meta))
+    if backbone is None:
+        backbone = load_backbone(recorded["name"], device, precision)
+    if backbone.fingerprint != recorded["fingerprint"]:
+        raise SoftpromptError(
+            f"artifact {path} was trained on backbone '{recorded['name']}' (fingerprint "
+            f"{recorded['fingerprint']}), not on '{backbone.name}' ({backbone.fingerprint})"
+        )
+    model = task.load(meta, config, backbone)
+    try:
+        model.load_export(files.state)
+    except RuntimeError as exc:
+        raise SoftpromptError(f"artifact {path}: weights do not fit the method ({str(exc).splitlines()[0]})") from None
+    model.method.prepare_for_inference()
+    return model, meta
+
+
+def load_classifier(path: str | Path, backbone: Backbone | None = None) -> tuple[PromptedClassifier, dict]:
+    """Rebuild a trained classifier from an artifact directory (see :func:`load_model`)."""
+    model, meta = load_model(path, backbone)
+    if not isinstance(model, PromptedClassifier):
+        raise SoftpromptError(f"artifact {path} is a {artifact_task(meta)} model, not a classifier")
+    return model, meta

@@ -1,0 +1,154 @@
+"""The task registry: :class:`TaskSpec` (what a task provides), :func:`register_task` (the one
+place a task's name is written) and :func:`get_task`. Task packages import this module, and
+:mod:`softprompt.tasks`' ``__init__`` imports every task package, so importing anything under
+:mod:`softprompt.tasks` fills the registry (Python initialises a package before its modules).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from softprompt.errors import SoftpromptError, unknown_name
+from softprompt.methods import get_method
+
+if TYPE_CHECKING:
+    from softprompt.backbones import Backbone
+    from softprompt.config import RunConfig
+    from softprompt.data.splits import Records, Splits
+    from softprompt.prompts import Template
+    from softprompt.tasks.base import TaskModel
+
+
+class TaskSpec:
+    """What a registered task provides. ``name`` is set by :func:`register_task`."""
+
+    name: str = ""
+    description: str = ""
+    metric: str = "accuracy"  # the dev metric that selects the best weights
+    metric_label: str = "accuracy"  # how reports name it
+    predict_command: str = "predict"  # the CLI command that applies an artifact to raw texts
+    prompt_baselines: bool = False  # zero-/few-shot baselines apply (`compare`)
+    baseline_names: tuple[str, ...] = ()  # the baselines `compare` adds (zero_shot, few_shot, the task's own)
+    report_columns: tuple[tuple[str, str, str], ...] = (("accuracy", "accuracy", "{:.1%}"),)  # key, label, format
+
+    def headline(self, metrics: dict[str, Any]) -> float:
+        """The one number of a metrics dict that ranks runs (``compare``'s chart)."""
+        return metrics[self.report_columns[0][0]]
+
+    def zero_shot_template(self, config: RunConfig) -> Template | None:
+        """The template of ``compare``'s zero-/few-shot rows (the shared one without soft slots)."""
+        template = self.compare_template(config)
+        return template.without_soft() if template is not None else None
+
+    def offline_baselines(self, config: RunConfig, splits: Splits, wanted: list[str]) -> list[tuple[str, dict]]:
+        """``(label, test metrics)`` of the task's baselines that train no prompt (``compare``)."""
+        return []
+
+    def load_splits(self, config: RunConfig, records: dict[str, Records] | None = None) -> Splits:
+        """The run's train/dev/test data (from files, a built-in dataset, or in-memory records)."""
+        raise NotImplementedError
+
+    def from_records(self, records: Records, source: str, meta: dict[str, Any]) -> list:
+        """Labelled items of in-memory records, read with the fields an artifact recorded."""
+        raise NotImplementedError
+
+    def check(self, config: RunConfig) -> None:
+        """Cheap checks of the config (template, verbalizer...) before any data or model loads."""
+
+    def build(self, config: RunConfig, backbone: Backbone, splits: Splits) -> TaskModel:
+        """The untrained model a run config describes, checked against its data."""
+        raise NotImplementedError
+
+    def load(self, meta: dict[str, Any], config: RunConfig, backbone: Backbone) -> TaskModel:
+        """The model an artifact describes (its weights are loaded by the caller)."""
+        raise NotImplementedError
+
+    def baselines(self, config: RunConfig, backbone: Backbone, splits: Splits, progress: str | None) -> dict:
+        """Extra metrics measured before training (e.g. zero-shot), keyed by name."""
+        return {}
+
+    def compare_template(self, config: RunConfig) -> Template | None:
+        """The template methods share in ``compare`` (soft slots dropped for methods without)."""
+        return None
+
+    def read_eval_data(self, path: str, meta: dict[str, Any], model: TaskModel, fields: dict[str, str | None]) -> list:
+        """Labelled examples of a file given to ``eval --data``."""
+        raise NotImplementedError
+
+    def builtin_split(self, name: str, path: str | None, split: str, model: TaskModel) -> list:
+        """A split of a built-in dataset (tasks that have them)."""
+        raise SoftpromptError(f"task {self.name} has no built-in datasets; give --data FILE")
+
+    def own_split(self, meta: dict[str, Any], split: str, model: TaskModel) -> tuple[list, str]:
+        """``split`` of the data an artifact was trained on, and a description of it."""
+        source = meta.get("data", {})
+        path = source.get(split)
+        if path and Path(path).is_file():
+            return self.read_eval_data(path, meta, model, {}), f"{path} ({split})"
+        if source.get("dataset"):
+            name = source["dataset"]
+            return self.builtin_split(name, source.get("path"), split, model), f"{name} ({split})"
+        if path:
+            raise SoftpromptError(f"the artifact's {split} data ({path}) is not a file here; give --data FILE")
+        raise SoftpromptError(
+            f"the artifact records no {split} file (its dev data may have been held out of train); give --data FILE"
+        )
+
+    def summary(self, metrics: dict[str, Any], best_step: int, trained: bool, method: str) -> list[str]:
+        """Lines that report a finished run."""
+        raise NotImplementedError
+
+    def report(self, metrics: dict[str, Any], where: str) -> str | None:
+        """A readable report of evaluation metrics, or None to print them as JSON."""
+        return None
+
+    def describe(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """What ``inspect`` shows of an artifact's task."""
+        return {}
+
+    def predict(self, model: TaskModel, texts: list[str], batch_size: int = 32) -> list[dict[str, Any]]:
+        """One result dict per raw text."""
+        raise NotImplementedError
+
+
+def fit_soft_slots(template: Template, config: RunConfig) -> Template:
+    """``template`` for the run's method: soft-token methods get ``prompt.length`` soft tokens in
+    front when it has no slot; a method without soft tokens refuses a template with slots."""
+    method = get_method(config.method)
+    if method.uses_soft_tokens and template.num_soft == 0:
+        return template.with_prefix(config.prompt.length)
+    if not method.uses_soft_tokens and template.num_soft:
+        raise SoftpromptError(
+            f"template {template.source!r} has soft slots but method={config.method} has no "
+            "soft tokens; remove them or use a soft-token method (softprompt ls methods)"
+        )
+    return template
+
+
+TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(name: str, description: str) -> Callable[[type[TaskSpec]], type[TaskSpec]]:
+    """Class decorator registering a task spec; the one place a task's name is written."""
+
+    def decorate(cls: type[TaskSpec]) -> type[TaskSpec]:
+        cls.name, cls.description = name, description
+        TASKS[name] = cls()
+        return cls
+
+    return decorate
+
+
+def task_specs() -> dict[str, TaskSpec]:
+    """Every registered task by name."""
+    return TASKS
+
+
+def get_task(name: str) -> TaskSpec:
+    """The registered task, or an error suggesting the closest name."""
+    specs = task_specs()
+    if name not in specs:
+        raise unknown_name("task", name, specs)
+    return specs[name]
