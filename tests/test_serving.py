@@ -189,7 +189,7 @@ def test_classify_answers_like_predict(client, prompts_dir, capsys):
 
 def test_requests_for_different_tasks_arriving_together_are_batched(client, monkeypatch):
     service_calls = []
-    import softprompt.serving.app as app_module
+    import softprompt.serving.service as app_module
 
     real = app_module.classify_mixed
 
