@@ -53,6 +53,20 @@ class Backbone:
     def hidden_size(self) -> int:
         return self.model.get_input_embeddings().weight.shape[1]
 
+    @property
+    def predicts_tokens(self) -> bool:
+        """It has an LM head and reads left to right (a causal LM): it can generate text, score
+        verbalizer words zero-shot and host prompts that continue text. An encoder cannot; it
+        sees the whole text at once and labels it through a trained head."""
+        return self.kind == "causal"
+
+    def require_token_prediction(self, needed_by: str) -> None:
+        """Refuse, in one line, a backbone that cannot predict tokens for ``needed_by``."""
+        if not self.predicts_tokens:
+            raise SoftpromptError(
+                f"{needed_by} needs a causal LM backbone (e.g. backbone=smollm2-135m); {self.name} is an encoder"
+            )
+
     def claim(self, method: str) -> None:
         """Record that ``method`` changes this backbone's layers; one such method per loaded backbone."""
         if self.modified_by is not None:

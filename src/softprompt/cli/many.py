@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 from softprompt.cli.args import compute_flags, training_command, use_threads
-from softprompt.errors import SoftpromptError
 
 
 def _continual(args: argparse.Namespace) -> None:
@@ -58,8 +57,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     use_threads(args)
     backbone = load_backbone(args.backbone, args.device, args.precision)
-    if backbone.kind != "causal":
-        raise SoftpromptError(f"serve needs a causal LM backbone; {backbone.name} is an {backbone.kind}")
+    backbone.require_token_prediction("serve")
     service = Service(backbone, args.prompts)
     api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
     settings = ServeSettings(

@@ -269,11 +269,8 @@ def _rows(model: PromptedClassifier, task: PreparedTask) -> list:
 
 def make_learner(backbone: Backbone, tasks: list[PreparedTask], config: ContinualConfig) -> Learner:
     """The learner of ``config.method``."""
-    if backbone.kind != "causal":
-        raise SoftpromptError(
-            f"continual learning needs a causal LM (tasks are told apart by their templates and "
-            f"verbalizers); {backbone.name} is an {backbone.kind}"
-        )
+    # Tasks are told apart by their templates and verbalizers, scored by the LM head.
+    backbone.require_token_prediction("continual learning")
     if config.method == PROGRESSIVE:
         return ProgressiveLearner(backbone, tasks, config)
     return SharedLearner(backbone, tasks, config)

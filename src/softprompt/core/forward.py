@@ -116,7 +116,7 @@ def embed_rows(
 
 def body(backbone: Backbone) -> torch.nn.Module:
     """The transformer without its LM head (a causal LM's decoder, or the encoder itself)."""
-    return backbone.model.get_decoder() if backbone.kind == "causal" else backbone.model
+    return backbone.model.get_decoder() if backbone.predicts_tokens else backbone.model
 
 
 def hidden_states(backbone: Backbone, **inputs: Any) -> Any:

@@ -226,8 +226,7 @@ def detox_eval(config: DetoxEvalConfig, overwrite: bool = False, progress: bool 
     prompts = read_prompts(config.prompts, config.prompt_field, config.max_prompts)
     config.use_threads()
     backbone = load_backbone(config.backbone, config.device, config.precision, config.quantize)
-    if backbone.kind != "causal":
-        raise SoftpromptError(f"backbone {backbone.name} is an encoder; detox eval needs a causal LM")
+    backbone.require_token_prediction("detox eval")
     steerings = [
         build_steering(name, arg, backbone, config.instruction, config.alpha, config.decay, config.filter_p)
         for name, arg in specs

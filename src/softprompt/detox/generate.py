@@ -44,8 +44,7 @@ def generate(texts: list[str], config: GenerateConfig) -> list[list[str]]:
     name, argument = parse_method(config.detox)
     config.use_threads()
     backbone = load_backbone(config.backbone, config.device, config.precision, config.quantize)
-    if backbone.kind != "causal":
-        raise SoftpromptError(f"backbone {backbone.name} is an encoder; generate needs a causal LM")
+    backbone.require_token_prediction("detox generate")
     steering = build_steering(name, argument, backbone, config.instruction, config.alpha, config.decay, config.filter_p)
     generator = torch.Generator().manual_seed(config.seed)
     sampled = sample_continuations(

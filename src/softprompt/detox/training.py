@@ -127,8 +127,7 @@ def train_detox(
     config.use_threads()
     train_pairs, dev_pairs = _split(read_paradetox(config.data), config)
     backbone = load_backbone(config.backbone, config.device, config.precision, config.quantize)
-    if backbone.kind != "causal":
-        raise SoftpromptError(f"backbone {backbone.name} is an encoder; detox prompts need a causal LM")
+    backbone.require_token_prediction("detox train")
 
     def rows(pairs: list[ParaPair], toxic: bool, unlikely: bool = False) -> list[Row]:
         encoded = encode_texts(backbone, _texts(pairs, toxic), config.train.max_length)

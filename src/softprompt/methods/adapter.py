@@ -49,7 +49,7 @@ class Bottleneck(nn.Module):
 class Adapter(Method):
     """Two adapters per transformer block."""
 
-    modifies_backbone = True
+    changes_every_hidden_state = True
 
     def __init__(self, context: MethodContext):
         super().__init__()

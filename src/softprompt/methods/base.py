@@ -42,7 +42,9 @@ class Method(nn.Module):
 
     name: str = "base"
     num_soft_tokens: int = 0
-    modifies_backbone: bool = False  # True when every token's hidden state depends on the method
+    # True when every token's hidden state depends on the method (changed layers, or prefixes every
+    # position attends to): a text-only forward pass cannot then be cached and shared across prompts.
+    changes_every_hidden_state: bool = False
 
     def __init__(self) -> None:
         nn.Module.__init__(self)

@@ -26,7 +26,7 @@ from softprompt.methods.registry import register
 class BitFit(Method):
     """Existing biases as resident parameters, or added ones as own parameters."""
 
-    modifies_backbone = True
+    changes_every_hidden_state = True
 
     def __init__(self, context: MethodContext):
         super().__init__()

@@ -35,7 +35,7 @@ class FullOptions:
 class Full(Method):
     """The backbone's parameters, trained in place."""
 
-    modifies_backbone = True
+    changes_every_hidden_state = True
 
     def __init__(self, context: MethodContext):
         super().__init__()

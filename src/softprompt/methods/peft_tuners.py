@@ -27,7 +27,7 @@ class PeftTuner(Method):
     """A method whose parameters peft injects into the backbone's layers."""
 
     marker = ""  # substring of the injected parameters' names ("lora_", "ia3_")
-    modifies_backbone = True
+    changes_every_hidden_state = True
 
     def __init__(self, context: MethodContext, config: PeftConfig):
         super().__init__()
@@ -47,7 +47,7 @@ class PeftTuner(Method):
             raise SoftpromptError(f"{self.name}: no layer of {backbone.name} matched the target modules")
 
     def peft_config(self, backbone: Backbone, prefix_layout: bool) -> dict[str, Any] | None:
-        if backbone.kind != "causal":
+        if not backbone.predicts_tokens:
             return None  # our encoder head is not part of a peft model
         config = self._peft.to_dict()
         config.update(task_type="CAUSAL_LM", base_model_name_or_path=backbone.name, inference_mode=True)

@@ -74,7 +74,7 @@ class PrefixMLP(nn.Module):
 class PrefixTuning(Method):
     """Per-layer key/value prefixes of ``prompt.length`` positions."""
 
-    modifies_backbone = True  # every position attends to the prefixes
+    changes_every_hidden_state = True  # every position attends to the prefixes
 
     def __init__(self, context: MethodContext):
         super().__init__()

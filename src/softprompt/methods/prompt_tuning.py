@@ -89,7 +89,7 @@ class PromptTuning(Method):
 
 def prompt_tuning_peft_config(num_soft_tokens: int, backbone: Backbone, prefix_layout: bool) -> dict[str, Any] | None:
     """peft's PROMPT_TUNING config for ``prompt_embeddings`` that form the input's prefix."""
-    if not prefix_layout or backbone.kind != "causal":
+    if not prefix_layout or not backbone.predicts_tokens:
         return None
     cfg = backbone.model.config
     return {

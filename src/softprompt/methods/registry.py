@@ -28,6 +28,11 @@ class MethodSpec:
     identity_at_start: bool  # zero-initialised: the untrained method leaves the backbone's outputs unchanged
     changes_layers: bool  # it changes the backbone's own layers (a shared backbone cannot host it)
 
+    @property
+    def shares_backbone(self) -> bool:
+        """Its artifacts can be served side by side on one loaded backbone with other tasks'."""
+        return not self.changes_layers
+
     def build(self, context: MethodContext) -> Method:
         """Attach the method to ``context.backbone``; the same seed gives the same initial weights,
         and the caller's random state is left as it was."""

@@ -74,9 +74,9 @@ def _load_one(path: Path, backbone: Backbone, tasks: ServedPrompts) -> None:
         tasks.generators[path.name] = Writer(load_lm_prompt(path, backbone))
         return
     spec = get_method(meta.get("method", "?"))
-    if spec.changes_layers:
+    if not spec.shares_backbone:
         # Checked before loading: attaching such a method would change the shared backbone.
-        shared = ", ".join(name for name, s in METHODS.items() if s.uses_soft_tokens)
+        shared = ", ".join(name for name, s in METHODS.items() if s.shares_backbone and s.trains)
         raise SoftpromptError(
             f"{path}: method {spec.name} changes the backbone's layers; only soft-prompt artifacts "
             f"({shared}) or zero-shot ones share the backbone"

@@ -37,8 +37,7 @@ class PromptedLM(TaskModel):
 
     def __init__(self, backbone: Backbone, method: Method, max_length: int = 64, unlikelihood: float = 0.0):
         super().__init__(backbone, method)
-        if backbone.kind != "causal":
-            raise SoftpromptError(f"backbone {backbone.name} is an encoder; detox prompts need a causal LM")
+        backbone.require_token_prediction("a detox prompt")
         self.max_length = max_length
         self.unlikelihood = unlikelihood
 

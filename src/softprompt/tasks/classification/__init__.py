@@ -75,7 +75,7 @@ def build_classifier(
         method_options: the method's config section (its defaults when None).
         for_inference: the method's state will be loaded from an artifact (no init sources read).
     """
-    if backbone.kind == "encoder" and not get_method(method_name).trains:
+    if not backbone.predicts_tokens and not get_method(method_name).trains:
         raise SoftpromptError(
             f"backbone {backbone.name} is an encoder without an LM head: zero-/few-shot "
             "(method=none) needs a causal LM; train a method instead"
@@ -84,7 +84,7 @@ def build_classifier(
         template,
         verbalizer,
         backbone.tokenizer,
-        causal=backbone.kind == "causal",
+        causal=backbone.predicts_tokens,
         max_length=max_length,
         demonstrations=demos,
     )
@@ -153,7 +153,7 @@ class Classification(TaskSpec):
         """``{"zero_shot_test": metrics}``: the template minus its soft tokens, when asked for.
         Measured before the method attaches (methods such as LoRA change the backbone's layers)."""
         cfg = config.train
-        if not (cfg.zero_shot_baseline and backbone.kind == "causal" and splits.test):
+        if not (cfg.zero_shot_baseline and backbone.predicts_tokens and splits.test):
             return {}
         template, verbalizer = resolve_prompting(config)
         plain = build_classifier(

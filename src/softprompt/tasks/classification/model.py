@@ -179,7 +179,7 @@ class PromptedClassifier(TaskModel):
             not torch.is_grad_enabled()
             or self.checkpointing
             or batch.prefix_soft
-            or self.method.modifies_backbone
+            or self.method.changes_every_hidden_state
             or self.method.soft_embeddings() is None
         ):
             return 0

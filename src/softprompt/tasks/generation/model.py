@@ -20,7 +20,6 @@ from softprompt.backbones import Backbone
 from softprompt.config import GenConfig
 from softprompt.core import forward as core
 from softprompt.data.pairs import TextPair
-from softprompt.errors import SoftpromptError
 from softprompt.generation.decode import decode
 from softprompt.methods.base import Method
 from softprompt.prompts import EncodedInput, Template
@@ -57,10 +56,7 @@ class PromptedGenerator(TaskModel):
         self, backbone: Backbone, method: Method, template: Template, max_length: int = 256, demonstrations: str = ""
     ):
         super().__init__(backbone, method)
-        if backbone.kind != "causal":
-            raise SoftpromptError(
-                f"task=generation needs a causal LM; backbone {backbone.name} is an encoder (e.g. use smollm2-135m)"
-            )
+        backbone.require_token_prediction("task=generation")
         self.template = template
         self.max_length = max_length
         self.demonstrations = demonstrations  # few-shot pairs put before each input

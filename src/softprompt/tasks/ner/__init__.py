@@ -33,7 +33,7 @@ def build_tagger(
     Soft-token methods put ``prompt.length`` soft tokens after ``[CLS]``. The window is
     ``max_length`` tokens, less what position embeddings the method's prefixes take.
     """
-    if backbone.kind != "encoder":
+    if backbone.predicts_tokens:
         raise SoftpromptError(
             f"task=ner needs an encoder backbone (e.g. backbone=minilm-l6); {backbone.name} is {backbone.kind}"
         )
