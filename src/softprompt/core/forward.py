@@ -130,6 +130,12 @@ def next_token_logits(backbone: Backbone, keep: int = 1, **inputs: Any) -> tuple
     return out.logits.float(), out.past_key_values
 
 
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Float32 ``log p(tokens[..., t])`` under ``logits[..., t, :]``: the one token log-likelihood
+    (callers line logits up with the tokens they predict)."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
 def prompt_cache(backbone: Backbone, prompts: Sequence[torch.Tensor]) -> tuple[list, torch.Tensor]:
     """Run soft prompts (``[n_i, H]`` each) side by side, left-padded to the longest: per-layer
     ``(keys, values)`` with one row per prompt, and the ``[prompts, width]`` padding mask. Rows

@@ -17,6 +17,7 @@ from transformers import GenerationConfig
 from softprompt.backbones import Backbone
 from softprompt.config import GenConfig
 from softprompt.core import forward as core
+from softprompt.core.batching import length_sorted_batches
 from softprompt.methods.base import Method
 from softprompt.prompts import EncodedInput
 from softprompt.seeding import seeded_on
@@ -77,10 +78,8 @@ def decode(
     bar=None,
 ) -> list[str]:
     """The text generated for each prompt, in input order (batched by length: less padding)."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].ids))
     texts: list[str] = [""] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
+    for index in length_sorted_batches([len(p.ids) for p in prompts], batch_size):
         rows = decode_batch(backbone, method, [prompts[i] for i in index], settings)
         for i, ids in zip(index, rows, strict=True):
             texts[i] = backbone.tokenizer.decode(ids, skip_special_tokens=True).strip()

@@ -115,8 +115,7 @@ def sample_continuations(
         chosen = nucleus_sample(steering.combine(grouped) / temperature, top_p, generator)
         finished = ~done & (chosen == eos) if eos is not None else torch.zeros_like(done)
         if plain is not None:
-            logprob = torch.log_softmax(grouped[:, plain].float(), -1)
-            logprob = logprob.gather(-1, chosen.to(logprob.device).unsqueeze(-1)).squeeze(-1).cpu()
+            logprob = core.token_logprobs(grouped[:, plain], chosen.to(grouped.device)).cpu()
             nll -= torch.where(done | finished, 0.0, logprob.double())
         lengths[finished] = step
         done |= finished
@@ -158,7 +157,7 @@ def continuation_nll(
     )
     # The prompt's last position predicts token 0; continuation column t predicts token t + 1.
     logits = torch.cat([first[:, -1:].repeat_interleave(k, 0), logits[:, :-1]], dim=1)
-    nll = (logits.logsumexp(-1) - logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)) * valid
+    nll = -core.token_logprobs(logits, tokens) * valid
     sums, counts = nll.sum(-1).tolist(), valid.sum(-1).tolist()
     pairs = list(zip(sums, counts, strict=True))
     return [pairs[p * k : (p + 1) * k] for p in range(len(prompts))]

@@ -6,6 +6,9 @@ the detox LM build on it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -157,3 +160,19 @@ def evaluate(
     """Metrics of ``model`` on labelled ``examples`` (tagged sentences for a tagger, text pairs for
     a writer): each task model measures itself."""
     return model.evaluate_examples(examples, batch_size, encoded, where, progress)
+
+
+@torch.no_grad()
+def mean_token_loss(
+    token_losses: Callable[[list[Any]], tuple[torch.Tensor, torch.Tensor]], rows: Sequence[Any], batch_size: int
+) -> dict[str, float]:
+    """The mean loss per token over ``rows``, batch by batch: ``token_losses(batch)`` gives each
+    position's loss and a mask of the positions that count. Also ``neg_loss`` (a dev metric that
+    rises as the loss falls) and ``n``, the number of rows."""
+    total, tokens = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        losses, valid = token_losses(list(rows[start : start + batch_size]))
+        total += float((losses * valid).sum())
+        tokens += int(valid.sum())
+    loss = total / max(tokens, 1)
+    return {"loss": loss, "neg_loss": -loss, "n": len(rows)}

@@ -19,7 +19,7 @@ from softprompt.core import forward as core
 from softprompt.errors import SoftpromptError
 from softprompt.generation.sampling import context_ids
 from softprompt.methods.base import Method
-from softprompt.tasks.base import TaskModel
+from softprompt.tasks.base import TaskModel, mean_token_loss
 
 LM_TASK = "lm"
 Row = tuple[list[int], bool]  # (token ids, unlikely)
@@ -66,7 +66,7 @@ class PromptedLM(TaskModel):
         mask = torch.cat([padded.attention_mask.new_ones(len(rows), count), padded.attention_mask], dim=1)
         # Position count - 1 + t (the last soft token's output) predicts text token t.
         logits, _ = core.next_token_logits(self.backbone, width + 1, inputs_embeds=embeds, attention_mask=mask)
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        logprobs = core.token_logprobs(logits[:, :-1], ids)
         unlikely = torch.tensor([u for _, u in rows], device=ids.device).unsqueeze(1)
         # -log(1 - p), computed stably from log p.
         push_down = -torch.log1p(-logprobs.exp().clamp(max=1 - 1e-6)) * self.unlikelihood
@@ -76,17 +76,9 @@ class PromptedLM(TaskModel):
         losses, valid = self.token_losses(rows)
         return (losses * valid).sum() / valid.sum().clamp(min=1)
 
-    @torch.no_grad()
     def dev_metrics(self, rows: list[Row], batch_size: int = 32) -> dict[str, float]:
         """Mean next-token loss per token of the likely ``rows`` (and its negation, the metric)."""
-        likely = [row for row in rows if not row[1]]
-        total, tokens = 0.0, 0
-        for start in range(0, len(likely), batch_size):
-            losses, valid = self.token_losses(likely[start : start + batch_size])
-            total += float((losses * valid).sum())
-            tokens += int(valid.sum())
-        loss = total / max(tokens, 1)
-        return {"loss": loss, "neg_loss": -loss, "n": len(likely)}
+        return mean_token_loss(self.token_losses, [row for row in rows if not row[1]], batch_size)
 
 
 def load_lm_prompt(directory: str | Path, backbone: Backbone) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from softprompt.core import forward as core
+from softprompt.core.batching import length_sorted_batches
 from softprompt.data.records import Example
 from softprompt.errors import SoftpromptError
 from softprompt.prompts import EncodedInput
@@ -174,10 +175,8 @@ def classify_mixed(
     """Label probabilities for ``(task, example)`` pairs in any order, in batches that mix tasks
     (sorted by length: less padding; results come back in input order)."""
     encoded = [mixed.encode(task, example) for task, example in requests]
-    order = sorted(range(len(requests)), key=lambda i: len(encoded[i].ids))
     out: list[torch.Tensor] = [torch.empty(0)] * len(requests)
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
+    for index in length_sorted_batches([len(e.ids) for e in encoded], batch_size):
         scores = mixed([requests[i][0] for i in index], [encoded[i] for i in index])
         for i, row in zip(index, scores, strict=True):
             out[i] = row.exp().float().cpu()

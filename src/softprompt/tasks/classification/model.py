@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from softprompt.backbones import Backbone
 from softprompt.core import forward as core
+from softprompt.core.batching import length_sorted_batches
 from softprompt.core.packing import PackedRows, can_pack, pack_rows
 from softprompt.data.records import Example
 from softprompt.errors import SoftpromptError
@@ -210,8 +211,7 @@ class PromptedClassifier(TaskModel):
             position_ids=positions,
             past_key_values=cache,
         ).last_hidden_state
-        logprobs = torch.log_softmax(self.project(hidden), dim=-1)
-        picked = logprobs.gather(-1, targets.repeat(size, 1).unsqueeze(-1)).squeeze(-1)
+        picked = core.token_logprobs(self.project(hidden), targets.repeat(size, 1))
         per_word = (picked * valid.repeat(size, 1)).sum(-1).view(size, count)
         extra = per_word.new_zeros(size, len(self.task.candidates))
         extra[:, self.multi] = per_word
@@ -231,12 +231,9 @@ def label_probabilities(
     Rows are batched in order of length (less padding; results are put back in input order).
     """
     encoded = encoded if encoded is not None else [model.task.encode(ex) for ex in examples]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
     out = torch.empty(len(encoded), len(model.task.labels))
-    starts = range(0, len(order), batch_size)
-    bar = tqdm(starts, desc=progress, leave=False, disable=progress is None, unit="batch")
-    for start in bar:
-        index = order[start : start + batch_size]
+    batches = list(length_sorted_batches([len(e.ids) for e in encoded], batch_size))
+    for index in tqdm(batches, desc=progress, leave=False, disable=progress is None, unit="batch"):
         batch = model.task.collate([encoded[i] for i in index])
         out[index] = model(batch).exp().float().cpu()
     return out

@@ -24,7 +24,7 @@ from softprompt.generation.decode import decode
 from softprompt.methods.base import Method
 from softprompt.prompts import EncodedInput, Template
 from softprompt.prompts.template import NO_SOFT
-from softprompt.tasks.base import TaskModel
+from softprompt.tasks.base import TaskModel, mean_token_loss
 from softprompt.tasks.generation.baselines import score_outputs
 
 SHOWN = 3  # outputs kept in the metrics as examples
@@ -157,17 +157,10 @@ class PromptedGenerator(TaskModel):
         return nll.view(size, steps), targets.attention_mask
 
     # ---- evaluation ----------------------------------------------------------------------------
-    @torch.no_grad()
     def mean_loss(self, encoded: list[Encoded], batch_size: int = 32) -> dict[str, float]:
         """Mean loss per target token over every reference of ``encoded``."""
         rows = [Row(e.prompt, t) for e in encoded for t in e.targets]
-        total, tokens = 0.0, 0
-        for start in range(0, len(rows), batch_size):
-            losses, valid = self.target_losses(rows[start : start + batch_size])
-            total += float((losses * valid).sum())
-            tokens += int(valid.sum())
-        loss = total / max(tokens, 1)
-        return {"loss": loss, "neg_loss": -loss, "n": len(encoded)}
+        return {**mean_token_loss(self.target_losses, rows, batch_size), "n": len(encoded)}
 
     def selection_metrics(
         self, pairs: list[TextPair], batch_size: int, encoded: list | None, where: str, progress: str | None = None

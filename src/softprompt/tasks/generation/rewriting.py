@@ -66,7 +66,7 @@ def perplexities(backbone: Backbone, texts: Sequence[str], batch_size: int = 32)
         logits, _ = core.next_token_logits(
             backbone, ids.shape[1], input_ids=ids, attention_mask=mask, position_ids=core.positions(mask)
         )
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+        nll = -core.token_logprobs(logits[:, :-1], ids[:, 1:])
         valid = (mask[:, 1:] * mask[:, :-1]).float()  # left padding: the start token is not predicted
         counts = valid.sum(-1)
         mean = (nll * valid).sum(-1) / counts.clamp(min=1)

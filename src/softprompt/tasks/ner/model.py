@@ -10,6 +10,7 @@ import torch
 
 from softprompt.backbones import Backbone
 from softprompt.core import forward as core
+from softprompt.core.batching import length_sorted_batches
 from softprompt.data.conll import Sentence
 from softprompt.methods.base import Method
 from softprompt.tasks.base import TaskModel
@@ -76,10 +77,8 @@ class TokenTagger(TaskModel):
         """Predicted IOB2 tags for every word of every sentence."""
         encoded = encoded if encoded is not None else self.encode_split(sentences)
         windows = [window for per_sentence in encoded for window in per_sentence]
-        order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids))  # less padding
         predicted: list[list[int]] = [[] for _ in windows]
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
+        for index in length_sorted_batches([len(w.ids) for w in windows], batch_size):
             chunk = [windows[i] for i in index]
             best = self(self.task.collate(chunk)).argmax(-1)
             for row, i in enumerate(index):
