@@ -10,10 +10,12 @@ the full softmax. Encoder: a linear head at the mask position (trainable in ever
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm import tqdm
+from transformers import DynamicCache
 
 from softprompt.backbones import Backbone
 from softprompt.core import forward as core
@@ -26,6 +28,14 @@ from softprompt.prompts import EncodedInput
 from softprompt.tasks.base import TaskModel
 from softprompt.tasks.classification.batches import Batch, ClassificationTask
 from softprompt.tasks.classification.metrics import classification_metrics
+
+
+@dataclass
+class LeadingContext:
+    """What every row of a batch attends to before its own tokens: a key/value cache and its length."""
+
+    cache: DynamicCache | None
+    length: int
 
 
 class PromptedClassifier(TaskModel):
@@ -110,38 +120,47 @@ class PromptedClassifier(TaskModel):
         return self.head(hidden[rows, batch.mask_positions].float())
 
     def _causal_scores(self, batch: Batch) -> torch.Tensor:
-        size = len(batch)
-        mask = batch.attention_mask
-        positions = core.positions(mask)
+        """``[B, candidates]`` log-scores of each verbalizer word after the template, in three steps:
+        what every row sees first (:meth:`_leading_context`), then the rows themselves, packed
+        into fewer, longer rows where that pays off or padded otherwise."""
         embeds = self.embed(batch.input_ids, batch.soft_index)
         frozen = self._frozen_columns(batch)
-        shared = self.method.prefix_length() + batch.prefix_soft  # cached positions every row sees
-        packed = self.packing(batch, shared, frozen)
-        rows = packed.rows if packed is not None else size
-        cache = None
-        if self.method.prefix_length():
-            # Per-layer key/value prefixes (prefix tuning); positions continue after them, as if
-            # the prefix were tokens (which it is at init: the keys/values of the init tokens).
-            cache = self.method.prefix_cache(rows)
-        if batch.prefix_soft:
-            # The leading soft block is identical in every row: run it once, share its KV cache.
-            cache = core.shared_prompt_cache(self.backbone, self.method.soft_embeddings()[: batch.prefix_soft], rows)
+        leading = self.method.prefix_length() + batch.prefix_soft
+        packed = self.packing(batch, leading, frozen)
+        context = self._leading_context(batch, packed.rows if packed is not None else len(batch))
         if packed is not None:
             hidden = core.hidden_states(
                 self.backbone,
-                inputs_embeds=embeds.flatten(0, 1)[packed.source].view(rows, -1, embeds.shape[-1]),
+                inputs_embeds=embeds.flatten(0, 1)[packed.source].view(packed.rows, -1, embeds.shape[-1]),
                 attention_mask=core.additive_mask(packed.mask, self.backbone),
                 position_ids=packed.positions,
-                past_key_values=cache,
-                use_cache=cache is not None,
+                past_key_values=context.cache,
+                use_cache=context.cache is not None,
             ).last_hidden_state
             return self._by_label(self.project(hidden.flatten(0, 1)[packed.last], self.first_ids))
-        if shared:
-            mask = torch.cat([mask.new_ones(size, shared), mask], dim=1)
-            positions = positions + shared
-        if frozen:
-            # Nothing before the first soft token depends on a trainable parameter: run it without
-            # building a graph and continue from its KV cache (exact, and no backward through it).
+        return self._by_label(self._padded_scores(batch, embeds, context, frozen))
+
+    def _leading_context(self, batch: Batch, rows: int) -> LeadingContext:
+        """The key/value cache every row starts from, for ``rows`` rows: prefix tuning's per-layer
+        prefixes, or the batch's leading soft block run once (identical in every row, so running it
+        once and sharing its cache is exact). A method has prefixes or soft tokens, never both."""
+        if self.method.prefix_length():
+            # Positions continue after the prefixes, as if they were tokens (which they are at
+            # init: the keys/values of the init tokens).
+            return LeadingContext(self.method.prefix_cache(rows), self.method.prefix_length())
+        if batch.prefix_soft:
+            block = self.method.soft_embeddings()[: batch.prefix_soft]
+            return LeadingContext(core.shared_prompt_cache(self.backbone, block, rows), batch.prefix_soft)
+        return LeadingContext(None, 0)
+
+    def _padded_scores(self, batch: Batch, embeds: torch.Tensor, context: LeadingContext, frozen: int) -> torch.Tensor:
+        """Word scores of left-padded rows continuing ``context``. The first ``frozen`` columns
+        (nothing there depends on a trained parameter) run without a graph, their cache reused."""
+        size = len(batch)
+        mask = torch.cat([batch.attention_mask.new_ones(size, context.length), batch.attention_mask], dim=1)
+        positions = core.positions(batch.attention_mask) + context.length
+        cache = context.cache
+        if frozen:  # _frozen_columns is 0 whenever there is a leading context
             with torch.no_grad():
                 cache = core.hidden_states(
                     self.backbone,
@@ -161,7 +180,7 @@ class PromptedClassifier(TaskModel):
         scores = self.project(out.last_hidden_state[:, -1], self.first_ids)
         if self.multi:
             scores = scores + self._continuation_logprobs(out.past_key_values, mask, positions[:, -1])
-        return self._by_label(scores)
+        return scores
 
     def _by_label(self, scores: torch.Tensor) -> torch.Tensor:
         """``[B, candidates]`` word scores -> ``[B, labels]`` (log-sum-exp over each label's words)."""
@@ -180,6 +199,7 @@ class PromptedClassifier(TaskModel):
             not torch.is_grad_enabled()
             or self.checkpointing
             or batch.prefix_soft
+            or self.method.prefix_length()
             or self.method.changes_every_hidden_state
             or self.method.soft_embeddings() is None
         ):
