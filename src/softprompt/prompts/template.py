@@ -135,6 +135,7 @@ class Template:
         causal: bool,
         max_length: int,
         demonstrations: str = "",
+        setting: int | None = None,
     ) -> EncodedInput:
         """Tokenize one example; the longest field is shortened when the result exceeds max_length.
 
@@ -145,6 +146,8 @@ class Template:
                 layout ([CLS] ... [SEP], label at ``{mask}`` or [CLS]).
             max_length: the longest allowed encoding.
             demonstrations: few-shot text put before the first literal/field chunk.
+            setting: the train.max_length the user set, when ``max_length`` is the share of it
+                left for the template (a generation target takes the rest); errors name it.
         """
         fields = dict(fields)
         for attempt in range(4):
@@ -158,8 +161,9 @@ class Template:
             if len(ids) <= overflow:
                 break
             fields[longest] = tokenizer.decode(ids[: len(ids) - overflow - 1])
+        share = "" if setting is None or setting == max_length else f" ({max_length} left after the target)"
         raise SoftpromptError(
-            f"template {self.source!r} does not fit in train.max_length={max_length} tokens "
+            f"template {self.source!r} does not fit in train.max_length={setting or max_length} tokens{share} "
             "even with its fields shortened; raise train.max_length"
         )
 
