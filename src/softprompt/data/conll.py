@@ -67,7 +67,7 @@ def read_conll(path: str | Path) -> list[Sentence]:
         words, tags = [], []
 
     check_utf8(path)
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:  # a BOM from Windows editors is not a token
         for number, line in enumerate(handle, start=1):
             parts = line.split()
             if not parts:

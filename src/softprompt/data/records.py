@@ -63,7 +63,7 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
 
 
 def _read_rows(path: Path, suffix: str) -> list[tuple[int, dict]]:
-    with path.open(encoding="utf-8", newline="") as handle:
+    with path.open(encoding="utf-8-sig", newline="") as handle:  # Excel's "CSV UTF-8" starts with a BOM
         if suffix in (".jsonl", ".json"):
             rows = []
             for number, line in enumerate(handle, start=1):

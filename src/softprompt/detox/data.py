@@ -41,7 +41,7 @@ def read_prompts(path: str | Path, field: str = DEFAULT_PROMPT_FIELD, limit: int
     if not path.is_file():
         raise SoftpromptError(f"prompts file {path} does not exist")
     if path.suffix.lower() == ".txt":
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
         rows = [(number, {"text": line}) for number, line in enumerate(lines, start=1)]
         field = "text"
     else:
