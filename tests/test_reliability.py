@@ -166,3 +166,18 @@ def test_predict_takes_threads(run, capsys):
     finally:
         torch.set_num_threads(before)
     assert json.loads(capsys.readouterr().out)["text"] == "a great movie"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"not a gguf file at all", "is not a GGUF file (it does not start with 'GGUF')"),
+        (b"GGUF" + (99).to_bytes(4, "little") + bytes(64), "is GGUF version 99; only versions 2 and 3 can be read"),
+        (b"GGUF" + (3).to_bytes(4, "little") + b"\x05", "could not be read as a GGUF model"),
+    ],
+)
+def test_a_bad_gguf_file_is_one_line_naming_it(base_args, tmp_path, capsys, content, message):
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(content)
+    assert main(["train", *base_args, f"backbone={fake}", f"out={tmp_path / 'run'}"]) == 2
+    assert f"backbone file {fake} " in (err := _one_line_error(capsys)) and message in err
