@@ -175,6 +175,7 @@ def test_predict_takes_threads(run, capsys):
         (b"GGUF" + (99).to_bytes(4, "little") + bytes(64), "is GGUF version 99; only versions 2 and 3 can be read"),
         (b"GGUF" + (3).to_bytes(4, "little") + b"\x05", "could not be read as a GGUF model"),
     ],
+    ids=["not-gguf", "version-99", "truncated"],
 )
 def test_a_bad_gguf_file_is_one_line_naming_it(base_args, tmp_path, capsys, content, message):
     fake = tmp_path / "fake.gguf"
