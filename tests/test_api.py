@@ -105,6 +105,24 @@ def test_in_memory_mistakes_name_the_record(tiny_llama_dir, tmp_path):
         softprompt.train(train_data=ROWS, trian={"lr": 1}, out=str(tmp_path))
 
 
+def test_texts_and_records_of_the_wrong_type_are_one_line(tiny_llama_dir, tmp_path):
+    model = softprompt.build(
+        backbone=str(tiny_llama_dir), method="none", template="{text} It was", verbalizer=VERBALIZER
+    )
+    for texts, message in [
+        ([None], "texts must be strings; item 0 is None"),
+        (["fine", 5], "texts must be strings; item 1 is 5 (int)"),
+        (5, "texts must be a string or a list of strings, got int"),
+    ]:
+        with pytest.raises(SoftpromptError) as caught:
+            model.predict(texts)
+        assert str(caught.value) == message
+    with pytest.raises(SoftpromptError, match=r"^train_data must be a list of records \(dicts\), got a dict$"):
+        softprompt.train(train_data=ROWS[0], backbone=str(tiny_llama_dir), verbalizer=VERBALIZER, out=str(tmp_path))
+    with pytest.raises(SoftpromptError, match=r"^examples must be a list of records \(dicts\), got a str$"):
+        model.evaluate("a great movie")
+
+
 def test_import_changes_no_environment_variable():
     code = "import os; before = dict(os.environ); import softprompt, softprompt.api; print(dict(os.environ) == before)"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "TOKENIZERS_"))}

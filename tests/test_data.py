@@ -15,6 +15,20 @@ def test_jsonl_csv_tsv_with_configurable_columns(tmp_path):
         assert data.examples[0].text.startswith("good")
 
 
+def test_files_saved_with_a_byte_order_mark_are_read(tmp_path):
+    from softprompt.data.conll import read_conll
+
+    bom = b"\xef\xbb\xbf"  # Excel's "CSV UTF-8", Notepad's "UTF-8 with BOM"
+    (tmp_path / "a.csv").write_bytes(bom + b"text,label\ngood,positive\n")
+    (tmp_path / "a.tsv").write_bytes(bom + b"text\tlabel\ngood\tpositive\n")
+    (tmp_path / "a.jsonl").write_bytes(bom + b'{"text": "good", "label": "positive"}\n')
+    for name in ("a.csv", "a.tsv", "a.jsonl"):
+        data = read_examples(tmp_path / name)
+        assert [(e.text, e.label) for e in data.examples] == [("good", "positive")], name
+    (tmp_path / "a.conll").write_bytes(bom + b"EU B-ORG\nrejects O\n")
+    assert read_conll(tmp_path / "a.conll")[0].words == ["EU", "rejects"]
+
+
 def test_malformed_jsonl_line_is_named(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": \n')

@@ -232,6 +232,13 @@ def test_bad_generation_input_gets_one_line_errors(gen_args, tmp_path, capsys):
     bad([*gen_args, "gen.num_beams=0", f"out={tmp_path / 'b'}"], "gen.num_beams': must be >= 1")
 
 
+@pytest.mark.parametrize("max_length", [12, 4])
+def test_a_too_small_max_length_is_reported_as_set(gen_args, tmp_path, capsys, max_length):
+    assert main([*gen_args, f"train.max_length={max_length}", f"out={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"does not fit in train.max_length={max_length} tokens (" in err and len(err.splitlines()) == 1, err
+
+
 def test_long_targets_are_cut_and_counted(gen_args, tmp_path):
     from softprompt.training.run import train
 

@@ -21,6 +21,8 @@ from softprompt.tasks.ner import build_tagger
 from softprompt.tasks.ner.batches import IGNORE, entities, split_words
 from softprompt.tasks.ner.metrics import entity_metrics
 
+from .conftest import write_jsonl
+
 TRAINED = [name for name, spec in METHODS.items() if spec.trains]
 
 # Two-column IOB2 data, built from words of the tiny WordPiece vocabulary.
@@ -264,6 +266,13 @@ def test_bad_input_is_one_clear_line(tiny_bert_dir, tiny_llama_dir, conll_files,
     assert "task=ner needs an encoder backbone" in capsys.readouterr().err
     assert main(["predict", str(out), "hello"]) == 2
     assert "is a ner model" in capsys.readouterr().err
+    jsonl = write_jsonl(tmp_path / "reviews.jsonl", [{"text": "a dull film", "label": "negative"}])
+    files = {"train": jsonl, "dev": conll_files["dev"]}
+    assert main([*_train_args(tiny_bert_dir, files, "lora", tmp_path / "j"), "train.max_steps=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"error: {jsonl}: task=ner reads CoNLL files ('token ... TAG' per line" in err and len(err.splitlines()) == 1
+    assert main(["eval", str(out), "--data", str(tmp_path)]) == 2
+    assert f"data file {tmp_path} is a directory; give a file (CoNLL" in capsys.readouterr().err
 
 
 def test_grad_accum_2_of_batch_3_makes_the_update_of_batch_6(tiny_bert_dir, conll_files, tmp_path):

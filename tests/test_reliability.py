@@ -166,3 +166,52 @@ def test_predict_takes_threads(run, capsys):
     finally:
         torch.set_num_threads(before)
     assert json.loads(capsys.readouterr().out)["text"] == "a great movie"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"not a gguf file at all", "is not a GGUF file (it does not start with 'GGUF')"),
+        (b"GGUF" + (99).to_bytes(4, "little") + bytes(64), "is GGUF version 99; only versions 2 and 3 can be read"),
+        (b"GGUF" + (3).to_bytes(4, "little") + b"\x05", "could not be read as a GGUF model"),
+    ],
+    ids=["not-gguf", "version-99", "truncated"],
+)
+def test_a_bad_gguf_file_is_one_line_naming_it(base_args, tmp_path, capsys, content, message):
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(content)
+    assert main(["train", *base_args, f"backbone={fake}", f"out={tmp_path / 'run'}"]) == 2
+    assert f"backbone file {fake} " in (err := _one_line_error(capsys)) and message in err
+
+
+def test_a_directory_given_as_data_is_named_as_one(base_args, tmp_path, run, capsys):
+    assert main(["train", *base_args, f"data.train={tmp_path}", f"out={tmp_path / 'dir'}"]) == 2
+    assert (
+        _one_line_error(capsys)
+        == f"error: data file {tmp_path} is a directory; give a file (.jsonl, .csv or .tsv) inside it"
+    )
+    assert main(["eval", str(run), "--data", str(tmp_path)]) == 2
+    assert "is a directory; give a file" in _one_line_error(capsys)
+
+
+def test_predict_takes_texts_after_its_options(run, capsys):
+    assert main(["predict", str(run), "--device", "cpu", "a great movie", "a dull film"]) == 0
+    assert [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()] == [
+        "a great movie",
+        "a dull film",
+    ]
+    assert main(["predict", str(run), "a great movie", "--device", "cpu", "a dull film"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_compare_accepts_quiet_as_train_does():
+    from softprompt.cli import build_parser
+
+    args = build_parser().parse_args(["compare", "--quiet", "methods=prompt_tuning,lora"])
+    assert args.quiet and args.overrides == ["methods=prompt_tuning,lora"]
+
+
+def test_out_none_from_python_is_the_default_not_a_directory_named_none():
+    from softprompt.config import load_config
+
+    assert load_config(base={"out": None}).out == load_config().out == "runs/default"

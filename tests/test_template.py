@@ -34,7 +34,11 @@ def test_render_and_escaped_braces():
     "source, message",
     [
         ("Review: nothing here", "no input field"),
-        ("{text} {soft:0}", "at least 1 token"),
+        ("{text} {soft:0}", ">= 1"),
+        ("{soft:-3}Review: {text}", r"\{soft:-3\} needs a whole number of soft tokens >= 1"),
+        ("{soft:2.5}Review: {text}", r"\{soft:2.5\} needs a whole number"),
+        ("{soft:x} {text}", "needs a whole number"),
+        ("{ text} {text}", "unbalanced brace"),
         ("{text} {oops", "unbalanced brace"),
         ("{text:3}", "only soft slots take a count"),
     ],

@@ -10,6 +10,7 @@ Everything here is re-exported from :mod:`softprompt`::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ class Model:
             One dict per text: ``{"text", "label", "scores"}`` for a classifier,
             ``{"text", "entities"}`` for a tagger, ``{"text", "output"}`` for a generation model.
         """
-        return self.task.predict(self.module, [texts] if isinstance(texts, str) else list(texts), batch_size)
+        return self.task.predict(self.module, _texts(texts), batch_size)
 
     def generate(self, texts: str | list[str], batch_size: int = 32, **decoding: Any) -> list[str]:
         """The output a generation model writes for each text.
@@ -72,7 +73,7 @@ class Model:
 
     def evaluate(self, examples: Records, batch_size: int = 32) -> dict[str, Any]:
         """Metrics on labelled in-memory examples (dicts with the fields the training data had)."""
-        items = self.task.from_records(examples, "examples", self.meta)
+        items = self.task.from_records(_checked_records(examples, "examples"), "examples", self.meta)
         return evaluate(self.module, items, batch_size, where="examples")
 
     def save(self, directory: str | Path) -> Path:
@@ -84,6 +85,27 @@ class Model:
 
     def _peft_config(self) -> dict[str, Any] | None:
         return self.module.method.peft_config(self.module.backbone, self.meta.get("soft_prefix", False))
+
+
+def _texts(texts: Any) -> list[str]:
+    """The inputs of predict/generate as a list of strings, or a one-line error naming the bad one."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, Mapping)) or not isinstance(texts, Iterable):
+        raise SoftpromptError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
+    texts = list(texts)
+    for number, text in enumerate(texts):
+        if not isinstance(text, str):
+            shown = "None" if text is None else f"{text!r:.40} ({type(text).__name__})"
+            raise SoftpromptError(f"texts must be strings; item {number} is {shown}")
+    return texts
+
+
+def _checked_records(data: Records, name: str) -> Records:
+    """Refuse a single dict or a string where a list of records (dicts) belongs."""
+    if isinstance(data, (Mapping, str, bytes)) or not isinstance(data, Iterable):
+        raise SoftpromptError(f"{name} must be a list of records (dicts), got a {type(data).__name__}")
+    return data
 
 
 def _config(config: RunConfig | str | Path | dict | None, settings: dict[str, Any]) -> RunConfig:
@@ -101,7 +123,7 @@ def _config(config: RunConfig | str | Path | dict | None, settings: dict[str, An
 
 def _records(train_data: Records | None, dev_data: Records | None, test_data: Records | None) -> dict[str, Records]:
     given = {"train": train_data, "dev": dev_data, "test": test_data}
-    records = {name: data for name, data in given.items() if data is not None}
+    records = {name: _checked_records(data, f"{name}_data") for name, data in given.items() if data is not None}
     if records and "train" not in records:
         raise SoftpromptError("dev_data/test_data need train_data too")
     return records
@@ -135,6 +157,7 @@ def build(
     task.check(run)
     splits = Splits([], [], [], {"train": "train_data (in memory)"})
     if train_data is not None:
+        train_data = _checked_records(train_data, "train_data")
         splits = task.load_splits(run, {"train": train_data, "dev": train_data})
     loaded = loaded or load_backbone(run.backbone, run.device, run.precision, run.quantize)
     with seeded(run.seed):

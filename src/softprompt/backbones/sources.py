@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,14 +140,36 @@ def _gguf_cache_dir(gguf: Path) -> Path:
     return softprompt_home() / "backbones" / f"{gguf.stem}-{key}"
 
 
+GGUF_VERSIONS = (2, 3)  # what transformers' GGUF reader handles
+
+
+def _check_gguf_header(gguf: Path) -> None:
+    """Refuse a file that is not GGUF, or a GGUF version transformers cannot read, naming it."""
+    with gguf.open("rb") as handle:
+        header = handle.read(8)
+    if len(header) < 8 or header[:4] != b"GGUF":
+        raise SoftpromptError(f"backbone file {gguf} is not a GGUF file (it does not start with 'GGUF')")
+    version = int.from_bytes(header[4:], "little")
+    if version not in GGUF_VERSIONS:
+        raise SoftpromptError(
+            f"backbone file {gguf} is GGUF version {version}; only versions 2 and 3 can be read "
+            "(convert it with a recent llama.cpp, or give a Hugging Face model directory)"
+        )
+
+
 def _convert_gguf(gguf: Path) -> Path:
     """De-quantize a GGUF file once into a safetensors directory in the cache; return that dir."""
     cache = _gguf_cache_dir(gguf)
     if (cache / "config.json").exists():
         return cache
+    _check_gguf_header(gguf)
     logger.info("converting %s to safetensors (once) into %s ...", gguf.name, cache)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except (ValueError, KeyError, NotImplementedError, OSError, struct.error) as exc:  # truncated, unmapped...
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SoftpromptError(f"backbone file {gguf} could not be read as a GGUF model: {first}") from None
     # save_pretrained refuses GGUF-loaded models: rebuild a plain model from the config and weights.
     config = loaded.config
     if hasattr(config, "quantization_config"):

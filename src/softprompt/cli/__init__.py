@@ -60,7 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may stand between options (`out=x --resume train.lr=1e-3`).
     args, extra = parser.parse_known_args(argv)
-    if extra:
+    if extra and isinstance(getattr(args, "texts", None), list) and not hasattr(args, "overrides"):
+        # predict/tag: texts may follow options (`predict ART --device cpu "a text"`)
+        if any(item.startswith("-") for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.texts += extra
+    elif extra:
         free_text = getattr(args, "free_text", False)  # generate: prompts stand among the overrides
         if not hasattr(args, "overrides") or any(
             item.startswith("-") or ("=" not in item and not free_text) for item in extra

@@ -42,7 +42,7 @@ def _train(args: argparse.Namespace) -> None:
 def _compare(args: argparse.Namespace) -> None:
     from softprompt.cli.compare import REPORT, compare, markdown
 
-    rows, out = compare(args.config, args.overrides)
+    rows, out = compare(args.config, args.overrides, progress=(lambda line: None) if args.quiet else print)
     context = json.loads((out / f"{REPORT}.json").read_text(encoding="utf-8"))["context"]
     print("\n" + markdown(rows, context))
     print(f"wrote {out / REPORT}.md, .json and .png")
@@ -58,5 +58,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "(methods=a,b,... lrs=lora:1e-3,... fewshot=K, then key=value overrides)",
     )
     comp.add_argument("--config", help="YAML recipe shared by all methods")
+    comp.add_argument("--quiet", action="store_true", help="no line per finished run, only the table")
     comp.add_argument("overrides", nargs="*", metavar="key=value")
     comp.set_defaults(run=_compare)

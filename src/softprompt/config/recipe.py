@@ -136,6 +136,14 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING else None
             given = {**dataclasses.asdict(default), **value} if default is not None else value
             kwargs[key] = build(annotation, given, prefix=f"{full}.")
+        elif value is None and not _optional(annotation) and fields[key].default is not dataclasses.MISSING:
+            continue  # None (out=None from Python, `out: null`) means the default, not the text "None"
         else:
             kwargs[key] = _coerce(value, annotation, full)
     return cls(**kwargs)
+
+
+def _optional(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(
+        annotation
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from softprompt.data.records import check_utf8
+from softprompt.data.records import check_utf8, require_file
 from softprompt.errors import SoftpromptError
 
 DOCSTART = "-DOCSTART-"
@@ -52,8 +52,12 @@ def read_conll(path: str | Path) -> list[Sentence]:
             file's first word line or that has a malformed tag (both with the line number).
     """
     path = Path(path)
-    if not path.is_file():
-        raise SoftpromptError(f"data file {path} does not exist")
+    require_file(path, kinds="CoNLL columns: 'token ... TAG' per line")
+    if path.suffix.lower() in (".jsonl", ".json"):
+        raise SoftpromptError(
+            f"{path}: task=ner reads CoNLL files ('token ... TAG' per line, a blank line between sentences), "
+            "not JSON lines; convert it, or pass records {'tokens': [...], 'tags': [...]} from Python"
+        )
     sentences: list[Sentence] = []
     words: list[str] = []
     tags: list[str] = []
@@ -67,7 +71,7 @@ def read_conll(path: str | Path) -> list[Sentence]:
         words, tags = [], []
 
     check_utf8(path)
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:  # a BOM from Windows editors is not a token
         for number, line in enumerate(handle, start=1):
             parts = line.split()
             if not parts:

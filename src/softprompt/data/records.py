@@ -38,6 +38,14 @@ class Dataset:
     notes: list[str] = field(default_factory=list)
 
 
+def require_file(path: Path, what: str = "data file", kinds: str = ".jsonl, .csv or .tsv") -> None:
+    """Refuse a path that is missing or a directory, saying which."""
+    if path.is_dir():
+        raise SoftpromptError(f"{what} {path} is a directory; give a file ({kinds}) inside it")
+    if not path.is_file():
+        raise SoftpromptError(f"{what} {path} does not exist")
+
+
 def check_utf8(path: Path) -> None:
     """Refuse a file that is not UTF-8 text, naming the line of the first bad byte."""
     data = path.read_bytes()
@@ -63,7 +71,7 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
 
 
 def _read_rows(path: Path, suffix: str) -> list[tuple[int, dict]]:
-    with path.open(encoding="utf-8", newline="") as handle:
+    with path.open(encoding="utf-8-sig", newline="") as handle:  # Excel's "CSV UTF-8" starts with a BOM
         if suffix in (".jsonl", ".json"):
             rows = []
             for number, line in enumerate(handle, start=1):
@@ -104,8 +112,7 @@ def read_examples(
 
 def read_data_file(path: Path) -> list[tuple[int, dict]]:
     """The numbered rows of a data file that must exist and hold at least one row."""
-    if not path.is_file():
-        raise SoftpromptError(f"data file {path} does not exist")
+    require_file(path)
     rows = read_rows(path)
     if not rows:
         raise SoftpromptError(f"data file {path} is empty")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from softprompt.data.records import read_rows
+from softprompt.data.records import read_rows, require_file
 from softprompt.errors import SoftpromptError
 
 DEFAULT_PROMPT_FIELD = "prompt.text"  # RealToxicityPrompts' layout; plain files may use "text"
@@ -38,10 +38,9 @@ def read_prompts(path: str | Path, field: str = DEFAULT_PROMPT_FIELD, limit: int
             (the message names the file and line).
     """
     path = Path(path)
-    if not path.is_file():
-        raise SoftpromptError(f"prompts file {path} does not exist")
+    require_file(path, "prompts file", ".txt, .jsonl, .csv or .tsv")
     if path.suffix.lower() == ".txt":
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
         rows = [(number, {"text": line}) for number, line in enumerate(lines, start=1)]
         field = "text"
     else:

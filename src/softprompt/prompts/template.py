@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from softprompt.errors import SoftpromptError
 
-SLOT = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)(?::(\d+))?\}")
+SLOT = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)(?::([^{}]*))?\}")
 NO_SOFT = -1  # soft index of a real token
 
 
@@ -66,7 +66,7 @@ class Template:
         segments: list[Segment] = []
         literal, pos = [], 0
         for match in SLOT.finditer(source):
-            literal.append(source[pos : match.start()])
+            literal.append(_literal(source, source[pos : match.start()]))
             pos = match.end()
             token = match.group(0)
             if token in ("{{", "}}"):
@@ -77,9 +77,11 @@ class Template:
             literal = []
             name, number = match.group(1), match.group(2)
             if name == "soft":
-                length = int(number) if number is not None else 1
+                length = 1 if number is None else int(number) if number.strip().isdigit() else 0
                 if length < 1:
-                    raise SoftpromptError(f"template {source!r}: {{soft:{number}}} needs at least 1 token")
+                    raise SoftpromptError(
+                        f"template {source!r}: {token} needs a whole number of soft tokens >= 1 (e.g. {{soft:4}})"
+                    )
                 segments.append(Segment("soft", length=length))
             elif number is not None:
                 raise SoftpromptError(f"template {source!r}: only soft slots take a count, not {token}")
@@ -87,10 +89,8 @@ class Template:
                 segments.append(Segment("mask"))
             else:
                 segments.append(Segment("field", name))
-        literal.append(source[pos:])
+        literal.append(_literal(source, source[pos:]))
         rest = "".join(literal)
-        if "{" in rest or "}" in rest:
-            raise SoftpromptError(f"template {source!r}: unbalanced brace; write {{{{ or }}}} for a literal one")
         if rest:
             segments.append(Segment("text", rest))
         return segments
@@ -135,6 +135,7 @@ class Template:
         causal: bool,
         max_length: int,
         demonstrations: str = "",
+        setting: int | None = None,
     ) -> EncodedInput:
         """Tokenize one example; the longest field is shortened when the result exceeds max_length.
 
@@ -145,6 +146,8 @@ class Template:
                 layout ([CLS] ... [SEP], label at ``{mask}`` or [CLS]).
             max_length: the longest allowed encoding.
             demonstrations: few-shot text put before the first literal/field chunk.
+            setting: the train.max_length the user set, when ``max_length`` is the share of it
+                left for the template (a generation target takes the rest); errors name it.
         """
         fields = dict(fields)
         for attempt in range(4):
@@ -158,8 +161,9 @@ class Template:
             if len(ids) <= overflow:
                 break
             fields[longest] = tokenizer.decode(ids[: len(ids) - overflow - 1])
+        share = "" if setting is None or setting == max_length else f" ({max_length} left after the target)"
         raise SoftpromptError(
-            f"template {self.source!r} does not fit in train.max_length={max_length} tokens "
+            f"template {self.source!r} does not fit in train.max_length={setting or max_length} tokens{share} "
             "even with its fields shortened; raise train.max_length"
         )
 
@@ -219,6 +223,13 @@ class Template:
             if mask_position is None:
                 mask_position = 0  # [CLS]
         return EncodedInput(ids, soft, mask_position)
+
+
+def _literal(source: str, text: str) -> str:
+    """Literal text between slots, which must hold no lone brace (a mistyped slot would stay text)."""
+    if "{" in text or "}" in text:
+        raise SoftpromptError(f"template {source!r}: unbalanced brace; write {{{{ or }}}} for a literal one")
+    return text
 
 
 _AFFIXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -82,7 +82,9 @@ class PromptedGenerator(TaskModel):
     def encode_prompt(self, fields: dict[str, str], max_length: int | None = None) -> EncodedInput:
         """The rendered template of one input, as the model reads it before writing."""
         tokenizer = self.backbone.tokenizer
-        return self.template.encode(fields, tokenizer, True, max_length or self.max_length, self.demonstrations)
+        return self.template.encode(
+            fields, tokenizer, True, max_length or self.max_length, self.demonstrations, setting=self.max_length
+        )
 
     def encode_split(self, pairs: list[TextPair], where: str | None = None) -> list[Encoded]:
         return [self.encode_pair(pair) for pair in pairs]
