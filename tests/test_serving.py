@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from softprompt.backbones import load_backbone
 from softprompt.cli import main
+from softprompt.core.prompt_caches import PromptCaches
 from softprompt.detox.steering import Steering
 from softprompt.errors import SoftpromptError
 from softprompt.generation.sampling import sample_continuations
@@ -49,28 +50,47 @@ def test_mixed_batches_equal_each_task_on_its_own(backbone):
         assert torch.allclose(alone, together, atol=1e-5), name
 
 
-def test_kept_prompt_caches_are_reused_and_follow_a_changed_prompt(backbone):
+@pytest.mark.parametrize("budget", [None, 1])
+def test_stored_prompt_caches_give_the_same_results_within_a_byte_budget(backbone, budget):
+    # budget=1 byte: every batch recomputes what it misses (least recently used trimmed at once).
     models = {
         "a": classifier(backbone, "{soft:3}Review: {text} Sentiment:", {"pos": "a", "neg": "b"}, seed=1),
         "b": classifier(backbone, "{soft:5}Text: {text} Long?", {"y": "b", "n": "a"}, seed=2),
+        "c": classifier(backbone, "Q: {text}{soft:2} A:", {"x": "b", "y": "a"}, seed=3),
     }
-    mixed = MixedPromptClassifier(models)
+    store = PromptCaches(backbone, budget)
+    mixed = MixedPromptClassifier(models, store)
     requests = [(name, example) for example in EXAMPLES for name in models]
     first = classify_mixed(mixed, requests, batch_size=3)
-    kept = mixed._kept
-    assert kept is not None
+    misses = store.misses
     again = classify_mixed(mixed, requests, batch_size=5)
-    assert mixed._kept is kept  # no prompt changed: the caches were not recomputed
-    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(first, again, strict=True))
+    if budget is None:
+        assert store.misses == misses and store.hits > 0 and len(store) == 3  # nothing recomputed
+        assert store.bytes > 0
+    else:
+        assert store.misses > misses and len(store) == 1  # only the last one kept
+    for name, model in models.items():
+        alone = label_probabilities(model, EXAMPLES)
+        for results in (first, again):
+            together = torch.stack([p for (task, _), p in zip(requests, results, strict=True) if task == name])
+            assert torch.allclose(alone, together, atol=1e-5), name
+
+
+def test_a_forgotten_prompt_cache_follows_the_replaced_prompt(backbone):
+    models = {"a": classifier(backbone, "{soft:3}Review: {text} Sentiment:", {"pos": "a", "neg": "b"}, seed=1)}
+    store = PromptCaches(backbone)
+    mixed = MixedPromptClassifier(models, store)
+    requests = [("a", example) for example in EXAMPLES]
+    first = torch.stack(classify_mixed(mixed, requests))
     with torch.no_grad():
         for parameter in models["a"].method.parameters():
             parameter.add_(0.5)
-    changed = classify_mixed(mixed, requests, batch_size=3)
-    assert mixed._kept is not kept
-    alone = label_probabilities(models["a"], EXAMPLES)
-    together = torch.stack([p for (task, _), p in zip(requests, changed, strict=True) if task == "a"])
-    assert torch.allclose(alone, together, atol=1e-5)
-    assert not torch.allclose(together, torch.stack([p for (t, _), p in zip(requests, first, strict=True) if t == "a"]))
+    store.forget("a")
+    changed = torch.stack(classify_mixed(mixed, requests))
+    assert torch.allclose(label_probabilities(models["a"], EXAMPLES), changed, atol=1e-5)
+    assert not torch.allclose(first, changed)
+    with pytest.raises(RuntimeError, match="frozen prompts"):
+        mixed(["a"], [models["a"].task.encode(EXAMPLES[0])])  # grad enabled: a store is for serving only
 
 
 def test_mixed_batches_refuse_layer_changing_methods(tiny_llama_dir):

@@ -58,7 +58,7 @@ def _serve(args: argparse.Namespace) -> None:
     use_threads(args)
     backbone = load_backbone(args.backbone, args.device, args.precision)
     backbone.require_token_prediction("serve")
-    service = Service(backbone, args.prompts)
+    service = Service(backbone, args.prompts, args.prompt_cache_mb)
     api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
     settings = ServeSettings(
         args.queue_size,
@@ -114,6 +114,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-text-chars", type=int, default=10_000, help="413 for a longer text or prompt")
     serve.add_argument(
         "--max-generated-tokens", type=int, default=2_048, help="413 when max_new_tokens x samples is larger"
+    )
+    serve.add_argument(
+        "--prompt-cache-mb",
+        type=float,
+        default=256.0,
+        help="memory for the classifiers' prompt key/value caches; the least recently used are "
+        "recomputed on demand (about 1 MB per task on smollm2-135m)",
     )
     serve.add_argument("--timeout", type=float, default=120.0, help="504 for a request that takes longer (seconds)")
     serve.set_defaults(run=_serve)

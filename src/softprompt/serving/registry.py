@@ -10,6 +10,7 @@ from typing import Any
 
 from softprompt.artifact import TASK_FILE, read_artifact
 from softprompt.backbones import Backbone
+from softprompt.core.prompt_caches import PromptCaches
 from softprompt.errors import SoftpromptError
 from softprompt.methods import METHODS, get_method
 from softprompt.serving.writing import Writer
@@ -44,8 +45,9 @@ class ServedPrompts:
         return rows
 
 
-def load_tasks(directory: str | Path, backbone: Backbone) -> ServedPrompts:
-    """Load every artifact directory under ``directory`` (its name is the task name).
+def load_tasks(directory: str | Path, backbone: Backbone, prompt_cache_mb: float | None = None) -> ServedPrompts:
+    """Load every artifact directory under ``directory`` (its name is the task name). The
+    classifiers' prompt caches are kept up to ``prompt_cache_mb`` megabytes (None: all of them).
 
     Raises:
         SoftpromptError: ``directory`` does not exist (a bad task inside it is only skipped).
@@ -64,7 +66,8 @@ def load_tasks(directory: str | Path, backbone: Backbone) -> ServedPrompts:
         except (RuntimeError, ValueError, KeyError, OSError) as exc:  # a damaged file of any kind
             tasks.skipped[path.name] = f"cannot load {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
     if tasks.classifiers:
-        tasks.mixed = MixedPromptClassifier(tasks.classifiers)
+        budget = None if prompt_cache_mb is None else int(prompt_cache_mb * 2**20)
+        tasks.mixed = MixedPromptClassifier(tasks.classifiers, PromptCaches(backbone, budget))
     return tasks
 
 

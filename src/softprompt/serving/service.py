@@ -40,10 +40,11 @@ class ServeSettings:
 class Service:
     """The model side: the loaded tasks and the batch handlers the worker calls."""
 
-    def __init__(self, backbone: Backbone, prompts: str | Path):
+    def __init__(self, backbone: Backbone, prompts: str | Path, prompt_cache_mb: float | None = 256.0):
         self.backbone = backbone
         self.prompts = prompts
-        self.tasks: ServedPrompts = load_tasks(prompts, backbone)
+        self.prompt_cache_mb = prompt_cache_mb
+        self.tasks: ServedPrompts = load_tasks(prompts, backbone, prompt_cache_mb)
         self.report_skipped()
 
     def report_skipped(self) -> None:
@@ -87,7 +88,7 @@ class Service:
         return self.finish_generation(writing)
 
     def reload(self, _: list[Any]) -> list[dict[str, Any]]:
-        self.tasks = load_tasks(self.prompts, self.backbone)
+        self.tasks = load_tasks(self.prompts, self.backbone, self.prompt_cache_mb)
         self.report_skipped()
         return [{"tasks": self.tasks.describe(), "skipped": self.tasks.skipped}] * len(_)
 

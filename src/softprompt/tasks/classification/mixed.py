@@ -18,6 +18,7 @@ from torch import nn
 
 from softprompt.core import forward as core
 from softprompt.core.batching import length_sorted_batches
+from softprompt.core.prompt_caches import PromptCaches
 from softprompt.data.records import Example
 from softprompt.errors import SoftpromptError
 from softprompt.prompts import EncodedInput
@@ -39,9 +40,11 @@ class MixedPromptClassifier(nn.Module):
 
     Args:
         models: task name -> a classifier; all on the same backbone object, all :func:`mixable`.
+        prompt_caches: a store for the prompts' key/value caches, for an owner whose prompts do
+            not change (it calls ``prompt_caches.forget(name)`` when it replaces a task).
     """
 
-    def __init__(self, models: dict[str, PromptedClassifier]):
+    def __init__(self, models: dict[str, PromptedClassifier], prompt_caches: PromptCaches | None = None):
         super().__init__()
         if not models:
             raise SoftpromptError("no tasks to serve")
@@ -55,7 +58,9 @@ class MixedPromptClassifier(nn.Module):
         self.tasks = dict(models)
         self.backbone = first.backbone
         self.pad_id = first.task.tokenizer.pad_token_id or 0
-        self._kept: tuple | None = None  # inference: (prompts, per-layer caches, mask) of all tasks
+        # Frozen prompts' caches kept across batches, keyed by task name (serving); None: every
+        # batch runs its prompts (training, and evaluation while training).
+        self.prompt_caches = prompt_caches
 
     def encode(self, task: str, example: Example) -> EncodedInput:
         return self.tasks[task].task.encode(example)
@@ -105,32 +110,21 @@ class MixedPromptClassifier(nn.Module):
         return model.task.template.leading_soft if model.method.soft_embeddings() is not None else 0
 
     def _prompt_caches(self, distinct: list[str], lead: list[int], rows: torch.Tensor):
-        """Each distinct leading prompt's key/value cache, gathered for the rows that use it.
-
-        In training the prompts run once per batch (gradients flow back through them); in
-        inference every task's prompt runs once and its cache is kept until a prompt changes.
-        """
+        """Each distinct leading prompt's key/value cache, gathered for the rows that use it: from
+        the owner's store of frozen prompts when there is one (serving), else run for this batch,
+        once per distinct prompt (training: gradients flow back through them)."""
         if max(lead) == 0:
             return None, None
-        if torch.is_grad_enabled():
+        if self.prompt_caches is None:
             layers, mask = core.prompt_cache(
                 self.backbone, [self._soft(n, c) for n, c in zip(distinct, lead, strict=True)]
             )
-            index = rows
         else:
-            layers, mask = self._kept_prompts()
-            column = {name: i for i, name in enumerate(self.tasks)}
-            index = torch.tensor([column[name] for name in distinct], device=rows.device)[rows]
-        return core.gather_cache(self.backbone, layers, index), mask[index]
-
-    def _kept_prompts(self):
-        """Every task's prompt cache, recomputed only when some prompt's values changed."""
-        prompts = [self._soft(name, self._lead(name)) for name in self.tasks]
-        kept = self._kept
-        if kept is None or not all(torch.equal(a, b) for a, b in zip(kept[0], prompts, strict=True)):
-            layers, mask = core.prompt_cache(self.backbone, prompts)
-            self._kept = kept = ([p.clone() for p in prompts], layers, mask)
-        return kept[1], kept[2]
+            if torch.is_grad_enabled():
+                raise RuntimeError("a store of prompt caches serves frozen prompts; train without one")
+            count = dict(zip(distinct, lead, strict=True))
+            layers, mask = self.prompt_caches.batch(distinct, lambda name: self._soft(name, count[name]))
+        return core.gather_cache(self.backbone, layers, rows), mask[rows]
 
     def _soft(self, name: str, count: int) -> torch.Tensor:
         soft = self.tasks[name].method.soft_embeddings()

@@ -1,0 +1,122 @@
+"""A bounded store of frozen soft prompts' key/value caches, for serving many tasks.
+
+A soft prompt that leads its template does not depend on the row's text: its keys and values can
+be computed once and reused by every later batch. With thousands of tasks, keeping every cache
+costs about a megabyte per task, so the store keeps the most recently used ones up to a byte
+budget and computes a missing one on demand (all of a batch's misses in one forward pass).
+
+The store never looks at a prompt's values: its owner promises that the prompt under a key does
+not change, and calls :meth:`PromptCaches.forget` when it replaces one. Training, where prompts
+change every step, uses no store.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from softprompt.backbones import Backbone
+from softprompt.core import forward as core
+
+Layers = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values, [rows, heads, length, dim]
+
+
+@dataclass
+class _Entry:
+    layers: Layers  # one row, exactly the prompt's length (no padding); empty for an empty prompt
+    length: int
+    bytes: int
+
+
+class PromptCaches:
+    """Least-recently-used caches of frozen prompts, keyed by whatever the owner chooses.
+
+    Args:
+        backbone: the backbone the prompts run through.
+        max_bytes: the budget for kept caches (None: no limit). A batch may need more than the
+            budget for a moment; what it used is then trimmed after it.
+    """
+
+    def __init__(self, backbone: Backbone, max_bytes: int | None = None):
+        self.backbone = backbone
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    def forget(self, key: Hashable) -> None:
+        """Drop ``key``'s cache (its prompt was replaced or removed)."""
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry.bytes
+
+    def batch(
+        self, keys: Sequence[Hashable], prompt_of: Callable[[Hashable], torch.Tensor]
+    ) -> tuple[Layers, torch.Tensor]:
+        """The caches of ``keys`` side by side, left-padded to the longest, and their ``[len(keys),
+        width]`` padding mask (the layout of :func:`softprompt.core.forward.prompt_cache`).
+        ``prompt_of(key)`` gives a missing key's ``[n, H]`` prompt."""
+        missing = [key for key in dict.fromkeys(keys) if key not in self._entries]
+        self.misses += len(missing)
+        self.hits += len(keys) - len(missing)
+        if missing:
+            self._compute(missing, prompt_of)
+        entries = [self._entries[key] for key in keys]
+        for key in keys:
+            self._entries.move_to_end(key)
+        layers, mask = self._side_by_side(entries)
+        self._trim()
+        return layers, mask
+
+    def _compute(self, keys: list[Hashable], prompt_of: Callable[[Hashable], torch.Tensor]) -> None:
+        prompts = {key: prompt_of(key) for key in keys}
+        for key in keys:
+            if not len(prompts[key]):
+                self._entries[key] = _Entry([], 0, 0)
+        running = [key for key in keys if len(prompts[key])]
+        if not running:
+            return
+        layers, _ = core.prompt_cache(self.backbone, [prompts[key] for key in running])
+        width = max(len(prompts[key]) for key in running)
+        for row, key in enumerate(running):
+            start = width - len(prompts[key])  # left-padded: the prompt's own positions come last
+            # Copies, not views that would hold the whole batch's tensors in memory.
+            own = [(k[row : row + 1, :, start:].clone(), v[row : row + 1, :, start:].clone()) for k, v in layers]
+            size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in own)
+            self._entries[key] = _Entry(own, len(prompts[key]), size)
+            self.bytes += size
+
+    def _side_by_side(self, entries: list[_Entry]) -> tuple[Layers, torch.Tensor]:
+        """Needs one non-empty entry (a batch where every prompt is empty has no cache at all)."""
+        width = max(entry.length for entry in entries)
+        mask = torch.zeros(len(entries), width, dtype=torch.long, device=self.backbone.device)
+        for row, entry in enumerate(entries):
+            mask[row, width - entry.length :] = 1
+        shape = next(entry for entry in entries if entry.length).layers
+        layers = []
+        for layer, (k0, v0) in enumerate(shape):
+            keys = k0.new_zeros(len(entries), k0.shape[1], width, k0.shape[3])
+            values = v0.new_zeros(len(entries), v0.shape[1], width, v0.shape[3])
+            for row, entry in enumerate(entries):
+                if entry.length:
+                    keys[row, :, width - entry.length :] = entry.layers[layer][0][0]
+                    values[row, :, width - entry.length :] = entry.layers[layer][1][0]
+            layers.append((keys, values))
+        return layers, mask
+
+    def _trim(self) -> None:
+        if self.max_bytes is None:
+            return
+        while self.bytes > self.max_bytes and len(self._entries) > 1:
+            _, entry = self._entries.popitem(last=False)
+            self.bytes -= entry.bytes
