@@ -440,10 +440,10 @@ def _slowed_generation(service, monkeypatch, seconds=0.05):
     slices = []
     real = service.advance_generation
 
-    def slow(sampler):
+    def slow():
         slices.append(time.perf_counter())
         time.sleep(seconds)
-        return real(sampler)
+        return real()
 
     monkeypatch.setattr(service, "advance_generation", slow)
     return slices

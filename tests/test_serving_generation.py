@@ -9,7 +9,9 @@ from fastapi.testclient import TestClient
 from softprompt.backbones import load_backbone
 from softprompt.cli import main
 from softprompt.generation.decode import decode
+from softprompt.generation.running import RunningBatch
 from softprompt.serving.app import GenerateRequest, ServeSettings, Service, create_app
+from softprompt.serving.writing import sample_request
 from softprompt.tasks.loading import load_model
 
 from .test_generation import PAIRS, gen_args, pair_files  # noqa: F401 (fixtures)
@@ -111,3 +113,69 @@ def test_openai_client_gets_a_404_for_an_unknown_model(openai_client):
         openai_client.completions.create(model="polit", prompt="x")
     error = caught.value.body
     assert error["code"] == "model_not_found" and error["param"] == "model" and "polit" in error["message"]
+
+
+def _alone(service, request):
+    batch = RunningBatch(service.backbone)
+    batch.admit([("alone", request)])
+    finished = []
+    while batch.members:
+        finished += batch.step()
+    return finished[0].tokens
+
+
+def _request(service, task, text, **settings):
+    return sample_request(GenerateRequest(task=task, prompt=text, **settings).job(), service.tasks.generators[task])
+
+
+def test_requests_joining_a_running_batch_get_what_each_gets_alone(service):
+    long = _request(service, "polite", PAIRS[0][0], max_new_tokens=12, temperature=0)
+    sampled = _request(service, "nice", PAIRS[1][0], max_new_tokens=6, temperature=0.9, top_p=0.8, samples=2, seed=5)
+    greedy = _request(service, "nice", "short", max_new_tokens=3, temperature=0)
+    batch = RunningBatch(service.backbone)
+    batch.admit([("long", long)])
+    finished = {m.key: m for m in batch.step(3)}
+    batch.admit([("sampled", sampled), ("greedy", greedy)])  # they join the long one mid-way
+    assert batch.size == 4
+    sizes = []
+    while batch.members:
+        finished.update({m.key: m for m in batch.step()})
+        sizes.append(batch.size)
+    assert finished["greedy"].tokens == _alone(service, greedy)
+    assert finished["sampled"].tokens == _alone(service, sampled)
+    assert finished["long"].tokens == _alone(service, long)
+    assert len(finished["long"].tokens[0]) <= 12
+    assert sizes[2] < 4  # the 3-token request left after its last token, freeing its row at once
+
+
+def test_a_short_generation_does_not_wait_for_a_long_one(service, monkeypatch):
+    import threading
+    import time
+
+    real = service.advance_generation
+
+    def slow():
+        time.sleep(0.02)
+        return real()
+
+    monkeypatch.setattr(service, "advance_generation", slow)
+    finished = {}
+    with TestClient(create_app(service, ServeSettings(max_wait_ms=1))) as test_client:
+
+        def long_generation():
+            body = {"task": "polite", "prompt": "Once", "max_new_tokens": 200, "temperature": 0.01}
+            assert test_client.post("/v1/generate", json=body).status_code == 200
+            finished["long"] = time.perf_counter()
+
+        thread = threading.Thread(target=long_generation)
+        thread.start()
+        while not service.stream.rows:  # the long generation is under way
+            time.sleep(0.01)
+        body = {"task": "nice", "prompt": "hi", "max_new_tokens": 4, "temperature": 0}
+        answer = test_client.post("/v1/generate", json=body)
+        finished["short"] = time.perf_counter()
+        assert service.stream.rows == 1  # the short one joined the running batch and left it
+        thread.join()
+    assert answer.status_code == 200
+    assert answer.json()["completions"] == service.generate([GenerateRequest(**body)])[0]
+    assert finished["short"] < finished["long"], "the short generation waited for the long one"

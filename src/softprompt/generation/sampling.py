@@ -165,7 +165,7 @@ def continuation_nll(
 
 @dataclass
 class SampleRequest:
-    """One caller's sampling job inside a shared batch (see :class:`RequestSampler`)."""
+    """One caller's sampling job in a shared decoding batch (see :mod:`softprompt.generation.running`)."""
 
     prompt: str
     soft: torch.Tensor | None  # [n, hidden] soft prompt put before the text, or None
@@ -174,68 +174,3 @@ class SampleRequest:
     top_p: float
     temperature: float  # 0: greedy
     seed: int
-
-
-class RequestSampler:
-    """Several callers' sampling jobs decoded together, a few tokens at a time.
-
-    Every row has its own soft prompt and each request draws from its own generator, seeded by
-    its ``seed``, so what it gets does not depend on what else shared the batch, nor on how the
-    decoding was sliced: a server advances it a few steps between other work.
-    """
-
-    @torch.inference_mode()
-    def __init__(self, backbone: Backbone, requests: Sequence[SampleRequest]):
-        self.backbone, self.requests = backbone, list(requests)
-        counts = torch.tensor([r.samples for r in requests])
-        ends = counts.cumsum(0).tolist()
-        self.spans = [slice(end - r.samples, end) for r, end in zip(requests, ends, strict=True)]
-        self.generators = [torch.Generator().manual_seed(r.seed) for r in requests]
-        # Each request's prompt is pre-filled once; its cache is repeated for its samples.
-        rows = [(r.soft, context_ids(backbone, r.prompt)) for r in requests]
-        logits, self.cache, mask, last = _prefill(backbone, rows)
-        sample_of = torch.repeat_interleave(torch.arange(len(requests)), counts)  # row -> its request
-        on_device = sample_of.to(backbone.device)
-        self.cache.reorder_cache(on_device)
-        self.logits, self.mask, self.last = logits[on_device], mask[on_device], last[on_device]
-        self.longest = max(r.max_new_tokens for r in requests)
-        self.tokens = torch.zeros(len(sample_of), self.longest, dtype=torch.long)
-        self.lengths = torch.tensor([r.max_new_tokens for r in requests])[sample_of]
-        self.done = torch.zeros(len(sample_of), dtype=torch.bool)
-        self.step = 0
-        self.finished = False
-
-    @torch.inference_mode()
-    def advance(self, steps: int) -> bool:
-        """Decode up to ``steps`` more tokens; True once every row is finished."""
-        eos = self.backbone.tokenizer.eos_token_id
-        for _ in range(steps):
-            if self.finished:
-                break
-            step = self.step
-            chosen = torch.cat(
-                [
-                    # Temperature 0: greedy (the most likely token), as in OpenAI's API.
-                    self.logits[span].argmax(-1).cpu()
-                    if r.temperature == 0
-                    else nucleus_sample(self.logits[span] / r.temperature, r.top_p, generator)
-                    for r, span, generator in zip(self.requests, self.spans, self.generators, strict=True)
-                ]
-            )
-            finished = ~self.done & (chosen == eos) if eos is not None else torch.zeros_like(self.done)
-            self.lengths = torch.where(finished, torch.minimum(self.lengths, torch.tensor(step)), self.lengths)
-            self.done |= finished | (self.lengths <= step + 1)
-            self.tokens[:, step] = chosen
-            self.step += 1
-            if bool(self.done.all()) or self.step >= self.longest:
-                self.finished = True
-                break
-            self.logits, self.cache, self.mask, self.last = _extend(
-                self.backbone, chosen.unsqueeze(1).to(self.backbone.device), self.mask, self.last, self.cache
-            )
-        return self.finished
-
-    def results(self) -> list[list[list[int]]]:
-        """Per request, the token ids of each of its samples."""
-        texts = [self.tokens[i, : self.lengths[i]].tolist() for i in range(len(self.tokens))]
-        return [texts[span] for span in self.spans]

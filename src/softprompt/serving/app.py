@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from softprompt.serving.batcher import Batcher, Stepwise
+from softprompt.serving.batcher import Batcher, Continuous
 from softprompt.serving.guards import ApiKey, BodyLimit
 from softprompt.serving.openai import add_completion_routes
 from softprompt.serving.requests import ClassifyRequest, GenerateRequest
@@ -25,7 +25,12 @@ from softprompt.serving.service import Gate, ServeSettings, Service
 def create_app(service: Service, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI application serving ``service``."""
     settings = settings or ServeSettings()
-    generate = Stepwise(service.start_generation, service.advance_generation, service.finish_generation)
+    generate = Continuous(
+        service.admit_generation,
+        lambda: service.advance_generation(),  # looked up at each call (tests slow it down)
+        service.drop_generation,
+        lambda job: job.samples,
+    )
     batcher = Batcher(
         {"classify": service.classify, "generate": generate, "reload": service.reload},
         queue_size=settings.queue_size,

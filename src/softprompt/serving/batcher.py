@@ -5,10 +5,12 @@ arrive together go through the model as one mixed batch. The queue is bounded, s
 more load than it can take answers 429 at once instead of hanging. Model calls run one at a time
 in a worker thread, so the event loop keeps answering (health checks, 429s) while it computes.
 
-Long jobs (generation) are :class:`Stepwise`: the worker advances them a slice at a time and runs
-whatever else is waiting between slices, so a long generation never starves classification. Jobs
-whose caller went away (disconnected, timed out) are dropped before they run, and a generation
-whose callers have all gone is abandoned between slices.
+Generation is :class:`Continuous` (iteration-level scheduling, as in vLLM and TGI): one running
+decoding batch that the worker advances a slice of a few tokens at a time. Between slices it runs
+whatever classification is waiting, lets new generation jobs join the running batch (up to
+``max_batch`` rows), and answers each job the moment it finishes, so a short generation never
+waits behind a long one. Jobs whose caller went away (disconnected, timed out) are dropped before
+they run, or taken out of the running batch between slices.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class Stepwise:
-    """A kind of job computed in slices: ``start(payloads) -> state``, ``advance(state) -> done``,
-    ``finish(state) -> results`` (one per payload)."""
+class Continuous:
+    """A kind of job decoded in one running batch that jobs join and leave between slices."""
 
-    start: Callable[[list[Any]], Any]
-    advance: Callable[[Any], bool]
-    finish: Callable[[Any], list[Any]]
+    admit: Callable[[list[tuple[int, Any]]], None]  # (key, payload) pairs join the running batch
+    advance: Callable[[], dict[int, Any]]  # one slice; the finished jobs' results by key
+    drop: Callable[[set[int]], None]  # take jobs out (their callers went away)
+    rows: Callable[[Any], int]  # the batch rows a payload takes
 
 
 class QueueFull(Exception):
@@ -49,7 +51,7 @@ class Batcher:
 
     def __init__(
         self,
-        handlers: dict[str, Callable[[list[Any]], list[Any]] | Stepwise],
+        handlers: dict[str, Callable[[list[Any]], list[Any]] | Continuous],
         queue_size: int = 256,
         max_batch: int = 32,
         max_wait: float = 0.005,
@@ -60,8 +62,9 @@ class Batcher:
         self.max_wait = max_wait
         self._worker: asyncio.Task | None = None
         self._held: Job | None = None  # a job that did not fit the last batch
-        self._waiting: collections.deque[list[Job]] = collections.deque()  # stepwise batches not started
-        self._active: tuple[list[Job], Any] | None = None  # the stepwise batch being advanced
+        self._joining: collections.deque[Job] = collections.deque()  # continuous jobs not yet admitted
+        self._running: dict[int, Job] = {}  # continuous jobs in the running batch, by key
+        self._rows = 0  # batch rows the running jobs take
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run())
@@ -104,11 +107,11 @@ class Batcher:
 
     async def _run(self) -> None:
         while True:
-            busy = self._active is not None or self._waiting
+            busy = bool(self._running or self._joining)
             if not busy or self._held is not None or not self.queue.empty():
                 batch = self._live(await self._next_batch())
-                if batch and isinstance(self.handlers[batch[0].kind], Stepwise):
-                    self._waiting.append(batch)
+                if batch and isinstance(self.handlers[batch[0].kind], Continuous):
+                    self._joining.extend(batch)
                 elif batch:
                     await self._run_once(batch)
             await self._advance()
@@ -129,35 +132,60 @@ class Batcher:
             self._fail(batch, exc)
 
     async def _advance(self) -> None:
-        """Start the next stepwise batch if none is active, then advance the active one a slice."""
+        """Drop running jobs whose callers went away, admit waiting ones that fit, then advance the
+        running batch a slice and answer the jobs that finished."""
+        handler = next((h for h in self.handlers.values() if isinstance(h, Continuous)), None)
+        if handler is None:
+            return
         loop = asyncio.get_running_loop()
-        if self._active is None and self._waiting:
-            batch = self._live(self._waiting.popleft())
-            if batch:
-                steps = self.handlers[batch[0].kind]
-                try:
-                    state = await loop.run_in_executor(None, steps.start, [job.payload for job in batch])
-                    self._active = (batch, state)
-                except Exception as exc:  # a failure answers its own requests, never stops the worker
-                    self._fail(batch, exc)
-        if self._active is None:
+        gone = {key for key, job in self._running.items() if job.future.done()}
+        if gone:
+            await loop.run_in_executor(None, handler.drop, gone)
+            self._settle(gone)
+        joining = []
+        while self._joining:
+            job = self._joining[0]
+            alone = not self._running and not joining  # a job over max_batch rows still runs, alone
+            if not alone and not self._fits(handler, job):
+                break
+            self._joining.popleft()
+            if job.future.done():
+                self.queue.task_done()
+                continue
+            joining.append(job)
+            self._rows += handler.rows(job.payload)
+        if joining:
+            try:
+                await loop.run_in_executor(None, handler.admit, [(id(job), job.payload) for job in joining])
+                self._running.update((id(job), job) for job in joining)
+            except Exception as exc:  # a failure answers its own requests, never stops the worker
+                self._rows -= sum(handler.rows(job.payload) for job in joining)
+                self._fail(joining, exc)
+        if not self._running:
             return
-        batch, state = self._active
-        if all(job.future.done() for job in batch):  # every caller went away: stop computing
-            self._active = None
-            self._live(batch)
-            return
-        steps = self.handlers[batch[0].kind]
         try:
-            finished = await loop.run_in_executor(None, steps.advance, state)
-            results = steps.finish(state) if finished else None
+            finished = await loop.run_in_executor(None, handler.advance)
         except Exception as exc:
-            self._active = None
-            self._fail(batch, exc)
+            running = list(self._running.values())
+            await loop.run_in_executor(None, handler.drop, set(self._running))
+            self._running, self._rows = {}, 0
+            self._fail(running, exc)
             return
-        if finished:
-            self._active = None
-            self._answer(batch, results)
+        for key, result in finished.items():
+            job = self._running[key]
+            self._answer([job], [result])
+            self._settle({key}, answered=True)
+
+    def _fits(self, handler: Continuous, job: Job) -> bool:
+        return self._rows + handler.rows(job.payload) <= self.max_batch
+
+    def _settle(self, keys: set[int], answered: bool = False) -> None:
+        """Forget running jobs that left the batch (``answered``: their queue slot is done already)."""
+        for key in keys:
+            job = self._running.pop(key)
+            self._rows -= self.handlers[job.kind].rows(job.payload)
+            if not answered:
+                self.queue.task_done()
 
     def _answer(self, batch: list[Job], results: list[Any]) -> None:
         for job, result in zip(batch, results, strict=True):

@@ -16,7 +16,7 @@ from softprompt.data.records import Example
 from softprompt.serving.batcher import Batcher, QueueFull
 from softprompt.serving.registry import ServedPrompts, load_tasks
 from softprompt.serving.requests import ClassifyRequest, GenerateRequest
-from softprompt.serving.writing import WriteJob, Writing
+from softprompt.serving.writing import GenerationStream, WriteJob
 from softprompt.tasks.classification.mixed import classify_mixed
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class Service:
         self.prompts = prompts
         self.prompt_cache_mb = prompt_cache_mb
         self.tasks: ServedPrompts = load_tasks(prompts, backbone, prompt_cache_mb)
+        self.stream = GenerationStream(backbone)  # the server's running decoding batch
         self.report_skipped()
 
     def report_skipped(self) -> None:
@@ -66,26 +67,32 @@ class Service:
             out.append(answers)
         return out
 
-    def start_generation(self, payloads: list[WriteJob | GenerateRequest]) -> Writing:
-        """One batch for every sample of every job; each keeps its own settings and seed, so its
-        answer does not depend on what it was batched with."""
-        jobs = [p.job() if isinstance(p, GenerateRequest) else p for p in payloads]
-        return Writing(self.backbone, jobs, self.tasks.generators)
+    def admit_generation(self, jobs: list[tuple[int, WriteJob]]) -> None:
+        """New jobs join the running decoding batch; each keeps its own settings and seed, so its
+        answer does not depend on what it shares the batch with, or when it joined."""
+        self.stream.admit(jobs, self.tasks.generators)
 
-    def advance_generation(self, writing: Writing) -> bool:
-        """A slice of decoding; between slices the worker runs waiting classification batches."""
-        return writing.advance(GENERATION_SLICE)
+    def advance_generation(self) -> dict[int, list[str]]:
+        """A slice of decoding; between slices the worker runs waiting classification batches
+        and admits new jobs. The texts of the jobs that finished, by key."""
+        return {key: self._texts(ids) for key, ids in self.stream.advance(GENERATION_SLICE).items()}
 
-    def finish_generation(self, writing: Writing) -> list[list[str]]:
-        tokenizer = self.backbone.tokenizer
-        return [[tokenizer.decode(ids, skip_special_tokens=True) for ids in samples] for samples in writing.results()]
+    def drop_generation(self, keys: set[int]) -> None:
+        self.stream.drop(keys)
+
+    def _texts(self, samples: list[list[int]]) -> list[str]:
+        return [self.backbone.tokenizer.decode(ids, skip_special_tokens=True) for ids in samples]
 
     def generate(self, payloads: list[WriteJob | GenerateRequest]) -> list[list[str]]:
-        """All of a generation batch at once (what the worker does slice by slice)."""
-        writing = self.start_generation(payloads)
-        while not self.advance_generation(writing):
-            pass
-        return self.finish_generation(writing)
+        """All of some generation jobs at once, in a batch of their own (what the server does
+        slice by slice, with jobs joining and leaving)."""
+        jobs = [p.job() if isinstance(p, GenerateRequest) else p for p in payloads]
+        stream = GenerationStream(self.backbone)
+        stream.admit(list(enumerate(jobs)), self.tasks.generators)
+        results: dict = {}
+        while stream.rows:
+            results.update(stream.advance(GENERATION_SLICE))
+        return [self._texts(results[key]) for key in range(len(jobs))]
 
     def reload(self, _: list[Any]) -> list[dict[str, Any]]:
         self.tasks = load_tasks(self.prompts, self.backbone, self.prompt_cache_mb)

@@ -1,13 +1,14 @@
-"""The generation side of the server: what a served writer is, one caller's decoding job, and a
-shared decoding batch that reports each job's new tokens as they come (for streaming).
+"""The generation side of the server: what a served writer is, one caller's decoding job, and the
+running decoding batch that jobs join and leave between steps, reporting each job's new tokens
+as they come (for streaming).
 
-Every job keeps its own soft prompt, settings and seed (:class:`RequestSampler`), so what it gets
-does not depend on what shared its batch. Temperature 0 is greedy decoding.
+Every job keeps its own soft prompt, settings and seed (:class:`~softprompt.generation.running.RunningBatch`),
+so what it gets does not depend on what shared its batch. Temperature 0 is greedy decoding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,8 @@ import torch
 
 from softprompt.backbones import Backbone
 from softprompt.config import GenConfig
-from softprompt.generation.sampling import RequestSampler, SampleRequest
+from softprompt.generation.running import Member, RunningBatch
+from softprompt.generation.sampling import SampleRequest
 from softprompt.prompts import Template
 
 Listener = Callable[[int, list[int], bool], None]  # (sample index, new token ids, finished)
@@ -73,35 +75,54 @@ def sample_request(job: WriteJob, writer: Writer | None) -> SampleRequest:
     )
 
 
-class Writing:
-    """A decoding batch in progress, with what each job's listener has been told so far."""
+class GenerationStream:
+    """The server's running decoding batch (continuous batching, :class:`RunningBatch`) and what
+    each job's listener has been told so far. Jobs join with :meth:`admit`, leave when finished
+    (:meth:`advance` returns their samples' token ids) or when dropped."""
 
-    def __init__(self, backbone: Backbone, jobs: list[WriteJob], writers: dict[str, Writer]):
-        self.jobs = jobs
-        requests = [sample_request(job, writers.get(job.task) if job.task else None) for job in jobs]
-        self.sampler = RequestSampler(backbone, requests)
-        self.sent = [0] * len(self.sampler.tokens)
-        self.closed = [False] * len(self.sampler.tokens)
+    def __init__(self, backbone: Backbone):
+        self.batch = RunningBatch(backbone)
+        self.jobs: dict[Hashable, WriteJob] = {}
+        self.sent: dict[Hashable, list[int]] = {}  # per job, tokens reported per sample
 
-    def advance(self, steps: int) -> bool:
-        finished = self.sampler.advance(steps)
-        self.report(finished)
-        return finished
+    @property
+    def rows(self) -> int:
+        """Rows being decoded (samples of the jobs in the batch)."""
+        return self.batch.size
 
-    def report(self, finished: bool) -> None:
-        """Tell each listener the tokens decoded since the last report."""
-        sampler = self.sampler
-        for job, span in zip(self.jobs, sampler.spans, strict=True):
-            if job.listener is None:
+    def admit(self, jobs: list[tuple[Hashable, WriteJob]], writers: dict[str, Writer]) -> None:
+        """Pre-fill ``(key, job)`` pairs; they join the batch at the next step."""
+        requests = [(key, sample_request(job, writers.get(job.task) if job.task else None)) for key, job in jobs]
+        self.batch.admit(requests)
+        for key, job in jobs:
+            self.jobs[key], self.sent[key] = job, [0] * job.samples
+
+    def advance(self, steps: int) -> dict[Hashable, list[list[int]]]:
+        """Decode ``steps`` tokens; report new tokens to listeners; the finished jobs' token ids."""
+        finished = self.batch.step(steps)
+        for member in [*self.batch.members, *finished]:
+            self._report(member, member in finished)
+        results = {}
+        for member in finished:
+            del self.jobs[member.key], self.sent[member.key]
+            results[member.key] = [list(tokens) for tokens in member.tokens]
+        return results
+
+    def drop(self, keys: set[Hashable]) -> None:
+        """Stop decoding the jobs of ``keys`` (their callers went away)."""
+        self.batch.drop(keys)
+        for key in keys:
+            self.jobs.pop(key, None)
+            self.sent.pop(key, None)
+
+    def _report(self, member: Member, finished: bool) -> None:
+        job, sent = self.jobs[member.key], self.sent[member.key]
+        if job.listener is None:
+            return
+        for sample, tokens in enumerate(member.tokens):
+            if sent[sample] < 0:  # closed: its last report said done
                 continue
-            for sample, row in enumerate(range(span.start, span.stop)):
-                if self.closed[row]:
-                    continue
-                end = min(sampler.step, int(sampler.lengths[row]))
-                done = finished or bool(sampler.done[row])
-                if end > self.sent[row] or done:
-                    job.listener(sample, sampler.tokens[row, self.sent[row] : end].tolist(), done)
-                    self.sent[row], self.closed[row] = max(self.sent[row], end), done
-
-    def results(self) -> list[list[list[int]]]:
-        return self.sampler.results()
+            done = finished or member.done[sample]
+            if len(tokens) > sent[sample] or done:
+                job.listener(sample, tokens[sent[sample] :], done)
+                sent[sample] = -1 if done else len(tokens)
