@@ -123,6 +123,28 @@ def test_texts_and_records_of_the_wrong_type_are_one_line(tiny_llama_dir, tmp_pa
         model.evaluate("a great movie")
 
 
+def test_hints_from_python_name_keyword_arguments_not_flags(tiny_llama_dir, tmp_path):
+    settings = {
+        "train_data": ROWS,
+        "backbone": str(tiny_llama_dir),
+        "verbalizer": VERBALIZER,
+        "train": {"max_steps": 2, "eval_every": 2},
+        "out": str(tmp_path / "run"),
+        "progress": False,
+    }
+    softprompt.train(**settings)
+    with pytest.raises(SoftpromptError) as caught:
+        softprompt.train(**settings)
+    assert "use resume=True to continue it, overwrite=True to replace it" in str(caught.value)
+    with pytest.raises(SoftpromptError) as caught:
+        softprompt.train(**{**settings, "train": {"max_steps": 4, "eval_every": 2}}, resume=True)
+    assert str(caught.value).startswith("resume=True continues the same run") and "grow with extend=True" in str(
+        caught.value
+    )
+    assert "--" not in str(caught.value)
+    softprompt.train(**{**settings, "train": {"max_steps": 4, "eval_every": 2}}, resume=True, extend=True)
+
+
 def test_import_changes_no_environment_variable():
     code = "import os; before = dict(os.environ); import softprompt, softprompt.api; print(dict(os.environ) == before)"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "TOKENIZERS_"))}

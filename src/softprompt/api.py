@@ -174,6 +174,7 @@ def train(
     backbone: Backbone | str | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    extend: bool = False,
     progress: bool = True,
     **settings: Any,
 ) -> TrainResult:
@@ -188,6 +189,7 @@ def train(
         backbone: a loaded backbone, or a name / local path / Hub id.
         resume: continue from the checkpoint in ``out``.
         overwrite: replace a run already in ``out``.
+        extend: with ``resume``, allow a larger ``train.max_steps`` than the saved run's.
         progress: show progress bars.
         **settings: recipe keys on top of ``config``: ``template=``, ``verbalizer=``, ``method=``,
             ``out=``, ``seed=``, and sections as dicts (``train={"max_steps": 100}``, ``lora={"r": 16}``).
@@ -196,7 +198,8 @@ def train(
         A :class:`TrainResult`; ``result.model`` is the trained :class:`Model` (best weights).
     """
     loaded, run = _backbone(backbone, _config(config, settings))
-    result = train_run(run, resume, overwrite, progress, loaded, _records(train_data, dev_data, test_data) or None)
+    records = _records(train_data, dev_data, test_data) or None
+    result = train_run(run, resume, overwrite, progress, loaded, records, extend)
     if result.model is not None:
         result.model = Model(result.model, get_task(run.task), read_artifact(result.out).meta)
     return result

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.artifact import RUN_CONFIG_FILE
-from softprompt.errors import SoftpromptError
+from softprompt.errors import SoftpromptError, flag
 
 # Settings that change how fast a run goes, never what it computes.
 # Decoding (gen.*) only shapes the final evaluation, which a resumed run repeats.
@@ -46,7 +46,7 @@ def saved_config(out: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SoftpromptError(f"{path} is unreadable ({exc}); start the run again without --resume") from None
+        raise SoftpromptError(f"{path} is unreadable ({exc}); start the run again without {flag('resume')}") from None
 
 
 def check_same_run(saved: dict[str, Any], requested: dict[str, Any], extend: bool = False) -> None:
@@ -62,8 +62,9 @@ def check_same_run(saved: dict[str, Any], requested: dict[str, Any], extend: boo
             continue
         changed.append(f"{key} ({old.get(key)!r} -> {new.get(key)!r})")
     if changed:
-        hint = f"; {EXTENDABLE} may grow with --extend" if any(c.startswith(EXTENDABLE) for c in changed) else ""
+        grows = any(c.startswith(EXTENDABLE) for c in changed)
+        hint = f"; {EXTENDABLE} may grow with {flag('extend')}" if grows else ""
         raise SoftpromptError(
-            f"--resume continues the same run, but these settings differ from the saved run's: {', '.join(changed)}. "
-            f"Drop them, or start a new run with another out={hint}"
+            f"{flag('resume')} continues the same run, but these settings differ from the saved run's: "
+            f"{', '.join(changed)}. Drop them, or start a new run with another out={hint}"
         )

@@ -21,7 +21,7 @@ from softprompt.atomic import atomic_write_json
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import RunConfig, require
 from softprompt.data.splits import Records, Splits
-from softprompt.errors import SoftpromptError
+from softprompt.errors import SoftpromptError, flag
 from softprompt.methods import get_method
 from softprompt.plotting import plot_training_curves
 from softprompt.seeding import seeded
@@ -108,7 +108,8 @@ def check_out(out: Path, resume: bool, overwrite: bool, extra: tuple[Path, ...] 
     taken = any((d / TASK_FILE).exists() or (d / CHECKPOINT).exists() for d in (out, *extra))
     if taken and not (resume or overwrite):
         raise SoftpromptError(
-            f"{out} already holds a run; use --resume to continue it, --overwrite to replace it, or another out="
+            f"{out} already holds a run; use {flag('resume')} to continue it, {flag('overwrite')} to replace it, "
+            "or another out="
         )
 
 
