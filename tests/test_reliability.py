@@ -215,3 +215,18 @@ def test_out_none_from_python_is_the_default_not_a_directory_named_none():
     from softprompt.config import load_config
 
     assert load_config(base={"out": None}).out == load_config().out == "runs/default"
+
+
+def test_texts_that_are_not_utf8_are_one_line(run, capsys, monkeypatch):
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"fine\ncaf\xe9\n"), encoding="utf-8"))
+    assert main(["predict", str(run)]) == 2
+    assert _one_line_error(capsys) == "error: stdin line 2: not UTF-8 (byte 0xe9); texts must be UTF-8"
+    # undecodable argument bytes reach Python as lone surrogates (os.fsdecode)
+    assert main(["predict", str(run), "fine", os.fsdecode(b"caf\xe9")]) == 2
+    assert _one_line_error(capsys) == "error: text argument 2: not UTF-8 (byte 0xe9); texts must be UTF-8"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a great movie\r\n\n"), encoding="utf-8"))
+    assert main(["predict", str(run)]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "a great movie"
