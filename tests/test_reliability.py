@@ -230,3 +230,24 @@ def test_texts_that_are_not_utf8_are_one_line(run, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a great movie\r\n\n"), encoding="utf-8"))
     assert main(["predict", str(run)]) == 0
     assert json.loads(capsys.readouterr().out)["text"] == "a great movie"
+
+
+def test_a_loss_that_diverges_before_any_checkpoint_says_so(base_args, tmp_path, capsys, monkeypatch):
+    import torch
+
+    real = torch.nn.functional.nll_loss
+    monkeypatch.setattr(torch.nn.functional, "nll_loss", lambda *a, **k: real(*a, **k) * float("inf"))
+    assert main(["train", *base_args, f"out={tmp_path / 'run'}", "train.eval_every=2"]) == 3
+    err = _one_line_error(capsys)
+    assert err == (
+        "error: loss became inf at step 1, before the first checkpoint (nothing to resume); "
+        "lower train.lr and start again"
+    )
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+@pytest.mark.parametrize("setting", ["train.lr=inf", "train.lr=nan", "train.epochs=inf", "train.l2=inf"])
+def test_non_finite_numbers_are_refused_before_training(base_args, tmp_path, capsys, setting):
+    assert main(["train", *base_args, setting, f"out={tmp_path / 'run'}"]) == 2
+    assert f"config field '{setting.split('=')[0]}': must be " in _one_line_error(capsys)
+    assert not (tmp_path / "run").exists()

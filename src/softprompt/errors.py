@@ -24,7 +24,7 @@ class SoftpromptError(Exception):
 
 
 class TrainingDiverged(SoftpromptError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite; the last checkpoint, if one was written, is kept."""
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -7,6 +7,7 @@ A config is plain data. ``load_config`` merges a YAML file and dotted command-li
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,10 +98,13 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        require(math.isfinite(self.lr) and self.lr > 0, "train.lr", f"must be a finite number > 0, got {self.lr}")
+        for key in ("l2", "weight_decay", "grad_clip", "warmup_ratio"):
+            require(math.isfinite(getattr(self, key)), f"train.{key}", f"must be finite, got {getattr(self, key)}")
         for key in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batch_size", "max_length"):
             require(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
-        require(self.epochs is None or self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
+        ok = self.epochs is None or (math.isfinite(self.epochs) and self.epochs > 0)
+        require(ok, "train.epochs", f"must be a finite number > 0, got {self.epochs}")
         require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
         require(self.patience >= 0, "train.patience", "must be >= 0")
         require(self.l2 >= 0 and self.weight_decay >= 0, "train.l2", "penalties must be >= 0")
