@@ -88,6 +88,32 @@ def test_build_zero_shot_save_and_load(tiny_llama_dir, tmp_path):
     assert softprompt.load(tmp_path / "zero").predict("a great movie") == expected
 
 
+def test_save_refuses_a_non_empty_directory_unless_overwrite(tiny_llama_dir, tmp_path):
+    run = tmp_path / "run"
+    softprompt.train(
+        train_data=ROWS,
+        backbone=str(tiny_llama_dir),
+        verbalizer=VERBALIZER,
+        train={"max_steps": 2, "eval_every": 2},
+        out=str(run),
+        progress=False,
+    )
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    model = softprompt.build(
+        backbone=str(tiny_llama_dir), method="none", template="{text} It was", verbalizer=VERBALIZER
+    )
+    with pytest.raises(SoftpromptError) as caught:
+        model.save(run)
+    assert str(caught.value) == (
+        f"{run} is not empty (a run or other files); save into a new directory, "
+        "or pass overwrite=True to replace the model there"
+    )
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before, "nothing was touched"
+    model.save(run, overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "task.json"]
+    assert softprompt.load(run).meta["method"] == "none"
+
+
 def test_same_seed_gives_the_same_initial_prompt(tiny_llama_dir):
     settings = {"backbone": str(tiny_llama_dir), "verbalizer": VERBALIZER, "prompt": {"init": "random"}, "seed": 3}
     first = softprompt.build(template="{soft:4}{text}", **settings).module.export_state()
