@@ -251,3 +251,22 @@ def test_non_finite_numbers_are_refused_before_training(base_args, tmp_path, cap
     assert main(["train", *base_args, setting, f"out={tmp_path / 'run'}"]) == 2
     assert f"config field '{setting.split('=')[0]}': must be " in _one_line_error(capsys)
     assert not (tmp_path / "run").exists()
+
+
+def test_no_data_is_an_error_not_a_silent_default_dataset(base_args, tiny_llama_dir, tmp_path, capsys):
+    import softprompt
+
+    no_data = [a for a in base_args if not a.startswith("data.")]
+    assert main(["train", *no_data, f"out={tmp_path / 'run'}"]) == 2
+    assert _one_line_error(capsys) == (
+        "error: no training data: set data.train=FILE (train_data=[...] from Python) or a built-in "
+        "dataset=NAME (softprompt ls datasets; the demo uses dataset=rotten-tomatoes)"
+    )
+    with pytest.raises(softprompt.SoftpromptError, match=r"^no training data: "):
+        softprompt.train(
+            backbone=str(tiny_llama_dir),
+            template="{text} It was",
+            verbalizer={"positive": "great", "negative": "bad"},
+            out=str(tmp_path / "run"),
+        )
+    assert not (tmp_path / "run").exists()

@@ -169,7 +169,11 @@ class RunConfig(ComputeSettings):
     """Everything one ``softprompt train`` run needs."""
 
     backbone: str = option("backbone name (softprompt ls backbones) or a local HF dir / .gguf file", "smollm2-135m")
-    dataset: str | None = option("built-in dataset (softprompt ls datasets); ignored when data.train is set", None)
+    dataset: str | None = option(
+        "built-in dataset (softprompt ls datasets); no default: a run needs it or data.train "
+        "(the demo recipe sets rotten-tomatoes); ignored when data.train is set",
+        None,
+    )
     method: str = option("softprompt ls methods; 'none' = zero-/few-shot without training", PromptTuning.name)
     task: str = option(
         "softprompt ls tasks: classification, ner (CoNLL files; an encoder) or generation (text to text)",
