@@ -270,3 +270,17 @@ def test_no_data_is_an_error_not_a_silent_default_dataset(base_args, tiny_llama_
             out=str(tmp_path / "run"),
         )
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "verbalizer, said",
+    [
+        ("{positive: positive, negative: positive}", "both say the word 'positive'"),
+        ("{positive: [great, fine], negative: [bad, great]}", "both say the word 'great'"),
+    ],
+)
+def test_labels_that_say_the_same_tokens_are_refused(base_args, tmp_path, capsys, verbalizer, said):
+    assert main(["train", *base_args, f"verbalizer={verbalizer}", f"out={tmp_path / 'run'}"]) == 2
+    err = _one_line_error(capsys)
+    assert "verbalizer labels 'positive' and 'negative' cannot be told apart: " + said in err, err
+    assert not (tmp_path / "run").exists()
