@@ -284,3 +284,28 @@ def test_labels_that_say_the_same_tokens_are_refused(base_args, tmp_path, capsys
     err = _one_line_error(capsys)
     assert "verbalizer labels 'positive' and 'negative' cannot be told apart: " + said in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_a_data_file_whose_contents_changed(run, base_args, sentiment_files, capsys):
+    args = ["train", *base_args, f"out={run}", "train.eval_every=2", "train.max_steps=6", "--extend", "--resume"]
+    train = sentiment_files["train"]
+    train.write_text(train.read_text().replace("a great movie", "a grand movie"))
+    assert main(args) == 2
+    assert _one_line_error(capsys) == (
+        f"error: data.train file {train} has changed since the run started (its SHA-256 differs); "
+        "--resume needs the same data: restore the file, or start a new run with another out="
+    )
+    assert json.loads((run / "log.jsonl").read_text().splitlines()[-1])["step"] == 4, "nothing was trained"
+
+
+def test_a_moved_run_directory_resumes(run, base_args, tmp_path):
+    import shutil
+
+    moved = tmp_path / "run_ok"
+    shutil.move(run, moved)
+    assert (
+        main(["train", *base_args, f"out={moved}", "train.eval_every=2", "train.max_steps=6", "--extend", "--resume"])
+        == 0
+    )
+    assert json.loads((moved / "log.jsonl").read_text().splitlines()[-1])["step"] == 6
+    assert json.loads((moved / "config.json").read_text())["out"] == str(moved)

@@ -30,7 +30,7 @@ from softprompt.tasks.base import TaskModel, evaluate
 from softprompt.training.checkpoint import CHECKPOINT, Progress, require_checkpoint
 from softprompt.training.loop import SaveBest, fit
 from softprompt.training.processes import processes
-from softprompt.training.resume import check_same_run, saved_config
+from softprompt.training.resume import check_same_data, check_same_run, run_record, saved_config
 from softprompt.training.sharding import requested_sharding, shard_for_launch
 
 PLOT_FILE = "curves.png"
@@ -145,7 +145,7 @@ def train(
     encoded = encode_splits(model, splits, config.train.max_length)
     if procs.main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / RUN_CONFIG_FILE, config.to_dict())
+        atomic_write_json(out / RUN_CONFIG_FILE, run_record(config.to_dict()))
 
     def dev_metric() -> dict:
         batch = config.train.eval_batch_size
@@ -224,6 +224,7 @@ def check_resumable(out: Path, config: RunConfig, extend: bool) -> None:
     saved = saved_config(out)
     if saved is not None:
         check_same_run(saved, config.to_dict(), extend)
+        check_same_data(out, config.to_dict())
 
 
 def encode_splits(model: TaskModel, splits: Splits, max_length: int) -> dict[str, list]:
