@@ -309,3 +309,25 @@ def test_a_moved_run_directory_resumes(run, base_args, tmp_path):
     )
     assert json.loads((moved / "log.jsonl").read_text().splitlines()[-1])["step"] == 6
     assert json.loads((moved / "config.json").read_text())["out"] == str(moved)
+
+
+def test_settings_the_method_ignores_are_named_in_one_warning(base_args, tmp_path, capsys):
+    args = [
+        "train",
+        *base_args,
+        f"out={tmp_path / 'run'}",
+        "train.max_steps=1",
+        "lora.r=4",
+        "ia3.target_modules=q_proj",
+    ]
+    assert main(args) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: the settings ia3.*, lora.* are ignored: method=prompt_tuning does not read them"]
+
+
+def test_a_key_given_twice_in_a_recipe_is_one_line(base_args, tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("train:\n  lr: 0.1\n  max_steps: 2\n  lr: 0.2\n")
+    assert main(["train", "--config", str(recipe), *base_args, f"out={tmp_path / 'run'}"]) == 2
+    assert _one_line_error(capsys) == f"error: {recipe} line 4: key 'lr' is given twice (also on line 2); keep one"
+    assert not (tmp_path / "run").exists()

@@ -207,6 +207,11 @@ class RunConfig(ComputeSettings):
         data.update(data.pop("options"))
         return data
 
+    def ignored_sections(self) -> list[str]:
+        """Method sections given for a method other than this run's (``lora.r=4`` with
+        ``method=prompt_tuning``): nothing reads them."""
+        return sorted(name for name in self.options if name != self.method)
+
     def method_options(self, method: str | None = None) -> Any:
         """The options of ``method`` (default: this run's): its section, else its defaults."""
         name = method or self.method

@@ -7,6 +7,7 @@ how to save the best weights rather than reaching for the artifact itself.
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import statistics
 import sys
@@ -33,6 +34,7 @@ from softprompt.training.processes import processes
 from softprompt.training.resume import check_same_data, check_same_run, run_record, saved_config
 from softprompt.training.sharding import requested_sharding, shard_for_launch
 
+logger = logging.getLogger(__name__)
 PLOT_FILE = "curves.png"
 
 
@@ -140,6 +142,10 @@ def train(
     started, out, procs = time.perf_counter(), Path(config.out), processes()
     bar = "eval" if progress else None
     _check_start(config, resume, overwrite, extend, procs.main)
+    ignored = config.ignored_sections()
+    if ignored and procs.main:
+        shown = ", ".join(f"{name}.*" for name in ignored)
+        logger.warning("warning: the settings %s are ignored: method=%s does not read them", shown, config.method)
     splits, backbone, model, baseline = _setup(config, backbone, records, bar)
     meta = artifact_meta(config, model, backbone, splits)
     encoded = encode_splits(model, splits, config.train.max_length)
