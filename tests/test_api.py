@@ -88,6 +88,32 @@ def test_build_zero_shot_save_and_load(tiny_llama_dir, tmp_path):
     assert softprompt.load(tmp_path / "zero").predict("a great movie") == expected
 
 
+def test_save_refuses_a_non_empty_directory_unless_overwrite(tiny_llama_dir, tmp_path):
+    run = tmp_path / "run"
+    softprompt.train(
+        train_data=ROWS,
+        backbone=str(tiny_llama_dir),
+        verbalizer=VERBALIZER,
+        train={"max_steps": 2, "eval_every": 2},
+        out=str(run),
+        progress=False,
+    )
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    model = softprompt.build(
+        backbone=str(tiny_llama_dir), method="none", template="{text} It was", verbalizer=VERBALIZER
+    )
+    with pytest.raises(SoftpromptError) as caught:
+        model.save(run)
+    assert str(caught.value) == (
+        f"{run} is not empty (a run or other files); save into a new directory, "
+        "or pass overwrite=True to replace the model there"
+    )
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before, "nothing was touched"
+    model.save(run, overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "task.json"]
+    assert softprompt.load(run).meta["method"] == "none"
+
+
 def test_same_seed_gives_the_same_initial_prompt(tiny_llama_dir):
     settings = {"backbone": str(tiny_llama_dir), "verbalizer": VERBALIZER, "prompt": {"init": "random"}, "seed": 3}
     first = softprompt.build(template="{soft:4}{text}", **settings).module.export_state()
@@ -121,6 +147,28 @@ def test_texts_and_records_of_the_wrong_type_are_one_line(tiny_llama_dir, tmp_pa
         softprompt.train(train_data=ROWS[0], backbone=str(tiny_llama_dir), verbalizer=VERBALIZER, out=str(tmp_path))
     with pytest.raises(SoftpromptError, match=r"^examples must be a list of records \(dicts\), got a str$"):
         model.evaluate("a great movie")
+
+
+def test_hints_from_python_name_keyword_arguments_not_flags(tiny_llama_dir, tmp_path):
+    settings = {
+        "train_data": ROWS,
+        "backbone": str(tiny_llama_dir),
+        "verbalizer": VERBALIZER,
+        "train": {"max_steps": 2, "eval_every": 2},
+        "out": str(tmp_path / "run"),
+        "progress": False,
+    }
+    softprompt.train(**settings)
+    with pytest.raises(SoftpromptError) as caught:
+        softprompt.train(**settings)
+    assert "use resume=True to continue it, overwrite=True to replace it" in str(caught.value)
+    with pytest.raises(SoftpromptError) as caught:
+        softprompt.train(**{**settings, "train": {"max_steps": 4, "eval_every": 2}}, resume=True)
+    assert str(caught.value).startswith("resume=True continues the same run") and "grow with extend=True" in str(
+        caught.value
+    )
+    assert "--" not in str(caught.value)
+    softprompt.train(**{**settings, "train": {"max_steps": 4, "eval_every": 2}}, resume=True, extend=True)
 
 
 def test_import_changes_no_environment_variable():

@@ -52,6 +52,7 @@ def test_smollm_prompt_trains_and_loads_in_peft(smollm, tmp_path):
         main(
             [
                 "train",
+                "dataset=rotten-tomatoes",
                 "out=" + str(out),
                 "train.max_steps=2",
                 "train.eval_every=2",
@@ -87,6 +88,7 @@ def test_minilm_encoder_trains_with_a_head(tmp_path):
         main(
             [
                 "train",
+                "dataset=rotten-tomatoes",
                 "backbone=minilm-l6",
                 "out=" + str(out),
                 "train.max_steps=2",

@@ -215,3 +215,119 @@ def test_out_none_from_python_is_the_default_not_a_directory_named_none():
     from softprompt.config import load_config
 
     assert load_config(base={"out": None}).out == load_config().out == "runs/default"
+
+
+def test_texts_that_are_not_utf8_are_one_line(run, capsys, monkeypatch):
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"fine\ncaf\xe9\n"), encoding="utf-8"))
+    assert main(["predict", str(run)]) == 2
+    assert _one_line_error(capsys) == "error: stdin line 2: not UTF-8 (byte 0xe9); texts must be UTF-8"
+    # undecodable argument bytes reach Python as lone surrogates (os.fsdecode)
+    assert main(["predict", str(run), "fine", os.fsdecode(b"caf\xe9")]) == 2
+    assert _one_line_error(capsys) == "error: text argument 2: not UTF-8 (byte 0xe9); texts must be UTF-8"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a great movie\r\n\n"), encoding="utf-8"))
+    assert main(["predict", str(run)]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "a great movie"
+
+
+def test_a_loss_that_diverges_before_any_checkpoint_says_so(base_args, tmp_path, capsys, monkeypatch):
+    import torch
+
+    real = torch.nn.functional.nll_loss
+    monkeypatch.setattr(torch.nn.functional, "nll_loss", lambda *a, **k: real(*a, **k) * float("inf"))
+    assert main(["train", *base_args, f"out={tmp_path / 'run'}", "train.eval_every=2"]) == 3
+    err = _one_line_error(capsys)
+    assert err == (
+        "error: loss became inf at step 1, before the first checkpoint (nothing to resume); "
+        "lower train.lr and start again"
+    )
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+@pytest.mark.parametrize("setting", ["train.lr=inf", "train.lr=nan", "train.epochs=inf", "train.l2=inf"])
+def test_non_finite_numbers_are_refused_before_training(base_args, tmp_path, capsys, setting):
+    assert main(["train", *base_args, setting, f"out={tmp_path / 'run'}"]) == 2
+    assert f"config field '{setting.split('=')[0]}': must be " in _one_line_error(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_data_is_an_error_not_a_silent_default_dataset(base_args, tiny_llama_dir, tmp_path, capsys):
+    import softprompt
+
+    no_data = [a for a in base_args if not a.startswith("data.")]
+    assert main(["train", *no_data, f"out={tmp_path / 'run'}"]) == 2
+    assert _one_line_error(capsys) == (
+        "error: no training data: set data.train=FILE (train_data=[...] from Python) or a built-in "
+        "dataset=NAME (softprompt ls datasets; the demo uses dataset=rotten-tomatoes)"
+    )
+    with pytest.raises(softprompt.SoftpromptError, match=r"^no training data: "):
+        softprompt.train(
+            backbone=str(tiny_llama_dir),
+            template="{text} It was",
+            verbalizer={"positive": "great", "negative": "bad"},
+            out=str(tmp_path / "run"),
+        )
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "verbalizer, said",
+    [
+        ("{positive: positive, negative: positive}", "both say the word 'positive'"),
+        ("{positive: [great, fine], negative: [bad, great]}", "both say the word 'great'"),
+    ],
+)
+def test_labels_that_say_the_same_tokens_are_refused(base_args, tmp_path, capsys, verbalizer, said):
+    assert main(["train", *base_args, f"verbalizer={verbalizer}", f"out={tmp_path / 'run'}"]) == 2
+    err = _one_line_error(capsys)
+    assert "verbalizer labels 'positive' and 'negative' cannot be told apart: " + said in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_a_data_file_whose_contents_changed(run, base_args, sentiment_files, capsys):
+    args = ["train", *base_args, f"out={run}", "train.eval_every=2", "train.max_steps=6", "--extend", "--resume"]
+    train = sentiment_files["train"]
+    train.write_text(train.read_text().replace("a great movie", "a grand movie"))
+    assert main(args) == 2
+    assert _one_line_error(capsys) == (
+        f"error: data.train file {train} has changed since the run started (its SHA-256 differs); "
+        "--resume needs the same data: restore the file, or start a new run with another out="
+    )
+    assert json.loads((run / "log.jsonl").read_text().splitlines()[-1])["step"] == 4, "nothing was trained"
+
+
+def test_a_moved_run_directory_resumes(run, base_args, tmp_path):
+    import shutil
+
+    moved = tmp_path / "run_ok"
+    shutil.move(run, moved)
+    assert (
+        main(["train", *base_args, f"out={moved}", "train.eval_every=2", "train.max_steps=6", "--extend", "--resume"])
+        == 0
+    )
+    assert json.loads((moved / "log.jsonl").read_text().splitlines()[-1])["step"] == 6
+    assert json.loads((moved / "config.json").read_text())["out"] == str(moved)
+
+
+def test_settings_the_method_ignores_are_named_in_one_warning(base_args, tmp_path, capsys):
+    args = [
+        "train",
+        *base_args,
+        f"out={tmp_path / 'run'}",
+        "train.max_steps=1",
+        "lora.r=4",
+        "ia3.target_modules=q_proj",
+    ]
+    assert main(args) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: the settings ia3.*, lora.* are ignored: method=prompt_tuning does not read them"]
+
+
+def test_a_key_given_twice_in_a_recipe_is_one_line(base_args, tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("train:\n  lr: 0.1\n  max_steps: 2\n  lr: 0.2\n")
+    assert main(["train", "--config", str(recipe), *base_args, f"out={tmp_path / 'run'}"]) == 2
+    assert _one_line_error(capsys) == f"error: {recipe} line 4: key 'lr' is given twice (also on line 2); keep one"
+    assert not (tmp_path / "run").exists()

@@ -143,7 +143,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_llama_dir, sentiment_file
 def test_existing_run_is_not_overwritten_silently(tiny_llama_dir, sentiment_files, tmp_path):
     cfg = _config(tiny_llama_dir, sentiment_files, tmp_path / "run", "train.max_steps=1", "train.eval_every=1")
     train(cfg, progress=False)
-    with pytest.raises(SoftpromptError, match="already holds a run; use --resume"):
+    with pytest.raises(SoftpromptError, match="already holds a run; use resume=True"):
         train(cfg, progress=False)
     train(cfg, overwrite=True, progress=False)
 

@@ -10,21 +10,24 @@ Everything here is re-exported from :mod:`softprompt`::
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from softprompt.artifact import read_artifact, write_artifact
+from softprompt.artifact import RUN_CONFIG_FILE, read_artifact, write_artifact
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import RunConfig, load_config
 from softprompt.config.recipe import merge
 from softprompt.data.splits import Records, Splits
-from softprompt.errors import SoftpromptError
+from softprompt.errors import SoftpromptError, flag
 from softprompt.seeding import seeded
 from softprompt.tasks import TaskSpec, get_task
 from softprompt.tasks.base import TaskModel, evaluate
 from softprompt.tasks.loading import artifact_task, load_model
-from softprompt.training.run import TrainResult, artifact_meta
+from softprompt.training.checkpoint import CHECKPOINT
+from softprompt.training.loop import LOG_FILE
+from softprompt.training.run import PLOT_FILE, TrainResult, artifact_meta
 from softprompt.training.run import train as train_run
 
 
@@ -76,9 +79,27 @@ class Model:
         items = self.task.from_records(_checked_records(examples, "examples"), "examples", self.meta)
         return evaluate(self.module, items, batch_size, where="examples")
 
-    def save(self, directory: str | Path) -> Path:
-        """Write the model as an artifact directory (loadable by :func:`load` and the CLI)."""
+    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+        """Write the model as an artifact directory (loadable by :func:`load` and the CLI).
+
+        Args:
+            directory: a new or empty directory.
+            overwrite: replace what a non-empty ``directory`` holds: the artifact's files, and a
+                training run's checkpoint, ``config.json``, ``log.jsonl`` and curves, which would describe
+                another model (other files are left alone).
+        """
         directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise SoftpromptError(f"{directory} is a file; give a directory to save the model in")
+        if directory.is_dir() and any(directory.iterdir()):
+            if not overwrite:
+                raise SoftpromptError(
+                    f"{directory} is not empty (a run or other files); save into a new directory, "
+                    f"or pass {flag('overwrite')} to replace the model there"
+                )
+            shutil.rmtree(directory / CHECKPOINT.parent, ignore_errors=True)
+            for name in (RUN_CONFIG_FILE, LOG_FILE, PLOT_FILE):
+                (directory / name).unlink(missing_ok=True)
         directory.mkdir(parents=True, exist_ok=True)
         write_artifact(directory, self.module.export_state(), self.meta, self._peft_config())
         return directory
@@ -174,6 +195,7 @@ def train(
     backbone: Backbone | str | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    extend: bool = False,
     progress: bool = True,
     **settings: Any,
 ) -> TrainResult:
@@ -188,6 +210,7 @@ def train(
         backbone: a loaded backbone, or a name / local path / Hub id.
         resume: continue from the checkpoint in ``out``.
         overwrite: replace a run already in ``out``.
+        extend: with ``resume``, allow a larger ``train.max_steps`` than the saved run's.
         progress: show progress bars.
         **settings: recipe keys on top of ``config``: ``template=``, ``verbalizer=``, ``method=``,
             ``out=``, ``seed=``, and sections as dicts (``train={"max_steps": 100}``, ``lora={"r": 16}``).
@@ -196,7 +219,8 @@ def train(
         A :class:`TrainResult`; ``result.model`` is the trained :class:`Model` (best weights).
     """
     loaded, run = _backbone(backbone, _config(config, settings))
-    result = train_run(run, resume, overwrite, progress, loaded, _records(train_data, dev_data, test_data) or None)
+    records = _records(train_data, dev_data, test_data) or None
+    result = train_run(run, resume, overwrite, progress, loaded, records, extend)
     if result.model is not None:
         result.model = Model(result.model, get_task(run.task), read_artifact(result.out).meta)
     return result

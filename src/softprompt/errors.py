@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
+
+# Who is calling: hints name ``--resume`` for the command line, ``resume=True`` for Python.
+_COMMAND_LINE: ContextVar[bool] = ContextVar("softprompt_command_line", default=False)
 
 
 class SoftpromptError(Exception):
@@ -19,7 +24,7 @@ class SoftpromptError(Exception):
 
 
 class TrainingDiverged(SoftpromptError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite; the last checkpoint, if one was written, is kept."""
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
@@ -32,3 +37,18 @@ def unknown_name(kind: str, name: str, choices: Iterable[str]) -> SoftpromptErro
     """Build the error for a misspelled registry name, suggesting the nearest one."""
     choices = sorted(choices)
     return SoftpromptError(f"unknown {kind} '{name}'{did_you_mean(name, choices)}; choose one of: {', '.join(choices)}")
+
+
+def flag(name: str) -> str:
+    """A yes/no option as the caller writes it: ``--resume`` in the CLI, ``resume=True`` in Python."""
+    return f"--{name}" if _COMMAND_LINE.get() else f"{name}=True"
+
+
+@contextlib.contextmanager
+def command_line() -> Iterator[None]:
+    """Within it, hints spell options as command-line flags (the CLI runs its commands in it)."""
+    token = _COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)

@@ -12,7 +12,7 @@ import os
 import sys
 
 from softprompt.cli import detox, listing, many, models, training
-from softprompt.errors import SoftpromptError, TrainingDiverged
+from softprompt.errors import SoftpromptError, TrainingDiverged, command_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
     try:
-        args.run(args)
+        with command_line():
+            args.run(args)
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

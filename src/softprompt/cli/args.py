@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from softprompt.backbones.placement import DEVICE_HELP, PRECISION_HELP, set_threads
+from softprompt.errors import SoftpromptError
 
 THREADS_HELP = "torch CPU threads (0 = torch's default, one per core; use fewer on a busy machine)"
 
@@ -33,3 +35,40 @@ def training_command(
     command.add_argument("overrides", nargs="*", metavar="key=value")
     command.set_defaults(run=run)
     return command
+
+
+def input_texts(given: list[str]) -> list[str]:
+    """Texts from the arguments, else one per non-blank line of stdin; each must be UTF-8.
+
+    Python hands undecodable argument bytes over as lone surrogates (and stdin too under a C
+    locale); a tokenizer would fail on them with a TypeError, so they are refused here, by place.
+    """
+    if given:
+        for number, text in enumerate(given, start=1):
+            _check_utf8(text, f"text argument {number}")
+        return given
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a text stream without bytes underneath (e.g. io.StringIO)
+        lines = list(sys.stdin)
+    else:
+        lines = []
+        for number, raw in enumerate(buffer, start=1):
+            try:
+                lines.append(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise SoftpromptError(
+                    f"stdin line {number}: not UTF-8 (byte 0x{raw[exc.start]:02x}); texts must be UTF-8"
+                ) from None
+    texts = [line.rstrip("\r\n") for line in lines if line.strip()]
+    for number, text in enumerate(texts, start=1):
+        _check_utf8(text, f"stdin text {number}")
+    return texts
+
+
+def _check_utf8(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        byte = ord(text[exc.start]) - 0xDC00 if 0xDC80 <= ord(text[exc.start]) <= 0xDCFF else None
+        shown = f" (byte 0x{byte:02x})" if byte is not None else ""
+        raise SoftpromptError(f"{where}: not UTF-8{shown}; texts must be UTF-8") from None

@@ -223,7 +223,7 @@ def _context(config: RunConfig, plan: Plan, splits) -> dict[str, Any]:
 
     return {
         "backbone": config.backbone,
-        "data": config.data.train or config.dataset or "rotten-tomatoes",
+        "data": config.data.train or config.dataset or "in-memory data",
         "seed": config.seed,
         "metric": get_task(config.task).metric_label,
         "columns": [list(column) for column in get_task(config.task).report_columns],

@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+from softprompt.cli.args import input_texts
 from softprompt.config import load_dataclass
 from softprompt.errors import SoftpromptError
 
@@ -57,8 +58,8 @@ def _generate(args: argparse.Namespace) -> None:
 
         generate_from_artifact(texts[0], texts[1:], overrides)
         return
-    if not texts and not sys.stdin.isatty():
-        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if texts or not sys.stdin.isatty():
+        texts = input_texts(texts)
     if not texts:
         raise SoftpromptError("no prompt: give texts as arguments or one per line on stdin")
     config = load_dataclass(GenerateConfig, args.config, overrides)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from softprompt.cli.args import compute_flags, use_threads
+from softprompt.cli.args import compute_flags, input_texts, use_threads
 from softprompt.errors import SoftpromptError
 
 
@@ -24,7 +24,7 @@ def _load_for(command: str, args: argparse.Namespace):
 
 
 def _input_texts(args: argparse.Namespace) -> list[str]:
-    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    texts = input_texts(args.texts)
     if not texts:
         raise SoftpromptError("no input: give texts as arguments or one per line on stdin")
     return texts

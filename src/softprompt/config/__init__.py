@@ -7,6 +7,7 @@ A config is plain data. ``load_config`` merges a YAML file and dotted command-li
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,10 +98,13 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        require(math.isfinite(self.lr) and self.lr > 0, "train.lr", f"must be a finite number > 0, got {self.lr}")
+        for key in ("l2", "weight_decay", "grad_clip", "warmup_ratio"):
+            require(math.isfinite(getattr(self, key)), f"train.{key}", f"must be finite, got {getattr(self, key)}")
         for key in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batch_size", "max_length"):
             require(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
-        require(self.epochs is None or self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
+        ok = self.epochs is None or (math.isfinite(self.epochs) and self.epochs > 0)
+        require(ok, "train.epochs", f"must be a finite number > 0, got {self.epochs}")
         require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
         require(self.patience >= 0, "train.patience", "must be >= 0")
         require(self.l2 >= 0 and self.weight_decay >= 0, "train.l2", "penalties must be >= 0")
@@ -165,7 +169,11 @@ class RunConfig(ComputeSettings):
     """Everything one ``softprompt train`` run needs."""
 
     backbone: str = option("backbone name (softprompt ls backbones) or a local HF dir / .gguf file", "smollm2-135m")
-    dataset: str | None = option("built-in dataset (softprompt ls datasets); ignored when data.train is set", None)
+    dataset: str | None = option(
+        "built-in dataset (softprompt ls datasets); no default: a run needs it or data.train "
+        "(the demo recipe sets rotten-tomatoes); ignored when data.train is set",
+        None,
+    )
     method: str = option("softprompt ls methods; 'none' = zero-/few-shot without training", PromptTuning.name)
     task: str = option(
         "softprompt ls tasks: classification, ner (CoNLL files; an encoder) or generation (text to text)",
@@ -198,6 +206,11 @@ class RunConfig(ComputeSettings):
         data = dataclasses.asdict(self)
         data.update(data.pop("options"))
         return data
+
+    def ignored_sections(self) -> list[str]:
+        """Method sections given for a method other than this run's (``lora.r=4`` with
+        ``method=prompt_tuning``): nothing reads them."""
+        return sorted(name for name in self.options if name != self.method)
 
     def method_options(self, method: str | None = None) -> Any:
         """The options of ``method`` (default: this run's): its section, else its defaults."""

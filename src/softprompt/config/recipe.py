@@ -15,6 +15,38 @@ import yaml
 from softprompt.errors import SoftpromptError, did_you_mean
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (plain
+    PyYAML keeps the last one silently, so a recipe's earlier setting would vanish)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if repeated:
+                raise DuplicateKey(seen[key], key, key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """A mapping names a key twice."""
+
+    def __init__(self, first_line: int, key: Any, mark: yaml.Mark):
+        super().__init__(None, None, f"key '{key}' is given twice (also on line {first_line + 1}); keep one", mark)
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` that refuses a key given twice in one mapping."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # safe: a SafeLoader subclass
+
+
 class CommandLineValue(str):
     """A value typed on the command line, parsed only once its field's type is known: text fields
     keep it verbatim (with ``\\n`` and ``\\t`` as newline and tab), other fields read it as YAML."""
@@ -27,7 +59,7 @@ class CommandLineValue(str):
 
     def as_yaml(self, key: str) -> Any:
         try:
-            return yaml.safe_load(str(self)) if self else ""
+            return safe_load(str(self)) if self else ""
         except yaml.YAMLError as exc:
             raise SoftpromptError(f"config field '{key}': cannot read {str(self)!r} ({exc.problem})") from None
 
@@ -67,10 +99,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SoftpromptError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
+        if isinstance(exc, DuplicateKey):
+            raise SoftpromptError(f"{path}{where}: {exc.problem}") from None
         raise SoftpromptError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(data, dict):
         raise SoftpromptError(f"{path}: expected a mapping of config keys at the top level")

@@ -23,7 +23,7 @@ from softprompt.continual.config import PROGRESSIVE, ContinualConfig
 from softprompt.continual.learners import Learner, make_learner
 from softprompt.continual.metrics import continual_metrics
 from softprompt.continual.report import write_report
-from softprompt.errors import SoftpromptError
+from softprompt.errors import SoftpromptError, flag
 from softprompt.methods.prompt_tuning import PromptTuning
 from softprompt.tasks.base import evaluate
 from softprompt.tasks.tasklist import PreparedTask, plain_config, prepare_tasks, task_configs
@@ -49,7 +49,8 @@ def run_continual(
     owned += [out / f"alone-{t.name}" for t in tasks]
     if any(path.exists() for path in owned) and not (resume or overwrite):
         raise SoftpromptError(
-            f"{out} already holds a continual run; use --resume to continue it, --overwrite, or another out="
+            f"{out} already holds a continual run; use {flag('resume')} to continue it, {flag('overwrite')}, "
+            "or another out="
         )
     if overwrite and not resume:
         for path in owned:
@@ -159,6 +160,6 @@ def _read_results(path: Path, config: ContinualConfig) -> dict[str, Any] | None:
     saved = json.loads(path.read_text(encoding="utf-8"))
     if saved.get("config") != plain_config(config):
         raise SoftpromptError(
-            f"{path} was written with other settings; resume with the same config, or use --overwrite"
+            f"{path} was written with other settings; resume with the same config, or use {flag('overwrite')}"
         )
     return saved

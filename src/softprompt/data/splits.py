@@ -14,7 +14,7 @@ from softprompt.config import RunConfig
 from softprompt.data.records import Example, examples_from_records, read_examples, sample, seeded_split
 from softprompt.errors import SoftpromptError
 
-DEFAULT_DATASET = "rotten-tomatoes"
+DEFAULT_DATASET = "rotten-tomatoes"  # whose template and verbalizer a model built without data uses
 SPLITS = ("train", "dev", "test")
 
 Records = Iterable[Mapping[str, Any]]  # a list of dicts, or a datasets.Dataset
@@ -79,7 +79,12 @@ def example_splits(config: RunConfig, records: dict[str, Records] | None = None)
 
         source = {"train": data.train, "dev": data.dev, "test": data.test} | fields
         return assemble_splits(config, from_file, source)
-    name = config.dataset or DEFAULT_DATASET
+    if not config.dataset:  # never a silent default: a run on data the user did not choose misleads
+        raise SoftpromptError(
+            "no training data: set data.train=FILE (train_data=[...] from Python) or a built-in "
+            f"dataset=NAME (softprompt ls datasets; the demo uses dataset={DEFAULT_DATASET})"
+        )
+    name = config.dataset
     raw = load_builtin(name, data.path)
     source = {"dataset": name, **({"path": data.path} if data.path else {})}
     return limit(Splits(raw["train"], raw["dev"], raw["test"], source), config)

@@ -26,7 +26,7 @@ from softprompt.detox.data import DEFAULT_PROMPT_FIELD, Prompt, read_prompts
 from softprompt.detox.loading import build_steering
 from softprompt.detox.metrics import distinct_n, toxicity_metrics
 from softprompt.detox.steering import DEFAULT_INSTRUCTION, Steering, parse_methods
-from softprompt.errors import SoftpromptError
+from softprompt.errors import SoftpromptError, flag
 from softprompt.generation.sampling import continuation_nll, sample_continuations
 from softprompt.tasks.generation.toxicity import Scorer, load_scorer, parse_scorer_names
 
@@ -105,7 +105,7 @@ def _check_settings(out: Path, config: DetoxEvalConfig, overwrite: bool) -> None
         if changed:
             raise SoftpromptError(
                 f"{out} holds generations made with other settings ({', '.join(changed)}); "
-                "use another out= or --overwrite"
+                f"use another out= or {flag('overwrite')}"
             )
     if overwrite and (out / "generations").is_dir():
         for old in (out / "generations").glob("*.jsonl"):

@@ -77,7 +77,7 @@ class Template:
             literal = []
             name, number = match.group(1), match.group(2)
             if name == "soft":
-                length = 1 if number is None else int(number) if number.strip().isdigit() else 0
+                length = 1 if number is None else int(number) if re.fullmatch(r"[0-9]+", number.strip()) else 0
                 if length < 1:
                     raise SoftpromptError(
                         f"template {source!r}: {token} needs a whole number of soft tokens >= 1 (e.g. {{soft:4}})"

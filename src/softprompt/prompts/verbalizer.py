@@ -63,4 +63,23 @@ class Verbalizer:
                 if not ids:
                     raise SoftpromptError(f"verbalizer word {word!r} tokenizes to nothing")
                 out.append(Candidate(index, word, ids))
+        self._check_distinct(out)
         return out
+
+    def _check_distinct(self, candidates: list[Candidate]) -> None:
+        """Two labels saying the same tokens score the same on every input: training cannot
+        separate them (it would predict 0.5/0.5 forever), so refuse them by name."""
+        seen: dict[tuple[int, ...], Candidate] = {}
+        for candidate in candidates:
+            other = seen.setdefault(candidate.ids, candidate)
+            if other.label_index != candidate.label_index:
+                first, second = self.labels[other.label_index], self.labels[candidate.label_index]
+                same = (
+                    f"the word {other.word!r}"
+                    if other.word == candidate.word
+                    else f"{other.word!r} and {candidate.word!r}"
+                )
+                raise SoftpromptError(
+                    f"verbalizer labels '{first}' and '{second}' cannot be told apart: both say {same} "
+                    f"(the same tokens); give each label its own word"
+                )

@@ -18,7 +18,7 @@ import safetensors.torch
 import torch
 
 from softprompt.atomic import atomic_write
-from softprompt.errors import SoftpromptError
+from softprompt.errors import SoftpromptError, flag
 
 CHECKPOINT = Path("checkpoint") / "state.safetensors"
 OLD_CHECKPOINT = Path("checkpoint") / "state.pt"  # pickled, before softprompt 0.1 stopped unpickling
@@ -86,9 +86,9 @@ def require_checkpoint(out: Path) -> None:
     if (out / OLD_CHECKPOINT).is_file():
         raise SoftpromptError(
             f"{out / OLD_CHECKPOINT} is a pickled checkpoint of an older softprompt; it is not loaded because "
-            "a pickle can run code. Start the run again without --resume (or with --overwrite)"
+            f"a pickle can run code. Start the run again without {flag('resume')} (or with {flag('overwrite')})"
         )
-    raise SoftpromptError(f"nothing to resume: {out / CHECKPOINT} does not exist (start without --resume)")
+    raise SoftpromptError(f"nothing to resume: {out / CHECKPOINT} does not exist (start without {flag('resume')})")
 
 
 def load_checkpoint(out: Path) -> dict[str, Any]:
@@ -108,7 +108,9 @@ def load_checkpoint(out: Path) -> dict[str, Any]:
             raise ValueError(f"format {metadata.get('format')!r}, expected {FORMAT}")
         header = json.loads(metadata["state"])
     except Exception as exc:  # safetensors and json raise various types for a damaged file
-        raise SoftpromptError(f"checkpoint {path} is unreadable ({exc}); start again without --resume") from None
+        raise SoftpromptError(
+            f"checkpoint {path} is unreadable ({exc}); start again without {flag('resume')}"
+        ) from None
     progress = header["progress"]
     progress["best_metric"] = float(progress["best_metric"])
     return {

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from softprompt.atomic import atomic_write_text
 from softprompt.config import TrainConfig
-from softprompt.errors import SoftpromptError, TrainingDiverged
+from softprompt.errors import SoftpromptError, TrainingDiverged, flag
 from softprompt.training.batches import batch_indices
 from softprompt.training.checkpoint import Progress, load_checkpoint, save_checkpoint
 from softprompt.training.processes import processes
@@ -183,11 +183,7 @@ class _Run:
             index = batch_indices(state.step, cfg.batch_size * cfg.grad_accum, len(rows), self.seed, lengths, classes)
             batch_loss = procs.mean(self.accumulate(rows, index))  # the same in every process
             if not math.isfinite(batch_loss):
-                raise TrainingDiverged(
-                    f"loss became {batch_loss} at step {state.step + 1}; the last good checkpoint "
-                    f"(step {_checkpoint_step(state)}) is kept in {self.out}; lower train.lr and "
-                    "restart, or --resume"
-                )
+                raise TrainingDiverged(_diverged(batch_loss, state, self.out))
             if cfg.grad_clip:
                 self.accelerator.clip_grad_norm_(params, cfg.grad_clip)
             self.optimizer.step()
@@ -247,9 +243,19 @@ class _Run:
             save_checkpoint(self.out, self.model.training_state(), self.optimizer, self.scheduler, state)
 
 
-def _checkpoint_step(state: Progress) -> int:
+def _diverged(loss: float, state: Progress, out: Path) -> str:
+    """What a non-finite loss leaves behind, said truthfully: a checkpoint exists only after an evaluation."""
     evals = [h["step"] for h in state.history if "dev" in h]
-    return evals[-1] if evals else 0
+    if not evals:
+        return (
+            f"loss became {loss} at step {state.step + 1}, before the first checkpoint (nothing to resume); "
+            "lower train.lr and start again"
+        )
+    return (
+        f"loss became {loss} at step {state.step + 1}; the last good checkpoint (step {evals[-1]}) is kept in "
+        f"{out} (resuming would repeat the same steps); lower train.lr and start again with {flag('overwrite')} "
+        "or another out="
+    )
 
 
 def _log(out: Path, state: Progress, entry: dict[str, Any]) -> None:

@@ -1,17 +1,20 @@
-"""``--resume`` continues the same run: settings that change the result may not differ."""
+"""``--resume`` continues the same run: settings that change the result may not differ, and
+neither may the data files it read (their SHA-256 is kept beside the settings in config.json)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from softprompt.artifact import RUN_CONFIG_FILE
-from softprompt.errors import SoftpromptError
+from softprompt.errors import SoftpromptError, flag
 
 # Settings that change how fast a run goes, never what it computes.
 # Decoding (gen.*) only shapes the final evaluation, which a resumed run repeats.
 FREE_TO_CHANGE = (
+    "out",  # where the run lives, not what it computes: a moved or copied run directory resumes
     "threads",
     "device",
     "train.gradient_checkpointing",
@@ -25,6 +28,8 @@ FREE_TO_CHANGE = (
 # Settings added after runs were saved: a saved run without them ran with these values.
 ADDED_LATER = {"precision": "auto", "quantize": "none", "train.grad_accum": 1, "data.target_field": "target"}
 EXTENDABLE = "train.max_steps"
+DATA_HASHES = "data_sha256"  # config.json's record of the data files' contents (not a setting)
+DATA_FILES = ("train", "dev", "test", "path")  # the data.* settings that name files
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -38,15 +43,58 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def saved_config(out: Path) -> dict[str, Any] | None:
-    """The settings a run in ``out`` was started with, or None."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_hashes(settings: dict[str, Any]) -> dict[str, str]:
+    """SHA-256 of each data file a run's settings name (``{"data.train": "ab12..."}``)."""
+    data = settings.get("data") or {}
+    files = {f"data.{key}": data.get(key) for key in DATA_FILES}
+    return {key: _sha256(Path(name)) for key, name in files.items() if name and Path(name).is_file()}
+
+
+def run_record(settings: dict[str, Any]) -> dict[str, Any]:
+    """What config.json holds: the settings, and the SHA-256 of the data files they name."""
+    return {**settings, DATA_HASHES: data_hashes(settings)}
+
+
+def _read_record(out: Path) -> dict[str, Any] | None:
     path = Path(out) / RUN_CONFIG_FILE
     if not path.is_file():
         return None
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SoftpromptError(f"{path} is unreadable ({exc}); start the run again without --resume") from None
+        raise SoftpromptError(f"{path} is unreadable ({exc}); start the run again without {flag('resume')}") from None
+
+
+def saved_config(out: Path) -> dict[str, Any] | None:
+    """The settings a run in ``out`` was started with, or None."""
+    record = _read_record(out)
+    if record is not None:
+        record.pop(DATA_HASHES, None)
+    return record
+
+
+def check_same_data(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse a resume whose data files' contents differ from what the run started on, naming
+    the file (runs saved before the hashes were recorded are not checked)."""
+    saved = (_read_record(out) or {}).get(DATA_HASHES)
+    if not saved:
+        return
+    now = data_hashes(settings)
+    for key, digest in saved.items():
+        if key in now and now[key] != digest:  # a file now missing is the data loader's to report
+            name = (settings.get("data") or {}).get(key.removeprefix("data."))
+            raise SoftpromptError(
+                f"{key} file {name} has changed since the run started (its SHA-256 differs); "
+                f"{flag('resume')} needs the same data: restore the file, or start a new run with another out="
+            )
 
 
 def check_same_run(saved: dict[str, Any], requested: dict[str, Any], extend: bool = False) -> None:
@@ -62,8 +110,9 @@ def check_same_run(saved: dict[str, Any], requested: dict[str, Any], extend: boo
             continue
         changed.append(f"{key} ({old.get(key)!r} -> {new.get(key)!r})")
     if changed:
-        hint = f"; {EXTENDABLE} may grow with --extend" if any(c.startswith(EXTENDABLE) for c in changed) else ""
+        grows = any(c.startswith(EXTENDABLE) for c in changed)
+        hint = f"; {EXTENDABLE} may grow with {flag('extend')}" if grows else ""
         raise SoftpromptError(
-            f"--resume continues the same run, but these settings differ from the saved run's: {', '.join(changed)}. "
-            f"Drop them, or start a new run with another out={hint}"
+            f"{flag('resume')} continues the same run, but these settings differ from the saved run's: "
+            f"{', '.join(changed)}. Drop them, or start a new run with another out={hint}"
         )

@@ -7,6 +7,7 @@ how to save the best weights rather than reaching for the artifact itself.
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import statistics
 import sys
@@ -21,7 +22,7 @@ from softprompt.atomic import atomic_write_json
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import RunConfig, require
 from softprompt.data.splits import Records, Splits
-from softprompt.errors import SoftpromptError
+from softprompt.errors import SoftpromptError, flag
 from softprompt.methods import get_method
 from softprompt.plotting import plot_training_curves
 from softprompt.seeding import seeded
@@ -30,9 +31,10 @@ from softprompt.tasks.base import TaskModel, evaluate
 from softprompt.training.checkpoint import CHECKPOINT, Progress, require_checkpoint
 from softprompt.training.loop import SaveBest, fit
 from softprompt.training.processes import processes
-from softprompt.training.resume import check_same_run, saved_config
+from softprompt.training.resume import check_same_data, check_same_run, run_record, saved_config
 from softprompt.training.sharding import requested_sharding, shard_for_launch
 
+logger = logging.getLogger(__name__)
 PLOT_FILE = "curves.png"
 
 
@@ -108,7 +110,8 @@ def check_out(out: Path, resume: bool, overwrite: bool, extra: tuple[Path, ...] 
     taken = any((d / TASK_FILE).exists() or (d / CHECKPOINT).exists() for d in (out, *extra))
     if taken and not (resume or overwrite):
         raise SoftpromptError(
-            f"{out} already holds a run; use --resume to continue it, --overwrite to replace it, or another out="
+            f"{out} already holds a run; use {flag('resume')} to continue it, {flag('overwrite')} to replace it, "
+            "or another out="
         )
 
 
@@ -139,12 +142,16 @@ def train(
     started, out, procs = time.perf_counter(), Path(config.out), processes()
     bar = "eval" if progress else None
     _check_start(config, resume, overwrite, extend, procs.main)
+    ignored = config.ignored_sections()
+    if ignored and procs.main:
+        shown = ", ".join(f"{name}.*" for name in ignored)
+        logger.warning("warning: the settings %s are ignored: method=%s does not read them", shown, config.method)
     splits, backbone, model, baseline = _setup(config, backbone, records, bar)
     meta = artifact_meta(config, model, backbone, splits)
     encoded = encode_splits(model, splits, config.train.max_length)
     if procs.main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / RUN_CONFIG_FILE, config.to_dict())
+        atomic_write_json(out / RUN_CONFIG_FILE, run_record(config.to_dict()))
 
     def dev_metric() -> dict:
         batch = config.train.eval_batch_size
@@ -223,6 +230,7 @@ def check_resumable(out: Path, config: RunConfig, extend: bool) -> None:
     saved = saved_config(out)
     if saved is not None:
         check_same_run(saved, config.to_dict(), extend)
+        check_same_data(out, config.to_dict())
 
 
 def encode_splits(model: TaskModel, splits: Splits, max_length: int) -> dict[str, list]:
