@@ -288,6 +288,42 @@ def test_reload_picks_up_new_and_removed_tasks(client, prompts_dir, tiny_llama_d
     assert client.post("/v1/classify", json={"task": "polarity", "texts": ["ok"]}).status_code == 404
 
 
+def test_tasks_are_added_replaced_and_removed_while_serving(client, prompts_dir, capsys):
+    texts = ["a great movie", "dull and boring"]
+
+    def served(task):
+        answer = client.post("/v1/classify", json={"task": task, "texts": texts})
+        assert answer.status_code == 200, answer.text
+        return [row["scores"] for row in answer.json()["results"]]
+
+    def predicted(artifact):
+        capsys.readouterr()
+        assert main(["predict", str(prompts_dir / artifact), *texts]) == 0
+        return [__import__("json").loads(line)["scores"] for line in capsys.readouterr().out.splitlines()]
+
+    def close(got, want):
+        return all(g[k] == pytest.approx(w[k], abs=1e-5) for g, w in zip(got, want, strict=True) for k in w)
+
+    added = client.post("/v1/tasks/live", json={"path": str(prompts_dir / "polarity")})
+    assert added.status_code == 200 and added.json()["name"] == "live"
+    assert close(served("live"), predicted("polarity"))
+    # Replaced: its kept prompt cache goes with it, so the answers are the new prompt's.
+    assert client.post("/v1/tasks/live", json={"path": str(prompts_dir / "sentiment")}).status_code == 200
+    assert close(served("live"), predicted("sentiment"))
+    assert close(served("polarity"), predicted("polarity"))  # the others are untouched
+    assert client.delete("/v1/tasks/live").json() == {"removed": "live"}
+    assert client.post("/v1/classify", json={"task": "live", "texts": texts}).status_code == 404
+    assert client.delete("/v1/tasks/live").status_code == 404
+    missing = client.post("/v1/tasks/other", json={"path": str(prompts_dir / "nowhere")})
+    assert missing.status_code == 400 and "nowhere" in missing.json()["detail"]
+    lora = client.post("/v1/tasks/other", json={"path": str(prompts_dir / "aaa-lora")})
+    assert lora.status_code == 400 and "changes the backbone's layers" in lora.json()["detail"]
+    assert client.post("/v1/tasks/bad name", json={"path": str(prompts_dir / "polarity")}).status_code == 422
+    assert client.delete("/v1/tasks/polite").status_code == 200  # a generation task too
+    assert client.post("/v1/generate", json={"task": "polite", "prompt": "hi"}).status_code == 404
+    assert {t["name"] for t in client.get("/v1/tasks").json()["tasks"]} == {"sentiment", "polarity"}
+
+
 def test_serve_reports_a_missing_prompts_folder(tmp_path, capsys, tiny_llama_dir):
     assert main(["serve", "--backbone", str(tiny_llama_dir), "--prompts", str(tmp_path / "none")]) == 2
     assert "prompts directory" in capsys.readouterr().err
@@ -398,6 +434,8 @@ def test_an_api_key_guards_everything_but_healthz(guarded):
         refused = guarded.post("/v1/classify", json={"task": "sentiment", "texts": ["x"]}, headers=headers)
         assert refused.status_code == 401 and "API key" in refused.json()["detail"]
         assert guarded.post("/v1/tasks/reload", headers=headers).status_code == 401
+        assert guarded.delete("/v1/tasks/sentiment", headers=headers).status_code == 401
+        assert guarded.post("/v1/tasks/x", json={"path": "/"}, headers=headers).status_code == 401
     assert guarded.post("/v1/classify", json={"task": "sentiment", "texts": ["x"]}, headers=key).status_code == 200
 
 

@@ -1,6 +1,8 @@
 """The HTTP API (FastAPI): ``GET /healthz``, ``GET /v1/tasks``, ``POST /v1/classify``,
-``POST /v1/generate``, ``POST /v1/tasks/reload``, and OpenAI's ``POST /v1/completions`` and
-``GET /v1/models`` (:mod:`softprompt.serving.openai`); the OpenAPI schema at ``/openapi.json``.
+``POST /v1/generate``, ``POST /v1/tasks/reload``, ``POST /v1/tasks/{name}`` (serve an artifact
+directory as that task, replacing one: ``{"path": DIR}``), ``DELETE /v1/tasks/{name}``, and
+OpenAI's ``POST /v1/completions`` and ``GET /v1/models`` (:mod:`softprompt.serving.openai`); the
+OpenAPI schema at ``/openapi.json``.
 
 Errors: an invalid body is 422 with the field named (FastAPI's validation), an unknown task 404,
 a full queue 429 (retry later), a request of the wrong kind for its task 400, a missing or wrong
@@ -10,16 +12,18 @@ API key 401, a body, text or generation over its limit 413, a request over its t
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse
 
 from softprompt.serving.batcher import Batcher, Continuous
 from softprompt.serving.guards import ApiKey, BodyLimit
 from softprompt.serving.openai import add_completion_routes
-from softprompt.serving.requests import ClassifyRequest, GenerateRequest
-from softprompt.serving.service import Gate, ServeSettings, Service
+from softprompt.serving.requests import ClassifyRequest, GenerateRequest, TaskSource
+from softprompt.serving.service import Gate, ServeSettings, Service, TaskChange
+
+TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # a task name is also a folder name
 
 
 def create_app(service: Service, settings: ServeSettings | None = None) -> FastAPI:
@@ -32,7 +36,7 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
         lambda job: job.samples,
     )
     batcher = Batcher(
-        {"classify": service.classify, "generate": generate, "reload": service.reload},
+        {"classify": service.classify, "generate": generate, "reload": service.reload, "tasks": service.change_tasks},
         queue_size=settings.queue_size,
         max_batch=settings.max_batch,
         max_wait=settings.max_wait_ms / 1000,
@@ -90,3 +94,12 @@ def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
     @app.post("/v1/tasks/reload")
     async def reload() -> JSONResponse:
         return JSONResponse(await gate.submit("reload", None))
+
+    # After /v1/tasks/reload: routes match in order, and "reload" is not a task name.
+    @app.post("/v1/tasks/{name}")
+    async def put_task(name: Annotated[str, Path(pattern=TASK_NAME)], source: TaskSource) -> dict[str, Any]:
+        return await gate.submit("tasks", TaskChange(name, source.path))
+
+    @app.delete("/v1/tasks/{name}")
+    async def delete_task(name: Annotated[str, Path(pattern=TASK_NAME)]) -> dict[str, Any]:
+        return await gate.submit("tasks", TaskChange(name))

@@ -26,7 +26,8 @@ from typing import Any
 class Continuous:
     """A kind of job decoded in one running batch that jobs join and leave between slices."""
 
-    admit: Callable[[list[tuple[int, Any]]], None]  # (key, payload) pairs join the running batch
+    # (key, payload) pairs join the running batch; the ones refused, by key, with the error to answer
+    admit: Callable[[list[tuple[int, Any]]], dict[int, Exception]]
     advance: Callable[[], dict[int, Any]]  # one slice; the finished jobs' results by key
     drop: Callable[[set[int]], None]  # take jobs out (their callers went away)
     rows: Callable[[Any], int]  # the batch rows a payload takes
@@ -156,8 +157,11 @@ class Batcher:
             self._rows += handler.rows(job.payload)
         if joining:
             try:
-                await loop.run_in_executor(None, handler.admit, [(id(job), job.payload) for job in joining])
+                refused = await loop.run_in_executor(None, handler.admit, [(id(job), job.payload) for job in joining])
                 self._running.update((id(job), job) for job in joining)
+                for key, error in refused.items():
+                    self._answer([self._running[key]], [error])
+                    self._settle({key}, answered=True)
             except Exception as exc:  # a failure answers its own requests, never stops the worker
                 self._rows -= sum(handler.rows(job.payload) for job in joining)
                 self._fail(joining, exc)
@@ -188,9 +192,14 @@ class Batcher:
                 self.queue.task_done()
 
     def _answer(self, batch: list[Job], results: list[Any]) -> None:
+        """Each job its result; a handler answers one job of a batch with an error by returning
+        the exception as that job's result."""
         for job, result in zip(batch, results, strict=True):
             if not job.future.done():
-                job.future.set_result(result)
+                if isinstance(result, Exception):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
             self.queue.task_done()
 
     def _fail(self, batch: list[Job], exc: Exception) -> None:

@@ -23,12 +23,41 @@ from softprompt.tasks.loading import load_model
 
 @dataclass
 class ServedPrompts:
-    """What is served: classifiers (mixed in one batch) and generation prompts, by task name."""
+    """What is served: classifiers (mixed in one batch) and generation prompts, by task name.
+    Change it only through :meth:`put` and :meth:`remove` (they keep the mixed batch and its
+    prompt caches in step), from the server's one worker, between batches."""
 
+    prompt_caches: PromptCaches
     classifiers: dict[str, PromptedClassifier] = field(default_factory=dict)
     generators: dict[str, Writer] = field(default_factory=dict)  # detox LM prompts and generation tasks
     skipped: dict[str, str] = field(default_factory=dict)  # directory name -> why
     mixed: MixedPromptClassifier | None = None
+
+    def put(self, name: str, served: PromptedClassifier | Writer) -> None:
+        """Serve ``served`` as task ``name``, replacing a task of that name."""
+        self.remove(name)
+        if isinstance(served, Writer):
+            self.generators[name] = served
+            return
+        self.classifiers[name] = served
+        if self.mixed is None:
+            self.mixed = MixedPromptClassifier({name: served}, self.prompt_caches)
+        else:
+            self.mixed.put(name, served)
+
+    def remove(self, name: str) -> bool:
+        """Stop serving task ``name``; False when there was none."""
+        self.skipped.pop(name, None)
+        if self.generators.pop(name, None) is not None:
+            return True
+        if self.classifiers.pop(name, None) is None:
+            return False
+        if self.classifiers:
+            self.mixed.remove(name)
+        else:
+            self.mixed = None
+        self.prompt_caches.forget(name)
+        return True
 
     def describe(self) -> list[dict[str, Any]]:
         rows = [
@@ -55,27 +84,37 @@ def load_tasks(directory: str | Path, backbone: Backbone, prompt_cache_mb: float
     root = Path(directory)
     if not root.is_dir():
         raise SoftpromptError(f"prompts directory {root} does not exist (give a folder of trained artifacts)")
-    tasks = ServedPrompts()
+    budget = None if prompt_cache_mb is None else int(prompt_cache_mb * 2**20)
+    tasks = ServedPrompts(PromptCaches(backbone, budget))
     for path in sorted(p for p in root.iterdir() if p.is_dir()):
         if not (path / TASK_FILE).exists():
             continue
         try:
-            _load_one(path, backbone, tasks)
+            tasks.put(path.name, load_task(path, backbone))
         except SoftpromptError as exc:
             tasks.skipped[path.name] = str(exc)
-        except (RuntimeError, ValueError, KeyError, OSError) as exc:  # a damaged file of any kind
-            tasks.skipped[path.name] = f"cannot load {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-    if tasks.classifiers:
-        budget = None if prompt_cache_mb is None else int(prompt_cache_mb * 2**20)
-        tasks.mixed = MixedPromptClassifier(tasks.classifiers, PromptCaches(backbone, budget))
     return tasks
 
 
-def _load_one(path: Path, backbone: Backbone, tasks: ServedPrompts) -> None:
+def load_task(path: Path, backbone: Backbone) -> PromptedClassifier | Writer:
+    """What an artifact directory serves: a classifier or a writer on ``backbone``.
+
+    Raises:
+        SoftpromptError: why it cannot be served (corrupt, another backbone, a method that changes
+            the backbone's layers, a task the server does not offer).
+    """
+    try:
+        return _load(path, backbone)
+    except SoftpromptError:
+        raise
+    except (RuntimeError, ValueError, KeyError, OSError) as exc:  # a damaged file of any kind
+        raise SoftpromptError(f"cannot load {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+
+
+def _load(path: Path, backbone: Backbone) -> PromptedClassifier | Writer:
     meta = read_artifact(path).meta
     if meta.get("task") == LM_TASK:
-        tasks.generators[path.name] = Writer(load_lm_prompt(path, backbone))
-        return
+        return Writer(load_lm_prompt(path, backbone))
     spec = get_method(meta.get("method", "?"))
     if not spec.shares_backbone:
         # Checked before loading: attaching such a method would change the shared backbone.
@@ -86,15 +125,14 @@ def _load_one(path: Path, backbone: Backbone, tasks: ServedPrompts) -> None:
         )
     model, _ = load_model(path, backbone)
     if isinstance(model, PromptedGenerator):
-        tasks.generators[path.name] = writer_of(model, path)
-        return
+        return writer_of(model, path)
     if not isinstance(model, PromptedClassifier):
         raise SoftpromptError(f"{path}: only classification and generation artifacts are served")
     reason = mixable(model)
     if reason:
         raise SoftpromptError(f"{path}: {reason}")
     model.eval()
-    tasks.classifiers[path.name] = model
+    return model
 
 
 def writer_of(model: PromptedGenerator, path: Path) -> Writer:

@@ -16,6 +16,10 @@ class ClassifyRequest(BaseModel):
     texts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=MAX_TEXTS)
 
 
+class TaskSource(BaseModel):
+    path: str = Field(min_length=1, description="an artifact directory on the server's machine")
+
+
 class GenerateRequest(BaseModel):
     task: str | None = Field(None, description="a generate task from GET /v1/tasks; none: the plain model")
     prompt: str = Field(min_length=1, description="the text (a generation task renders it with its template)")

@@ -13,13 +13,29 @@ from fastapi import HTTPException, Request
 
 from softprompt.backbones import Backbone
 from softprompt.data.records import Example
+from softprompt.errors import SoftpromptError
 from softprompt.serving.batcher import Batcher, QueueFull
-from softprompt.serving.registry import ServedPrompts, load_tasks
+from softprompt.serving.registry import ServedPrompts, load_task, load_tasks
 from softprompt.serving.requests import ClassifyRequest, GenerateRequest
 from softprompt.serving.writing import GenerationStream, WriteJob
 from softprompt.tasks.classification.mixed import classify_mixed
 
 logger = logging.getLogger(__name__)
+
+
+class UnknownTask(LookupError):
+    """The request names a task that is not (or no longer) served: HTTP 404."""
+
+    def __init__(self, name: str):
+        super().__init__(f"unknown task '{name}'; GET /v1/tasks lists them")
+
+
+@dataclass(frozen=True)
+class TaskChange:
+    """Serve the artifact at ``path`` as task ``name`` (replacing one), or remove it (no path)."""
+
+    name: str
+    path: str | None = None
 
 
 @dataclass
@@ -52,12 +68,17 @@ class Service:
         for name, reason in self.tasks.skipped.items():
             logger.warning("skipped task '%s': %s", name, reason)
 
-    def classify(self, payloads: list[ClassifyRequest]) -> list[list[dict[str, Any]]]:
-        """One mixed batch for every text of every request."""
-        requests = [(p.task, Example({"text": text})) for p in payloads for text in p.texts]
-        probabilities = classify_mixed(self.tasks.mixed, requests, batch_size=len(requests))
+    def classify(self, payloads: list[ClassifyRequest]) -> list[list[dict[str, Any]] | UnknownTask]:
+        """One mixed batch for every text of every request (a request whose task was removed
+        while it waited is answered with :class:`UnknownTask`)."""
+        served = self.tasks.classifiers
+        requests = [(p.task, Example({"text": text})) for p in payloads if p.task in served for text in p.texts]
+        probabilities = classify_mixed(self.tasks.mixed, requests, batch_size=len(requests)) if requests else []
         out, rows = [], iter(probabilities)
         for payload in payloads:
+            if payload.task not in served:
+                out.append(UnknownTask(payload.task))
+                continue
             labels = self.tasks.classifiers[payload.task].task.labels
             answers = []
             for text in payload.texts:
@@ -67,10 +88,13 @@ class Service:
             out.append(answers)
         return out
 
-    def admit_generation(self, jobs: list[tuple[int, WriteJob]]) -> None:
+    def admit_generation(self, jobs: list[tuple[int, WriteJob]]) -> dict[int, UnknownTask]:
         """New jobs join the running decoding batch; each keeps its own settings and seed, so its
-        answer does not depend on what it shares the batch with, or when it joined."""
-        self.stream.admit(jobs, self.tasks.generators)
+        answer does not depend on what it shares the batch with, or when it joined. Jobs whose
+        task was removed while they waited are refused."""
+        served = self.tasks.generators
+        self.stream.admit([(key, job) for key, job in jobs if job.task is None or job.task in served], served)
+        return {key: UnknownTask(job.task) for key, job in jobs if job.task is not None and job.task not in served}
 
     def advance_generation(self) -> dict[int, list[str]]:
         """A slice of decoding; between slices the worker runs waiting classification batches
@@ -93,6 +117,23 @@ class Service:
         while stream.rows:
             results.update(stream.advance(GENERATION_SLICE))
         return [self._texts(results[key]) for key in range(len(jobs))]
+
+    def change_tasks(self, changes: list[TaskChange]) -> list[dict[str, Any] | Exception]:
+        """Add, replace (a path given) or remove (none) tasks. It runs in the worker between
+        batches, so a request sees a task's old prompt or its new one, never a mix."""
+        out: list[dict[str, Any] | Exception] = []
+        for change in changes:
+            if change.path is None:
+                out.append({"removed": change.name} if self.tasks.remove(change.name) else UnknownTask(change.name))
+                continue
+            try:
+                self.tasks.put(change.name, load_task(Path(change.path), self.backbone))
+            except SoftpromptError as exc:
+                out.append(exc)
+                continue
+            logger.info("serving task '%s' from %s", change.name, change.path)
+            out.append(next(row for row in self.tasks.describe() if row["name"] == change.name))
+        return out
 
     def reload(self, _: list[Any]) -> list[dict[str, Any]]:
         self.tasks = load_tasks(self.prompts, self.backbone, self.prompt_cache_mb)
@@ -137,6 +178,10 @@ class Gate:
             return work.result()
         except QueueFull:
             raise HTTPException(429, "the request queue is full; retry shortly") from None
+        except UnknownTask as exc:
+            raise HTTPException(404, str(exc)) from None
+        except SoftpromptError as exc:
+            raise HTTPException(400, str(exc)) from None
 
     def within_limits(self, texts: list[str], cost: int = 0) -> None:
         """413 for a text over ``max_text_chars`` or a generation over ``max_generated_tokens``."""

@@ -48,19 +48,31 @@ class MixedPromptClassifier(nn.Module):
         super().__init__()
         if not models:
             raise SoftpromptError("no tasks to serve")
-        first = next(iter(models.values()))
-        for name, model in models.items():
-            if model.backbone is not first.backbone:
-                raise SoftpromptError(f"task '{name}' is on another backbone object; load all tasks on one backbone")
-            reason = mixable(model)
-            if reason:
-                raise SoftpromptError(f"task '{name}': {reason}")
-        self.tasks = dict(models)
-        self.backbone = first.backbone
-        self.pad_id = first.task.tokenizer.pad_token_id or 0
         # Frozen prompts' caches kept across batches, keyed by task name (serving); None: every
         # batch runs its prompts (training, and evaluation while training).
         self.prompt_caches = prompt_caches
+        first = next(iter(models.values()))
+        self.backbone = first.backbone
+        self.pad_id = first.task.tokenizer.pad_token_id or 0
+        self.tasks: dict[str, PromptedClassifier] = {}
+        for name, model in models.items():
+            self.put(name, model)
+
+    def put(self, name: str, model: PromptedClassifier) -> None:
+        """Add task ``name`` (or replace it: its kept prompt cache is dropped)."""
+        if model.backbone is not self.backbone:
+            raise SoftpromptError(f"task '{name}' is on another backbone object; load all tasks on one backbone")
+        reason = mixable(model)
+        if reason:
+            raise SoftpromptError(f"task '{name}': {reason}")
+        self.tasks[name] = model
+        if self.prompt_caches is not None:
+            self.prompt_caches.forget(name)
+
+    def remove(self, name: str) -> None:
+        del self.tasks[name]
+        if self.prompt_caches is not None:
+            self.prompt_caches.forget(name)
 
     def encode(self, task: str, example: Example) -> EncodedInput:
         return self.tasks[task].task.encode(example)

@@ -1,0 +1,246 @@
+"""The serving engine, side by side in one run, one server at a time (``softprompt serve`` on
+127.0.0.1):
+
+    python benchmarks/serving.py --artifact runs/sentiment --tasks 1000 --seconds 30 --threads 2
+
+1. Many tasks: ``--clients`` closed-loop clients classify 2 texts each with a random task, for
+   ``--seconds``, against a server of 1 task and one of ``--tasks`` tasks (the artifact copied
+   under that many names): requests/s, p50/p99 latency, the server's resident memory, and how
+   long it took to be ready. Ratios: many over one.
+2. Continuous batching: ``--clients`` closed-loop clients generate (no task, temperature 0.7),
+   each asking for a ``max_new_tokens`` drawn uniformly from 8-128, against all asking 64:
+   generated tokens/s (counted by the backbone's tokenizer). With batch-at-a-time decoding the
+   short rows' places stay empty until the longest row ends.
+3. Short behind long: a 128-token generation is under way when 4 requests for 8 tokens arrive
+   1 s later: the seconds until each of them is answered.
+
+``--src DIR`` runs the server from another source tree (e.g. a worktree of an older commit),
+so a before/after comparison uses the same load generator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from server_load import free_port, summary
+
+RESULTS = Path(__file__).parent / "results"
+
+
+class Server:
+    """``softprompt serve`` in a subprocess, ready when /healthz answers."""
+
+    def __init__(self, args: argparse.Namespace, prompts: Path):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "softprompt", "serve", "--backbone", args.backbone, "--prompts", str(prompts)]
+        command += ["--port", str(self.port), "--threads", str(args.threads), "--queue-size", "256"]
+        env = dict(os.environ)
+        if args.src:
+            env["PYTHONPATH"] = str(Path(args.src).resolve())
+        started = time.perf_counter()
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+        for _ in range(3000):
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        self.ready_s = time.perf_counter() - started
+
+    def rss_mb(self) -> dict[str, float]:
+        fields = {}
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                fields[name] = int(value.split()[0]) / 1024
+        return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+
+def prompts_dir(artifact: Path, count: int, root: Path) -> Path:
+    folder = root / f"tasks-{count}"
+    folder.mkdir()
+    for i in range(count):
+        shutil.copytree(artifact, folder / f"task{i:05d}", ignore=shutil.ignore_patterns("checkpoint", "*.png"))
+    return folder
+
+
+def classify(args: argparse.Namespace, folder: Path) -> dict:
+    server = Server(args, folder)
+    try:
+        tasks = [t["name"] for t in httpx.get(f"{server.base}/v1/tasks").json()["tasks"]]
+
+        async def run() -> dict:
+            log: list = []
+            limits = httpx.Limits(max_connections=args.clients)
+            async with httpx.AsyncClient(base_url=server.base, timeout=300, limits=limits) as client:
+                until = time.perf_counter() + args.seconds
+                await asyncio.gather(*(two_texts(client, tasks, until, i, log) for i in range(args.clients)))
+            return summary(log, args.seconds)
+
+        result = asyncio.run(run())
+        return {**result, **server.rss_mb(), "ready_s": server.ready_s, "tasks": len(tasks)}
+    finally:
+        server.close()
+
+
+async def two_texts(client: httpx.AsyncClient, tasks: list[str], until: float, seed: int, log: list) -> None:
+    """A client classifying 2 texts per request (``client_loop`` sends 1-4)."""
+    rng = random.Random(seed)
+    texts = ["a great movie", "dull and far too long", "the cast shines", "I want my money back"]
+    while time.perf_counter() < until:
+        body = {"task": rng.choice(tasks), "texts": rng.sample(texts, 2)}
+        start = time.perf_counter()
+        try:
+            status = (await client.post("/v1/classify", json=body)).status_code
+        except httpx.HTTPError as exc:
+            status = f"error: {type(exc).__name__}"
+        log.append((status, time.perf_counter() - start))
+
+
+def generate(args: argparse.Namespace, folder: Path, lengths: tuple[int, int], tokenizer) -> dict:
+    server = Server(args, folder)
+    try:
+
+        async def client_run(client: httpx.AsyncClient, until: float, seed: int, counts: list) -> None:
+            rng = random.Random(seed)
+            while time.perf_counter() < until:
+                body = {"prompt": "Once upon a time", "max_new_tokens": rng.randint(*lengths)}
+                body |= {"temperature": 0.7, "seed": rng.randrange(10**6)}
+                answer = await client.post("/v1/generate", json=body)
+                if answer.status_code == 200:
+                    text = answer.json()["completions"][0]
+                    counts.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+
+        async def run() -> dict:
+            counts: list[int] = []
+            limits = httpx.Limits(max_connections=args.clients)
+            async with httpx.AsyncClient(base_url=server.base, timeout=600, limits=limits) as client:
+                start = time.perf_counter()
+                until = start + args.seconds
+                await asyncio.gather(*(client_run(client, until, i, counts) for i in range(args.clients)))
+                elapsed = time.perf_counter() - start
+            return {"requests": len(counts), "tokens": sum(counts), "tokens_per_second": sum(counts) / elapsed}
+
+        return asyncio.run(run())
+    finally:
+        server.close()
+
+
+def short_behind_long(args: argparse.Namespace, folder: Path) -> dict:
+    server = Server(args, folder)
+    try:
+
+        async def run() -> dict:
+            async with httpx.AsyncClient(base_url=server.base, timeout=600) as client:
+                body = {"prompt": "Once upon a time", "max_new_tokens": 128, "temperature": 0.7, "seed": 1}
+                start = time.perf_counter()
+                long = asyncio.ensure_future(client.post("/v1/generate", json=body))
+                await asyncio.sleep(1.0)
+
+                async def short(i: int) -> float:
+                    sent = time.perf_counter()
+                    body = {"prompt": f"Hello {i}", "max_new_tokens": 8, "temperature": 0.7, "seed": i}
+                    await client.post("/v1/generate", json=body)
+                    return time.perf_counter() - sent
+
+                waits = await asyncio.gather(*(short(i) for i in range(4)))
+                await long
+                return {"short_answered_s": waits, "long_answered_s": time.perf_counter() - start}
+
+        return asyncio.run(run())
+    finally:
+        server.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifact", required=True, help="a classification artifact (e.g. runs/sentiment)")
+    parser.add_argument("--backbone", default="smollm2-135m")
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--src", help="run the server from this source tree (PYTHONPATH)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["classify", "generate", "short"])
+    parser.add_argument("--out", default=str(RESULTS / "serving.json"))
+    args = parser.parse_args()
+    from transformers import AutoTokenizer
+
+    from softprompt.backbones.sources import resolve
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(args.backbone)[2])
+    results: dict = {"setting": vars(args)}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        one = prompts_dir(Path(args.artifact), 1, root)
+        if "classify" not in args.skip:
+            many = prompts_dir(Path(args.artifact), args.tasks, root)
+            results["classify_1"] = classify(args, one)
+            results[f"classify_{args.tasks}"] = classify(args, many)
+        if "generate" not in args.skip:
+            results["generate_all_64"] = generate(args, one, (64, 64), tokenizer)
+            results["generate_8_to_128"] = generate(args, one, (8, 128), tokenizer)
+        if "short" not in args.skip:
+            results["short_behind_long"] = short_behind_long(args, one)
+    report(args, results)
+
+
+def report(args: argparse.Namespace, results: dict) -> None:
+    print(f"\n{args.backbone}, {args.clients} clients, {args.seconds:.0f} s per phase, {args.threads} threads\n")
+    if "classify_1" in results:
+        one, many = results["classify_1"], results[f"classify_{args.tasks}"]
+        print("| classify | req/s | p50 ms | p99 ms | RSS MB | ready s | statuses |\n|---|---|---|---|---|---|---|")
+        for name, r in (("1 task", one), (f"{args.tasks:,} tasks", many)):
+            print(
+                f"| {name} | {r['requests_per_second']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+                f"{r['rss_mb']:.0f} | {r['ready_s']:.1f} | {r['statuses']} |"
+            )
+        results["ratios"] = {
+            "throughput": many["requests_per_second"] / one["requests_per_second"],
+            "p99": many["p99_ms"] / one["p99_ms"],
+        }
+        print(
+            f"\n{args.tasks:,} tasks vs 1: throughput {results['ratios']['throughput']:.2f}x, "
+            f"p99 {results['ratios']['p99']:.2f}x, RSS +{many['rss_mb'] - one['rss_mb']:.0f} MB"
+        )
+    if "generate_all_64" in results:
+        fixed, mixed = results["generate_all_64"], results["generate_8_to_128"]
+        ratio = mixed["tokens_per_second"] / fixed["tokens_per_second"]
+        results.setdefault("ratios", {})["mixed_lengths"] = ratio
+        print(
+            f"\ngeneration tokens/s: max_new_tokens 8-128 {mixed['tokens_per_second']:.1f} vs all 64 "
+            f"{fixed['tokens_per_second']:.1f} ({ratio:.2f}x)"
+        )
+    if "short_behind_long" in results:
+        r = results["short_behind_long"]
+        waits = ", ".join(f"{s:.1f}" for s in r["short_answered_s"])
+        print(
+            f"\n8-token requests 1 s into a 128-token generation answered after {waits} s "
+            f"(median {statistics.median(r['short_answered_s']):.1f} s; "
+            f"the long one after {r['long_answered_s']:.1f} s)"
+        )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
