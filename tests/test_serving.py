@@ -324,6 +324,56 @@ def test_tasks_are_added_replaced_and_removed_while_serving(client, prompts_dir,
     assert {t["name"] for t in client.get("/v1/tasks").json()["tasks"]} == {"sentiment", "polarity"}
 
 
+def test_metrics_count_requests_tokens_batches_and_prompt_caches(client):
+    import logging
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def sample(text, name, **labels):
+        """The value of one sample of the Prometheus text, or None when absent."""
+        for family in text_string_to_metric_families(text):
+            for found in family.samples:
+                if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
+                    return found.value
+        return None
+
+    class Kept(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    access, kept = logging.getLogger("softprompt.access"), Kept()
+    access.addHandler(kept)
+    level = access.level
+    access.setLevel(logging.INFO)
+    try:
+        for _ in range(2):
+            assert client.post("/v1/classify", json={"task": "sentiment", "texts": ["a", "b"]}).status_code == 200
+        assert client.post("/v1/classify", json={"task": "nope", "texts": ["a"]}).status_code == 404
+        body = {"task": "polite", "prompt": "hi", "max_new_tokens": 3, "temperature": 0}
+        assert client.post("/v1/generate", json=body).status_code == 200
+    finally:
+        access.removeHandler(kept)
+        access.setLevel(level)
+    text = client.get("/metrics").text
+    route, generate = "/v1/classify", "/v1/generate"
+    assert sample(text, "softprompt_requests_total", route=route, task="sentiment", status="200") == 2
+    assert sample(text, "softprompt_requests_total", route=route, task="nope", status="404") == 1
+    assert sample(text, "softprompt_request_seconds_count", route=generate, task="polite") == 1
+    assert 1 <= sample(text, "softprompt_generated_tokens_total", task="polite") <= 3
+    assert sample(text, "softprompt_time_to_first_token_seconds_count", task="polite") == 1
+    assert sample(text, "softprompt_batch_rows_sum", kind="classify") == 4
+    assert sample(text, "softprompt_prompt_cache_misses_total") == 1  # the first batch computed it
+    assert sample(text, "softprompt_prompt_cache_hits_total") == 1  # the second found it kept
+    assert sample(text, "softprompt_queue_depth") == 0 and sample(text, "softprompt_tasks") == 3
+    logged = [__import__("json").loads(line) for line in kept.lines]
+    assert {"route": route, "task": "nope", "status": 404} == {k: logged[2][k] for k in ("route", "task", "status")}
+    assert all(entry["ms"] >= 0 for entry in logged)
+
+
 def test_serve_reports_a_missing_prompts_folder(tmp_path, capsys, tiny_llama_dir):
     assert main(["serve", "--backbone", str(tiny_llama_dir), "--prompts", str(tmp_path / "none")]) == 2
     assert "prompts directory" in capsys.readouterr().err

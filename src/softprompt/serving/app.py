@@ -2,7 +2,7 @@
 ``POST /v1/generate``, ``POST /v1/tasks/reload``, ``POST /v1/tasks/{name}`` (serve an artifact
 directory as that task, replacing one: ``{"path": DIR}``), ``DELETE /v1/tasks/{name}``, and
 OpenAI's ``POST /v1/completions`` and ``GET /v1/models`` (:mod:`softprompt.serving.openai`); the
-OpenAPI schema at ``/openapi.json``.
+OpenAPI schema at ``/openapi.json``; ``GET /metrics`` for Prometheus (:mod:`softprompt.serving.metrics`).
 
 Errors: an invalid body is 422 with the field named (FastAPI's validation), an unknown task 404,
 a full queue 429 (retry later), a request of the wrong kind for its task 400, a missing or wrong
@@ -15,10 +15,12 @@ import contextlib
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from softprompt.serving.batcher import Batcher, Continuous
 from softprompt.serving.guards import ApiKey, BodyLimit
+from softprompt.serving.metrics import PromptCacheCollector, RequestMetrics, ServerMetrics
 from softprompt.serving.openai import add_completion_routes
 from softprompt.serving.requests import ClassifyRequest, GenerateRequest, TaskSource
 from softprompt.serving.service import Gate, ServeSettings, Service, TaskChange
@@ -35,12 +37,21 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
         service.drop_generation,
         lambda job: job.samples,
     )
+    metrics = ServerMetrics()
     batcher = Batcher(
         {"classify": service.classify, "generate": generate, "reload": service.reload, "tasks": service.change_tasks},
         queue_size=settings.queue_size,
         max_batch=settings.max_batch,
         max_wait=settings.max_wait_ms / 1000,
+        on_batch=lambda kind, rows: metrics.batch_rows.labels(kind).observe(rows),
     )
+    service.stream.metrics = metrics
+    metrics.watch("softprompt_queue_depth", "requests waiting for the worker", batcher.queue.qsize)
+    metrics.watch("softprompt_generation_rows", "rows in the running decoding batch", lambda: service.stream.rows)
+    metrics.watch(
+        "softprompt_tasks", "tasks served", lambda: len(service.tasks.classifiers) + len(service.tasks.generators)
+    )
+    metrics.registry.register(PromptCacheCollector(lambda: service.tasks.prompt_caches))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -56,11 +67,17 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
         docs_url=None,
         redoc_url=None,
     )
+    app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.api_key:
         app.add_middleware(ApiKey, key=settings.api_key)  # added last: checked first
     gate = Gate(service, batcher, settings)
     add_routes(app, service, gate)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
     add_completion_routes(app, service, gate)
     return app
 
@@ -78,6 +95,7 @@ def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
 
     @app.post("/v1/classify")
     async def classify(request: ClassifyRequest, http: Request) -> dict[str, Any]:
+        http.state.task = request.task
         gate.within_limits(request.texts)
         gate.known(request.task, "classify")
         results = await gate.submit("classify", request, size=len(request.texts), request=http)
@@ -85,6 +103,7 @@ def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
 
     @app.post("/v1/generate")
     async def generate(request: GenerateRequest, http: Request) -> dict[str, Any]:
+        http.state.task = request.task or ""
         gate.within_limits([request.prompt], (request.max_new_tokens or 0) * request.samples)
         if request.task is not None:
             gate.known(request.task, "generate")
@@ -97,9 +116,13 @@ def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
 
     # After /v1/tasks/reload: routes match in order, and "reload" is not a task name.
     @app.post("/v1/tasks/{name}")
-    async def put_task(name: Annotated[str, Path(pattern=TASK_NAME)], source: TaskSource) -> dict[str, Any]:
+    async def put_task(
+        name: Annotated[str, Path(pattern=TASK_NAME)], source: TaskSource, http: Request
+    ) -> dict[str, Any]:
+        http.state.task = name
         return await gate.submit("tasks", TaskChange(name, source.path))
 
     @app.delete("/v1/tasks/{name}")
-    async def delete_task(name: Annotated[str, Path(pattern=TASK_NAME)]) -> dict[str, Any]:
+    async def delete_task(name: Annotated[str, Path(pattern=TASK_NAME)], http: Request) -> dict[str, Any]:
+        http.state.task = name
         return await gate.submit("tasks", TaskChange(name))

@@ -56,8 +56,10 @@ class Batcher:
         queue_size: int = 256,
         max_batch: int = 32,
         max_wait: float = 0.005,
+        on_batch: Callable[[str, int], None] | None = None,
     ):
         self.handlers = handlers
+        self.on_batch = on_batch  # told (kind, rows) of every model call: metrics
         self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_size)
         self.max_batch = max_batch
         self.max_wait = max_wait
@@ -126,6 +128,8 @@ class Batcher:
 
     async def _run_once(self, batch: list[Job]) -> None:
         handler = self.handlers[batch[0].kind]
+        if self.on_batch is not None:
+            self.on_batch(batch[0].kind, sum(job.size for job in batch))
         try:
             results = await asyncio.get_running_loop().run_in_executor(None, handler, [job.payload for job in batch])
             self._answer(batch, results)
@@ -167,6 +171,9 @@ class Batcher:
                 self._fail(joining, exc)
         if not self._running:
             return
+        if self.on_batch is not None:
+            kind = next(job.kind for job in self._running.values())
+            self.on_batch(kind, self._rows)
         try:
             finished = await loop.run_in_executor(None, handler.advance)
         except Exception as exc:

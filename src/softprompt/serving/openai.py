@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -70,7 +70,8 @@ def add_completion_routes(app: FastAPI, service: Service, gate: Gate) -> None:
         }
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(request: CompletionRequest) -> JSONResponse | StreamingResponse:
+    async def completions(request: CompletionRequest, http: Request) -> JSONResponse | StreamingResponse:
+        http.state.task = request.model
         given = [name for name in UNSUPPORTED if getattr(request, name, None) not in (None, False, [], {})]
         if given:
             return openai_error(400, f"'{given[0]}' is not supported by this server", given[0], "unsupported_parameter")

@@ -8,9 +8,10 @@ so what it gets does not depend on what shared its batch. Temperature 0 is greed
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +20,9 @@ from softprompt.config import GenConfig
 from softprompt.generation.running import Member, RunningBatch
 from softprompt.generation.sampling import SampleRequest
 from softprompt.prompts import Template
+
+if TYPE_CHECKING:
+    from softprompt.serving.metrics import ServerMetrics
 
 Listener = Callable[[int, list[int], bool], None]  # (sample index, new token ids, finished)
 
@@ -58,6 +62,7 @@ class WriteJob:
     samples: int = 1
     seed: int = 0
     listener: Listener | None = None  # told of new tokens after every decoding slice
+    created: float = field(default_factory=time.perf_counter)  # arrival, for the time to first token
 
 
 def sample_request(job: WriteJob, writer: Writer | None) -> SampleRequest:
@@ -84,6 +89,8 @@ class GenerationStream:
         self.batch = RunningBatch(backbone)
         self.jobs: dict[Hashable, WriteJob] = {}
         self.sent: dict[Hashable, list[int]] = {}  # per job, tokens reported per sample
+        self.produced: dict[Hashable, int] = {}  # per job, tokens counted in the metrics
+        self.metrics: ServerMetrics | None = None  # the server's, when it has them
 
     @property
     def rows(self) -> int:
@@ -95,16 +102,17 @@ class GenerationStream:
         requests = [(key, sample_request(job, writers.get(job.task) if job.task else None)) for key, job in jobs]
         self.batch.admit(requests)
         for key, job in jobs:
-            self.jobs[key], self.sent[key] = job, [0] * job.samples
+            self.jobs[key], self.sent[key], self.produced[key] = job, [0] * job.samples, 0
 
     def advance(self, steps: int) -> dict[Hashable, list[list[int]]]:
         """Decode ``steps`` tokens; report new tokens to listeners; the finished jobs' token ids."""
         finished = self.batch.step(steps)
         for member in [*self.batch.members, *finished]:
             self._report(member, member in finished)
+            self._count(member)
         results = {}
         for member in finished:
-            del self.jobs[member.key], self.sent[member.key]
+            del self.jobs[member.key], self.sent[member.key], self.produced[member.key]
             results[member.key] = [list(tokens) for tokens in member.tokens]
         return results
 
@@ -114,6 +122,20 @@ class GenerationStream:
         for key in keys:
             self.jobs.pop(key, None)
             self.sent.pop(key, None)
+            self.produced.pop(key, None)
+
+    def _count(self, member: Member) -> None:
+        """Generated tokens and, at a job's first, its time to first token, into the metrics."""
+        if self.metrics is None:
+            return
+        job, before = self.jobs[member.key], self.produced[member.key]
+        now = sum(len(tokens) for tokens in member.tokens)
+        if now > before:
+            task = job.task or ""
+            self.metrics.tokens.labels(task).inc(now - before)
+            if before == 0:
+                self.metrics.first_token.labels(task).observe(time.perf_counter() - job.created)
+            self.produced[member.key] = now
 
     def _report(self, member: Member, finished: bool) -> None:
         job, sent = self.jobs[member.key], self.sent[member.key]

@@ -1,0 +1,126 @@
+"""What the server measures: ``GET /metrics`` in Prometheus' text format (prometheus-client),
+and one structured (JSON) access-log line per request on the ``softprompt.access`` logger.
+
+Per route and task: requests by status and their latency; for generation, the time to the first
+token and the tokens generated; for the worker, the queue depth, the rows of each batch and the
+rows being decoded; for the classifiers' prompt caches, hits, misses, entries and bytes. Each app
+has its own registry, so several servers (or tests) in one process do not collide.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+access_log = logging.getLogger("softprompt.access")
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ServerMetrics:
+    """The server's instruments, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter(
+            "softprompt_requests",
+            "HTTP requests by route, task and status",
+            ["route", "task", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "softprompt_request_seconds",
+            "request latency",
+            ["route", "task"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.first_token = Histogram(
+            "softprompt_time_to_first_token_seconds",
+            "from a generation request's arrival to the end of the decoding slice that gave its first token",
+            ["task"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter("softprompt_generated_tokens", "tokens generated", ["task"], registry=registry)
+        self.batch_rows = Histogram(
+            "softprompt_batch_rows",
+            "rows per model call: texts of a classification batch, rows of a decoding slice",
+            ["kind"],
+            buckets=ROW_BUCKETS,
+            registry=registry,
+        )
+
+    def watch(self, name: str, help_text: str, value: Callable[[], float]) -> None:
+        """A gauge read when scraped (queue depth, rows being decoded...)."""
+        Gauge(name, help_text, registry=self.registry).set_function(value)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def observe_request(self, route: str, task: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, task, str(status)).inc()
+        self.latency.labels(route, task).observe(seconds)
+        access_log.info(
+            json.dumps({"route": route, "task": task, "status": status, "ms": round(1000 * seconds, 1)}, sort_keys=True)
+        )
+
+
+class PromptCacheCollector(Collector):
+    """The classifiers' prompt-cache counters, read from the store when scraped (the store is
+    replaced on reload, so it is looked up each time)."""
+
+    def __init__(self, store: Callable[[], Any]):
+        self.store = store
+
+    def collect(self) -> Iterator[Any]:
+        store = self.store()
+        hits, misses, entries, size = (
+            (0, 0, 0, 0) if store is None else (store.hits, store.misses, len(store), store.bytes)
+        )
+        yield CounterMetricFamily("softprompt_prompt_cache_hits", "prompt caches found kept", value=hits)
+        yield CounterMetricFamily("softprompt_prompt_cache_misses", "prompt caches computed", value=misses)
+        yield GaugeMetricFamily("softprompt_prompt_cache_entries", "prompt caches kept", value=entries)
+        yield GaugeMetricFamily("softprompt_prompt_cache_bytes", "memory of the kept prompt caches", value=size)
+
+
+class RequestMetrics:
+    """ASGI middleware: times every request to its last body byte and records it with its route
+    template (``/v1/tasks/{name}``, not the raw path) and its task (what the endpoint put in
+    ``request.state.task``)."""
+
+    def __init__(self, app: Any, metrics: ServerMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), [500]
+
+        async def sending(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                route = scope.get("route")
+                path = getattr(route, "path", "unmatched")
+                task = scope.get("state", {}).get("task", "")
+                self.metrics.observe_request(path, task, status[0], time.perf_counter() - started)
+
+        try:
+            return await self.app(scope, receive, sending)
+        except Exception:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe_request(
+                route, scope.get("state", {}).get("task", ""), 500, time.perf_counter() - started
+            )
+            raise
