@@ -160,12 +160,22 @@ class RunningBatch:
                     continue
                 if token == eos:
                     member.done[sample] = True
-                else:
-                    member.tokens[sample].append(token)
-                    member.done[sample] = len(member.tokens[sample]) >= request.max_new_tokens
+                    continue
+                tokens = member.tokens[sample]
+                tokens.append(token)
+                member.done[sample] = len(tokens) >= request.max_new_tokens or self._stopped(tokens, request.stop)
             member.steps += 1
             picks.append(chosen)
         return torch.cat(picks)
+
+    def _stopped(self, tokens: list[int], stop: tuple[str, ...]) -> bool:
+        """Whether the text's end holds a stop string (only the last tokens are decoded: every
+        token is at least one character, so a stop string fits in as many tokens, plus one
+        token it may have started inside)."""
+        if not stop:
+            return False
+        tail = self.backbone.tokenizer.decode(tokens[-(max(map(len, stop)) + 1) :], skip_special_tokens=True)
+        return any(s in tail for s in stop)
 
     def _leave(self, leaving: list[Member]) -> torch.Tensor:
         """Remove ``leaving`` and their rows; the indices of the rows that stay."""

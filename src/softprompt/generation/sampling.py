@@ -174,3 +174,4 @@ class SampleRequest:
     top_p: float
     temperature: float  # 0: greedy
     seed: int
+    stop: tuple[str, ...] = ()  # a sample ends once its text contains one of these

@@ -63,6 +63,8 @@ class WriteJob:
     seed: int = 0
     listener: Listener | None = None  # told of new tokens after every decoding slice
     created: float = field(default_factory=time.perf_counter)  # arrival, for the time to first token
+    stop: tuple[str, ...] = ()  # a sample ends once its text holds one of these (not shown)
+    rendered: bool = False  # the prompt is final (a chat rendered by the chat template): no task template
 
 
 def sample_request(job: WriteJob, writer: Writer | None) -> SampleRequest:
@@ -70,14 +72,28 @@ def sample_request(job: WriteJob, writer: Writer | None) -> SampleRequest:
     defaults = writer.defaults if writer is not None else GenConfig(max_new_tokens=30, do_sample=True, top_p=0.9)
     greedy = 0.0 if not defaults.do_sample else defaults.temperature
     return SampleRequest(
-        writer.render(job.prompt) if writer is not None else job.prompt,
+        writer.render(job.prompt) if writer is not None and not job.rendered else job.prompt,
         writer.soft if writer is not None else None,
         job.samples,
         job.max_new_tokens or defaults.max_new_tokens,
         job.top_p if job.top_p is not None else defaults.top_p,
         job.temperature if job.temperature is not None else greedy,
         job.seed,
+        job.stop,
     )
+
+
+def visible_text(text: str, stop: tuple[str, ...], finished: bool) -> str:
+    """What may be shown of a sample's text: cut before its first stop string; while it is still
+    being written, also without an ending that could be the start of one (so a stream never
+    shows part of a stop string)."""
+    found = [text.find(s) for s in stop if s in text]
+    if found:
+        return text[: min(found)]
+    if finished:
+        return text
+    hold = max((k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+    return text[: len(text) - hold]
 
 
 class GenerationStream:

@@ -1,0 +1,36 @@
+"""OpenAI-compatible routes, so OpenAI's clients and tools talk to a softprompt server unchanged:
+``GET /v1/models`` (the generate tasks), ``POST /v1/completions`` and ``POST /v1/chat/completions``
+(``model`` = a generate task's name).
+
+Settings a request leaves out take the task's own (the decoding its artifact recorded: greedy
+unless it sampled); temperature 0 is greedy. ``stop`` (a string or up to 4) ends a choice before
+the first stop string, which is never shown, streaming included. ``stream: true`` answers with
+Server-Sent Events, a chunk per decoding slice, then ``data: [DONE]``. Errors have OpenAI's shape
+(``{"error": {"message", "type", "param", "code"}}``): an unknown model is 404; ``logprobs``,
+``echo``, ``best_of``, penalties and tools are refused with a 400 rather than ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from softprompt.serving.openai.chat import add_chat
+from softprompt.serving.openai.completions import add_completions
+from softprompt.serving.service import Gate, Service
+
+
+def add_completion_routes(app: FastAPI, service: Service, gate: Gate) -> None:
+    """``/v1/models``, ``/v1/completions`` and ``/v1/chat/completions``."""
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        names = list(service.tasks.generators)
+        return {
+            "object": "list",
+            "data": [{"id": n, "object": "model", "created": 0, "owned_by": "softprompt"} for n in names],
+        }
+
+    add_completions(app, service, gate)
+    add_chat(app, service, gate)

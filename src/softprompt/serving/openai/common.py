@@ -1,0 +1,179 @@
+"""What the OpenAI-compatible routes share: the sampling fields of a request, OpenAI's error
+shape, running a request's jobs (whole, or as a stream of Server-Sent Events), stop strings and
+finish reasons."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from softprompt.serving.service import Gate, Service
+from softprompt.serving.writing import WriteJob, visible_text
+
+# Fields refused rather than ignored when given a value other than OpenAI's default.
+REFUSED = {
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "logit_bias": (None, {}),
+    "best_of": (None, 1),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "response_format": (None, {"type": "text"}),
+}
+
+Chunk = Callable[[int, str, str | None], dict[str, Any]]  # (choice index, new text, finish reason) -> event
+
+
+class SamplingFields(BaseModel):
+    """The fields both routes read; other OpenAI fields (``user``...) are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, description="a generate task from GET /v1/models")
+    max_tokens: int | None = Field(None, ge=1, le=512)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int = Field(1, ge=1, le=16)
+    seed: int | None = None
+    stream: bool = False
+    stop: str | list[str] | None = Field(None, description="up to 4 strings; the text ends before the first")
+
+    def stops(self) -> tuple[str, ...]:
+        given = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return tuple(s for s in given if s)
+
+    def job(self, prompt: str, listener: Any, rendered: bool = False) -> WriteJob:
+        return WriteJob(
+            self.model,
+            prompt,
+            self.max_tokens,
+            self.temperature,
+            self.top_p,
+            self.n,
+            self.seed or 0,
+            listener,
+            stop=self.stops(),
+            rendered=rendered,
+        )
+
+
+def openai_error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status)
+
+
+def refusal(request: SamplingFields, service: Service) -> JSONResponse | None:
+    """OpenAI's error for what this server does not do, or for an unknown model; None if fine."""
+    extra = request.model_extra or {}
+    for name, defaults in REFUSED.items():
+        if name in extra and extra[name] not in defaults:
+            return openai_error(400, f"'{name}' is not supported by this server", name, "unsupported_parameter")
+    if len(request.stops()) > 4:
+        return openai_error(400, "stop: at most 4 strings", "stop")
+    if request.model not in service.tasks.generators:
+        message = f"The model '{request.model}' does not exist; GET /v1/models lists them"
+        return openai_error(404, message, "model", "model_not_found")
+    return None
+
+
+class Collected:
+    """What a job's listener has heard: token ids per sample, and which samples are done."""
+
+    def __init__(self, samples: int, queue: asyncio.Queue | None = None, offset: int = 0):
+        self.tokens: list[list[int]] = [[] for _ in range(samples)]
+        self.queue, self.offset, self.loop = queue, offset, asyncio.get_running_loop()
+
+    def __call__(self, sample: int, ids: list[int], done: bool) -> None:  # runs in the worker thread
+        self.tokens[sample].extend(ids)
+        if self.queue is not None:  # (choice index, the sample's tokens so far, finished)
+            item = (self.offset + sample, list(self.tokens[sample]), done)
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+def finish_reason(ids: list[int], text: str, request: SamplingFields, service: Service) -> str:
+    """ "stop" for the end-of-sequence token or a stop string, "length" at the token limit."""
+    if any(s in text for s in request.stops()):
+        return "stop"
+    limit = request.max_tokens or service.tasks.generators[request.model].defaults.max_new_tokens
+    return "length" if len(ids) >= limit else "stop"
+
+
+def completed(service: Service, request: SamplingFields, collected: list[Collected]) -> list[tuple[str, str, int]]:
+    """``(text, finish reason, tokens)`` of every choice, in OpenAI's order (prompt-major)."""
+    tokenizer = service.backbone.tokenizer
+    out = []
+    for heard in collected:
+        for ids in heard.tokens:
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            out.append(
+                (visible_text(text, request.stops(), True), finish_reason(ids, text, request, service), len(ids))
+            )
+    return out
+
+
+async def run_whole(
+    gate: Gate, request: SamplingFields, prompts: list[str], rendered: bool = False
+) -> list[Collected] | JSONResponse:
+    """Every prompt's job, answered whole; OpenAI's error when one fails."""
+    collected = [Collected(request.n) for _ in prompts]
+    try:
+        jobs = (gate.submit("generate", request.job(p, c, rendered)) for p, c in zip(prompts, collected, strict=True))
+        await asyncio.gather(*jobs)
+    except HTTPException as exc:
+        return openai_error(exc.status_code, str(exc.detail))
+    return collected
+
+
+async def stream(
+    gate: Gate, request: SamplingFields, prompts: list[str], chunk: Chunk, rendered: bool = False
+) -> AsyncIterator[str]:
+    """Server-Sent Events: each choice's new text as it is decoded (never a part of a stop
+    string), its finish reason, then ``[DONE]``."""
+    tokenizer = gate.service.backbone.tokenizer
+    queue: asyncio.Queue = asyncio.Queue()
+    heard = [Collected(request.n, queue, p * request.n) for p in range(len(prompts))]
+    work = [
+        asyncio.ensure_future(gate.submit("generate", request.job(p, c, rendered)))
+        for p, c in zip(prompts, heard, strict=True)
+    ]
+    shown: dict[int, str] = {}
+    open_choices = len(prompts) * request.n
+    try:
+        while open_choices:
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({getter, *work}, return_when=asyncio.FIRST_COMPLETED)
+            failed = [w for w in work if w.done() and w.exception() is not None]
+            if failed:
+                getter.cancel()
+                error = failed[0].exception()
+                message = error.detail if isinstance(error, HTTPException) else str(error)
+                yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
+                break
+            if getter not in done:
+                getter.cancel()
+                if all(w.done() for w in work) and queue.empty():
+                    break  # every job answered and every event read
+                continue
+            index, ids, finished = getter.result()
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            visible = visible_text(text, request.stops(), finished)
+            before = shown.get(index, "")
+            delta = visible[len(before) :] if visible.startswith(before) else ""
+            shown[index] = max(visible, before, key=len)
+            reason = finish_reason(ids, text, request, gate.service) if finished else None
+            open_choices -= finished
+            yield f"data: {json.dumps(chunk(index, delta, reason))}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        for w in work:
+            w.cancel()
