@@ -163,7 +163,15 @@ def test_artifact_refuses_another_backbone(trained, tmp_path, capsys):
 
 def test_user_errors_have_no_traceback_in_a_real_process(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "softprompt", "train", "backbone=gpt-17", f"out={tmp_path / 'o'}"],
+        [
+            sys.executable,
+            "-m",
+            "softprompt",
+            "train",
+            "dataset=rotten-tomatoes",
+            "backbone=gpt-17",
+            f"out={tmp_path / 'o'}",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -331,3 +331,11 @@ def test_a_key_given_twice_in_a_recipe_is_one_line(base_args, tmp_path, capsys):
     assert main(["train", "--config", str(recipe), *base_args, f"out={tmp_path / 'run'}"]) == 2
     assert _one_line_error(capsys) == f"error: {recipe} line 4: key 'lr' is given twice (also on line 2); keep one"
     assert not (tmp_path / "run").exists()
+
+
+def test_a_method_without_soft_tokens_uses_the_template_without_its_slots(base_args, tmp_path, capsys):
+    assert main(["train", *base_args, "method=lora", f"out={tmp_path / 'run'}", "train.max_steps=1"]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if "has no soft tokens" in line]
+    note = "note: method=lora has no soft tokens; the template is used without its soft slots"
+    assert notes == [f"{note}: 'Review: {{text}}\\nSentiment:'"]
+    assert json.loads((tmp_path / "run" / "task.json").read_text())["template"] == "Review: {text}\nSentiment:"

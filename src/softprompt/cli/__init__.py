@@ -54,9 +54,8 @@ def _interrupt_hint(args: argparse.Namespace) -> str:
     return getattr(args, "resume_hint", "the last checkpoint is intact; continue with `softprompt train ... --resume`")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``softprompt`` command; returns the exit status."""
-    _setup_output()
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line as ``main`` reads it (argparse exits with status 2 on a mistake)."""
     parser = build_parser()
     # key=value overrides may stand between options (`out=x --resume train.lr=1e-3`).
     args, extra = parser.parse_known_args(argv)
@@ -72,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         ):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``softprompt`` command; returns the exit status."""
+    _setup_output()
+    args = parse_args(argv)
     try:
         with command_line():
             args.run(args)

@@ -6,6 +6,7 @@ place a task's name is written) and :func:`get_task`. Task packages import this 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from softprompt.data.splits import Records, Splits
     from softprompt.prompts import Template
     from softprompt.tasks.base import TaskModel
+
+logger = logging.getLogger(__name__)
 
 
 class TaskSpec:
@@ -113,17 +116,23 @@ class TaskSpec:
         raise NotImplementedError
 
 
-def fit_soft_slots(template: Template, config: RunConfig) -> Template:
+def fit_soft_slots(template: Template, config: RunConfig, announce: bool = False) -> Template:
     """``template`` for the run's method: soft-token methods get ``prompt.length`` soft tokens in
-    front when it has no slot; a method without soft tokens refuses a template with slots."""
+    front when it has no slot; a method without soft tokens uses it without its slots (so one
+    recipe serves every method: ``method=lora`` on the demo recipe), said in one logged line
+    when ``announce`` (the build, not every check, announces it)."""
     method = get_method(config.method)
     if method.uses_soft_tokens and template.num_soft == 0:
         return template.with_prefix(config.prompt.length)
     if not method.uses_soft_tokens and template.num_soft:
-        raise SoftpromptError(
-            f"template {template.source!r} has soft slots but method={config.method} has no "
-            "soft tokens; remove them or use a soft-token method (softprompt ls methods)"
-        )
+        plain = template.without_soft()
+        if announce:
+            logger.info(
+                "note: method=%s has no soft tokens; the template is used without its soft slots: %r",
+                config.method,
+                plain.source,
+            )
+        return plain
     return template
 
 

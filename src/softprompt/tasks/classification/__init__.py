@@ -22,8 +22,9 @@ from softprompt.tasks.registry import TaskSpec, fit_soft_slots, register_task
 PLAIN_TEMPLATE = "{text}\nLabel:"  # when neither the run nor its dataset gives one
 
 
-def resolve_prompting(config: RunConfig) -> tuple[Template, Verbalizer]:
-    """The run's template and verbalizer: its own, else its dataset's."""
+def resolve_prompting(config: RunConfig, announce: bool = False) -> tuple[Template, Verbalizer]:
+    """The run's template and verbalizer: its own, else its dataset's (``announce``: log how the
+    template was fitted to the method)."""
     from softprompt.datasets import get_spec  # late: reads the package's dataset files
 
     spec = None
@@ -37,7 +38,7 @@ def resolve_prompting(config: RunConfig) -> tuple[Template, Verbalizer]:
         template_source = PLAIN_TEMPLATE
     if mapping is None:
         raise SoftpromptError("no verbalizer: set verbalizer={label: word, ...} for your data's labels")
-    return fit_soft_slots(Template(template_source), config), Verbalizer(mapping)
+    return fit_soft_slots(Template(template_source), config, announce), Verbalizer(mapping)
 
 
 def validate_examples(task: ClassificationTask, splits: Splits) -> None:
@@ -120,7 +121,7 @@ class Classification(TaskSpec):
         resolve_prompting(config)
 
     def build(self, config: RunConfig, backbone: Backbone, splits: Splits) -> PromptedClassifier:
-        template, verbalizer = resolve_prompting(config)
+        template, verbalizer = resolve_prompting(config, announce=True)
         demos = demonstrations(template, verbalizer, splits.train, config.fewshot.k, config.seed)
         model = build_classifier(
             backbone,

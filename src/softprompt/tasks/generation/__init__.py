@@ -31,10 +31,11 @@ def _dataset_spec(config: RunConfig):
     return get_spec(config.dataset) if config.dataset and not config.data.train else None
 
 
-def resolve_template(config: RunConfig) -> Template:
-    """The run's template (its own, else its dataset's), with a soft prefix for soft-token methods."""
+def resolve_template(config: RunConfig, announce: bool = False) -> Template:
+    """The run's template (its own, else its dataset's), fitted to the method (``fit_soft_slots``)."""
     spec = _dataset_spec(config)
-    return fit_soft_slots(Template(config.template or (spec.template if spec else None) or PLAIN_TEMPLATE), config)
+    template = Template(config.template or (spec.template if spec else None) or PLAIN_TEMPLATE)
+    return fit_soft_slots(template, config, announce)
 
 
 def demonstrations(template: Template, pool: list[TextPair], k: int, seed: int) -> str:
@@ -135,7 +136,7 @@ class Generation(TaskSpec):
         resolve_template(config)
 
     def build(self, config: RunConfig, backbone: Backbone, splits: Splits) -> PromptedGenerator:
-        template = resolve_template(config)
+        template = resolve_template(config, announce=True)
         for name in ("train", "dev", "test"):
             items = getattr(splits, name)
             if items:
