@@ -11,7 +11,7 @@ from softprompt.cli import main
 from softprompt.generation.decode import decode
 from softprompt.generation.running import RunningBatch
 from softprompt.serving.app import GenerateRequest, ServeSettings, Service, create_app
-from softprompt.serving.writing import sample_request
+from softprompt.serving.writing import sample_request, visible_text
 from softprompt.tasks.loading import load_model
 
 from .test_generation import PAIRS, gen_args, pair_files  # noqa: F401 (fixtures)
@@ -179,3 +179,62 @@ def test_a_short_generation_does_not_wait_for_a_long_one(service, monkeypatch):
     assert answer.status_code == 200
     assert answer.json()["completions"] == service.generate([GenerateRequest(**body)])[0]
     assert finished["short"] < finished["long"], "the short generation waited for the long one"
+
+
+def test_stop_strings_end_the_text_before_them_streaming_included(openai_client):
+    full = openai_client.completions.create(model="nice", prompt="you idiot", max_tokens=12, temperature=0)
+    text = full.choices[0].text
+    assert len(text) >= 4, "the tiny model wrote too little to pick a stop string from"
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    expected = text[: text.find(stop)]
+    cut = openai_client.completions.create(model="nice", prompt="you idiot", max_tokens=12, temperature=0, stop=[stop])
+    assert cut.choices[0].text == expected and cut.choices[0].finish_reason == "stop"
+    chunks = list(
+        openai_client.completions.create(
+            model="nice", prompt="you idiot", max_tokens=12, temperature=0, stop=stop, stream=True
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks) == expected
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_visible_text_holds_back_what_may_begin_a_stop_string():
+    assert visible_text("hello wor", ("world",), finished=False) == "hello "
+    assert visible_text("hello wor", ("world",), finished=True) == "hello wor"
+    assert visible_text("hello world and more", ("world", "and"), finished=False) == "hello "
+    assert visible_text("plain", (), finished=False) == "plain"
+
+
+def test_chat_completions_use_the_chat_template_and_the_task_prompt(openai_client, service):
+    import openai
+
+    tokenizer = service.backbone.tokenizer
+    messages = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "you idiot"}]
+    with pytest.raises(openai.BadRequestError, match="no chat template"):
+        openai_client.chat.completions.create(model="polite", messages=messages)
+    tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    try:
+        answer = openai_client.chat.completions.create(model="polite", messages=messages, max_tokens=4, temperature=0)
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        job = GenerateRequest(task="polite", prompt=rendered, max_new_tokens=4, temperature=0).job()
+        job.rendered = True
+        expected = service.generate([job])[0][0]
+        assert answer.object == "chat.completion" and answer.model == "polite"
+        assert answer.choices[0].message.role == "assistant" and answer.choices[0].message.content == expected
+        soft = len(service.tasks.generators["polite"].soft)
+        assert answer.usage.prompt_tokens == len(tokenizer(rendered)["input_ids"]) + soft
+        pieces = list(
+            openai_client.chat.completions.create(
+                model="polite", messages=messages, max_tokens=4, temperature=0, stream=True
+            )
+        )
+        assert pieces[0].choices[0].delta.role == "assistant"
+        assert "".join(p.choices[0].delta.content or "" for p in pieces) == expected
+        refused = openai_client.chat.completions.with_raw_response
+        with pytest.raises(openai.BadRequestError, match="logprobs"):
+            refused.create(model="polite", messages=messages, logprobs=True)
+    finally:
+        tokenizer.chat_template = None
