@@ -34,6 +34,7 @@ def build(args: argparse.Namespace):
 
     from softprompt.backbones import load_backbone
     from softprompt.config import PromptConfig
+    from softprompt.core.prompt_caches import PromptCaches
     from softprompt.prompts import Template, Verbalizer
     from softprompt.tasks.classification import build_classifier
     from softprompt.tasks.classification.mixed import MixedPromptClassifier
@@ -47,7 +48,7 @@ def build(args: argparse.Namespace):
         )
         for i in range(args.tasks)
     }
-    mixed = MixedPromptClassifier(models)
+    mixed = MixedPromptClassifier(models, PromptCaches(backbone))  # the server's setting: caches kept
     texts = [e.text for e in load_examples(args.texts, args.texts_file, "test")]
     rng = random.Random(0)
     stream = [(rng.choice(list(models)), text) for text in texts]

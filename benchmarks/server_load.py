@@ -50,6 +50,18 @@ async def client_loop(client: httpx.AsyncClient, tasks: list[str], until: float,
         log.append((status, time.perf_counter() - start))
 
 
+def wait_until_ready(base: str, seconds: float = 600) -> float:
+    """Poll ``/healthz`` until the server answers; the seconds it took."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    return time.perf_counter() - started
+
+
 def summary(log: list, seconds: float) -> dict:
     ok = sorted(latency for status, latency in log if status == 200)
     return {
@@ -173,12 +185,7 @@ def main() -> None:
     headers = {"Authorization": f"Bearer {key}"}
     server = subprocess.Popen(command)
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_until_ready(base)
         listing = httpx.get(f"{base}/v1/tasks", headers=headers).json()
         tasks = [t["name"] for t in listing["tasks"] if t["kind"] == "classify"]
         steady = asyncio.run(load(base, tasks, args.clients, args.seconds, headers))

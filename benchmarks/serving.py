@@ -35,7 +35,7 @@ from pathlib import Path
 
 import httpx
 
-from server_load import free_port, summary
+from server_load import free_port, summary, wait_until_ready
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -51,15 +51,8 @@ class Server:
         env = dict(os.environ)
         if args.src:
             env["PYTHONPATH"] = str(Path(args.src).resolve())
-        started = time.perf_counter()
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-        for _ in range(3000):
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        self.ready_s = time.perf_counter() - started
+        self.ready_s = wait_until_ready(self.base)  # from the process's start: loading included
 
     def rss_mb(self) -> dict[str, float]:
         fields = {}

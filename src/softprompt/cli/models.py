@@ -1,4 +1,4 @@
-"""Commands that apply a trained artifact: ``eval``, ``predict``, ``tag`` and ``inspect``."""
+"""Commands that apply a trained artifact: ``eval``, ``predict``, ``tag``, ``inspect`` and ``export``."""
 
 from __future__ import annotations
 
@@ -132,8 +132,25 @@ def _inspect(args: argparse.Namespace) -> None:
         print(f"soft[{row['index']:>3}] norm {row['norm']:.3f}  nearest: {near}")
 
 
+def _export(args: argparse.Namespace) -> None:
+    from softprompt.serving.vllm import export_prompt_embeds
+    from softprompt.tasks.loading import load_model
+
+    use_threads(args)
+    model, meta = load_model(args.artifact, None, args.device, args.precision)
+    path = export_prompt_embeds(model, meta, args.out)
+    count = model.method.num_soft_tokens
+    print(
+        f"wrote {path}: {count} soft tokens x {model.backbone.hidden_size} (template {model.describe()['template']!r})"
+    )
+    print(
+        "vLLM's prompt_embeds per text: softprompt.serving.vllm.vllm_completion_request "
+        "(docs/serving-and-many-tasks.md)"
+    )
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Register ``eval``, ``predict``, ``tag`` and ``inspect``."""
+    """Register ``eval``, ``predict``, ``tag``, ``inspect`` and ``export``."""
     ev = commands.add_parser("eval", help="evaluate an artifact")
     ev.add_argument("artifact")
     source = ev.add_mutually_exclusive_group()
@@ -158,6 +175,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         command.add_argument("--batch-size", type=int, default=32)
         compute_flags(command)
         command.set_defaults(run=_apply)
+
+    export = commands.add_parser(
+        "export", help="write an artifact's soft prompt for another engine (vLLM prompt embeddings)"
+    )
+    export.add_argument("artifact")
+    export.add_argument("--format", choices=["prompt-embeds"], default="prompt-embeds")
+    export.add_argument("--out", required=True, help="the .safetensors file to write")
+    compute_flags(export)
+    export.set_defaults(run=_export)
 
     inspect = commands.add_parser(
         "inspect", help="show an artifact and its soft tokens' nearest words; --compare A B: a similarity heat map"

@@ -142,10 +142,6 @@ def train(
     started, out, procs = time.perf_counter(), Path(config.out), processes()
     bar = "eval" if progress else None
     _check_start(config, resume, overwrite, extend, procs.main)
-    ignored = config.ignored_sections()
-    if ignored and procs.main:
-        shown = ", ".join(f"{name}.*" for name in ignored)
-        logger.warning("warning: the settings %s are ignored: method=%s does not read them", shown, config.method)
     splits, backbone, model, baseline = _setup(config, backbone, records, bar)
     meta = artifact_meta(config, model, backbone, splits)
     encoded = encode_splits(model, splits, config.train.max_length)
@@ -213,7 +209,8 @@ def _check_sharding(config: RunConfig) -> None:
 
 
 def _check_start(config: RunConfig, resume: bool, overwrite: bool, extend: bool, main: bool) -> None:
-    """Before anything is written: the output directory, a resumable run, the thread count."""
+    """Before anything is written: the output directory, a resumable run, the thread count, and
+    a warning for settings the method ignores."""
     out = Path(config.out)
     if main:
         check_out(out, resume, overwrite)
@@ -222,6 +219,10 @@ def _check_start(config: RunConfig, resume: bool, overwrite: bool, extend: bool,
     config.use_threads()
     # fp16 without loss scaling lets small prompt gradients underflow: the loop has no scaler.
     require(config.precision != "fp16", "precision", "fp16 is for inference; train in bf16 (or fp32)")
+    ignored = config.ignored_sections()
+    if ignored and main:
+        shown = ", ".join(f"{name}.*" for name in ignored)
+        logger.warning("warning: the settings %s are ignored: method=%s does not read them", shown, config.method)
 
 
 def check_resumable(out: Path, config: RunConfig, extend: bool) -> None:
