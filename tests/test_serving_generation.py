@@ -1,19 +1,29 @@
-"""Generation artifacts served: ``/v1/generate`` with mixed soft prompts in one decoding batch,
-and the OpenAI-compatible ``/v1/completions`` driven by the official ``openai`` client."""
+"""Generation artifacts served: ``/v1/generate`` with mixed soft prompts in one continuously
+batched decoding batch, the OpenAI-compatible completions and chat routes driven by the official
+``openai`` client, and the vLLM bridge (prompt embeddings)."""
 
 from __future__ import annotations
 
+import base64
+import io
+
 import pytest
+import torch
 from fastapi.testclient import TestClient
+from safetensors import safe_open
 
 from softprompt.backbones import load_backbone
 from softprompt.cli import main
+from softprompt.errors import SoftpromptError
 from softprompt.generation.decode import decode
 from softprompt.generation.running import RunningBatch
 from softprompt.serving.app import GenerateRequest, ServeSettings, Service, create_app
-from softprompt.serving.writing import sample_request, visible_text
+from softprompt.serving.vllm import input_embeddings, vllm_completion_request
+from softprompt.serving.writing import WriteJob, sample_request, visible_text
+from softprompt.tasks.classification.model import label_probabilities
 from softprompt.tasks.loading import load_model
 
+from .helpers import EXAMPLES, classifier
 from .test_generation import PAIRS, gen_args, pair_files  # noqa: F401 (fixtures)
 
 
@@ -238,3 +248,121 @@ def test_chat_completions_use_the_chat_template_and_the_task_prompt(openai_clien
             refused.create(model="polite", messages=messages, logprobs=True)
     finally:
         tokenizer.chat_template = None
+
+
+# ---- the vLLM bridge: input embeddings that give our own next-token logits (no vLLM runs here) ----
+
+
+def _next_token_logits(backbone, embeds: torch.Tensor) -> torch.Tensor:
+    """What an engine fed only these input embeddings computes: positions 0..n-1, no cache."""
+    with torch.inference_mode():
+        return backbone.model(inputs_embeds=embeds[None]).logits[0, -1].float()
+
+
+@pytest.mark.parametrize("template", ["{soft:3}Review: {text} Sentiment:", "Q: {text}{soft:2} A:{soft:1}"])
+def test_classifier_embeddings_give_our_label_scores(tiny_llama_dir, template):
+    backbone = load_backbone(str(tiny_llama_dir))
+    model = classifier(backbone, template, {"pos": "a", "neg": "b"}, seed=1)
+    ours = label_probabilities(model, EXAMPLES).log()
+    for row, embeds in enumerate(input_embeddings(model, [e.text for e in EXAMPLES])):
+        logits = _next_token_logits(backbone, embeds)
+        theirs = torch.log_softmax(logits[model.first_ids], dim=-1)
+        assert torch.allclose(theirs, ours[row], atol=1e-5), (template, row)
+
+
+def test_generation_embeddings_give_our_next_token_logits(service, served_dir):
+    model, _ = load_model(served_dir / "polite", service.backbone)
+    text = "you are rude"
+    (embeds,) = input_embeddings(model, [text])
+    batch = RunningBatch(service.backbone)
+    batch.admit([("one", sample_request(WriteJob("polite", text), service.tasks.generators["polite"]))])
+    assert torch.allclose(_next_token_logits(service.backbone, embeds), batch.rows.logits[0].cpu(), atol=1e-5)
+    body = vllm_completion_request(model, text, "my-model", max_tokens=8)
+    sent = torch.load(io.BytesIO(base64.b64decode(body["prompt_embeds"])), weights_only=True)
+    assert body["model"] == "my-model" and body["max_tokens"] == 8 and torch.equal(sent, embeds)
+
+
+def test_export_writes_the_soft_prompt_and_refuses_what_embeddings_cannot_carry(
+    tiny_llama_dir, sentiment_files, tmp_path, capsys
+):
+    from .test_continual import _train_prompt
+
+    _train_prompt(tiny_llama_dir, sentiment_files, tmp_path / "pt", "template={soft:3}Review: {text} Sentiment:")
+    out = tmp_path / "prompt.safetensors"
+    assert main(["export", str(tmp_path / "pt"), "--out", str(out)]) == 0
+    assert "3 soft tokens" in capsys.readouterr().out
+    with safe_open(str(out), "pt") as f:
+        assert f.get_tensor("soft_prompt").shape[0] == 3 and f.metadata()["template"].startswith("{soft:3}")
+    _train_prompt(
+        tiny_llama_dir, sentiment_files, tmp_path / "lora", "method=lora", "template=Review: {text} Sentiment:"
+    )
+    assert main(["export", str(tmp_path / "lora"), "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "only soft-token artifacts" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
+    backbone = load_backbone(str(tiny_llama_dir))
+    with pytest.raises(SoftpromptError, match="prefix_tuning"):
+        input_embeddings(classifier(backbone, "Review: {text} Sentiment:", method="prefix_tuning"), ["x"])
+
+
+# ---- bad input on the generation routes ------------------------------------------------------
+
+
+def test_a_bad_seed_or_text_is_refused_alone(service):
+    with TestClient(create_app(service, ServeSettings(max_wait_ms=1))) as client:
+        huge = client.post("/v1/generate", json={"prompt": "hi", "seed": 99999999999999999999999})
+        assert huge.status_code == 422 and "seed" in str(huge.json()["detail"])
+        raw = b'{"prompt": "hi \\ud800"}'  # a lone surrogate, escaped as JSON allows
+        lone = client.post("/v1/generate", content=raw, headers={"content-type": "application/json"})
+        assert lone.status_code == 422 and "surrogate" in str(lone.json()["detail"])
+        body = {"model": "polite", "prompt": "hi", "seed": 99999999999999999999999}
+        error = client.post("/v1/completions", json=body).json()["error"]
+        assert error["param"] == "seed" and error["type"] == "invalid_request_error"
+        fine = client.post("/v1/generate", json={"prompt": "hi", "max_new_tokens": 2})
+        assert fine.status_code == 200
+
+
+def test_openai_validation_errors_are_400s_in_openai_shape(service):
+    with TestClient(create_app(service, ServeSettings(max_wait_ms=1))) as client:
+        zero = client.post("/v1/completions", json={"model": "polite", "prompt": "x", "max_tokens": 0})
+        assert zero.status_code == 400 and zero.json()["error"]["param"] == "max_tokens"
+        for message in ({"role": "robot", "content": "x"}, {"role": "user", "content": ""}):
+            bad = client.post("/v1/chat/completions", json={"model": "polite", "messages": [message]})
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages", bad.text
+        many = client.post("/v1/completions", json={"model": "polite", "prompt": "x", "stop": ["a"] * 10_000})
+        assert many.status_code == 400 and "at most 4" in many.json()["error"]["message"]
+        logprobs = client.post("/v1/completions", json={"model": "polite", "prompt": "x", "logprobs": 100})
+        assert logprobs.status_code == 400 and logprobs.json()["error"]["param"] == "logprobs"
+        # the server's own routes keep FastAPI's 422
+        assert client.post("/v1/generate", json={"prompt": ""}).status_code == 422
+
+
+def test_a_completion_that_times_out_stops_decoding(service, monkeypatch):
+    import time
+
+    slices = []
+    real = service.advance_generation
+
+    def slow():
+        slices.append(time.perf_counter())
+        time.sleep(0.05)
+        return real()
+
+    monkeypatch.setattr(service, "advance_generation", slow)
+    with TestClient(create_app(service, ServeSettings(max_wait_ms=1, timeout_s=0.3))) as client:
+        body = {"model": "polite", "prompt": "Once", "max_tokens": 400, "temperature": 0.01}
+        assert client.post("/v1/completions", json=body).status_code == 504
+        time.sleep(0.3)  # a slice in flight ends
+        count = len(slices)
+        time.sleep(0.3)
+        assert len(slices) == count, "the abandoned completion kept decoding"
+        assert service.stream.rows == 0
+    assert count < 400 / 4
+
+
+def test_the_api_key_scheme_is_case_insensitive_and_an_empty_key_is_refused(service, served_dir, capsys):
+    with TestClient(create_app(service, ServeSettings(max_wait_ms=1, api_key="k3y"))) as client:
+        for scheme in ("Bearer", "bearer", "BEARER"):
+            assert client.get("/v1/models", headers={"Authorization": f"{scheme} k3y"}).status_code == 200
+        assert client.get("/v1/models", headers={"Authorization": "Basic k3y"}).status_code == 401
+    assert main(["serve", "--prompts", str(served_dir), "--api-key", "", "--backbone", "nowhere"]) == 2
+    assert "--api-key is empty" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from softprompt.cli.args import compute_flags, training_command, use_threads
+from softprompt.errors import SoftpromptError
 
 
 def _continual(args: argparse.Namespace) -> None:
@@ -55,11 +56,14 @@ def _serve(args: argparse.Namespace) -> None:
     from softprompt.backbones import load_backbone
     from softprompt.serving.app import ServeSettings, Service, create_app
 
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_VARIABLE)
+    if api_key is not None and not api_key.strip():
+        where = "--api-key" if args.api_key is not None else f"${API_KEY_VARIABLE}"
+        raise SoftpromptError(f"{where} is empty: give a key, or leave it unset for a server without one")
     use_threads(args)
     backbone = load_backbone(args.backbone, args.device, args.precision)
     backbone.require_token_prediction("serve")
     service = Service(backbone, args.prompts, args.prompt_cache_mb)
-    api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
     settings = ServeSettings(
         args.queue_size,
         args.max_batch,
@@ -108,7 +112,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for company")
     compute_flags(serve)
     serve.add_argument(
-        "--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE}; none: open)"
+        "--api-key",
+        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE}, which keeps the key out of `ps`; "
+        "unset: an open server)",
     )
     serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="413 for a larger request body")
     serve.add_argument("--max-text-chars", type=int, default=10_000, help="413 for a longer text or prompt")

@@ -26,13 +26,14 @@ class ApiKey:
 
     def __init__(self, app: Any, key: str):
         self.app = app
-        self.expected = f"Bearer {key}".encode()
+        self.expected = key.encode()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        if not hmac.compare_digest(given, self.expected):
+        scheme, _, token = dict(scope["headers"]).get(b"authorization", b"").strip().partition(b" ")
+        # The scheme is case-insensitive (RFC 9110); the key is compared in constant time.
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.expected):
             challenge = [(b"www-authenticate", b"Bearer")]
             return await reply(send, 401, "missing or wrong API key: send 'Authorization: Bearer <key>'", challenge)
         return await self.app(scope, receive, send)

@@ -4,16 +4,29 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from softprompt.serving.writing import Listener, WriteJob
 
 MAX_TEXTS = 256
+MAX_SEED = 2**63 - 1  # what a torch.Generator takes
+
+
+def encodable(text: str) -> str:
+    """A text that UTF-8 can encode (a lone surrogate such as "\\ud800" cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not valid Unicode at character {exc.start} (a lone surrogate)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(encodable)]
 
 
 class ClassifyRequest(BaseModel):
     task: str = Field(min_length=1, description="a task name from GET /v1/tasks")
-    texts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=MAX_TEXTS)
+    texts: list[Annotated[Text, Field(min_length=1)]] = Field(min_length=1, max_length=MAX_TEXTS)
 
 
 class TaskSource(BaseModel):
@@ -22,12 +35,12 @@ class TaskSource(BaseModel):
 
 class GenerateRequest(BaseModel):
     task: str | None = Field(None, description="a generate task from GET /v1/tasks; none: the plain model")
-    prompt: str = Field(min_length=1, description="the text (a generation task renders it with its template)")
+    prompt: Text = Field(min_length=1, description="the text (a generation task renders it with its template)")
     max_new_tokens: int | None = Field(None, ge=1, le=512, description="default: the task's (30 for the plain model)")
     temperature: float | None = Field(None, ge=0, description="0: greedy; default: the task's (plain model: 1)")
     top_p: float | None = Field(None, gt=0, le=1, description="default: the task's (plain model: 0.9)")
     samples: int = Field(1, ge=1, le=16)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     def job(self, listener: Listener | None = None) -> WriteJob:
         return WriteJob(

@@ -166,6 +166,9 @@ class Gate:
         timeout = self.settings.timeout_s
         try:
             done, _ = await asyncio.wait(watchers, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the caller's own task was cancelled (a dropped stream)
+            work.cancel()  # takes the job out of the queue, or out of the running batch
+            raise
         finally:
             for other in watchers - {work}:
                 other.cancel()

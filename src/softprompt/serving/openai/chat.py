@@ -14,12 +14,13 @@ from pydantic import BaseModel, Field
 
 from softprompt.serving.openai.common import SamplingFields, completed, openai_error, refusal, run_whole, stream
 from softprompt.serving.openai.completions import prompt_tokens
+from softprompt.serving.requests import Text
 from softprompt.serving.service import Gate, Service
 
 
 class ChatMessage(BaseModel):
-    role: str = Field(pattern="^(system|user|assistant|developer)$")
-    content: str
+    role: str = Field(pattern="^(system|user|assistant|developer)$", description="system, user, assistant or developer")
+    content: Text = Field(min_length=1)
 
 
 class ChatRequest(SamplingFields):
@@ -56,7 +57,7 @@ def add_chat(app: FastAPI, service: Service, gate: Gate) -> None:
 
             events = stream(gate, request, [prompt], chunk, rendered=True)
             return StreamingResponse(events, media_type="text/event-stream")
-        collected = await run_whole(gate, request, [prompt], rendered=True)
+        collected = await run_whole(gate, request, [prompt], http, rendered=True)
         if isinstance(collected, JSONResponse):
             return collected
         answers = completed(service, request, collected)

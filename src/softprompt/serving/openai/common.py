@@ -9,10 +9,11 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from softprompt.serving.requests import MAX_SEED, Text
 from softprompt.serving.service import Gate, Service
 from softprompt.serving.writing import WriteJob, visible_text
 
@@ -44,9 +45,9 @@ class SamplingFields(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=16)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stream: bool = False
-    stop: str | list[str] | None = Field(None, description="up to 4 strings; the text ends before the first")
+    stop: Text | list[Text] | None = Field(None, description="up to 4 strings; the text ends before the first")
 
     def stops(self) -> tuple[str, ...]:
         given = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -122,12 +123,16 @@ def completed(service: Service, request: SamplingFields, collected: list[Collect
 
 
 async def run_whole(
-    gate: Gate, request: SamplingFields, prompts: list[str], rendered: bool = False
+    gate: Gate, request: SamplingFields, prompts: list[str], http: Request, rendered: bool = False
 ) -> list[Collected] | JSONResponse:
-    """Every prompt's job, answered whole; OpenAI's error when one fails."""
+    """Every prompt's job, answered whole; OpenAI's error when one fails. A client that goes
+    away takes its jobs out of the decoding batch."""
     collected = [Collected(request.n) for _ in prompts]
     try:
-        jobs = (gate.submit("generate", request.job(p, c, rendered)) for p, c in zip(prompts, collected, strict=True))
+        jobs = (
+            gate.submit("generate", request.job(p, c, rendered), request=http)
+            for p, c in zip(prompts, collected, strict=True)
+        )
         await asyncio.gather(*jobs)
     except HTTPException as exc:
         return openai_error(exc.status_code, str(exc.detail))

@@ -11,11 +11,12 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from softprompt.serving.openai.common import SamplingFields, completed, openai_error, refusal, run_whole, stream
+from softprompt.serving.requests import Text
 from softprompt.serving.service import Gate, Service
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str]
+    prompt: Text | list[Text]
 
 
 def add_completions(app: FastAPI, service: Service, gate: Gate) -> None:
@@ -40,7 +41,7 @@ def add_completions(app: FastAPI, service: Service, gate: Gate) -> None:
 
         if request.stream:
             return StreamingResponse(stream(gate, request, prompts, chunk), media_type="text/event-stream")
-        collected = await run_whole(gate, request, prompts)
+        collected = await run_whole(gate, request, prompts, http)
         if isinstance(collected, JSONResponse):
             return collected
         choices, written = [], 0
