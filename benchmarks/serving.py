@@ -48,6 +48,8 @@ class Server:
         self.base = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "softprompt", "serve", "--backbone", args.backbone, "--prompts", str(prompts)]
         command += ["--port", str(self.port), "--threads", str(args.threads), "--queue-size", "256"]
+        if args.prompt_cache_mb is not None:
+            command += ["--prompt-cache-mb", str(args.prompt_cache_mb)]
         env = dict(os.environ)
         if args.src:
             env["PYTHONPATH"] = str(Path(args.src).resolve())
@@ -172,6 +174,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--src", help="run the server from this source tree (PYTHONPATH)")
+    parser.add_argument("--prompt-cache-mb", type=float, help="the server's --prompt-cache-mb (default: its own)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["classify", "generate", "short"])
     parser.add_argument("--out", default=str(RESULTS / "serving.json"))
     args = parser.parse_args()

@@ -313,10 +313,13 @@ def test_a_bad_seed_or_text_is_refused_alone(service):
         assert huge.status_code == 422 and "seed" in str(huge.json()["detail"])
         raw = b'{"prompt": "hi \\ud800"}'  # a lone surrogate, escaped as JSON allows
         lone = client.post("/v1/generate", content=raw, headers={"content-type": "application/json"})
-        assert lone.status_code == 422 and "surrogate" in str(lone.json()["detail"])
+        assert lone.status_code == 422 and "unicode" in str(lone.json()["detail"])
         body = {"model": "polite", "prompt": "hi", "seed": 99999999999999999999999}
         error = client.post("/v1/completions", json=body).json()["error"]
         assert error["param"] == "seed" and error["type"] == "invalid_request_error"
+        raw = b'{"model": "polite", "prompt": "hi \\ud800"}'
+        lone = client.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
+        assert lone.status_code == 400 and lone.json()["error"]["param"] == "prompt"
         fine = client.post("/v1/generate", json={"prompt": "hi", "max_new_tokens": 2})
         assert fine.status_code == 200
 

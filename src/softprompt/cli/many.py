@@ -124,7 +124,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--prompt-cache-mb",
         type=float,
-        default=256.0,
+        default=768.0,
         help="memory for the classifiers' prompt key/value caches; the least recently used are "
         "recomputed on demand (about 1 MB per task on smollm2-135m)",
     )

@@ -12,16 +12,20 @@ API key 401, a body, text or generation over its limit 413, a request over its t
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from softprompt.serving.batcher import Batcher, Continuous
 from softprompt.serving.guards import ApiKey, BodyLimit
 from softprompt.serving.metrics import PromptCacheCollector, RequestMetrics, ServerMetrics
-from softprompt.serving.openai import add_completion_routes
+from softprompt.serving.openai import OPENAI_ROUTES, add_completion_routes
+from softprompt.serving.openai.common import openai_error
 from softprompt.serving.requests import ClassifyRequest, GenerateRequest, TaskSource
 from softprompt.serving.service import Gate, ServeSettings, Service, TaskChange
 
@@ -73,6 +77,7 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
         app.add_middleware(ApiKey, key=settings.api_key)  # added last: checked first
     gate = Gate(service, batcher, settings)
     add_routes(app, service, gate)
+    app.add_exception_handler(RequestValidationError, invalid_request)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -126,3 +131,17 @@ def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
     async def delete_task(name: Annotated[str, Path(pattern=TASK_NAME)], http: Request) -> dict[str, Any]:
         http.state.task = name
         return await gate.submit("tasks", TaskChange(name))
+
+
+async def invalid_request(request: Request, exc: Exception) -> Response:
+    """An invalid body: 400 in OpenAI's shape on its routes (its clients show that message), else
+    FastAPI's 422 ``{"detail": [...]}``. Rendered as ASCII JSON, so an input that cannot be UTF-8
+    (a lone surrogate) is echoed escaped instead of failing the response."""
+    assert isinstance(exc, RequestValidationError)
+    errors = jsonable_encoder(exc.errors())
+    if request.url.path in OPENAI_ROUTES:
+        first = errors[0]
+        where = [str(part) for part in first.get("loc", ())[1:]]  # without "body"
+        message = f"{'.'.join(where)}: {first.get('msg', 'invalid')}" if where else first.get("msg", "invalid request")
+        return openai_error(400, message, where[0] if where else None)
+    return Response(json.dumps({"detail": errors}, ensure_ascii=True), 422, media_type="application/json")

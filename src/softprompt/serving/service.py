@@ -56,7 +56,7 @@ class ServeSettings:
 class Service:
     """The model side: the loaded tasks and the batch handlers the worker calls."""
 
-    def __init__(self, backbone: Backbone, prompts: str | Path, prompt_cache_mb: float | None = 256.0):
+    def __init__(self, backbone: Backbone, prompts: str | Path, prompt_cache_mb: float | None = 768.0):
         self.backbone = backbone
         self.prompts = prompts
         self.prompt_cache_mb = prompt_cache_mb

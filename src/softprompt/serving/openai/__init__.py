@@ -14,12 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
-from fastapi.exception_handlers import request_validation_exception_handler
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 
 from softprompt.serving.openai.chat import add_chat
-from softprompt.serving.openai.common import openai_error
 from softprompt.serving.openai.completions import add_completions
 from softprompt.serving.service import Gate, Service
 
@@ -39,13 +36,3 @@ def add_completion_routes(app: FastAPI, service: Service, gate: Gate) -> None:
 
     add_completions(app, service, gate)
     add_chat(app, service, gate)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> Response:
-        """OpenAI's clients show the message of a 400 in their shape; FastAPI's 422 elsewhere."""
-        if request.url.path not in OPENAI_ROUTES:
-            return await request_validation_exception_handler(request, exc)
-        first = exc.errors()[0]
-        where = [str(part) for part in first.get("loc", ())[1:]]  # without "body"
-        message = f"{'.'.join(where)}: {first.get('msg', 'invalid')}" if where else first.get("msg", "invalid request")
-        return openai_error(400, message, where[0] if where else None)
