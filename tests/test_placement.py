@@ -136,3 +136,15 @@ def test_bad_compute_settings_fail_in_one_line_and_write_nothing(base_args, tmp_
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and message in error and "Traceback" not in error
     assert not out.exists()
+
+
+def test_torchs_default_threads_on_a_busy_machine_are_warned_about(monkeypatch):
+    from softprompt.backbones.placement import busy_machine_warning
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    message = busy_machine_warning(0, load=1.6)
+    assert message is not None and "load 1.6" in message and "threads=1" in message
+    assert busy_machine_warning(0, load=0.4) is None  # an idle machine
+    assert busy_machine_warning(1, load=3.0) is None  # the user chose the threads
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert busy_machine_warning(0, load=3.0) is None  # one thread already

@@ -119,6 +119,36 @@ def set_threads(count: int, label: str) -> None:
         torch.set_num_threads(count)
 
 
+def busy_machine_warning(threads: int, load: float | None = None) -> str | None:
+    """A warning for torch's default threads (``threads=0``: one per core) on a machine that
+    other jobs keep busy (``load``: the 1-minute load average; read from the system when None).
+    Two processes each using every core slow each other far more than sharing the cores: a
+    training step beside another job took 7.9 s with 2 threads and 3.4 s with 1 on 2 cores
+    (``benchmarks/threads.py``), while alone 2 threads are 1.75x faster. A warning rather than a
+    fewer-threads default, so that a run's numbers never depend on the machine's load."""
+    if threads or torch.get_num_threads() < 2:
+        return None
+    if load is None:
+        if not hasattr(os, "getloadavg"):
+            return None
+        load = os.getloadavg()[0]
+    if load < 1:
+        return None
+    return (
+        f"warning: the machine is busy (load {load:.1f} on {os.cpu_count()} cores) and torch will use "
+        f"{torch.get_num_threads()} threads; beside another job that can be 2-3x slower than threads=1: "
+        "set threads=1 (or threads=N for N idle cores)"
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def warn_if_busy() -> None:
+    """:func:`busy_machine_warning` for torch's default threads, logged once per process."""
+    message = busy_machine_warning(0)
+    if message:
+        logger.warning(message)
+
+
 def run_in(placement: Placement, forward: Callable[..., Any]) -> Callable[..., Any]:
     """``forward`` wrapped to run under ``placement``'s autocast (the way accelerate's
     ``prepare`` wraps a model's forward), so every caller of the backbone computes alike."""

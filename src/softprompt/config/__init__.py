@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from softprompt.backbones.placement import DEVICE_HELP, PRECISION_HELP, set_threads
+from softprompt.backbones.placement import DEVICE_HELP, PRECISION_HELP, set_threads, warn_if_busy
 from softprompt.config.recipe import build, merge, parse_overrides, read_yaml
 from softprompt.errors import SoftpromptError, did_you_mean
 from softprompt.methods import METHODS
@@ -47,8 +47,11 @@ class ComputeSettings:
     )
 
     def use_threads(self) -> None:
-        """Apply ``threads`` to this process (before any forward pass)."""
+        """Apply ``threads`` to this process (before any forward pass); with torch's default on
+        a busy machine, say once that fewer threads would be faster."""
         set_threads(self.threads, "config field 'threads':")
+        if not self.threads:
+            warn_if_busy()
 
 
 @dataclass
