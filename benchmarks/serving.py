@@ -13,6 +13,9 @@
    short rows' places stay empty until the longest row ends.
 3. Short behind long: a 128-token generation is under way when 4 requests for 8 tokens arrive
    1 s later: the seconds until each of them is answered.
+4. Live changes: the classification load of phase 1 on ``--tasks`` tasks while 100 tasks are
+   added, asked, replaced and removed one after the other: every status, and how long a new task
+   took to answer after its ``POST /v1/tasks/{name}``.
 
 ``--src DIR`` runs the server from another source tree (e.g. a worktree of an older commit),
 so a before/after comparison uses the same load generator.
@@ -165,6 +168,48 @@ def short_behind_long(args: argparse.Namespace, folder: Path) -> dict:
         server.close()
 
 
+def live_changes(args: argparse.Namespace, folder: Path, artifact: Path, changes: int = 100) -> dict:
+    """Classification load while ``changes`` tasks are added, replaced and removed: no request may
+    fail, and a new task must answer soon after it is added."""
+    server = Server(args, folder)
+    try:
+        tasks = [t["name"] for t in httpx.get(f"{server.base}/v1/tasks").json()["tasks"]]
+
+        async def changer(client: httpx.AsyncClient, until: float, log: list, waits: list) -> None:
+            for i in range(changes):
+                if time.perf_counter() >= until:
+                    break
+                name, path = f"live{i:03d}", str(artifact.resolve())
+                added = time.perf_counter()
+                statuses = [(await client.post(f"/v1/tasks/{name}", json={"path": path})).status_code]
+                answer = await client.post("/v1/classify", json={"task": name, "texts": ["fine"]})
+                waits.append(time.perf_counter() - added)
+                statuses.append(answer.status_code)
+                statuses.append((await client.post(f"/v1/tasks/{name}", json={"path": path})).status_code)  # replace
+                statuses.append((await client.delete(f"/v1/tasks/{name}")).status_code)
+                log.extend(statuses)
+
+        async def run() -> dict:
+            log: list = []
+            changed: list = []
+            waits: list[float] = []
+            limits = httpx.Limits(max_connections=args.clients + 1)
+            async with httpx.AsyncClient(base_url=server.base, timeout=300, limits=limits) as client:
+                until = time.perf_counter() + args.seconds
+                clients = [two_texts(client, tasks, until, i, log) for i in range(args.clients)]
+                await asyncio.gather(changer(client, until, changed, waits), *clients)
+            result = summary(log, args.seconds)
+            result["change_statuses"] = {str(k): changed.count(k) for k in sorted(set(changed))}
+            result["changes"] = len(waits)
+            result["new_task_answered_max_s"] = max(waits) if waits else None
+            result["new_task_answered_median_s"] = statistics.median(waits) if waits else None
+            return result
+
+        return asyncio.run(run())
+    finally:
+        server.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifact", required=True, help="a classification artifact (e.g. runs/sentiment)")
@@ -175,7 +220,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--src", help="run the server from this source tree (PYTHONPATH)")
     parser.add_argument("--prompt-cache-mb", type=float, help="the server's --prompt-cache-mb (default: its own)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["classify", "generate", "short"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["classify", "generate", "short", "live"])
     parser.add_argument("--out", default=str(RESULTS / "serving.json"))
     args = parser.parse_args()
     from transformers import AutoTokenizer
@@ -196,6 +241,10 @@ def main() -> None:
             results["generate_8_to_128"] = generate(args, one, (8, 128), tokenizer)
         if "short" not in args.skip:
             results["short_behind_long"] = short_behind_long(args, one)
+        if "live" not in args.skip:
+            many = root / f"tasks-{args.tasks}"
+            many = many if many.exists() else prompts_dir(Path(args.artifact), args.tasks, root)
+            results["live_changes"] = live_changes(args, many, Path(args.artifact))
     report(args, results)
 
 
@@ -232,6 +281,13 @@ def report(args: argparse.Namespace, results: dict) -> None:
             f"\n8-token requests 1 s into a 128-token generation answered after {waits} s "
             f"(median {statistics.median(r['short_answered_s']):.1f} s; "
             f"the long one after {r['long_answered_s']:.1f} s)"
+        )
+    if "live_changes" in results:
+        r = results["live_changes"]
+        print(
+            f"\nlive changes: {r['changes']} tasks added, asked, replaced and removed under {args.clients} clients: "
+            f"requests {r['statuses']}, changes {r['change_statuses']}; a new task answered within "
+            f"{r['new_task_answered_median_s']:.2f} s (median), {r['new_task_answered_max_s']:.2f} s (max)"
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))

@@ -369,3 +369,34 @@ def test_the_api_key_scheme_is_case_insensitive_and_an_empty_key_is_refused(serv
         assert client.get("/v1/models", headers={"Authorization": "Basic k3y"}).status_code == 401
     assert main(["serve", "--prompts", str(served_dir), "--api-key", "", "--backbone", "nowhere"]) == 2
     assert "--api-key is empty" in capsys.readouterr().err
+
+
+def test_removing_a_task_lets_its_generation_in_flight_finish(served_dir, tiny_llama_dir, monkeypatch):
+    import threading
+    import time
+
+    service = Service(load_backbone(str(tiny_llama_dir)), served_dir)  # its own: the task goes away
+    real = service.advance_generation
+
+    def slow():
+        time.sleep(0.02)
+        return real()
+
+    monkeypatch.setattr(service, "advance_generation", slow)
+    answers = {}
+    with TestClient(create_app(service, ServeSettings(max_wait_ms=1))) as client:
+        body = {"task": "nice", "prompt": "you idiot", "max_new_tokens": 40, "temperature": 0}
+
+        def generate():
+            answers["in flight"] = client.post("/v1/generate", json=body)
+
+        thread = threading.Thread(target=generate)
+        thread.start()
+        while not service.stream.rows:  # under way
+            time.sleep(0.01)
+        assert client.delete("/v1/tasks/nice").json() == {"removed": "nice"}
+        thread.join()
+        assert client.post("/v1/generate", json=body).status_code == 404
+    assert answers["in flight"].status_code == 200  # it kept its prompt and finished
+    expected = Service(load_backbone(str(tiny_llama_dir)), served_dir).generate([GenerateRequest(**body)])[0]
+    assert answers["in flight"].json()["completions"] == expected
