@@ -38,10 +38,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def client_loop(client: httpx.AsyncClient, tasks: list[str], until: float, seed: int, log: list) -> None:
+async def client_loop(
+    client: httpx.AsyncClient, tasks: list[str], until: float, seed: int, log: list, texts: tuple[int, int] = (1, 4)
+) -> None:
+    """Classify one request after the other until ``until``: a random task, ``texts`` (fewest,
+    most) texts each; every status and latency goes to ``log``."""
     rng = random.Random(seed)
     while time.perf_counter() < until:
-        body = {"task": rng.choice(tasks), "texts": rng.sample(TEXTS, rng.randint(1, 4))}
+        body = {"task": rng.choice(tasks), "texts": rng.sample(TEXTS, rng.randint(*texts))}
         start = time.perf_counter()
         try:
             status = (await client.post("/v1/classify", json=body)).status_code

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import httpx
 
-from server_load import free_port, summary, wait_until_ready
+from server_load import client_loop, free_port, summary, wait_until_ready
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -90,27 +90,15 @@ def classify(args: argparse.Namespace, folder: Path) -> dict:
             limits = httpx.Limits(max_connections=args.clients)
             async with httpx.AsyncClient(base_url=server.base, timeout=300, limits=limits) as client:
                 until = time.perf_counter() + args.seconds
-                await asyncio.gather(*(two_texts(client, tasks, until, i, log) for i in range(args.clients)))
+                await asyncio.gather(
+                    *(client_loop(client, tasks, until, i, log, texts=(2, 2)) for i in range(args.clients))
+                )
             return summary(log, args.seconds)
 
         result = asyncio.run(run())
         return {**result, **server.rss_mb(), "ready_s": server.ready_s, "tasks": len(tasks)}
     finally:
         server.close()
-
-
-async def two_texts(client: httpx.AsyncClient, tasks: list[str], until: float, seed: int, log: list) -> None:
-    """A client classifying 2 texts per request (``client_loop`` sends 1-4)."""
-    rng = random.Random(seed)
-    texts = ["a great movie", "dull and far too long", "the cast shines", "I want my money back"]
-    while time.perf_counter() < until:
-        body = {"task": rng.choice(tasks), "texts": rng.sample(texts, 2)}
-        start = time.perf_counter()
-        try:
-            status = (await client.post("/v1/classify", json=body)).status_code
-        except httpx.HTTPError as exc:
-            status = f"error: {type(exc).__name__}"
-        log.append((status, time.perf_counter() - start))
 
 
 def generate(args: argparse.Namespace, folder: Path, lengths: tuple[int, int], tokenizer) -> dict:
@@ -196,7 +184,7 @@ def live_changes(args: argparse.Namespace, folder: Path, artifact: Path, changes
             limits = httpx.Limits(max_connections=args.clients + 1)
             async with httpx.AsyncClient(base_url=server.base, timeout=300, limits=limits) as client:
                 until = time.perf_counter() + args.seconds
-                clients = [two_texts(client, tasks, until, i, log) for i in range(args.clients)]
+                clients = [client_loop(client, tasks, until, i, log, texts=(2, 2)) for i in range(args.clients)]
                 await asyncio.gather(changer(client, until, changed, waits), *clients)
             result = summary(log, args.seconds)
             result["change_statuses"] = {str(k): changed.count(k) for k in sorted(set(changed))}

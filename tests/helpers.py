@@ -50,3 +50,19 @@ def ctrl_c_at_step(n: int) -> Iterator[None]:
         yield
     finally:
         torch.optim.AdamW.step = real_step
+
+
+def slowed_generation(service, monkeypatch, seconds: float = 0.05) -> list[float]:
+    """Each decoding slice of ``service`` takes ``seconds`` more; the list that counts the slices."""
+    import time
+
+    slices: list[float] = []
+    real = service.advance_generation
+
+    def slow():
+        slices.append(time.perf_counter())
+        time.sleep(seconds)
+        return real()
+
+    monkeypatch.setattr(service, "advance_generation", slow)
+    return slices

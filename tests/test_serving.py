@@ -21,7 +21,7 @@ from softprompt.serving.batcher import Batcher, QueueFull
 from softprompt.tasks.classification.mixed import MixedPromptClassifier, classify_mixed
 from softprompt.tasks.classification.model import label_probabilities
 
-from .helpers import EXAMPLES, classifier
+from .helpers import EXAMPLES, classifier, slowed_generation
 from .test_continual import _train_prompt
 from .test_detox import write_paradetox
 
@@ -523,23 +523,9 @@ def test_a_slow_request_times_out_with_504(tiny_llama_dir, prompts_dir, monkeypa
     assert answer.status_code == 504 and "0.1 s" in answer.json()["detail"]
 
 
-def _slowed_generation(service, monkeypatch, seconds=0.05):
-    """Each decoding slice takes ``seconds`` more; returns the list that counts the slices."""
-    slices = []
-    real = service.advance_generation
-
-    def slow():
-        slices.append(time.perf_counter())
-        time.sleep(seconds)
-        return real()
-
-    monkeypatch.setattr(service, "advance_generation", slow)
-    return slices
-
-
 def test_classification_runs_between_slices_of_a_long_generation(tiny_llama_dir, prompts_dir, monkeypatch):
     service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
-    slices = _slowed_generation(service, monkeypatch)
+    slices = slowed_generation(service, monkeypatch)
     finished = {}
     with TestClient(create_app(service, ServeSettings(max_wait_ms=1))) as test_client:
 
@@ -561,7 +547,7 @@ def test_classification_runs_between_slices_of_a_long_generation(tiny_llama_dir,
 
 def test_work_of_a_caller_that_went_away_is_abandoned(tiny_llama_dir, prompts_dir, monkeypatch):
     service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
-    slices = _slowed_generation(service, monkeypatch)
+    slices = slowed_generation(service, monkeypatch)
     with TestClient(create_app(service, ServeSettings(max_wait_ms=1, timeout_s=0.3))) as test_client:
         body = {"prompt": "Once", "max_new_tokens": 400, "temperature": 0.01}
         assert test_client.post("/v1/generate", json=body).status_code == 504

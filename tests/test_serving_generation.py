@@ -23,7 +23,7 @@ from softprompt.serving.writing import WriteJob, sample_request, visible_text
 from softprompt.tasks.classification.model import label_probabilities
 from softprompt.tasks.loading import load_model
 
-from .helpers import EXAMPLES, classifier
+from .helpers import EXAMPLES, classifier, slowed_generation
 from .test_generation import PAIRS, gen_args, pair_files  # noqa: F401 (fixtures)
 
 
@@ -162,13 +162,7 @@ def test_a_short_generation_does_not_wait_for_a_long_one(service, monkeypatch):
     import threading
     import time
 
-    real = service.advance_generation
-
-    def slow():
-        time.sleep(0.02)
-        return real()
-
-    monkeypatch.setattr(service, "advance_generation", slow)
+    slowed_generation(service, monkeypatch, 0.02)
     finished = {}
     with TestClient(create_app(service, ServeSettings(max_wait_ms=1))) as test_client:
 
@@ -342,15 +336,7 @@ def test_openai_validation_errors_are_400s_in_openai_shape(service):
 def test_a_completion_that_times_out_stops_decoding(service, monkeypatch):
     import time
 
-    slices = []
-    real = service.advance_generation
-
-    def slow():
-        slices.append(time.perf_counter())
-        time.sleep(0.05)
-        return real()
-
-    monkeypatch.setattr(service, "advance_generation", slow)
+    slices = slowed_generation(service, monkeypatch)
     with TestClient(create_app(service, ServeSettings(max_wait_ms=1, timeout_s=0.3))) as client:
         body = {"model": "polite", "prompt": "Once", "max_tokens": 400, "temperature": 0.01}
         assert client.post("/v1/completions", json=body).status_code == 504
@@ -376,13 +362,7 @@ def test_removing_a_task_lets_its_generation_in_flight_finish(served_dir, tiny_l
     import time
 
     service = Service(load_backbone(str(tiny_llama_dir)), served_dir)  # its own: the task goes away
-    real = service.advance_generation
-
-    def slow():
-        time.sleep(0.02)
-        return real()
-
-    monkeypatch.setattr(service, "advance_generation", slow)
+    slowed_generation(service, monkeypatch, 0.02)
     answers = {}
     with TestClient(create_app(service, ServeSettings(max_wait_ms=1))) as client:
         body = {"task": "nice", "prompt": "you idiot", "max_new_tokens": 40, "temperature": 0}
