@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.config import ComputeSettings, PromptConfig, TrainConfig, option, require
+from softprompt.methods import get_method
 from softprompt.methods.progressive_prompts import ProgressivePrompts
 from softprompt.tasks.tasklist import load_task_list_config
 
-PROGRESSIVE = ProgressivePrompts.name
+DEFAULT_METHOD = ProgressivePrompts.name
 STRATEGIES = ("naive", "replay", "ewc")
 
 
@@ -51,7 +52,7 @@ class ContinualConfig(ComputeSettings):
     )
     backbone: str = option("a causal LM (softprompt ls backbones)", "smollm2-135m")
     method: str = option(
-        "progressive_prompts, or a method whose parameters all tasks share (lora, full...)", PROGRESSIVE
+        "progressive_prompts, or a method whose parameters all tasks share (lora, full...)", DEFAULT_METHOD
     )
     strategy: str = option("for shared parameters: naive | replay | ewc", "naive")
     alone: bool = option("also train each later task alone with the same method and budget", False)
@@ -69,9 +70,9 @@ class ContinualConfig(ComputeSettings):
         require(isinstance(self.tasks, list) and len(self.tasks) >= 1, "tasks", "give a list of at least one task")
         require(self.strategy in STRATEGIES, "strategy", f"'{self.strategy}' is not one of {', '.join(STRATEGIES)}")
         require(
-            self.method != PROGRESSIVE or self.strategy == "naive",
+            not get_method(self.method).sequential or self.strategy == "naive",
             "strategy",
-            "progressive_prompts never updates old prompts, so it needs no replay or EWC: use strategy=naive",
+            f"{self.method} never updates old prompts, so it needs no replay or EWC: use strategy=naive",
         )
 
 

@@ -24,7 +24,7 @@ from softprompt.artifact import read_artifact
 from softprompt.atomic import atomic_write
 from softprompt.backbones import Backbone
 from softprompt.config import RunConfig
-from softprompt.continual.config import PROGRESSIVE, ContinualConfig
+from softprompt.continual.config import ContinualConfig
 from softprompt.errors import SoftpromptError
 from softprompt.methods import MethodContext, get_method
 from softprompt.methods.none import NoMethod
@@ -100,13 +100,13 @@ class ProgressiveLearner(Learner):
         return dataclasses.replace(
             run,
             prompt=dataclasses.replace(run.prompt, length=self._length(k + 1)),
-            options={**run.options, PROGRESSIVE: ProgressiveOptions(previous)},
+            options={**run.options, run.method: ProgressiveOptions(previous)},
         )
 
     def stage_model(self, k: int) -> tuple[Any, list]:
         config = self.stage_config(k)
         template = self.tasks[k].template.with_prefix(self._length(k + 1))
-        model = self._build(k, PROGRESSIVE, template, config.options[PROGRESSIVE])
+        model = self._build(k, config.method, template, config.options[config.method])
         return model, _rows(model, self.tasks[k])
 
     def classifier(self, j: int, stages_done: int) -> PromptedClassifier:
@@ -271,6 +271,6 @@ def make_learner(backbone: Backbone, tasks: list[PreparedTask], config: Continua
     """The learner of ``config.method``."""
     # Tasks are told apart by their templates and verbalizers, scored by the LM head.
     backbone.require_token_prediction("continual learning")
-    if config.method == PROGRESSIVE:
+    if get_method(config.method).sequential:
         return ProgressiveLearner(backbone, tasks, config)
     return SharedLearner(backbone, tasks, config)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.atomic import atomic_write, atomic_write_text
+from softprompt.methods import get_method
 from softprompt.plotting import plt
 
 METRIC_NAMES = {
@@ -25,7 +26,8 @@ def _row_names(results: dict[str, Any]) -> list[str]:
 def markdown(results: dict[str, Any]) -> str:
     """The accuracy matrix R[i][j] (task j after stage i) and the summary metrics."""
     config = results["config"]
-    method = config["method"] + ("" if config["method"] == "progressive_prompts" else f" ({config['strategy']})")
+    sequential = get_method(config["method"]).sequential  # its own strategy: none is named
+    method = config["method"] + ("" if sequential else f" ({config['strategy']})")
     lines = [
         f"{config['backbone']}, {method}: test accuracy of each task (columns) after each stage (rows)",
         "",

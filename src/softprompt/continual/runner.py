@@ -19,11 +19,12 @@ from typing import Any
 from softprompt.artifact import RUN_CONFIG_FILE, read_artifact
 from softprompt.atomic import atomic_write_json
 from softprompt.backbones import load_backbone
-from softprompt.continual.config import PROGRESSIVE, ContinualConfig
+from softprompt.continual.config import ContinualConfig
 from softprompt.continual.learners import Learner, make_learner
 from softprompt.continual.metrics import continual_metrics
 from softprompt.continual.report import write_report
 from softprompt.errors import SoftpromptError, flag
+from softprompt.methods import get_method
 from softprompt.methods.prompt_tuning import PromptTuning
 from softprompt.tasks.base import evaluate
 from softprompt.tasks.tasklist import PreparedTask, plain_config, prepare_tasks, task_configs
@@ -139,7 +140,7 @@ def _alone(
     """Each task trained alone with the same method and budget. The first task's stage is exactly
     that (nothing came before it), so its accuracy is taken from the matrix, not trained twice."""
     alone = [results["stages"][0]["accuracies"][0]]
-    method = PromptTuning.name if config.method == PROGRESSIVE else config.method  # alone, a plain prompt
+    method = PromptTuning.name if get_method(config.method).sequential else config.method  # alone, a plain prompt
     for task in tasks[1:]:
         out = Path(config.out) / f"alone-{task.name}"
         run = dataclasses.replace(task.run, method=method, out=str(out))

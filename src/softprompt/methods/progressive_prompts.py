@@ -36,6 +36,7 @@ class ProgressiveOptions:
     uses_soft_tokens=True,
     options=ProgressiveOptions,
     default_lr=1e-2,
+    sequential=True,
 )
 class ProgressivePrompts(Method):
     """Frozen earlier prompts + one trainable prompt, filling the template's soft slots in order."""

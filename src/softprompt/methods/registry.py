@@ -27,6 +27,7 @@ class MethodSpec:
     default_lr: float  # the learning rate `compare` uses unless told otherwise
     identity_at_start: bool  # zero-initialised: the untrained method leaves the backbone's outputs unchanged
     changes_layers: bool  # it changes the backbone's own layers (a shared backbone cannot host it)
+    sequential: bool = False  # learns a task sequence: a new prompt per task, earlier ones frozen (continual)
 
     @property
     def shares_backbone(self) -> bool:
@@ -53,6 +54,7 @@ def register(
     default_lr: float = 1e-3,
     identity_at_start: bool = False,
     changes_layers: bool = False,
+    sequential: bool = False,
 ):
     """Class decorator registering a method class (built from a :class:`MethodContext`).
 
@@ -62,7 +64,16 @@ def register(
     def decorate(builder: type[Method]):
         builder.name = name
         METHODS[name] = MethodSpec(
-            name, description, builder, trains, uses_soft_tokens, options, default_lr, identity_at_start, changes_layers
+            name,
+            description,
+            builder,
+            trains,
+            uses_soft_tokens,
+            options,
+            default_lr,
+            identity_at_start,
+            changes_layers,
+            sequential,
         )
         return builder
 
