@@ -20,7 +20,7 @@ from softprompt.atomic import atomic_write_json, atomic_write_text
 from softprompt.backbones.sources import resolve
 from softprompt.config import RunConfig, load_config
 from softprompt.errors import SoftpromptError
-from softprompt.methods import METHODS, get_method
+from softprompt.methods import METHODS, get_method, untrained_method
 from softprompt.tasks import get_task, task_specs
 
 REPORT = "compare"  # compare.md, compare.json, compare.png in the output directory
@@ -198,7 +198,7 @@ def _baselines(config_path, rest, config, task, splits, plan: Plan, progress, ro
             continue
         progress(f"baseline: {label}")
         out = Path(config.out) / f"none-k{k}"
-        extra = ["method=none", f"template={task.zero_shot_template(config).source}", f"fewshot.k={k}"]
+        extra = [f"method={untrained_method()}", f"template={task.zero_shot_template(config).source}", f"fewshot.k={k}"]
         rows.append(_run(label, "baseline", _train_args(config_path, rest, out) + extra, out, None, task))
         write_report(rows, Path(config.out), _context(config, plan, splits))
     offline = [b for b in plan.baselines if b not in ("zero_shot", "few_shot")]

@@ -21,7 +21,7 @@ from softprompt.methods import (  # noqa: F401
     ptuning,
 )
 from softprompt.methods.base import Method, MethodContext
-from softprompt.methods.registry import METHODS, MethodSpec, get_method, put_in_order, register
+from softprompt.methods.registry import METHODS, MethodSpec, get_method, put_in_order, register, untrained_method
 
 # Listing order: prompt methods first, full last.
 put_in_order(
@@ -39,4 +39,4 @@ put_in_order(
     ]
 )
 
-__all__ = ["METHODS", "Method", "MethodContext", "MethodSpec", "get_method", "register"]
+__all__ = ["METHODS", "Method", "MethodContext", "MethodSpec", "get_method", "register", "untrained_method"]

@@ -80,6 +80,11 @@ def register(
     return decorate
 
 
+def untrained_method() -> str:
+    """The registered method that trains nothing (zero- and few-shot prompting)."""
+    return next(name for name, spec in METHODS.items() if not spec.trains)
+
+
 def get_method(name: str) -> MethodSpec:
     """The registered method, or an error suggesting the closest name."""
     if name not in METHODS:

@@ -11,7 +11,7 @@ from softprompt.config import PromptConfig, RunConfig
 from softprompt.data.records import Example, examples_from_records, read_examples
 from softprompt.data.splits import DEFAULT_DATASET, Records, Splits, example_splits
 from softprompt.errors import SoftpromptError
-from softprompt.methods import MethodContext, get_method
+from softprompt.methods import MethodContext, get_method, untrained_method
 from softprompt.prompts import Template, Verbalizer
 from softprompt.tasks.base import evaluate
 from softprompt.tasks.classification.baselines import tfidf_accuracy
@@ -158,7 +158,13 @@ class Classification(TaskSpec):
             return {}
         template, verbalizer = resolve_prompting(config)
         plain = build_classifier(
-            backbone, "none", template.without_soft(), verbalizer, config.prompt, config.seed, cfg.max_length
+            backbone,
+            untrained_method(),
+            template.without_soft(),
+            verbalizer,
+            config.prompt,
+            config.seed,
+            cfg.max_length,
         )
         return {"zero_shot_test": evaluate(plain, splits.test, cfg.eval_batch_size, None, "test", progress)}
 
