@@ -120,6 +120,31 @@ def test_jobs_arriving_together_share_one_call():
     assert calls == [[0, 1, 2, 3, 4]]
 
 
+def test_urgent_jobs_run_before_the_batches_already_waiting():
+    order = []
+
+    def slow(payloads):
+        order.extend(payloads)
+        time.sleep(0.05)
+        return payloads
+
+    def change(payloads):
+        order.extend(payloads)
+        return payloads
+
+    async def scenario():
+        batcher = Batcher({"x": slow, "t": change}, max_batch=1, max_wait=0, urgent=frozenset({"t"}))
+        batcher.start()
+        waiting = [asyncio.ensure_future(batcher.submit("x", f"x{i}")) for i in range(4)]
+        await asyncio.sleep(0.01)  # x0 is running; x1..x3 wait
+        await batcher.submit("t", "t")
+        await asyncio.gather(*waiting)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert order.index("t") <= 2, order  # after the batch running when it came, not after the queue
+
+
 def test_a_full_queue_refuses_at_once_and_recovers():
     release = threading.Event()
 

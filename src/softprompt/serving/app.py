@@ -48,6 +48,7 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
         max_batch=settings.max_batch,
         max_wait=settings.max_wait_ms / 1000,
         on_batch=lambda kind, rows: metrics.batch_rows.labels(kind).observe(rows),
+        urgent=frozenset({"tasks", "reload"}),
     )
     service.stream.metrics = metrics
     metrics.watch("softprompt_queue_depth", "requests waiting for the worker", batcher.queue.qsize)

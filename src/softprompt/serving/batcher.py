@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,10 +58,15 @@ class Batcher:
         max_batch: int = 32,
         max_wait: float = 0.005,
         on_batch: Callable[[str, int], None] | None = None,
+        urgent: frozenset[str] = frozenset(),
     ):
         self.handlers = handlers
+        # Kinds served before any waiting batch (task changes: a new task answers after one batch,
+        # not after the whole queue); still one at a time, between batches.
+        self.urgent = urgent
+        self._order = itertools.count()  # first come, first served within a rank
         self.on_batch = on_batch  # told (kind, rows) of every model call: metrics
-        self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_size)
+        self.queue: asyncio.PriorityQueue[tuple[int, int, Job]] = asyncio.PriorityQueue(maxsize=queue_size)
         self.max_batch = max_batch
         self.max_wait = max_wait
         self._worker: asyncio.Task | None = None
@@ -82,13 +88,13 @@ class Batcher:
         """Queue a job and wait for its result (raises :class:`QueueFull` when full)."""
         job = Job(kind, payload, size, asyncio.get_running_loop().create_future())
         try:
-            self.queue.put_nowait(job)
+            self.queue.put_nowait((0 if kind in self.urgent else 1, next(self._order), job))
         except asyncio.QueueFull:
             raise QueueFull from None
         return await job.future
 
     async def _next_batch(self) -> list[Job]:
-        first = self._held or await self.queue.get()
+        first = self._held or (await self.queue.get())[2]
         self._held = None
         batch, rows = [first], first.size
         deadline = asyncio.get_running_loop().time() + self.max_wait
@@ -98,7 +104,7 @@ class Batcher:
             if timeout <= 0:
                 break
             try:
-                job = await asyncio.wait_for(self.queue.get(), timeout)
+                job = (await asyncio.wait_for(self.queue.get(), timeout))[2]
             except TimeoutError:
                 break
             if job.kind != first.kind or rows + job.size > self.max_batch:
