@@ -6,10 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from softprompt.artifact import RUN_CONFIG_FILE
 from softprompt.errors import SoftpromptError, flag
+from softprompt.training.checkpoint import require_checkpoint
+
+if TYPE_CHECKING:
+    from softprompt.config import RunConfig
 
 # Settings that change how fast a run goes, never what it computes.
 # Decoding (gen.*) only shapes the final evaluation, which a resumed run repeats.
@@ -116,3 +120,12 @@ def check_same_run(saved: dict[str, Any], requested: dict[str, Any], extend: boo
             f"{flag('resume')} continues the same run, but these settings differ from the saved run's: "
             f"{', '.join(changed)}. Drop them, or start a new run with another out={hint}"
         )
+
+
+def check_resumable(out: Path, config: RunConfig, extend: bool) -> None:
+    """Before anything is written: a checkpoint to resume, saved by a run with the same settings."""
+    require_checkpoint(out)
+    saved = saved_config(out)
+    if saved is not None:
+        check_same_run(saved, config.to_dict(), extend)
+        check_same_data(out, config.to_dict())

@@ -28,10 +28,10 @@ from softprompt.plotting import plot_training_curves
 from softprompt.seeding import seeded
 from softprompt.tasks import get_task
 from softprompt.tasks.base import TaskModel, evaluate
-from softprompt.training.checkpoint import CHECKPOINT, Progress, require_checkpoint
+from softprompt.training.checkpoint import CHECKPOINT, Progress
 from softprompt.training.loop import SaveBest, fit
 from softprompt.training.processes import processes
-from softprompt.training.resume import check_same_data, check_same_run, run_record, saved_config
+from softprompt.training.resume import check_resumable, run_record
 from softprompt.training.sharding import requested_sharding, shard_for_launch
 
 logger = logging.getLogger(__name__)
@@ -223,15 +223,6 @@ def _check_start(config: RunConfig, resume: bool, overwrite: bool, extend: bool,
     if ignored and main:
         shown = ", ".join(f"{name}.*" for name in ignored)
         logger.warning("warning: the settings %s are ignored: method=%s does not read them", shown, config.method)
-
-
-def check_resumable(out: Path, config: RunConfig, extend: bool) -> None:
-    """Before anything is written: a checkpoint to resume, saved by a run with the same settings."""
-    require_checkpoint(out)
-    saved = saved_config(out)
-    if saved is not None:
-        check_same_run(saved, config.to_dict(), extend)
-        check_same_data(out, config.to_dict())
 
 
 def encode_splits(model: TaskModel, splits: Splits, max_length: int) -> dict[str, list]:
