@@ -52,6 +52,7 @@ def _config_keys() -> list[str]:
 
 
 KEYS = _config_keys()
+NEAR_MISSES = ["trian.lr", "lora", "train", "train.", ".lr", "prompt.length.x", "Seed"]
 # Settings whose large valid values only make an example slow (or big): drawn small or invalid.
 COSTLY = {
     "train.max_steps",
@@ -136,7 +137,9 @@ scalars = st.one_of(
     st.integers(-3, 3),
     st.integers(),
     st.sampled_from(HUGE),
+    st.sampled_from(HUGE),
     st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([float("nan"), float("inf"), -float("inf"), 1e308, -0.0, 0.5]),
     st.text(max_size=12),
     st.sampled_from(ODD_TEXT),
 )
@@ -149,14 +152,14 @@ values = st.recursive(
     max_leaves=6,
 )
 cheap_numbers = st.one_of(
-    st.integers(-3, 2), st.sampled_from([-(10**400), 10**400, -(2**64)]), st.floats(max_value=2.0), st.text(max_size=6)
+    st.integers(-3, 2), st.sampled_from([-(10**400), -(2**64)]), st.floats(max_value=2.0), st.text(max_size=6)
 )
 
 
 @st.composite
 def setting(draw) -> tuple[str, object]:
     """One (dotted key, value): a real key or a near miss, a value of any shape."""
-    key = draw(st.one_of(st.sampled_from(KEYS), st.text(max_size=10), st.sampled_from(["trian.lr", "lora", "train"])))
+    key = draw(st.sampled_from(KEYS) | st.sampled_from(KEYS) | st.text(max_size=10) | st.sampled_from(NEAR_MISSES))
     if key in FIXED:
         return "seed", draw(values)
     return key, draw(cheap_numbers if key in COSTLY else values)
@@ -410,3 +413,20 @@ def test_cli_train_with_any_overrides(recipe, overrides):
     # Ours: `error: <one line>`; argparse's (an override that looks like an option): usage, then its error.
     assert lines and re.match(r"(softprompt[ a-z]*: )?error: ", lines[-1]), err.getvalue()
     assert len(lines) == 1 or lines[-1].startswith("softprompt"), err.getvalue()
+
+
+# ---- inputs the fuzzing found, kept as plain tests -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("base", "message"),
+    [
+        ({0: None}, "config key 0 is not a name; keys are text, such as 'seed' or 'lr'"),
+        ({"train": {1: 2}}, "config key 1 in section 'train' is not a name; keys are text, such as 'seed' or 'lr'"),
+        ({"train": {"lr": 10**400}}, "config field 'train.lr': expected float, got 1000000000"),
+    ],
+)
+def test_found_config_values(base, message):
+    with pytest.raises(SoftpromptError) as caught:
+        softprompt.load_config(base=base)
+    assert str(caught.value).startswith(message), str(caught.value)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.backbones.placement import DEVICE_HELP, PRECISION_HELP, set_threads
-from softprompt.config.recipe import build, merge, parse_overrides, read_yaml
+from softprompt.config.recipe import build, check_key, merge, parse_overrides, read_yaml
 from softprompt.errors import SoftpromptError, did_you_mean
 from softprompt.methods import METHODS
 from softprompt.methods.prompt_tuning import PromptTuning
@@ -243,6 +243,7 @@ def load_config(
     sections = method_sections()
     known = [f.name for f in dataclasses.fields(RunConfig) if f.name != "options"]
     for key in data:
+        check_key(key)
         if key not in known and key not in sections:
             raise SoftpromptError(f"unknown config key '{key}'{did_you_mean(key, known + list(sections))}")
     found = {name: data.pop(name) for name in list(data) if name in sections}

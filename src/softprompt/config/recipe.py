@@ -143,10 +143,17 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return float(value)
         if annotation is str:
             return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float's range
         name = getattr(annotation, "__name__", str(annotation))
-        raise SoftpromptError(f"config field '{key}': expected {name}, got {value!r}") from None
+        raise SoftpromptError(f"config field '{key}': expected {name}, got {value!r:.60}") from None
     return value
+
+
+def check_key(key: Any, prefix: str = "") -> None:
+    """Refuse a config key that is not text (``{0: ...}`` from Python, ``1: x`` in YAML)."""
+    if not isinstance(key, str):
+        where = f" in section '{prefix.rstrip('.')}'" if prefix else ""
+        raise SoftpromptError(f"config key {key!r}{where} is not a name; keys are text, such as 'seed' or 'lr'")
 
 
 def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
@@ -156,6 +163,7 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     names = list(fields)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
+        check_key(key, prefix)
         full = f"{prefix}{key}"
         if key not in names:
             hint = did_you_mean(key, names).replace(" '", f" '{prefix}", 1)
