@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import io
 import json
 import re
@@ -157,12 +158,23 @@ cheap_numbers = st.one_of(
 
 
 @st.composite
-def setting(draw) -> tuple[str, object]:
-    """One (dotted key, value): a real key or a near miss, a value of any shape."""
+def setting(draw) -> list[tuple[str, object]]:
+    """One (dotted key, value): a real key or a near miss, a value of any shape; a method's own
+    key comes with ``method=<it>`` half the time, so that the method reads it."""
     key = draw(st.sampled_from(KEYS) | st.sampled_from(KEYS) | st.text(max_size=10) | st.sampled_from(NEAR_MISSES))
     if key in FIXED:
-        return "seed", draw(values)
-    return key, draw(cheap_numbers if key in COSTLY else values)
+        return [("seed", draw(values))]
+    pair = (key, draw(cheap_numbers if key in COSTLY else values))
+    section = key.partition(".")[0]
+    if section in method_sections() and draw(st.booleans()):
+        return [("method", section), pair]
+    return [pair]
+
+
+def settings_list(min_size: int = 0, max_size: int = 3):
+    return st.lists(setting(), min_size=min_size, max_size=max_size).map(
+        lambda lists: [pair for pairs in lists for pair in pairs]
+    )
 
 
 def nested(pairs: list[tuple[str, object]]) -> dict:
@@ -222,7 +234,7 @@ def base_settings(backbone: Path, out: str) -> dict:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(setting(), max_size=4), st.one_of(st.none(), values))
+@given(settings_list(max_size=4), st.one_of(st.none(), values))
 def test_config_from_settings_and_any_config_argument(pairs, config):
     """``load_config(base=...)`` is what ``build``/``train`` turn ``config`` and ``**settings`` into."""
     settings_ = nested(pairs)
@@ -235,7 +247,7 @@ def test_config_from_settings_and_any_config_argument(pairs, config):
 
 
 @settings(max_examples=40, deadline=None)
-@given(pairs=st.lists(setting(), min_size=1, max_size=3), train_data=st.one_of(st.none(), st.just(ROWS), values))
+@given(pairs=settings_list(min_size=1), train_data=st.one_of(st.none(), st.just(ROWS), values))
 def test_build_with_any_settings(tiny_llama_dir, pairs, train_data):
     with same_threads():
         model = outcome(
@@ -292,7 +304,7 @@ def test_evaluate_with_any_records(tiny_model, examples, batch_size):
 
 @settings(max_examples=25, deadline=None)
 @given(
-    pairs=st.lists(setting(), min_size=1, max_size=3),
+    pairs=settings_list(min_size=1),
     data=st.fixed_dictionaries({}, optional={"train_data": records, "dev_data": records, "test_data": records}),
     flags=st.fixed_dictionaries({}, optional={"resume": values, "overwrite": values, "extend": values}),
 )
@@ -429,4 +441,31 @@ def test_cli_train_with_any_overrides(recipe, overrides):
 def test_found_config_values(base, message):
     with pytest.raises(SoftpromptError) as caught:
         softprompt.load_config(base=base)
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("settings_", "message"),
+    [
+        ({"seed": 10**30}, "config field 'seed': must be from 0 to 2**32 - 1, got 1000000000000000000000000000000"),
+        ({"seed": -1}, "config field 'seed': must be from 0 to 2**32 - 1, got -1"),
+        ({"gen": {"seed": 2**64}}, "config field 'gen.seed': must be from 0 to 2**63 - 1, got 18446744073709551616"),
+        (
+            {"method": "adapter", "adapter": {"bottleneck": -1}},
+            "config field 'adapter.bottleneck': must be >= 1, got -1",
+        ),
+        (
+            {"method": "ptuning", "ptuning": {"hidden": 1}},
+            "config field 'ptuning.hidden': must be >= 2 with encoder=lstm",
+        ),
+        ({"prefix_tuning": {"hidden": 0}}, "config field 'prefix_tuning.hidden': must be >= 1, got 0"),
+        (
+            {"verbalizer": {"positive": datetime.date(2020, 1, 1), "negative": "bad"}},  # YAML reads 2020-01-01 so
+            "verbalizer label 'positive': expected a word or a list of words, got a date",
+        ),
+    ],
+)
+def test_found_build_settings(tiny_llama_dir, settings_, message):
+    with pytest.raises(SoftpromptError) as caught:
+        softprompt.build(**merged(base_settings(tiny_llama_dir, "unused"), settings_), train_data=ROWS)
     assert str(caught.value).startswith(message), str(caught.value)
