@@ -469,3 +469,12 @@ def test_found_build_settings(tiny_llama_dir, settings_, message):
     with pytest.raises(SoftpromptError) as caught:
         softprompt.build(**merged(base_settings(tiny_llama_dir, "unused"), settings_), train_data=ROWS)
     assert str(caught.value).startswith(message), str(caught.value)
+
+
+@pytest.mark.parametrize("batch_size", [0, None, -1, 2.0])
+def test_found_batch_sizes(tiny_model, batch_size):
+    """0 and None raised ValueError/TypeError; -1 returned uninitialised scores without a word."""
+    shown = repr(batch_size)
+    for call in (lambda: tiny_model.predict("", batch_size=batch_size), lambda: tiny_model.evaluate(ROWS, batch_size)):
+        with pytest.raises(SoftpromptError, match=f"^batch_size must be a whole number >= 1, got {shown}$"):
+            call()
