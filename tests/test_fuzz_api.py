@@ -327,8 +327,8 @@ def saved_artifact(tiny_model, tmp_path_factory) -> Path:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    where=st.one_of(st.sampled_from(["artifact", "file", "parent", "missing"]), values),
-    backbone=st.one_of(st.none(), values),
+    where=st.one_of(st.just("artifact"), st.sampled_from(["artifact", "file", "parent", "missing"]), values),
+    backbone=st.one_of(st.none(), st.none(), values),
     device=st.one_of(st.just("cpu"), st.just("auto"), values),
     precision=st.one_of(st.just("auto"), st.just("fp32"), values),
 )
@@ -478,3 +478,23 @@ def test_found_batch_sizes(tiny_model, batch_size):
     for call in (lambda: tiny_model.predict("", batch_size=batch_size), lambda: tiny_model.evaluate(ROWS, batch_size)):
         with pytest.raises(SoftpromptError, match=f"^batch_size must be a whole number >= 1, got {shown}$"):
             call()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"artifact": None}, "artifact must be the path of an artifact directory, got a NoneType"),
+        (
+            {"backbone": "smollm2-135m"},
+            "backbone must be a Backbone from softprompt.load_backbone (or None), got a str",
+        ),
+        ({"device": None}, "device 'None' is not one of auto, cpu, cuda, cuda:N, mps"),
+        ({"device": ["cpu"]}, "device '['cpu']' is not one of auto, cpu, cuda, cuda:N, mps"),
+        ({"device": 2**63}, "device '9223372036854775808' is not one of auto, cpu, cuda, cuda:N, mps"),
+    ],
+)
+def test_found_load_arguments(saved_artifact, arguments, message):
+    arguments = {"artifact": saved_artifact, **arguments}
+    with pytest.raises(SoftpromptError) as caught:
+        softprompt.load(arguments.pop("artifact"), **arguments)
+    assert str(caught.value) == message

@@ -10,6 +10,7 @@ Everything here is re-exported from :mod:`softprompt`::
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -245,6 +246,12 @@ def load(
         device: ``auto | cpu | cuda | cuda:N | mps`` for that backbone.
         precision: ``auto | fp32 | bf16 | fp16`` for that backbone.
     """
+    if not isinstance(artifact, (str, os.PathLike)):
+        raise SoftpromptError(f"artifact must be the path of an artifact directory, got a {type(artifact).__name__}")
+    if backbone is not None and not isinstance(backbone, Backbone):
+        raise SoftpromptError(
+            f"backbone must be a Backbone from softprompt.load_backbone (or None), got a {type(backbone).__name__}"
+        )
     module, meta = load_model(artifact, backbone, device, precision)
     return Model(module, get_task(artifact_task(meta)), meta)
 
