@@ -353,24 +353,28 @@ RECORD_KEYS = ["task", "method", "template", "verbalizer", "max_length", "backbo
 )
 def test_load_with_a_damaged_record(saved_artifact, key, value):
     """``task.json`` edited by hand: one of its fields (or its run config's) replaced by any value."""
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "model"
-        folder.mkdir()
-        for item in saved_artifact.iterdir():
-            (folder / item.name).write_bytes(item.read_bytes())
-        meta = json.loads((folder / "task.json").read_text(encoding="utf-8"))
-        *parents, leaf = key.split(".")
-        node = meta
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[leaf] = value
-        (folder / "task.json").write_text(json.dumps(meta), encoding="utf-8")
-        with same_threads():
-            model = outcome(lambda: softprompt.load(folder))
+    with tempfile.TemporaryDirectory() as tmp, same_threads():
+        model = outcome(lambda: softprompt.load(damaged_copy(saved_artifact, Path(tmp), key, value)))
         if model is not None:
             outcome(lambda: model.predict(["a great movie"]))
+
+
+def damaged_copy(artifact: Path, tmp: Path, key: str, value: object) -> Path:
+    """A copy of ``artifact`` whose ``task.json`` has ``value`` at the dotted ``key``."""
+    folder = tmp / "model"
+    folder.mkdir()
+    for item in artifact.iterdir():
+        (folder / item.name).write_bytes(item.read_bytes())
+    meta = json.loads((folder / "task.json").read_text(encoding="utf-8"))
+    *parents, leaf = key.split(".")
+    node = meta
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[leaf] = value
+    (folder / "task.json").write_text(json.dumps(meta), encoding="utf-8")
+    return folder
 
 
 # ---- the command line's key=value overrides ----------------------------------------------------
@@ -498,3 +502,26 @@ def test_found_load_arguments(saved_artifact, arguments, message):
     with pytest.raises(SoftpromptError) as caught:
         softprompt.load(arguments.pop("artifact"), **arguments)
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "shown"),
+    [
+        ("method", [None], "is [None] (list), not text"),  # TypeError: unhashable type: 'list'
+        ("demonstrations", True, "is True (bool), not text"),  # TypeError: bool + str
+        ("config", True, "is True (bool), not a mapping"),  # TypeError: 'bool' object is not iterable
+        ("verbalizer", True, "is True (bool), not a mapping"),  # TypeError: 'bool' object is not iterable
+        ("backbone", None, "is None (NoneType), not a mapping"),  # TypeError: not subscriptable
+        ("backbone", {}, "is missing, not text"),  # KeyError: 'name'
+        ("max_length", None, "is None (NoneType), not a whole number"),  # TypeError: int - None
+        ("template", None, "is None (NoneType), not text"),  # TypeError: expected string
+    ],
+)
+def test_found_damaged_records(saved_artifact, tmp_path, key, value, shown):
+    folder = damaged_copy(saved_artifact, tmp_path, key, value)
+    field = "backbone.name" if key == "backbone" and value == {} else key
+    with pytest.raises(SoftpromptError) as caught:
+        softprompt.load(folder)
+    assert str(caught.value) == (
+        f"artifact {folder}: task.json field '{field}' {shown}; restore the file or train again"
+    )
