@@ -544,3 +544,10 @@ def test_found_override_key_with_a_form_feed(recipe, capsys):
     """A form feed (or any other character that ends a line) in a message is shown escaped."""
     assert main(["train", "--config", str(recipe), "--quiet", "\x0c="]) == 2
     assert capsys.readouterr().err == "error: unknown config key '\\x0c'\n"
+
+
+def test_found_in_memory_data_with_a_dev_file_setting(tiny_llama_dir, tmp_path):
+    """train_data replaces the config's files: data.dev=... beside it raised KeyError: 'dev'."""
+    run = base_settings(tiny_llama_dir, str(tmp_path / "run"))
+    result = softprompt.train(**merged(run, {"data": {"dev": "[]"}}), train_data=ROWS, progress=False)
+    assert result.model is not None and any("held out" in note for note in result.notes)
