@@ -10,6 +10,7 @@ Everything here is re-exported from :mod:`softprompt`::
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -52,7 +53,7 @@ class Model:
             One dict per text: ``{"text", "label", "scores"}`` for a classifier,
             ``{"text", "entities"}`` for a tagger, ``{"text", "output"}`` for a generation model.
         """
-        return self.task.predict(self.module, _texts(texts), batch_size)
+        return self.task.predict(self.module, _texts(texts), _batch_size(batch_size))
 
     def generate(self, texts: str | list[str], batch_size: int = 32, **decoding: Any) -> list[str]:
         """The output a generation model writes for each text.
@@ -77,7 +78,7 @@ class Model:
     def evaluate(self, examples: Records, batch_size: int = 32) -> dict[str, Any]:
         """Metrics on labelled in-memory examples (dicts with the fields the training data had)."""
         items = self.task.from_records(_checked_records(examples, "examples"), "examples", self.meta)
-        return evaluate(self.module, items, batch_size, where="examples")
+        return evaluate(self.module, items, _batch_size(batch_size), where="examples")
 
     def save(self, directory: str | Path, overwrite: bool = False) -> Path:
         """Write the model as an artifact directory (loadable by :func:`load` and the CLI).
@@ -120,6 +121,13 @@ def _texts(texts: Any) -> list[str]:
             shown = "None" if text is None else f"{text!r:.40} ({type(text).__name__})"
             raise SoftpromptError(f"texts must be strings; item {number} is {shown}")
     return texts
+
+
+def _batch_size(value: Any) -> int:
+    """``batch_size`` checked: a whole number >= 1 (0 or a negative one would batch nothing)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SoftpromptError(f"batch_size must be a whole number >= 1, got {value!r:.40}")
+    return value
 
 
 def _checked_records(data: Records, name: str) -> Records:
@@ -238,6 +246,12 @@ def load(
         device: ``auto | cpu | cuda | cuda:N | mps`` for that backbone.
         precision: ``auto | fp32 | bf16 | fp16`` for that backbone.
     """
+    if not isinstance(artifact, (str, os.PathLike)):
+        raise SoftpromptError(f"artifact must be the path of an artifact directory, got a {type(artifact).__name__}")
+    if backbone is not None and not isinstance(backbone, Backbone):
+        raise SoftpromptError(
+            f"backbone must be a Backbone from softprompt.load_backbone (or None), got a {type(backbone).__name__}"
+        )
     module, meta = load_model(artifact, backbone, device, precision)
     return Model(module, get_task(artifact_task(meta)), meta)
 

@@ -11,16 +11,21 @@ from contextvars import ContextVar
 _COMMAND_LINE: ContextVar[bool] = ContextVar("softprompt_command_line", default=False)
 
 
+# Every character that ends a line (str.splitlines), shown escaped: \n, \r, \x0c, \u2028...
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 class SoftpromptError(Exception):
     """A mistake in the user's input or environment, reported as a single line.
 
     The CLI prints ``error: <message>`` and exits with status 2; library callers can catch it.
-    Line breaks that user data brings into a message (a column name, a label) are shown escaped,
-    so the message stays one line.
+    Line breaks that user data brings into a message (a column name, a label) are shown escaped
+    (any character that ends a line: ``\\n``, ``\\r``, form feed, ``\\u2028``...), so the message
+    stays one line.
     """
 
     def __init__(self, message: str = "", *args: object):
-        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"), *args)
+        super().__init__(str(message).translate(_LINE_BREAKS), *args)
 
 
 class TrainingDiverged(SoftpromptError):

@@ -95,8 +95,10 @@ def _named_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
+        if not isinstance(name, str):  # torch reads an int as a CUDA index, and fails on others
+            raise ValueError(name)
         where = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, ValueError):  # ValueError: an index past a C long ("cuda:99999999999999999999")
         raise SoftpromptError(f"device '{name}' is not one of auto, cpu, cuda, cuda:N, mps") from None
     if where.type == "cuda":
         if not torch.cuda.is_available():

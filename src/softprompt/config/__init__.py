@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.backbones.placement import DEVICE_HELP, PRECISION_HELP, set_threads, warn_if_busy
-from softprompt.config.recipe import build, merge, parse_overrides, read_yaml
+from softprompt.config.recipe import build, check_key, merge, parse_overrides, read_yaml
 from softprompt.errors import SoftpromptError, did_you_mean
 from softprompt.methods import METHODS
 from softprompt.methods.prompt_tuning import PromptTuning
+
+MAX_RUN_SEED = 2**32 - 1
+MAX_GEN_SEED = 2**63 - 1  # what a torch.Generator takes
 
 
 def option(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
@@ -161,6 +164,7 @@ class GenConfig:
     seed: int = option("seed of the sampling generator (same seed, same outputs)", 0)
 
     def __post_init__(self) -> None:
+        require(0 <= self.seed <= MAX_GEN_SEED, "gen.seed", f"must be from 0 to 2**63 - 1, got {self.seed!s:.40}")
         require(self.max_new_tokens >= 1, "gen.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         require(self.num_beams >= 1, "gen.num_beams", f"must be >= 1 (1 = no beam search), got {self.num_beams}")
         require(self.temperature > 0, "gen.temperature", f"must be > 0, got {self.temperature}")
@@ -198,6 +202,9 @@ class RunConfig(ComputeSettings):
     options: dict[str, Any] = field(default_factory=dict, metadata={"help": "per-method sections, e.g. lora.r=16"})
 
     def __post_init__(self) -> None:
+        # torch's generators (seed * 100_003 + epoch orders the batches) and scikit-learn's
+        # (the tf-idf baseline) all take a seed in this range.
+        require(0 <= self.seed <= MAX_RUN_SEED, "seed", f"must be from 0 to 2**32 - 1, got {self.seed!s:.40}")
         # The task name is checked by softprompt.tasks.get_task (the registry sits above config).
         empty = self.template is not None and not self.template.strip()
         require(
@@ -246,6 +253,7 @@ def load_config(
     sections = method_sections()
     known = [f.name for f in dataclasses.fields(RunConfig) if f.name != "options"]
     for key in data:
+        check_key(key)
         if key not in known and key not in sections:
             raise SoftpromptError(f"unknown config key '{key}'{did_you_mean(key, known + list(sections))}")
     found = {name: data.pop(name) for name in list(data) if name in sections}

@@ -47,6 +47,12 @@ def safe_load(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # safe: a SafeLoader subclass
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong, in a few words: a parser's ``problem``, else (a reader's error about a control
+    character, which has none) the first line of its message."""
+    return getattr(exc, "problem", None) or str(exc).splitlines()[0]
+
+
 class CommandLineValue(str):
     """A value typed on the command line, parsed only once its field's type is known: text fields
     keep it verbatim (with ``\\n`` and ``\\t`` as newline and tab), other fields read it as YAML."""
@@ -61,7 +67,7 @@ class CommandLineValue(str):
         try:
             return safe_load(str(self)) if self else ""
         except yaml.YAMLError as exc:
-            raise SoftpromptError(f"config field '{key}': cannot read {str(self)!r} ({exc.problem})") from None
+            raise SoftpromptError(f"config field '{key}': cannot read {str(self)!r} ({yaml_problem(exc)})") from None
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -105,7 +111,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         where = f" line {mark.line + 1}" if mark else ""
         if isinstance(exc, DuplicateKey):
             raise SoftpromptError(f"{path}{where}: {exc.problem}") from None
-        raise SoftpromptError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise SoftpromptError(f"{path}{where}: invalid YAML ({yaml_problem(exc)})") from None
     if not isinstance(data, dict):
         raise SoftpromptError(f"{path}: expected a mapping of config keys at the top level")
     return data
@@ -143,10 +149,17 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return float(value)
         if annotation is str:
             return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float's range
         name = getattr(annotation, "__name__", str(annotation))
-        raise SoftpromptError(f"config field '{key}': expected {name}, got {value!r}") from None
+        raise SoftpromptError(f"config field '{key}': expected {name}, got {value!r:.60}") from None
     return value
+
+
+def check_key(key: Any, prefix: str = "") -> None:
+    """Refuse a config key that is not text (``{0: ...}`` from Python, ``1: x`` in YAML)."""
+    if not isinstance(key, str):
+        where = f" in section '{prefix.rstrip('.')}'" if prefix else ""
+        raise SoftpromptError(f"config key {key!r}{where} is not a name; keys are text, such as 'seed' or 'lr'")
 
 
 def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
@@ -156,6 +169,7 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     names = list(fields)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
+        check_key(key, prefix)
         full = f"{prefix}{key}"
         if key not in names:
             hint = did_you_mean(key, names).replace(" '", f" '{prefix}", 1)

@@ -38,17 +38,17 @@ class Splits:
 def assemble_splits(
     config: RunConfig, read: Callable[[str], tuple[list[Any], list[str]]], source: dict[str, Any]
 ) -> Splits:
-    """Splits of ``config.data.train/dev/test``, each read by ``read(name)`` into (items, notes);
-    with no dev source, dev is held out of train."""
-    data = config.data
+    """Splits of the sources ``source`` names (``data.train/dev/test`` files, or in-memory records,
+    which replace the files), each read by ``read(name)`` into (items, notes); with no dev source,
+    dev is held out of train."""
     train, notes = read("train")
-    if data.dev or source.get("dev"):
+    if source.get("dev"):
         dev, more = read("dev")
         notes = notes + more
     else:
         train, dev = hold_out_dev(train, config, notes)
     test: list[Any] = []
-    if data.test or source.get("test"):
+    if source.get("test"):
         test, more = read("test")
         notes = notes + more
     return limit(Splits(train, dev, test, source, notes), config)

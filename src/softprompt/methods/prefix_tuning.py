@@ -18,6 +18,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from softprompt.core import forward as core
+from softprompt.errors import SoftpromptError
 from softprompt.methods.base import Method, MethodContext
 from softprompt.methods.layers import AttentionShape, attention_shape
 from softprompt.methods.prompt_tuning import initial_token_ids
@@ -30,6 +31,10 @@ class PrefixTuningOptions:
 
     reparam: bool = field(default=False, metadata={"help": "train through an MLP (folded away at save)"})
     hidden: int = field(default=64, metadata={"help": "hidden size of the reparameterisation MLP"})
+
+    def __post_init__(self) -> None:
+        if self.hidden < 1:
+            raise SoftpromptError(f"config field 'prefix_tuning.hidden': must be >= 1, got {self.hidden}")
 
 
 def initial_prefix(context: MethodContext, length: int) -> tuple[torch.Tensor, torch.Tensor]:

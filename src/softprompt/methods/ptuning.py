@@ -32,6 +32,11 @@ class PtuningOptions:
     def __post_init__(self) -> None:
         if self.encoder not in ("lstm", "mlp"):
             raise SoftpromptError(f"config field 'ptuning.encoder': '{self.encoder}' is not one of lstm, mlp")
+        least = 2 if self.encoder == "lstm" else 1  # the bi-LSTM gives each direction hidden // 2
+        if self.hidden < least:
+            raise SoftpromptError(
+                f"config field 'ptuning.hidden': must be >= {least} with encoder={self.encoder}, got {self.hidden}"
+            )
 
 
 class PromptEncoder(nn.Module):

@@ -33,7 +33,14 @@ class Verbalizer:
         self.labels: list[str] = [str(label) for label in mapping]
         self.words: list[list[str]] = []
         for label, words in mapping.items():
-            words = [words] if isinstance(words, (str, int, float)) else list(words or [])
+            if isinstance(words, (str, int, float)):
+                words = [words]
+            elif words is None or isinstance(words, (list, tuple, set)):
+                words = list(words or [])
+            else:  # e.g. a YAML date, or a mapping
+                raise SoftpromptError(
+                    f"verbalizer label '{label}': expected a word or a list of words, got a {type(words).__name__}"
+                )
             words = [str(w) for w in words if str(w).strip()]
             if not words:
                 raise SoftpromptError(f"verbalizer label '{label}' has no word")

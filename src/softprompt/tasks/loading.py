@@ -14,6 +14,11 @@ from softprompt.tasks.classification.model import PromptedClassifier
 from softprompt.tasks.registry import get_task, task_specs
 
 DEFAULT_TASK = "classification"  # artifacts written before task.json recorded the task
+# What every task's `load` reads of task.json, and its type (a task adds its own: TaskSpec.record_fields).
+RECORD_FIELDS = {"method": str, "backbone": dict, "config": dict, "max_length": int}
+OPTIONAL_FIELDS = {"task": str, "data": dict, "demonstrations": str, "extra_metrics": list}
+BACKBONE_FIELDS = {"name": str, "fingerprint": str}
+KINDS = {str: "text", dict: "a mapping", int: "a whole number", list: "a list"}
 
 
 def artifact_task(meta: dict[str, Any]) -> str:
@@ -38,12 +43,14 @@ def load_model(
     """
     files = read_artifact(path)
     meta = files.meta
-    recorded = meta["backbone"]
+    _check_fields(meta, OPTIONAL_FIELDS, path, "", required=False)
     if artifact_task(meta) not in task_specs():
         raise SoftpromptError(
             f"{path} is a '{artifact_task(meta)}' prompt, not a classifier or tagger; use it with "
             "`softprompt generate`, `softprompt detox eval` or `softprompt serve`"
         )
+    check_record(meta, path)
+    recorded = meta["backbone"]
     try:
         config = load_config(base=meta["config"])
     except SoftpromptError as exc:
@@ -63,6 +70,28 @@ def load_model(
         raise SoftpromptError(f"artifact {path}: weights do not fit the method ({str(exc).splitlines()[0]})") from None
     model.method.prepare_for_inference()
     return model, meta
+
+
+def check_record(meta: dict[str, Any], path: str | Path) -> None:
+    """Refuse a ``task.json`` of a registered task (edited by hand, or damaged) whose fields
+    ``load`` reads are missing or of the wrong type, naming the first such field."""
+    _check_fields(meta, OPTIONAL_FIELDS, path, "", required=False)
+    task = get_task(artifact_task(meta))
+    _check_fields(meta, {**RECORD_FIELDS, **task.record_fields}, path, "", required=True)
+    _check_fields(meta["backbone"], BACKBONE_FIELDS, path, "backbone.", required=True)
+
+
+def _check_fields(record: dict, fields: dict[str, type], path: str | Path, prefix: str, required: bool) -> None:
+    for name, kind in fields.items():
+        if name not in record and not required:
+            continue
+        value = record.get(name)
+        if name not in record or not isinstance(value, kind) or isinstance(value, bool):
+            shown = "missing" if name not in record else f"{value!r:.40} ({type(value).__name__})"
+            raise SoftpromptError(
+                f"artifact {path}: task.json field '{prefix}{name}' is {shown}, not {KINDS[kind]}; "
+                "restore the file or train again"
+            )
 
 
 def load_classifier(path: str | Path, backbone: Backbone | None = None) -> tuple[PromptedClassifier, dict]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from softprompt.errors import SoftpromptError, unknown_name
 from softprompt.methods import get_method
@@ -35,6 +35,7 @@ class TaskSpec:
     prompt_baselines: bool = False  # zero-/few-shot baselines apply (`compare`)
     baseline_names: tuple[str, ...] = ()  # the baselines `compare` adds (zero_shot, few_shot, the task's own)
     report_columns: tuple[tuple[str, str, str], ...] = (("accuracy", "accuracy", "{:.1%}"),)  # key, label, format
+    record_fields: ClassVar[dict[str, type]] = {}  # what `load` reads of an artifact's task.json, and its type
 
     def headline(self, metrics: dict[str, Any]) -> float:
         """The one number of a metrics dict that ranks runs (``compare``'s chart)."""

@@ -4,7 +4,7 @@ an artifact; the batching is :mod:`softprompt.tasks.classification.batches`."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 from softprompt.backbones import Backbone
 from softprompt.config import PromptConfig, RunConfig
@@ -102,6 +102,7 @@ class Classification(TaskSpec):
     predict_command = "predict"
     prompt_baselines = True
     baseline_names = ("zero_shot", "few_shot", "tfidf")
+    record_fields: ClassVar[dict[str, type]] = {"template": str, "verbalizer": dict}
 
     def offline_baselines(self, config: RunConfig, splits: Splits, wanted: list[str]) -> list[tuple[str, dict]]:
         if "tfidf" not in wanted:

@@ -8,7 +8,7 @@ for them (``metrics: [detox]`` in their YAML file).
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, ClassVar
 
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import RunConfig
@@ -77,6 +77,7 @@ class Generation(TaskSpec):
     metric = "neg_loss"
     metric_label = "J (BLEU without detox metrics)"
     predict_command = "generate"
+    record_fields: ClassVar[dict[str, type]] = {"template": str, "extra_metrics": list}
     prompt_baselines = True
     baseline_names = ("zero_shot", "few_shot", "copy", "delete", "references")
     report_columns = (

@@ -4,7 +4,7 @@ windows and batches are :mod:`softprompt.tasks.ner.batches`."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from softprompt.backbones import Backbone
 from softprompt.config import PromptConfig, RunConfig
@@ -67,6 +67,7 @@ class NamedEntities(TaskSpec):
     metric = "f1"
     metric_label = "entity F1"
     predict_command = "tag"
+    record_fields: ClassVar[dict[str, type]] = {"tags": list}
     prompt_baselines = False
     report_columns = (("f1", "entity F1", "{:.1%}"),)
 
