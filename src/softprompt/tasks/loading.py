@@ -43,12 +43,13 @@ def load_model(
     """
     files = read_artifact(path)
     meta = files.meta
-    _check_fields(meta, OPTIONAL_FIELDS, path, "", required=False)
-    if artifact_task(meta) not in task_specs():
+    _check_fields(meta, {"task": str}, path, "", required=False)
+    if artifact_task(meta) not in task_specs():  # first: other artifacts record other fields
         raise SoftpromptError(
             f"{path} is a '{artifact_task(meta)}' prompt, not a classifier or tagger; use it with "
             "`softprompt generate`, `softprompt detox eval` or `softprompt serve`"
         )
+    _check_fields(meta, OPTIONAL_FIELDS, path, "", required=False)
     check_record(meta, path)
     recorded = meta["backbone"]
     try:
