@@ -120,12 +120,6 @@ def _texts(texts: Any) -> list[str]:
         if not isinstance(text, str):
             shown = "None" if text is None else f"{text!r:.40} ({type(text).__name__})"
             raise SoftpromptError(f"texts must be strings; item {number} is {shown}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:  # a lone surrogate, which no tokenizer can read
-            raise SoftpromptError(
-                f"texts must be valid Unicode; item {number} has a lone surrogate at character {exc.start}"
-            ) from None
     return texts
 
 
