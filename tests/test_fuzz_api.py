@@ -565,3 +565,8 @@ def test_found_lone_surrogates(tiny_model):
     assert str(caught.value) == (
         "examples item 11, 'text': not valid Unicode (a lone surrogate '\\udcff' at character 6); texts must be UTF-8"
     )
+
+
+def test_found_list_values_in_records(tiny_model):
+    """Lists as text and label (shown as text, as before): the Unicode check raised KeyError: 'label'."""
+    outcome(lambda: tiny_model.evaluate([{"text": [], "label": []}]))

@@ -165,7 +165,7 @@ def examples_from_rows(
         values = {str(k): str(v) for k, v in row.items() if v is not None and not isinstance(v, (dict, list))}
         values["text"] = str(row[text_field])
         for column in wanted:  # what the template and the tokenizer read
-            require_unicode(values["text" if column == text_field else column], f"{source} {unit} {number}, '{column}'")
+            require_unicode(str(row[column]), f"{source} {unit} {number}, '{column}'")
         if not values["text"].strip():
             skipped += 1
             continue
