@@ -551,3 +551,22 @@ def test_found_in_memory_data_with_a_dev_file_setting(tiny_llama_dir, tmp_path):
     run = base_settings(tiny_llama_dir, str(tmp_path / "run"))
     result = softprompt.train(**merged(run, {"data": {"dev": "[]"}}), train_data=ROWS, progress=False)
     assert result.model is not None and any("held out" in note for note in result.notes)
+
+
+def test_found_lone_surrogates(tiny_model):
+    """A lone surrogate reached the tokenizer, which raised TypeError."""
+    with pytest.raises(SoftpromptError) as caught:
+        tiny_model.predict("\ud800")
+    assert str(caught.value) == (
+        "texts item 0: not valid Unicode (a lone surrogate '\\ud800' at character 1); texts must be UTF-8"
+    )
+    with pytest.raises(SoftpromptError) as caught:
+        tiny_model.evaluate([*ROWS, {"text": "fine \udcff", "label": "positive"}])
+    assert str(caught.value) == (
+        "examples item 11, 'text': not valid Unicode (a lone surrogate '\\udcff' at character 6); texts must be UTF-8"
+    )
+
+
+def test_found_list_values_in_records(tiny_model):
+    """Lists as text and label (shown as text, as before): the Unicode check raised KeyError: 'label'."""
+    outcome(lambda: tiny_model.evaluate([{"text": [], "label": []}]))

@@ -20,6 +20,7 @@ from softprompt.artifact import RUN_CONFIG_FILE, read_artifact, write_artifact
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import RunConfig, load_config
 from softprompt.config.recipe import merge
+from softprompt.data.records import require_unicode
 from softprompt.data.splits import Records, Splits
 from softprompt.errors import SoftpromptError, flag
 from softprompt.seeding import seeded
@@ -111,15 +112,14 @@ class Model:
 
 def _texts(texts: Any) -> list[str]:
     """The inputs of predict/generate as a list of strings, or a one-line error naming the bad one."""
-    if isinstance(texts, str):
-        return [texts]
     if isinstance(texts, (bytes, Mapping)) or not isinstance(texts, Iterable):
         raise SoftpromptError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
-    texts = list(texts)
+    texts = [texts] if isinstance(texts, str) else list(texts)
     for number, text in enumerate(texts):
         if not isinstance(text, str):
             shown = "None" if text is None else f"{text!r:.40} ({type(text).__name__})"
             raise SoftpromptError(f"texts must be strings; item {number} is {shown}")
+        require_unicode(text, f"texts item {number}")
     return texts
 
 

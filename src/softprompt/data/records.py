@@ -164,6 +164,8 @@ def examples_from_rows(
                 )
         values = {str(k): str(v) for k, v in row.items() if v is not None and not isinstance(v, (dict, list))}
         values["text"] = str(row[text_field])
+        for column in wanted:  # what the template and the tokenizer read
+            require_unicode(str(row[column]), f"{source} {unit} {number}, '{column}'")
         if not values["text"].strip():
             skipped += 1
             continue
@@ -173,6 +175,18 @@ def examples_from_rows(
         raise SoftpromptError(f"{source} has no non-empty texts in column '{text_field}'")
     notes = [f"{source}: skipped {skipped} rows with empty text"] if skipped else []
     return Dataset(examples, source, skipped_empty=skipped, notes=notes)
+
+
+def require_unicode(text: str, where: str) -> None:
+    """Refuse text a tokenizer cannot take: a lone surrogate (what Python makes of undecodable
+    bytes), which it would fail on with a TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SoftpromptError(
+            f"{where}: not valid Unicode (a lone surrogate {text[exc.start]!r} at character {exc.start + 1}); "
+            "texts must be UTF-8"
+        ) from None
 
 
 def seeded_split(examples: list[Example], sizes: dict[str, int], seed: int) -> dict[str, list[Example]]:
