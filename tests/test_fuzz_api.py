@@ -250,7 +250,7 @@ def test_config_from_settings_and_any_config_argument(pairs, config):
 # ---- build, predict, evaluate ------------------------------------------------------------------
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(pairs=settings_list(min_size=1), train_data=st.one_of(st.none(), st.just(ROWS), values))
 def test_build_with_any_settings(tiny_llama_dir, pairs, train_data):
     with same_threads():
@@ -306,7 +306,7 @@ def test_evaluate_with_any_records(tiny_model, examples, batch_size):
 # ---- train -------------------------------------------------------------------------------------
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     pairs=settings_list(min_size=1),
     data=st.fixed_dictionaries(
@@ -332,7 +332,7 @@ def saved_artifact(tiny_model, tmp_path_factory) -> Path:
     return tiny_model.save(tmp_path_factory.mktemp("fuzz-artifact") / "model")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     where=st.one_of(st.just("artifact"), st.sampled_from(["artifact", "file", "parent", "missing"]), values),
     backbone=st.one_of(st.none(), st.none(), values),
@@ -353,7 +353,7 @@ def test_load_with_any_arguments(saved_artifact, where, backbone, device, precis
 RECORD_KEYS = ["task", "method", "template", "verbalizer", "max_length", "backbone", "config", "data", "demonstrations"]
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     key=st.one_of(st.sampled_from(RECORD_KEYS), st.sampled_from(KEYS).map(lambda k: f"config.{k}")),
     value=values,
@@ -419,7 +419,7 @@ def recipe(tiny_llama_dir, tmp_path_factory) -> Path:
     return path
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(override(), min_size=1, max_size=3))
 def test_cli_train_with_any_overrides(recipe, overrides):
     out, err = io.StringIO(), io.StringIO()
