@@ -68,6 +68,8 @@ COSTLY = {
     "adapter.bottleneck",
     "prefix_tuning.hidden",
     "ptuning.hidden",
+    "train.batch_size",  # a batch draws that many rows (repeating the data), however few there are
+    "train.grad_accum",
     "threads",  # a large valid count would change this test process's own thread pool
 }
 # Settings that name where files are written, or a backbone to load (a Hub id would go online).
@@ -165,6 +167,8 @@ def setting(draw) -> list[tuple[str, object]]:
     if key in FIXED:
         return [("seed", draw(values))]
     pair = (key, draw(cheap_numbers if key in COSTLY else values))
+    if key == "threads" and draw(st.booleans()):  # past the limit: refused before torch sees it
+        pair = (key, draw(st.sampled_from(HUGE)))
     section = key.partition(".")[0]
     if section in method_sections() and draw(st.booleans()):
         return [("method", section), pair]
@@ -246,7 +250,7 @@ def test_config_from_settings_and_any_config_argument(pairs, config):
 # ---- build, predict, evaluate ------------------------------------------------------------------
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(pairs=settings_list(min_size=1), train_data=st.one_of(st.none(), st.just(ROWS), values))
 def test_build_with_any_settings(tiny_llama_dir, pairs, train_data):
     with same_threads():
@@ -302,7 +306,7 @@ def test_evaluate_with_any_records(tiny_model, examples, batch_size):
 # ---- train -------------------------------------------------------------------------------------
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     pairs=settings_list(min_size=1),
     data=st.fixed_dictionaries(
@@ -328,7 +332,7 @@ def saved_artifact(tiny_model, tmp_path_factory) -> Path:
     return tiny_model.save(tmp_path_factory.mktemp("fuzz-artifact") / "model")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     where=st.one_of(st.just("artifact"), st.sampled_from(["artifact", "file", "parent", "missing"]), values),
     backbone=st.one_of(st.none(), st.none(), values),
@@ -349,7 +353,7 @@ def test_load_with_any_arguments(saved_artifact, where, backbone, device, precis
 RECORD_KEYS = ["task", "method", "template", "verbalizer", "max_length", "backbone", "config", "data", "demonstrations"]
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     key=st.one_of(st.sampled_from(RECORD_KEYS), st.sampled_from(KEYS).map(lambda k: f"config.{k}")),
     value=values,
@@ -415,7 +419,7 @@ def recipe(tiny_llama_dir, tmp_path_factory) -> Path:
     return path
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(override(), min_size=1, max_size=3))
 def test_cli_train_with_any_overrides(recipe, overrides):
     out, err = io.StringIO(), io.StringIO()
@@ -570,3 +574,24 @@ def test_found_lone_surrogates(tiny_model):
 def test_found_list_values_in_records(tiny_model):
     """Lists as text and label (shown as text, as before): the Unicode check raised KeyError: 'label'."""
     outcome(lambda: tiny_model.evaluate([{"text": [], "label": []}]))
+
+
+@pytest.mark.parametrize(
+    ("settings_", "message"),
+    [
+        # ValueError: Overflow when unpacking long (torch.set_num_threads)
+        ({"threads": 2**31}, "config field 'threads': must be at most 1024, got 2147483648"),
+        # TypeError: randint(): ... Overflow when unpacking long long
+        (
+            {"template": "{soft:99999999999999999999}{text}"},
+            "the template's {soft} slots ask for 99999999999999999999 soft tokens, more than train.max_length=256",
+        ),
+        # MemoryError (or the machine's memory filled) allocating the prompt
+        ({"template": "{text}", "prompt": {"length": 10**12}}, "prompt.length ask for 1000000000000 soft tokens"),
+    ],
+)
+def test_found_huge_settings(tiny_llama_dir, tmp_path, settings_, message):
+    run = merged(base_settings(tiny_llama_dir, str(tmp_path / "run")), settings_)
+    with same_threads(), pytest.raises(SoftpromptError) as caught:
+        softprompt.train(**run, train_data=ROWS, progress=False)
+    assert str(caught.value).startswith(message), str(caught.value)

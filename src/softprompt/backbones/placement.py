@@ -26,6 +26,7 @@ DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (auto: CUDA when available, else
 PRECISION_HELP = "auto | fp32 | bf16 | fp16 (auto: bf16 on a GPU that supports it, fp32 otherwise)"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISIONS = ("auto", *DTYPES)
+MAX_THREADS = 1024
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,8 @@ def set_threads(count: int, label: str) -> None:
     setting in the error for a negative count."""
     if count < 0:
         raise SoftpromptError(f"{label} must be >= 0, got {count}")
+    if count > MAX_THREADS:  # torch's C int overflows at 2**31, and far fewer already swamp a machine
+        raise SoftpromptError(f"{label} must be at most {MAX_THREADS}, got {count}")
     if count:
         torch.set_num_threads(count)
 

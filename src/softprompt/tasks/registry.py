@@ -121,10 +121,14 @@ def fit_soft_slots(template: Template, config: RunConfig, announce: bool = False
     """``template`` for the run's method: soft-token methods get ``prompt.length`` soft tokens in
     front when it has no slot; a method without soft tokens uses it without its slots (so one
     recipe serves every method: ``method=lora`` on the demo recipe), said in one logged line
-    when ``announce`` (the build, not every check, announces it)."""
+    when ``announce`` (the build, not every check, announces it).
+
+    Raises:
+        SoftpromptError: more soft tokens than ``train.max_length`` (checked before any are made).
+    """
     method = get_method(config.method)
     if method.uses_soft_tokens and template.num_soft == 0:
-        return template.with_prefix(config.prompt.length)
+        return _within_length(template.with_prefix(config.prompt.length), config, "prompt.length")
     if not method.uses_soft_tokens and template.num_soft:
         plain = template.without_soft()
         if announce:
@@ -134,6 +138,16 @@ def fit_soft_slots(template: Template, config: RunConfig, announce: bool = False
                 plain.source,
             )
         return plain
+    return _within_length(template, config, "the template's {soft} slots") if method.uses_soft_tokens else template
+
+
+def _within_length(template: Template, config: RunConfig, source: str) -> Template:
+    limit = config.train.max_length
+    if template.num_soft > limit:
+        raise SoftpromptError(
+            f"{source} ask for {template.num_soft} soft tokens, more than train.max_length={limit} "
+            "tokens in all; use fewer soft tokens or raise train.max_length"
+        )
     return template
 
 
