@@ -61,6 +61,8 @@ class Batcher:
         urgent: frozenset[str] = frozenset(),
     ):
         self.handlers = handlers
+        # The one kind decoded in a running batch (generation), found once rather than per loop.
+        self._continuous = next(((kind, h) for kind, h in handlers.items() if isinstance(h, Continuous)), (None, None))
         # Kinds served before any waiting batch (task changes: a new task answers after one batch,
         # not after the whole queue); still one at a time, between batches.
         self.urgent = urgent
@@ -145,7 +147,7 @@ class Batcher:
     async def _advance(self) -> None:
         """Drop running jobs whose callers went away, admit waiting ones that fit, then advance the
         running batch a slice and answer the jobs that finished."""
-        handler = next((h for h in self.handlers.values() if isinstance(h, Continuous)), None)
+        kind, handler = self._continuous
         if handler is None:
             return
         loop = asyncio.get_running_loop()
@@ -157,7 +159,7 @@ class Batcher:
         while self._joining:
             job = self._joining[0]
             alone = not self._running and not joining  # a job over max_batch rows still runs, alone
-            if not alone and not self._fits(handler, job):
+            if not alone and self._rows + handler.rows(job.payload) > self.max_batch:
                 break
             self._joining.popleft()
             if job.future.done():
@@ -178,7 +180,6 @@ class Batcher:
         if not self._running:
             return
         if self.on_batch is not None:
-            kind = next(job.kind for job in self._running.values())
             self.on_batch(kind, self._rows)
         try:
             finished = await loop.run_in_executor(None, handler.advance)
@@ -193,14 +194,11 @@ class Batcher:
             self._answer([job], [result])
             self._settle({key}, answered=True)
 
-    def _fits(self, handler: Continuous, job: Job) -> bool:
-        return self._rows + handler.rows(job.payload) <= self.max_batch
-
     def _settle(self, keys: set[int], answered: bool = False) -> None:
         """Forget running jobs that left the batch (``answered``: their queue slot is done already)."""
         for key in keys:
             job = self._running.pop(key)
-            self._rows -= self.handlers[job.kind].rows(job.payload)
+            self._rows -= self._continuous[1].rows(job.payload)
             if not answered:
                 self.queue.task_done()
 

@@ -96,6 +96,15 @@ def visible_text(text: str, stop: tuple[str, ...], finished: bool) -> str:
     return text[: len(text) - hold]
 
 
+@dataclass
+class _Running:
+    """A job in the running batch and what has been said of it so far."""
+
+    job: WriteJob
+    sent: list[int]  # per sample, tokens reported to the listener (-1: its last report said done)
+    produced: int = 0  # tokens counted in the metrics
+
+
 class GenerationStream:
     """The server's running decoding batch (continuous batching, :class:`RunningBatch`) and what
     each job's listener has been told so far. Jobs join with :meth:`admit`, leave when finished
@@ -103,9 +112,7 @@ class GenerationStream:
 
     def __init__(self, backbone: Backbone):
         self.batch = RunningBatch(backbone)
-        self.jobs: dict[Hashable, WriteJob] = {}
-        self.sent: dict[Hashable, list[int]] = {}  # per job, tokens reported per sample
-        self.produced: dict[Hashable, int] = {}  # per job, tokens counted in the metrics
+        self.running: dict[Hashable, _Running] = {}
         self.metrics: ServerMetrics | None = None  # the server's, when it has them
 
     @property
@@ -118,7 +125,7 @@ class GenerationStream:
         requests = [(key, sample_request(job, writers.get(job.task) if job.task else None)) for key, job in jobs]
         self.batch.admit(requests)
         for key, job in jobs:
-            self.jobs[key], self.sent[key], self.produced[key] = job, [0] * job.samples, 0
+            self.running[key] = _Running(job, [0] * job.samples)
 
     def advance(self, steps: int) -> dict[Hashable, list[list[int]]]:
         """Decode ``steps`` tokens; report new tokens to listeners; the finished jobs' token ids."""
@@ -128,7 +135,7 @@ class GenerationStream:
             self._count(member)
         results = {}
         for member in finished:
-            del self.jobs[member.key], self.sent[member.key], self.produced[member.key]
+            del self.running[member.key]
             results[member.key] = [list(tokens) for tokens in member.tokens]
         return results
 
@@ -136,31 +143,30 @@ class GenerationStream:
         """Stop decoding the jobs of ``keys`` (their callers went away)."""
         self.batch.drop(keys)
         for key in keys:
-            self.jobs.pop(key, None)
-            self.sent.pop(key, None)
-            self.produced.pop(key, None)
+            self.running.pop(key, None)
 
     def _count(self, member: Member) -> None:
         """Generated tokens and, at a job's first, its time to first token, into the metrics."""
         if self.metrics is None:
             return
-        job, before = self.jobs[member.key], self.produced[member.key]
+        state = self.running[member.key]
         now = sum(len(tokens) for tokens in member.tokens)
-        if now > before:
-            task = job.task or ""
-            self.metrics.tokens.labels(task).inc(now - before)
-            if before == 0:
-                self.metrics.first_token.labels(task).observe(time.perf_counter() - job.created)
-            self.produced[member.key] = now
+        if now > state.produced:
+            task = state.job.task or ""
+            self.metrics.tokens.labels(task).inc(now - state.produced)
+            if state.produced == 0:
+                self.metrics.first_token.labels(task).observe(time.perf_counter() - state.job.created)
+            state.produced = now
 
     def _report(self, member: Member, finished: bool) -> None:
-        job, sent = self.jobs[member.key], self.sent[member.key]
-        if job.listener is None:
+        state = self.running[member.key]
+        listener, sent = state.job.listener, state.sent
+        if listener is None:
             return
         for sample, tokens in enumerate(member.tokens):
             if sent[sample] < 0:  # closed: its last report said done
                 continue
             done = finished or member.done[sample]
             if len(tokens) > sent[sample] or done:
-                job.listener(sample, tokens[sent[sample] :], done)
+                listener(sample, tokens[sent[sample] :], done)
                 sent[sample] = -1 if done else len(tokens)
