@@ -16,7 +16,8 @@ from softprompt.errors import SoftpromptError
 from softprompt.methods import METHODS
 from softprompt.tasks import get_task
 from softprompt.tasks.loading import load_classifier
-from softprompt.training.run import artifact_meta, artifact_saver
+from softprompt.training.driver import artifact_saver
+from softprompt.training.run import artifact_meta
 
 from .helpers import EXAMPLES
 

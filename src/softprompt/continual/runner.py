@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from softprompt.artifact import RUN_CONFIG_FILE, read_artifact
+from softprompt.artifact import read_artifact
 from softprompt.atomic import atomic_write_json
 from softprompt.backbones import load_backbone
 from softprompt.continual.config import ContinualConfig
@@ -28,9 +28,8 @@ from softprompt.methods import get_method
 from softprompt.methods.prompt_tuning import PromptTuning
 from softprompt.tasks.base import evaluate
 from softprompt.tasks.tasklist import PreparedTask, plain_config, prepare_tasks, task_configs
-from softprompt.training import fit
-from softprompt.training.checkpoint import CHECKPOINT
-from softprompt.training.run import artifact_meta, artifact_saver, train
+from softprompt.training.driver import TrainingJob, artifact_saver, continues, run_job
+from softprompt.training.run import artifact_meta, train
 from softprompt.training.sharding import refuse_sharded_launch
 
 logger = logging.getLogger(__name__)
@@ -104,9 +103,6 @@ def _train_stage(
     stage_config = learner.stage_config(k)
     model, rows = learner.stage_model(k)
     stage = task.out
-    again = resume and (stage / CHECKPOINT).exists()
-    stage.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(stage / RUN_CONFIG_FILE, stage_config.to_dict())
     scored = learner.scored_model(model)  # what dev scores and the artifact holds
     meta = artifact_meta(stage_config, scored, learner.backbone, task.splits)
     dev = task.splits.dev
@@ -118,8 +114,9 @@ def _train_stage(
     if progress:
         logger.info("stage %d/%d: %s (%d training rows)", k + 1, len(learner.tasks), task.name, len(rows))
     save_best = artifact_saver(stage, scored, meta)
-    state = fit(model, rows, stage_config.train, stage_config.seed, stage, save_best, dev_metric, again, progress)
-    model.load_export(read_artifact(stage).state)
+    settings = stage_config.to_dict()
+    job = TrainingJob(stage, model, rows, stage_config.train, stage_config.seed, dev_metric, save_best, settings)
+    state = run_job(job, resume, progress)
     learner.finish_stage(k)
     return state.best_step
 
@@ -149,7 +146,7 @@ def _alone(
             continue
         if progress:
             logger.info("alone: %s with %s", task.name, method)
-        result = train(run, resume=resume and (out / CHECKPOINT).exists(), overwrite=True, progress=progress)
+        result = train(run, resume=continues(out, resume), overwrite=True, progress=progress)
         alone.append(result.metrics["test"]["accuracy"])
     return alone
 

@@ -27,9 +27,8 @@ from softprompt.methods import get_method
 from softprompt.methods.base import MethodContext
 from softprompt.methods.prompt_tuning import PromptTuning
 from softprompt.tasks.lm import LM_TASK, PromptedLM, Row, encode_texts
-from softprompt.training import fit
-from softprompt.training.checkpoint import CHECKPOINT
-from softprompt.training.run import artifact_saver, backbone_record, check_out
+from softprompt.training.driver import TrainingJob, artifact_saver, run_job
+from softprompt.training.run import backbone_record, check_out
 from softprompt.training.sharding import refuse_sharded_launch
 
 KINDS = ("soft_prompt", "experts")
@@ -108,11 +107,9 @@ def _train_prompt(
         "config": config.to_dict(),
         "metrics": {},
     }
-    out.mkdir(parents=True, exist_ok=True)
-    resume = resume and (out / CHECKPOINT).exists()  # experts: the second prompt may not have started
-    save_best = artifact_saver(out, model, meta)
     dev_metric = lambda: model.dev_metrics(rows["dev"])  # noqa: E731
-    fit(model, rows["train"], config.train, config.seed, out, save_best, dev_metric, resume, progress)
+    save_best = artifact_saver(out, model, meta)
+    run_job(TrainingJob(out, model, rows["train"], config.train, config.seed, dev_metric, save_best), resume, progress)
     return read_artifact(out).meta["metrics"]["dev"]
 
 

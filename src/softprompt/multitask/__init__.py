@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from softprompt.artifact import RUN_CONFIG_FILE, read_artifact, update_metrics, write_artifact
+from softprompt.artifact import update_metrics
 from softprompt.atomic import atomic_write_json
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import ComputeSettings, PromptConfig, TrainConfig, option, require
@@ -30,8 +30,8 @@ from softprompt.tasks.classification import build_classifier
 from softprompt.tasks.classification.mixed import MixedPromptClassifier, mixable
 from softprompt.tasks.classification.model import PromptedClassifier
 from softprompt.tasks.tasklist import PreparedTask, load_task_list_config, plain_config, prepare_tasks, task_configs
-from softprompt.training import fit
-from softprompt.training.run import artifact_meta, artifact_saver, backbone_record, check_out
+from softprompt.training.driver import TrainingJob, artifact_saver, run_job
+from softprompt.training.run import artifact_meta, backbone_record, check_out
 from softprompt.training.sharding import refuse_sharded_launch
 
 SAMPLING = ("proportional", "uniform")
@@ -155,8 +155,6 @@ def run_multitask(
         }
         return {"accuracy": mean(per_task.values()), "per_task": per_task}
 
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / RUN_CONFIG_FILE, _plain(config))
     meta = {
         "task": "multitask",
         "method": config.method,
@@ -166,12 +164,9 @@ def run_multitask(
         "config": _plain(config),
         "metrics": {},
     }
-
-    def save_best(step: int, dev: dict) -> None:  # every task's prompt; no peft layout for a bundle
-        write_artifact(out, model.export_state(), {**meta, "step": step, "metrics": {"dev": dev}}, None)
-
-    state = fit(model, rows, config.train, config.seed, out, save_best, dev_metric, resume, progress)
-    model.load_export(read_artifact(out).state)
+    save_best = artifact_saver(out, model, meta, peft_layout=False)  # every task's prompt: no peft layout
+    job = TrainingJob(out, model, rows, config.train, config.seed, dev_metric, save_best, _plain(config))
+    state = run_job(job, resume, progress)
     summary = {"best_step": state.best_step, "tasks": {}}
     for task in tasks:
         metrics = _write_task_artifact(

@@ -12,13 +12,11 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from softprompt.artifact import RUN_CONFIG_FILE, TASK_FILE, read_artifact, size_bytes, update_metrics, write_artifact
-from softprompt.atomic import atomic_write_json
+from softprompt.artifact import TASK_FILE, size_bytes, update_metrics
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import RunConfig, require
 from softprompt.data.splits import Records, Splits
@@ -29,7 +27,7 @@ from softprompt.seeding import seeded
 from softprompt.tasks import get_task
 from softprompt.tasks.base import TaskModel, evaluate
 from softprompt.training.checkpoint import CHECKPOINT, Progress
-from softprompt.training.loop import SaveBest, fit
+from softprompt.training.driver import TrainingJob, artifact_saver, run_job
 from softprompt.training.processes import processes
 from softprompt.training.resume import check_resumable, run_record
 from softprompt.training.sharding import requested_sharding, shard_for_launch
@@ -92,16 +90,6 @@ def artifact_meta(config: RunConfig, model: TaskModel, backbone: Backbone, split
     }
 
 
-def artifact_saver(out: Path, model: TaskModel, meta: dict[str, Any]) -> SaveBest:
-    """``save_best`` for :func:`~softprompt.training.fit`: write ``model`` as an artifact in ``out``."""
-
-    def save(step: int, dev: dict[str, Any]) -> None:
-        peft_config = model.method.peft_config(model.backbone, meta["soft_prefix"])
-        write_artifact(out, model.export_state(), {**meta, "step": step, "metrics": {"dev": dev}}, peft_config)
-
-    return save
-
-
 def check_out(out: Path, resume: bool, overwrite: bool, extra: tuple[Path, ...] = ()) -> None:
     """Refuse to write over an existing run unless resuming or overwriting, or into a path that
     is a file."""
@@ -145,23 +133,16 @@ def train(
     splits, backbone, model, baseline = _setup(config, backbone, records, bar)
     meta = artifact_meta(config, model, backbone, splits)
     encoded = encode_splits(model, splits, config.train.max_length)
-    if procs.main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / RUN_CONFIG_FILE, run_record(config.to_dict()))
 
-    def dev_metric() -> dict:
-        batch = config.train.eval_batch_size
-        return model.selection_metrics(splits.dev, batch, encoded["dev"], splits.where("dev"), bar)
-
-    save_best = artifact_saver(out, model, meta)
-    state = Progress()
-    if not get_method(config.method).trains:
-        save_best(0, dev_metric())
-    else:
-        state = _fit_best(model, splits, encoded, config, save_best, dev_metric, resume, progress)
-        if not procs.main:  # the main process evaluates and writes the results
-            trainable = meta["trainable_parameters"]
-            return TrainResult(out, {}, trainable, backbone.num_parameters, 0.0, 0, state.best_step, model=model)
+    job = _training_job(config, model, splits, encoded, meta, bar)
+    state = run_job(job, resume, progress)
+    if job.sharded and not procs.main and splits.test:
+        # Under FSDP the other processes join the main one's test pass: its forward passes
+        # gather the sharded blocks. Only the main process keeps the results and writes them.
+        evaluate(model, splits.test, config.train.eval_batch_size, encoded["test"], splits.where("test"))
+    if not procs.main:
+        trainable = meta["trainable_parameters"]
+        return TrainResult(out, {}, trainable, backbone.num_parameters, 0.0, 0, state.best_step, model=model)
     all_metrics = _record_results(out, model, splits, encoded["test"], config, state, baseline, bar)
     return TrainResult(
         out,
@@ -176,29 +157,30 @@ def train(
     )
 
 
-def _fit_best(
-    model: TaskModel,
-    splits: Splits,
-    encoded: dict[str, list],
-    config: RunConfig,
-    save_best: SaveBest,
-    dev_metric: Callable[[], dict],
-    resume: bool,
-    progress: bool,
-) -> Progress:
-    """Train, then hold the best weights (not the last) on every process. Under FSDP the other
-    processes also join the main one's test pass, whose forward passes gather the sharded blocks."""
-    out, procs = Path(config.out), processes()
-    rows = model.training_rows(splits.train, encoded["train"], splits.where("train"))
-    sharded = shard_for_launch(model)
-    state = fit(model, rows, config.train, config.seed, out, save_best, dev_metric, resume, progress, sharded)
-    if sharded:  # the other processes join the main one's test pass, with the same weights
-        procs.wait()  # the main process has written the best weights
-    if procs.main or sharded:
-        model.load_export(read_artifact(out).state)
-    if sharded and not procs.main and splits.test:
-        evaluate(model, splits.test, config.train.eval_batch_size, encoded["test"], splits.where("test"))
-    return state
+def _training_job(
+    config: RunConfig, model: TaskModel, splits: Splits, encoded: dict[str, list], meta: dict, bar: str | None
+) -> TrainingJob:
+    """The run as a job for the driver: rows, dev scoring, the artifact, sharding for FSDP."""
+
+    def dev_metric() -> dict:
+        batch = config.train.eval_batch_size
+        return model.selection_metrics(splits.dev, batch, encoded["dev"], splits.where("dev"), bar)
+
+    out = Path(config.out)
+    trains = get_method(config.method).trains
+    rows = model.training_rows(splits.train, encoded["train"], splits.where("train")) if trains else []
+    return TrainingJob(
+        out,
+        model,
+        rows,
+        config.train,
+        config.seed,
+        dev_metric,
+        artifact_saver(out, model, meta),
+        run_settings=run_record(config.to_dict()),
+        sharded=trains and shard_for_launch(model),
+        trains=trains,
+    )
 
 
 def _check_sharding(config: RunConfig) -> None:
