@@ -7,25 +7,19 @@ every non-empty one is a reference for evaluation, and each trains as a row of i
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from softprompt.data.records import numbered_records, read_data_file
+from softprompt.data.records import TemplateInput, numbered_records, read_data_file, require_columns, template_fields
 from softprompt.errors import SoftpromptError
 
 
 @dataclass(frozen=True)
-class TextPair:
-    """An input (template fields; ``text`` is the main one) and its reference outputs."""
+class TextPair(TemplateInput):
+    """A text-to-text input and its reference outputs (at least one)."""
 
-    fields: dict[str, str]
-    targets: tuple[str, ...]
-    line: int | None = field(default=None, compare=False)  # where it was read, for messages
-
-    @property
-    def text(self) -> str:
-        return self.fields.get("text", "")
+    targets: tuple[str, ...] = ()
 
 
 def target_columns(spec: str) -> list[str]:
@@ -50,26 +44,24 @@ def pairs_from_rows(
         SoftpromptError: a missing text or target column, or a row whose targets are all empty
             (naming ``source`` and the row's line).
     """
-    columns = target_columns(target_field)
+    targets_in = target_columns(target_field)
+    extra = [f for f in fields or [] if f != "text"]
+    required = {text_field: "data.text_field", **dict.fromkeys(extra, "data.text_field")}
+    required[targets_in[0]] = "data.target_field"
     pairs = []
     for number, row in rows:
         where = f"{source} {unit} {number}"
-        present = ", ".join(sorted(str(k) for k in row if k is not None))
-        for column in [text_field, *[f for f in fields or [] if f != "text"], columns[0]]:
-            if column not in row:
-                hint = "data.target_field" if column == columns[0] else "data.text_field"
-                raise SoftpromptError(f"{where}: no column '{column}' (columns: {present}); set {hint}=<column>")
-        values = {str(k): str(v) for k, v in row.items() if v is not None and not isinstance(v, (dict, list))}
-        values["text"] = str(row[text_field] or "")
+        require_columns(row, required, where)
+        values = template_fields(row, text_field, [*required, *targets_in], where)
         if not values["text"].strip():
             raise SoftpromptError(f"{where}: empty input in column '{text_field}'; fill it or drop the row")
-        targets = tuple(str(row[c]).strip() for c in columns if row.get(c) is not None and str(row[c]).strip())
+        targets = tuple(str(row[c]).strip() for c in targets_in if row.get(c) is not None and str(row[c]).strip())
         if not targets:
             raise SoftpromptError(
-                f"{where}: empty target (column{'s' if len(columns) > 1 else ''} {', '.join(columns)}); "
+                f"{where}: empty target (column{'s' if len(targets_in) > 1 else ''} {', '.join(targets_in)}); "
                 "fill it or drop the row"
             )
-        pairs.append(TextPair(values, targets, number))
+        pairs.append(TextPair(values, targets, line=number))
     if not pairs:
         raise SoftpromptError(f"{source} has no rows")
     return pairs

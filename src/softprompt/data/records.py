@@ -16,16 +16,23 @@ READERS = (".jsonl", ".json", ".csv", ".tsv")
 
 
 @dataclass(frozen=True)
-class Example:
-    """One labelled (or unlabelled) input: template fields by name, and its label."""
+class TemplateInput:
+    """What every example shape shares: the template's fields by name (``text`` is the main
+    one) and where the row was read, for messages."""
 
     fields: dict[str, str]
-    label: str | None = None
-    line: int | None = field(default=None, compare=False)  # where it was read, for messages
+    line: int | None = field(default=None, compare=False, kw_only=True)
 
     @property
     def text(self) -> str:
         return self.fields.get("text", "")
+
+
+@dataclass(frozen=True)
+class Example(TemplateInput):
+    """A classification or tagging input and its label (None: unlabelled)."""
+
+    label: str | None = None
 
 
 @dataclass
@@ -148,33 +155,47 @@ def examples_from_rows(
     unit: str = "line",
 ) -> Dataset:
     """Validate numbered rows into examples; rows whose text is empty are skipped and counted."""
-    wanted = [text_field] + [f for f in (fields or []) if f != "text"]
+    extra = [f for f in (fields or []) if f != "text"]
+    columns = {text_field: "data.text_field", **dict.fromkeys(extra, "data.text_field")}
     if label_field:
-        wanted.append(label_field)
+        columns[label_field] = "data.label_field"
     examples, skipped = [], 0
     for number, row in rows:
-        for column in wanted:
-            if row.get(column) is None:
-                if column in row:  # the column exists, this row has no value in it
-                    raise SoftpromptError(f"{source} {unit} {number}: no value for '{column}'; fill it or drop the row")
-                columns = ", ".join(sorted(str(k) for k in row if k is not None))
-                hint = "data.label_field" if column == label_field else "data.text_field"
-                raise SoftpromptError(
-                    f"{source} {unit} {number}: no column '{column}' (columns: {columns}); set {hint}=<column>"
-                )
-        values = {str(k): str(v) for k, v in row.items() if v is not None and not isinstance(v, (dict, list))}
-        values["text"] = str(row[text_field])
-        for column in wanted:  # what the template and the tokenizer read
-            require_unicode(str(row[column]), f"{source} {unit} {number}, '{column}'")
+        where = f"{source} {unit} {number}"
+        require_columns(row, columns, where)
+        for column in columns:
+            if row[column] is None:  # the column exists, this row has no value in it
+                raise SoftpromptError(f"{where}: no value for '{column}'; fill it or drop the row")
+        values = template_fields(row, text_field, list(columns), where)
         if not values["text"].strip():
             skipped += 1
             continue
         label = str(row[label_field]).strip() if label_field else None
-        examples.append(Example(values, label, number))
+        examples.append(Example(values, label, line=number))
     if not examples:
         raise SoftpromptError(f"{source} has no non-empty texts in column '{text_field}'")
     notes = [f"{source}: skipped {skipped} rows with empty text"] if skipped else []
     return Dataset(examples, source, skipped_empty=skipped, notes=notes)
+
+
+def require_columns(row: dict, columns: dict[str, str], where: str) -> None:
+    """Refuse a row that lacks one of ``columns`` (column name -> the setting that names it),
+    listing the columns it has."""
+    for column, setting in columns.items():
+        if column not in row:
+            present = ", ".join(sorted(str(k) for k in row if k is not None))
+            raise SoftpromptError(f"{where}: no column '{column}' (columns: {present}); set {setting}=<column>")
+
+
+def template_fields(row: dict, text_field: str, read: list[str], where: str) -> dict[str, str]:
+    """A row's values as template fields (``text`` taken from ``text_field``; nested values are
+    not fields), each column in ``read`` checked to be text a tokenizer can take."""
+    values = {str(k): str(v) for k, v in row.items() if v is not None and not isinstance(v, (dict, list))}
+    values["text"] = "" if row[text_field] is None else str(row[text_field])
+    for column in read:
+        if row.get(column) is not None:
+            require_unicode(str(row[column]), f"{where}, '{column}'")
+    return values
 
 
 def require_unicode(text: str, where: str) -> None:
