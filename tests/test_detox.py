@@ -267,6 +267,16 @@ def test_classifier_commands_send_a_detox_prompt_to_the_generation_commands(deto
     assert len(err.splitlines()) == 1 and "is a 'lm' prompt" in err and "softprompt generate" in err
 
 
+@pytest.mark.parametrize("task", ["lm", "multitask"])
+def test_tasks_that_other_commands_make_are_registered_but_not_trained_by_train(task, tmp_path, capsys):
+    assert main(["train", f"task={task}", f"out={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"task={task} artifacts are made by `softprompt " in err
+    assert not (tmp_path / "run").exists()
+    assert main(["ls", "tasks"]) == 0
+    assert task in [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+
+
 def eval_args(tiny_llama_dir, detox_runs, out, methods=None):
     methods = methods or (
         f"none,instruction,self_debias,soft_prompt:{detox_runs / 'prompt'},experts:{detox_runs / 'experts'}"

@@ -490,6 +490,13 @@ def test_multitask_command_writes_a_servable_artifact_per_task(tiny_llama_dir, t
     assert main(["predict", str(tasks / "length"), "a long and winding story"]) == 0
     service = Service(load_backbone(str(tiny_llama_dir)), tasks)
     assert sorted(service.tasks.classifiers) == ["length", "question", "sentiment"] and not service.tasks.skipped
+    capsys.readouterr()
+    # The run-level bundle is a registered task that only `multitask` writes: eval sends the user
+    # to the per-task artifacts, in one line.
+    assert json.loads((tmp_path / "multi" / "task.json").read_text())["task"] == "multitask"
+    assert main(["eval", str(tmp_path / "multi")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "made by `softprompt multitask`" in err and "out/tasks/<name>" in err
 
 
 @pytest.fixture

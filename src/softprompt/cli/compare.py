@@ -160,6 +160,7 @@ def compare(config_path: str | None, overrides: list[str], progress=print) -> tu
     plan, rest = parse_plan(overrides)
     config = load_config(config_path, rest)  # validate everything before training anything
     task = get_task(config.task)
+    task.check(config)
     template = task.compare_template(config)
     splits = task.load_splits(config)
     if plan.baselines is None:

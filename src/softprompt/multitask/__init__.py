@@ -26,7 +26,7 @@ from softprompt.errors import SoftpromptError
 from softprompt.methods import get_method
 from softprompt.methods.prompt_tuning import PromptTuning
 from softprompt.tasks.base import evaluate
-from softprompt.tasks.classification import build_classifier
+from softprompt.tasks.classification import MultitaskBundle, build_classifier
 from softprompt.tasks.classification.mixed import MixedPromptClassifier, mixable
 from softprompt.tasks.classification.model import PromptedClassifier
 from softprompt.tasks.tasklist import PreparedTask, load_task_list_config, plain_config, prepare_tasks, task_configs
@@ -156,7 +156,7 @@ def run_multitask(
         return {"accuracy": mean(per_task.values()), "per_task": per_task}
 
     meta = {
-        "task": "multitask",
+        "task": MultitaskBundle.name,
         "method": config.method,
         "tasks": [t.name for t in tasks],
         "backbone": backbone_record(backbone),

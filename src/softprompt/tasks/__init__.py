@@ -8,7 +8,7 @@ outside this package branches on a task's name: callers ask :func:`get_task` for
 from __future__ import annotations
 
 # Importing the task packages registers them.
-from softprompt.tasks import classification, generation, ner
+from softprompt.tasks import classification, generation, lm, ner
 from softprompt.tasks.registry import TASKS, TaskSpec, fit_soft_slots, get_task, register_task, task_specs
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "fit_soft_slots",
     "generation",
     "get_task",
+    "lm",
     "ner",
     "register_task",
     "task_specs",

@@ -20,8 +20,19 @@ from softprompt.errors import SoftpromptError
 from softprompt.generation.sampling import context_ids
 from softprompt.methods.base import Method
 from softprompt.tasks.base import TaskModel, mean_token_loss
+from softprompt.tasks.registry import TaskSpec, register_task
 
-LM_TASK = "lm"
+
+@register_task("lm", "a soft prompt that continues plain text (detox prompts, experts)")
+class LanguageModeling(TaskSpec):
+    """Soft prompts trained by the language-model loss; ``detox train`` writes them."""
+
+    metric = metric_label = "neg_loss"
+    made_by = "softprompt detox train"
+    used_with = "`softprompt generate`, `softprompt detox eval` or `softprompt serve`"
+
+
+LM_TASK = LanguageModeling.name
 Row = tuple[list[int], bool]  # (token ids, unlikely)
 
 

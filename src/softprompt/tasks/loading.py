@@ -44,11 +44,7 @@ def load_model(
     files = read_artifact(path)
     meta = files.meta
     _check_fields(meta, {"task": str}, path, "", required=False)
-    if artifact_task(meta) not in task_specs():  # first: other artifacts record other fields
-        raise SoftpromptError(
-            f"{path} is a '{artifact_task(meta)}' prompt, not a classifier or tagger; use it with "
-            "`softprompt generate`, `softprompt detox eval` or `softprompt serve`"
-        )
+    refuse_unloadable(meta, path)  # first: other artifacts record other fields
     _check_fields(meta, OPTIONAL_FIELDS, path, "", required=False)
     check_record(meta, path)
     recorded = meta["backbone"]
@@ -71,6 +67,23 @@ def load_model(
         raise SoftpromptError(f"artifact {path}: weights do not fit the method ({str(exc).splitlines()[0]})") from None
     model.method.prepare_for_inference()
     return model, meta
+
+
+def refuse_unloadable(meta: dict[str, Any], path: str | Path) -> None:
+    """Refuse an artifact that is not a model ``load`` rebuilds (a detox prompt, a multitask
+    bundle, or a task this version does not know), saying what to use it with."""
+    name = artifact_task(meta)
+    spec = task_specs().get(name)
+    if spec is None:
+        raise SoftpromptError(
+            f"{path} is a '{name}' artifact, a task this version of softprompt does not know; "
+            "upgrade softprompt or retrain it"
+        )
+    if spec.made_by:
+        raise SoftpromptError(
+            f"{path} is a '{name}' prompt (made by `{spec.made_by}`), not a classifier or tagger; "
+            f"use it with {spec.used_with}"
+        )
 
 
 def check_record(meta: dict[str, Any], path: str | Path) -> None:

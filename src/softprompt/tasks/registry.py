@@ -36,6 +36,10 @@ class TaskSpec:
     baseline_names: tuple[str, ...] = ()  # the baselines `compare` adds (zero_shot, few_shot, the task's own)
     report_columns: tuple[tuple[str, str, str], ...] = (("accuracy", "accuracy", "{:.1%}"),)  # key, label, format
     record_fields: ClassVar[dict[str, type]] = {}  # what `load` reads of an artifact's task.json, and its type
+    # A task whose artifacts another command writes (not `train`), and that `load`/`eval`/
+    # `predict` do not rebuild as a model: that command, and what its artifacts are used with.
+    made_by: str = ""
+    used_with: str = ""
 
     def headline(self, metrics: dict[str, Any]) -> float:
         """The one number of a metrics dict that ranks runs (``compare``'s chart)."""
@@ -60,6 +64,8 @@ class TaskSpec:
 
     def check(self, config: RunConfig) -> None:
         """Cheap checks of the config (template, verbalizer...) before any data or model loads."""
+        if self.made_by:
+            raise SoftpromptError(f"task={self.name} artifacts are made by `{self.made_by}`, not by train or compare")
 
     def build(self, config: RunConfig, backbone: Backbone, splits: Splits) -> TaskModel:
         """The untrained model a run config describes, checked against its data."""

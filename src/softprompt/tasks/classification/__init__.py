@@ -220,3 +220,12 @@ class Classification(TaskSpec):
             scores = {label: round(p, 6) for label, p in zip(labels, row, strict=True)}
             results.append({"text": text, "label": labels[best], "scores": scores})
         return results
+
+
+@register_task("multitask", "a bundle of every task's prompt, from one `softprompt multitask` run")
+class MultitaskBundle(TaskSpec):
+    """The run-level artifact of ``softprompt multitask`` (its checkpoint and best prompts); each
+    task's prompt is also written as an ordinary classification artifact."""
+
+    made_by = "softprompt multitask"
+    used_with = "each task's own artifact in its out/tasks/<name> (`softprompt serve --prompts out/tasks`)"
