@@ -152,23 +152,34 @@ class FewshotConfig:
         require(self.k >= 0, "fewshot.k", "must be >= 0")
 
 
-@dataclass
-class GenConfig:
-    """Decoding settings of task=generation (transformers' ``generate``)."""
+@dataclass(kw_only=True)
+class Decoding:
+    """How continuations are decoded: the one set of decoding settings, shared by ``gen.*``
+    (task=generation), ``softprompt generate``, ``detox eval`` and the server's defaults."""
 
     max_new_tokens: int = option("most tokens written per input", 48)
-    num_beams: int = option("beam search width (1 = greedy or sampling)", 1)
-    do_sample: bool = option("sample instead of taking the most likely token", False)
-    temperature: float = option("sampling temperature (do_sample=true)", 1.0)
+    temperature: float = option("sampling temperature", 1.0)
     top_p: float = option("nucleus sampling: keep the smallest token set holding this probability", 1.0)
     seed: int = option("seed of the sampling generator (same seed, same outputs)", 0)
 
+    def check_decoding(self, prefix: str = "") -> None:
+        """Refuse values no decoder can use, naming the key as the user writes it."""
+        require(0 <= self.seed <= MAX_GEN_SEED, f"{prefix}seed", f"must be from 0 to 2**63 - 1, got {self.seed!s:.40}")
+        require(self.max_new_tokens >= 1, f"{prefix}max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        require(self.temperature > 0, f"{prefix}temperature", f"must be > 0, got {self.temperature}")
+        require(0 < self.top_p <= 1, f"{prefix}top_p", f"must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(kw_only=True)
+class GenConfig(Decoding):
+    """Decoding settings of task=generation (transformers' ``generate``)."""
+
+    num_beams: int = option("beam search width (1 = greedy or sampling)", 1)
+    do_sample: bool = option("sample instead of taking the most likely token", False)
+
     def __post_init__(self) -> None:
-        require(0 <= self.seed <= MAX_GEN_SEED, "gen.seed", f"must be from 0 to 2**63 - 1, got {self.seed!s:.40}")
-        require(self.max_new_tokens >= 1, "gen.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        self.check_decoding("gen.")
         require(self.num_beams >= 1, "gen.num_beams", f"must be >= 1 (1 = no beam search), got {self.num_beams}")
-        require(self.temperature > 0, "gen.temperature", f"must be > 0, got {self.temperature}")
-        require(0 < self.top_p <= 1, "gen.top_p", f"must be in (0, 1], got {self.top_p}")
 
 
 @dataclass

@@ -25,7 +25,7 @@ from softprompt.config import ComputeSettings, option, require
 from softprompt.detox.data import DEFAULT_PROMPT_FIELD, Prompt, read_prompts
 from softprompt.detox.loading import build_steering
 from softprompt.detox.metrics import distinct_n, toxicity_metrics
-from softprompt.detox.steering import DEFAULT_INSTRUCTION, Steering, parse_methods
+from softprompt.detox.steering import SteeredSampling, Steering, parse_methods
 from softprompt.errors import SoftpromptError, flag
 from softprompt.generation.sampling import continuation_nll, sample_continuations
 from softprompt.tasks.generation.toxicity import Scorer, load_scorer, parse_scorer_names
@@ -48,34 +48,24 @@ GENERATION_KEYS = (
 )
 
 
-@dataclass
-class DetoxEvalConfig(ComputeSettings):
+@dataclass(kw_only=True)
+class DetoxEvalConfig(ComputeSettings, SteeredSampling):
     """Everything one ``softprompt detox eval`` run needs."""
 
     prompts: str = option("prompts file (.jsonl with the text at prompt_field, or .txt, one per line)", "")
     backbone: str = option("causal backbone to generate with", "smollm2-135m")
     methods: str = option("comma list: none, instruction, self_debias, soft_prompt:<dir>, experts:<dir>", "none")
     scorer: str = option("comma list: profanity, classifier, hf:<dir>", "profanity,classifier")
-    samples: int = option("continuations per prompt (k; 25 in the papers)", 25)
     max_new_tokens: int = option("tokens per continuation", 20)
-    top_p: float = option("nucleus sampling mass", 0.9)
-    temperature: float = option("sampling temperature", 1.0)
+    samples: int = option("continuations per prompt (k; 25 in the papers)", 25)
     prompt_field: str = option("dotted JSON path of the prompt text", DEFAULT_PROMPT_FIELD)
     max_prompts: int | None = option("use the first N prompts (quick runs)", None)
-    instruction: str = option("the instruction method's prefix", DEFAULT_INSTRUCTION)
-    alpha: float = option("experts: base + alpha * (expert - anti-expert)", 2.0)
-    decay: float = option("self_debias: decay constant lambda", 50.0)
-    filter_p: float = option("experts: re-rank only the plain model's nucleus of this mass (1 = all tokens)", 0.9)
     batch_rows: int = option("sequences per forward pass (prompts x samples x method rows)", 256)
     out: str = option("output directory", "runs/detox-eval")
-    seed: int = option("sampling seed", 0)
 
     def __post_init__(self) -> None:
         require(bool(self.prompts), "prompts", "give the prompts file: prompts=PATH/toxic_prompts.jsonl")
-        require(self.samples >= 1, "samples", f"must be >= 1, got {self.samples}")
-        require(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
-        require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
-        require(self.temperature > 0, "temperature", "must be > 0")
+        self.check_sampling()
         require(self.batch_rows >= 1, "batch_rows", "must be >= 1")
         require(self.max_prompts is None or self.max_prompts >= 1, "max_prompts", "must be >= 1")
 

@@ -7,34 +7,23 @@ from dataclasses import dataclass
 import torch
 
 from softprompt.backbones import load_backbone
-from softprompt.config import ComputeSettings, option, require
+from softprompt.config import ComputeSettings, option
 from softprompt.detox.loading import build_steering
-from softprompt.detox.steering import DEFAULT_INSTRUCTION, parse_method
+from softprompt.detox.steering import SteeredSampling, parse_method
 from softprompt.errors import SoftpromptError
 from softprompt.generation.sampling import sample_continuations
 
 
-@dataclass
-class GenerateConfig(ComputeSettings):
+@dataclass(kw_only=True)
+class GenerateConfig(ComputeSettings, SteeredSampling):
     """Settings of ``softprompt generate``."""
 
     backbone: str = option("causal backbone", "smollm2-135m")
     detox: str = option("none | instruction | self_debias | soft_prompt:<dir> | experts:<dir>", "none")
-    samples: int = option("continuations per prompt", 1)
     max_new_tokens: int = option("tokens per continuation", 30)
-    top_p: float = option("nucleus sampling mass", 0.9)
-    temperature: float = option("sampling temperature", 1.0)
-    instruction: str = option("the instruction method's prefix", DEFAULT_INSTRUCTION)
-    alpha: float = option("experts: base + alpha * (expert - anti-expert)", 2.0)
-    decay: float = option("self_debias: decay constant lambda", 50.0)
-    filter_p: float = option("experts: re-rank only the plain model's nucleus of this mass (1 = all tokens)", 0.9)
-    seed: int = option("sampling seed", 0)
 
     def __post_init__(self) -> None:
-        require(self.samples >= 1, "samples", f"must be >= 1, got {self.samples}")
-        require(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
-        require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
-        require(self.temperature > 0, "temperature", "must be > 0")
+        self.check_sampling()
 
 
 def generate(texts: list[str], config: GenerateConfig) -> list[list[str]]:
