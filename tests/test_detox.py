@@ -201,6 +201,19 @@ def test_nucleus_sampling_keeps_only_the_nucleus():
     assert chosen.shape == (4,) and ((chosen >= 0) & (chosen < 1000)).all()
 
 
+def test_nucleus_shortcut_matches_a_full_sort_for_rows_it_cannot_cover():
+    from softprompt.detox.steering import nucleus_mask
+
+    torch.manual_seed(0)
+    # Peaked rows (their 3 most likely tokens hold 0.9) beside flat ones (they do not).
+    logits = torch.cat([torch.randn(3, 50) * 8, torch.randn(3, 50) * 0.1])
+    full = nucleus_mask(logits, 0.9, candidates=50)
+    shortcut = nucleus_mask(logits, 0.9, candidates=3)
+    assert torch.equal(full, shortcut) and full[3:].sum(-1).min() > 3
+    chosen = sampling.nucleus_sample(logits.repeat(20, 1), 0.9, torch.Generator().manual_seed(0), candidates=3)
+    assert full.repeat(20, 1).gather(-1, chosen[:, None]).all()
+
+
 # ---- prompt training -----------------------------------------------------------------------------
 def test_prompted_lm_trains_only_its_prompt_and_unlikelihood_pushes_down(tiny):
     from softprompt.config import PromptConfig

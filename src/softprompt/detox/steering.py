@@ -17,6 +17,7 @@ import torch
 from softprompt.config import Decoding, option, require
 from softprompt.errors import SoftpromptError, unknown_name
 from softprompt.generation.rows import Steering, Variant
+from softprompt.generation.sampling import nucleus_parts
 
 # Schick et al. (2021), Table 1: the self-debiasing prefixes for Perspective's six attributes.
 SELF_DEBIAS_PREFIXES = (
@@ -71,18 +72,15 @@ class ExpertSteering(Steering):
 
 
 def nucleus_mask(logits: torch.Tensor, top_p: float, candidates: int = 256) -> torch.Tensor:
-    """``[N, V]`` True for the tokens of each row's nucleus (the smallest set holding ``top_p``).
-
-    Only the ``candidates`` most likely tokens are sorted unless they hold less than ``top_p``.
-    """
+    """``[N, V]`` True for the tokens of each row's nucleus (the smallest set holding ``top_p``)."""
     probs = torch.softmax(logits.float(), dim=-1)
     mask = torch.zeros_like(probs, dtype=torch.bool)
-    values, index = probs.topk(min(candidates, probs.shape[-1]), dim=-1)
-    short = values.sum(-1) < top_p
-    mask.scatter_(-1, index, values.cumsum(-1) - values < top_p)  # the top token is always kept
-    if bool(short.any()):
-        values, index = probs[short].sort(dim=-1, descending=True)
-        mask[short] = torch.zeros_like(values, dtype=torch.bool).scatter_(-1, index, values.cumsum(-1) - values < top_p)
+    for rows, values, index in nucleus_parts(probs, top_p, candidates):
+        kept = values.cumsum(-1) - values < top_p  # the top token is always kept
+        if rows is None:
+            mask.scatter_(-1, index, kept)
+        else:
+            mask[rows] = torch.zeros_like(kept).scatter_(-1, index, kept)
     return mask
 
 

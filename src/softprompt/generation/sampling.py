@@ -8,7 +8,7 @@ pre-filled once and their KV cache repeated for its k samples.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,23 +33,38 @@ def context_ids(backbone: Backbone, text: str) -> list[int]:
     return backbone.tokenizer(text)["input_ids"]
 
 
+def nucleus_parts(
+    probs: torch.Tensor, top_p: float, candidates: int = 256
+) -> Iterator[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]]:
+    """The sorted probabilities and token ids from which each row's nucleus (the smallest set of
+    tokens holding ``top_p``) is read, as ``(rows, values, index)`` parts, most likely first.
+
+    Exact, but cheap: the first part (``rows`` None: every row) holds only the ``candidates``
+    most likely tokens, which nearly always reach ``top_p``; the rows whose candidates do not
+    (a boolean mask) follow as a second part, sorted over the whole vocabulary.
+    """
+    values, index = probs.topk(min(candidates, probs.shape[-1]), dim=-1)  # descending
+    short = values.sum(-1) < top_p
+    yield None, values, index
+    if bool(short.any()):
+        values, index = probs[short].sort(dim=-1, descending=True)
+        yield short, values, index
+
+
 def nucleus_sample(
     logits: torch.Tensor, top_p: float, generator: torch.Generator, candidates: int = 256
 ) -> torch.Tensor:
-    """One token per row from the smallest set of tokens whose probability reaches ``top_p``.
-
-    Exact, but cheap: when the ``candidates`` most likely tokens already hold ``top_p`` of the
-    mass (nearly always), only they are sorted; other rows fall back to a full sort.
-    """
+    """One token per row from the smallest set of tokens whose probability reaches ``top_p``."""
     probs = torch.softmax(logits.float(), dim=-1)
-    values, index = probs.topk(min(candidates, probs.shape[-1]), dim=-1)  # descending
-    # The draw happens where the generator lives (the CPU: the same samples on every device);
-    # only the candidates travel there, not the whole vocabulary.
-    chosen = _sample_sorted(values.cpu(), index.cpu(), top_p, generator)
-    short = (values.sum(-1) < top_p).cpu()
-    if bool(short.any()):
-        values, index = probs[short.to(probs.device)].sort(dim=-1, descending=True)
-        chosen[short] = _sample_sorted(values.cpu(), index.cpu(), top_p, generator)
+    chosen = torch.empty(0, dtype=torch.long)
+    for rows, values, index in nucleus_parts(probs, top_p, candidates):
+        # The draw happens where the generator lives (the CPU: the same samples on every device);
+        # only the candidates travel there, not the whole vocabulary.
+        drawn = _sample_sorted(values.cpu(), index.cpu(), top_p, generator)
+        if rows is None:
+            chosen = drawn
+        else:
+            chosen[rows.cpu()] = drawn
     return chosen
 
 
