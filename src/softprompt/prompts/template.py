@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import re
 import weakref
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
@@ -150,79 +151,99 @@ class Template:
                 left for the template (a generation target takes the rest); errors name it.
         """
         fields = dict(fields)
+        # Cutting a field by the overflow's count of its own tokens is nearly always enough, but
+        # not always (tokens merge differently at the cut), so a few tries, then a clear error.
         for attempt in range(4):
             encoded = self._encode_once(fields, tokenizer, causal, demonstrations)
             overflow = len(encoded.ids) - max_length
             if overflow <= 0:
                 encoded.shortened = attempt > 0
                 return encoded
-            longest = max(self.fields, key=lambda name: len(fields[name]))
-            ids = tokenizer(fields[longest], add_special_tokens=False)["input_ids"]
-            if len(ids) <= overflow:
+            if not self._shorten_longest_field(fields, tokenizer, overflow):
                 break
-            fields[longest] = tokenizer.decode(ids[: len(ids) - overflow - 1])
         share = "" if setting is None or setting == max_length else f" ({max_length} left after the target)"
         raise SoftpromptError(
             f"template {self.source!r} does not fit in train.max_length={setting or max_length} tokens{share} "
             "even with its fields shortened; raise train.max_length"
         )
 
+    def _shorten_longest_field(self, fields: dict[str, str], tokenizer: PreTrainedTokenizerBase, overflow: int) -> bool:
+        """Cut the longest field by ``overflow`` tokens (and one more: the cut may merge); False
+        when it is too short to absorb the overflow."""
+        longest = max(self.fields, key=lambda name: len(fields[name]))
+        ids = tokenizer(fields[longest], add_special_tokens=False)["input_ids"]
+        if len(ids) <= overflow:
+            return False
+        fields[longest] = tokenizer.decode(ids[: len(ids) - overflow - 1])
+        return True
+
     def _encode_once(
         self, fields: dict[str, str], tokenizer: PreTrainedTokenizerBase, causal: bool, demonstrations: str
     ) -> EncodedInput:
+        """The template with these fields as token ids, in the causal or the encoder layout."""
         lead, tail = special_affixes(tokenizer)
-        ids: list[int] = []
-        soft: list[int] = []
-        mask_position = None
-        pad = tokenizer.pad_token_id or 0
-        next_soft, chunk, pending_demo = 0, [], demonstrations
-
-        def flush() -> None:
-            nonlocal chunk, pending_demo
-            text = "".join(chunk)
-            if text and pending_demo:
-                text, pending_demo = pending_demo + text, ""
-            if text:
-                piece = tokenizer(text, add_special_tokens=False)["input_ids"]
-                ids.extend(piece)
-                soft.extend([NO_SOFT] * len(piece))
-            chunk = []
-
+        out = _Encoding(pad=tokenizer.pad_token_id or 0)
         segments = list(self.segments)
         if causal and self.leading_soft:
             # peft's PROMPT_TUNING layout: the prompt comes before everything, BOS included.
-            ids.extend([pad] * self.leading_soft)
-            soft.extend(range(self.leading_soft))
-            next_soft = self.leading_soft
+            out.add_soft(self.leading_soft)
             segments = segments[1:]
-        ids.extend(lead)
-        soft.extend([NO_SOFT] * len(lead))
-        for seg in segments:
-            if seg.kind == "text":
-                chunk.append(seg.value)
-            elif seg.kind == "field":
-                chunk.append(fields[seg.value])
+        out.add_tokens(lead)
+        for piece in _chunks(segments, fields):
+            if isinstance(piece, str):
+                # The few-shot demonstrations go before the first text the template writes.
+                piece, demonstrations = (demonstrations + piece, "") if piece else (piece, demonstrations)
+                out.add_tokens(tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else [])
+            elif piece.kind == "soft":
+                out.add_soft(piece.length)
+            elif causal:
+                raise SoftpromptError(
+                    "{mask} is for encoders; a causal LM predicts the label at the end of the template"
+                )
             else:
-                flush()
-                if seg.kind == "soft":
-                    ids.extend([pad] * seg.length)
-                    soft.extend(range(next_soft, next_soft + seg.length))
-                    next_soft += seg.length
-                else:
-                    if causal:
-                        raise SoftpromptError(
-                            "{mask} is for encoders; a causal LM predicts the label at the end of the template"
-                        )
-                    mask_position = len(ids)
-                    ids.append(tokenizer.mask_token_id if tokenizer.mask_token_id is not None else pad)
-                    soft.append(NO_SOFT)
-        flush()
-        if not causal:
-            ids.extend(tail)
-            soft.extend([NO_SOFT] * len(tail))
-            if mask_position is None:
-                mask_position = 0  # [CLS]
-        return EncodedInput(ids, soft, mask_position)
+                out.add_mask(tokenizer.mask_token_id if tokenizer.mask_token_id is not None else out.pad)
+        if causal:
+            return EncodedInput(out.ids, out.soft, out.mask_position)
+        out.add_tokens(tail)
+        return EncodedInput(out.ids, out.soft, 0 if out.mask_position is None else out.mask_position)  # 0: [CLS]
+
+
+@dataclass
+class _Encoding:
+    """Token ids being written, with each position's soft index (``NO_SOFT`` for a real token)."""
+
+    pad: int  # the id that holds a soft token's place (its embedding is replaced)
+    ids: list[int] = field(default_factory=list)
+    soft: list[int] = field(default_factory=list)
+    next_soft: int = 0
+    mask_position: int | None = None
+
+    def add_tokens(self, ids: list[int] | tuple[int, ...]) -> None:
+        self.ids.extend(ids)
+        self.soft.extend([NO_SOFT] * len(ids))
+
+    def add_soft(self, length: int) -> None:
+        self.ids.extend([self.pad] * length)
+        self.soft.extend(range(self.next_soft, self.next_soft + length))
+        self.next_soft += length
+
+    def add_mask(self, token: int) -> None:
+        self.mask_position = len(self.ids)
+        self.add_tokens([token])
+
+
+def _chunks(segments: list[Segment], fields: dict[str, str]) -> Iterator[str | Segment]:
+    """The segments with each run of literal text and fields joined into one string (tokenized
+    together, as natural text), and the soft and mask segments between them as they are."""
+    text: list[str] = []
+    for seg in segments:
+        if seg.kind in ("text", "field"):
+            text.append(seg.value if seg.kind == "text" else fields[seg.value])
+        else:
+            yield "".join(text)
+            text = []
+            yield seg
+    yield "".join(text)
 
 
 def _literal(source: str, text: str) -> str:
