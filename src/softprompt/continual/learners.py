@@ -15,7 +15,7 @@ import dataclasses
 import random
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -32,6 +32,7 @@ from softprompt.methods.progressive_prompts import ProgressiveOptions
 from softprompt.methods.prompt_tuning import PromptTuning
 from softprompt.methods.transfer import PROMPT_KEY, read_soft_prompt
 from softprompt.prompts import Template
+from softprompt.tasks.base import TaskModel
 from softprompt.tasks.classification import build_classifier, validate_examples
 from softprompt.tasks.classification.batches import ClassificationTask
 from softprompt.tasks.classification.model import PromptedClassifier
@@ -145,7 +146,7 @@ class SharedLearner(Learner):
         self.ewc_terms: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []  # (Fisher, anchor) per stage
 
     def stage_model(self, k: int) -> tuple[Any, list]:
-        rows = [((k, row),) for row in self.rows[k]]
+        rows: list[StageRow] = [(TaskRow(k, row),) for row in self.rows[k]]
         if self.config.strategy == "replay" and k:
             buffer = self._buffer(k)
             # Every row of the new task is paired with a buffered one, so each batch holds as many
@@ -155,7 +156,7 @@ class SharedLearner(Learner):
         penalty = self._ewc_penalty if self.config.strategy == "ewc" and self.ewc_terms else None
         return StageModel(self.models[k], self.models, penalty), rows
 
-    def _buffer(self, k: int) -> list[tuple[int, Any]]:
+    def _buffer(self, k: int) -> list[TaskRow]:
         """A fixed-size buffer: ``replay.size`` examples shared equally by tasks 0..k-1."""
         quota = max(1, self.config.replay.size // k)
         buffer = []
@@ -163,7 +164,7 @@ class SharedLearner(Learner):
             keep = random.Random(self.config.seed * 1009 + j).sample(
                 range(len(self.rows[j])), min(quota, len(self.rows[j]))
             )
-            buffer += [(j, self.rows[j][i]) for i in sorted(keep)]
+            buffer += [TaskRow(j, self.rows[j][i]) for i in sorted(keep)]
         return buffer
 
     def _ewc_penalty(self) -> torch.Tensor:
@@ -202,50 +203,46 @@ class SharedLearner(Learner):
         return model.current if isinstance(model, StageModel) else model
 
 
-class StageModel:
-    """A :class:`~softprompt.training.Trainable` for one stage of a shared method: the current
-    task's classifier, with a loss over rows that may hold replayed examples of earlier tasks,
-    plus the EWC penalty. The parameters and their state are the shared method's."""
+class TaskRow(NamedTuple):
+    """One example in a continual stage's training row: the index of its task and that task's
+    own classifier row (the rows of every task are scored with that task's classifier)."""
+
+    task: int
+    row: Any
+
+
+# A stage's training row: the new task's example, then (replay) the buffered example paired with it.
+StageRow = tuple[TaskRow, ...]
+
+
+class StageModel(TaskModel):
+    """What one stage of a shared method trains: the shared method's parameters (so its state,
+    export and L2 are every task model's, inherited), scored by a loss over :data:`StageRow`
+    rows, each example with its own task's classifier, plus the EWC penalty."""
 
     def __init__(self, current: PromptedClassifier, models: list[PromptedClassifier], penalty: Callable | None):
+        # Causal classifiers have no head: the shared method holds everything that trains.
+        super().__init__(current.backbone, current.method)
         self.current = current
         self.models = models
         self.penalty = penalty
         self.metric = current.metric
 
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return self.current.trainable_parameters()
-
-    def l2_penalty(self) -> torch.Tensor:
-        return self.current.l2_penalty()
-
-    def training_state(self) -> dict[str, torch.Tensor]:
-        return self.current.training_state()
-
-    def load_training_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.current.load_training_state(state)
-
-    def export_state(self) -> dict[str, torch.Tensor]:
-        return self.current.export_state()
-
-    def load_export(self, state: dict[str, torch.Tensor]) -> None:
-        self.current.load_export(state)
-
-    def loss(self, rows: list) -> torch.Tensor:
-        """Mean loss over every (task, row) item of ``rows``, each scored with its own task."""
+    def loss(self, rows: list[StageRow]) -> torch.Tensor:
+        """Mean loss over every example of ``rows``, each scored with its own task."""
         groups: dict[int, list] = defaultdict(list)
-        for items in rows:
-            for task, row in items:
-                groups[task].append(row)
+        for stage_row in rows:
+            for item in stage_row:
+                groups[item.task].append(item.row)
         count = sum(len(group) for group in groups.values())
         loss = sum(len(group) / count * self.models[task].loss(group) for task, group in sorted(groups.items()))
         return loss + self.penalty() if self.penalty else loss
 
-    def row_length(self, row: tuple) -> int:
-        task, first = row[0]
-        return self.models[task].row_length(first)
+    def row_length(self, row: StageRow) -> int:
+        first = row[0]
+        return self.models[first.task].row_length(first.row)
 
-    def row_class(self, row: tuple) -> int | None:
+    def row_class(self, row: StageRow) -> int | None:
         """None: a row mixes tasks, whose labels are not one set of classes."""
         return None
 
