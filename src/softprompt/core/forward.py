@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 from transformers import DynamicCache
@@ -167,6 +167,46 @@ def shared_prompt_cache(backbone: Backbone, prompt: torch.Tensor, rows: int) -> 
     cache = cache.past_key_values
     cache.batch_repeat_interleave(rows)
     return cache
+
+
+class LeadingKeys(Protocol):
+    """What :func:`leading_context` asks of a method (see :class:`softprompt.methods.base.Method`)."""
+
+    def prefix_length(self) -> int: ...
+    def prefix_cache(self, rows: int) -> DynamicCache: ...
+    def soft_embeddings(self) -> torch.Tensor | None: ...
+
+
+@dataclass
+class LeadingContext:
+    """What every row of a batch attends to before its own tokens: a key/value cache standing for
+    ``length`` columns (prefix tuning's per-layer prefixes, or a leading soft block run once)."""
+
+    cache: DynamicCache | None = None
+    length: int = 0
+
+    def mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The rows' mask with the context's columns in front (every row sees all of them)."""
+        if not self.length:
+            return attention_mask
+        return torch.cat([attention_mask.new_ones(len(attention_mask), self.length), attention_mask], dim=1)
+
+    def positions(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The rows' positions, continuing after the context's columns (as if they were tokens,
+        which prefix tuning's are at init: the keys/values of its init tokens)."""
+        return positions(attention_mask) + self.length
+
+
+def leading_context(backbone: Backbone, method: LeadingKeys, rows: int, soft_block: int = 0) -> LeadingContext:
+    """The context ``rows`` rows start from: the method's prefixes, or the first ``soft_block`` soft
+    tokens run once and shared (identical in every row, so exact). A method has prefixes or soft
+    tokens, never both."""
+    if method.prefix_length():
+        return LeadingContext(method.prefix_cache(rows), method.prefix_length())
+    if soft_block:
+        block = method.soft_embeddings()[:soft_block]
+        return LeadingContext(shared_prompt_cache(backbone, block, rows), soft_block)
+    return LeadingContext()
 
 
 def additive_mask(allowed: torch.Tensor, backbone: Backbone) -> torch.Tensor:

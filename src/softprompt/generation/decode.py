@@ -48,16 +48,13 @@ def decode_batch(
         [p.ids for p in prompts], pad_id, left=True, device=backbone.device, soft=[p.soft for p in prompts]
     )
     embeds = core.embed(backbone, padded.input_ids, padded.soft_index, method.soft_embeddings())
-    mask = padded.attention_mask
-    extra = {}
-    prefix = method.prefix_length()
-    if prefix:
-        size = len(prompts)
-        # generate repeats each row for its beams but not a cache it is given: the prefixes are the
-        # same in every row, so a cache for rows x beams is the repeated one.
-        extra["past_key_values"] = method.prefix_cache(size * settings.num_beams)
-        embeds = torch.cat([embeds.new_zeros(size, prefix, embeds.shape[-1]), embeds], dim=1)
-        mask = torch.cat([mask.new_ones(size, prefix), mask], dim=1)
+    # generate repeats each row for its beams but not a cache it is given: the prefixes are the
+    # same in every row, so a cache for rows x beams is the repeated one.
+    context = core.leading_context(backbone, method, len(prompts) * settings.num_beams)
+    mask = context.mask(padded.attention_mask)
+    extra = {"past_key_values": context.cache} if context.cache is not None else {}
+    if context.length:  # generate reads the cache's length off the inputs: placeholders for its columns
+        embeds = torch.cat([embeds.new_zeros(len(prompts), context.length, embeds.shape[-1]), embeds], dim=1)
     config = generation_config(backbone, settings)
     with seeded_on(backbone.device, settings.seed):
         out = backbone.model.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config, **extra)

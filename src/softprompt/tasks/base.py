@@ -102,17 +102,14 @@ class TaskModel(nn.Module):
     ) -> torch.Tensor:
         """``[B, L, hidden]`` last hidden states of an encoder backbone, with the method applied."""
         embeds = self.embed(input_ids, soft_index)
-        mask = attention_mask
-        extra = {}
-        prefix = self.method.prefix_length()
-        if prefix:
-            # Per-layer key/value prefixes: every row attends to them. Positions continue after
-            # them (the model's default with a cache), so at init, when the prefixes are the
-            # backbone's own keys/values of the init tokens, the input reads "init tokens + text".
-            size = input_ids.shape[0]
-            extra["past_key_values"] = self.method.prefix_cache(size)
-            mask = torch.cat([mask.new_ones(size, prefix), mask], dim=1)
-        out = core.hidden_states(self.backbone, inputs_embeds=embeds, attention_mask=mask, **extra)
+        # Prefix tuning's per-layer key/value prefixes: every row attends to them. Positions
+        # continue after them (the model's default with a cache), so at init, when the prefixes
+        # are the backbone's own keys/values of the init tokens, the input reads "init tokens + text".
+        context = core.leading_context(self.backbone, self.method, input_ids.shape[0])
+        extra = {"past_key_values": context.cache} if context.cache is not None else {}
+        out = core.hidden_states(
+            self.backbone, inputs_embeds=embeds, attention_mask=context.mask(attention_mask), **extra
+        )
         return out.last_hidden_state
 
     def enable_gradient_checkpointing(self) -> None:

@@ -10,12 +10,10 @@ the full softmax. Encoder: a linear head at the mask position (trainable in ever
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm import tqdm
-from transformers import DynamicCache
 
 from softprompt.backbones import Backbone
 from softprompt.core import forward as core
@@ -28,14 +26,6 @@ from softprompt.prompts import EncodedInput
 from softprompt.tasks.base import TaskModel
 from softprompt.tasks.classification.batches import Batch, ClassificationTask
 from softprompt.tasks.classification.metrics import classification_metrics
-
-
-@dataclass
-class LeadingContext:
-    """What every row of a batch attends to before its own tokens: a key/value cache and its length."""
-
-    cache: DynamicCache | None
-    length: int
 
 
 class PromptedClassifier(TaskModel):
@@ -121,13 +111,14 @@ class PromptedClassifier(TaskModel):
 
     def _causal_scores(self, batch: Batch) -> torch.Tensor:
         """``[B, candidates]`` log-scores of each verbalizer word after the template, in three steps:
-        what every row sees first (:meth:`_leading_context`), then the rows themselves, packed
+        what every row sees first (:func:`~softprompt.core.forward.leading_context`), then the rows themselves, packed
         into fewer, longer rows where that pays off or padded otherwise."""
         embeds = self.embed(batch.input_ids, batch.soft_index)
         frozen = self._frozen_columns(batch)
         leading = self.method.prefix_length() + batch.prefix_soft
         packed = self.packing(batch, leading, frozen)
-        context = self._leading_context(batch, packed.rows if packed is not None else len(batch))
+        rows = packed.rows if packed is not None else len(batch)
+        context = core.leading_context(self.backbone, self.method, rows, batch.prefix_soft)
         if packed is not None:
             hidden = core.hidden_states(
                 self.backbone,
@@ -140,25 +131,12 @@ class PromptedClassifier(TaskModel):
             return self._by_label(self.project(hidden.flatten(0, 1)[packed.last], self.first_ids))
         return self._by_label(self._padded_scores(batch, embeds, context, frozen))
 
-    def _leading_context(self, batch: Batch, rows: int) -> LeadingContext:
-        """The key/value cache every row starts from, for ``rows`` rows: prefix tuning's per-layer
-        prefixes, or the batch's leading soft block run once (identical in every row, so running it
-        once and sharing its cache is exact). A method has prefixes or soft tokens, never both."""
-        if self.method.prefix_length():
-            # Positions continue after the prefixes, as if they were tokens (which they are at
-            # init: the keys/values of the init tokens).
-            return LeadingContext(self.method.prefix_cache(rows), self.method.prefix_length())
-        if batch.prefix_soft:
-            block = self.method.soft_embeddings()[: batch.prefix_soft]
-            return LeadingContext(core.shared_prompt_cache(self.backbone, block, rows), batch.prefix_soft)
-        return LeadingContext(None, 0)
-
-    def _padded_scores(self, batch: Batch, embeds: torch.Tensor, context: LeadingContext, frozen: int) -> torch.Tensor:
+    def _padded_scores(
+        self, batch: Batch, embeds: torch.Tensor, context: core.LeadingContext, frozen: int
+    ) -> torch.Tensor:
         """Word scores of left-padded rows continuing ``context``. The first ``frozen`` columns
         (nothing there depends on a trained parameter) run without a graph, their cache reused."""
-        size = len(batch)
-        mask = torch.cat([batch.attention_mask.new_ones(size, context.length), batch.attention_mask], dim=1)
-        positions = core.positions(batch.attention_mask) + context.length
+        mask, positions = context.mask(batch.attention_mask), context.positions(batch.attention_mask)
         cache = context.cache
         if frozen:  # _frozen_columns is 0 whenever there is a leading context
             with torch.no_grad():

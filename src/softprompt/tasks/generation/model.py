@@ -127,18 +127,11 @@ class PromptedGenerator(TaskModel):
             device=device,
             soft=[r.prompt.soft[cut:] + [NO_SOFT] * len(r.target) for r in rows],
         )
-        mask, size = padded.attention_mask, len(rows)
-        positions = core.positions(mask)
+        size = len(rows)
+        context = core.leading_context(self.backbone, self.method, size, cut)
+        mask, positions = context.mask(padded.attention_mask), context.positions(padded.attention_mask)
+        cache = context.cache
         embeds = self.embed(padded.input_ids, padded.soft_index)
-        cache, shared = None, self.method.prefix_length()
-        if shared:
-            cache = self.method.prefix_cache(size)
-        if cut:
-            cache = core.shared_prompt_cache(self.backbone, self.method.soft_embeddings()[:cut], size)
-            shared += cut
-        if shared:
-            mask = torch.cat([mask.new_ones(size, shared), mask], dim=1)
-            positions = positions + shared
         with core.checkpointed(self.backbone) if self.checkpointing else contextlib.nullcontext():
             hidden = core.hidden_states(
                 self.backbone,
