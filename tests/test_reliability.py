@@ -339,3 +339,14 @@ def test_a_method_without_soft_tokens_uses_the_template_without_its_slots(base_a
     note = "note: method=lora has no soft tokens; the template is used without its soft slots"
     assert notes == [f"{note}: 'Review: {{text}}\\nSentiment:'"]
     assert json.loads((tmp_path / "run" / "task.json").read_text())["template"] == "Review: {text}\nSentiment:"
+
+
+def test_a_data_file_name_too_long_to_look_up_does_not_crash_the_run_record(tmp_path):
+    from softprompt.training.resume import data_hashes
+
+    # From the fuzzing: in-memory records took precedence, but the unused data.train name was
+    # still looked up for its hash, and the system refused the name (ENAMETOOLONG).
+    assert data_hashes({"data": {"train": "1" * 400, "dev": "a\0b"}}) == {}
+    real = tmp_path / "train.jsonl"
+    real.write_text('{"text": "a", "label": "x"}\n', encoding="utf-8")
+    assert list(data_hashes({"data": {"train": str(real), "dev": "1" * 400}})) == ["data.train"]

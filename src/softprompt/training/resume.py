@@ -59,7 +59,16 @@ def data_hashes(settings: dict[str, Any]) -> dict[str, str]:
     """SHA-256 of each data file a run's settings name (``{"data.train": "ab12..."}``)."""
     data = settings.get("data") or {}
     files = {f"data.{key}": data.get(key) for key in DATA_FILES}
-    return {key: _sha256(Path(name)) for key, name in files.items() if name and Path(name).is_file()}
+    return {key: _sha256(Path(name)) for key, name in files.items() if name and _is_file(str(name))}
+
+
+def _is_file(name: str) -> bool:
+    """Whether ``name`` is a file; False for a name the system cannot even look up (too long, a
+    NUL byte), which a data loader reports properly when it reads that file."""
+    try:
+        return Path(name).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def run_record(settings: dict[str, Any]) -> dict[str, Any]:
