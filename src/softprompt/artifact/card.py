@@ -1,0 +1,178 @@
+"""The model card (``README.md``) every artifact carries, as peft writes one for its adapters.
+
+YAML front matter the Hugging Face Hub reads (``base_model``, ``library_name``, ``pipeline_tag``,
+``tags``, ``datasets``, ``metrics`` and the scores in the Hub's ``model-index`` form), then a body
+for people: what the prompt does, its template and verbalizer, how it was trained, its scores
+beside the baselines, and how to load it. Everything comes from ``task.json``, so the card is
+rewritten whenever the record is (each new best, and the final scores).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from softprompt.atomic import atomic_write_text
+
+CARD_FILE = "README.md"
+# The Hub's pipeline tag of each task an artifact can record.
+PIPELINES = {
+    "classification": "text-classification",
+    "multitask": "text-classification",
+    "ner": "token-classification",
+    "generation": "text-generation",
+    "lm": "text-generation",
+}
+NOT_SCORES = ("resources",)  # metrics entries that measure the run, not the model
+SPLIT_NAMES = {"test": "test", "dev": "dev (best step)"}
+
+
+def model_card(meta: dict[str, Any], peft_loadable: bool, name: str = "") -> str:
+    """The card's text for an artifact whose record is ``meta``.
+
+    Args:
+        meta: the artifact's ``task.json``.
+        peft_loadable: peft can load the weights (``adapter_config.json`` is a peft layout).
+        name: what the artifact is called (its directory's name).
+    """
+    front = _front_matter(meta, peft_loadable, name)
+    body = "\n\n".join(part for part in _body(meta, peft_loadable, name) if part)
+    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + body + "\n"
+
+
+def _scores(metrics: dict[str, Any]) -> dict[str, float]:
+    """The plain numbers of one split's metrics (per-label breakdowns and counts left out)."""
+    return {
+        key: float(value)
+        for key, value in metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "n"
+    }
+
+
+def _results(meta: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Split (or baseline) name -> its scores, for every scored split the record holds."""
+    metrics = meta.get("metrics") or {}
+    scored = {key: value for key, value in metrics.items() if isinstance(value, dict) and key not in NOT_SCORES}
+    return {key: _scores(value) for key, value in scored.items() if _scores(value)}
+
+
+def _dataset(meta: dict[str, Any]) -> str:
+    data = meta.get("data") or {}
+    return data.get("dataset") or data.get("train") or ""
+
+
+def _front_matter(meta: dict[str, Any], peft_loadable: bool, name: str) -> dict[str, Any]:
+    task, method = meta.get("task", "classification"), meta.get("method", "")
+    backbone = meta.get("backbone") or {}
+    front: dict[str, Any] = {}
+    if backbone.get("hub_id"):
+        front["base_model"] = backbone["hub_id"]
+    front["library_name"] = "peft" if peft_loadable else "softprompt"
+    if task in PIPELINES:
+        front["pipeline_tag"] = PIPELINES[task]
+    front["tags"] = ["softprompt", method.replace("_", "-"), task] + (["peft"] if peft_loadable else [])
+    dataset = _dataset(meta)
+    if dataset.startswith("hf:"):  # only a Hub dataset id means something to the Hub
+        front["datasets"] = [dataset.removeprefix("hf:").split(":")[0].split("@")[0]]
+    test = _results(meta).get("test")
+    if test:
+        front["metrics"] = list(test)
+        result: dict[str, Any] = {"task": {"type": PIPELINES.get(task, "text-generation")}}
+        result["dataset"] = {"name": dataset or "test split", "type": dataset or "custom", "split": "test"}
+        result["metrics"] = [
+            {"type": key, "value": round(value, 4), "name": f"test {key}"} for key, value in test.items()
+        ]
+        front["model-index"] = [{"name": name or "softprompt-artifact", "results": [result]}]
+    return front
+
+
+def _body(meta: dict[str, Any], peft_loadable: bool, name: str) -> list[str]:
+    task, method = meta.get("task", "classification"), meta.get("method", "")
+    backbone = meta.get("backbone") or {}
+    title = f"# {name or 'softprompt artifact'}"
+    trained = meta.get("trainable_parameters")
+    counted = f" ({trained:,} trained parameters)" if isinstance(trained, int) else ""
+    intro = f"A `{method}` artifact{counted} for the `{task}` task on the frozen backbone `{backbone.get('name', '?')}`"
+    if backbone.get("hub_id") and backbone.get("hub_id") != backbone.get("name"):
+        intro += (
+            f" (softprompt's bundled copy of [{backbone['hub_id']}](https://huggingface.co/{backbone['hub_id']}): "
+            "its GGUF weights, de-quantized; on the original Hub weights the scores may differ slightly)"
+        )
+    intro += ", made with [softprompt](https://pypi.org/project/softprompt/)."
+    return [
+        title,
+        intro,
+        _prompt_section(meta),
+        _training_section(meta),
+        _results_section(meta),
+        _use_section(meta, peft_loadable, name),
+    ]
+
+
+def _prompt_section(meta: dict[str, Any]) -> str:
+    lines = []
+    if meta.get("template"):
+        lines.append(f"- template: `{json.dumps(meta['template'])[1:-1]}`")
+    if meta.get("verbalizer"):
+        words = "; ".join(f"{label} -> {', '.join(map(repr, ws))}" for label, ws in meta["verbalizer"].items())
+        lines.append(f"- verbalizer (label -> words the model is scored on): {words}")
+    if meta.get("labels") and not meta.get("verbalizer"):
+        lines.append(f"- labels: {', '.join(map(str, meta['labels']))}")
+    if meta.get("demonstrations"):
+        lines.append("- few-shot demonstrations are put before every input (recorded in task.json)")
+    return "## The prompt\n\n" + "\n".join(lines) if lines else ""
+
+
+def _training_section(meta: dict[str, Any]) -> str:
+    config = meta.get("config") or {}
+    train = config.get("train") or {}
+    dataset = _dataset(meta)
+    lines = [f"- method: `{meta.get('method', '')}`, seed {config.get('seed', '?')}"]
+    if meta.get("step") is not None:
+        lines.append(f"- weights of step {meta['step']} (the best on dev) of at most {train.get('max_steps', '?')}")
+    if train:
+        lr, batch, length = train.get("lr"), train.get("batch_size"), train.get("max_length")
+        lines.append(f"- learning rate {lr}, batch size {batch}, max length {length}")
+    if dataset:
+        lines.append(f"- data: `{dataset}`")
+    return "## Training\n\n" + "\n".join(lines)
+
+
+def _results_section(meta: dict[str, Any]) -> str:
+    results = _results(meta)
+    if not results:
+        return ""
+    keys = list(dict.fromkeys(key for scores in results.values() for key in scores))
+    rows = ["| | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for split, scores in results.items():
+        label = SPLIT_NAMES.get(split, split.replace("_", " "))
+        rows.append(f"| {label} | " + " | ".join(f"{scores[k]:.4g}" if k in scores else "" for k in keys) + " |")
+    return "## Results\n\n" + "\n".join(rows)
+
+
+def _use_section(meta: dict[str, Any], peft_loadable: bool, name: str) -> str:
+    where = name or "ARTIFACT_DIR"
+    command = "softprompt generate" if meta.get("task") == "lm" else "softprompt predict"
+    text = (
+        "## Use it\n\n```bash\npip install softprompt\n"
+        f'{command} {where} "your text"\n```\n\n'
+        f'```python\nimport softprompt\n\nmodel = softprompt.load("{where}")\nprint(model.predict(["your text"]))\n```'
+    )
+    base = (meta.get("backbone") or {}).get("hub_id")
+    if peft_loadable and base:
+        text += (
+            "\n\nWith peft (the soft prompt only: the template and verbalizer above are softprompt's, "
+            "so render them yourself):\n\n"
+            "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
+            f'base = AutoModelForCausalLM.from_pretrained("{base}")\n'
+            f'model = PeftModel.from_pretrained(base, "{where}")\n```'
+        )
+    return text
+
+
+def write_model_card(directory: Path, meta: dict[str, Any], peft_loadable: bool) -> None:
+    """Write ``README.md`` into the artifact directory (atomically)."""
+    atomic_write_text(Path(directory) / CARD_FILE, model_card(meta, peft_loadable, Path(directory).resolve().name))
