@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,15 @@ class Model:
         directory.mkdir(parents=True, exist_ok=True)
         write_artifact(directory, self.module.export_state(), self.meta, self._peft_config())
         return directory
+
+    def push_to_hub(self, repo_id: str, private: bool = False) -> str:
+        """Publish the model as an artifact in the Hub repository ``repo_id`` (created if missing),
+        with ``HF_TOKEN`` or the ``hf auth login`` token; returns the commit's URL. Loadable
+        afterwards with ``softprompt.load(repo_id)``."""
+        from softprompt.artifact.push import push_artifact
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return push_artifact(self.save(Path(tmp) / "artifact"), repo_id, private)
 
     def _peft_config(self) -> dict[str, Any] | None:
         return self.module.method.peft_config(self.module.backbone, self.meta.get("soft_prefix", False))
@@ -237,10 +247,12 @@ def train(
 def load(
     artifact: str | Path, backbone: Backbone | None = None, *, device: str = "auto", precision: str = "auto"
 ) -> Model:
-    """The model saved in an artifact directory.
+    """The model saved in an artifact directory, or in a Hub repository.
 
     Args:
-        artifact: the directory ``train`` (or :meth:`Model.save`) wrote.
+        artifact: the directory ``train`` (or :meth:`Model.save`) wrote, or a Hub model id
+            (``user/repo``) such a directory was pushed to (fetched through the Hugging Face
+            cache; offline from it).
         backbone: an already loaded backbone to share (it must be the one the artifact was
             trained on); loaded from the artifact's record when None.
         device: ``auto | cpu | cuda | cuda:N | mps`` for that backbone.

@@ -24,9 +24,10 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from softprompt.artifact.card import write_model_card
+from softprompt.artifact.card import CARD_FILE, write_model_card
 from softprompt.atomic import atomic_write, atomic_write_json
 from softprompt.errors import SoftpromptError
+from softprompt.hub import looks_like_hub_id, snapshot
 from softprompt.version import __version__
 
 TASK_FILE = "task.json"
@@ -95,15 +96,37 @@ def peft_loadable(directory: Path) -> bool:
     return isinstance(config, dict) and config.get("peft_type") not in (None, "SOFTPROMPT")
 
 
+def locate_artifact(name: str | Path) -> Path:
+    """The directory of an artifact: a local directory, or the cached snapshot of a Hub model id
+    (``user/repo``; downloaded when online). Only the artifact's own files are fetched.
+
+    Raises:
+        SoftpromptError: neither a local directory nor a Hub repository holding an artifact.
+    """
+    directory = Path(name)
+    if directory.is_dir():
+        return directory
+    if not looks_like_hub_id(str(name)):
+        raise SoftpromptError(f"artifact {directory} does not exist (give the 'out' directory of a train run)")
+    repo_id = str(name)
+    directory = snapshot(repo_id, [TASK_FILE, WEIGHTS_FILE, PEFT_CONFIG_FILE, CARD_FILE], "artifact")
+    if not (directory / TASK_FILE).is_file():
+        raise SoftpromptError(f"artifact {repo_id}: the Hub repository holds no softprompt artifact (no {TASK_FILE})")
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise SoftpromptError(
+            f"artifact {repo_id}: the Hub repository has no {WEIGHTS_FILE}; softprompt loads only safetensors "
+            "weights (pickled .bin files are never loaded)"
+        )
+    return directory
+
+
 def read_artifact(directory: str | Path) -> ArtifactFiles:
-    """Read and validate an artifact directory.
+    """Read and validate an artifact: a local directory, or a Hub model id (see :func:`locate_artifact`).
 
     Raises:
         SoftpromptError: the directory or one of its files is missing, unreadable or corrupt.
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise SoftpromptError(f"artifact {directory} does not exist (give the 'out' directory of a train run)")
+    directory = locate_artifact(directory)
     missing = [name for name in (TASK_FILE, WEIGHTS_FILE) if not (directory / name).is_file()]
     if missing:
         raise SoftpromptError(f"artifact {directory} is incomplete: missing {', '.join(missing)}")

@@ -14,7 +14,6 @@ import hashlib
 import importlib.util
 import logging
 import os
-import re
 import shutil
 import struct
 import tempfile
@@ -30,13 +29,12 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from softprompt.errors import SoftpromptError, unknown_name
+from softprompt.hub import HUB_ID, looks_like_hub_id, snapshot
 
 logger = logging.getLogger(__name__)
 
 Kind = Literal["causal", "encoder"]
 
-# ``owner/name`` as the Hub spells model ids (a path that does not exist never matches a bundled name).
-HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 # Model types loaded as bidirectional encoders (classification via a head, not a verbalizer word).
 ENCODER_MODEL_TYPES = {
@@ -220,26 +218,7 @@ HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "token
 def _from_hub(repo_id: str) -> Path:
     """The local snapshot of a Hub model: downloaded when online, else read from the Hugging Face
     cache (``HF_HOME``; ``HF_HUB_OFFLINE=1`` skips the network)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    try:
-        directory = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
-    except LocalEntryNotFoundError:
-        raise SoftpromptError(
-            f"backbone {repo_id} is not in the Hugging Face cache and the Hub cannot be reached; download it "
-            f"where there is network (`hf download {repo_id}`, with the same HF_HOME) or give a local directory"
-        ) from None
-    except GatedRepoError:
-        raise SoftpromptError(
-            f"backbone {repo_id} is gated: accept its licence on huggingface.co and log in (`hf auth login`)"
-        ) from None
-    except RepositoryNotFoundError:
-        raise SoftpromptError(
-            f"backbone {repo_id}: no such model on the Hugging Face Hub (or it is private: log in with `hf auth login`)"
-        ) from None
-    except (HfHubHTTPError, OSError, ValueError) as exc:
-        raise SoftpromptError(f"backbone {repo_id}: {str(exc).splitlines()[0]}") from None
+    directory = snapshot(repo_id, HUB_FILES, "backbone")
     if not (directory / "config.json").is_file():
         raise SoftpromptError(f"backbone {repo_id}: the Hub snapshot has no config.json (not a transformers model)")
     if not any(directory.glob("*.safetensors")):
@@ -254,7 +233,7 @@ def hub_id(name: str) -> str:
     """The Hub model id a backbone name stands for ("" for a local directory or file)."""
     if name in BACKBONES:
         return BACKBONES[name].hub_id
-    return name if HUB_ID.fullmatch(name) and not Path(name).expanduser().exists() else ""
+    return name if looks_like_hub_id(name) else ""
 
 
 def resolve(name_or_path: str) -> tuple[str, Kind, Path]:

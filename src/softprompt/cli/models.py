@@ -92,18 +92,25 @@ def _eval(args: argparse.Namespace) -> None:
     print(report if report is not None else json.dumps({"data": where, **metrics}, ensure_ascii=False))
 
 
+def _push(args: argparse.Namespace) -> None:
+    from softprompt.artifact.push import push_artifact
+
+    print(push_artifact(args.artifact, args.repo_id, args.private))
+
+
 def _card(directory: Path) -> str:
     """The artifact's model card, made from its record now (an artifact older than cards has none
     on disk, and a card always shows the record as it stands)."""
     from softprompt.artifact import peft_loadable, read_artifact
     from softprompt.artifact.card import model_card
 
-    meta = read_artifact(directory).meta
-    return model_card(meta, peft_loadable(directory), directory.resolve().name)
+    files = read_artifact(directory)
+    name = str(directory) if files.path != directory else directory.resolve().name  # a Hub id names itself
+    return model_card(files.meta, peft_loadable(files.path), name)
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from softprompt.artifact import size_bytes
+    from softprompt.artifact import locate_artifact, size_bytes
     from softprompt.cli.inspection import compare_prompts, nearest_tokens
     from softprompt.tasks import get_task
     from softprompt.tasks.loading import artifact_task, load_model
@@ -131,7 +138,7 @@ def _inspect(args: argparse.Namespace) -> None:
         **task.describe(meta),
         "trainable_parameters": meta["trainable_parameters"],
         "share_of_backbone": f"{100 * meta['trainable_parameters'] / backbone['parameters']:.4f}%",
-        "size_kb": round(size_bytes(Path(args.artifact)) / 1024, 1),
+        "size_kb": round(size_bytes(locate_artifact(args.artifact)) / 1024, 1),
         "metrics": dict(meta.get("metrics", {})),
     }
     if args.json:
@@ -163,7 +170,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Register ``eval``, ``predict``, ``tag``, ``inspect`` and ``export``."""
+    """Register ``eval``, ``predict``, ``tag``, ``inspect``, ``push`` and ``export``."""
     ev = commands.add_parser("eval", help="evaluate an artifact")
     ev.add_argument("artifact")
     source = ev.add_mutually_exclusive_group()
@@ -188,6 +195,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         command.add_argument("--batch-size", type=int, default=32)
         compute_flags(command)
         command.set_defaults(run=_apply)
+
+    push = commands.add_parser("push", help="publish an artifact on the Hugging Face Hub (token: HF_TOKEN)")
+    push.add_argument("artifact")
+    push.add_argument("repo_id", help="user/name of the model repository (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.set_defaults(run=_push)
 
     export = commands.add_parser(
         "export", help="write an artifact's soft prompt for another engine (vLLM prompt embeddings)"

@@ -1,0 +1,55 @@
+"""The Hugging Face Hub: what a model id looks like, and fetching a repository's files through the
+user's cache (``HF_HOME``; offline with ``HF_HUB_OFFLINE=1``), with one-line errors.
+
+Backbones and artifacts both resolve Hub ids here. Only the files a caller names are fetched:
+pickled weights (``*.bin``, ``*.pt``) never are, since loading them would run a stranger's code.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from softprompt.errors import SoftpromptError
+
+# ``owner/name`` as the Hub spells model ids (a path that exists is never taken for one).
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """Whether ``name`` reads as a Hub model id and is not a local path."""
+    if not HUB_ID.fullmatch(name):
+        return False
+    try:
+        return not Path(name).expanduser().exists()
+    except OSError:  # a name the system cannot look up is no local path
+        return True
+
+
+def snapshot(repo_id: str, patterns: list[str], what: str) -> Path:
+    """The local snapshot of ``repo_id`` (only files matching ``patterns``): downloaded when online,
+    else read from the cache. ``what`` names the thing in errors ("backbone", "artifact").
+
+    Raises:
+        SoftpromptError: not in the cache offline, gated, no such repository, or another Hub error.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except LocalEntryNotFoundError:
+        raise SoftpromptError(
+            f"{what} {repo_id} is not in the Hugging Face cache and the Hub cannot be reached; download it "
+            f"where there is network (`hf download {repo_id}`, with the same HF_HOME) or give a local directory"
+        ) from None
+    except GatedRepoError:
+        raise SoftpromptError(
+            f"{what} {repo_id} is gated: accept its licence on huggingface.co and log in (`hf auth login`)"
+        ) from None
+    except RepositoryNotFoundError:
+        raise SoftpromptError(
+            f"{what} {repo_id}: no such model on the Hugging Face Hub (or it is private: log in with `hf auth login`)"
+        ) from None
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise SoftpromptError(f"{what} {repo_id}: {str(exc).splitlines()[0]}") from None
