@@ -110,7 +110,12 @@ def test_save_refuses_a_non_empty_directory_unless_overwrite(tiny_llama_dir, tmp
     )
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before, "nothing was touched"
     model.save(run, overwrite=True)
-    assert sorted(p.name for p in run.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "task.json"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "task.json",
+    ]
     assert softprompt.load(run).meta["method"] == "none"
 
 

@@ -37,6 +37,7 @@ def test_train_writes_the_artifact_and_reports(base_args, tmp_path, capsys):
     assert "zero-shot test accuracy" in printed and "tuned test accuracy" in printed
     assert f"artifact: {out} (" in printed and "KB" in printed and "time:" in printed
     assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
         "adapter_config.json",
         "adapter_model.safetensors",
         "checkpoint",

@@ -87,7 +87,7 @@ def test_ctrl_c_before_the_first_checkpoint_says_so(base_args, tmp_path, capsys,
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("softprompt.training.run.fit", interrupted)
+    monkeypatch.setattr("softprompt.training.driver.fit", interrupted)
     assert main(["train", *base_args, f"out={tmp_path / 'run'}"]) == 130
     assert "before the first checkpoint: there is nothing to resume" in capsys.readouterr().err
 

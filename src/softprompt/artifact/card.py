@@ -60,8 +60,11 @@ def _results(meta: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def _dataset(meta: dict[str, Any]) -> str:
+    """The training data a record names: a built-in dataset, a file, or a Hub dataset (``hf:``)."""
     data = meta.get("data") or {}
-    return data.get("dataset") or data.get("train") or ""
+    if not isinstance(data, dict):  # detox prompts record their one data file
+        return str(data)
+    return str(data.get("dataset") or data.get("train") or "")
 
 
 def _front_matter(meta: dict[str, Any], peft_loadable: bool, name: str) -> dict[str, Any]:
