@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -162,10 +163,27 @@ def _config(config: RunConfig | str | Path | dict | None, settings: dict[str, An
 
 def _records(train_data: Records | None, dev_data: Records | None, test_data: Records | None) -> dict[str, Records]:
     given = {"train": train_data, "dev": dev_data, "test": test_data}
+    datasets = sys.modules.get("datasets")  # a DatasetDict can only come from an imported `datasets`
+    if datasets is not None and isinstance(train_data, datasets.DatasetDict):
+        given = {**given, **_dataset_dict_splits(train_data, dev_data, test_data)}
     records = {name: _checked_records(data, f"{name}_data") for name, data in given.items() if data is not None}
     if records and "train" not in records:
         raise SoftpromptError("dev_data/test_data need train_data too")
     return records
+
+
+def _dataset_dict_splits(splits: Mapping, dev_data: Records | None, test_data: Records | None) -> dict[str, Records]:
+    """train_data given as a ``datasets.DatasetDict``: its train split trains, and its validation
+    (or dev) and test splits serve as dev_data and test_data unless those are given."""
+    if "train" not in splits:
+        raise SoftpromptError(f"train_data: the DatasetDict has no 'train' split (splits: {', '.join(splits)})")
+    found = {"train": splits["train"]}
+    dev = next((splits[name] for name in ("validation", "dev", "valid") if name in splits), None)
+    if dev is not None and dev_data is None:
+        found["dev"] = dev
+    if "test" in splits and test_data is None:
+        found["test"] = splits["test"]
+    return found
 
 
 def _backbone(backbone: Backbone | str | None, config: RunConfig) -> tuple[Backbone | None, RunConfig]:

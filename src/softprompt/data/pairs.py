@@ -67,9 +67,13 @@ def pairs_from_rows(
     return pairs
 
 
-def read_pairs(path: str | Path, text_field: str, target_field: str, fields: list[str] | None = None) -> list[TextPair]:
-    """Input/output pairs of a ``.jsonl``, ``.csv`` or ``.tsv`` file (see :func:`pairs_from_rows`)."""
-    return pairs_from_rows(read_data_file(Path(path)), str(path), text_field, target_field, fields)
+def read_pairs(
+    path: str | Path, text_field: str, target_field: str, fields: list[str] | None = None, key: str = "train"
+) -> list[TextPair]:
+    """Input/output pairs of a data file or table data given as ``data.<key>`` (see
+    :func:`pairs_from_rows` and :mod:`softprompt.data.tables`)."""
+    rows, unit = read_data_file(path, key)
+    return pairs_from_rows(rows, str(path), text_field, target_field, fields, unit)
 
 
 def pairs_from_records(

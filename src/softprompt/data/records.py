@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from softprompt.data.tables import is_table, table_rows
 from softprompt.errors import SoftpromptError
 
 READERS = (".jsonl", ".json", ".csv", ".tsv")
@@ -98,32 +99,43 @@ def _read_rows(path: Path, suffix: str) -> list[tuple[int, dict]]:
 
 
 def read_examples(
-    path: str | Path, text_field: str = "text", label_field: str | None = "label", fields: list[str] | None = None
+    path: str | Path,
+    text_field: str = "text",
+    label_field: str | None = "label",
+    fields: list[str] | None = None,
+    key: str = "train",
 ) -> Dataset:
     """Read labelled examples from a file.
 
     Args:
-        path: a ``.jsonl``, ``.csv`` or ``.tsv`` file.
+        path: a ``.jsonl``, ``.csv``, ``.tsv`` or ``.parquet`` file, a ``datasets``
+            ``save_to_disk`` folder, or ``hf:NAME[:CONFIG][@SPLIT]``.
         text_field: the column that becomes the template's ``{text}``.
         label_field: the label column, or None for unlabelled input.
         fields: other template fields that every row must have.
+        key: the ``data.*`` key it was given as (picks the split of a dataset that has several).
 
     Rows whose text is empty are skipped and counted (``Dataset.skipped_empty``).
 
     Raises:
         SoftpromptError: missing/empty file, malformed line (with its number), missing column.
     """
+    rows, unit = read_data_file(path, key)
+    return examples_from_rows(rows, str(path), text_field, label_field, fields, unit)
+
+
+def read_data_file(path: str | Path, key: str = "train") -> tuple[list[tuple[int, dict]], str]:
+    """The numbered rows of the data given as ``data.<key>`` (a file that must exist and hold at
+    least one row, or table data: see :mod:`softprompt.data.tables`), and what a row is called
+    in messages ("line" of a text file, "row" of a table)."""
+    if is_table(path):
+        return table_rows(path, key), "row"
     path = Path(path)
-    return examples_from_rows(read_data_file(path), str(path), text_field, label_field, fields)
-
-
-def read_data_file(path: Path) -> list[tuple[int, dict]]:
-    """The numbered rows of a data file that must exist and hold at least one row."""
     require_file(path)
     rows = read_rows(path)
     if not rows:
         raise SoftpromptError(f"data file {path} is empty")
-    return rows
+    return rows, "line"
 
 
 def examples_from_records(

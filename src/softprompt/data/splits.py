@@ -74,7 +74,7 @@ def example_splits(config: RunConfig, records: dict[str, Records] | None = None)
     if data.train:
 
         def from_file(name: str) -> tuple[list[Example], list[str]]:
-            dataset = read_examples(getattr(data, name), data.text_field, data.label_field)
+            dataset = read_examples(getattr(data, name), data.text_field, data.label_field, key=name)
             return dataset.examples, dataset.notes
 
         source = {"train": data.train, "dev": data.dev, "test": data.test} | fields

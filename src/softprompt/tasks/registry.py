@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from softprompt.data.tables import is_table
 from softprompt.errors import SoftpromptError, unknown_name
 from softprompt.methods import get_method
 
@@ -83,8 +84,11 @@ class TaskSpec:
         """The template methods share in ``compare`` (soft slots dropped for methods without)."""
         return None
 
-    def read_eval_data(self, path: str, meta: dict[str, Any], model: TaskModel, fields: dict[str, str | None]) -> list:
-        """Labelled examples of a file given to ``eval --data``."""
+    def read_eval_data(
+        self, path: str, meta: dict[str, Any], model: TaskModel, fields: dict[str, str | None], key: str = "test"
+    ) -> list:
+        """Labelled examples of a file given to ``eval --data`` (``key``: the split it stands for,
+        which picks the split of table data that has several)."""
         raise NotImplementedError
 
     def builtin_split(self, name: str, path: str | None, split: str, model: TaskModel) -> list:
@@ -95,8 +99,8 @@ class TaskSpec:
         """``split`` of the data an artifact was trained on, and a description of it."""
         source = meta.get("data", {})
         path = source.get(split)
-        if path and Path(path).is_file():
-            return self.read_eval_data(path, meta, model, {}), f"{path} ({split})"
+        if path and (Path(path).is_file() or is_table(path)):
+            return self.read_eval_data(path, meta, model, {}, split), f"{path} ({split})"
         if source.get("dataset"):
             name = source["dataset"]
             return self.builtin_split(name, source.get("path"), split, model), f"{name} ({split})"

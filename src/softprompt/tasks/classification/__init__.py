@@ -174,11 +174,13 @@ class Classification(TaskSpec):
         template, _ = resolve_prompting(dataclasses.replace(config, method="prompt_tuning"))
         return template
 
-    def read_eval_data(self, path: str, meta: dict[str, Any], model, fields: dict[str, str | None]) -> list:
+    def read_eval_data(
+        self, path: str, meta: dict[str, Any], model, fields: dict[str, str | None], key: str = "test"
+    ) -> list:
         recorded = meta.get("data", {})
         text_field = fields.get("text_field") or recorded.get("text_field", "text")
         label_field = fields.get("label_field") or recorded.get("label_field", "label")
-        return read_examples(path, text_field, label_field, fields=model.task.template.fields).examples
+        return read_examples(path, text_field, label_field, fields=model.task.template.fields, key=key).examples
 
     def builtin_split(self, name: str, path: str | None, split: str, model: PromptedClassifier) -> list[Example]:
         from softprompt.datasets import load_builtin  # late: reads package data

@@ -118,7 +118,7 @@ class Generation(TaskSpec):
             fields = {"text_field": data.text_field, "target_field": data.target_field}
             source = {"train": data.train, "dev": data.dev, "test": data.test} | fields
             return assemble_splits(
-                config, lambda n: (read_pairs(getattr(data, n), data.text_field, data.target_field), []), source
+                config, lambda n: (read_pairs(getattr(data, n), data.text_field, data.target_field, key=n), []), source
             )
         if not config.dataset:
             raise SoftpromptError(
@@ -173,11 +173,13 @@ class Generation(TaskSpec):
 
         return resolve_template(dataclasses.replace(config, method="prompt_tuning"))
 
-    def read_eval_data(self, path: str, meta: dict[str, Any], model, fields: dict[str, str | None]) -> list:
+    def read_eval_data(
+        self, path: str, meta: dict[str, Any], model, fields: dict[str, str | None], key: str = "test"
+    ) -> list:
         recorded = meta.get("data", {})
         text_field = fields.get("text_field") or recorded.get("text_field", "text")
         target_field = fields.get("target_field") or recorded.get("target_field", "target")
-        return read_pairs(path, text_field, target_field, model.template.fields)
+        return read_pairs(path, text_field, target_field, model.template.fields, key=key)
 
     def builtin_split(self, name: str, path: str | None, split: str, model: PromptedGenerator) -> list[TextPair]:
         pairs = _builtin(name, path)[split]

@@ -117,7 +117,9 @@ class NamedEntities(TaskSpec):
             for_inference=True,
         )
 
-    def read_eval_data(self, path: str, meta: dict[str, Any], model, fields: dict[str, str | None]) -> list:
+    def read_eval_data(
+        self, path: str, meta: dict[str, Any], model, fields: dict[str, str | None], key: str = "test"
+    ) -> list:
         return read_conll(path)
 
     def summary(self, metrics: dict[str, Any], best_step: int, trained: bool, method: str) -> list[str]:

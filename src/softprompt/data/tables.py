@@ -1,0 +1,125 @@
+"""Data from tables rather than text files: a ``.parquet`` file, a folder written by
+``datasets``' ``save_to_disk``, or a Hub dataset as ``hf:NAME[:CONFIG][@SPLIT]`` (read with
+``datasets.load_dataset``, from the user's cache when offline, as backbones are).
+
+Each yields numbered rows (``row 1`` is the first) for the same validation as a JSONL file's
+lines. ``datasets`` (which brings ``pyarrow``) is an optional extra:
+``pip install 'softprompt[datasets]'``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from softprompt.errors import SoftpromptError
+
+HUB_PREFIX = "hf:"
+EXTRA = "pip install 'softprompt[datasets]'"
+# The split a data.* key reads from a dataset that has several, in order of preference.
+SPLIT_NAMES = {"train": ("train",), "dev": ("validation", "dev", "valid"), "test": ("test",)}
+
+
+def is_table(name: str | Path) -> bool:
+    """Whether ``name`` names table data (parquet, a ``save_to_disk`` folder, ``hf:``) rather than a text file."""
+    text = str(name)
+    return text.startswith(HUB_PREFIX) or text.lower().endswith(".parquet") or Path(text.partition("@")[0]).is_dir()
+
+
+def table_rows(name: str | Path, key: str = "train") -> list[tuple[int, dict[str, Any]]]:
+    """The numbered rows of table data given as ``data.<key>``.
+
+    Raises:
+        SoftpromptError: ``datasets`` missing, no such file/folder/dataset, a split that does
+            not exist, or no rows.
+    """
+    text = str(name)
+    if text.startswith(HUB_PREFIX):
+        table = _hub_split(text, key)
+    elif text.lower().endswith(".parquet"):
+        table = _parquet(Path(text))
+    else:
+        table = _saved(Path(text), key)
+    rows = [(number, dict(row)) for number, row in enumerate(table, start=1)]
+    if not rows:
+        raise SoftpromptError(f"data file {text} is empty")
+    return rows
+
+
+def _datasets(what: str) -> Any:
+    try:
+        import datasets
+    except ImportError:
+        raise SoftpromptError(f"reading {what} needs the `datasets` package: {EXTRA}") from None
+    datasets.disable_progress_bars()  # one-line output; the rows are few and local
+    datasets.logging.set_verbosity_error()  # not "using the latest cached version" on every offline run
+    return datasets
+
+
+def _parquet(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise SoftpromptError(f"data file {path} does not exist")
+    datasets = _datasets(f"{path}")
+    try:
+        return datasets.Dataset.from_parquet(str(path), keep_in_memory=True).to_list()
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise SoftpromptError(f"{path}: unreadable as parquet ({str(exc).splitlines()[0]})") from None
+
+
+def _pick_split(splits: list[str], key: str, source: str, asked: str | None) -> str:
+    """The split to read: the one asked for, the only one, or the one named like ``key``."""
+    if asked is not None:
+        if asked not in splits:
+            raise SoftpromptError(f"{source}: no split '{asked}' (splits: {', '.join(splits)})")
+        return asked
+    if len(splits) == 1:
+        return splits[0]
+    for candidate in SPLIT_NAMES.get(key, (key,)):
+        if candidate in splits:
+            return candidate
+    raise SoftpromptError(
+        f"{source} has the splits {', '.join(splits)}; say which data.{key} reads, e.g. {source}@{splits[0]}"
+    )
+
+
+def _saved(path: Path, key: str) -> list[dict[str, Any]]:
+    """A ``save_to_disk`` folder: a Dataset, or a DatasetDict (``FOLDER@SPLIT`` picks a split)."""
+    folder, _, asked = str(path).partition("@") if not path.is_dir() else (str(path), "", "")
+    if not Path(folder).is_dir():
+        raise SoftpromptError(f"data folder {folder} does not exist")
+    datasets = _datasets(folder)
+    try:
+        loaded = datasets.load_from_disk(folder, keep_in_memory=True)
+    except FileNotFoundError:
+        raise SoftpromptError(
+            f"{folder} is a folder but not one written by datasets' save_to_disk; give a .jsonl, .csv, .tsv "
+            "or .parquet file"
+        ) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        loaded = loaded[_pick_split(list(loaded), key, str(path), asked or None)]
+    return loaded.to_list()
+
+
+def parse_hub_name(text: str) -> tuple[str, str | None, str | None]:
+    """``hf:NAME[:CONFIG][@SPLIT]`` -> (name, config, split)."""
+    body, _, split = text.removeprefix(HUB_PREFIX).partition("@")
+    name, _, config = body.partition(":")
+    if not name:
+        raise SoftpromptError(f"{text}: give a dataset, e.g. hf:stanfordnlp/sst2 or hf:glue:sst2@validation")
+    return name, config or None, split or None
+
+
+def _hub_split(text: str, key: str) -> list[dict[str, Any]]:
+    name, config, asked = parse_hub_name(text)
+    datasets = _datasets(text)
+    try:
+        loaded = datasets.load_dataset(name, config)
+    except (ConnectionError, FileNotFoundError) as exc:
+        raise SoftpromptError(
+            f"{text}: the dataset {name} is not in the datasets cache and the Hub cannot be reached; load it once "
+            f"where there is network (`datasets.load_dataset('{name}')`, with the same HF_HOME) or give a file "
+            f"({type(exc).__name__})"
+        ) from None
+    except ValueError as exc:  # e.g. a config that does not exist
+        raise SoftpromptError(f"{text}: {str(exc).splitlines()[0]}") from None
+    return loaded[_pick_split(list(loaded), key, text, asked)].to_list()
