@@ -20,6 +20,7 @@ _EXPORTS = {
     "load": "softprompt.api",
     "train": "softprompt.api",
     "TrainResult": "softprompt.training.run",
+    "Callback": "softprompt.training.callbacks",
     "load_backbone": "softprompt.backbones",
     "Backbone": "softprompt.backbones",
     "RunConfig": "softprompt.config",
@@ -31,6 +32,7 @@ _EXPORTS = {
 
 __all__ = [
     "Backbone",
+    "Callback",
     "Model",
     "RunConfig",
     "SoftpromptError",
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
     from softprompt.config import RunConfig, load_config
     from softprompt.errors import SoftpromptError
     from softprompt.prompts import Template, Verbalizer
+    from softprompt.training.callbacks import Callback
     from softprompt.training.run import TrainResult
 
 

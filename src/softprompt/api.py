@@ -29,6 +29,7 @@ from softprompt.seeding import seeded
 from softprompt.tasks import TaskSpec, get_task
 from softprompt.tasks.base import TaskModel, evaluate
 from softprompt.tasks.loading import artifact_task, load_model
+from softprompt.training.callbacks import Callback
 from softprompt.training.checkpoint import CHECKPOINT
 from softprompt.training.loop import LOG_FILE
 from softprompt.training.run import PLOT_FILE, TrainResult, artifact_meta
@@ -233,14 +234,16 @@ def train(
     overwrite: bool = False,
     extend: bool = False,
     progress: bool = True,
+    callbacks: list[Callback] | None = None,
     **settings: Any,
 ) -> TrainResult:
     """Train a prompt model and write its artifact to ``out``.
 
     Args:
         config: a recipe YAML path, a dict of settings, or a :class:`RunConfig`.
-        train_data: training records (dicts, or a ``datasets.Dataset``); without it the recipe's
-            files or built-in dataset are used.
+        train_data: training records (dicts, or a ``datasets.Dataset``; a ``DatasetDict``
+            brings its validation and test splits too); without it the recipe's files or
+            built-in dataset are used.
         dev_data: dev records (default: held out of ``train_data``).
         test_data: test records (optional).
         backbone: a loaded backbone, or a name / local path / Hub id.
@@ -248,6 +251,8 @@ def train(
         overwrite: replace a run already in ``out``.
         extend: with ``resume``, allow a larger ``train.max_steps`` than the saved run's.
         progress: show progress bars.
+        callbacks: :class:`softprompt.Callback` objects the training loop calls after each step
+            and evaluation (and that may ask it to stop).
         **settings: recipe keys on top of ``config``: ``template=``, ``verbalizer=``, ``method=``,
             ``out=``, ``seed=``, and sections as dicts (``train={"max_steps": 100}``, ``lora={"r": 16}``).
 
@@ -256,7 +261,9 @@ def train(
     """
     loaded, run = _backbone(backbone, _config(config, settings))
     records = _records(train_data, dev_data, test_data) or None
-    result = train_run(run, resume, overwrite, progress, loaded, records, extend)
+    if callbacks is not None and (isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Iterable)):
+        raise SoftpromptError(f"callbacks must be a list of Callback objects, got a {type(callbacks).__name__}")
+    result = train_run(run, resume, overwrite, progress, loaded, records, extend, list(callbacks or []))
     if result.model is not None:
         result.model = Model(result.model, get_task(run.task), read_artifact(result.out).meta)
     return result

@@ -14,6 +14,7 @@ from typing import Any
 
 from softprompt.backbones.placement import DEVICE_HELP, PRECISION_HELP, set_threads, warn_if_busy
 from softprompt.config.recipe import build, check_key, merge, parse_overrides, read_yaml
+from softprompt.config.trackers import report_to_names
 from softprompt.errors import SoftpromptError, did_you_mean
 from softprompt.methods import METHODS
 from softprompt.methods.prompt_tuning import PromptTuning
@@ -102,8 +103,14 @@ class TrainConfig:
     gradient_checkpointing: bool = option(
         "recompute the backbone's activations in the backward pass (less memory, slower steps)", False
     )
+    report_to: str = option(
+        "experiment trackers, a comma list: none | tensorboard | wandb | mlflow | comet_ml | aim | clearml | "
+        "dvclive | swanlab | trackio (accelerate's; TensorBoard logs go to out/trackers/)",
+        "none",
+    )
 
     def __post_init__(self) -> None:
+        report_to_names(self.report_to)
         require(math.isfinite(self.lr) and self.lr > 0, "train.lr", f"must be a finite number > 0, got {self.lr}")
         for key in ("l2", "weight_decay", "grad_clip", "warmup_ratio"):
             require(math.isfinite(getattr(self, key)), f"train.{key}", f"must be finite, got {getattr(self, key)}")

@@ -148,6 +148,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if annotation is float:
             return float(value)
         if annotation is str:
+            if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+                return ",".join(map(str, value))  # the comma lists (report_to, methods...) written as a YAML list
             return str(value)
     except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float's range
         name = getattr(annotation, "__name__", str(annotation))

@@ -9,16 +9,19 @@ saves every new best as an artifact, and leaves the best weights (not the last) 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from softprompt.artifact import RUN_CONFIG_FILE, read_artifact, write_artifact
 from softprompt.atomic import atomic_write_json
 from softprompt.config import TrainConfig
+from softprompt.config.trackers import report_to_names
+from softprompt.training.callbacks import Callback
 from softprompt.training.checkpoint import CHECKPOINT, Progress
 from softprompt.training.loop import SaveBest, fit
 from softprompt.training.processes import processes
+from softprompt.training.trackers import Trackers
 from softprompt.training.trainable import Trainable
 
 
@@ -38,6 +41,10 @@ class TrainingJob:
         sharded: the frozen backbone is sharded for an FSDP launch.
         trains: False for a method with nothing to train: the untrained model is scored on dev
             and saved as it is.
+        callbacks: the user's hooks into the loop (see :mod:`softprompt.training.callbacks`).
+        report_final: leave the trackers open after training: the caller reports its final
+            (test) metrics with ``job.trackers.finish(metrics)``.
+        trackers: the experiment trackers ``settings.report_to`` names, while the job runs.
     """
 
     out: Path
@@ -50,6 +57,9 @@ class TrainingJob:
     run_settings: dict[str, Any] | None = None
     sharded: bool = False
     trains: bool = True
+    callbacks: list[Callback] = field(default_factory=list)
+    report_final: bool = False
+    trackers: Trackers | None = field(default=None, init=False)
 
 
 def continues(out: Path, resume: bool) -> bool:
@@ -72,7 +82,17 @@ def run_job(job: TrainingJob, resume: bool = False, progress: bool = True) -> Pr
         return Progress()
     model, out, again = job.model, job.out, continues(job.out, resume)
     settings, save, dev = job.settings, job.save_best, job.dev_metric
-    state = fit(model, job.rows, settings, job.seed, out, save, dev, again, progress, job.sharded)
+    if procs.main and report_to_names(settings.report_to):
+        job.trackers = Trackers(settings.report_to, out.resolve().name, out, job.run_settings or {})
+    hooks = [*job.callbacks, *([job.trackers] if job.trackers else [])]
+    try:
+        state = fit(model, job.rows, settings, job.seed, out, save, dev, again, progress, job.sharded, hooks)
+    except BaseException:
+        if job.trackers:  # what was logged so far stays readable
+            job.trackers.finish()
+        raise
+    if job.trackers and not job.report_final:
+        job.trackers.finish()
     if job.sharded:  # the other processes load the best weights once the main one has written them
         procs.wait()
     if procs.main or job.sharded:

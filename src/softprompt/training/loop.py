@@ -15,6 +15,8 @@ import contextlib
 import dataclasses
 import json
 import math
+import resource
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,12 +26,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 from torch import nn
-from tqdm import tqdm
 
 from softprompt.atomic import atomic_write_text
 from softprompt.config import TrainConfig
 from softprompt.errors import SoftpromptError, TrainingDiverged, flag
 from softprompt.training.batches import batch_indices
+from softprompt.training.callbacks import Callback, EarlyStopping, ProgressBar, call_hooks
 from softprompt.training.checkpoint import Progress, load_checkpoint, save_checkpoint
 from softprompt.training.processes import processes
 from softprompt.training.sharding import accelerate_fsdp_hidden, refuse_sharded_launch
@@ -70,6 +72,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     sharded: bool = False,
+    callbacks: list[Callback] | None = None,
 ) -> Progress:
     """Train ``model`` on ``rows`` and return the loop's final counters.
 
@@ -85,6 +88,8 @@ def fit(
         progress: show a progress bar.
         sharded: the caller has sharded the frozen backbone as the FSDP launch config asks
             (:mod:`softprompt.training.sharding`); an FSDP launch is refused otherwise.
+        callbacks: hooks called after the loop's own (progress bar, early stopping); see
+            :mod:`softprompt.training.callbacks`.
     """
     if not sharded:
         refuse_sharded_launch("this command")
@@ -104,10 +109,20 @@ def fit(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["progress"]
+    own = [ProgressBar(progress and processes().main), EarlyStopping(settings.patience)]
     run = _Run(
-        model, optimizer, scheduler, settings, seed, out, save_best, dev_metric, *_accelerated(model, settings.l2)
+        model,
+        optimizer,
+        scheduler,
+        settings,
+        seed,
+        out,
+        save_best,
+        dev_metric,
+        *_accelerated(model, settings.l2),
+        own + list(callbacks or []),
     )
-    return run.steps(rows, state, progress)
+    return run.steps(rows, state)
 
 
 class Objective(nn.Module):
@@ -161,8 +176,9 @@ class _Run:
     dev_metric: Callable[[], dict[str, Any]]
     accelerator: Accelerator
     objective: nn.Module
+    callbacks: list[Callback]
 
-    def steps(self, rows: list, state: Progress, progress: bool) -> Progress:
+    def steps(self, rows: list, state: Progress) -> Progress:
         cfg, model, procs = self.settings, self.model, processes()
         if cfg.batch_size % procs.count:
             raise SoftpromptError(
@@ -175,17 +191,14 @@ class _Run:
             classes = None
         if procs.main:
             _rewrite_log(self.out, state.history)
-        bar = tqdm(
-            total=cfg.max_steps, initial=state.step, disable=not (progress and procs.main), desc="train", unit="step"
-        )
+        call_hooks(self.callbacks, "on_train_begin", state, cfg.max_steps)
         while state.step < cfg.max_steps and not state.stopped_early:
             tick = time.perf_counter()
             index = batch_indices(state.step, cfg.batch_size * cfg.grad_accum, len(rows), self.seed, lengths, classes)
             batch_loss = procs.mean(self.accumulate(rows, index))  # the same in every process
             if not math.isfinite(batch_loss):
                 raise TrainingDiverged(_diverged(batch_loss, state, self.out))
-            if cfg.grad_clip:
-                self.accelerator.clip_grad_norm_(params, cfg.grad_clip)
+            grad_norm = self.clip(params)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -193,12 +206,22 @@ class _Run:
             seconds = round(time.perf_counter() - tick, 4)
             lr = self.scheduler.get_last_lr()[0]
             _log(self.out, state, {"step": state.step, "loss": round(batch_loss, 6), "lr": lr, "seconds": seconds})
-            bar.update(1)
-            bar.set_postfix(loss=f"{batch_loss:.4f}", dev=f"{state.best_metric:.4f}")
+            tokens = sum(model.row_length(rows[i]) for i in index)
+            logs = {"loss": batch_loss, "lr": lr, "grad_norm": grad_norm, "seconds": seconds}
+            logs |= {"tokens_per_second": tokens / max(seconds, 1e-9), "peak_memory_mb": peak_memory_mb(params)}
+            if call_hooks(self.callbacks, "on_step_end", state, logs):
+                state.stopped_early = True
             if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
                 self.evaluate(state)
-        bar.close()
+        call_hooks(self.callbacks, "on_train_end", state)
         return state
+
+    def clip(self, params: list[nn.Parameter]) -> float:
+        """Clip the gradients' norm to ``train.grad_clip`` (if set); their norm before clipping."""
+        if self.settings.grad_clip:
+            return float(self.accelerator.clip_grad_norm_(params, self.settings.grad_clip))
+        grads = [p.grad for p in params if p.grad is not None]
+        return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
     def accumulate(self, rows: list, step: list[int]) -> float:
         """Backpropagate this process's rows of the ``step`` (the rows of every process) in
@@ -231,16 +254,31 @@ class _Run:
         dev = self.dev_metric()  # every process computes it (same weights): they decide alike
         value = dev[self.model.metric]
         _log(self.out, state, {"step": state.step, "dev": value})
-        if value > state.best_metric:
+        improved = value > state.best_metric
+        if improved:
             state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
             if main:
                 self.save_best(state.step, dev)
         else:
             state.evals_without_improvement += 1
-            patience = self.settings.patience
-            state.stopped_early = bool(patience) and state.evals_without_improvement >= patience
+        if call_hooks(self.callbacks, "on_evaluate", state, dev, improved):
+            state.stopped_early = True  # early stopping is one of the callbacks
         if main:
             save_checkpoint(self.out, self.model.training_state(), self.optimizer, self.scheduler, state)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 2**20  # Linux: KiB, macOS: bytes
+
+
+def peak_memory_mb(params: list[nn.Parameter]) -> float:
+    """Peak memory so far: of the GPU the parameters live on, else this process's resident memory."""
+    device = params[0].device if params else torch.device("cpu")
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mb()
 
 
 def _diverged(loss: float, state: Progress, out: Path) -> str:

@@ -22,6 +22,7 @@ FREE_TO_CHANGE = (
     "threads",
     "device",
     "train.gradient_checkpointing",
+    "train.report_to",  # where progress is reported, not what is computed
     "gen.max_new_tokens",
     "gen.num_beams",
     "gen.do_sample",
@@ -30,7 +31,13 @@ FREE_TO_CHANGE = (
     "gen.seed",
 )
 # Settings added after runs were saved: a saved run without them ran with these values.
-ADDED_LATER = {"precision": "auto", "quantize": "none", "train.grad_accum": 1, "data.target_field": "target"}
+ADDED_LATER = {
+    "precision": "auto",
+    "quantize": "none",
+    "train.grad_accum": 1,
+    "data.target_field": "target",
+    "train.report_to": "none",
+}
 EXTENDABLE = "train.max_steps"
 DATA_HASHES = "data_sha256"  # config.json's record of the data files' contents (not a setting)
 DATA_FILES = ("train", "dev", "test", "path")  # the data.* settings that name files

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import resource
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +25,10 @@ from softprompt.plotting import plot_training_curves
 from softprompt.seeding import seeded
 from softprompt.tasks import get_task
 from softprompt.tasks.base import TaskModel, evaluate
+from softprompt.training.callbacks import Callback
 from softprompt.training.checkpoint import CHECKPOINT, Progress
 from softprompt.training.driver import TrainingJob, artifact_saver, run_job
+from softprompt.training.loop import peak_rss_mb
 from softprompt.training.processes import processes
 from softprompt.training.resume import check_resumable, run_record
 from softprompt.training.sharding import requested_sharding, shard_for_launch
@@ -113,6 +113,7 @@ def train(
     backbone: Backbone | None = None,
     records: dict[str, Records] | None = None,
     extend: bool = False,
+    callbacks: list[Callback] | None = None,
 ) -> TrainResult:
     """Train (or, for ``method=none``, just evaluate) and write the artifact to ``config.out``.
 
@@ -124,6 +125,7 @@ def train(
         backbone: an already loaded backbone (loaded from ``config.backbone`` when None).
         records: in-memory data (split name -> records) in place of ``config.data`` files.
         extend: with ``resume``, allow a larger ``train.max_steps`` than the saved run's.
+        callbacks: hooks into the training loop (:class:`~softprompt.training.callbacks.Callback`).
 
     Raises:
         SoftpromptError: bad input (nothing written), or a diverged loss (last checkpoint kept).
@@ -137,6 +139,7 @@ def train(
     encoded = encode_splits(model, splits, config.train.max_length)
 
     job = _training_job(config, model, splits, encoded, meta, bar)
+    job.callbacks = list(callbacks or [])
     state = run_job(job, resume, progress)
     if job.sharded and not procs.main and splits.test:
         # Under FSDP the other processes join the main one's test pass: its forward passes
@@ -146,6 +149,8 @@ def train(
         trainable = meta["trainable_parameters"]
         return TrainResult(out, {}, trainable, backbone.num_parameters, 0.0, 0, state.best_step, model=model)
     all_metrics = _record_results(out, model, splits, encoded["test"], config, state, baseline, bar)
+    if job.trackers:  # the test scores join the run's tracker logs
+        job.trackers.finish({key: value for key, value in all_metrics.items() if key != "dev"})
     return TrainResult(
         out,
         all_metrics,
@@ -182,6 +187,7 @@ def _training_job(
         run_settings=run_record(config.to_dict()),
         sharded=trains and shard_for_launch(model),
         trains=trains,
+        report_final=True,
     )
 
 
@@ -268,9 +274,3 @@ def resources(history: list[dict[str, Any]]) -> dict[str, float | None]:
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "median_step_seconds": round(statistics.median(step_seconds), 4) if step_seconds else None,
     }
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 if sys.platform != "darwin" else peak / 2**20  # Linux: KiB, macOS: bytes

@@ -1,0 +1,137 @@
+"""Experiment trackers (train.report_to, read back from TensorBoard's event files) and the
+callbacks of the Python API, which the loop's progress bar and early stopping also are."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import softprompt
+from softprompt.cli import main
+from softprompt.training.callbacks import Callback, EarlyStopping, ProgressBar
+
+pytest.importorskip("tensorboard")
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+
+def _scalars(run_dir) -> dict[str, dict[int, float]]:
+    [events] = [p.parent for p in (run_dir / "trackers").rglob("events.out.tfevents.*") if "hparams" not in str(p)][:1]
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    return {tag: {e.step: e.value for e in accumulator.Scalars(tag)} for tag in accumulator.Tags()["scalars"]}
+
+
+def test_tensorboard_gets_the_steps_the_dev_and_the_test_scores(base_args, tmp_path):
+    out = tmp_path / "tb-run"
+    args = ["train", *base_args, f"out={out}", "train.max_steps=4", "train.eval_every=2", "train.report_to=tensorboard"]
+    args.append("train.zero_shot_baseline=true")
+    assert main(args) == 0
+    scalars = _scalars(out)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    losses = {entry["step"]: entry["loss"] for entry in log if "loss" in entry}
+    assert scalars["train/loss"].keys() == losses.keys() == {1, 2, 3, 4}
+    for step, loss in losses.items():
+        assert scalars["train/loss"][step] == pytest.approx(loss, abs=1e-5)
+    assert {"train/lr", "train/grad_norm", "train/tokens_per_second", "train/peak_memory_mb"} <= set(scalars)
+    assert all(value > 0 for value in scalars["train/tokens_per_second"].values())
+    dev = {entry["step"]: entry["dev"] for entry in log if "dev" in entry}
+    assert {step: pytest.approx(value) for step, value in scalars["dev/accuracy"].items()} == dev
+    meta = json.loads((out / "task.json").read_text())
+    assert list(scalars["test/accuracy"].values()) == [pytest.approx(meta["metrics"]["test"]["accuracy"])]
+    assert "zero_shot_test/accuracy" in scalars  # the baselines too
+    hparams = list((out / "trackers").rglob("hparams.yml"))
+    assert hparams and "train.lr: " in hparams[0].read_text()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("tensorbord", "unknown tracker 'tensorbord' (did you mean 'tensorboard'?)"),
+        ("tensorboard,mlflow", "the mlflow tracker is not installed: pip install mlflow"),
+    ],
+)
+def test_a_bad_tracker_is_one_line_before_anything_is_written(base_args, tmp_path, capsys, value, message):
+    out = tmp_path / "run"
+    assert main(["train", *base_args, f"out={out}", f"train.report_to={value}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and not out.exists()
+
+
+def test_other_training_commands_report_too(tiny_llama_dir, tmp_path):
+    from .test_continual import _sequence
+
+    recipe = {
+        "backbone": str(tiny_llama_dir),
+        "tasks": _sequence(tmp_path)[:2],
+        "out": str(tmp_path / "multi"),
+        "prompt": {"length": 2, "init": "vocab"},
+        "train": {"lr": 0.05, "batch_size": 6, "max_steps": 2, "eval_every": 2, "report_to": ["tensorboard"]},
+    }
+    path = tmp_path / "multitask.yaml"
+    path.write_text(json.dumps(recipe), encoding="utf-8")
+    assert main(["multitask", "--config", str(path), "--quiet"]) == 0
+    assert set(_scalars(tmp_path / "multi")["train/loss"]) == {1, 2}
+
+
+class Recorder(Callback):
+    def __init__(self, stop_at: int | None = None):
+        self.stop_at, self.calls = stop_at, []
+
+    def on_train_begin(self, state, max_steps):
+        self.calls.append(("begin", state.step, max_steps))
+
+    def on_step_end(self, state, logs):
+        self.calls.append(("step", state.step, round(logs["loss"], 6)))
+        return self.stop_at is not None and state.step >= self.stop_at
+
+    def on_evaluate(self, state, metrics, improved):
+        self.calls.append(("evaluate", state.step, metrics["accuracy"], improved))
+
+    def on_train_end(self, state):
+        self.calls.append(("end", state.step))
+
+
+def _settings(tiny_llama_dir, out):
+    return {
+        "backbone": str(tiny_llama_dir),
+        "verbalizer": {"positive": "positive", "negative": "negative"},
+        "template": "Review: {text}\nSentiment:{soft:2}",
+        "prompt": {"init": "vocab"},
+        "train": {"batch_size": 4, "max_steps": 6, "eval_every": 2, "patience": 0},
+        "out": str(out),
+    }
+
+
+def test_callbacks_see_every_step_and_evaluation_and_can_stop(tiny_llama_dir, tmp_path):
+    from .conftest import NEGATIVE, POSITIVE
+
+    rows = [{"text": t, "label": "positive"} for t in POSITIVE] + [{"text": t, "label": "negative"} for t in NEGATIVE]
+    recorder = Recorder()
+    softprompt.train(
+        train_data=rows * 2, callbacks=[recorder], progress=False, **_settings(tiny_llama_dir, tmp_path / "a")
+    )
+    kinds = [call[0] for call in recorder.calls]
+    assert kinds == ["begin", "step", "step", "evaluate", "step", "step", "evaluate", "step", "step", "evaluate", "end"]
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert [c[2] for c in recorder.calls if c[0] == "step"] == [e["loss"] for e in log if "loss" in e]
+    stopper = Recorder(stop_at=3)
+    result = softprompt.train(
+        train_data=rows * 2, callbacks=[stopper], progress=False, **_settings(tiny_llama_dir, tmp_path / "b")
+    )
+    assert stopper.calls[-1] == ("end", 3) and result.best_step == 2
+    with pytest.raises(softprompt.SoftpromptError, match="callbacks must be a list"):
+        softprompt.train(train_data=rows, callbacks=stopper, **_settings(tiny_llama_dir, tmp_path / "c"))
+
+
+def test_early_stopping_is_a_callback_that_counts_evaluations_without_a_new_best():
+    from softprompt.training.checkpoint import Progress
+
+    state = Progress(evals_without_improvement=2)
+    assert EarlyStopping(2).on_evaluate(state, {}, False) and not EarlyStopping(3).on_evaluate(state, {}, False)
+    assert not EarlyStopping(0).on_evaluate(state, {}, False)  # 0: never
+    bar = ProgressBar(enabled=True)
+    bar.on_train_begin(Progress(step=2), 10)
+    bar.on_step_end(Progress(step=3), {"loss": 0.5})
+    assert bar.bar.n == 3 and bar.bar.total == 10
+    bar.on_train_end(Progress(step=3))
