@@ -157,3 +157,32 @@ def test_packing_respects_a_sliding_window(tiny_gemma_chinese_dir):
         padded = model(batch)
         model.task.pack = True
         torch.testing.assert_close(model(batch), padded, atol=1e-5, rtol=1e-5)
+
+
+def test_classification_metrics_from_scikit_learn_equal_the_counted_ones():
+    import random
+
+    from softprompt.tasks.classification.metrics import classification_metrics
+
+    def counted(predicted, gold, labels):  # the hand-written formulas scikit-learn replaced
+        f1 = {}
+        for index, label in enumerate(labels):
+            tp = sum(p == index == g for p, g in zip(predicted, gold, strict=True))
+            fp = sum(p == index != g for p, g in zip(predicted, gold, strict=True))
+            fn = sum(g == index != p for p, g in zip(predicted, gold, strict=True))
+            precision, recall = (tp / (tp + fp) if tp + fp else 0.0), (tp / (tp + fn) if tp + fn else 0.0)
+            f1[label] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        accuracy = sum(p == g for p, g in zip(predicted, gold, strict=True)) / len(gold)
+        return accuracy, sum(f1.values()) / len(labels), f1
+
+    rng = random.Random(0)
+    for trial in range(200):
+        labels = [f"l{i}" for i in range(rng.randint(1, 5))]
+        size = rng.randint(1, 30)
+        # Some trials leave a label out of both the gold labels and the predictions.
+        pool = range(len(labels) - (trial % 3 == 0 and len(labels) > 1))
+        gold, predicted = [rng.choice(pool) for _ in range(size)], [rng.choice(pool) for _ in range(size)]
+        got = classification_metrics(predicted, gold, labels)
+        accuracy, macro, f1 = counted(predicted, gold, labels)
+        assert got["accuracy"] == pytest.approx(accuracy) and got["macro_f1"] == pytest.approx(macro)
+        assert got["f1"] == pytest.approx(f1) and got["n"] == size

@@ -188,10 +188,11 @@ def test_a_directory_given_as_data_is_named_as_one(base_args, tmp_path, run, cap
     assert main(["train", *base_args, f"data.train={tmp_path}", f"out={tmp_path / 'dir'}"]) == 2
     assert (
         _one_line_error(capsys)
-        == f"error: data file {tmp_path} is a directory; give a file (.jsonl, .csv or .tsv) inside it"
+        == f"error: data file {tmp_path} is a directory, not one written by datasets' save_to_disk; give a file "
+        "(.jsonl, .csv, .tsv or .parquet) inside it"
     )
     assert main(["eval", str(run), "--data", str(tmp_path)]) == 2
-    assert "is a directory; give a file" in _one_line_error(capsys)
+    assert "is a directory, not one written by datasets' save_to_disk; give a file" in _one_line_error(capsys)
 
 
 def test_predict_takes_texts_after_its_options(run, capsys):

@@ -81,7 +81,7 @@ def test_a_save_to_disk_folder_picks_the_split_each_key_reads(tmp_path):
             lambda d: _dataset_dict().save_to_disk(str(d / "t")),
             "t@nope: no split 'nope' (splits: train, validation, test)",
         ),
-        (lambda d: (d / "t").mkdir(), "is a folder but not one written by datasets' save_to_disk"),
+        (lambda d: (d / "t").mkdir(), "is a directory, not one written by datasets' save_to_disk"),
     ],
 )
 def test_bad_table_data_is_one_line(tiny_llama_dir, tmp_path, capsys, make, message):

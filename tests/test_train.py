@@ -322,3 +322,23 @@ def test_a_run_saved_before_the_compute_settings_existed_still_resumes():
     check_same_run(saved, requested)  # the defaults are what such a run used
     with pytest.raises(SoftpromptError, match="precision"):
         check_same_run(saved, {**requested, "precision": "bf16"})
+
+
+def test_the_schedule_is_transformers_linear_one_but_for_its_first_warmup_step():
+    """Why the loop keeps its own lr_lambda: transformers' "linear" schedule starts warm-up at a
+    learning rate of 0, so its first optimizer step changes nothing; ours starts at 1/warmup.
+    After warm-up the two are the same numbers."""
+    import torch
+    from transformers import get_scheduler
+
+    from softprompt.training.loop import lr_lambda
+
+    warmup, total = 5, 40
+    ours = lr_lambda(warmup, total)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    theirs = get_scheduler("linear", optimizer, num_warmup_steps=warmup, num_training_steps=total).lr_lambdas[0]
+    assert theirs(0) == 0.0 and ours(0) == pytest.approx(1 / warmup)
+    assert [ours(step) for step in range(warmup - 1)] == pytest.approx([theirs(step + 1) for step in range(warmup - 1)])
+    assert [ours(step) for step in range(warmup, total + 3)] == pytest.approx(
+        [theirs(step) for step in range(warmup, total + 3)]
+    )

@@ -92,8 +92,8 @@ def _saved(path: Path, key: str) -> list[dict[str, Any]]:
         loaded = datasets.load_from_disk(folder, keep_in_memory=True)
     except FileNotFoundError:
         raise SoftpromptError(
-            f"{folder} is a folder but not one written by datasets' save_to_disk; give a .jsonl, .csv, .tsv "
-            "or .parquet file"
+            f"data file {folder} is a directory, not one written by datasets' save_to_disk; give a file "
+            "(.jsonl, .csv, .tsv or .parquet) inside it"
         ) from None
     if isinstance(loaded, datasets.DatasetDict):
         loaded = loaded[_pick_split(list(loaded), key, str(path), asked or None)]
