@@ -135,3 +135,23 @@ def test_early_stopping_is_a_callback_that_counts_evaluations_without_a_new_best
     bar.on_step_end(Progress(step=3), {"loss": 0.5})
     assert bar.bar.n == 3 and bar.bar.total == 10
     bar.on_train_end(Progress(step=3))
+
+
+def test_wandb_offline_records_the_run(base_args, tmp_path):
+    """W&B in offline mode (skipped when wandb is not installed; make does not install it). Its
+    run file is wandb's own binary format: the test looks for the logged keys in it."""
+    pytest.importorskip("wandb")
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "wb-run"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    command = [sys.executable, "-m", "softprompt", "train", *base_args, f"out={out}", "train.max_steps=4"]
+    command += ["train.eval_every=2", "train.report_to=wandb"]
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [record] = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    data = record.read_bytes()
+    for key in (b"train/loss", b"train/tokens_per_second", b"dev/accuracy", b"test/accuracy", b"train.lr"):
+        assert key in data, key

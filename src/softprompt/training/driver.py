@@ -83,7 +83,8 @@ def run_job(job: TrainingJob, resume: bool = False, progress: bool = True) -> Pr
     model, out, again = job.model, job.out, continues(job.out, resume)
     settings, save, dev = job.settings, job.save_best, job.dev_metric
     if procs.main and report_to_names(settings.report_to):
-        job.trackers = Trackers(settings.report_to, out.resolve().name, out, job.run_settings or {})
+        on_cpu = all(p.device.type == "cpu" for p in model.trainable_parameters())
+        job.trackers = Trackers(settings.report_to, out.resolve().name, out, job.run_settings or {}, on_cpu)
     hooks = [*job.callbacks, *([job.trackers] if job.trackers else [])]
     try:
         state = fit(model, job.rows, settings, job.seed, out, save, dev, again, progress, job.sharded, hooks)

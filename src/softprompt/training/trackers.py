@@ -40,9 +40,13 @@ def hyperparameters(settings: dict[str, Any]) -> dict[str, str | int | float | b
 class Trackers(Callback):
     """The trackers ``report_to`` names, reporting one run called ``run_name``."""
 
-    def __init__(self, report_to: str, run_name: str, out: Path, settings: dict[str, Any]):
+    def __init__(self, report_to: str, run_name: str, out: Path, settings: dict[str, Any], cpu: bool = True):
+        from accelerate import PartialState
         from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
+        # accelerate's trackers log through accelerate's logger, which needs the process state the
+        # loop's Accelerator would create: create it first, on the device the loop will ask for.
+        PartialState(cpu=cpu)
         self.trackers = []
         for name in report_to_names(report_to):
             cls = LOGGER_TYPE_TO_CLASS[name]
