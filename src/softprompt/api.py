@@ -220,6 +220,8 @@ def build(
     loaded = loaded or load_backbone(run.backbone, run.device, run.precision, run.quantize)
     with seeded(run.seed):
         module = task.build(run, loaded, splits)
+    if run.calibrate != "none":
+        task.calibrate(module)
     return Model(module, task, artifact_meta(run, module, loaded, splits))
 
 

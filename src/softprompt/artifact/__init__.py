@@ -80,9 +80,14 @@ def write_artifact(
 
 def update_metrics(directory: Path, metrics: dict[str, Any]) -> None:
     """Merge ``metrics`` into task.json's metrics (atomically)."""
+    meta = json.loads((Path(directory) / TASK_FILE).read_text(encoding="utf-8"))
+    update_record(directory, {"metrics": {**meta.get("metrics", {}), **metrics}})
+
+
+def update_record(directory: Path, fields: dict[str, Any]) -> None:
+    """Set top-level ``fields`` of task.json (atomically) and rewrite the model card."""
     path = Path(directory) / TASK_FILE
-    meta = json.loads(path.read_text(encoding="utf-8"))
-    meta.setdefault("metrics", {}).update(metrics)
+    meta = {**json.loads(path.read_text(encoding="utf-8")), **fields}
     atomic_write_json(path, meta)
     write_model_card(Path(directory), meta, peft_loadable(Path(directory)))
 

@@ -124,6 +124,8 @@ def _prompt_section(meta: dict[str, Any]) -> str:
         lines.append(f"- verbalizer (label -> words the model is scored on): {words}")
     if meta.get("labels") and not meta.get("verbalizer"):
         lines.append(f"- labels: {', '.join(map(str, meta['labels']))}")
+    if isinstance(meta.get("calibration"), dict):
+        lines.append("- contextual calibration: predictions are divided by the prompt's own bias (task.json)")
     if meta.get("demonstrations"):
         lines.append("- few-shot demonstrations are put before every input (recorded in task.json)")
     return "## The prompt\n\n" + "\n".join(lines) if lines else ""

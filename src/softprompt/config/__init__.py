@@ -189,6 +189,9 @@ class GenConfig(Decoding):
         require(self.num_beams >= 1, "gen.num_beams", f"must be >= 1 (1 = no beam search), got {self.num_beams}")
 
 
+CALIBRATIONS = ("none", "contextual")  # see softprompt.tasks.classification.calibration
+
+
 @dataclass
 class RunConfig(ComputeSettings):
     """Everything one ``softprompt train`` run needs."""
@@ -210,6 +213,11 @@ class RunConfig(ComputeSettings):
     verbalizer: dict[str, Any] | None = option(  # noqa: RUF009 (option returns a dataclasses.field)
         "label -> word or list of words; default: the dataset's", None
     )
+    calibrate: str = option(
+        "none | contextual: divide the prompt's own label bias, measured on content-free inputs "
+        "(N/A, empty, mask), out of every prediction (classification; Zhao et al. 2021)",
+        "none",
+    )
     prompt: PromptConfig = field(default_factory=PromptConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -228,6 +236,8 @@ class RunConfig(ComputeSettings):
         require(
             not empty, "template", "is empty; give one such as '{text}\\nLabel:', or leave it out for the dataset's"
         )
+        known = ", ".join(CALIBRATIONS)
+        require(self.calibrate in CALIBRATIONS, "calibrate", f"'{self.calibrate}' is not one of {known}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict, as written to the artifact (method sections at the top level)."""

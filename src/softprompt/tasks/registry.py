@@ -41,6 +41,11 @@ class TaskSpec:
     # `predict` do not rebuild as a model: that command, and what its artifacts are used with.
     made_by: str = ""
     used_with: str = ""
+    calibrates: bool = False  # `calibrate=contextual` applies: the model gives label probabilities
+
+    def calibrate(self, model: TaskModel) -> dict[str, Any]:
+        """Measure the model's own label bias and divide it out from now on; the artifact's record of it."""
+        raise SoftpromptError(f"task={self.name} has no label probabilities to calibrate; use calibrate=none")
 
     def headline(self, metrics: dict[str, Any]) -> float:
         """The one number of a metrics dict that ranks runs (``compare``'s chart)."""
@@ -65,6 +70,8 @@ class TaskSpec:
 
     def check(self, config: RunConfig) -> None:
         """Cheap checks of the config (template, verbalizer...) before any data or model loads."""
+        if config.calibrate != "none" and not self.calibrates:
+            raise SoftpromptError(f"config field 'calibrate': task={self.name} has no label probabilities to calibrate")
         if self.made_by:
             raise SoftpromptError(f"task={self.name} artifacts are made by `{self.made_by}`, not by train or compare")
 

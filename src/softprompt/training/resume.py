@@ -37,6 +37,7 @@ ADDED_LATER = {
     "train.grad_accum": 1,
     "data.target_field": "target",
     "train.report_to": "none",
+    "calibrate": "none",
 }
 EXTENDABLE = "train.max_steps"
 DATA_HASHES = "data_sha256"  # config.json's record of the data files' contents (not a setting)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from softprompt.artifact import TASK_FILE, size_bytes, update_metrics
+from softprompt.artifact import TASK_FILE, size_bytes, update_metrics, update_record
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.backbones.sources import hub_id
 from softprompt.config import RunConfig, require
@@ -135,12 +135,17 @@ def train(
     bar = "eval" if progress else None
     _check_start(config, resume, overwrite, extend, procs.main)
     splits, backbone, model, baseline = _setup(config, backbone, records, bar)
+    task, trains = get_task(config.task), get_method(config.method).trains
+    if config.calibrate != "none" and not trains:  # zero-/few-shot: calibrated from the start
+        task.calibrate(model)
     meta = artifact_meta(config, model, backbone, splits)
     encoded = encode_splits(model, splits, config.train.max_length)
 
     job = _training_job(config, model, splits, encoded, meta, bar)
     job.callbacks = list(callbacks or [])
     state = run_job(job, resume, progress)
+    if config.calibrate != "none" and trains and procs.main:  # the trained prompt's own bias
+        update_record(out, {"calibration": task.calibrate(model)})
     if job.sharded and not procs.main and splits.test:
         # Under FSDP the other processes join the main one's test pass: its forward passes
         # gather the sharded blocks. Only the main process keeps the results and writes them.

@@ -16,6 +16,7 @@ from softprompt.prompts import Template, Verbalizer
 from softprompt.tasks.base import evaluate
 from softprompt.tasks.classification.baselines import tfidf_accuracy
 from softprompt.tasks.classification.batches import ClassificationTask, demonstrations
+from softprompt.tasks.classification.calibration import calibrate, load_calibration
 from softprompt.tasks.classification.model import PromptedClassifier, label_probabilities
 from softprompt.tasks.registry import TaskSpec, fit_soft_slots, register_task
 
@@ -103,6 +104,11 @@ class Classification(TaskSpec):
     prompt_baselines = True
     baseline_names = ("zero_shot", "few_shot", "tfidf")
     record_fields: ClassVar[dict[str, type]] = {"template": str, "verbalizer": dict}
+    calibrates = True
+
+    def calibrate(self, model: PromptedClassifier) -> dict[str, Any]:
+        calibrate(model)
+        return model.calibration_record()
 
     def offline_baselines(self, config: RunConfig, splits: Splits, wanted: list[str]) -> list[tuple[str, dict]]:
         if "tfidf" not in wanted:
@@ -119,6 +125,7 @@ class Classification(TaskSpec):
         return examples_from_records(records, source, text_field, label_field).examples
 
     def check(self, config: RunConfig) -> None:
+        super().check(config)
         resolve_prompting(config)
 
     def build(self, config: RunConfig, backbone: Backbone, splits: Splits) -> PromptedClassifier:
@@ -139,7 +146,7 @@ class Classification(TaskSpec):
         return model
 
     def load(self, meta: dict[str, Any], config: RunConfig, backbone: Backbone) -> PromptedClassifier:
-        return build_classifier(
+        model = build_classifier(
             backbone,
             meta["method"],
             Template(meta["template"]),
@@ -150,6 +157,8 @@ class Classification(TaskSpec):
             method_options=config.method_options(meta["method"]),
             for_inference=True,
         )
+        load_calibration(model, meta.get("calibration"))
+        return model
 
     def baselines(self, config: RunConfig, backbone: Backbone, splits: Splits, progress: str | None) -> dict:
         """``{"zero_shot_test": metrics}``: the template minus its soft tokens, when asked for.

@@ -170,7 +170,7 @@ class MixedPromptClassifier(nn.Module):
             model = self.tasks[name]
             scores = logits[row, [where[t] for t in model.first_ids.tolist()]]
             labels = torch.stack([scores[group].logsumexp(-1) for group in model.label_groups])
-            out.append(torch.log_softmax(labels, dim=-1))
+            out.append(model.calibrated(torch.log_softmax(labels, dim=-1)))
         return out
 
 

@@ -41,6 +41,15 @@ class PromptedClassifier(TaskModel):
             for i in range(len(task.labels))
         ]
         self.multi = [k for k, c in enumerate(candidates) if len(c.ids) > 1]
+        # [labels] log-probabilities of the prompt's own bias, divided out of every prediction
+        # (contextual calibration, .calibration); None: predictions as the model gives them.
+        self.calibration: torch.Tensor | None = None
+
+    def calibrated(self, log_probs: torch.Tensor) -> torch.Tensor:
+        """``[..., labels]`` log-probabilities with the calibration's bias divided out (renormalised)."""
+        if self.calibration is None:
+            return log_probs
+        return torch.log_softmax(log_probs - self.calibration.to(log_probs.device), dim=-1)
 
     # ---- what the training loop asks of a task model -------------------------------------------
     def encode_split(self, examples: list[Example], where: str | None = None) -> list[EncodedInput]:
@@ -96,13 +105,18 @@ class PromptedClassifier(TaskModel):
             "labels": self.task.labels,
             "demonstrations": self.task.demonstrations,
             "soft_prefix": template.leading_soft == template.num_soft > 0,
+            **({"calibration": self.calibration_record()} if self.calibration is not None else {}),
         }
+
+    def calibration_record(self) -> dict[str, Any]:
+        """What an artifact records of the calibration: the method and the bias per label."""
+        return {"method": "contextual", "log_bias": dict(zip(self.task.labels, self.calibration.tolist(), strict=True))}
 
     # ---- forward ------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> torch.Tensor:
         batch = core.to_device(batch, self.backbone.device)
         scores = self._causal_scores(batch) if self.task.causal else self._encoder_scores(batch)
-        return torch.log_softmax(scores, dim=-1)
+        return self.calibrated(torch.log_softmax(scores, dim=-1))
 
     def _encoder_scores(self, batch: Batch) -> torch.Tensor:
         hidden = self.encoder_hidden(batch.input_ids, batch.soft_index, batch.attention_mask)

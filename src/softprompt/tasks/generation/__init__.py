@@ -134,6 +134,7 @@ class Generation(TaskSpec):
         return pairs_from_records(records, source, data.get("text_field", "text"), data.get("target_field", "target"))
 
     def check(self, config: RunConfig) -> None:
+        super().check(config)
         resolve_template(config)
 
     def build(self, config: RunConfig, backbone: Backbone, splits: Splits) -> PromptedGenerator:
