@@ -15,8 +15,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import resource
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +32,7 @@ from softprompt.training.batches import batch_indices
 from softprompt.training.callbacks import Callback, EarlyStopping, ProgressBar, call_hooks
 from softprompt.training.checkpoint import Progress, load_checkpoint, save_checkpoint
 from softprompt.training.processes import processes
+from softprompt.training.resources import peak_memory_mb
 from softprompt.training.sharding import accelerate_fsdp_hidden, refuse_sharded_launch
 from softprompt.training.trainable import Trainable
 
@@ -102,13 +101,7 @@ def fit(
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     warmup = max(1, int(settings.warmup_ratio * settings.max_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, settings.max_steps))
-    state = Progress()
-    if resume:
-        saved = load_checkpoint(out)
-        model.load_training_state(saved["trainable"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = saved["progress"]
+    state = _restore(out, model, optimizer, scheduler) if resume else Progress()
     own = [ProgressBar(progress and processes().main), EarlyStopping(settings.patience)]
     run = _Run(
         model,
@@ -123,6 +116,15 @@ def fit(
         own + list(callbacks or []),
     )
     return run.steps(rows, state)
+
+
+def _restore(out: Path, model: Trainable, optimizer: torch.optim.Optimizer, scheduler: Any) -> Progress:
+    """Load the checkpoint in ``out`` into the model, optimizer and schedule; its counters."""
+    saved = load_checkpoint(out)
+    model.load_training_state(saved["trainable"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    return saved["progress"]
 
 
 class Objective(nn.Module):
@@ -265,20 +267,6 @@ class _Run:
             state.stopped_early = True  # early stopping is one of the callbacks
         if main:
             save_checkpoint(self.out, self.model.training_state(), self.optimizer, self.scheduler, state)
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 if sys.platform != "darwin" else peak / 2**20  # Linux: KiB, macOS: bytes
-
-
-def peak_memory_mb(params: list[nn.Parameter]) -> float:
-    """Peak memory so far: of the GPU the parameters live on, else this process's resident memory."""
-    device = params[0].device if params else torch.device("cpu")
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return peak_rss_mb()
 
 
 def _diverged(loss: float, state: Progress, out: Path) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,8 @@ from softprompt.tasks.base import TaskModel, evaluate
 from softprompt.training.callbacks import Callback
 from softprompt.training.checkpoint import CHECKPOINT, Progress
 from softprompt.training.driver import TrainingJob, artifact_saver, run_job
-from softprompt.training.loop import peak_rss_mb
 from softprompt.training.processes import processes
+from softprompt.training.resources import resources
 from softprompt.training.resume import check_resumable, run_record
 from softprompt.training.sharding import requested_sharding, shard_for_launch
 
@@ -136,11 +135,8 @@ def train(
     _check_start(config, resume, overwrite, extend, procs.main)
     splits, backbone, model, baseline = _setup(config, backbone, records, bar)
     task, trains = get_task(config.task), get_method(config.method).trains
-    if config.calibrate != "none" and not trains:  # zero-/few-shot: calibrated from the start
-        task.calibrate(model)
     meta = artifact_meta(config, model, backbone, splits)
     encoded = encode_splits(model, splits, config.train.max_length)
-
     job = _training_job(config, model, splits, encoded, meta, bar)
     job.callbacks = list(callbacks or [])
     state = run_job(job, resume, progress)
@@ -245,6 +241,8 @@ def _setup(
     baseline = task.baselines(config, backbone, splits, bar)
     with seeded(config.seed):
         model = task.build(config, backbone, splits)
+    if config.calibrate != "none" and not get_method(config.method).trains:  # zero-/few-shot: from the start
+        task.calibrate(model)
     return splits, backbone, model, baseline
 
 
@@ -270,12 +268,3 @@ def _record_results(
     if state.history:
         plot_training_curves(state.history, out / PLOT_FILE)
     return json.loads((out / TASK_FILE).read_text(encoding="utf-8"))["metrics"]
-
-
-def resources(history: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Peak memory of this process and the median seconds per optimizer step."""
-    step_seconds = [h["seconds"] for h in history if "seconds" in h]
-    return {
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "median_step_seconds": round(statistics.median(step_seconds), 4) if step_seconds else None,
-    }
