@@ -1,6 +1,6 @@
 """The server under load: a bounded load generator against ``softprompt serve`` on 127.0.0.1.
 
-    python benchmarks/server_load.py --prompts DIR --clients 32 --seconds 120 --queue-size 64
+    python benchmarks/server_load.py --artifacts DIR --clients 32 --seconds 120 --queue-size 64
 
 Phase 1: ``--clients`` concurrent clients, each sending one classification request after the
 other (a random task, 1-4 texts) for ``--seconds``: requests/s, p50/p99 latency, and every status.
@@ -170,7 +170,7 @@ async def burst(base: str, tasks: list[str], count: int, headers: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", required=True)
+    parser.add_argument("--artifacts", required=True)
     parser.add_argument("--backbone", default="smollm2-135m")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=120)
@@ -182,7 +182,7 @@ def main() -> None:
     args = parser.parse_args()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "softprompt", "serve", "--backbone", args.backbone, "--prompts", args.prompts]
+    command = [sys.executable, "-m", "softprompt", "serve", "--backbone", args.backbone, "--artifacts", args.artifacts]
     command += ["--port", str(port), "--queue-size", str(args.queue_size), "--threads", str(args.threads)]
     key = "benchmark-key"
     command += ["--api-key", key]

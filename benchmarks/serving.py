@@ -49,6 +49,7 @@ class Server:
     def __init__(self, args: argparse.Namespace, prompts: Path):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        # --prompts: the flag's first name, which --src trees from before the rename know too
         command = [sys.executable, "-m", "softprompt", "serve", "--backbone", args.backbone, "--prompts", str(prompts)]
         command += ["--port", str(self.port), "--threads", str(args.threads), "--queue-size", "256"]
         if args.prompt_cache_mb is not None:

@@ -144,9 +144,10 @@ def test_out_naming_a_file_and_an_empty_template(base_args, tmp_path, capsys):
     assert "config field 'template': is empty" in _one_line_error(capsys)
 
 
-def test_serve_refuses_a_port_out_of_range(capsys):
+@pytest.mark.parametrize("flag", ["--artifacts", "--prompts"])  # --prompts: the flag's first name, still taken
+def test_serve_refuses_a_port_out_of_range(capsys, flag):
     with pytest.raises(SystemExit) as exit_info:
-        main(["serve", "--prompts", ".", "--port", "99999"])
+        main(["serve", flag, ".", "--port", "99999"])
     assert exit_info.value.code == 2
     assert "expected a port number from 1 to 65535" in capsys.readouterr().err
 

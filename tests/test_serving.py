@@ -400,7 +400,7 @@ def test_metrics_count_requests_tokens_batches_and_prompt_caches(client):
 
 
 def test_serve_reports_a_missing_prompts_folder(tmp_path, capsys, tiny_llama_dir):
-    assert main(["serve", "--backbone", str(tiny_llama_dir), "--prompts", str(tmp_path / "none")]) == 2
+    assert main(["serve", "--backbone", str(tiny_llama_dir), "--artifacts", str(tmp_path / "none")]) == 2
     assert "prompts directory" in capsys.readouterr().err
 
 
@@ -416,7 +416,7 @@ def test_uvicorn_serves_and_stops_on_signal(tiny_llama_dir, prompts_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    args = ["serve", "--backbone", str(tiny_llama_dir), "--prompts", str(prompts_dir), "--port", str(port)]
+    args = ["serve", "--backbone", str(tiny_llama_dir), "--artifacts", str(prompts_dir), "--port", str(port)]
     process = subprocess.Popen([sys.executable, "-m", "softprompt", *args], stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(200):

@@ -135,7 +135,7 @@ def _alone(service, request):
 
 
 def _request(service, task, text, **settings):
-    return sample_request(GenerateRequest(task=task, prompt=text, **settings).job(), service.tasks.generators[task])
+    return sample_request(GenerateRequest(task=task, prompt=text, **settings).job(), service.tasks.writers[task])
 
 
 def test_requests_joining_a_running_batch_get_what_each_gets_alone(service):
@@ -228,7 +228,7 @@ def test_chat_completions_use_the_chat_template_and_the_task_prompt(openai_clien
         expected = service.generate([job])[0][0]
         assert answer.object == "chat.completion" and answer.model == "polite"
         assert answer.choices[0].message.role == "assistant" and answer.choices[0].message.content == expected
-        soft = len(service.tasks.generators["polite"].soft)
+        soft = len(service.tasks.writers["polite"].soft)
         assert answer.usage.prompt_tokens == len(tokenizer(rendered)["input_ids"]) + soft
         pieces = list(
             openai_client.chat.completions.create(
@@ -269,7 +269,7 @@ def test_generation_embeddings_give_our_next_token_logits(service, served_dir):
     text = "you are rude"
     (embeds,) = input_embeddings(model, [text])
     batch = RunningBatch(service.backbone)
-    batch.admit([("one", sample_request(WriteJob("polite", text), service.tasks.generators["polite"]))])
+    batch.admit([("one", sample_request(WriteJob("polite", text), service.tasks.writers["polite"]))])
     assert torch.allclose(_next_token_logits(service.backbone, embeds), batch.rows.logits[0].cpu(), atol=1e-5)
     body = vllm_completion_request(model, text, "my-model", max_tokens=8)
     sent = torch.load(io.BytesIO(base64.b64decode(body["prompt_embeds"])), weights_only=True)
@@ -353,7 +353,7 @@ def test_the_api_key_scheme_is_case_insensitive_and_an_empty_key_is_refused(serv
         for scheme in ("Bearer", "bearer", "BEARER"):
             assert client.get("/v1/models", headers={"Authorization": f"{scheme} k3y"}).status_code == 200
         assert client.get("/v1/models", headers={"Authorization": "Basic k3y"}).status_code == 401
-    assert main(["serve", "--prompts", str(served_dir), "--api-key", "", "--backbone", "nowhere"]) == 2
+    assert main(["serve", "--artifacts", str(served_dir), "--api-key", "", "--backbone", "nowhere"]) == 2
     assert "--api-key is empty" in capsys.readouterr().err
 
 

@@ -63,7 +63,7 @@ def _serve(args: argparse.Namespace) -> None:
     use_threads(args)
     backbone = load_backbone(args.backbone, args.device, args.precision)
     backbone.require_token_prediction("serve")
-    service = Service(backbone, args.prompts, args.prompt_cache_mb)
+    service = Service(backbone, args.artifacts, args.prompt_cache_mb)
     settings = ServeSettings(
         args.queue_size,
         args.max_batch,
@@ -103,7 +103,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--backbone", default="smollm2-135m")
     serve.add_argument(
-        "--prompts", required=True, help="a folder whose sub-folders are trained artifacts (task = name)"
+        "--artifacts",
+        "--prompts",  # the flag's first name; kept so that existing commands keep working
+        dest="artifacts",
+        required=True,
+        help="a folder whose sub-folders are trained artifacts (task = the sub-folder's name)",
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=_port, default=8000)

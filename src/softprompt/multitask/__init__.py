@@ -4,7 +4,7 @@ own soft prompt, in batches that mix the tasks (:class:`~softprompt.tasks.classi
 The recipe lists ``tasks`` as ``continual`` does. Batches sample the tasks in proportion to their
 training sets (``sampling=proportional``) or equally (``uniform``: smaller sets are cycled). The
 run's checkpoint and best weights (by the mean dev accuracy over tasks) live in ``out``; at the
-end every task gets an ordinary artifact in ``out/tasks/<name>`` (``softprompt serve --prompts
+end every task gets an ordinary artifact in ``out/tasks/<name>`` (``softprompt serve --artifacts
 out/tasks`` serves them all).
 """
 

@@ -54,7 +54,7 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
     metrics.watch("softprompt_queue_depth", "requests waiting for the worker", batcher.queue.qsize)
     metrics.watch("softprompt_generation_rows", "rows in the running decoding batch", lambda: service.stream.rows)
     metrics.watch(
-        "softprompt_tasks", "tasks served", lambda: len(service.tasks.classifiers) + len(service.tasks.generators)
+        "softprompt_tasks", "tasks served", lambda: len(service.tasks.classifiers) + len(service.tasks.writers)
     )
     metrics.registry.register(PromptCacheCollector(lambda: service.tasks.prompt_caches))
 
@@ -93,7 +93,7 @@ def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "tasks": len(service.tasks.classifiers) + len(service.tasks.generators)}
+        return {"status": "ok", "tasks": len(service.tasks.classifiers) + len(service.tasks.writers)}
 
     @app.get("/v1/tasks")
     async def list_tasks() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The tasks a server offers: every artifact directory under the prompts directory, loaded on
+"""The tasks a server offers: every artifact directory under the artifacts folder, loaded on
 the one backbone. A directory that cannot be served (corrupt, another backbone, a method that
 changes the backbone's layers) is reported and skipped; the others are served."""
 
@@ -22,14 +22,14 @@ from softprompt.tasks.loading import load_model
 
 
 @dataclass
-class ServedPrompts:
+class ServedTasks:
     """What is served: classifiers (mixed in one batch) and generation prompts, by task name.
     Change it only through :meth:`put` and :meth:`remove` (they keep the mixed batch and its
     prompt caches in step), from the server's one worker, between batches."""
 
     prompt_caches: PromptCaches
     classifiers: dict[str, PromptedClassifier] = field(default_factory=dict)
-    generators: dict[str, Writer] = field(default_factory=dict)  # detox LM prompts and generation tasks
+    writers: dict[str, Writer] = field(default_factory=dict)  # generation tasks and detox LM prompts
     skipped: dict[str, str] = field(default_factory=dict)  # directory name -> why
     mixed: MixedPromptClassifier | None = None
 
@@ -37,7 +37,7 @@ class ServedPrompts:
         """Serve ``served`` as task ``name``, replacing a task of that name."""
         self.remove(name)
         if isinstance(served, Writer):
-            self.generators[name] = served
+            self.writers[name] = served
             return
         self.classifiers[name] = served
         if self.mixed is None:
@@ -48,7 +48,7 @@ class ServedPrompts:
     def remove(self, name: str) -> bool:
         """Stop serving task ``name``; False when there was none."""
         self.skipped.pop(name, None)
-        if self.generators.pop(name, None) is not None:
+        if self.writers.pop(name, None) is not None:
             return True
         if self.classifiers.pop(name, None) is None:
             return False
@@ -70,11 +70,11 @@ class ServedPrompts:
             }
             for name, model in self.classifiers.items()
         ]
-        rows += [{"name": name, "kind": "generate", **writer.describe()} for name, writer in self.generators.items()]
+        rows += [{"name": name, "kind": "generate", **writer.describe()} for name, writer in self.writers.items()]
         return rows
 
 
-def load_tasks(directory: str | Path, backbone: Backbone, prompt_cache_mb: float | None = None) -> ServedPrompts:
+def load_tasks(directory: str | Path, backbone: Backbone, prompt_cache_mb: float | None = None) -> ServedTasks:
     """Load every artifact directory under ``directory`` (its name is the task name). The
     classifiers' prompt caches are kept up to ``prompt_cache_mb`` megabytes (None: all of them).
 
@@ -85,7 +85,7 @@ def load_tasks(directory: str | Path, backbone: Backbone, prompt_cache_mb: float
     if not root.is_dir():
         raise SoftpromptError(f"prompts directory {root} does not exist (give a folder of trained artifacts)")
     budget = None if prompt_cache_mb is None else int(prompt_cache_mb * 2**20)
-    tasks = ServedPrompts(PromptCaches(backbone, budget))
+    tasks = ServedTasks(PromptCaches(backbone, budget))
     for path in sorted(p for p in root.iterdir() if p.is_dir()):
         if not (path / TASK_FILE).exists():
             continue

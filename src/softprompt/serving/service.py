@@ -15,7 +15,7 @@ from softprompt.backbones import Backbone
 from softprompt.data.records import Example
 from softprompt.errors import SoftpromptError
 from softprompt.serving.batcher import Batcher, QueueFull
-from softprompt.serving.registry import ServedPrompts, load_task, load_tasks
+from softprompt.serving.registry import ServedTasks, load_task, load_tasks
 from softprompt.serving.requests import ClassifyRequest, GenerateRequest
 from softprompt.serving.writing import GenerationStream, WriteJob
 from softprompt.tasks.classification.mixed import classify_mixed
@@ -56,11 +56,11 @@ class ServeSettings:
 class Service:
     """The model side: the loaded tasks and the batch handlers the worker calls."""
 
-    def __init__(self, backbone: Backbone, prompts: str | Path, prompt_cache_mb: float | None = 768.0):
+    def __init__(self, backbone: Backbone, artifacts: str | Path, prompt_cache_mb: float | None = 768.0):
         self.backbone = backbone
-        self.prompts = prompts
+        self.artifacts = artifacts  # the folder whose sub-folders are the served tasks' artifacts
         self.prompt_cache_mb = prompt_cache_mb
-        self.tasks: ServedPrompts = load_tasks(prompts, backbone, prompt_cache_mb)
+        self.tasks: ServedTasks = load_tasks(artifacts, backbone, prompt_cache_mb)
         self.stream = GenerationStream(backbone)  # the server's running decoding batch
         self.report_skipped()
 
@@ -92,7 +92,7 @@ class Service:
         """New jobs join the running decoding batch; each keeps its own settings and seed, so its
         answer does not depend on what it shares the batch with, or when it joined. Jobs whose
         task was removed while they waited are refused."""
-        served = self.tasks.generators
+        served = self.tasks.writers
         self.stream.admit([(key, job) for key, job in jobs if job.task is None or job.task in served], served)
         return {key: UnknownTask(job.task) for key, job in jobs if job.task is not None and job.task not in served}
 
@@ -112,7 +112,7 @@ class Service:
         slice by slice, with jobs joining and leaving)."""
         jobs = [p.job() if isinstance(p, GenerateRequest) else p for p in payloads]
         stream = GenerationStream(self.backbone)
-        stream.admit(list(enumerate(jobs)), self.tasks.generators)
+        stream.admit(list(enumerate(jobs)), self.tasks.writers)
         results: dict = {}
         while stream.rows:
             results.update(stream.advance(GENERATION_SLICE))
@@ -136,7 +136,7 @@ class Service:
         return out
 
     def reload(self, _: list[Any]) -> list[dict[str, Any]]:
-        self.tasks = load_tasks(self.prompts, self.backbone, self.prompt_cache_mb)
+        self.tasks = load_tasks(self.artifacts, self.backbone, self.prompt_cache_mb)
         self.report_skipped()
         return [{"tasks": self.tasks.describe(), "skipped": self.tasks.skipped}] * len(_)
 
@@ -199,8 +199,8 @@ class Gate:
     def known(self, task: str, kind: str) -> None:
         """404 for an unknown task, 400 for a task of the other kind."""
         tasks = self.service.tasks
-        other = tasks.generators if kind == "classify" else tasks.classifiers
-        mine = tasks.classifiers if kind == "classify" else tasks.generators
+        other = tasks.writers if kind == "classify" else tasks.classifiers
+        mine = tasks.classifiers if kind == "classify" else tasks.writers
         if task in mine:
             return
         if task in other:

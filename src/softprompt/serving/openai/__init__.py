@@ -28,7 +28,7 @@ def add_completion_routes(app: FastAPI, service: Service, gate: Gate) -> None:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        names = list(service.tasks.generators)
+        names = list(service.tasks.writers)
         return {
             "object": "list",
             "data": [{"id": n, "object": "model", "created": 0, "owned_by": "softprompt"} for n in names],

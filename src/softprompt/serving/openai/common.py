@@ -81,7 +81,7 @@ def refusal(request: SamplingFields, service: Service) -> JSONResponse | None:
             return openai_error(400, f"'{name}' is not supported by this server", name, "unsupported_parameter")
     if len(request.stops()) > 4:
         return openai_error(400, "stop: at most 4 strings", "stop")
-    if request.model not in service.tasks.generators:
+    if request.model not in service.tasks.writers:
         message = f"The model '{request.model}' does not exist; GET /v1/models lists them"
         return openai_error(404, message, "model", "model_not_found")
     return None
@@ -105,7 +105,7 @@ def finish_reason(ids: list[int], text: str, request: SamplingFields, service: S
     """ "stop" for the end-of-sequence token or a stop string, "length" at the token limit."""
     if any(s in text for s in request.stops()):
         return "stop"
-    limit = request.max_tokens or service.tasks.generators[request.model].defaults.max_new_tokens
+    limit = request.max_tokens or service.tasks.writers[request.model].defaults.max_new_tokens
     return "length" if len(ids) >= limit else "stop"
 
 

@@ -49,7 +49,7 @@ def add_completions(app: FastAPI, service: Service, gate: Gate) -> None:
             choices.append({"text": text, "index": index, "logprobs": None, "finish_reason": reason})
             written += tokens
         read = sum(
-            prompt_tokens(service, request.model, service.tasks.generators[request.model].render(p)) for p in prompts
+            prompt_tokens(service, request.model, service.tasks.writers[request.model].render(p)) for p in prompts
         )
         usage = {"prompt_tokens": read, "completion_tokens": written, "total_tokens": read + written}
         return JSONResponse({**head, "choices": choices, "usage": usage})
@@ -57,5 +57,5 @@ def add_completions(app: FastAPI, service: Service, gate: Gate) -> None:
 
 def prompt_tokens(service: Service, task: str, rendered: str) -> int:
     """Tokens the model reads for a rendered prompt: its text's and the task's soft tokens."""
-    soft = service.tasks.generators[task].soft
+    soft = service.tasks.writers[task].soft
     return len(service.backbone.tokenizer(rendered)["input_ids"]) + (0 if soft is None else len(soft))

@@ -239,4 +239,4 @@ class MultitaskBundle(TaskSpec):
     task's prompt is also written as an ordinary classification artifact."""
 
     made_by = "softprompt multitask"
-    used_with = "each task's own artifact in its out/tasks/<name> (`softprompt serve --prompts out/tasks`)"
+    used_with = "each task's own artifact in its out/tasks/<name> (`softprompt serve --artifacts out/tasks`)"
