@@ -162,3 +162,14 @@ def test_hf_datasets_train_offline_from_the_cache(tiny_llama_dir, tmp_path):
         failed = run(f"out={tmp_path / 'bad'}", *args)
         assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1, failed.stderr[-2000:]
         assert message in failed.stderr
+
+
+def test_table_data_without_the_datasets_package_names_the_extra(base_args, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed: importing it fails
+    out = tmp_path / "run"
+    data = tmp_path / "train.parquet"
+    data.write_bytes(b"PAR1")
+    assert main(["train", *base_args, f"data.train={data}", f"out={out}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs the `datasets` package: pip install 'softprompt[datasets]'" in err
+    assert not out.exists()
