@@ -78,13 +78,16 @@ def _front_matter(meta: dict[str, Any], peft_loadable: bool, name: str) -> dict[
         front["pipeline_tag"] = PIPELINES[task]
     front["tags"] = ["softprompt", method.replace("_", "-"), task] + (["peft"] if peft_loadable else [])
     dataset = _dataset(meta)
-    if dataset.startswith("hf:"):  # only a Hub dataset id means something to the Hub
-        front["datasets"] = [dataset.removeprefix("hf:").split(":")[0].split("@")[0]]
+    hub_dataset = dataset.removeprefix("hf:").split(":")[0].split("@")[0] if dataset.startswith("hf:") else ""
+    if hub_dataset:  # only a Hub dataset id means something to the Hub
+        front["datasets"] = [hub_dataset]
+    # A file is named, not located: its path on the training machine means nothing elsewhere.
+    shown = hub_dataset or (Path(dataset).name if dataset else "")
     test = _results(meta).get("test")
     if test:
         front["metrics"] = list(test)
         result: dict[str, Any] = {"task": {"type": PIPELINES.get(task, "text-generation")}}
-        result["dataset"] = {"name": dataset or "test split", "type": dataset or "custom", "split": "test"}
+        result["dataset"] = {"name": shown or "test split", "type": shown or "custom", "split": "test"}
         result["metrics"] = [
             {"type": key, "value": round(value, 4), "name": f"test {key}"} for key, value in test.items()
         ]
