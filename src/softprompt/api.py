@@ -24,6 +24,7 @@ from softprompt.config import RunConfig, load_config
 from softprompt.config.recipe import merge
 from softprompt.data.records import require_unicode
 from softprompt.data.splits import Records, Splits
+from softprompt.data.tables import SPLIT_NAMES
 from softprompt.errors import SoftpromptError, flag
 from softprompt.seeding import seeded
 from softprompt.tasks import TaskSpec, get_task
@@ -179,7 +180,7 @@ def _dataset_dict_splits(splits: Mapping, dev_data: Records | None, test_data: R
     if "train" not in splits:
         raise SoftpromptError(f"train_data: the DatasetDict has no 'train' split (splits: {', '.join(splits)})")
     found = {"train": splits["train"]}
-    dev = next((splits[name] for name in ("validation", "dev", "valid") if name in splits), None)
+    dev = next((splits[name] for name in SPLIT_NAMES["dev"] if name in splits), None)
     if dev is not None and dev_data is None:
         found["dev"] = dev
     if "test" in splits and test_data is None:

@@ -16,6 +16,18 @@ from softprompt.errors import SoftpromptError
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
+DATASET_PREFIX = "hf:"  # data.train=hf:NAME[:CONFIG][@SPLIT]
+
+
+def parse_hub_dataset(text: str) -> tuple[str, str | None, str | None]:
+    """``hf:NAME[:CONFIG][@SPLIT]`` -> (name, config, split)."""
+    body, _, split = text.removeprefix(DATASET_PREFIX).partition("@")
+    name, _, config = body.partition(":")
+    if not name:
+        raise SoftpromptError(f"{text}: give a dataset, e.g. hf:stanfordnlp/sst2 or hf:glue:sst2@validation")
+    return name, config or None, split or None
+
+
 def looks_like_hub_id(name: str) -> bool:
     """Whether ``name`` reads as a Hub model id and is not a local path."""
     if not HUB_ID.fullmatch(name):

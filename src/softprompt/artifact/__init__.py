@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,19 +76,24 @@ def write_artifact(
     atomic_write_json(directory / PEFT_CONFIG_FILE, config)
     record = {"format": FORMAT, **meta, "weights_sha256": _sha256(weights), "versions": versions()}
     atomic_write_json(directory / TASK_FILE, record)
-    write_model_card(directory, record, peft_loadable(directory))
+    write_model_card(directory, record, _is_peft_layout(config))
 
 
 def update_metrics(directory: Path, metrics: dict[str, Any]) -> None:
     """Merge ``metrics`` into task.json's metrics (atomically)."""
-    meta = json.loads((Path(directory) / TASK_FILE).read_text(encoding="utf-8"))
-    update_record(directory, {"metrics": {**meta.get("metrics", {}), **metrics}})
+    _rewrite_record(directory, lambda meta: meta.setdefault("metrics", {}).update(metrics))
 
 
 def update_record(directory: Path, fields: dict[str, Any]) -> None:
-    """Set top-level ``fields`` of task.json (atomically) and rewrite the model card."""
+    """Set top-level ``fields`` of task.json (atomically)."""
+    _rewrite_record(directory, lambda meta: meta.update(fields))
+
+
+def _rewrite_record(directory: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    """Read task.json once, ``change`` it in place, write it back atomically, rewrite the card."""
     path = Path(directory) / TASK_FILE
-    meta = {**json.loads(path.read_text(encoding="utf-8")), **fields}
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    change(meta)
     atomic_write_json(path, meta)
     write_model_card(Path(directory), meta, peft_loadable(Path(directory)))
 
@@ -98,6 +104,10 @@ def peft_loadable(directory: Path) -> bool:
         config = json.loads((Path(directory) / PEFT_CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+    return _is_peft_layout(config)
+
+
+def _is_peft_layout(config: Any) -> bool:
     return isinstance(config, dict) and config.get("peft_type") not in (None, "SOFTPROMPT")
 
 

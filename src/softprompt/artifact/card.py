@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from softprompt.atomic import atomic_write_text
+from softprompt.hub import DATASET_PREFIX, parse_hub_dataset
 
 CARD_FILE = "README.md"
 # The Hub's pipeline tag of each task an artifact can record.
@@ -78,7 +79,7 @@ def _front_matter(meta: dict[str, Any], peft_loadable: bool, name: str) -> dict[
         front["pipeline_tag"] = PIPELINES[task]
     front["tags"] = ["softprompt", method.replace("_", "-"), task] + (["peft"] if peft_loadable else [])
     dataset = _dataset(meta)
-    hub_dataset = dataset.removeprefix("hf:").split(":")[0].split("@")[0] if dataset.startswith("hf:") else ""
+    hub_dataset = parse_hub_dataset(dataset)[0] if dataset.startswith(DATASET_PREFIX) else ""
     if hub_dataset:  # only a Hub dataset id means something to the Hub
         front["datasets"] = [hub_dataset]
     # A file is named, not located: its path on the training machine means nothing elsewhere.

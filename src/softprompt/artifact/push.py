@@ -9,18 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from softprompt.artifact import PEFT_CONFIG_FILE, TASK_FILE, WEIGHTS_FILE, peft_loadable, read_artifact
+from softprompt.artifact import PEFT_CONFIG_FILE, TASK_FILE, WEIGHTS_FILE, ArtifactFiles, peft_loadable, read_artifact
 from softprompt.artifact.card import CARD_FILE, model_card
 from softprompt.errors import SoftpromptError
 from softprompt.hub import HUB_ID
 
 
-def upload_operations(directory: str | Path, repo_id: str) -> list:
+def upload_operations(files: ArtifactFiles, repo_id: str) -> list:
     """The commit operations a push sends: the artifact's files, and its card made for ``repo_id``
     (so "how to load it" names the repository)."""
     from huggingface_hub import CommitOperationAdd
 
-    files = read_artifact(directory)
     operations = [
         CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(files.path / name))
         for name in (WEIGHTS_FILE, PEFT_CONFIG_FILE, TASK_FILE)
@@ -43,8 +42,8 @@ def push_artifact(directory: str | Path, repo_id: str, private: bool = False) ->
 
     if not HUB_ID.fullmatch(repo_id):
         raise SoftpromptError(f"repository id {repo_id!r} is not of the form user/name")
-    operations = upload_operations(directory, repo_id)  # before the token: a bad artifact fails first
-    meta = read_artifact(directory).meta
+    files = read_artifact(directory)  # before the token: a damaged artifact fails first
+    operations, meta = upload_operations(files, repo_id), files.meta
     token = get_token()
     if not token:
         raise SoftpromptError(

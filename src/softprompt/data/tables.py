@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.errors import SoftpromptError
+from softprompt.hub import DATASET_PREFIX, parse_hub_dataset
 
-HUB_PREFIX = "hf:"
 EXTRA = "pip install 'softprompt[datasets]'"
 # The split a data.* key reads from a dataset that has several, in order of preference.
 SPLIT_NAMES = {"train": ("train",), "dev": ("validation", "dev", "valid"), "test": ("test",)}
@@ -23,7 +23,7 @@ SPLIT_NAMES = {"train": ("train",), "dev": ("validation", "dev", "valid"), "test
 def is_table(name: str | Path) -> bool:
     """Whether ``name`` names table data (parquet, a ``save_to_disk`` folder, ``hf:``) rather than a text file."""
     text = str(name)
-    return text.startswith(HUB_PREFIX) or text.lower().endswith(".parquet") or Path(text.partition("@")[0]).is_dir()
+    return text.startswith(DATASET_PREFIX) or text.lower().endswith(".parquet") or Path(text.partition("@")[0]).is_dir()
 
 
 def table_rows(name: str | Path, key: str = "train") -> list[tuple[int, dict[str, Any]]]:
@@ -34,7 +34,7 @@ def table_rows(name: str | Path, key: str = "train") -> list[tuple[int, dict[str
             not exist, or no rows.
     """
     text = str(name)
-    if text.startswith(HUB_PREFIX):
+    if text.startswith(DATASET_PREFIX):
         table = _hub_split(text, key)
     elif text.lower().endswith(".parquet"):
         table = _parquet(Path(text))
@@ -100,17 +100,8 @@ def _saved(path: Path, key: str) -> list[dict[str, Any]]:
     return loaded.to_list()
 
 
-def parse_hub_name(text: str) -> tuple[str, str | None, str | None]:
-    """``hf:NAME[:CONFIG][@SPLIT]`` -> (name, config, split)."""
-    body, _, split = text.removeprefix(HUB_PREFIX).partition("@")
-    name, _, config = body.partition(":")
-    if not name:
-        raise SoftpromptError(f"{text}: give a dataset, e.g. hf:stanfordnlp/sst2 or hf:glue:sst2@validation")
-    return name, config or None, split or None
-
-
 def _hub_split(text: str, key: str) -> list[dict[str, Any]]:
-    name, config, asked = parse_hub_name(text)
+    name, config, asked = parse_hub_dataset(text)
     datasets = _datasets(text)
     try:
         loaded = datasets.load_dataset(name, config)
