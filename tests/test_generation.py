@@ -203,12 +203,54 @@ def test_rewrite_metrics_combine_per_sentence(monkeypatch):
     perplexity = {("a", "b", "c"): np.array([10.0, 20.0, 300.0]), ("r",) * 20: np.linspace(1, 100, 20)}
     monkeypatch.setattr(rewrite, "perplexities", lambda backbone, texts: perplexity[tuple(texts)])
     monkeypatch.setattr(rewrite, "plain_backbone", lambda backbone: backbone)
-    metrics = rewrite.rewrite_metrics(None, ["x", "y", "z"], ["a", "b", "c"], [["r"] * 10, ["r"] * 10])
+    # SLOR: tokens 0..2 with unigram log-probs log(.5), log(.25), log(.25); each output's
+    # predicted tokens and the sum of their model log-probs:
+    scored = {"a": ([0, 1], -2.0), "b": ([2], -3.0), "c": ([0], -0.5)}
+    monkeypatch.setattr(rewrite, "scored_tokens", lambda backbone, texts: [scored[t] for t in texts])
+    scale = rewrite.FluencyScale(np.log([0.5, 0.25, 0.25]), threshold=0.0, fitted_on="by hand")
+    chrf_references = [["a"], [], ["zzz"]]  # "a" matches its reference; "b" has none to be scored against
+    metrics = rewrite.rewrite_metrics(
+        None, ["x", "y", "z"], ["a", "b", "c"], [["r"] * 10, ["r"] * 10], scale, chrf_references
+    )
     # STA 1,0,1; SIM .8,.9,.5; FL: the 95th percentile of 1..100 is 95.05 -> 1,1,0.
     assert metrics["sta"] == pytest.approx(2 / 3) and metrics["fl"] == pytest.approx(2 / 3)
     assert metrics["j"] == pytest.approx((0.8 + 0 + 0) / 3)
     assert metrics["sta_profanity"] == pytest.approx(2 / 3)
     assert math.isclose(metrics["fl_threshold_ppl"], 95.05, abs_tol=0.01)
+    # SLOR: a (-2 - ln .125) / 2 = 0.0397 >= 0; b -3 - ln .25 = -1.61 < 0; c -0.5 - ln .5 = 0.19 >= 0.
+    assert metrics["fl_slor"] == pytest.approx(2 / 3)
+    assert metrics["j_slor"] == pytest.approx((0.8 + 0 + 0.5) / 3)
+    # chrF: a = 1 against "a", c = 0 against "zzz", b left out.
+    assert metrics["n_chrf"] == 2 and metrics["j_chrf"] == pytest.approx((0.8 * 1 + 0.5 * 0) / 2)
+    assert metrics["slor_fitted_on"] == "by hand"
+
+
+def test_slor_is_fitted_on_held_out_text_and_computed_from_the_model(tiny_llama_dir):
+    import numpy as np
+
+    from softprompt.backbones import load_backbone
+    from softprompt.tasks.generation import rewriting as rewrite
+
+    backbone = load_backbone(str(tiny_llama_dir), "cpu")
+    tokenizer = backbone.tokenizer
+    texts, references = ["the cat sat", "the dog ran", "a cat ran"], ["the cat ran", "a dog sat", "the cat"]
+    scale = rewrite.fit_fluency_scale(backbone, texts, references, "these texts")
+    # The unigram model: add-one counts over the fitting texts' tokens.
+    counts = np.ones_like(scale.log_unigram)
+    for text in texts:
+        for token in tokenizer(text, add_special_tokens=False)["input_ids"]:
+            counts[token] += 1
+    assert np.allclose(scale.log_unigram, np.log(counts / counts.sum()))
+    # One reference's SLOR by hand: the model's log-probs of every token after the first.
+    lead = list(rewrite.special_affixes(tokenizer)[0])
+    ids = lead + tokenizer("the cat ran", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = backbone.model(torch.tensor([ids])).logits[0, :-1].float()
+    logprob = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:]).unsqueeze(-1)).sum().item()
+    expected = (logprob - np.log(counts / counts.sum())[ids[1:]].sum()) / len(ids[1:])
+    values = scale.slor(backbone, references)
+    assert values[0] == pytest.approx(expected, abs=1e-4)
+    assert scale.threshold == pytest.approx(np.percentile(values, rewrite.SLOR_PERCENTILE))
 
 
 def test_the_delete_baseline_learns_its_lexicon_from_the_edits():
@@ -323,7 +365,7 @@ def test_compare_reports_generation_methods_and_baselines_in_one_table(gen_args,
     references = [[y] for _, y in PAIRS]
     assert copy.metrics["bleu"] == pytest.approx(text_metrics([t for t, _ in PAIRS], references)["bleu"])
     table = (out / "compare.md").read_text()
-    assert "| method | lr | J | STA | SIM | FL | BLEU | chrF | ROUGE-L |" in table and "| prompt_tuning |" in table
+    assert "| method | lr | J | STA | SIM | FL | J (FL_SLOR) | FL_SLOR | J (chrF) | BLEU | chrF | ROUGE-L |" in table and "| prompt_tuning |" in table
     saved = json.loads((out / "compare.json").read_text())
     assert [r["name"] for r in saved["rows"]] == names
 

@@ -18,7 +18,7 @@ from softprompt.errors import SoftpromptError
 from softprompt.generation.decode import decode
 from softprompt.methods import MethodContext, get_method
 from softprompt.prompts import Template
-from softprompt.tasks.generation.baselines import offline_baselines
+from softprompt.tasks.generation.baselines import FluencyFit, offline_baselines
 from softprompt.tasks.generation.model import PromptedGenerator
 from softprompt.tasks.registry import TaskSpec, fit_soft_slots, register_task
 
@@ -58,9 +58,11 @@ def build_generator(
     method_options: Any = None,
     for_inference: bool = False,
     extra_metrics: list[str] | None = None,
+    fluency: FluencyFit | None = None,
 ) -> PromptedGenerator:
     """A :class:`PromptedGenerator` for this backbone, method and template; prompts initialised
-    from ``labels`` start from the template's own words."""
+    from ``labels`` start from the template's own words; ``fluency``: the held-out pairs the
+    rewriting metrics' SLOR scale is fitted on."""
     words = [seg.value for seg in template.segments if seg.kind == "text"]
     context = MethodContext(
         backbone, template.num_soft, words, config.prompt, method_options, config.seed, for_inference
@@ -69,6 +71,7 @@ def build_generator(
     model = PromptedGenerator(backbone, method, template, max_length, demos)
     model.decoding = config.gen
     model.extra_metrics = list(extra_metrics or [])
+    model.fluency = fluency
     return model
 
 
@@ -85,6 +88,9 @@ class Generation(TaskSpec):
         ("sta", "STA", "{:.3f}"),
         ("sim", "SIM", "{:.3f}"),
         ("fl", "FL", "{:.3f}"),
+        ("j_slor", "J (FL_SLOR)", "{:.3f}"),
+        ("fl_slor", "FL_SLOR", "{:.3f}"),
+        ("j_chrf", "J (chrF)", "{:.3f}"),
         ("bleu", "BLEU", "{:.1f}"),
         ("chrf", "chrF", "{:.1f}"),
         ("rouge_l", "ROUGE-L", "{:.1f}"),
@@ -103,7 +109,9 @@ class Generation(TaskSpec):
         spec = _dataset_spec(config)
         extra = list(spec.metrics) if spec else []
         backbone = load_backbone(config.backbone, config.device, config.precision) if extra else None
-        return offline_baselines(backbone, splits.train, splits.test or splits.dev, wanted, extra)
+        scored = splits.test or splits.dev
+        held_out = splits.dev if splits.test else []
+        return offline_baselines(backbone, (splits.train, held_out, scored), wanted, extra)
 
     def load_splits(self, config: RunConfig, records: dict[str, Records] | None = None) -> Splits:
         data = config.data
@@ -154,6 +162,7 @@ class Generation(TaskSpec):
             demos,
             config.method_options(),
             extra_metrics=list(spec.metrics) if spec else [],
+            fluency=FluencyFit(splits.train, splits.dev) if splits.test and splits.dev else None,
         )
 
     def load(self, meta: dict[str, Any], config: RunConfig, backbone: Backbone) -> PromptedGenerator:

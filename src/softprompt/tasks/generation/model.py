@@ -25,7 +25,7 @@ from softprompt.methods.base import Method
 from softprompt.prompts import EncodedInput, Template
 from softprompt.prompts.template import NO_SOFT
 from softprompt.tasks.base import TaskModel, mean_token_loss
-from softprompt.tasks.generation.baselines import score_outputs
+from softprompt.tasks.generation.baselines import FluencyFit, score_outputs
 
 SHOWN = 3  # outputs kept in the metrics as examples
 
@@ -62,6 +62,7 @@ class PromptedGenerator(TaskModel):
         self.demonstrations = demonstrations  # few-shot pairs put before each input
         self.decoding = GenConfig()  # how evaluation and ``generate`` decode
         self.extra_metrics: list[str] = []  # e.g. ["detox"]: the rewriting metrics of a dataset
+        self.fluency: FluencyFit | None = None  # held-out pairs for the rewriting metrics' SLOR scale
 
     # ---- encoding ------------------------------------------------------------------------------
     def target_ids(self, text: str) -> list[int]:
@@ -173,7 +174,7 @@ class PromptedGenerator(TaskModel):
         with tqdm(total=len(pairs), desc=progress, leave=False, disable=progress is None, unit="text") as bar:
             prompts = [e.prompt for e in encoded]
             outputs = decode(self.backbone, self.method, prompts, self.decoding, batch_size, bar)
-        metrics = score_outputs(self.backbone, pairs, outputs, self.extra_metrics)
+        metrics = score_outputs(self.backbone, pairs, outputs, self.extra_metrics, fluency=self.fluency)
         metrics["loss"] = self.mean_loss(encoded, batch_size)["loss"]
         metrics["examples"] = [
             {"input": p.text, "output": out, "references": list(p.targets)}
