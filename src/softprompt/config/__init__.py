@@ -149,14 +149,41 @@ class DataConfig:
             require(value is None or value >= 1, f"data.{key}", "must be >= 1")
 
 
+FEWSHOT_CHOICES = {
+    "select": ("balanced", "random", "similar"),
+    "order": ("auto", "shuffled", "nearest_last", "nearest_first"),
+}
+
+
 @dataclass
 class FewshotConfig:
     """In-context demonstrations (no training needed)."""
 
     k: int = option("labelled demonstrations from the train split put before each input", 0)
+    select: str = option(
+        "balanced | random | similar: drawn round-robin over the labels, drawn at random, or for each input "
+        "the k nearest training rows under a sentence embedding (Liu et al. 2022, KATE)",
+        "balanced",
+    )
+    order: str = option(
+        "auto | shuffled | nearest_last | nearest_first (the last two need select=similar); "
+        "auto: nearest_last for similar, else shuffled",
+        "auto",
+    )
+    pool: int | None = option("select=similar: draw from at most this many training rows (seeded); none: all", None)
+    embedder: str = option("select=similar: the sentence-transformers model (name, directory or Hub id)", "minilm-l6")
 
     def __post_init__(self) -> None:
         require(self.k >= 0, "fewshot.k", "must be >= 0")
+        for key, allowed in FEWSHOT_CHOICES.items():
+            value = getattr(self, key)
+            require(value in allowed, f"fewshot.{key}", f"'{value}' is not one of {', '.join(allowed)}")
+        require(
+            self.select == "similar" or not self.order.startswith("nearest"),
+            "fewshot.order",
+            f"{self.order} orders by likeness to the input: it needs fewshot.select=similar",
+        )
+        require(self.pool is None or self.pool >= 1, "fewshot.pool", "must be >= 1")
 
 
 @dataclass(kw_only=True)
@@ -238,6 +265,12 @@ class RunConfig(ComputeSettings):
         )
         known = ", ".join(CALIBRATIONS)
         require(self.calibrate in CALIBRATIONS, "calibrate", f"'{self.calibrate}' is not one of {known}")
+        require(
+            self.calibrate == "none" or self.fewshot.select != "similar" or self.fewshot.k == 0,
+            "calibrate",
+            "contextual calibration estimates the bias of one fixed context; fewshot.select=similar "
+            "changes the demonstrations with every input (use select=balanced or random, or calibrate=none)",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict, as written to the artifact (method sections at the top level)."""

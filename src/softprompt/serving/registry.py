@@ -146,4 +146,4 @@ def writer_of(model: PromptedGenerator, path: Path) -> Writer:
     soft = model.method.soft_embeddings()
     if soft is not None:
         soft = soft.detach().to(dtype=model.backbone.placement.dtype)
-    return Writer(soft, template, model.demonstrations, model.decoding)
+    return Writer(soft, template, model.demonstrations, model.decoding, model.chooser)

@@ -20,6 +20,7 @@ from softprompt.config import GenConfig
 from softprompt.generation.running import Member, RunningBatch
 from softprompt.generation.sampling import SampleRequest
 from softprompt.prompts import Template
+from softprompt.tasks.fewshot import SimilarDemonstrations
 
 if TYPE_CHECKING:
     from softprompt.serving.metrics import ServerMetrics
@@ -37,11 +38,13 @@ class Writer:
     template: Template | None = None
     demonstrations: str = ""
     defaults: GenConfig = field(default_factory=GenConfig)
+    chooser: SimilarDemonstrations | None = None  # few-shot pairs chosen per request instead
 
     def render(self, text: str) -> str:
         if self.template is None:
             return text
-        return self.demonstrations + self.template.without_soft().render({"text": text})
+        demos = self.chooser.for_input({"text": text}) if self.chooser else self.demonstrations
+        return demos + self.template.without_soft().render({"text": text})
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -16,7 +16,14 @@ from softprompt.tasks.registry import get_task, task_specs
 DEFAULT_TASK = "classification"  # artifacts written before task.json recorded the task
 # What every task's `load` reads of task.json, and its type (a task adds its own: TaskSpec.record_fields).
 RECORD_FIELDS = {"method": str, "backbone": dict, "config": dict, "max_length": int}
-OPTIONAL_FIELDS = {"task": str, "data": dict, "demonstrations": str, "extra_metrics": list, "calibration": dict}
+OPTIONAL_FIELDS = {
+    "task": str,
+    "data": dict,
+    "demonstrations": str,
+    "extra_metrics": list,
+    "calibration": dict,
+    "fewshot": dict,
+}
 BACKBONE_FIELDS = {"name": str, "fingerprint": str}
 KINDS = {str: "text", dict: "a mapping", int: "a whole number", list: "a list"}
 

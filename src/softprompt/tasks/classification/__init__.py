@@ -15,9 +15,10 @@ from softprompt.methods import MethodContext, get_method, untrained_method
 from softprompt.prompts import Template, Verbalizer
 from softprompt.tasks.base import evaluate
 from softprompt.tasks.classification.baselines import tfidf_accuracy
-from softprompt.tasks.classification.batches import ClassificationTask, demonstrations
+from softprompt.tasks.classification.batches import ClassificationTask, demonstration_pool
 from softprompt.tasks.classification.calibration import calibrate, load_calibration
 from softprompt.tasks.classification.model import PromptedClassifier, label_probabilities
+from softprompt.tasks.fewshot import SimilarDemonstrations, choose_demonstrations, load_demonstrations
 from softprompt.tasks.registry import TaskSpec, fit_soft_slots, register_task
 
 PLAIN_TEMPLATE = "{text}\nLabel:"  # when neither the run nor its dataset gives one
@@ -62,6 +63,7 @@ def build_classifier(
     demos: str = "",
     method_options: Any = None,
     for_inference: bool = False,
+    chooser: SimilarDemonstrations | None = None,
 ) -> PromptedClassifier:
     """A :class:`PromptedClassifier` for this backbone, method and prompt.
 
@@ -76,6 +78,7 @@ def build_classifier(
         demos: few-shot demonstrations put before each input.
         method_options: the method's config section (its defaults when None).
         for_inference: the method's state will be loaded from an artifact (no init sources read).
+        chooser: demonstrations chosen per input (``fewshot.select=similar``) instead of ``demos``.
     """
     if not backbone.predicts_tokens and not get_method(method_name).trains:
         raise SoftpromptError(
@@ -89,6 +92,7 @@ def build_classifier(
         causal=backbone.predicts_tokens,
         max_length=max_length,
         demonstrations=demos,
+        chooser=chooser,
     )
     words = [w for ws in verbalizer.words for w in ws]
     context = MethodContext(backbone, template.num_soft, words, prompt, method_options, seed, for_inference)
@@ -130,7 +134,8 @@ class Classification(TaskSpec):
 
     def build(self, config: RunConfig, backbone: Backbone, splits: Splits) -> PromptedClassifier:
         template, verbalizer = resolve_prompting(config, announce=True)
-        demos = demonstrations(template, verbalizer, splits.train, config.fewshot.k, config.seed)
+        pool = demonstration_pool(template, verbalizer, splits.train) if config.fewshot.k else []
+        demos, chooser = choose_demonstrations(pool, config.fewshot, config.seed, template.fields, verbalizer.labels)
         model = build_classifier(
             backbone,
             config.method,
@@ -141,6 +146,7 @@ class Classification(TaskSpec):
             config.train.max_length,
             demos,
             config.method_options(),
+            chooser=chooser,
         )
         validate_examples(model.task, splits)
         return model
@@ -156,6 +162,7 @@ class Classification(TaskSpec):
             demos=meta.get("demonstrations", ""),
             method_options=config.method_options(meta["method"]),
             for_inference=True,
+            chooser=load_demonstrations(meta.get("fewshot")),
         )
         load_calibration(model, meta.get("calibration"))
         return model

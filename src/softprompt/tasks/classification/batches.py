@@ -9,7 +9,6 @@ Encoders: rows are right-padded and the label is read at ``{mask}`` (or [CLS]).
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from softprompt.core.forward import pad
 from softprompt.data.records import Example
 from softprompt.prompts import Candidate, EncodedInput, Template, Verbalizer
+from softprompt.tasks.fewshot import Demo, SimilarDemonstrations, query_text
 
 
 @dataclass
@@ -44,7 +44,8 @@ class ClassificationTask:
     tokenizer: PreTrainedTokenizerBase
     causal: bool
     max_length: int = 256
-    demonstrations: str = ""
+    demonstrations: str = ""  # fixed few-shot text put before every input
+    chooser: SimilarDemonstrations | None = None  # or demonstrations chosen per input
     share_prefix: bool = True  # compute the leading soft block once per batch (exact, faster)
     pack: bool = True  # pack short rows end to end instead of padding them (exact, faster)
     candidates: list[Candidate] = field(init=False)
@@ -58,7 +59,14 @@ class ClassificationTask:
         return self.verbalizer.labels
 
     def encode(self, example: Example) -> EncodedInput:
-        return self.template.encode(example.fields, self.tokenizer, self.causal, self.max_length, self.demonstrations)
+        demos = self.chooser.for_input(example.fields) if self.chooser else self.demonstrations
+        return self.template.encode(example.fields, self.tokenizer, self.causal, self.max_length, demos)
+
+    def encode_all(self, examples: list[Example]) -> list[EncodedInput]:
+        """Every example encoded (the inputs embedded in one call when demonstrations are chosen per input)."""
+        if self.chooser:
+            self.chooser.prepare([ex.fields for ex in examples])
+        return [self.encode(ex) for ex in examples]
 
     def label_ids(self, examples: list[Example], where: str) -> list[int]:
         """Label indices, with an error naming ``where`` for a label the verbalizer lacks."""
@@ -83,23 +91,17 @@ class ClassificationTask:
         )
 
 
-def demonstrations(template: Template, verbalizer: Verbalizer, pool: list[Example], k: int, seed: int) -> str:
-    """Render ``k`` labelled examples (seeded, drawn round-robin over labels) as few-shot context."""
-    if k == 0:
-        return ""
-    rng = random.Random(seed)
-    by_label = {label: [ex for ex in pool if ex.label == label] for label in verbalizer.labels}
-    for examples in by_label.values():
-        rng.shuffle(examples)
-    chosen: list[Example] = []
-    while len(chosen) < k and any(by_label.values()):
-        for label in verbalizer.labels:
-            if by_label[label] and len(chosen) < k:
-                chosen.append(by_label[label].pop())
-    rng.shuffle(chosen)
+def demonstration_pool(template: Template, verbalizer: Verbalizer, examples: list[Example]) -> list[Demo]:
+    """Labelled examples as few-shot demonstrations: the template without soft tokens, then the
+    label's first word."""
     plain = template.without_soft()
     space = "" if plain.ends_with_space() else " "
-    blocks = [
-        f"{plain.render(ex.fields)}{space}{verbalizer.words[verbalizer.labels.index(ex.label)][0]}" for ex in chosen
+    return [
+        Demo(
+            query_text(ex.fields, template.fields),
+            f"{plain.render(ex.fields)}{space}{verbalizer.words[verbalizer.labels.index(ex.label)][0]}",
+            ex.label,
+        )
+        for ex in examples
+        if ex.label in verbalizer.labels
     ]
-    return "\n\n".join(blocks) + "\n\n"

@@ -53,7 +53,7 @@ class PromptedClassifier(TaskModel):
 
     # ---- what the training loop asks of a task model -------------------------------------------
     def encode_split(self, examples: list[Example], where: str | None = None) -> list[EncodedInput]:
-        return [self.task.encode(ex) for ex in examples]
+        return self.task.encode_all(examples)
 
     def training_rows(self, examples: list[Example], encoded: list[EncodedInput], where: str) -> list:
         return list(zip(encoded, self.task.label_ids(examples, where), strict=True))
@@ -104,6 +104,7 @@ class PromptedClassifier(TaskModel):
             "verbalizer": self.task.verbalizer.to_dict(),
             "labels": self.task.labels,
             "demonstrations": self.task.demonstrations,
+            **({"fewshot": self.task.chooser.record()} if self.task.chooser else {}),
             "soft_prefix": template.leading_soft == template.num_soft > 0,
             **({"calibration": self.calibration_record()} if self.calibration is not None else {}),
         }
@@ -242,7 +243,7 @@ def label_probabilities(
 
     Rows are batched in order of length (less padding; results are put back in input order).
     """
-    encoded = encoded if encoded is not None else [model.task.encode(ex) for ex in examples]
+    encoded = encoded if encoded is not None else model.task.encode_all(examples)
     out = torch.empty(len(encoded), len(model.task.labels))
     batches = list(length_sorted_batches([len(e.ids) for e in encoded], batch_size))
     for index in tqdm(batches, desc=progress, leave=False, disable=progress is None, unit="batch"):

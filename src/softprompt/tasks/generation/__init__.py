@@ -7,7 +7,6 @@ for them (``metrics: [detox]`` in their YAML file).
 
 from __future__ import annotations
 
-import random
 from typing import Any, ClassVar
 
 from softprompt.backbones import Backbone, load_backbone
@@ -18,6 +17,7 @@ from softprompt.errors import SoftpromptError
 from softprompt.generation.decode import decode
 from softprompt.methods import MethodContext, get_method
 from softprompt.prompts import Template
+from softprompt.tasks.fewshot import Demo, SimilarDemonstrations, choose_demonstrations, load_demonstrations, query_text
 from softprompt.tasks.generation.baselines import FluencyFit, offline_baselines
 from softprompt.tasks.generation.model import PromptedGenerator
 from softprompt.tasks.registry import TaskSpec, fit_soft_slots, register_task
@@ -38,14 +38,14 @@ def resolve_template(config: RunConfig, announce: bool = False) -> Template:
     return fit_soft_slots(template, config, announce)
 
 
-def demonstrations(template: Template, pool: list[TextPair], k: int, seed: int) -> str:
-    """``k`` seeded training pairs rendered with the template and their first reference."""
-    if k == 0:
-        return ""
-    chosen = random.Random(seed).sample(pool, min(k, len(pool)))
+def demonstration_pool(template: Template, pairs: list[TextPair]) -> list[Demo]:
+    """Training pairs as few-shot demonstrations: the template without soft tokens, then the
+    first reference."""
     plain = template.without_soft()
     space = "" if plain.ends_with_space() else " "
-    return "".join(f"{plain.render(p.fields)}{space}{p.targets[0]}\n\n" for p in chosen)
+    return [
+        Demo(query_text(p.fields, template.fields), f"{plain.render(p.fields)}{space}{p.targets[0]}") for p in pairs
+    ]
 
 
 def build_generator(
@@ -59,6 +59,7 @@ def build_generator(
     for_inference: bool = False,
     extra_metrics: list[str] | None = None,
     fluency: FluencyFit | None = None,
+    chooser: SimilarDemonstrations | None = None,
 ) -> PromptedGenerator:
     """A :class:`PromptedGenerator` for this backbone, method and template; prompts initialised
     from ``labels`` start from the template's own words; ``fluency``: the held-out pairs the
@@ -72,6 +73,7 @@ def build_generator(
     model.decoding = config.gen
     model.extra_metrics = list(extra_metrics or [])
     model.fluency = fluency
+    model.chooser = chooser
     return model
 
 
@@ -152,7 +154,8 @@ class Generation(TaskSpec):
             if items:
                 template.check_fields(set(items[0].fields), f"the {name} data ({splits.where(name)})")
         spec = _dataset_spec(config)
-        demos = demonstrations(template, splits.train, config.fewshot.k, config.seed)
+        pool = demonstration_pool(template, splits.train) if config.fewshot.k else []
+        demos, chooser = choose_demonstrations(pool, config.fewshot, config.seed, template.fields)
         return build_generator(
             backbone,
             config.method,
@@ -163,6 +166,7 @@ class Generation(TaskSpec):
             config.method_options(),
             extra_metrics=list(spec.metrics) if spec else [],
             fluency=FluencyFit(splits.train, splits.dev) if splits.test and splits.dev else None,
+            chooser=chooser,
         )
 
     def load(self, meta: dict[str, Any], config: RunConfig, backbone: Backbone) -> PromptedGenerator:
@@ -176,6 +180,7 @@ class Generation(TaskSpec):
             config.method_options(meta["method"]),
             for_inference=True,
             extra_metrics=meta.get("extra_metrics", []),
+            chooser=load_demonstrations(meta.get("fewshot")),
         )
 
     def compare_template(self, config: RunConfig) -> Template:

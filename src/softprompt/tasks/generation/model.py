@@ -25,6 +25,7 @@ from softprompt.methods.base import Method
 from softprompt.prompts import EncodedInput, Template
 from softprompt.prompts.template import NO_SOFT
 from softprompt.tasks.base import TaskModel, mean_token_loss
+from softprompt.tasks.fewshot import SimilarDemonstrations
 from softprompt.tasks.generation.baselines import FluencyFit, score_outputs
 
 SHOWN = 3  # outputs kept in the metrics as examples
@@ -60,6 +61,7 @@ class PromptedGenerator(TaskModel):
         self.template = template
         self.max_length = max_length
         self.demonstrations = demonstrations  # few-shot pairs put before each input
+        self.chooser: SimilarDemonstrations | None = None  # or few-shot pairs chosen per input
         self.decoding = GenConfig()  # how evaluation and ``generate`` decode
         self.extra_metrics: list[str] = []  # e.g. ["detox"]: the rewriting metrics of a dataset
         self.fluency: FluencyFit | None = None  # held-out pairs for the rewriting metrics' SLOR scale
@@ -83,11 +85,18 @@ class PromptedGenerator(TaskModel):
     def encode_prompt(self, fields: dict[str, str], max_length: int | None = None) -> EncodedInput:
         """The rendered template of one input, as the model reads it before writing."""
         tokenizer = self.backbone.tokenizer
+        demos = self.demonstrations_for(fields)
         return self.template.encode(
-            fields, tokenizer, True, max_length or self.max_length, self.demonstrations, setting=self.max_length
+            fields, tokenizer, True, max_length or self.max_length, demos, setting=self.max_length
         )
 
+    def demonstrations_for(self, fields: dict[str, str]) -> str:
+        """The few-shot text put before this input."""
+        return self.chooser.for_input(fields) if self.chooser else self.demonstrations
+
     def encode_split(self, pairs: list[TextPair], where: str | None = None) -> list[Encoded]:
+        if self.chooser:
+            self.chooser.prepare([pair.fields for pair in pairs])
         return [self.encode_pair(pair) for pair in pairs]
 
     def training_rows(self, pairs: list[TextPair], encoded: list[Encoded], where: str) -> list[Row]:
@@ -107,6 +116,7 @@ class PromptedGenerator(TaskModel):
             "template": template.source,
             "soft_prefix": template.leading_soft == template.num_soft > 0,
             "demonstrations": self.demonstrations,
+            **({"fewshot": self.chooser.record()} if self.chooser else {}),
             "extra_metrics": self.extra_metrics,
         }
 

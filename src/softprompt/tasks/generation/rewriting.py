@@ -26,39 +26,26 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 
 from softprompt.backbones import Backbone, load_backbone
+from softprompt.backbones.embedder import embed
 from softprompt.core import forward as core
 from softprompt.data.pairs import TextPair
 from softprompt.prompts.template import special_affixes
 from softprompt.tasks.generation.toxicity import TOXIC, load_scorer
 
-EMBEDDER = "minilm-l6"  # the bundled sentence-transformers directory
 FLUENT_PERCENTILE = 95
 SLOR_PERCENTILE = 5  # an output is fluent under SLOR when it reaches this percentile of held-out references'
 MAX_TOKENS = 128  # longer texts are cut when their perplexity is taken
 
 
-@lru_cache(maxsize=1)
-def sentence_embedder():
-    """The bundled all-MiniLM-L6-v2 as a sentence-transformers model (loaded once)."""
-    from sentence_transformers import SentenceTransformer  # late: only rewriting metrics need it
-
-    from softprompt.backbones.sources import resolve
-
-    return SentenceTransformer(str(resolve(EMBEDDER)[2]), device="cpu")
-
-
 def similarity(inputs: Sequence[str], outputs: Sequence[str]) -> np.ndarray:
     """Per-pair cosine similarity of the sentence embeddings, clipped at 0."""
-    model = sentence_embedder()
-    left = model.encode(list(inputs), batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
-    right = model.encode(list(outputs), batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+    left, right = embed(inputs), embed(outputs)
     return np.clip((left * right).sum(-1), 0.0, 1.0)
 
 
