@@ -92,6 +92,7 @@ def test_similar_demonstrations_train_predict_evaluate_and_serve_from_the_artifa
     assert (record["select"], record["k"], record["order"]) == ("similar", 2, "nearest_last")
     train_rows = [json.loads(line) for line in sentiment_files["train"].read_text().splitlines()]
     assert len(record["pool"]) == len(train_rows)
+    assert f"the 2 nearest of {len(train_rows)} training rows" in (out / "README.md").read_text()
     model, _ = load_model(out)
     chooser = model.task.chooser
     texts = ["a warm and funny film", "dull, slow and far too long"]

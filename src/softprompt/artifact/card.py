@@ -132,6 +132,13 @@ def _prompt_section(meta: dict[str, Any]) -> str:
         lines.append("- contextual calibration: predictions are divided by the prompt's own bias (task.json)")
     if meta.get("demonstrations"):
         lines.append("- few-shot demonstrations are put before every input (recorded in task.json)")
+    fewshot = meta.get("fewshot")
+    if isinstance(fewshot, dict) and fewshot.get("select") == "similar":
+        pool = len(fewshot.get("pool") or [])
+        lines.append(
+            f"- few-shot demonstrations chosen per input: the {fewshot.get('k')} nearest of {pool} training rows "
+            f"under the sentence embedding `{fewshot.get('embedder')}` (pool recorded in task.json)"
+        )
     return "## The prompt\n\n" + "\n".join(lines) if lines else ""
 
 
