@@ -13,28 +13,32 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.backbones.placement import DEVICE_HELP, PRECISION_HELP, set_threads, warn_if_busy
+from softprompt.config.fields import MAX_RUN_SEED, option, require
+from softprompt.config.incontext import Decoding, FewshotConfig, GenConfig
 from softprompt.config.recipe import build, check_key, merge, parse_overrides, read_yaml
 from softprompt.config.trackers import report_to_names
 from softprompt.errors import SoftpromptError, did_you_mean
 from softprompt.methods import METHODS
 from softprompt.methods.prompt_tuning import PromptTuning
 
-MAX_RUN_SEED = 2**32 - 1
-MAX_GEN_SEED = 2**63 - 1  # what a torch.Generator takes
-
-
-def option(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
-    """A config dataclass field carrying its help text in metadata (shown by ``--help`` and in
-    the generated configuration reference)."""
-    if default is dataclasses.MISSING:
-        return field(metadata={"help": text}, **kw)
-    return field(default=default, metadata={"help": text}, **kw)
-
-
-def require(condition: bool, key: str, message: str) -> None:
-    """Raise the one-line error of a bad config value unless ``condition`` holds."""
-    if not condition:
-        raise SoftpromptError(f"config field '{key}': {message}")
+# The sections live in small modules (fields, incontext, trackers, recipe); these are the names
+# the rest of softprompt imports from the package.
+__all__ = [
+    "CALIBRATIONS",
+    "ComputeSettings",
+    "DataConfig",
+    "Decoding",
+    "FewshotConfig",
+    "GenConfig",
+    "PromptConfig",
+    "RunConfig",
+    "TrainConfig",
+    "load_config",
+    "load_dataclass",
+    "method_sections",
+    "option",
+    "require",
+]
 
 
 @dataclass(kw_only=True)
@@ -147,73 +151,6 @@ class DataConfig:
         for key in ("max_train", "max_eval"):
             value = getattr(self, key)
             require(value is None or value >= 1, f"data.{key}", "must be >= 1")
-
-
-FEWSHOT_CHOICES = {
-    "select": ("balanced", "random", "similar"),
-    "order": ("auto", "shuffled", "nearest_last", "nearest_first"),
-}
-
-
-@dataclass
-class FewshotConfig:
-    """In-context demonstrations (no training needed)."""
-
-    k: int = option("labelled demonstrations from the train split put before each input", 0)
-    select: str = option(
-        "balanced | random | similar: drawn round-robin over the labels, drawn at random, or for each input "
-        "the k nearest training rows under a sentence embedding (Liu et al. 2022, KATE)",
-        "balanced",
-    )
-    order: str = option(
-        "auto | shuffled | nearest_last | nearest_first (the last two need select=similar); "
-        "auto: nearest_last for similar, else shuffled",
-        "auto",
-    )
-    pool: int | None = option("select=similar: draw from at most this many training rows (seeded); none: all", None)
-    embedder: str = option("select=similar: the sentence-transformers model (name, directory or Hub id)", "minilm-l6")
-
-    def __post_init__(self) -> None:
-        require(self.k >= 0, "fewshot.k", "must be >= 0")
-        for key, allowed in FEWSHOT_CHOICES.items():
-            value = getattr(self, key)
-            require(value in allowed, f"fewshot.{key}", f"'{value}' is not one of {', '.join(allowed)}")
-        require(
-            self.select == "similar" or not self.order.startswith("nearest"),
-            "fewshot.order",
-            f"{self.order} orders by likeness to the input: it needs fewshot.select=similar",
-        )
-        require(self.pool is None or self.pool >= 1, "fewshot.pool", "must be >= 1")
-
-
-@dataclass(kw_only=True)
-class Decoding:
-    """How continuations are decoded: the one set of decoding settings, shared by ``gen.*``
-    (task=generation), ``softprompt generate``, ``detox eval`` and the server's defaults."""
-
-    max_new_tokens: int = option("most tokens written per input", 48)
-    temperature: float = option("sampling temperature", 1.0)
-    top_p: float = option("nucleus sampling: keep the smallest token set holding this probability", 1.0)
-    seed: int = option("seed of the sampling generator (same seed, same outputs)", 0)
-
-    def check_decoding(self, prefix: str = "") -> None:
-        """Refuse values no decoder can use, naming the key as the user writes it."""
-        require(0 <= self.seed <= MAX_GEN_SEED, f"{prefix}seed", f"must be from 0 to 2**63 - 1, got {self.seed!s:.40}")
-        require(self.max_new_tokens >= 1, f"{prefix}max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
-        require(self.temperature > 0, f"{prefix}temperature", f"must be > 0, got {self.temperature}")
-        require(0 < self.top_p <= 1, f"{prefix}top_p", f"must be in (0, 1], got {self.top_p}")
-
-
-@dataclass(kw_only=True)
-class GenConfig(Decoding):
-    """Decoding settings of task=generation (transformers' ``generate``)."""
-
-    num_beams: int = option("beam search width (1 = greedy or sampling)", 1)
-    do_sample: bool = option("sample instead of taking the most likely token", False)
-
-    def __post_init__(self) -> None:
-        self.check_decoding("gen.")
-        require(self.num_beams >= 1, "gen.num_beams", f"must be >= 1 (1 = no beam search), got {self.num_beams}")
 
 
 CALIBRATIONS = ("none", "contextual")  # see softprompt.tasks.classification.calibration
