@@ -148,3 +148,29 @@ def test_bad_fewshot_settings_are_one_line(base_args, tmp_path, capsys, settings
     assert main(["train", *base_args, "method=none", f"out={tmp_path / 'run'}", *settings]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_the_python_api_builds_saves_and_loads_a_model_with_similar_demonstrations(
+    tiny_llama_dir, tiny_bert_dir, tmp_path
+):
+    import softprompt
+
+    records = [{"text": "a warm funny film", "label": "positive"}, {"text": "dull and slow", "label": "negative"}]
+    records += [{"text": "a lovely warm story", "label": "positive"}, {"text": "slow, dull, long", "label": "negative"}]
+    model = softprompt.build(
+        backbone=str(tiny_llama_dir),
+        method="none",
+        template="Review: {text}\nSentiment:",
+        verbalizer={"positive": "positive", "negative": "negative"},
+        fewshot={"k": 1, "select": "similar", "embedder": str(tiny_bert_dir)},
+        train_data=records,
+    )
+    texts = ["warm and funny", "too slow"]
+    in_memory = model.predict(texts)
+    chooser = model.module.task.chooser
+    assert chooser is not None and len(chooser.pool) == 4
+    model.save(tmp_path / "kate")
+    loaded = softprompt.load(tmp_path / "kate")
+    assert loaded.module.task.chooser.record() == chooser.record()
+    for got, want in zip(loaded.predict(texts), in_memory, strict=True):
+        assert got["scores"] == pytest.approx(want["scores"], abs=1e-5)
