@@ -136,7 +136,11 @@ def train(
     splits, backbone, model, baseline = _setup(config, backbone, records, bar)
     task, trains = get_task(config.task), get_method(config.method).trains
     meta = artifact_meta(config, model, backbone, splits)
-    encoded = encode_splits(model, splits, config.train.max_length)
+    # Without training the training rows are never read (few-shot draws its demonstrations from
+    # the raw split): encoding them would only cost time, a lot of it when demonstrations are
+    # chosen per input.
+    needed = ("train", "dev", "test") if trains else ("dev", "test")
+    encoded = encode_splits(model, splits, config.train.max_length, needed)
     job = _training_job(config, model, splits, encoded, meta, bar)
     job.callbacks = list(callbacks or [])
     state = run_job(job, resume, progress)
@@ -216,9 +220,11 @@ def _check_start(config: RunConfig, resume: bool, overwrite: bool, extend: bool,
         logger.warning("warning: the settings %s are ignored: method=%s does not read them", shown, config.method)
 
 
-def encode_splits(model: TaskModel, splits: Splits, max_length: int) -> dict[str, list]:
-    """Every split encoded once; a note per split whose texts were cut to fit ``max_length``."""
-    encoded = {name: model.encode_split(getattr(splits, name), splits.where(name)) for name in ("train", "dev", "test")}
+def encode_splits(
+    model: TaskModel, splits: Splits, max_length: int, names: tuple[str, ...] = ("train", "dev", "test")
+) -> dict[str, list]:
+    """The named splits encoded once; a note per split whose texts were cut to fit ``max_length``."""
+    encoded = {name: model.encode_split(getattr(splits, name), splits.where(name)) for name in names}
     for name, rows in encoded.items():
         cut = sum(bool(getattr(row, "shortened", False)) for row in rows)
         if cut:
