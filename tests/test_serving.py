@@ -591,3 +591,63 @@ def test_work_of_a_caller_that_went_away_is_abandoned(tiny_llama_dir, prompts_di
         time.sleep(0.3)
     assert len(slices) == count, "the abandoned generation kept decoding"
     assert count < 400 / 4, "it stopped well before its 400 tokens"
+
+
+def test_a_watched_folder_serves_new_changed_and_removed_tasks(tiny_llama_dir, prompts_dir):
+    import logging
+    import shutil
+    import time
+
+    lines: list[str] = []
+
+    class Kept(logging.Handler):  # the CLI's logger does not propagate to pytest's caplog
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    kept = Kept()
+    logging.getLogger("softprompt.serve").addHandler(kept)
+
+    def failures():
+        return sum("watch: task 'late' not served" in line for line in lines)
+
+    texts = ["a great movie", "dull and boring"]
+    service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
+
+    def wait_for(condition, what):
+        deadline = time.monotonic() + 20
+        while not condition():
+            assert time.monotonic() < deadline, f"the watch did not pick up {what}"
+            time.sleep(0.05)
+
+    def scores(client, task):
+        answer = client.post("/v1/classify", json={"task": task, "texts": texts})
+        return [row["scores"] for row in answer.json()["results"]] if answer.status_code == 200 else None
+
+    def names(client):
+        return {t["name"] for t in client.get("/v1/tasks").json()["tasks"]}
+
+    with TestClient(create_app(service, ServeSettings(max_wait_ms=20, watch_s=0.05))) as client:
+        polarity, sentiment = scores(client, "polarity"), scores(client, "sentiment")
+        assert polarity != sentiment
+        shutil.copytree(prompts_dir / "polarity", prompts_dir / "copied", copy_function=shutil.copy)
+        wait_for(lambda: "copied" in names(client), "a new folder")
+        assert scores(client, "copied") == polarity
+        # Replaced file by file (a new task.json): the answers become the new prompt's.
+        for path in (prompts_dir / "sentiment").iterdir():
+            if path.is_file():
+                shutil.copy(path, prompts_dir / "copied" / path.name)
+        wait_for(lambda: scores(client, "copied") == sentiment, "a changed folder")
+        shutil.rmtree(prompts_dir / "copied")
+        wait_for(lambda: "copied" not in names(client), "a removed folder")
+        assert client.post("/v1/classify", json={"task": "copied", "texts": texts}).status_code == 404
+        # A folder that does not load yet is tried again at each poll, its error logged once.
+        late = prompts_dir / "late"
+        late.mkdir()
+        (late / "task.json").write_text("{not json", encoding="utf-8")
+        wait_for(lambda: failures() == 1, "a broken folder")
+        time.sleep(0.3)  # several polls
+        assert failures() == 1 and "late" not in names(client)
+        shutil.rmtree(late)
+        shutil.copytree(prompts_dir / "sentiment", late, copy_function=shutil.copy)
+        wait_for(lambda: scores(client, "late") == sentiment, "a repaired folder")
+    logging.getLogger("softprompt.serve").removeHandler(kept)

@@ -60,6 +60,8 @@ def _serve(args: argparse.Namespace) -> None:
     if api_key is not None and not api_key.strip():
         where = "--api-key" if args.api_key is not None else f"${API_KEY_VARIABLE}"
         raise SoftpromptError(f"{where} is empty: give a key, or leave it unset for a server without one")
+    if args.watch < 0:
+        raise SoftpromptError(f"--watch: expected seconds >= 0 (0: do not watch), got {args.watch:g}")
     use_threads(args)
     backbone = load_backbone(args.backbone, args.device, args.precision)
     backbone.require_token_prediction("serve")
@@ -73,6 +75,7 @@ def _serve(args: argparse.Namespace) -> None:
         max_text_chars=args.max_text_chars,
         max_generated_tokens=args.max_generated_tokens,
         timeout_s=args.timeout,
+        watch_s=args.watch,
     )
     print(f"serving {len(service.tasks.describe())} task(s) on {backbone.name} at http://{args.host}:{args.port}")
     uvicorn.run(create_app(service, settings), host=args.host, port=args.port, log_level="warning")
@@ -133,6 +136,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "recomputed on demand (about 1 MB per task on smollm2-135m)",
     )
     serve.add_argument("--timeout", type=float, default=120.0, help="504 for a request that takes longer (seconds)")
+    serve.add_argument(
+        "--watch",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="look at the artifacts folder this often: serve new or changed sub-folders, drop removed ones (0: never)",
+    )
     serve.set_defaults(run=_serve)
 
     training_command(commands, "multitask", "train several tasks' prompts at once in mixed batches", _multitask)

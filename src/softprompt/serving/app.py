@@ -11,7 +11,9 @@ API key 401, a body, text or generation over its limit 413, a request over its t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import json
 from typing import Annotated, Any
 
@@ -28,6 +30,7 @@ from softprompt.serving.openai import OPENAI_ROUTES, add_completion_routes
 from softprompt.serving.openai.common import openai_error
 from softprompt.serving.requests import ClassifyRequest, GenerateRequest, TaskSource
 from softprompt.serving.service import Gate, ServeSettings, Service, TaskChange
+from softprompt.serving.watch import FolderWatch, watch_folder
 
 TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # a task name is also a folder name
 
@@ -61,7 +64,13 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         batcher.start()
+        watcher = None
+        if settings.watch_s > 0:
+            apply = functools.partial(gate.submit, "tasks")  # the same queue as POST/DELETE /v1/tasks
+            watcher = asyncio.create_task(watch_folder(FolderWatch(service.artifacts), apply, settings.watch_s))
         yield
+        if watcher is not None:
+            watcher.cancel()
         await batcher.stop()  # Ctrl-C: in-flight requests are answered before the worker stops
 
     # No /docs or /redoc: their pages load scripts from a CDN; the schema stays at /openapi.json.

@@ -51,6 +51,7 @@ class ServeSettings:
     max_text_chars: int = 10_000  # 413 for a longer text or prompt
     max_generated_tokens: int = 2_048  # 413 when max_new_tokens x samples is larger
     timeout_s: float = 120.0  # 504 when a request waits and runs longer
+    watch_s: float = 0.0  # poll the artifacts folder this often and serve its changes (0: never)
 
 
 class Service:
