@@ -174,3 +174,29 @@ def test_the_python_api_builds_saves_and_loads_a_model_with_similar_demonstratio
     assert loaded.module.task.chooser.record() == chooser.record()
     for got, want in zip(loaded.predict(texts), in_memory, strict=True):
         assert got["scores"] == pytest.approx(want["scores"], abs=1e-5)
+
+
+def _draw_before_select(pool, labels, k, seed):
+    """The round-robin draw as it was before fewshot.select existed (kept to pin the default)."""
+    import random
+
+    rng = random.Random(seed)
+    by_label = {label: [demo for demo in pool if demo.label == label] for label in labels}
+    for demos in by_label.values():
+        rng.shuffle(demos)
+    chosen = []
+    while len(chosen) < k and any(by_label.values()):
+        for label in labels:
+            if by_label[label] and len(chosen) < k:
+                chosen.append(by_label[label].pop())
+    rng.shuffle(chosen)
+    return "\n\n".join(demo.block for demo in chosen) + "\n\n"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+@pytest.mark.parametrize("k", [1, 3, 4, 12])
+def test_the_default_draw_is_the_one_from_before(seed, k):
+    uneven = [Demo(f"text {i}", f"block {i}", "pos" if i % 3 else "neg") for i in range(11)]
+    assert fixed_demonstrations(uneven, k, "balanced", seed, labels=["pos", "neg"]) == _draw_before_select(
+        uneven, ["pos", "neg"], k, seed
+    )

@@ -650,4 +650,11 @@ def test_a_watched_folder_serves_new_changed_and_removed_tasks(tiny_llama_dir, p
         shutil.rmtree(late)
         shutil.copytree(prompts_dir / "sentiment", late, copy_function=shutil.copy)
         wait_for(lambda: scores(client, "late") == sentiment, "a repaired folder")
+        # A folder skipped at start is tried like a new one; the folder itself gone keeps the tasks.
+        assert any("watch: task 'broken' not served" in line for line in lines)
+        served = names(client)
+        prompts_dir.rename(prompts_dir.with_name("away"))
+        wait_for(lambda: any("watch: cannot read" in line for line in lines), "a missing folder")
+        assert names(client) == served
+        prompts_dir.with_name("away").rename(prompts_dir)
     logging.getLogger("softprompt.serve").removeHandler(kept)

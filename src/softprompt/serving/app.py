@@ -67,7 +67,8 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
         watcher = None
         if settings.watch_s > 0:
             apply = functools.partial(gate.submit, "tasks")  # the same queue as POST/DELETE /v1/tasks
-            watcher = asyncio.create_task(watch_folder(FolderWatch(service.artifacts), apply, settings.watch_s))
+            served = [*service.tasks.classifiers, *service.tasks.writers]
+            watcher = asyncio.create_task(watch_folder(FolderWatch(service.artifacts, served), apply, settings.watch_s))
         yield
         if watcher is not None:
             watcher.cancel()

@@ -16,12 +16,16 @@ right before the input: KATE's best order) or ``nearest_first``; ``auto`` is ``n
 for ``similar`` and ``shuffled`` otherwise.
 
 Fixed demonstrations are recorded as text in the artifact; ``similar`` records its pool and
-settings, so that a loaded artifact chooses exactly as the run did.
+settings, so that a loaded artifact chooses as the run did (with the same embedder: a Hub id
+must name the same weights; inputs embedded one by one rather than in a batch may differ in the
+last float bits, which can swap two neighbours that are all but tied). The whole pool goes into
+``task.json``: cap it with ``fewshot.pool`` for a small artifact.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -77,23 +81,31 @@ class SimilarDemonstrations:
         self.fields, self.embedder = fields, embedder
         self._pool_vectors: np.ndarray | None = None
         self._inputs: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()  # a server chooses from several threads
 
     def prepare(self, inputs: Sequence[dict[str, str]]) -> None:
         """Embed the inputs of a split in one call (else each is embedded when first seen)."""
-        queries = list(dict.fromkeys(q for f in inputs if (q := query_text(f, self.fields)) not in self._inputs))
-        if len(self._inputs) + len(queries) > CACHED_INPUTS:
+        with self._lock:
+            self._embed_inputs([query_text(f, self.fields) for f in inputs])
+
+    def _embed_inputs(self, queries: list[str]) -> None:
+        missing = list(dict.fromkeys(q for q in queries if q not in self._inputs))
+        if len(self._inputs) + len(missing) > CACHED_INPUTS:
             self._inputs.clear()
-        if queries:
-            self._inputs.update(zip(queries, embed(queries, self.embedder), strict=True))
+        if missing:
+            self._inputs.update(zip(missing, embed(missing, self.embedder), strict=True))
 
     def for_input(self, fields: dict[str, str]) -> str:
         """The demonstrations put before this input, as text."""
         query = query_text(fields, self.fields)
-        if query not in self._inputs:
-            self.prepare([fields])
-        if self._pool_vectors is None:
-            self._pool_vectors = embed([demo.query for demo in self.pool], self.embedder)
-        likeness = self._pool_vectors @ self._inputs[query]
+        with self._lock:
+            if self._pool_vectors is None:
+                self._pool_vectors = embed([demo.query for demo in self.pool], self.embedder)
+            vector = self._inputs.get(query)
+            if vector is None:
+                self._embed_inputs([query])
+                vector = self._inputs[query]
+            likeness = self._pool_vectors @ vector
         ranked = [i for i in np.argsort(-likeness, kind="stable") if self.pool[i].query != query][: self.k]
         if self.order == "nearest_last":
             ranked.reverse()

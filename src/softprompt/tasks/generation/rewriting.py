@@ -16,9 +16,10 @@ fluency measures are reported beside it, each giving its own J (see docs/detox.m
   log-probability under the plain base model minus that under a token unigram model, so that rare
   words are not mistaken for broken grammar) reaches the 5th percentile of held-out references'
   SLOR. The unigram model is fitted on the training split's texts and the threshold on the dev
-  split's references (:func:`fit_fluency_scale`), so neither has seen the scored split.
+  split's references (:func:`held_out_fluency_scale`), so neither has seen the test split.
 - chrF: sentence chrF against the human references (PAN 2024 TextDetox's fluency part of J);
-  the references row is scored leave-one-out, against the other references of its sentence.
+  the references row is scored leave-one-out, against the other references of its sentence, so
+  only over the sentences that have several (``n_chrf`` says how many).
 """
 
 from __future__ import annotations
