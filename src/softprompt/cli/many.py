@@ -136,13 +136,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "recomputed on demand (about 1 MB per task on smollm2-135m)",
     )
     serve.add_argument("--timeout", type=float, default=120.0, help="504 for a request that takes longer (seconds)")
-    serve.add_argument(
-        "--watch",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="look at the artifacts folder this often: serve new or changed sub-folders, drop removed ones (0: never)",
-    )
+    watch_help = "look at the artifacts folder this often: serve new or changed sub-folders, drop gone ones (0: never)"
+    serve.add_argument("--watch", type=float, default=0.0, metavar="SECONDS", help=watch_help)
     serve.set_defaults(run=_serve)
 
     training_command(commands, "multitask", "train several tasks' prompts at once in mixed batches", _multitask)

@@ -64,11 +64,7 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         batcher.start()
-        watcher = None
-        if settings.watch_s > 0:
-            apply = functools.partial(gate.submit, "tasks")  # the same queue as POST/DELETE /v1/tasks
-            served = [*service.tasks.classifiers, *service.tasks.writers]
-            watcher = asyncio.create_task(watch_folder(FolderWatch(service.artifacts, served), apply, settings.watch_s))
+        watcher = start_watching(service, gate, settings.watch_s) if settings.watch_s > 0 else None
         yield
         if watcher is not None:
             watcher.cancel()
@@ -96,6 +92,14 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
 
     add_completion_routes(app, service, gate)
     return app
+
+
+def start_watching(service: Service, gate: Gate, every: float) -> asyncio.Task:
+    """Watch the artifacts folder (``serve --watch``), applying its changes through the same
+    queue as ``POST``/``DELETE /v1/tasks/{name}``."""
+    served = [*service.tasks.classifiers, *service.tasks.writers]
+    apply = functools.partial(gate.submit, "tasks")
+    return asyncio.create_task(watch_folder(FolderWatch(service.artifacts, served), apply, every))
 
 
 def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:

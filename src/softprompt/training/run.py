@@ -136,11 +136,7 @@ def train(
     splits, backbone, model, baseline = _setup(config, backbone, records, bar)
     task, trains = get_task(config.task), get_method(config.method).trains
     meta = artifact_meta(config, model, backbone, splits)
-    # Without training the training rows are never read (few-shot draws its demonstrations from
-    # the raw split): encoding them would only cost time, a lot of it when demonstrations are
-    # chosen per input.
-    needed = ("train", "dev", "test") if trains else ("dev", "test")
-    encoded = encode_splits(model, splits, config.train.max_length, needed)
+    encoded = encode_splits(model, splits, config.train.max_length, with_train=trains)
     job = _training_job(config, model, splits, encoded, meta, bar)
     job.callbacks = list(callbacks or [])
     state = run_job(job, resume, progress)
@@ -220,10 +216,12 @@ def _check_start(config: RunConfig, resume: bool, overwrite: bool, extend: bool,
         logger.warning("warning: the settings %s are ignored: method=%s does not read them", shown, config.method)
 
 
-def encode_splits(
-    model: TaskModel, splits: Splits, max_length: int, names: tuple[str, ...] = ("train", "dev", "test")
-) -> dict[str, list]:
-    """The named splits encoded once; a note per split whose texts were cut to fit ``max_length``."""
+def encode_splits(model: TaskModel, splits: Splits, max_length: int, with_train: bool = True) -> dict[str, list]:
+    """The splits encoded once; a note per split whose texts were cut to fit ``max_length``.
+    Without training (``with_train=False``) the training rows are never read (few-shot draws its
+    demonstrations from the raw split), so they are not encoded: that would only cost time, a
+    lot of it when demonstrations are chosen per input."""
+    names = ("train", "dev", "test") if with_train else ("dev", "test")
     encoded = {name: model.encode_split(getattr(splits, name), splits.where(name)) for name in names}
     for name, rows in encoded.items():
         cut = sum(bool(getattr(row, "shortened", False)) for row in rows)
