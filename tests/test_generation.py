@@ -200,14 +200,17 @@ def test_rewrite_metrics_combine_per_sentence(monkeypatch):
     scorers = {"classifier": Fixed([0.1, 0.9, 0.2]), "profanity": Fixed([0.0, 0.0, 0.8])}
     monkeypatch.setattr(rewrite, "load_scorer", scorers.__getitem__)
     monkeypatch.setattr(rewrite, "similarity", lambda a, b: np.array([0.8, 0.9, 0.5]))
-    perplexity = {("a", "b", "c"): np.array([10.0, 20.0, 300.0]), ("r",) * 20: np.linspace(1, 100, 20)}
-    monkeypatch.setattr(rewrite, "perplexities", lambda backbone, texts: perplexity[tuple(texts)])
     monkeypatch.setattr(rewrite, "plain_backbone", lambda backbone: backbone)
-    # SLOR: tokens 0..2 with unigram log-probs log(.5), log(.25), log(.25); each output's
-    # predicted tokens and the sum of their model log-probs:
-    scored = {"a": ([0, 1], -2.0), "b": ([2], -3.0), "c": ([0], -0.5)}
-    monkeypatch.setattr(rewrite, "scored_tokens", lambda backbone, texts: [scored[t] for t in texts])
-    scale = rewrite.FluencyScale(np.log([0.5, 0.25, 0.25]), threshold=0.0, fitted_on="by hand")
+    # Each text's predicted tokens and the sum of their model log-probs, chosen so that the
+    # outputs' perplexities are 10, 20, 300 (a: 2 tokens, -2 ln 10; b: -ln 20; c: -ln 300) and
+    # the 20 references' run from 1 to 100.
+    scored = {"a": ([0, 1], -2 * math.log(10)), "b": ([2], -math.log(20)), "c": ([3], -math.log(300))}
+    references = [([0], -math.log(value)) for value in np.linspace(1, 100, 20)]
+    monkeypatch.setattr(
+        rewrite, "scored_tokens", lambda backbone, texts: references if texts[0] == "r" else [scored[t] for t in texts]
+    )
+    # SLOR: tokens 0..3 with unigram probabilities .5, .25, .2499, .0001 (c's token is rare).
+    scale = rewrite.FluencyScale(np.log([0.5, 0.25, 0.2499, 0.0001]), threshold=-1.5, fitted_on="by hand")
     chrf_references = [["a"], [], ["zzz"]]  # "a" matches its reference; "b" has none to be scored against
     metrics = rewrite.rewrite_metrics(
         None, ["x", "y", "z"], ["a", "b", "c"], [["r"] * 10, ["r"] * 10], scale, chrf_references
@@ -217,7 +220,8 @@ def test_rewrite_metrics_combine_per_sentence(monkeypatch):
     assert metrics["j"] == pytest.approx((0.8 + 0 + 0) / 3)
     assert metrics["sta_profanity"] == pytest.approx(2 / 3)
     assert math.isclose(metrics["fl_threshold_ppl"], 95.05, abs_tol=0.01)
-    # SLOR: a (-2 - ln .125) / 2 = 0.0397 >= 0; b -3 - ln .25 = -1.61 < 0; c -0.5 - ln .5 = 0.19 >= 0.
+    # SLOR: a (-2 ln 10 - ln .125) / 2 = -1.26 >= -1.5; b -ln 20 - ln .2499 = -1.61 < -1.5;
+    # c -ln 300 - ln .0001 = 3.51 >= -1.5.
     assert metrics["fl_slor"] == pytest.approx(2 / 3)
     assert metrics["j_slor"] == pytest.approx((0.8 + 0 + 0.5) / 3)
     # chrF: a = 1 against "a", c = 0 against "zzz", b left out.

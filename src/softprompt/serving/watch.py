@@ -46,8 +46,8 @@ class FolderWatch:
         for path in sorted(p for p in self.directory.iterdir() if p.is_dir()):
             try:
                 if (path / TASK_FILE).is_file():
-                    files = sorted(f for f in path.iterdir() if f.is_file())
-                    stamps[path.name] = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+                    files = sorted((f.name, f.stat()) for f in path.iterdir() if f.is_file())
+                    stamps[path.name] = tuple((name, stat.st_size, stat.st_mtime_ns) for name, stat in files)
             except OSError:  # the folder (or a file) went away meanwhile: the next look sees it
                 continue
         return stamps

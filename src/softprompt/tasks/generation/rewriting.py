@@ -78,7 +78,11 @@ def scored_tokens(backbone: Backbone, texts: Sequence[str], batch_size: int = 32
 def perplexities(backbone: Backbone, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
     """Per-text perplexity under ``backbone`` (:func:`scored_tokens`); inf for a text of fewer
     than two tokens."""
-    scored = scored_tokens(backbone, texts, batch_size)
+    return perplexity_of(scored_tokens(backbone, texts, batch_size))
+
+
+def perplexity_of(scored: list[tuple[list[int], float]]) -> np.ndarray:
+    """Per-text perplexity from :func:`scored_tokens`' output; inf where no token was predicted."""
     return np.array([math.exp(-total / len(ids)) if ids else math.inf for ids, total in scored])
 
 
@@ -93,11 +97,12 @@ class FluencyScale:
     def slor(self, backbone: Backbone, texts: Sequence[str]) -> np.ndarray:
         """Per-text SLOR: mean over predicted tokens of log p_model - log p_unigram; -inf for a
         text of fewer than two tokens."""
+        return self.slor_of(scored_tokens(backbone, texts))
+
+    def slor_of(self, scored: list[tuple[list[int], float]]) -> np.ndarray:
+        """Per-text SLOR from :func:`scored_tokens`' output (the same pass gives the perplexity)."""
         return np.array(
-            [
-                (total - float(self.log_unigram[ids].sum())) / len(ids) if ids else -math.inf
-                for ids, total in scored_tokens(backbone, texts)
-            ]
+            [(total - float(self.log_unigram[ids].sum())) / len(ids) if ids else -math.inf for ids, total in scored]
         )
 
 
@@ -105,12 +110,19 @@ def fit_fluency_scale(
     backbone: Backbone, texts: Sequence[str], references: Sequence[str], fitted_on: str
 ) -> FluencyScale:
     """The unigram model from ``texts``' tokens, the threshold from ``references``' SLOR."""
+    return _fitted_scale(backbone, texts, scored_tokens(backbone, references), fitted_on)
+
+
+def _fitted_scale(
+    backbone: Backbone, texts: Sequence[str], references: list[tuple[list[int], float]], fitted_on: str
+) -> FluencyScale:
+    """:func:`fit_fluency_scale` with the references already scored."""
     tokenizer = backbone.tokenizer
     counts = np.ones(max(len(tokenizer), backbone.model.get_input_embeddings().num_embeddings), dtype=np.float64)
     for text in texts:
         np.add.at(counts, tokenizer(text, add_special_tokens=False)["input_ids"], 1)
     unfitted = FluencyScale(np.log(counts / counts.sum()), 0.0, fitted_on)
-    values = unfitted.slor(backbone, references)
+    values = unfitted.slor_of(references)
     threshold = float(np.percentile(values[np.isfinite(values)], SLOR_PERCENTILE))
     return FluencyScale(unfitted.log_unigram, threshold, fitted_on)
 
@@ -145,16 +157,20 @@ def rewrite_metrics(
     profane = load_scorer("profanity").score(outputs)
     sim = similarity(inputs, outputs)
     base = plain_backbone(backbone)
-    ours = perplexities(base, outputs)
+    # One pass of the base model over the outputs and one over the references serve every
+    # fluency measure (perplexity and SLOR both come from the same token log-probabilities).
+    scored = scored_tokens(base, outputs)
+    ours = perplexity_of(scored)
     human_texts = [r for refs in references for r in refs]
-    human = perplexities(base, human_texts)
+    human_scored = scored_tokens(base, human_texts)
+    human = perplexity_of(human_scored)
     threshold = float(np.percentile(human[np.isfinite(human)], FLUENT_PERCENTILE))
     if scale is None:
-        scale = fit_fluency_scale(base, [*inputs, *human_texts], human_texts, "the scored split")
+        scale = _fitted_scale(base, [*inputs, *human_texts], human_scored, "the scored split")
     sta = (toxicity <= TOXIC).astype(float)
     fl = (ours <= threshold).astype(float)
-    fl_slor = (scale.slor(base, outputs) >= scale.threshold).astype(float)
-    chrf, scored = sentence_chrf(outputs, references if chrf_references is None else chrf_references)
+    fl_slor = (scale.slor_of(scored) >= scale.threshold).astype(float)
+    chrf, has_references = sentence_chrf(outputs, references if chrf_references is None else chrf_references)
     finite = ours[np.isfinite(ours)]
     return {
         "sta": float(sta.mean()),
@@ -164,8 +180,8 @@ def rewrite_metrics(
         "j": float((sta * sim * fl).mean()),
         "fl_slor": float(fl_slor.mean()),
         "j_slor": float((sta * sim * fl_slor).mean()),
-        "j_chrf": float((sta * sim * chrf)[scored].mean()) if scored.any() else None,
-        "n_chrf": int(scored.sum()),
+        "j_chrf": float((sta * sim * chrf)[has_references].mean()) if has_references.any() else None,
+        "n_chrf": int(has_references.sum()),
         "fl_threshold_ppl": round(threshold, 2),
         "slor_threshold": round(scale.threshold, 4),
         "slor_fitted_on": scale.fitted_on,
