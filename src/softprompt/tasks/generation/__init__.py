@@ -117,15 +117,15 @@ class Generation(TaskSpec):
 
     def load_splits(self, config: RunConfig, records: dict[str, Records] | None = None) -> Splits:
         data = config.data
-        if records:
-            source = {name: f"{name}_data (in memory)" for name in records}
+        fields = {"text_field": data.text_field, "target_field": data.target_field}
+        if records:  # the fields are recorded so that the model reads later records the same way
+            source = {name: f"{name}_data (in memory)" for name in records} | fields
             return assemble_splits(
                 config,
                 lambda n: (pairs_from_records(records[n], f"{n}_data", data.text_field, data.target_field), []),
                 source,
             )
         if data.train:
-            fields = {"text_field": data.text_field, "target_field": data.target_field}
             source = {"train": data.train, "dev": data.dev, "test": data.test} | fields
             return assemble_splits(
                 config, lambda n: (read_pairs(getattr(data, n), data.text_field, data.target_field, key=n), []), source
