@@ -66,3 +66,31 @@ def slowed_generation(service, monkeypatch, seconds: float = 0.05) -> list[float
 
     monkeypatch.setattr(service, "advance_generation", slow)
     return slices
+
+
+@contextlib.contextmanager
+def live_server(app) -> Iterator[str]:
+    """``app`` served by uvicorn on a free local port in a thread (for clients that need a real
+    URL: lm-evaluation-harness, schemathesis); yields the base URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(400):
+            if server.started:
+                break
+            time.sleep(0.05)
+        assert server.started, "the test server did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -154,6 +154,17 @@ def test_sampling_is_seeded(tiny_llama_dir):
     assert first != decode(backbone, model.method, prompts, other)
 
 
+def test_extreme_temperature_and_top_p_still_draw_a_token():
+    from softprompt.generation.sampling import draw
+
+    logits = torch.tensor([[0.5, 3.0, -1.0], [2.0, 0.0, 1.0]])
+    generator = torch.Generator().manual_seed(0)
+    # Dividing by a temperature this small overflows float32: the draw is the most likely token.
+    assert draw(logits, 1e-300, 0.9, generator).tolist() == [1, 0]
+    # A top_p that is 0 in float32 still keeps the most likely token (not an empty nucleus).
+    assert draw(logits, 1.0, 5e-324, generator).tolist() == [1, 0]
+
+
 @pytest.mark.parametrize("method", [name for name, spec in METHODS.items() if spec.trains])
 def test_every_method_trains_a_generation_task_and_round_trips(method, gen_args, tmp_path):
     out = tmp_path / method

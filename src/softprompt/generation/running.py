@@ -24,7 +24,7 @@ from transformers import DynamicCache
 
 from softprompt.backbones import Backbone
 from softprompt.core import forward as core
-from softprompt.generation.sampling import SampleRequest, context_ids, nucleus_sample
+from softprompt.generation.sampling import SampleRequest, context_ids, draw
 
 Layers = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values, [rows, heads, width, dim]
 
@@ -151,10 +151,7 @@ class RunningBatch:
             start = span.stop
             logits = self.rows.logits[span]
             # Temperature 0: greedy (the most likely token), as in OpenAI's API.
-            if request.temperature == 0:
-                chosen = logits.argmax(-1).cpu()
-            else:
-                chosen = nucleus_sample(logits / request.temperature, request.top_p, member.generator)
+            chosen = draw(logits, request.temperature, request.top_p, member.generator)
             for sample, token in enumerate(chosen.tolist()):
                 if member.done[sample]:
                     continue

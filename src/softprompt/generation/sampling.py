@@ -33,6 +33,19 @@ def context_ids(backbone: Backbone, text: str) -> list[int]:
     return backbone.tokenizer(text)["input_ids"]
 
 
+# Below this temperature a draw is the most likely token: dividing float32 logits by a smaller one
+# can overflow to inf (and the softmax to NaN), and the distribution is greedy's long before that.
+GREEDY_BELOW = 1e-4
+
+
+def draw(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """One token per row: the most likely one at temperature 0 (or below :data:`GREEDY_BELOW`),
+    else a nucleus sample at that temperature."""
+    if temperature < GREEDY_BELOW:
+        return logits.argmax(-1).cpu()
+    return nucleus_sample(logits / temperature, top_p, generator)
+
+
 def nucleus_parts(
     probs: torch.Tensor, top_p: float, candidates: int = 256
 ) -> Iterator[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]]:
@@ -69,7 +82,8 @@ def nucleus_sample(
 
 
 def _sample_sorted(values: torch.Tensor, index: torch.Tensor, top_p: float, generator: torch.Generator) -> torch.Tensor:
-    keep = values.cumsum(-1) - values < top_p  # the first token is always kept
+    keep = values.cumsum(-1) - values < top_p
+    keep[..., 0] = True  # the most likely token always (a top_p under float32's smallest is 0 there)
     return index.gather(-1, torch.multinomial(values * keep, 1, generator=generator)).squeeze(-1)
 
 
@@ -127,7 +141,7 @@ def sample_continuations(
     nll = torch.zeros(count * k, dtype=torch.float64)
     for step in range(max_new_tokens):
         grouped = logits.view(count, width, k, -1).transpose(1, 2).reshape(count * k, width, -1)
-        chosen = nucleus_sample(steering.combine(grouped) / temperature, top_p, generator)
+        chosen = draw(steering.combine(grouped), temperature, top_p, generator)
         finished = ~done & (chosen == eos) if eos is not None else torch.zeros_like(done)
         if plain is not None:
             logprob = core.token_logprobs(grouped[:, plain], chosen.to(grouped.device)).cpu()

@@ -1,0 +1,62 @@
+"""Every route of the server fuzzed from its own OpenAPI schema with schemathesis: whatever a
+client sends that the schema lets it (and much that it does not), no answer is a 5xx and every
+answer the schema describes matches it. Examples are bounded so that this stays a few seconds
+per route on the tiny random Llama (a classifier and a generation task served)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+schemathesis = pytest.importorskip("schemathesis")
+
+from schemathesis.checks import not_a_server_error, response_schema_conformance  # noqa: E402
+
+from softprompt.backbones import load_backbone  # noqa: E402
+from softprompt.cli import main  # noqa: E402
+from softprompt.serving.app import ServeSettings, Service, create_app  # noqa: E402
+
+from .conftest import NEGATIVE, POSITIVE, write_jsonl  # noqa: E402
+from .helpers import live_server  # noqa: E402
+from .test_generation import PAIRS  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_llama_dir):
+    """The app (a classifier and a generation task on the tiny Llama) and its live URL."""
+    root = tmp_path_factory.mktemp("fuzzed")
+    labelled = [{"text": t, "label": "positive"} for t in POSITIVE] + [
+        {"text": t, "label": "negative"} for t in NEGATIVE
+    ]
+    reviews = write_jsonl(root / "reviews.jsonl", labelled)
+    pairs = write_jsonl(root / "pairs.jsonl", [{"text": t, "target": y} for t, y in PAIRS] * 2)
+    common = [f"backbone={tiny_llama_dir}", "prompt.init=vocab", "train.max_steps=1", "train.batch_size=4", "--quiet"]
+    sentiment = ["template={soft:2}Review: {text} Sentiment:", "verbalizer={positive: positive, negative: negative}"]
+    tasks = root / "tasks"
+    assert (
+        main(
+            ["train", f"data.train={reviews}", f"data.dev={reviews}", *sentiment, f"out={tasks / 'sentiment'}", *common]
+        )
+        == 0
+    )
+    rewrite = ["task=generation", "template={soft:2}Toxic: {text} Polite:", "gen.max_new_tokens=4"]
+    assert (
+        main(["train", f"data.train={pairs}", f"data.dev={pairs}", *rewrite, f"out={tasks / 'polite'}", *common]) == 0
+    )
+    app = create_app(Service(load_backbone(str(tiny_llama_dir)), tasks), ServeSettings(max_wait_ms=1, timeout_s=30))
+    with live_server(app) as url:
+        yield app, url
+
+
+@pytest.fixture(scope="module")
+def api_schema(served):
+    return schemathesis.openapi.from_dict(served[0].openapi())
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_route_answers_a_server_error_or_breaks_its_schema(case, served):
+    case.call_and_validate(base_url=served[1], checks=[not_a_server_error, response_schema_conformance])
