@@ -348,6 +348,27 @@ def test_the_python_api_trains_and_generates(tiny_llama_dir, tmp_path):
     assert softprompt.load(tmp_path / "api").generate("you are a stupid cat") == greedy[:1]
 
 
+def test_in_memory_records_with_named_reference_columns_evaluate_after_loading(tiny_llama_dir, tmp_path):
+    import softprompt
+
+    rows = [{"text": t, "polite1": y, "polite2": y.upper()} for t, y in PAIRS] * 2
+    softprompt.train(
+        task="generation",
+        backbone=str(tiny_llama_dir),
+        train_data=rows,
+        dev_data=rows[:4],
+        data={"target_field": "polite1,polite2"},
+        out=str(tmp_path / "named"),
+        progress=False,
+        prompt={"init": "vocab", "length": 2},
+        train={"max_steps": 1, "batch_size": 4},
+        gen={"max_new_tokens": 2},
+    )
+    # The columns are recorded with the run, so records read later are read the same way.
+    metrics = softprompt.load(tmp_path / "named").evaluate(rows[:4])
+    assert metrics["n"] == 4 and 0 <= metrics["chrf"] <= 100
+
+
 def test_an_interrupted_generation_run_resumes_to_the_uninterrupted_one(gen_args, tmp_path):
     from softprompt.artifact import read_artifact
     from softprompt.training.run import train

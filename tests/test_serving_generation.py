@@ -202,6 +202,56 @@ def test_stop_strings_end_the_text_before_them_streaming_included(openai_client)
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
+def test_logprobs_and_echo_are_the_models_own_log_probabilities(openai_client, service):
+    backbone, writer = service.backbone, service.tasks.writers["polite"]
+    prompt = PAIRS[0][0]
+    plain = openai_client.completions.create(model="polite", prompt=prompt, max_tokens=4, temperature=0)
+    both = openai_client.completions.create(
+        model="polite", prompt=prompt, max_tokens=4, temperature=0, logprobs=3, echo=True
+    )
+    rendered = writer.render(prompt)
+    choice = both.choices[0]
+    assert choice.text == rendered + plain.choices[0].text
+    generated = _alone(service, _request(service, "polite", prompt, max_new_tokens=4, temperature=0))[0]
+    prompt_ids = backbone.tokenizer(rendered)["input_ids"]  # the tiny tokenizer adds no BOS
+    ids = prompt_ids + generated
+    # By hand: one forward pass over [soft prompt, prompt, completion]; position p predicts p + 1.
+    embeds = torch.cat([writer.soft, backbone.model.get_input_embeddings()(torch.tensor(ids))]).unsqueeze(0)
+    with torch.no_grad():
+        logp = backbone.model(inputs_embeds=embeds).logits[0].float().log_softmax(-1)
+    soft = len(writer.soft)
+    expected = [logp[soft + i - 1, token].item() for i, token in enumerate(ids)]
+    got = choice.logprobs
+    assert got.token_logprobs == pytest.approx(expected, abs=1e-4)
+    assert "".join(got.tokens) == choice.text and got.text_offset[0] == 0
+    assert got.text_offset[-1] == len(choice.text) - len(got.tokens[-1])
+    for place, token_logprob, position in zip(got.top_logprobs, got.token_logprobs, range(len(ids)), strict=True):
+        best = logp[soft + position - 1].topk(3).values.tolist()
+        assert sorted(place.values(), reverse=True) == pytest.approx(best, abs=1e-4)
+        assert token_logprob <= max(place.values()) + 1e-6
+    # Without echo: the completion's tokens only, offsets after the prompt; echo alone scores nothing.
+    only = openai_client.completions.create(model="polite", prompt=prompt, max_tokens=4, temperature=0, logprobs=0)
+    assert only.choices[0].text == plain.choices[0].text
+    assert only.choices[0].logprobs.token_logprobs == pytest.approx(expected[len(prompt_ids) :], abs=1e-4)
+    assert only.choices[0].logprobs.text_offset[0] == len(rendered)
+    echoed = openai_client.completions.create(model="polite", prompt=prompt, max_tokens=0, echo=True)
+    assert echoed.choices[0].text == rendered and echoed.choices[0].logprobs is None
+    assert echoed.choices[0].finish_reason == "length" and echoed.usage.completion_tokens == 0
+
+
+def test_logprobs_follow_the_text_a_stop_string_cuts(openai_client):
+    full = openai_client.completions.create(model="nice", prompt="you idiot", max_tokens=12, temperature=0, logprobs=1)
+    text = full.choices[0].text
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    cut = openai_client.completions.create(
+        model="nice", prompt="you idiot", max_tokens=12, temperature=0, logprobs=1, stop=stop
+    )
+    kept = cut.choices[0].logprobs
+    assert "".join(kept.tokens) == cut.choices[0].text[: len("".join(kept.tokens))]
+    assert len(kept.tokens) < len(full.choices[0].logprobs.tokens)
+    assert kept.token_logprobs == full.choices[0].logprobs.token_logprobs[: len(kept.tokens)]
+
+
 def test_visible_text_holds_back_what_may_begin_a_stop_string():
     assert visible_text("hello wor", ("world",), finished=False) == "hello "
     assert visible_text("hello wor", ("world",), finished=True) == "hello wor"
@@ -329,6 +379,9 @@ def test_openai_validation_errors_are_400s_in_openai_shape(service):
         assert many.status_code == 400 and "at most 4" in many.json()["error"]["message"]
         logprobs = client.post("/v1/completions", json={"model": "polite", "prompt": "x", "logprobs": 100})
         assert logprobs.status_code == 400 and logprobs.json()["error"]["param"] == "logprobs"
+        streamed = {"model": "polite", "prompt": "x", "logprobs": 1, "stream": True}
+        refused = client.post("/v1/completions", json=streamed)
+        assert refused.status_code == 400 and "stream to false" in refused.json()["error"]["message"]
         # the server's own routes keep FastAPI's 422
         assert client.post("/v1/generate", json={"prompt": ""}).status_code == 422
 

@@ -46,7 +46,13 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
     )
     metrics = ServerMetrics()
     batcher = Batcher(
-        {"classify": service.classify, "generate": generate, "reload": service.reload, "tasks": service.change_tasks},
+        {
+            "classify": service.classify,
+            "generate": generate,
+            "score": service.score,
+            "reload": service.reload,
+            "tasks": service.change_tasks,
+        },
         queue_size=settings.queue_size,
         max_batch=settings.max_batch,
         max_wait=settings.max_wait_ms / 1000,

@@ -17,7 +17,7 @@ from softprompt.errors import SoftpromptError
 from softprompt.serving.batcher import Batcher, QueueFull
 from softprompt.serving.registry import ServedTasks, load_task, load_tasks
 from softprompt.serving.requests import ClassifyRequest, GenerateRequest
-from softprompt.serving.writing import GenerationStream, WriteJob
+from softprompt.serving.writing import GenerationStream, Scored, ScoreJob, WriteJob, score_job
 from softprompt.tasks.classification.mixed import classify_mixed
 
 logger = logging.getLogger(__name__)
@@ -118,6 +118,11 @@ class Service:
         while stream.rows:
             results.update(stream.advance(GENERATION_SLICE))
         return [self._texts(results[key]) for key in range(len(jobs))]
+
+    def score(self, jobs: list[ScoreJob]) -> list[Scored | UnknownTask]:
+        """Token log-probabilities of texts after their tasks' soft prompts (``logprobs``, ``echo``)."""
+        served = self.tasks.writers
+        return [score_job(self.backbone, j, served[j.task]) if j.task in served else UnknownTask(j.task) for j in jobs]
 
     def change_tasks(self, changes: list[TaskChange]) -> list[dict[str, Any] | Exception]:
         """Add, replace (a path given) or remove (none) tasks. It runs in the worker between

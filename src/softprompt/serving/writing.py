@@ -19,6 +19,7 @@ from softprompt.backbones import Backbone
 from softprompt.config import GenConfig
 from softprompt.generation.running import Member, RunningBatch
 from softprompt.generation.sampling import SampleRequest
+from softprompt.generation.scoring import TokenScores, score_tokens, split_special
 from softprompt.prompts import Template
 from softprompt.tasks.fewshot import SimilarDemonstrations
 
@@ -68,6 +69,37 @@ class WriteJob:
     created: float = field(default_factory=time.perf_counter)  # arrival, for the time to first token
     stop: tuple[str, ...] = ()  # a sample ends once its text holds one of these (not shown)
     rendered: bool = False  # the prompt is final (a chat rendered by the chat template): no task template
+
+
+@dataclass
+class ScoreJob:
+    """Score one choice's text for ``logprobs``/``echo``: the generated ids after the task's
+    rendered prompt, and with ``echo`` the prompt's own tokens too."""
+
+    task: str
+    prompt: str
+    generated: list[int]
+    top: int = 0  # how many most likely tokens to report at each place
+    echo: bool = False
+
+
+@dataclass
+class Scored:
+    """A :class:`ScoreJob`'s answer: the prompt as the model read it, and the scored tokens."""
+
+    rendered: str
+    scores: TokenScores
+
+
+def score_job(backbone: Backbone, job: ScoreJob, writer: Writer) -> Scored:
+    """The log-probabilities a :class:`ScoreJob` asks for, from one forward pass."""
+    rendered = writer.render(job.prompt)
+    lead, prompt_ids = split_special(backbone, rendered)
+    if job.echo:
+        scores = score_tokens(backbone, writer.soft, lead, prompt_ids + job.generated, job.top)
+    else:
+        scores = score_tokens(backbone, writer.soft, lead + prompt_ids, job.generated, job.top)
+    return Scored(rendered, scores)
 
 
 def sample_request(job: WriteJob, writer: Writer | None) -> SampleRequest:

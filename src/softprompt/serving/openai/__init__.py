@@ -6,8 +6,9 @@ Settings a request leaves out take the task's own (the decoding its artifact rec
 unless it sampled); temperature 0 is greedy. ``stop`` (a string or up to 4) ends a choice before
 the first stop string, which is never shown, streaming included. ``stream: true`` answers with
 Server-Sent Events, a chunk per decoding slice, then ``data: [DONE]``. Errors have OpenAI's shape
-(``{"error": {"message", "type", "param", "code"}}``): an unknown model is 404; ``logprobs``,
-``echo``, ``best_of``, penalties and tools are refused with a 400 rather than ignored.
+(``{"error": {"message", "type", "param", "code"}}``): an unknown model is 404; ``best_of``,
+penalties and tools (and, on chat, ``logprobs``) are refused with a 400 rather than ignored.
+Completions answer ``logprobs`` and ``echo`` (:mod:`softprompt.serving.openai.completions`).
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ def add_chat(app: FastAPI, service: Service, gate: Gate) -> None:
             return openai_error(400, message, "messages", "no_chat_template")
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        read = prompt_tokens(service, service.tasks.writers[request.model].soft, prompt)  # before any wait
         try:
             gate.within_limits([m["content"] for m in messages], (request.max_tokens or 0) * request.n)
         except HTTPException as exc:
@@ -65,7 +66,7 @@ def add_chat(app: FastAPI, service: Service, gate: Gate) -> None:
             {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
             for i, (text, reason, _) in enumerate(answers)
         ]
-        read = prompt_tokens(service, request.model, prompt)
+
         written = sum(tokens for _, _, tokens in answers)
         usage = {"prompt_tokens": read, "completion_tokens": written, "total_tokens": read + written}
         return JSONResponse({**head, "choices": choices, "usage": usage})
