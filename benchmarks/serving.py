@@ -14,8 +14,12 @@
 3. Short behind long: a 128-token generation is under way when 4 requests for 8 tokens arrive
    1 s later: the seconds until each of them is answered.
 4. Live changes: the classification load of phase 1 on ``--tasks`` tasks while 100 tasks are
-   added, asked, replaced and removed one after the other: every status, and how long a new task
+   added, asked, replaced and removed, 4 cycles at a time: every status, and how long a new task
    took to answer after its ``POST /v1/tasks/{name}``.
+5. Many generation tasks (``--gen-artifact``, a generation artifact with a leading soft prompt):
+   the clients of phase 2, all asking 64 tokens, each request with a random one of 100 copies of
+   it, against all on 1 copy: generated tokens/s. Every row of the decoding batch carries its
+   own soft prompt, so this should cost next to nothing.
 
 ``--src DIR`` runs the server from another source tree (e.g. a worktree of an older commit),
 so a before/after comparison uses the same load generator.
@@ -41,6 +45,7 @@ import httpx
 from server_load import client_loop, free_port, summary, wait_until_ready
 
 RESULTS = Path(__file__).parent / "results"
+CHANGERS = 4  # concurrent add-ask-replace-remove cycles in the live-changes phase
 
 
 class Server:
@@ -75,7 +80,7 @@ class Server:
 
 def prompts_dir(artifact: Path, count: int, root: Path) -> Path:
     folder = root / f"tasks-{count}"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     for i in range(count):
         shutil.copytree(artifact, folder / f"task{i:05d}", ignore=shutil.ignore_patterns("checkpoint", "*.png"))
     return folder
@@ -102,15 +107,18 @@ def classify(args: argparse.Namespace, folder: Path) -> dict:
         server.close()
 
 
-def generate(args: argparse.Namespace, folder: Path, lengths: tuple[int, int], tokenizer) -> dict:
+def generate(args: argparse.Namespace, folder: Path, lengths: tuple[int, int], tokenizer, tasked: bool = False) -> dict:
+    """Closed-loop generating clients; ``tasked``: each request names a random task of the
+    folder's (a generation artifact's soft prompt), else the plain model."""
     server = Server(args, folder)
     try:
+        tasks = [t["name"] for t in httpx.get(f"{server.base}/v1/tasks").json()["tasks"]] if tasked else [None]
 
         async def client_run(client: httpx.AsyncClient, until: float, seed: int, counts: list) -> None:
             rng = random.Random(seed)
             while time.perf_counter() < until:
                 body = {"prompt": "Once upon a time", "max_new_tokens": rng.randint(*lengths)}
-                body |= {"temperature": 0.7, "seed": rng.randrange(10**6)}
+                body |= {"temperature": 0.7, "seed": rng.randrange(10**6), "task": rng.choice(tasks)}
                 answer = await client.post("/v1/generate", json=body)
                 if answer.status_code == 200:
                     text = answer.json()["completions"][0]
@@ -164,8 +172,10 @@ def live_changes(args: argparse.Namespace, folder: Path, artifact: Path, changes
     try:
         tasks = [t["name"] for t in httpx.get(f"{server.base}/v1/tasks").json()["tasks"]]
 
+        names = iter(range(changes))
+
         async def changer(client: httpx.AsyncClient, until: float, log: list, waits: list) -> None:
-            for i in range(changes):
+            for i in names:  # shared by the changers: each task once
                 if time.perf_counter() >= until:
                     break
                 name, path = f"live{i:03d}", str(artifact.resolve())
@@ -183,11 +193,12 @@ def live_changes(args: argparse.Namespace, folder: Path, artifact: Path, changes
             log: list = []
             changed: list = []
             waits: list[float] = []
-            limits = httpx.Limits(max_connections=args.clients + 1)
+            limits = httpx.Limits(max_connections=args.clients + CHANGERS)
             async with httpx.AsyncClient(base_url=server.base, timeout=300, limits=limits) as client:
                 until = time.perf_counter() + args.seconds
                 clients = [client_loop(client, tasks, until, i, log, texts=(2, 2)) for i in range(args.clients)]
-                await asyncio.gather(changer(client, until, changed, waits), *clients)
+                changers = [changer(client, until, changed, waits) for _ in range(CHANGERS)]
+                await asyncio.gather(*changers, *clients)
             result = summary(log, args.seconds)
             result["change_statuses"] = {str(k): changed.count(k) for k in sorted(set(changed))}
             result["changes"] = len(waits)
@@ -212,7 +223,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--src", help="run the server from this source tree (PYTHONPATH)")
     parser.add_argument("--prompt-cache-mb", type=float, help="the server's --prompt-cache-mb (default: its own)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["classify", "generate", "short", "live"])
+    parser.add_argument("--gen-artifact", help="a generation artifact with a leading soft prompt (phase 5)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["classify", "generate", "short", "live", "gentasks"])
     parser.add_argument("--out", default=str(RESULTS / "serving.json"))
     args = parser.parse_args()
     from transformers import AutoTokenizer
@@ -237,6 +249,11 @@ def main() -> None:
             many = root / f"tasks-{args.tasks}"
             many = many if many.exists() else prompts_dir(Path(args.artifact), args.tasks, root)
             results["live_changes"] = live_changes(args, many, Path(args.artifact))
+        if args.gen_artifact and "gentasks" not in args.skip:
+            written = Path(args.gen_artifact)
+            one_writer, writers = prompts_dir(written, 1, root / "gen"), prompts_dir(written, 100, root / "gen")
+            results["generate_1_task"] = generate(args, one_writer, (64, 64), tokenizer, tasked=True)
+            results["generate_100_tasks"] = generate(args, writers, (64, 64), tokenizer, tasked=True)
     report(args, results)
 
 
@@ -282,6 +299,14 @@ def report(args: argparse.Namespace, results: dict) -> None:
             f"{r['new_task_added_median_s']:.2f} s median, {r['new_task_added_max_s']:.2f} s max, and its first "
             f"request answered {r['new_task_answered_median_s']:.2f} s median, "
             f"{r['new_task_answered_max_s']:.2f} s max after the POST was sent"
+        )
+    if "generate_100_tasks" in results:
+        one, many = results["generate_1_task"], results["generate_100_tasks"]
+        ratio = many["tokens_per_second"] / one["tokens_per_second"]
+        results.setdefault("ratios", {})["generation_tasks"] = ratio
+        print(
+            f"\ngeneration over 100 tasks: {many['tokens_per_second']:.1f} tokens/s vs 1 task "
+            f"{one['tokens_per_second']:.1f} ({ratio:.2f}x)"
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 from typing import Annotated, Any
 
@@ -104,8 +103,7 @@ def start_watching(service: Service, gate: Gate, every: float) -> asyncio.Task:
     """Watch the artifacts folder (``serve --watch``), applying its changes through the same
     queue as ``POST``/``DELETE /v1/tasks/{name}``."""
     served = [*service.tasks.classifiers, *service.tasks.writers]
-    apply = functools.partial(gate.submit, "tasks")
-    return asyncio.create_task(watch_folder(FolderWatch(service.artifacts, served), apply, every))
+    return asyncio.create_task(watch_folder(FolderWatch(service.artifacts, served), gate.change, every))
 
 
 def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
@@ -146,12 +144,12 @@ def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
         name: Annotated[str, Path(pattern=TASK_NAME)], source: TaskSource, http: Request
     ) -> dict[str, Any]:
         http.state.task = name
-        return await gate.submit("tasks", TaskChange(name, source.path))
+        return await gate.change(TaskChange(name, source.path))
 
     @app.delete("/v1/tasks/{name}")
     async def delete_task(name: Annotated[str, Path(pattern=TASK_NAME)], http: Request) -> dict[str, Any]:
         http.state.task = name
-        return await gate.submit("tasks", TaskChange(name))
+        return await gate.change(TaskChange(name))
 
 
 async def invalid_request(request: Request, exc: Exception) -> Response:

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,12 @@ class UnknownTask(LookupError):
 
 @dataclass(frozen=True)
 class TaskChange:
-    """Serve the artifact at ``path`` as task ``name`` (replacing one), or remove it (no path)."""
+    """Serve the artifact at ``path`` as task ``name`` (replacing one), or remove it (no path).
+    ``loaded`` is the artifact already loaded (off the worker); None: the worker loads it."""
 
     name: str
     path: str | None = None
+    loaded: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -133,7 +136,8 @@ class Service:
                 out.append({"removed": change.name} if self.tasks.remove(change.name) else UnknownTask(change.name))
                 continue
             try:
-                self.tasks.put(change.name, load_task(Path(change.path), self.backbone))
+                loaded = change.loaded if change.loaded is not None else load_task(Path(change.path), self.backbone)
+                self.tasks.put(change.name, loaded)
             except SoftpromptError as exc:
                 out.append(exc)
                 continue
@@ -191,6 +195,19 @@ class Gate:
             raise HTTPException(404, str(exc)) from None
         except SoftpromptError as exc:
             raise HTTPException(400, str(exc)) from None
+
+    async def change(self, change: TaskChange) -> Any:
+        """Add, replace or remove a task. The artifact is loaded in a thread beside the worker, so
+        loading holds up no batch; only the swap waits for the worker (between batches, ahead of
+        the requests already queued)."""
+        if change.path is not None and change.loaded is None:
+            loop = asyncio.get_running_loop()
+            try:
+                loaded = await loop.run_in_executor(None, load_task, Path(change.path), self.service.backbone)
+            except SoftpromptError as exc:
+                raise HTTPException(400, str(exc)) from None
+            change = dataclasses.replace(change, loaded=loaded)
+        return await self.submit("tasks", change)
 
     def within_limits(self, texts: list[str], cost: int = 0) -> None:
         """413 for a text over ``max_text_chars`` or a generation over ``max_generated_tokens``."""
