@@ -22,7 +22,7 @@ from softprompt.detox.metrics import distinct_n, toxicity_metrics
 from softprompt.detox.steering import ExpertSteering, SelfDebiasSteering, Steering, Variant, parse_method
 from softprompt.detox.training import DetoxTrainConfig
 from softprompt.errors import SoftpromptError
-from softprompt.generation import sampling
+from softprompt.generation import running, sampling
 from softprompt.tasks.generation.toxicity import HFScorer, ProfanityScorer, parse_scorer_names
 from softprompt.tasks.lm import PromptedLM
 
@@ -164,7 +164,7 @@ def test_all_rows_of_all_prompts_run_in_one_forward_pass_per_token(tiny, rows, m
     forward = tiny.model.forward
     monkeypatch.setattr(tiny.model, "forward", lambda *a, **kw: calls.append(kw) or forward(*a, **kw))
     prompts, k, new = ["So I said", "Then they"], 3, 4
-    sampling.sample_continuations(tiny, steering, prompts, k, new, 0.9, torch.Generator().manual_seed(0))
+    running.sample_continuations(tiny, steering, prompts, k, new, 0.9, [0, 1])
     assert len(calls) == new  # a prefill, then one call per further token: never one per row
     assert calls[0]["inputs_embeds"].shape[0] == len(prompts) * rows
     assert all(c["input_ids"].shape == (len(prompts) * rows * k, 1) for c in calls[1:])
@@ -173,19 +173,33 @@ def test_all_rows_of_all_prompts_run_in_one_forward_pass_per_token(tiny, rows, m
         for r, variant in enumerate(variants):
             embeds, mask = core.embed_rows(tiny, sampling.variant_rows(tiny, [prompt], [variant]))
             alone = tiny.model(inputs_embeds=embeds, attention_mask=mask).logits[0, -1]
-            torch.testing.assert_close(steering.seen[0][p * k, r], alone, atol=1e-4, rtol=1e-4)
+            # the first step combines each prompt's [samples, rows] logits, prompt by prompt
+            torch.testing.assert_close(steering.seen[p][0, r], alone, atol=1e-4, rtol=1e-4)
 
 
 def test_experts_and_self_debias_sample_through_their_combination(tiny):
     soft = tiny.model.get_input_embeddings().weight[:2].detach()
     for steering in (ExpertSteering("experts", soft, soft * 2, 2.0), SelfDebiasSteering("self_debias")):
-        out = sampling.sample_continuations(tiny, steering, ["Hello there"], 2, 3, 0.9, torch.Generator())
+        out = running.sample_continuations(tiny, steering, ["Hello there"], 2, 3, 0.9, [0])
         assert len(out.tokens) == 1 and len(out.tokens[0]) == 2 and out.nll is not None
+
+
+def test_a_prompts_samples_do_not_depend_on_what_shares_its_batch(tiny):
+    soft = tiny.model.get_input_embeddings().weight[:2].detach()
+    for steering in (Steering(), ExpertSteering("experts", soft, soft * 2, 2.0)):
+        prompts, seeds = ["So I said", "The weather today is"], [11, 12]
+        together = running.sample_continuations(tiny, steering, prompts, 3, 6, 0.9, seeds)
+        for i, prompt in enumerate(prompts):
+            alone = running.sample_continuations(tiny, steering, [prompt], 3, 6, 0.9, [seeds[i]])
+            assert together.tokens[i] == alone.tokens[0]
+            if together.nll is not None:
+                assert [n for n, _ in together.nll[i]] == pytest.approx([n for n, _ in alone.nll[0]], abs=1e-4)
+                assert [t for _, t in together.nll[i]] == [len(ids) for ids in alone.tokens[0]]
 
 
 def test_plain_row_likelihood_equals_a_separate_scoring_pass(tiny):
     prompts = ["So I said to him,", "The weather"]
-    out = sampling.sample_continuations(tiny, Steering(), prompts, 3, 5, 0.95, torch.Generator().manual_seed(1))
+    out = running.sample_continuations(tiny, Steering(), prompts, 3, 5, 0.95, [1, 2])
     separate = sampling.continuation_nll(tiny, prompts, out.tokens)
     for along, alone in zip(out.nll, separate, strict=True):
         for (a, n), (b, m) in zip(along, alone, strict=True):
@@ -333,7 +347,7 @@ def test_interrupted_eval_resumes_without_regenerating(tiny_llama_dir, detox_run
     # a crash mid-write: prompt 0 complete, prompt 1 cut off, prompt 2 missing
     path.write_text(lines[0] + "\n" + lines[1][:20])
     generated = []
-    real = sampling.sample_continuations
+    real = running.sample_continuations
 
     def counting(backbone, steering, prompts, *rest, **kw):
         generated.extend(prompts)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from softprompt.atomic import atomic_write_json, atomic_write_text
@@ -27,7 +26,8 @@ from softprompt.detox.loading import build_steering
 from softprompt.detox.metrics import distinct_n, toxicity_metrics
 from softprompt.detox.steering import SteeredSampling, Steering, parse_methods
 from softprompt.errors import SoftpromptError, flag
-from softprompt.generation.sampling import continuation_nll, sample_continuations
+from softprompt.generation.running import prompt_seeds, sample_continuations
+from softprompt.generation.sampling import continuation_nll
 from softprompt.tasks.generation.toxicity import Scorer, load_scorer, parse_scorer_names
 
 SETTINGS_FILE = "eval_config.json"
@@ -125,19 +125,19 @@ class MethodRun:
             todo = [i for i in range(start, min(start + size, len(prompts))) if i not in done]
             if not todo:
                 continue
-            for record in self._generate(prompts, todo, start):
+            for record in self._generate(prompts, todo):
                 done[record["index"]] = record
             bar.update(len(todo))
         bar.close()
         return [done[i] for i in range(len(prompts))]
 
-    def _generate(self, prompts: list[Prompt], indices: list[int], start: int) -> list[dict]:
+    def _generate(self, prompts: list[Prompt], indices: list[int]) -> list[dict]:
         cfg = self.config
         tick = time.perf_counter()
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)
         texts = [prompts[i].text for i in indices]
+        seeds = prompt_seeds(cfg.seed, indices)  # each prompt its own: the batch size does not matter
         sampled = sample_continuations(
-            self.backbone, self.steering, texts, cfg.samples, cfg.max_new_tokens, cfg.top_p, generator, cfg.temperature
+            self.backbone, self.steering, texts, cfg.samples, cfg.max_new_tokens, cfg.top_p, seeds, cfg.temperature
         )
         decode = self.backbone.tokenizer.decode
         flat_text = [decode(ids, skip_special_tokens=True) for rows in sampled.tokens for ids in rows]

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from softprompt.backbones import load_backbone
 from softprompt.config import ComputeSettings, option
 from softprompt.detox.loading import build_steering
 from softprompt.detox.steering import SteeredSampling, parse_method
 from softprompt.errors import SoftpromptError
-from softprompt.generation.sampling import sample_continuations
+from softprompt.generation.running import prompt_seeds, sample_continuations
 
 
 @dataclass(kw_only=True)
@@ -35,8 +33,8 @@ def generate(texts: list[str], config: GenerateConfig) -> list[list[str]]:
     backbone = load_backbone(config.backbone, config.device, config.precision, config.quantize)
     backbone.require_token_prediction("detox generate")
     steering = build_steering(name, argument, backbone, config.instruction, config.alpha, config.decay, config.filter_p)
-    generator = torch.Generator().manual_seed(config.seed)
+    seeds = prompt_seeds(config.seed, range(len(texts)))
     sampled = sample_continuations(
-        backbone, steering, texts, config.samples, config.max_new_tokens, config.top_p, generator, config.temperature
+        backbone, steering, texts, config.samples, config.max_new_tokens, config.top_p, seeds, config.temperature
     )
     return [[backbone.tokenizer.decode(ids, skip_special_tokens=True) for ids in rows] for rows in sampled.tokens]

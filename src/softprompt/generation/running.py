@@ -6,8 +6,12 @@ request whose samples are all finished leaves at once and frees its rows, so a s
 never waits behind a long one and no row idles until the longest ends.
 
 Each request keeps its own soft prompt, settings and random generator, and its samples draw
-together, so what it gets does not depend on what shared the batch or when it joined: the same
-tokens as :func:`~softprompt.generation.sampling.sample_continuations` gives it alone.
+together, so what it gets does not depend on what shared the batch or when it joined.
+
+It is the one sampling loop: detoxification's steered sampling (:func:`sample_continuations`)
+runs through it too, a request then being several rows per sample (a steering's variants)
+whose logits combine into one draw. transformers' ``generate`` decodes the rest (beam search,
+soft tokens inside the template, prefix tuning: :mod:`softprompt.generation.decode`).
 
 transformers 5 has continuous batching of its own (``generate_batch``, paged attention), but it
 takes token ids only: no soft prompts as input embeddings, and no per-request generator. Hence
@@ -24,6 +28,7 @@ from transformers import DynamicCache
 
 from softprompt.backbones import Backbone
 from softprompt.core import forward as core
+from softprompt.generation.rows import Steering
 from softprompt.generation.sampling import SampleRequest, context_ids, draw
 
 Layers = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values, [rows, heads, width, dim]
@@ -31,7 +36,8 @@ Layers = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values, 
 
 @dataclass(eq=False)  # compared by identity: a request holds tensors
 class Member:
-    """A request in the batch; its samples hold ``samples`` consecutive rows."""
+    """A request in the batch. Its rows are consecutive, variant-major: row ``r * samples + j``
+    is variant ``r`` of sample ``j`` (one variant without a steering)."""
 
     key: Hashable
     request: SampleRequest
@@ -39,10 +45,16 @@ class Member:
     tokens: list[list[int]]  # per sample, the ids decoded so far (no end-of-sequence token)
     done: list[bool]  # per sample
     steps: int = 0  # tokens drawn so far, the same for all its samples
+    width: int = 1  # rows per sample
+    nll: list[float] | None = None  # per sample, under the steering's plain row (when it has one)
 
     @property
     def finished(self) -> bool:
         return all(self.done) or self.steps >= self.request.max_new_tokens
+
+    @property
+    def rows(self) -> int:
+        return self.request.samples * self.width
 
 
 @dataclass
@@ -99,29 +111,36 @@ class RunningBatch:
 
     @property
     def size(self) -> int:
-        """Rows in the batch (samples of the requests in it)."""
-        return sum(m.request.samples for m in self.members)
+        """Rows in the batch (samples of the requests in it, times their variants)."""
+        return sum(m.rows for m in self.members)
 
     @torch.inference_mode()
     def admit(self, requests: Sequence[tuple[Hashable, SampleRequest]]) -> None:
-        """Pre-fill ``(key, request)`` pairs and add them to the batch (nothing is added if it fails)."""
+        """Pre-fill ``(key, request)`` pairs and add them to the batch (nothing is added if it fails).
+        Each variant of each request runs once; its cache is repeated for the request's samples."""
         if not requests:
             return
-        prompts = [(r.soft, context_ids(self.backbone, r.prompt)) for _, r in requests]
+        prompts, counts = [], []
+        for _, request in requests:
+            for variant in request.variants():
+                prompts.append((variant.soft, context_ids(self.backbone, variant.text_prefix + request.prompt)))
+                counts.append(request.samples)
         embeds, mask = core.embed_rows(self.backbone, prompts)
         positions = core.positions(mask)
         logits, cache = core.next_token_logits(
             self.backbone, inputs_embeds=embeds, attention_mask=mask, position_ids=positions
         )
-        counts = torch.tensor([r.samples for _, r in requests])
-        repeat = torch.repeat_interleave(torch.arange(len(requests)), counts).to(self.backbone.device)
+        repeat = torch.repeat_interleave(torch.arange(len(prompts)), torch.tensor(counts)).to(self.backbone.device)
         layers = [(layer.keys[repeat], layer.values[repeat]) for layer in cache.layers]
         new = Rows(logits[:, -1][repeat], layers, mask[repeat], positions[:, -1:][repeat])
         self.rows = new if self.rows is None else Rows.joined(self.rows, new)
         for key, request in requests:
-            samples = request.samples
+            samples, width = request.samples, len(request.variants())
+            plain = request.steering is not None and request.steering.plain_row() is not None
             generator = torch.Generator().manual_seed(request.seed)
-            self.members.append(Member(key, request, generator, [[] for _ in range(samples)], [False] * samples))
+            member = Member(key, request, generator, [[] for _ in range(samples)], [False] * samples, width=width)
+            member.nll = [0.0] * samples if plain else None
+            self.members.append(member)
 
     @torch.inference_mode()
     def step(self, steps: int = 1) -> list[Member]:
@@ -143,27 +162,45 @@ class RunningBatch:
         self._leave([m for m in self.members if m.key in keys])
 
     def _draw(self) -> torch.Tensor:
-        """One token per row, each request from its own generator; updates the members."""
-        eos = self.backbone.tokenizer.eos_token_id
+        """One token per sample, each request from its own generator (fed to all of the sample's
+        rows); updates the members."""
         picks, start = [], 0
         for member in self.members:
-            request, span = member.request, slice(start, start + member.request.samples)
+            request, span = member.request, slice(start, start + member.rows)
             start = span.stop
             logits = self.rows.logits[span]
+            if request.steering is not None:  # [samples, variants, V], combined into [samples, V]
+                grouped = logits.view(member.width, request.samples, -1).transpose(0, 1)
+                logits = request.steering.combine(grouped)
             # Temperature 0: greedy (the most likely token), as in OpenAI's API.
             chosen = draw(logits, request.temperature, request.top_p, member.generator)
-            for sample, token in enumerate(chosen.tolist()):
-                if member.done[sample]:
-                    continue
-                if token == eos:
-                    member.done[sample] = True
-                    continue
-                tokens = member.tokens[sample]
-                tokens.append(token)
-                member.done[sample] = len(tokens) >= request.max_new_tokens or self._stopped(tokens, request.stop)
-            member.steps += 1
-            picks.append(chosen)
+            if member.nll is not None:
+                plain = grouped[:, request.steering.plain_row()]
+                self._score(member, core.token_logprobs(plain, chosen.to(plain.device)).cpu().tolist(), chosen)
+            self._append(member, chosen.tolist())
+            picks.append(chosen.repeat(member.width))
         return torch.cat(picks)
+
+    def _score(self, member: Member, logprobs: list[float], chosen: torch.Tensor) -> None:
+        """Add the chosen tokens' plain-model log-likelihood to the samples they extend (the end
+        of the sequence token is not part of a sample's text, so not of its likelihood)."""
+        eos = self.backbone.tokenizer.eos_token_id
+        for sample, (logprob, token) in enumerate(zip(logprobs, chosen.tolist(), strict=True)):
+            if not member.done[sample] and token != eos:
+                member.nll[sample] -= logprob
+
+    def _append(self, member: Member, chosen: list[int]) -> None:
+        eos, request = self.backbone.tokenizer.eos_token_id, member.request
+        for sample, token in enumerate(chosen):
+            if member.done[sample]:
+                continue
+            if token == eos:
+                member.done[sample] = True
+                continue
+            tokens = member.tokens[sample]
+            tokens.append(token)
+            member.done[sample] = len(tokens) >= request.max_new_tokens or self._stopped(tokens, request.stop)
+        member.steps += 1
 
     def _stopped(self, tokens: list[int], stop: tuple[str, ...]) -> bool:
         """Whether the text's end holds a stop string (only the last tokens are decoded: every
@@ -179,8 +216,8 @@ class RunningBatch:
         keep, start = [], 0
         for member in self.members:
             if member not in leaving:
-                keep += range(start, start + member.request.samples)
-            start += member.request.samples
+                keep += range(start, start + member.rows)
+            start += member.rows
         kept = torch.tensor(keep, dtype=torch.long)
         if leaving:
             self.members = [m for m in self.members if m not in leaving]
@@ -202,3 +239,51 @@ class RunningBatch:
         )
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         self.rows = Rows(logits[:, -1], layers, mask, last)
+
+
+@dataclass
+class Sampled:
+    """Continuations as ``[prompt][sample]`` token ids, and, when the steering ran the plain model
+    as one of its rows, each one's ``(negative log-likelihood, tokens)`` under it."""
+
+    tokens: list[list[list[int]]]
+    nll: list[list[tuple[float, int]]] | None = None
+
+
+def prompt_seeds(seed: int, indices: Sequence[int]) -> list[int]:
+    """A seed per prompt (by its index in the whole input), so that a prompt's samples do not
+    depend on which prompts shared its batch, nor on the batch size."""
+    return [seed * 1_000_003 + index for index in indices]
+
+
+def sample_continuations(
+    backbone: Backbone,
+    steering: Steering,
+    prompts: Sequence[str],
+    k: int,
+    max_new_tokens: int,
+    top_p: float,
+    seeds: Sequence[int],
+    temperature: float = 1.0,
+) -> Sampled:
+    """``k`` sampled continuations (token ids, without the end-of-sequence token) of each prompt,
+    the prompt ``i``'s from its own generator seeded ``seeds[i]``.
+
+    All rows of all prompts (``len(prompts) * k * len(steering.variants)``) go through the model
+    together at every step; each prompt's sample gets one token, appended to all of its rows.
+    When the steering has a plain row, the plain model's likelihood of the samples comes along.
+    """
+    batch = RunningBatch(backbone)
+    requests = [
+        SampleRequest(p, None, k, max_new_tokens, top_p, temperature, seed, steering=steering)
+        for p, seed in zip(prompts, seeds, strict=True)
+    ]
+    batch.admit(list(enumerate(requests)))
+    finished: dict[Hashable, Member] = {}
+    while batch.members:
+        finished.update((member.key, member) for member in batch.step())
+    members = [finished[i] for i in range(len(prompts))]
+    if steering.plain_row() is None:
+        return Sampled([m.tokens for m in members])
+    scored = [[(nll, len(ids)) for nll, ids in zip(m.nll, m.tokens, strict=True)] for m in members]
+    return Sampled([m.tokens for m in members], scored)

@@ -1,31 +1,20 @@
-"""Batched nucleus sampling under a :class:`~softprompt.detox.steering.Steering`, and the
-perplexity of continuations under the plain model.
+"""What one draw of the sampler is (greedy, or a nucleus sample at a temperature), what a
+sampling request asks for, and the perplexity of continuations under the plain model. The
+decoding loop itself is :mod:`softprompt.generation.running` (the server's and detox's).
 
 Only public transformers APIs: ``model(inputs_embeds=..., past_key_values=..., logits_to_keep=...)``.
-Rows are left-padded so every row's next token sits in the last column. A prompt's rows are
-pre-filled once and their KV cache repeated for its k samples.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from softprompt.backbones import Backbone
 from softprompt.core import forward as core
 from softprompt.generation.rows import Steering, Variant
-
-
-@dataclass
-class Sampled:
-    """Continuations as ``[prompt][sample]`` token ids, and, when the steering ran the plain model
-    as one of its rows, each one's ``(negative log-likelihood, tokens)`` under it."""
-
-    tokens: list[list[list[int]]]
-    nll: list[list[tuple[float, int]]] | None = None
 
 
 def context_ids(backbone: Backbone, text: str) -> list[int]:
@@ -92,75 +81,6 @@ def variant_rows(backbone: Backbone, prompts: Sequence[str], variants: list[Vari
     return [(v.soft, context_ids(backbone, v.text_prefix + p)) for p in prompts for v in variants]
 
 
-def _prefill(backbone: Backbone, rows: list) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
-    """Run left-padded ``(soft, ids)`` rows once: last-token logits, cache, mask, last positions."""
-    embeds, mask = core.embed_rows(backbone, rows)
-    positions = core.positions(mask)
-    logits, cache = core.next_token_logits(backbone, inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
-    return logits[:, -1], cache, mask, positions[:, -1:]
-
-
-def _extend(
-    backbone: Backbone, feed: torch.Tensor, mask: torch.Tensor, last: torch.Tensor, cache: Any
-) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
-    """Feed one new token per row (``[N, 1]``) through the cache: next logits, cache, mask, positions."""
-    mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
-    last = last + 1
-    logits, cache = core.next_token_logits(
-        backbone, input_ids=feed, attention_mask=mask, position_ids=last, past_key_values=cache
-    )
-    return logits[:, -1], cache, mask, last
-
-
-@torch.inference_mode()
-def sample_continuations(
-    backbone: Backbone,
-    steering: Steering,
-    prompts: Sequence[str],
-    k: int,
-    max_new_tokens: int,
-    top_p: float,
-    generator: torch.Generator,
-    temperature: float = 1.0,
-) -> Sampled:
-    """``k`` sampled continuations (token ids, without the end-of-sequence token) of each prompt.
-
-    All rows of all prompts (``len(prompts) * k * len(steering.variants)``) go through the model
-    together at every step; each prompt's sample gets one token, appended to all of its rows.
-    When the steering has a plain row, the plain model's likelihood of the samples comes along.
-    """
-    count, width = len(prompts), len(steering.variants)
-    logits, cache, mask, last = _prefill(backbone, variant_rows(backbone, prompts, steering.variants))
-    cache.batch_repeat_interleave(k)  # row (p * width + r) * k + j: prompt p, variant r, sample j
-    logits, mask, last = (t.repeat_interleave(k, 0) for t in (logits, mask, last))
-    eos = backbone.tokenizer.eos_token_id
-    tokens = torch.zeros(count * k, max_new_tokens, dtype=torch.long)
-    lengths = torch.full((count * k,), max_new_tokens)
-    done = torch.zeros(count * k, dtype=torch.bool)
-    plain = steering.plain_row()
-    nll = torch.zeros(count * k, dtype=torch.float64)
-    for step in range(max_new_tokens):
-        grouped = logits.view(count, width, k, -1).transpose(1, 2).reshape(count * k, width, -1)
-        chosen = draw(steering.combine(grouped), temperature, top_p, generator)
-        finished = ~done & (chosen == eos) if eos is not None else torch.zeros_like(done)
-        if plain is not None:
-            logprob = core.token_logprobs(grouped[:, plain], chosen.to(grouped.device)).cpu()
-            nll -= torch.where(done | finished, 0.0, logprob.double())
-        lengths[finished] = step
-        done |= finished
-        tokens[:, step] = chosen
-        if bool(done.all()) or step == max_new_tokens - 1:
-            break
-        feed = chosen.view(count, 1, k).expand(count, width, k).reshape(-1, 1)
-        logits, cache, mask, last = _extend(backbone, feed.to(backbone.device), mask, last, cache)
-    rows = [tokens[i, : lengths[i]].tolist() for i in range(count * k)]
-    scored = list(zip(nll.tolist(), lengths.tolist(), strict=True)) if plain is not None else None
-    return Sampled(
-        [rows[p * k : (p + 1) * k] for p in range(count)],
-        [scored[p * k : (p + 1) * k] for p in range(count)] if scored else None,
-    )
-
-
 @torch.inference_mode()
 def continuation_nll(
     backbone: Backbone, prompts: Sequence[str], continuations: Sequence[Sequence[list[int]]]
@@ -204,3 +124,8 @@ class SampleRequest:
     temperature: float  # 0: greedy
     seed: int
     stop: tuple[str, ...] = ()  # a sample ends once its text contains one of these
+    steering: Steering | None = None  # rows combined into one distribution (detox); None: the soft prompt's row
+
+    def variants(self) -> list[Variant]:
+        """The rows each sample runs as: the steering's, else one (the soft prompt, if any)."""
+        return self.steering.variants if self.steering is not None else [Variant(soft=self.soft)]
