@@ -185,6 +185,23 @@ def test_a_short_generation_does_not_wait_for_a_long_one(service, monkeypatch):
     assert finished["short"] < finished["long"], "the short generation waited for the long one"
 
 
+def test_a_metrics_scrape_does_not_wait_for_the_worker(service, monkeypatch):
+    import threading
+
+    slowed_generation(service, monkeypatch, 0.3)  # every decoding slice holds the worker 0.3 s
+    with TestClient(create_app(service, ServeSettings(max_wait_ms=1))) as test_client:
+        body = {"task": "polite", "prompt": "Once", "max_new_tokens": 40, "temperature": 0}
+        thread = threading.Thread(target=lambda: test_client.post("/v1/generate", json=body))
+        thread.start()
+        while not service.stream.rows:  # the generation is under way
+            pass
+        scraped = test_client.get("/metrics")
+        still_running = service.stream.rows  # read right after the scrape came back
+        thread.join()
+    assert scraped.status_code == 200 and "softprompt_generation_rows 1.0" in scraped.text
+    assert still_running == 1, "the scrape waited for the generation to end"
+
+
 def test_stop_strings_end_the_text_before_them_streaming_included(openai_client):
     full = openai_client.completions.create(model="nice", prompt="you idiot", max_tokens=12, temperature=0)
     text = full.choices[0].text
