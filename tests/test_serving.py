@@ -76,6 +76,26 @@ def test_stored_prompt_caches_give_the_same_results_within_a_byte_budget(backbon
             assert torch.allclose(alone, together, atol=1e-5), name
 
 
+def test_warmed_prompt_caches_answer_first_requests_without_a_miss(backbone):
+    models = {
+        "a": classifier(backbone, "{soft:3}Review: {text} Sentiment:", {"pos": "a", "neg": "b"}, seed=1),
+        "b": classifier(backbone, "{soft:5}Text: {text} Long?", {"y": "b", "n": "a"}, seed=2),
+        "c": classifier(backbone, "Q: {text}{soft:2} A:", {"x": "b", "y": "a"}, seed=3),
+    }
+    store = PromptCaches(backbone)
+    mixed = MixedPromptClassifier(models, store)
+    assert mixed.warm(["a", "b", "c", "gone"]) == 3 and len(store) == 3  # an unknown name is passed over
+    requests = [(name, example) for example in EXAMPLES for name in models]
+    got = classify_mixed(mixed, requests, batch_size=4)
+    assert store.misses == 0 and store.hits > 0
+    for name, model in models.items():
+        together = torch.stack([p for (task, _), p in zip(requests, got, strict=True) if task == name])
+        assert torch.allclose(label_probabilities(model, EXAMPLES), together, atol=1e-5), name
+    tight = PromptCaches(backbone, store.bytes // 2)  # room for about half: trimmed back to it
+    MixedPromptClassifier(models, tight).warm(list(models))
+    assert 0 < tight.bytes < store.bytes and len(tight) < len(store) and tight.misses == 0
+
+
 def test_a_forgotten_prompt_cache_follows_the_replaced_prompt(backbone):
     models = {"a": classifier(backbone, "{soft:3}Review: {text} Sentiment:", {"pos": "a", "neg": "b"}, seed=1)}
     store = PromptCaches(backbone)
@@ -389,8 +409,8 @@ def test_metrics_count_requests_tokens_batches_and_prompt_caches(client):
     assert 1 <= sample(text, "softprompt_generated_tokens_total", task="polite") <= 3
     assert sample(text, "softprompt_time_to_first_token_seconds_count", task="polite") == 1
     assert sample(text, "softprompt_batch_rows_sum", kind="classify") == 4
-    assert sample(text, "softprompt_prompt_cache_misses_total") == 1  # the first batch computed it
-    assert sample(text, "softprompt_prompt_cache_hits_total") == 1  # the second found it kept
+    assert sample(text, "softprompt_prompt_cache_misses_total") == 0  # computed when the server started
+    assert sample(text, "softprompt_prompt_cache_hits_total") == 2  # both batches found it kept
     assert sample(text, "softprompt_queue_depth") == 0 and sample(text, "softprompt_tasks") == 3
     logged = [__import__("json").loads(line) for line in kept.lines]
     assert {"route": route, "task": "nope", "status": 404} == {k: logged[2][k] for k in ("route", "task", "status")}

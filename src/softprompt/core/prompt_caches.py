@@ -2,8 +2,10 @@
 
 A soft prompt that leads its template does not depend on the row's text: its keys and values can
 be computed once and reused by every later batch. With thousands of tasks, keeping every cache
-costs about a megabyte per task, so the store keeps the most recently used ones up to a byte
-budget and computes a missing one on demand (all of a batch's misses in one forward pass).
+costs a few hundred kilobytes per task, so the store keeps the most recently used ones up to a
+byte budget and computes a missing one on demand (all of a batch's misses in one forward pass).
+A server fills it ahead of requests (:meth:`PromptCaches.warm`): a cold cache is a miss on a
+task's first request, which with a thousand tasks is most requests of the first minute.
 
 The store never looks at a prompt's values: its owner promises that the prompt under a key does
 not change, and calls :meth:`PromptCaches.forget` when it replaces one. Training, where prompts
@@ -77,6 +79,20 @@ class PromptCaches:
         layers, mask = self._side_by_side(entries)
         self._trim()
         return layers, mask
+
+    def warm(self, keys: Sequence[Hashable], prompt_of: Callable[[Hashable], torch.Tensor], chunk: int = 64) -> int:
+        """Compute the caches of ``keys`` not kept yet, in order, ``chunk`` prompts per forward
+        pass, while the budget has room (a server warms its tasks at start and when one is added,
+        so that requests find them kept). Not counted as misses. Returns how many were computed."""
+        todo = [key for key in dict.fromkeys(keys) if key not in self._entries]
+        done = 0
+        for start in range(0, len(todo), chunk):
+            if self.max_bytes is not None and self.bytes >= self.max_bytes:
+                break
+            self._compute(todo[start : start + chunk], prompt_of)
+            done += len(todo[start : start + chunk])
+        self._trim()
+        return done
 
     def _compute(self, keys: list[Hashable], prompt_of: Callable[[Hashable], torch.Tensor]) -> None:
         prompts = {key: prompt_of(key) for key in keys}

@@ -45,6 +45,13 @@ class ServedTasks:
         else:
             self.mixed.put(name, served)
 
+    def warm(self, names: list[str] | None = None) -> int:
+        """Compute the prompt caches of classifiers ``names`` (None: all, in name order) within
+        the budget, so that their first requests find them kept."""
+        if self.mixed is None:
+            return 0
+        return self.mixed.warm(sorted(self.classifiers) if names is None else names)
+
     def remove(self, name: str) -> bool:
         """Stop serving task ``name``; False when there was none."""
         self.skipped.pop(name, None)
@@ -93,6 +100,7 @@ def load_tasks(directory: str | Path, backbone: Backbone, prompt_cache_mb: float
             tasks.put(path.name, load_task(path, backbone))
         except SoftpromptError as exc:
             tasks.skipped[path.name] = str(exc)
+    tasks.warm()
     return tasks
 
 

@@ -138,6 +138,7 @@ class Service:
             try:
                 loaded = change.loaded if change.loaded is not None else load_task(Path(change.path), self.backbone)
                 self.tasks.put(change.name, loaded)
+                self.tasks.warm([change.name])  # its first request finds its prompt cache kept
             except SoftpromptError as exc:
                 out.append(exc)
                 continue

@@ -74,6 +74,16 @@ class MixedPromptClassifier(nn.Module):
         if self.prompt_caches is not None:
             self.prompt_caches.forget(name)
 
+    @torch.inference_mode()
+    def warm(self, names: Sequence[str]) -> int:
+        """Compute the kept prompt caches of tasks ``names`` ahead of their requests, within the
+        store's budget (nothing without a store). Returns how many were computed."""
+        leading = {name: self._lead(name) for name in names if name in self.tasks}
+        if self.prompt_caches is None:
+            return 0
+        # Tasks without a leading prompt get an empty entry (free), so they are not misses later.
+        return self.prompt_caches.warm(list(leading), lambda name: self._soft(name, leading[name]))
+
     def encode(self, task: str, example: Example) -> EncodedInput:
         return self.tasks[task].task.encode(example)
 
