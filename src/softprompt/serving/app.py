@@ -37,21 +37,9 @@ TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # a task name is also a folder
 def create_app(service: Service, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI application serving ``service``."""
     settings = settings or ServeSettings()
-    generate = Continuous(
-        service.admit_generation,
-        lambda: service.advance_generation(),  # looked up at each call (tests slow it down)
-        service.drop_generation,
-        lambda job: job.samples,
-    )
     metrics = ServerMetrics()
     batcher = Batcher(
-        {
-            "classify": service.classify,
-            "generate": generate,
-            "score": service.score,
-            "reload": service.reload,
-            "tasks": service.change_tasks,
-        },
+        worker_handlers(service),
         queue_size=settings.queue_size,
         max_batch=settings.max_batch,
         max_wait=settings.max_wait_ms / 1000,
@@ -97,6 +85,23 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
 
     add_completion_routes(app, service, gate)
     return app
+
+
+def worker_handlers(service: Service) -> dict[str, Any]:
+    """What the worker runs for each kind of queued job (generation: a running batch)."""
+    generate = Continuous(
+        service.admit_generation,
+        lambda: service.advance_generation(),  # looked up at each call (tests slow it down)
+        service.drop_generation,
+        lambda job: job.samples,
+    )
+    return {
+        "classify": service.classify,
+        "generate": generate,
+        "score": service.score,  # logprobs and echo on completions
+        "reload": service.reload,
+        "tasks": service.change_tasks,
+    }
 
 
 def start_watching(service: Service, gate: Gate, every: float) -> asyncio.Task:
