@@ -53,12 +53,12 @@ def score_tokens(
     # Position p predicts token p + 1; the first scored token has no position before it when
     # nothing precedes it.
     first = before - 1
-    rows = logits[max(first, 0) : before + len(scored) - 1].float().log_softmax(-1)
+    rows = logits[max(first, 0) : before + len(scored) - 1]
     wanted = torch.tensor(scored[len(scored) - len(rows) :], device=rows.device)
-    taken = rows.gather(-1, wanted.unsqueeze(-1)).squeeze(-1).tolist()
+    taken = core.token_logprobs(rows, wanted).tolist()
     tops: list[dict[int, float] | None] = [{} for _ in taken]
     if top:
-        values, index = rows.topk(min(top, rows.shape[-1]), dim=-1)
+        values, index = rows.float().log_softmax(-1).topk(min(top, rows.shape[-1]), dim=-1)
         tops = [dict(zip(i.tolist(), v.tolist(), strict=True)) for i, v in zip(index, values, strict=True)]
     missing = len(scored) - len(taken)  # 1 when the first token has nothing before it, else 0
     return TokenScores(list(scored), [None] * missing + taken, [None] * missing + tops)
