@@ -69,9 +69,10 @@ def slowed_generation(service, monkeypatch, seconds: float = 0.05) -> list[float
 
 
 @contextlib.contextmanager
-def live_server(app) -> Iterator[str]:
+def live_server(app, log_level: str = "warning") -> Iterator[str]:
     """``app`` served by uvicorn on a free local port in a thread (for clients that need a real
     URL: lm-evaluation-harness, schemathesis); yields the base URL."""
+    import logging
     import socket
     import threading
     import time
@@ -81,7 +82,12 @@ def live_server(app) -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level))
+    # The access log prints a line per request from the server's thread; beside the test's own
+    # output on pytest's captured stdout (not thread-safe) that crashed the process now and then.
+    access = logging.getLogger("softprompt.access")
+    level = access.level
+    access.setLevel(logging.WARNING)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -94,3 +100,4 @@ def live_server(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        access.setLevel(level)
