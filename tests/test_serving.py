@@ -94,6 +94,13 @@ def test_warmed_prompt_caches_answer_first_requests_without_a_miss(backbone):
     tight = PromptCaches(backbone, store.bytes // 2)  # room for about half: trimmed back to it
     MixedPromptClassifier(models, tight).warm(list(models))
     assert 0 < tight.bytes < store.bytes and len(tight) < len(store) and tight.misses == 0
+    # Warming stops after the first chunk when the rest would not fit: no start-up time spent on
+    # caches the first requests would evict.
+    calls = []
+    partial = PromptCaches(backbone, store.bytes // 2)
+    counted = MixedPromptClassifier(models, partial)
+    assert partial.warm(list(models), lambda name: calls.append(name) or counted._soft(name, 3), chunk=1) == 1
+    assert calls == ["a"]
 
 
 def test_a_forgotten_prompt_cache_follows_the_replaced_prompt(backbone):

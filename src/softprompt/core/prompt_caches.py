@@ -81,16 +81,20 @@ class PromptCaches:
         return layers, mask
 
     def warm(self, keys: Sequence[Hashable], prompt_of: Callable[[Hashable], torch.Tensor], chunk: int = 64) -> int:
-        """Compute the caches of ``keys`` not kept yet, in order, ``chunk`` prompts per forward
-        pass, while the budget has room (a server warms its tasks at start and when one is added,
-        so that requests find them kept). Not counted as misses. Returns how many were computed."""
+        """Compute the caches of ``keys`` not kept yet, ``chunk`` prompts per forward pass, so
+        that their requests find them kept (a server warms its tasks at start and when one is
+        added). Only when they all fit the budget, judged after the first chunk: a part of them
+        would be evicted by the first requests' misses, so computing it would only delay the
+        start. Not counted as misses. Returns how many were computed."""
         todo = [key for key in dict.fromkeys(keys) if key not in self._entries]
         done = 0
         for start in range(0, len(todo), chunk):
-            if self.max_bytes is not None and self.bytes >= self.max_bytes:
-                break
+            before = self.bytes
             self._compute(todo[start : start + chunk], prompt_of)
             done += len(todo[start : start + chunk])
+            each = (self.bytes - before) / len(todo[start : start + chunk])
+            if self.max_bytes is not None and self.bytes + each * (len(todo) - done) > self.max_bytes:
+                break
         self._trim()
         return done
 
