@@ -276,13 +276,7 @@ def report(args: argparse.Namespace, results: dict) -> None:
             f"p99 {results['ratios']['p99']:.2f}x, RSS +{many['rss_mb'] - one['rss_mb']:.0f} MB"
         )
     if "generate_all_64" in results:
-        fixed, mixed = results["generate_all_64"], results["generate_8_to_128"]
-        ratio = mixed["tokens_per_second"] / fixed["tokens_per_second"]
-        results.setdefault("ratios", {})["mixed_lengths"] = ratio
-        print(
-            f"\ngeneration tokens/s: max_new_tokens 8-128 {mixed['tokens_per_second']:.1f} vs all 64 "
-            f"{fixed['tokens_per_second']:.1f} ({ratio:.2f}x)"
-        )
+        tokens_ratio(results, "mixed_lengths", "generate_8_to_128", "generate_all_64", "max_new_tokens 8-128 vs all 64")
     if "short_behind_long" in results:
         r = results["short_behind_long"]
         waits = ", ".join(f"{s:.1f}" for s in r["short_answered_s"])
@@ -301,16 +295,17 @@ def report(args: argparse.Namespace, results: dict) -> None:
             f"{r['new_task_answered_max_s']:.2f} s max after the POST was sent"
         )
     if "generate_100_tasks" in results:
-        one, many = results["generate_1_task"], results["generate_100_tasks"]
-        ratio = many["tokens_per_second"] / one["tokens_per_second"]
-        results.setdefault("ratios", {})["generation_tasks"] = ratio
-        print(
-            f"\ngeneration over 100 tasks: {many['tokens_per_second']:.1f} tokens/s vs 1 task "
-            f"{one['tokens_per_second']:.1f} ({ratio:.2f}x)"
-        )
+        tokens_ratio(results, "generation_tasks", "generate_100_tasks", "generate_1_task", "100 tasks vs 1 task")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
+
+
+def tokens_ratio(results: dict, name: str, measured: str, against: str, label: str) -> None:
+    """Record and print the generated tokens/s of phase ``measured`` over phase ``against``."""
+    ours, theirs = results[measured]["tokens_per_second"], results[against]["tokens_per_second"]
+    results.setdefault("ratios", {})[name] = ours / theirs
+    print(f"\ngeneration tokens/s, {label}: {ours:.1f} vs {theirs:.1f} ({ours / theirs:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -73,19 +73,7 @@ def test_lm_eval_scores_an_artifact_as_softprompt_does(method, tiny_llama_dir, s
 
 
 SERVED_TASKS = {
-    "served_sentiment": """task: served_sentiment
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {test}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Review: {{{{text}}}}\\nSentiment:"
-doc_to_choice: ["positive", "negative"]
-doc_to_target: "{{{{ ['positive', 'negative'].index(label) }}}}"
-metric_list:
-  - metric: acc
-""",
+    "served_sentiment": TASK.replace("softprompt_sentiment", "served_sentiment"),
     "served_rewrite": """task: served_rewrite
 dataset_path: json
 dataset_kwargs:
