@@ -81,6 +81,7 @@ class ScoreJob:
     generated: list[int]
     top: int = 0  # how many most likely tokens to report at each place
     echo: bool = False
+    rendered: bool = False  # the prompt is already rendered by the task's template
 
 
 @dataclass
@@ -93,7 +94,7 @@ class Scored:
 
 def score_job(backbone: Backbone, job: ScoreJob, writer: Writer) -> Scored:
     """The log-probabilities a :class:`ScoreJob` asks for, from one forward pass."""
-    rendered = writer.render(job.prompt)
+    rendered = job.prompt if job.rendered else writer.render(job.prompt)
     lead, prompt_ids = split_special(backbone, rendered)
     if job.echo:
         scores = score_tokens(backbone, writer.soft, lead, prompt_ids + job.generated, job.top)

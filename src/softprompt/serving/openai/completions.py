@@ -79,11 +79,14 @@ def add_completions(app: FastAPI, service: Service, gate: Gate) -> None:
             return StreamingResponse(stream(gate, request, prompts, chunk), media_type="text/event-stream")
         # Counted before any wait: the task may be removed while its requests are answered.
         writer = service.tasks.writers[request.model]
-        read = sum(prompt_tokens(service, writer.soft, writer.render(p)) for p in prompts)
+        # Rendered once (choosing demonstrations per input embeds it): generation, usage and
+        # scoring all read the same text.
+        rendered = [writer.render(p) for p in prompts]
+        read = sum(prompt_tokens(service, writer.soft, text) for text in rendered)
         if request.max_tokens == 0:  # echo only: nothing to generate
             collected: list[Collected] | JSONResponse = [Collected(request.n) for _ in prompts]
         else:
-            collected = await run_whole(gate, request, prompts, http)
+            collected = await run_whole(gate, request, rendered, http, rendered=True)
         if isinstance(collected, JSONResponse):
             return collected
         answers = completed(service, request, collected)
@@ -98,7 +101,7 @@ def add_completions(app: FastAPI, service: Service, gate: Gate) -> None:
         ]
         written = sum(tokens for _, _, tokens in answers)
         if request.echo or request.logprobs is not None:
-            failed = await add_scores(gate, request, prompts, collected, choices, http)
+            failed = await add_scores(gate, request, rendered, collected, choices, http)
             if failed is not None:
                 return failed
         usage = {"prompt_tokens": read, "completion_tokens": written, "total_tokens": read + written}
@@ -123,7 +126,7 @@ def visible_ids(tokenizer: Any, ids: list[int], text: str) -> list[int]:
 async def add_scores(
     gate: Gate,
     request: CompletionRequest,
-    prompts: list[str],
+    rendered: list[str],
     collected: list[Collected],
     choices: list[dict[str, Any]],
     http: Request,
@@ -132,10 +135,10 @@ async def add_scores(
     text (one scoring pass per choice, batched by the worker); OpenAI's error if one fails."""
     tokenizer = gate.service.backbone.tokenizer
     jobs = []
-    for prompt, heard in zip(prompts, collected, strict=True):
+    for prompt, heard in zip(rendered, collected, strict=True):
         for ids, choice in zip(heard.tokens, choices[len(jobs) :], strict=False):
             generated = visible_ids(tokenizer, ids, choice["text"])
-            jobs.append(ScoreJob(request.model, prompt, generated, request.logprobs or 0, request.echo))
+            jobs.append(ScoreJob(request.model, prompt, generated, request.logprobs or 0, request.echo, rendered=True))
     try:
         scored: list[Scored] = await asyncio.gather(*(gate.submit("score", job, request=http) for job in jobs))
     except HTTPException as exc:
