@@ -73,6 +73,16 @@ class Server:
                 fields[name] = int(value.split()[0]) / 1024
         return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
 
+    def batch_rows(self, kind: str = "classify") -> dict[str, float]:
+        """Model calls of ``kind`` so far and their mean rows, from the server's /metrics."""
+        totals = {}
+        for line in httpx.get(f"{self.base}/metrics").text.splitlines():
+            for what in ("sum", "count"):
+                if line.startswith(f'softprompt_batch_rows_{what}{{kind="{kind}"}}'):
+                    totals[what] = float(line.split()[-1])
+        calls = totals.get("count", 0.0)
+        return {"model_calls": calls, "mean_batch_rows": totals.get("sum", 0.0) / calls if calls else 0.0}
+
     def close(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=60)
@@ -102,7 +112,7 @@ def classify(args: argparse.Namespace, folder: Path) -> dict:
             return summary(log, args.seconds)
 
         result = asyncio.run(run())
-        return {**result, **server.rss_mb(), "ready_s": server.ready_s, "tasks": len(tasks)}
+        return {**result, **server.rss_mb(), **server.batch_rows(), "ready_s": server.ready_s, "tasks": len(tasks)}
     finally:
         server.close()
 
@@ -202,7 +212,9 @@ def live_changes(args: argparse.Namespace, folder: Path, artifact: Path, changes
             result = summary(log, args.seconds)
             result["change_statuses"] = {str(k): changed.count(k) for k in sorted(set(changed))}
             result["changes"] = len(waits)
-            for i, what in enumerate(("added", "answered")):
+            result.update(server.batch_rows())
+            waits = [(added, answered, answered - added) for added, answered in waits]
+            for i, what in enumerate(("added", "answered", "answered_after_added")):
                 seconds = [w[i] for w in waits]
                 result[f"new_task_{what}_median_s"] = statistics.median(seconds) if seconds else None
                 result[f"new_task_{what}_max_s"] = max(seconds) if seconds else None
@@ -292,7 +304,9 @@ def report(args: argparse.Namespace, results: dict) -> None:
             f"requests {r['statuses']}, changes {r['change_statuses']}; a task was added (POST answered) in "
             f"{r['new_task_added_median_s']:.2f} s median, {r['new_task_added_max_s']:.2f} s max, and its first "
             f"request answered {r['new_task_answered_median_s']:.2f} s median, "
-            f"{r['new_task_answered_max_s']:.2f} s max after the POST was sent"
+            f"{r['new_task_answered_max_s']:.2f} s max after the POST was sent, "
+            f"{r['new_task_answered_after_added_median_s']:.2f} s median after it was answered "
+            f"(every request's p50 under this load: {r['p50_ms'] / 1000:.2f} s)"
         )
     if "generate_100_tasks" in results:
         tokens_ratio(results, "generation_tasks", "generate_100_tasks", "generate_1_task", "100 tasks vs 1 task")

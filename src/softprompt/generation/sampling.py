@@ -58,6 +58,8 @@ def nucleus_sample(
 ) -> torch.Tensor:
     """One token per row from the smallest set of tokens whose probability reaches ``top_p``."""
     probs = torch.softmax(logits.float(), dim=-1)
+    if top_p >= 1:  # the whole vocabulary (OpenAI clients' default): nothing to sort, nothing cut
+        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1)
     chosen = torch.empty(0, dtype=torch.long)
     for rows, values, index in nucleus_parts(probs, top_p, candidates):
         # The draw happens where the generator lives (the CPU: the same samples on every device);

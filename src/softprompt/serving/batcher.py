@@ -6,7 +6,7 @@ more load than it can take answers 429 at once instead of hanging. Model calls r
 in a worker thread, so the event loop keeps answering (health checks, 429s) while it computes.
 
 Generation is :class:`Continuous` (iteration-level scheduling, as in vLLM and TGI): one running
-decoding batch that the worker advances a slice of a few tokens at a time. Between slices it runs
+decoding batch that the worker advances a slice (a token) at a time. Between slices it runs
 whatever classification is waiting, lets new generation jobs join the running batch (up to
 ``max_batch`` rows), and answers each job the moment it finishes, so a short generation never
 waits behind a long one. Jobs whose caller went away (disconnected, timed out) are dropped before

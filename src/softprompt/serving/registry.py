@@ -67,18 +67,16 @@ class ServedTasks:
         return True
 
     def describe(self) -> list[dict[str, Any]]:
-        rows = [
-            {
-                "name": name,
-                "kind": "classify",
-                "labels": model.task.labels,
-                "template": model.task.template.source,
-                "method": model.method.name,
-            }
-            for name, model in self.classifiers.items()
-        ]
-        rows += [{"name": name, "kind": "generate", **writer.describe()} for name, writer in self.writers.items()]
-        return rows
+        """Every served task, as ``GET /v1/tasks`` lists it."""
+        return [self.describe_one(name) for name in [*self.classifiers, *self.writers]]
+
+    def describe_one(self, name: str) -> dict[str, Any]:
+        """Served task ``name`` as ``GET /v1/tasks`` lists it (a ``KeyError`` when not served)."""
+        if name in self.writers:
+            return {"name": name, "kind": "generate", **self.writers[name].describe()}
+        model = self.classifiers[name]
+        labels, template = model.task.labels, model.task.template.source
+        return {"name": name, "kind": "classify", "labels": labels, "template": template, "method": model.method.name}
 
 
 def load_tasks(directory: str | Path, backbone: Backbone, prompt_cache_mb: float | None = None) -> ServedTasks:
