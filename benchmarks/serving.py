@@ -12,9 +12,11 @@
    generated tokens/s (counted by the backbone's tokenizer). With batch-at-a-time decoding the
    short rows' places stay empty until the longest row ends.
 3. Short behind long: a 128-token generation is under way when 4 requests for 8 tokens arrive
-   1 s later: the seconds until each of them is answered.
+   1 s later: the seconds until each of them is answered. With ``--gen-artifact``, again with the
+   short ones streamed through ``/v1/completions`` on that task: the seconds until each one's
+   first token, and the long one's time with them over its time alone.
 4. Live changes: the classification load of phase 1 on ``--tasks`` tasks while 100 tasks are
-   added, asked, replaced and removed, 4 cycles at a time: every status, and how long a new task
+   added, asked, replaced and removed, 6 cycles at a time: every status, and how long a new task
    took to answer after its ``POST /v1/tasks/{name}``.
 5. Many generation tasks (``--gen-artifact``, a generation artifact with a leading soft prompt):
    the clients of phase 2, all asking 64 tokens, each request with a random one of 100 copies of
@@ -45,7 +47,7 @@ import httpx
 from server_load import client_loop, free_port, summary, wait_until_ready
 
 RESULTS = Path(__file__).parent / "results"
-CHANGERS = 4  # concurrent add-ask-replace-remove cycles in the live-changes phase
+CHANGERS = 6  # concurrent add-ask-replace-remove cycles in the live-changes phase (100 in 60 s)
 
 
 class Server:
@@ -175,6 +177,48 @@ def short_behind_long(args: argparse.Namespace, folder: Path) -> dict:
         server.close()
 
 
+def first_tokens_behind_long(args: argparse.Namespace, writers: Path) -> dict:
+    """Phase 3 with the short requests streamed through ``/v1/completions`` on a generation task:
+    the seconds until each one's first token arrives, and the long one's time alone and with them."""
+    server = Server(args, writers)
+    try:
+        task = httpx.get(f"{server.base}/v1/tasks").json()["tasks"][0]["name"]
+
+        async def run() -> dict:
+            async with httpx.AsyncClient(base_url=server.base, timeout=600) as client:
+                # The plain model for the long one: the task's rewrites end after a few tokens.
+                body = {"prompt": "Once upon a time", "max_new_tokens": 128, "temperature": 0.7, "seed": 1}
+                start = time.perf_counter()
+                await client.post("/v1/generate", json=body)
+                alone = time.perf_counter() - start
+                start = time.perf_counter()
+                long = asyncio.ensure_future(client.post("/v1/generate", json=body))
+                await asyncio.sleep(1.0)
+
+                async def short(i: int) -> tuple[float, float]:
+                    sent, first = time.perf_counter(), None
+                    body = {"model": task, "prompt": f"Hello {i}", "max_tokens": 8, "temperature": 0.7, "seed": i}
+                    async with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as answer:
+                        async for line in answer.aiter_lines():
+                            text = json.loads(line[6:])["choices"][0]["text"] if line.startswith("data: {") else ""
+                            if first is None and text:
+                                first = time.perf_counter() - sent
+                    return first if first is not None else float("nan"), time.perf_counter() - sent
+
+                shorts = await asyncio.gather(*(short(i) for i in range(4)))
+                await long
+                return {
+                    "short_first_token_s": [first for first, _ in shorts],
+                    "short_answered_s": [whole for _, whole in shorts],
+                    "long_alone_s": alone,
+                    "long_with_short_s": time.perf_counter() - start,
+                }
+
+        return asyncio.run(run())
+    finally:
+        server.close()
+
+
 def live_changes(args: argparse.Namespace, folder: Path, artifact: Path, changes: int = 100) -> dict:
     """Classification load while ``changes`` tasks are added, replaced and removed: no request may
     fail, and a new task must answer soon after it is added."""
@@ -261,9 +305,12 @@ def main() -> None:
             many = root / f"tasks-{args.tasks}"
             many = many if many.exists() else prompts_dir(Path(args.artifact), args.tasks, root)
             results["live_changes"] = live_changes(args, many, Path(args.artifact))
+        if args.gen_artifact:
+            one_writer = prompts_dir(Path(args.gen_artifact), 1, root / "gen")
+        if args.gen_artifact and "short" not in args.skip:
+            results["first_tokens_behind_long"] = first_tokens_behind_long(args, one_writer)
         if args.gen_artifact and "gentasks" not in args.skip:
-            written = Path(args.gen_artifact)
-            one_writer, writers = prompts_dir(written, 1, root / "gen"), prompts_dir(written, 100, root / "gen")
+            writers = prompts_dir(Path(args.gen_artifact), 100, root / "gen")
             results["generate_1_task"] = generate(args, one_writer, (64, 64), tokenizer, tasked=True)
             results["generate_100_tasks"] = generate(args, writers, (64, 64), tokenizer, tasked=True)
     report(args, results)
@@ -296,6 +343,15 @@ def report(args: argparse.Namespace, results: dict) -> None:
             f"\n8-token requests 1 s into a 128-token generation answered after {waits} s "
             f"(median {statistics.median(r['short_answered_s']):.1f} s; "
             f"the long one after {r['long_answered_s']:.1f} s)"
+        )
+    if "first_tokens_behind_long" in results:
+        r = results["first_tokens_behind_long"]
+        firsts = ", ".join(f"{s:.2f}" for s in r["short_first_token_s"])
+        print(
+            f"streamed 8-token completions 1 s into a 128-token one: first token after {firsts} s "
+            f"(median {statistics.median(r['short_first_token_s']):.2f} s), whole answers median "
+            f"{statistics.median(r['short_answered_s']):.2f} s; the long one took {r['long_with_short_s']:.1f} s "
+            f"vs {r['long_alone_s']:.1f} s alone ({r['long_with_short_s'] / r['long_alone_s']:.2f}x)"
         )
     if "live_changes" in results:
         r = results["live_changes"]
