@@ -8,6 +8,10 @@ inputs, by transformers' ``generate`` (``softprompt generate``, ``Model.generate
 server's running batch (``softprompt serve``), in alternating rounds (median). Generated tokens
 per second; the ratio is fp32 over bf16. Training precision does not bind decoding: an
 artifact trained in bf16 loads in fp32 (``precision=auto`` on a CPU) unless told otherwise.
+
+Then a split of 64 inputs (batches of 8) on the bf16 backbone, as a bf16 training run decodes
+its test split: batch by batch in bf16 (as before), and through ``decode``, which holds the
+weights in float32 meanwhile (``Backbone.decoding``; the two casts are timed too).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 
 from softprompt.backbones import load_backbone
 from softprompt.config import GenConfig
-from softprompt.generation.decode import decode_batch
+from softprompt.generation.decode import decode, decode_batch
 from softprompt.generation.running import RunningBatch
 from softprompt.serving.registry import writer_of
 from softprompt.serving.writing import WriteJob, sample_request
@@ -55,6 +59,28 @@ def with_running_batch(model, writer, texts: list[str], tokens: int) -> int:
     while batch.members:
         finished += batch.step(4)
     return sum(len(m.tokens[0]) for m in finished)
+
+
+def split_rates(model, tokens: int, rounds: int) -> dict[str, list[float]]:
+    """Tokens/s decoding 64 inputs in batches of 8 on ``model``'s (bf16) backbone: batch by batch
+    in bf16, and through ``decode`` (float32 meanwhile), in alternating rounds. Tokens are counted
+    in the texts, the same way for both."""
+    backbone, tokenizer = model.backbone, model.backbone.tokenizer
+    prompts = [model.encode_prompt({"text": t}) for t in TEXTS * 8]
+    settings, rates = GenConfig(max_new_tokens=tokens), {"in bf16": [], "held in fp32": []}
+
+    def in_bf16() -> list[str]:
+        batches = [decode_batch(backbone, model.method, prompts[i : i + 8], settings) for i in range(0, 64, 8)]
+        return [tokenizer.decode(ids, skip_special_tokens=True).strip() for rows in batches for ids in rows]
+
+    runs = {"in bf16": in_bf16, "held in fp32": lambda: decode(backbone, model.method, prompts, settings, 8)}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            texts = run()
+            elapsed = time.perf_counter() - started
+            rates[name].append(sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts) / elapsed)
+    return rates
 
 
 def main() -> None:
@@ -91,7 +117,11 @@ def main() -> None:
             bf16 = statistics.median(rates[f"{path}|{size}|bf16"])
             rows.append({"path": path, "batch": size, "fp32": fp32, "bf16": bf16, "ratio": fp32 / bf16})
             print(f"| {path} | {size} | {fp32:.1f} | {bf16:.1f} | {fp32 / bf16:.2f}x |")
-    Path(args.out).write_text(json.dumps({"setting": vars(args), "rows": rows, "rates": rates}, indent=1))
+    split = split_rates(loaded["bf16"][0], args.tokens, args.rounds)
+    before, now = statistics.median(split["in bf16"]), statistics.median(split["held in fp32"])
+    print(f"\nbf16 backbone, 64 inputs: {before:.1f} tokens/s in bf16, {now:.1f} held in fp32 ({now / before:.2f}x)")
+    result = {"setting": vars(args), "rows": rows, "rates": rates, "split": split}
+    Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
 
 

@@ -148,3 +148,59 @@ def test_torchs_default_threads_on_a_busy_machine_are_warned_about(monkeypatch):
     assert busy_machine_warning(1, load=3.0) is None  # the user chose the threads
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert busy_machine_warning(0, load=3.0) is None  # one thread already
+
+
+def test_decoding_on_a_cpu_runs_in_float32_and_gives_the_bf16_weights_back_exactly(tiny_llama_dir):
+    """A bf16 backbone decodes in float32 on a CPU (faster there: benchmarks/decode_precision.py):
+    its forward passes compute what a float32 model of the same (bf16-rounded) weights computes,
+    and afterwards every weight is the same bf16 tensor it was."""
+    half = load_backbone(str(tiny_llama_dir), device="cpu", precision="bf16")
+    full = load_backbone(str(tiny_llama_dir), device="cpu", precision="fp32")
+    for tensor in [*full.model.parameters(), *full.model.buffers()]:
+        tensor.data = tensor.data.bfloat16().float()  # what the bf16 backbone holds (rotary frequencies too)
+    before = {name: (param, param.detach().clone()) for name, param in half.model.named_parameters()}
+    ids = half.tokenizer(["a great movie, truly"], return_tensors="pt")["input_ids"]
+    with half.decoding():
+        assert half.placement.dtype == torch.float32
+        assert {p.dtype for p in half.model.parameters()} == {torch.float32}
+        logits = half.model(input_ids=ids).logits
+    assert logits.dtype == torch.float32
+    assert torch.allclose(logits, full.model(input_ids=ids).logits, atol=1e-5)
+    assert half.placement.dtype == torch.bfloat16
+    for name, param in half.model.named_parameters():
+        same, value = before[name]
+        assert param is same and param.dtype == torch.bfloat16 and torch.equal(param, value), name
+    with half.decoding():  # and outside it, bf16 as before
+        pass
+    assert half.model(input_ids=ids).logits.dtype == torch.bfloat16
+
+
+def test_a_bf16_generation_run_decodes_its_test_split_in_float32(tiny_llama_dir, tmp_path, monkeypatch):
+    from softprompt.generation import decode as decoding
+
+    seen = []
+    original = decoding.decode_batch
+
+    def spy(backbone, method, prompts, settings):
+        seen.append(backbone.model.get_input_embeddings().weight.dtype)
+        return original(backbone, method, prompts, settings)
+
+    monkeypatch.setattr(decoding, "decode_batch", spy)
+    pairs = [{"text": "you are a stupid cat", "target": "you are a cat"}]
+    pairs += [{"text": "what a dumb idea", "target": "what an idea"}]
+    result = softprompt.train(
+        task="generation",
+        backbone=str(tiny_llama_dir),
+        precision="bf16",
+        train_data=pairs * 4,
+        dev_data=pairs,
+        test_data=pairs,
+        out=str(tmp_path / "run"),
+        progress=False,
+        prompt={"init": "vocab", "length": 2},
+        train={"max_steps": 2, "batch_size": 4},
+        gen={"max_new_tokens": 3},
+    )
+    assert seen and set(seen) == {torch.float32}  # the test split was decoded in float32
+    assert "test" in result.metrics and result.model.module.backbone.placement.precision == "bf16"
+    assert result.model.module.backbone.model.get_input_embeddings().weight.dtype == torch.bfloat16

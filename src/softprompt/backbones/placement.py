@@ -9,10 +9,12 @@ meets a bfloat16 backbone without any caller casting by hand.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
+import itertools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,13 +156,36 @@ def warn_if_busy() -> None:
         logger.warning(message)
 
 
+# Set while a mixed-precision model is held in float32 (held_in_float32): its forward wrappers
+# then skip their autocast. A context variable, so that other threads keep theirs.
+_IN_FLOAT32: contextvars.ContextVar[bool] = contextvars.ContextVar("softprompt_in_float32", default=False)
+
+
 def run_in(placement: Placement, forward: Callable[..., Any]) -> Callable[..., Any]:
     """``forward`` wrapped to run under ``placement``'s autocast (the way accelerate's
     ``prepare`` wraps a model's forward), so every caller of the backbone computes alike."""
 
     @functools.wraps(forward)
     def forward_in_placement(*args: Any, **kwargs: Any) -> Any:
-        with placement.autocast():
+        with contextlib.nullcontext() if _IN_FLOAT32.get() else placement.autocast():
             return forward(*args, **kwargs)
 
     return forward_in_placement
+
+
+@contextlib.contextmanager
+def held_in_float32(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[None]:
+    """``model``'s ``dtype`` weights and buffers in float32 for the duration, its forward passes
+    without autocast; then back, exactly (float32 holds every bf16 and fp16 value). Tensors of
+    other dtypes (float32 trainable ones) are not touched, and every tensor keeps its identity,
+    so an optimizer's references stay valid."""
+    tensors = [t for t in itertools.chain(model.parameters(), model.buffers()) if t.dtype == dtype]
+    for tensor in tensors:
+        tensor.data = tensor.data.float()
+    token = _IN_FLOAT32.set(True)
+    try:
+        yield
+    finally:
+        _IN_FLOAT32.reset(token)
+        for tensor in tensors:
+            tensor.data = tensor.data.to(dtype)

@@ -278,10 +278,11 @@ def sample_continuations(
         SampleRequest(p, None, k, max_new_tokens, top_p, temperature, seed, steering=steering)
         for p, seed in zip(prompts, seeds, strict=True)
     ]
-    batch.admit(list(enumerate(requests)))
     finished: dict[Hashable, Member] = {}
-    while batch.members:
-        finished.update((member.key, member) for member in batch.step())
+    with backbone.decoding():  # float32 on a CPU, whatever precision training used: faster there
+        batch.admit(list(enumerate(requests)))
+        while batch.members:
+            finished.update((member.key, member) for member in batch.step())
     members = [finished[i] for i in range(len(prompts))]
     if steering.plain_row() is None:
         return Sampled([m.tokens for m in members])
