@@ -59,10 +59,10 @@ def slowed_generation(service, monkeypatch, seconds: float = 0.05) -> list[float
     slices: list[float] = []
     real = service.advance_generation
 
-    def slow():
+    def slow(steps: int = 1):
         slices.append(time.perf_counter())
         time.sleep(seconds)
-        return real()
+        return real(steps)
 
     monkeypatch.setattr(service, "advance_generation", slow)
     return slices

@@ -215,9 +215,14 @@ def test_nucleus_sampling_keeps_only_the_nucleus():
     assert chosen.shape == (4,) and ((chosen >= 0) & (chosen < 1000)).all()
 
 
-def test_top_p_1_samples_the_whole_distribution():
-    """top_p 1 draws straight from the softmax (no sort over the vocabulary): each token as often
-    as its probability, tokens far outside the 256 most likely included."""
+def test_top_p_1_samples_the_whole_distribution_without_a_nucleus(monkeypatch):
+    """top_p 1 draws straight from the softmax (no sort over the vocabulary, no nucleus to find):
+    each token as often as its probability."""
+
+    def no_nucleus(*args, **kwargs):
+        raise AssertionError("top_p 1 has no nucleus to find")
+
+    monkeypatch.setattr(sampling, "nucleus_parts", no_nucleus)
     logits = torch.full((4000, 1000), -30.0)
     logits[:, 0], logits[:, 999] = 0.0, float(torch.tensor(3.0).log())  # p = 1/4 and 3/4
     chosen = sampling.nucleus_sample(logits, 1.0, torch.Generator().manual_seed(0))

@@ -153,26 +153,60 @@ def test_torchs_default_threads_on_a_busy_machine_are_warned_about(monkeypatch):
 def test_decoding_on_a_cpu_runs_in_float32_and_gives_the_bf16_weights_back_exactly(tiny_llama_dir):
     """A bf16 backbone decodes in float32 on a CPU (faster there: benchmarks/decode_precision.py):
     its forward passes compute what a float32 model of the same (bf16-rounded) weights computes,
-    and afterwards every weight is the same bf16 tensor it was."""
+    and afterwards every weight and buffer is the same bf16 tensor it was, computing as before."""
     half = load_backbone(str(tiny_llama_dir), device="cpu", precision="bf16")
     full = load_backbone(str(tiny_llama_dir), device="cpu", precision="fp32")
     for tensor in [*full.model.parameters(), *full.model.buffers()]:
         tensor.data = tensor.data.bfloat16().float()  # what the bf16 backbone holds (rotary frequencies too)
-    before = {name: (param, param.detach().clone()) for name, param in half.model.named_parameters()}
+    tensors = dict(half.model.named_parameters()) | dict(half.model.named_buffers())
+    before = {name: (tensor, tensor.detach().clone()) for name, tensor in tensors.items()}
     ids = half.tokenizer(["a great movie, truly"], return_tensors="pt")["input_ids"]
+    logits_before = half.model(input_ids=ids).logits
     with half.decoding():
         assert half.placement.dtype == torch.float32
         assert {p.dtype for p in half.model.parameters()} == {torch.float32}
+        with half.decoding():  # nested: still float32, and not cast back when the inner one ends
+            pass
         logits = half.model(input_ids=ids).logits
     assert logits.dtype == torch.float32
     assert torch.allclose(logits, full.model(input_ids=ids).logits, atol=1e-5)
     assert half.placement.dtype == torch.bfloat16
-    for name, param in half.model.named_parameters():
+    for name, tensor in (dict(half.model.named_parameters()) | dict(half.model.named_buffers())).items():
         same, value = before[name]
-        assert param is same and param.dtype == torch.bfloat16 and torch.equal(param, value), name
-    with half.decoding():  # and outside it, bf16 as before
-        pass
-    assert half.model(input_ids=ids).logits.dtype == torch.bfloat16
+        assert tensor is same and tensor.dtype == value.dtype and torch.equal(tensor, value), name
+    assert torch.equal(half.model(input_ids=ids).logits, logits_before)  # bf16 and autocast, as before
+
+
+def test_decoding_gives_the_weights_back_when_it_fails_and_leaves_float32_alone(tiny_llama_dir):
+    half = load_backbone(str(tiny_llama_dir), device="cpu", precision="bf16")
+    with pytest.raises(RuntimeError, match="inside"), half.decoding():
+        raise RuntimeError("inside")
+    assert half.placement.dtype == torch.bfloat16 and half._holders == 0
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    full = load_backbone(str(tiny_llama_dir), device="cpu", precision="fp32")
+    weight = full.model.get_input_embeddings().weight
+    with full.decoding():
+        assert full.model.get_input_embeddings().weight is weight and full._held is None  # nothing to do
+
+
+def test_detox_sampling_and_its_perplexity_run_in_float32_on_a_bf16_backbone(tiny_llama_dir, monkeypatch):
+    from softprompt.core import forward as core
+    from softprompt.generation import running, sampling
+    from softprompt.generation.rows import Steering
+
+    half = load_backbone(str(tiny_llama_dir), device="cpu", precision="bf16")
+    seen = []
+    original = core.next_token_logits
+
+    def spy(backbone, *args, **kwargs):
+        seen.append(backbone.model.get_input_embeddings().weight.dtype)
+        return original(backbone, *args, **kwargs)
+
+    monkeypatch.setattr(core, "next_token_logits", spy)
+    out = running.sample_continuations(half, Steering(), ["So I said"], 2, 3, 0.9, [1])
+    sampling.continuation_nll(half, ["So I said"], out.tokens)
+    assert seen and set(seen) == {torch.float32}
+    assert half.model.get_input_embeddings().weight.dtype == torch.bfloat16
 
 
 def test_a_bf16_generation_run_decodes_its_test_split_in_float32(tiny_llama_dir, tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ from softprompt.detox.steering import Steering
 from softprompt.errors import SoftpromptError
 from softprompt.generation.running import sample_continuations
 from softprompt.serving.app import GenerateRequest, ServeSettings, Service, create_app
-from softprompt.serving.batcher import Batcher, QueueFull
+from softprompt.serving.batcher import Batcher, Continuous, QueueFull
 from softprompt.tasks.classification.mixed import MixedPromptClassifier, classify_mixed
 from softprompt.tasks.classification.model import label_probabilities
 
@@ -170,6 +170,50 @@ def test_urgent_jobs_run_before_the_batches_already_waiting():
 
     asyncio.run(scenario())
     assert order.index("t") <= 2, order  # after the batch running when it came, not after the queue
+
+
+def test_decoding_advances_a_token_at_a_time_unless_other_jobs_wait():
+    """A slice is one token while only decoding is queued (a finished job answered at the next
+    step), ``busy_slice`` tokens while another kind of job waits for the worker."""
+    slices, left = [], {}
+
+    def admit(jobs):
+        left.update((key, tokens) for key, tokens in jobs)
+        return {}
+
+    def advance(steps):
+        slices.append(steps)
+        time.sleep(0.01)
+        for key in left:
+            left[key] -= steps
+        done = {key: "done" for key, tokens in left.items() if tokens <= 0}
+        for key in done:
+            del left[key]
+        return done
+
+    def drop(keys):
+        for key in keys:
+            left.pop(key, None)
+
+    def classify(payloads):
+        return payloads
+
+    async def scenario():
+        generate = Continuous(admit, advance, drop, lambda job: 1)
+        batcher = Batcher({"g": generate, "c": classify}, max_batch=8, max_wait=0, busy_slice=4)
+        batcher.start()
+        alone = await batcher.submit("g", 3)
+        assert alone == "done" and slices == [1, 1, 1]
+        slices.clear()
+        running = asyncio.ensure_future(batcher.submit("g", 40))
+        await asyncio.sleep(0.03)  # it is decoding one token at a time
+        classified = [batcher.submit("c", i) for i in range(3)]
+        assert await asyncio.gather(*classified) == [0, 1, 2]
+        await running
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert slices[0] == 1 and 4 in slices and slices[-1] == 1, slices
 
 
 def test_a_full_queue_refuses_at_once_and_recovers():

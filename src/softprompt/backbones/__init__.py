@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import importlib.util
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from softprompt.backbones.placement import Placement, held_in_float32, resolve_placement, run_in
+from softprompt.backbones.placement import Placement, hold_in_float32, release_float32, resolve_placement, run_in
 from softprompt.backbones.sources import Kind, resolve
 from softprompt.errors import SoftpromptError
 
@@ -42,6 +43,10 @@ class Backbone:
     num_parameters: int = 0  # of the pretrained model, counted at load (before any method adds some)
     modified_by: str | None = None  # the method that changed its layers (LoRA, adapters...), if any
     quantized: bool = False  # frozen weights held in 4 or 8 bits (their values cannot train)
+    # While decoding() holds the weights in float32: how many are inside it, and what to restore.
+    _holders: int = field(default=0, repr=False, compare=False)
+    _held: tuple[list[torch.Tensor], Placement] | None = field(default=None, repr=False, compare=False)
+    _hold_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.num_parameters:
@@ -72,22 +77,33 @@ class Backbone:
     @contextlib.contextmanager
     def decoding(self) -> Iterator[None]:
         """Where token-by-token decoding runs: in float32 on a CPU, whatever precision the
-        backbone is held in. One token's small matmuls run faster in float32 there (1.17-1.35x
-        over bf16 with SmolLM2-135M: benchmarks/decode_precision.py); bf16 pays off for
-        training's large ones. The frozen weights are cast for the duration and back (exactly);
-        meanwhile they take twice the memory. Nothing changes on a GPU, in float32, for
+        backbone is held in. One token's small matmuls run 1.2-1.35x faster in float32 there
+        (SmolLM2-135M: benchmarks/decode_precision.py); bf16 pays off for training's large ones.
+        The frozen weights are cast for the duration and back (exactly), taking twice their
+        memory meanwhile. It nests, and several threads may be inside at once (the weights are
+        cast back when the last leaves); a forward pass another thread runs outside it while
+        the weights change dtype is not safe. Nothing changes on a GPU, in float32, for
         quantized weights, or with several processes (their wrappers own the parameters)."""
-        placement = self.placement
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if self.device.type != "cpu" or not placement.mixed or self.quantized or distributed:
+        with self._hold_lock:
+            holding = self._holders > 0 or self._should_hold()
+            if holding and not self._holders:
+                self._held = (hold_in_float32(self.model, self.placement.dtype), self.placement)
+                self.placement = Placement(self.placement.device, torch.float32)
+            self._holders += holding
+        try:
             yield
-            return
-        with held_in_float32(self.model, placement.dtype):
-            self.placement = Placement(placement.device, torch.float32)
-            try:
-                yield
-            finally:
-                self.placement = placement
+        finally:
+            if holding:
+                with self._hold_lock:
+                    self._holders -= 1
+                    if not self._holders:
+                        tensors, self.placement = self._held
+                        self._held = None
+                        release_float32(self.model, tensors, self.placement.dtype)
+
+    def _should_hold(self) -> bool:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        return self.device.type == "cpu" and self.placement.mixed and not self.quantized and not distributed
 
     def claim(self, method: str) -> None:
         """Record that ``method`` changes this backbone's layers; one such method per loaded backbone."""
@@ -205,7 +221,7 @@ def place(model: PreTrainedModel, placement: Placement, moved: bool = False) -> 
     if not moved:
         model.to(device=placement.device, dtype=placement.dtype)
     if placement.mixed:
-        model.forward = run_in(placement, model.forward)
+        model.forward = run_in(placement, model.forward, model)
         body = model.get_decoder() if hasattr(model, "get_decoder") and model.get_decoder() is not model else None
         if body is not None:
-            body.forward = run_in(placement, body.forward)
+            body.forward = run_in(placement, body.forward, model)

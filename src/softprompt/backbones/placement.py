@@ -9,12 +9,11 @@ meets a bfloat16 backbone without any caller casting by hand.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import itertools
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,36 +155,50 @@ def warn_if_busy() -> None:
         logger.warning(message)
 
 
-# Set while a mixed-precision model is held in float32 (held_in_float32): its forward wrappers
-# then skip their autocast. A context variable, so that other threads keep theirs.
-_IN_FLOAT32: contextvars.ContextVar[bool] = contextvars.ContextVar("softprompt_in_float32", default=False)
+# The attribute set on a model while its weights are held in float32 (hold_in_float32): its
+# forward wrappers then skip their autocast. On the model, so other models keep theirs.
+HELD_IN_FLOAT32 = "_softprompt_held_in_float32"
 
 
-def run_in(placement: Placement, forward: Callable[..., Any]) -> Callable[..., Any]:
-    """``forward`` wrapped to run under ``placement``'s autocast (the way accelerate's
-    ``prepare`` wraps a model's forward), so every caller of the backbone computes alike."""
+def run_in(placement: Placement, forward: Callable[..., Any], model: torch.nn.Module) -> Callable[..., Any]:
+    """``forward`` (``model``'s or one of its parts') wrapped to run under ``placement``'s
+    autocast (the way accelerate's ``prepare`` wraps a model's forward), so every caller of the
+    backbone computes alike; without it while ``model`` is held in float32."""
 
     @functools.wraps(forward)
     def forward_in_placement(*args: Any, **kwargs: Any) -> Any:
-        with contextlib.nullcontext() if _IN_FLOAT32.get() else placement.autocast():
+        held = getattr(model, HELD_IN_FLOAT32, False)
+        with contextlib.nullcontext() if held else placement.autocast():
             return forward(*args, **kwargs)
 
     return forward_in_placement
 
 
-@contextlib.contextmanager
-def held_in_float32(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[None]:
-    """``model``'s ``dtype`` weights and buffers in float32 for the duration, its forward passes
-    without autocast; then back, exactly (float32 holds every bf16 and fp16 value). Tensors of
-    other dtypes (float32 trainable ones) are not touched, and every tensor keeps its identity,
-    so an optimizer's references stay valid."""
+def hold_in_float32(model: torch.nn.Module, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Cast ``model``'s ``dtype`` weights and buffers to float32 in place (each tensor keeps its
+    identity, so an optimizer's references stay valid; float32 ones are not touched) and turn its
+    autocast off; the tensors cast, for :func:`release_float32`. All or nothing: a failure part
+    way (out of memory) casts back what it had cast."""
     tensors = [t for t in itertools.chain(model.parameters(), model.buffers()) if t.dtype == dtype]
-    for tensor in tensors:
-        tensor.data = tensor.data.float()
-    token = _IN_FLOAT32.set(True)
-    try:
-        yield
-    finally:
-        _IN_FLOAT32.reset(token)
+    done: list[torch.Tensor] = []
+    # Outside inference mode: tensors cast inside it would come back as inference tensors, which
+    # a later training step through this backbone could not use.
+    with torch.inference_mode(False), torch.no_grad():
+        try:
+            for tensor in tensors:
+                tensor.data = tensor.data.float()
+                done.append(tensor)
+        except BaseException:
+            for tensor in done:
+                tensor.data = tensor.data.to(dtype)
+            raise
+    setattr(model, HELD_IN_FLOAT32, True)
+    return tensors
+
+
+def release_float32(model: torch.nn.Module, tensors: list[torch.Tensor], dtype: torch.dtype) -> None:
+    """Undo :func:`hold_in_float32`, exactly (float32 holds every bf16 and fp16 value)."""
+    setattr(model, HELD_IN_FLOAT32, False)
+    with torch.inference_mode(False), torch.no_grad():
         for tensor in tensors:
             tensor.data = tensor.data.to(dtype)

@@ -83,7 +83,6 @@ def variant_rows(backbone: Backbone, prompts: Sequence[str], variants: list[Vari
     return [(v.soft, context_ids(backbone, v.text_prefix + p)) for p in prompts for v in variants]
 
 
-@torch.inference_mode()
 def continuation_nll(
     backbone: Backbone, prompts: Sequence[str], continuations: Sequence[Sequence[list[int]]]
 ) -> list[list[tuple[float, int]]]:
@@ -91,7 +90,17 @@ def continuation_nll(
     model, as ``[prompt][sample]`` (an empty continuation gives ``(0.0, 0)``).
 
     Each prompt is run once; its KV cache is repeated for its samples, which then run together.
+    In float32 on a CPU, as the sampling loop that scores the samples of the other steerings
+    (:meth:`~softprompt.backbones.Backbone.decoding`): one precision for every method's perplexity.
     """
+    with backbone.decoding():
+        return _continuation_nll(backbone, prompts, continuations)
+
+
+@torch.inference_mode()
+def _continuation_nll(
+    backbone: Backbone, prompts: Sequence[str], continuations: Sequence[Sequence[list[int]]]
+) -> list[list[tuple[float, int]]]:
     k = len(continuations[0])
     embeds, mask = core.embed_rows(backbone, [(None, context_ids(backbone, p)) for p in prompts])
     positions = core.positions(mask)

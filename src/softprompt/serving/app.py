@@ -91,7 +91,7 @@ def worker_handlers(service: Service) -> dict[str, Any]:
     """What the worker runs for each kind of queued job (generation: a running batch)."""
     generate = Continuous(
         service.admit_generation,
-        lambda: service.advance_generation(),  # looked up at each call (tests slow it down)
+        lambda steps: service.advance_generation(steps),  # looked up at each call (tests slow it down)
         service.drop_generation,
         lambda job: job.samples,
     )

@@ -100,10 +100,10 @@ class Service:
         self.stream.admit([(key, job) for key, job in jobs if job.task is None or job.task in served], served)
         return {key: UnknownTask(job.task) for key, job in jobs if job.task is not None and job.task not in served}
 
-    def advance_generation(self) -> dict[int, list[str]]:
-        """A slice of decoding; between slices the worker runs waiting classification batches
-        and admits new jobs. The texts of the jobs that finished, by key."""
-        return {key: self._texts(ids) for key, ids in self.stream.advance(GENERATION_SLICE).items()}
+    def advance_generation(self, steps: int = 1) -> dict[int, list[str]]:
+        """A slice of ``steps`` tokens; between slices the worker runs waiting classification
+        batches and admits new jobs. The texts of the jobs that finished, by key."""
+        return {key: self._texts(ids) for key, ids in self.stream.advance(steps).items()}
 
     def drop_generation(self, keys: set[int]) -> None:
         self.stream.drop(keys)
@@ -152,11 +152,9 @@ class Service:
         return [{"tasks": self.tasks.describe(), "skipped": self.tasks.skipped}] * len(_)
 
 
-# Tokens decoded between chances for other batches to run. One: a step costs far more than the
-# worker's hop back to the event loop, and with 4 a finished row sat idle up to 3 steps and a new
-# request waited up to 4 to join (benchmarks/serving.py: short requests behind a long one were
-# answered in 0.7 s instead of 0.9 s, in the same 30 s run of both).
-GENERATION_SLICE = 1
+# Tokens decoded at a time when the server decodes a batch of its own (outside, the worker's
+# batcher chooses each slice: see softprompt.serving.batcher).
+GENERATION_SLICE = 4
 
 
 async def _until_disconnected(request: Request, every: float = 0.1) -> None:
