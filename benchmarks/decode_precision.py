@@ -10,8 +10,8 @@ per second; the ratio is fp32 over bf16. Training precision does not bind decodi
 artifact trained in bf16 loads in fp32 (``precision=auto`` on a CPU) unless told otherwise.
 
 Then a split of 64 inputs (batches of 8) on the bf16 backbone, as a bf16 training run decodes
-its test split: batch by batch in bf16 (as before), and through ``decode``, which holds the
-weights in float32 meanwhile (``Backbone.decoding``; the two casts are timed too).
+its test split: ``decode``'s length-sorted batches in bf16 (as before), and ``decode`` itself,
+which holds the weights in float32 meanwhile (``Backbone.decoding``; both casts are timed).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 
 from softprompt.backbones import load_backbone
 from softprompt.config import GenConfig
+from softprompt.core.batching import length_sorted_batches
 from softprompt.generation.decode import decode, decode_batch
 from softprompt.generation.running import RunningBatch
 from softprompt.serving.registry import writer_of
@@ -62,16 +63,20 @@ def with_running_batch(model, writer, texts: list[str], tokens: int) -> int:
 
 
 def split_rates(model, tokens: int, rounds: int) -> dict[str, list[float]]:
-    """Tokens/s decoding 64 inputs in batches of 8 on ``model``'s (bf16) backbone: batch by batch
-    in bf16, and through ``decode`` (float32 meanwhile), in alternating rounds. Tokens are counted
-    in the texts, the same way for both."""
+    """Tokens/s decoding 64 inputs in batches of 8 on ``model``'s (bf16) backbone: the batches of
+    ``decode`` in bf16, and ``decode`` (float32 meanwhile), in alternating rounds. Tokens are
+    counted in the texts, the same way for both."""
     backbone, tokenizer = model.backbone, model.backbone.tokenizer
     prompts = [model.encode_prompt({"text": t}) for t in TEXTS * 8]
     settings, rates = GenConfig(max_new_tokens=tokens), {"in bf16": [], "held in fp32": []}
 
-    def in_bf16() -> list[str]:
-        batches = [decode_batch(backbone, model.method, prompts[i : i + 8], settings) for i in range(0, 64, 8)]
-        return [tokenizer.decode(ids, skip_special_tokens=True).strip() for rows in batches for ids in rows]
+    def in_bf16() -> list[str]:  # decode() as it was: the same length-sorted batches, no hold
+        texts = [""] * len(prompts)
+        for index in length_sorted_batches([len(p.ids) for p in prompts], 8):
+            rows = decode_batch(backbone, model.method, [prompts[i] for i in index], settings)
+            for i, ids in zip(index, rows, strict=True):
+                texts[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return texts
 
     runs = {"in bf16": in_bf16, "held in fp32": lambda: decode(backbone, model.method, prompts, settings, 8)}
     for _ in range(rounds):

@@ -77,7 +77,7 @@ class Backbone:
     @contextlib.contextmanager
     def decoding(self) -> Iterator[None]:
         """Where token-by-token decoding runs: in float32 on a CPU, whatever precision the
-        backbone is held in. One token's small matmuls run 1.2-1.35x faster in float32 there
+        backbone is held in. One token's small matmuls run 1.2-1.7x faster in float32 there
         (SmolLM2-135M: benchmarks/decode_precision.py); bf16 pays off for training's large ones.
         The frozen weights are cast for the duration and back (exactly), taking twice their
         memory meanwhile. It nests, and several threads may be inside at once (the weights are
