@@ -11,8 +11,8 @@ decoding batch that the worker advances a slice at a time: one token while nothi
 jobs of another kind wait (decoding keeps that share of the worker between their batches).
 Between slices it runs whatever classification is waiting, lets new generation jobs join the
 running batch (up to ``max_batch`` rows), and answers each job the moment its slice ends, so a
-short generation never waits behind a long one. Jobs whose caller went away (disconnected, timed out) are dropped before
-they run, or taken out of the running batch between slices.
+short generation never waits behind a long one. Jobs whose caller went away (disconnected,
+timed out) are dropped before they run, or taken out of the running batch between slices.
 """
 
 from __future__ import annotations

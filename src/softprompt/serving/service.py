@@ -100,7 +100,7 @@ class Service:
         self.stream.admit([(key, job) for key, job in jobs if job.task is None or job.task in served], served)
         return {key: UnknownTask(job.task) for key, job in jobs if job.task is not None and job.task not in served}
 
-    def advance_generation(self, steps: int = 1) -> dict[int, list[str]]:
+    def advance_generation(self, steps: int) -> dict[int, list[str]]:
         """A slice of ``steps`` tokens; between slices the worker runs waiting classification
         batches and admits new jobs. The texts of the jobs that finished, by key."""
         return {key: self._texts(ids) for key, ids in self.stream.advance(steps).items()}
@@ -119,7 +119,7 @@ class Service:
         stream.admit(list(enumerate(jobs)), self.tasks.writers)
         results: dict = {}
         while stream.rows:
-            results.update(stream.advance(GENERATION_SLICE))
+            results.update(stream.advance(1))  # alone, nothing waits between slices
         return [self._texts(results[key]) for key in range(len(jobs))]
 
     def score(self, jobs: list[ScoreJob]) -> list[Scored | UnknownTask]:
@@ -150,11 +150,6 @@ class Service:
         self.tasks = load_tasks(self.artifacts, self.backbone, self.prompt_cache_mb)
         self.report_skipped()
         return [{"tasks": self.tasks.describe(), "skipped": self.tasks.skipped}] * len(_)
-
-
-# Tokens decoded at a time when the server decodes a batch of its own (outside, the worker's
-# batcher chooses each slice: see softprompt.serving.batcher).
-GENERATION_SLICE = 4
 
 
 async def _until_disconnected(request: Request, every: float = 0.1) -> None:
