@@ -83,8 +83,8 @@ class Backbone:
         memory meanwhile; the casts pay off over a split, not for one short input (a single
         input, cast for its own call, decoded at 0.87-0.93x of bf16 in one measurement). It
         nests, and several threads may be inside at once (the weights are cast back when the
-        last leaves); a forward pass another thread runs outside it while
-        the weights change dtype is not safe. Nothing changes on a GPU, in float32, for
+        last leaves); a forward pass another thread runs outside it while the weights change
+        dtype is not safe. Nothing changes on a GPU, in float32, for
         quantized weights, or with several processes (their wrappers own the parameters)."""
         with self._hold_lock:
             holding = self._holders > 0 or self._should_hold()
