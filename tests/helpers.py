@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -101,3 +102,28 @@ def live_server(app, log_level: str = "warning") -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         access.setLevel(level)
+
+
+def train_served_tasks(root, tiny_llama_dir) -> Path:
+    """A folder of two quickly trained artifacts on the tiny Llama, as a server serves them: the
+    classifier ``sentiment`` and the generation task ``polite``; returns the folder."""
+    from softprompt.cli import main
+
+    from .conftest import NEGATIVE, POSITIVE, write_jsonl
+    from .test_generation import PAIRS
+
+    labelled = [{"text": t, "label": "positive"} for t in POSITIVE] + [
+        {"text": t, "label": "negative"} for t in NEGATIVE
+    ]
+    reviews = write_jsonl(root / "reviews.jsonl", labelled)
+    pairs = write_jsonl(root / "pairs.jsonl", [{"text": t, "target": y} for t, y in PAIRS] * 2)
+    common = [f"backbone={tiny_llama_dir}", "prompt.init=vocab", "train.max_steps=1", "train.batch_size=4", "--quiet"]
+    sentiment = ["template={soft:2}Review: {text} Sentiment:", "verbalizer={positive: positive, negative: negative}"]
+    tasks = root / "tasks"
+    classifier_run = ["train", f"data.train={reviews}", f"data.dev={reviews}", *sentiment, f"out={tasks / 'sentiment'}"]
+    assert main([*classifier_run, *common]) == 0
+    rewrite = ["task=generation", "template={soft:2}Toxic: {text} Polite:", "gen.max_new_tokens=4"]
+    assert (
+        main(["train", f"data.train={pairs}", f"data.dev={pairs}", *rewrite, f"out={tasks / 'polite'}", *common]) == 0
+    )
+    return tasks

@@ -13,12 +13,9 @@ schemathesis = pytest.importorskip("schemathesis")
 from schemathesis.checks import not_a_server_error, response_schema_conformance  # noqa: E402
 
 from softprompt.backbones import load_backbone  # noqa: E402
-from softprompt.cli import main  # noqa: E402
 from softprompt.serving.app import ServeSettings, Service, create_app  # noqa: E402
 
-from .conftest import NEGATIVE, POSITIVE, write_jsonl  # noqa: E402
-from .helpers import live_server  # noqa: E402
-from .test_generation import PAIRS  # noqa: E402
+from .helpers import live_server, train_served_tasks  # noqa: E402
 
 
 class Raised:
@@ -39,25 +36,7 @@ class Raised:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_llama_dir):
     """The app (a classifier and a generation task on the tiny Llama) and its live URL."""
-    root = tmp_path_factory.mktemp("fuzzed")
-    labelled = [{"text": t, "label": "positive"} for t in POSITIVE] + [
-        {"text": t, "label": "negative"} for t in NEGATIVE
-    ]
-    reviews = write_jsonl(root / "reviews.jsonl", labelled)
-    pairs = write_jsonl(root / "pairs.jsonl", [{"text": t, "target": y} for t, y in PAIRS] * 2)
-    common = [f"backbone={tiny_llama_dir}", "prompt.init=vocab", "train.max_steps=1", "train.batch_size=4", "--quiet"]
-    sentiment = ["template={soft:2}Review: {text} Sentiment:", "verbalizer={positive: positive, negative: negative}"]
-    tasks = root / "tasks"
-    assert (
-        main(
-            ["train", f"data.train={reviews}", f"data.dev={reviews}", *sentiment, f"out={tasks / 'sentiment'}", *common]
-        )
-        == 0
-    )
-    rewrite = ["task=generation", "template={soft:2}Toxic: {text} Polite:", "gen.max_new_tokens=4"]
-    assert (
-        main(["train", f"data.train={pairs}", f"data.dev={pairs}", *rewrite, f"out={tasks / 'polite'}", *common]) == 0
-    )
+    tasks = train_served_tasks(tmp_path_factory.mktemp("fuzzed"), tiny_llama_dir)
     app = create_app(Service(load_backbone(str(tiny_llama_dir)), tasks), ServeSettings(max_wait_ms=1, timeout_s=30))
     raised = Raised(app)
     with live_server(raised, log_level="critical") as url:

@@ -16,17 +16,21 @@ import contextlib
 import json
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Path, Request
+from fastapi import FastAPI, HTTPException, Path, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from softprompt.serving.batcher import Batcher, Continuous
+from softprompt.serving.errors import described, error_body, first_problem, is_openai_route
 from softprompt.serving.guards import ApiKey, BodyLimit
-from softprompt.serving.metrics import PromptCacheCollector, RequestMetrics, ServerMetrics
-from softprompt.serving.openai import OPENAI_ROUTES, add_completion_routes
+from softprompt.serving.metrics import PromptCacheCollector, RequestMetrics, ServerMetrics, TaskLabels
+from softprompt.serving.openai import add_completion_routes
 from softprompt.serving.openai.common import openai_error
+from softprompt.serving.registry import reserved_name_problem
 from softprompt.serving.requests import ClassifyRequest, GenerateRequest, TaskSource
 from softprompt.serving.service import Gate, ServeSettings, Service, TaskChange
 from softprompt.serving.watch import FolderWatch, watch_folder
@@ -37,7 +41,7 @@ TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # a task name is also a folder
 def create_app(service: Service, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI application serving ``service``."""
     settings = settings or ServeSettings()
-    metrics = ServerMetrics()
+    metrics = ServerMetrics(TaskLabels(service.serves, settings.max_task_labels))
     batcher = Batcher(
         worker_handlers(service),
         queue_size=settings.queue_size,
@@ -78,6 +82,7 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
     gate = Gate(service, batcher, settings)
     add_routes(app, service, gate)
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -108,7 +113,8 @@ def start_watching(service: Service, gate: Gate, every: float) -> asyncio.Task:
     """Watch the artifacts folder (``serve --watch``), applying its changes through the same
     queue as ``POST``/``DELETE /v1/tasks/{name}``."""
     served = [*service.tasks.classifiers, *service.tasks.writers]
-    return asyncio.create_task(watch_folder(FolderWatch(service.artifacts, served), gate.change, every))
+    watch = FolderWatch(service.artifacts, served, service.note_skipped)
+    return asyncio.create_task(watch_folder(watch, gate.change, every))
 
 
 def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
@@ -120,11 +126,13 @@ def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
 
     @app.get("/v1/tasks")
     async def list_tasks() -> dict[str, Any]:
-        return {"backbone": service.backbone.name, "tasks": service.tasks.describe(), "skipped": service.tasks.skipped}
+        skipped = dict(service.tasks.skipped)
+        return {"backbone": service.backbone.name, "tasks": service.tasks.describe(), "skipped": skipped}
 
     @app.post("/v1/classify")
     async def classify(request: ClassifyRequest, http: Request) -> dict[str, Any]:
         http.state.task = request.task
+        gate.at_most("texts", len(request.texts), gate.settings.max_texts, "--max-texts")
         gate.within_limits(request.texts)
         gate.known(request.task, "classify")
         results = await gate.submit("classify", request, size=len(request.texts), request=http)
@@ -133,6 +141,8 @@ def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
     @app.post("/v1/generate")
     async def generate(request: GenerateRequest, http: Request) -> dict[str, Any]:
         http.state.task = request.task or ""
+        gate.at_most("max_new_tokens", request.max_new_tokens, gate.settings.max_new_tokens, "--max-new-tokens")
+        gate.at_most("samples", request.samples, gate.settings.max_samples, "--max-samples")
         gate.within_limits([request.prompt], (request.max_new_tokens or 0) * request.samples)
         if request.task is not None:
             gate.known(request.task, "generate")
@@ -140,7 +150,11 @@ def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
         return {"task": request.task, "prompt": request.prompt, "completions": completions}
 
     @app.post("/v1/tasks/reload")
-    async def reload() -> JSONResponse:
+    async def reload(http: Request) -> JSONResponse:
+        # A body with a path is a client adding a task named "reload": refused, never a reload.
+        body = await http.body()
+        if body.strip() not in (b"", b"{}", b"null"):
+            raise HTTPException(400, reserved_name_problem("reload") + "; POST /v1/tasks/reload takes no body")
         return JSONResponse(await gate.submit("reload", None))
 
     # After /v1/tasks/reload: routes match in order, and "reload" is not a task name.
@@ -159,13 +173,21 @@ def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
 
 async def invalid_request(request: Request, exc: Exception) -> Response:
     """An invalid body: 400 in OpenAI's shape on its routes (its clients show that message), else
-    FastAPI's 422 ``{"detail": [...]}``. Rendered as ASCII JSON, so an input that cannot be UTF-8
-    (a lone surrogate) is echoed escaped instead of failing the response."""
+    FastAPI's 422 ``{"detail": [...]}``; either way in words, naming the field, and repeating at
+    most a little of the input. Rendered as ASCII JSON, so an input that cannot be UTF-8 (a lone
+    surrogate) is echoed escaped instead of failing the response."""
     assert isinstance(exc, RequestValidationError)
-    errors = jsonable_encoder(exc.errors())
-    if request.url.path in OPENAI_ROUTES:
-        first = errors[0]
-        where = [str(part) for part in first.get("loc", ())[1:]]  # without "body"
-        message = f"{'.'.join(where)}: {first.get('msg', 'invalid')}" if where else first.get("msg", "invalid request")
-        return openai_error(400, message, where[0] if where else None)
+    errors = described(jsonable_encoder(exc.errors()))
+    if is_openai_route(request.url.path):
+        message, param = first_problem(errors)
+        return openai_error(400, message, param)
     return Response(json.dumps({"detail": errors}, ensure_ascii=True), 422, media_type="application/json")
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Any other HTTP error (404 route, 405 method...): in OpenAI's shape on its routes."""
+    assert isinstance(exc, StarletteHTTPException)
+    if not is_openai_route(request.url.path):
+        return await http_exception_handler(request, exc)
+    body = error_body(request.url.path, exc.status_code, str(exc.detail))
+    return Response(body, exc.status_code, headers=exc.headers, media_type="application/json")

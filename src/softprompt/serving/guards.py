@@ -6,15 +6,20 @@ Both are plain ASGI middleware, so they act before FastAPI reads or parses anyth
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Any
+
+from softprompt.serving.errors import error_body
 
 OPEN_PATHS = ("/healthz",)  # liveness probes need no key
 
 
-async def reply(send: Any, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    """Send a JSON error response ``{"detail": ...}`` (FastAPI's error shape)."""
-    body = json.dumps({"detail": detail}).encode()
+async def reply(
+    send: Any, scope: dict, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Send a JSON error response in the shape the route's clients read (FastAPI's ``{"detail"}``,
+    or OpenAI's ``{"error"}`` on its routes)."""
+    code = {401: "invalid_api_key", 413: "request_too_large"}.get(status)
+    body = error_body(scope["path"], status, detail, code=code)
     extra = headers or []
     start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": start})
@@ -35,7 +40,9 @@ class ApiKey:
         # The scheme is case-insensitive (RFC 9110); the key is compared in constant time.
         if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.expected):
             challenge = [(b"www-authenticate", b"Bearer")]
-            return await reply(send, 401, "missing or wrong API key: send 'Authorization: Bearer <key>'", challenge)
+            return await reply(
+                send, scope, 401, "missing or wrong API key: send 'Authorization: Bearer <key>'", challenge
+            )
         return await self.app(scope, receive, send)
 
 
@@ -56,7 +63,7 @@ class BodyLimit:
         message = f"request body over the limit of {self.limit:,} bytes"
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await reply(send, 413, message)
+            return await reply(send, scope, 413, message)
         chunks, size = [], 0
         while True:
             event = await receive()
@@ -65,7 +72,7 @@ class BodyLimit:
             chunks.append(event.get("body", b""))
             size += len(chunks[-1])
             if size > self.limit:
-                return await reply(send, 413, message)
+                return await reply(send, scope, 413, message)
             if not event.get("more_body"):
                 break
         body, delivered = b"".join(chunks), False

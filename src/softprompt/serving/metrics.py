@@ -5,6 +5,11 @@ Per route and task: requests by status and their latency; for generation, the ti
 token and the tokens generated; for the worker, the queue depth, the rows of each batch and the
 rows being decoded; for the classifiers' prompt caches, hits, misses, entries and bytes. Each app
 has its own registry, so several servers (or tests) in one process do not collide.
+
+Labels come only from what the server itself serves, never from a client's string: a task label
+is a served task's name (at most ``max_task_labels`` of them; later ones share ``other``), and a
+request naming a task that is not served is counted under ``unknown``. So no client can grow
+``/metrics`` or the access log, whatever names it sends.
 """
 
 from __future__ import annotations
@@ -25,10 +30,37 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-class ServerMetrics:
-    """The server's instruments, in a registry of their own."""
+UNKNOWN_TASK = "unknown"  # the label of every request naming a task that is not served
+OTHER_TASKS = "other"  # the label of served tasks beyond the cap
 
-    def __init__(self) -> None:
+
+class TaskLabels:
+    """The task label of a request: its task's name if served and among the first ``cap`` served
+    names labelled so far, ``other`` for served tasks past the cap, ``unknown`` otherwise."""
+
+    def __init__(self, served: Callable[[str], bool], cap: int):
+        self.served, self.cap = served, cap
+        self.named: set[str] = set()
+
+    def __call__(self, task: str) -> str:
+        if not task:
+            return ""
+        if task in self.named:
+            return task
+        if not self.served(task):
+            return UNKNOWN_TASK
+        if len(self.named) >= self.cap:
+            return OTHER_TASKS
+        self.named.add(task)
+        return task
+
+
+class ServerMetrics:
+    """The server's instruments, in a registry of their own; ``task_label`` names a request's
+    task in the labels (see :class:`TaskLabels`)."""
+
+    def __init__(self, task_label: Callable[[str], str] | None = None) -> None:
+        self.task_label = task_label or (lambda task: task)
         self.registry = CollectorRegistry()
         registry = self.registry
         self.requests = Counter(
@@ -64,10 +96,19 @@ class ServerMetrics:
         """A gauge read when scraped (queue depth, rows being decoded...)."""
         Gauge(name, help_text, registry=self.registry).set_function(value)
 
+    def generated(self, task: str, tokens: int, first_after: float | None) -> None:
+        """Tokens generated for ``task``, and the time to its first token when these are a job's first."""
+        label = self.task_label(task)
+        self.tokens.labels(label).inc(tokens)
+        if first_after is not None:
+            self.first_token.labels(label).observe(first_after)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
     def observe_request(self, route: str, task: str, status: int, seconds: float) -> None:
+        """Count a finished request; ``task`` is what the request named (labelled by ``task_label``)."""
+        task = self.task_label(task)
         self.requests.labels(route, task, str(status)).inc()
         self.latency.labels(route, task).observe(seconds)
         access_log.info(

@@ -20,6 +20,16 @@ from softprompt.tasks.generation.model import PromptedGenerator
 from softprompt.tasks.lm import LM_TASK, load_lm_prompt
 from softprompt.tasks.loading import load_model
 
+# Words of the task routes (``POST /v1/tasks/reload``) that therefore cannot name a task.
+RESERVED_TASK_NAMES = frozenset({"reload"})
+
+
+def reserved_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a task, or None."""
+    if name in RESERVED_TASK_NAMES:
+        return f"'{name}' is reserved (POST /v1/tasks/{name} is a route of its own); name the task otherwise"
+    return None
+
 
 @dataclass
 class ServedTasks:
@@ -93,6 +103,10 @@ def load_tasks(directory: str | Path, backbone: Backbone, prompt_cache_mb: float
     tasks = ServedTasks(PromptCaches(backbone, budget))
     for path in sorted(p for p in root.iterdir() if p.is_dir()):
         if not (path / TASK_FILE).exists():
+            continue
+        reserved = reserved_name_problem(path.name)
+        if reserved:
+            tasks.skipped[path.name] = f"folder {path}: {reserved} (rename the folder)"
             continue
         try:
             tasks.put(path.name, load_task(path, backbone))

@@ -8,7 +8,6 @@ from pydantic import AfterValidator, BaseModel, Field
 
 from softprompt.serving.writing import Listener, WriteJob
 
-MAX_TEXTS = 256
 MAX_SEED = 2**63 - 1  # what a torch.Generator takes
 
 
@@ -26,7 +25,9 @@ Text = Annotated[str, AfterValidator(encodable)]
 
 class ClassifyRequest(BaseModel):
     task: str = Field(min_length=1, description="a task name from GET /v1/tasks")
-    texts: list[Annotated[Text, Field(min_length=1)]] = Field(min_length=1, max_length=MAX_TEXTS)
+    texts: list[Annotated[Text, Field(min_length=1)]] = Field(
+        min_length=1, description="at most serve --max-texts (256 by default)"
+    )
 
 
 class TaskSource(BaseModel):
@@ -36,10 +37,12 @@ class TaskSource(BaseModel):
 class GenerateRequest(BaseModel):
     task: str | None = Field(None, description="a generate task from GET /v1/tasks; none: the plain model")
     prompt: Text = Field(min_length=1, description="the text (a generation task renders it with its template)")
-    max_new_tokens: int | None = Field(None, ge=1, le=512, description="default: the task's (30 for the plain model)")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="default: the task's (30 for the plain model); at most serve --max-new-tokens (512)"
+    )
     temperature: float | None = Field(None, ge=0, description="0: greedy; default: the task's (plain model: 1)")
     top_p: float | None = Field(None, gt=0, le=1, description="default: the task's (plain model: 0.9)")
-    samples: int = Field(1, ge=1, le=16)
+    samples: int = Field(1, ge=1, description="at most serve --max-samples (16 by default)")
     seed: int = Field(0, ge=0, le=MAX_SEED)
 
     def job(self, listener: Listener | None = None) -> WriteJob:

@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 
 from softprompt.backbones import Backbone
 from softprompt.data.records import Example
 from softprompt.errors import SoftpromptError
 from softprompt.serving.batcher import Batcher, QueueFull
-from softprompt.serving.registry import ServedTasks, load_task, load_tasks
+from softprompt.serving.registry import ServedTasks, load_task, load_tasks, reserved_name_problem
 from softprompt.serving.requests import ClassifyRequest, GenerateRequest
+from softprompt.serving.settings import ServeSettings
 from softprompt.serving.writing import GenerationStream, Scored, ScoreJob, WriteJob, score_job
 from softprompt.tasks.classification.mixed import classify_mixed
 
@@ -28,7 +30,7 @@ class UnknownTask(LookupError):
     """The request names a task that is not (or no longer) served: HTTP 404."""
 
     def __init__(self, name: str):
-        super().__init__(f"unknown task '{name}'; GET /v1/tasks lists them")
+        super().__init__(f"unknown task '{shown_name(name)}'; GET /v1/tasks lists them")
 
 
 @dataclass(frozen=True)
@@ -39,22 +41,7 @@ class TaskChange:
     name: str
     path: str | None = None
     loaded: Any = field(default=None, compare=False, repr=False)
-
-
-@dataclass
-class ServeSettings:
-    """How the server batches (see :class:`~softprompt.serving.batcher.Batcher`) and what it
-    accepts: every limit is answered with a status that names it."""
-
-    queue_size: int = 256
-    max_batch: int = 32
-    max_wait_ms: float = 5.0
-    api_key: str | None = None  # when set, every route but /healthz needs "Authorization: Bearer KEY"
-    max_body_bytes: int = 1_000_000  # 413 above
-    max_text_chars: int = 10_000  # 413 for a longer text or prompt
-    max_generated_tokens: int = 2_048  # 413 when max_new_tokens x samples is larger
-    timeout_s: float = 120.0  # 504 when a request waits and runs longer
-    watch_s: float = 0.0  # poll the artifacts folder this often and serve its changes (0: never)
+    from_api: bool = True  # False: from the watched folder (see Service.api_changes)
 
 
 class Service:
@@ -66,7 +53,14 @@ class Service:
         self.prompt_cache_mb = prompt_cache_mb
         self.tasks: ServedTasks = load_tasks(artifacts, backbone, prompt_cache_mb)
         self.stream = GenerationStream(backbone)  # the server's running decoding batch
+        # Tasks added (name -> path) or removed (name -> None) through the API: a reload re-reads
+        # the folder beneath them, so they outlast it (not a restart). A change the watched folder
+        # makes to a task replaces the API's.
+        self.api_changes: dict[str, str | None] = {}
         self.report_skipped()
+
+    def serves(self, name: str) -> bool:
+        return name in self.tasks.classifiers or name in self.tasks.writers
 
     def report_skipped(self) -> None:
         for name, reason in self.tasks.skipped.items():
@@ -132,24 +126,44 @@ class Service:
         batches, so a request sees a task's old prompt or its new one, never a mix."""
         out: list[dict[str, Any] | Exception] = []
         for change in changes:
-            if change.path is None:
-                out.append({"removed": change.name} if self.tasks.remove(change.name) else UnknownTask(change.name))
-                continue
-            try:
-                loaded = change.loaded if change.loaded is not None else load_task(Path(change.path), self.backbone)
-                self.tasks.put(change.name, loaded)
-                self.tasks.warm([change.name])  # its first request finds its prompt cache kept
-            except SoftpromptError as exc:
-                out.append(exc)
-                continue
-            logger.info("serving task '%s' from %s", change.name, change.path)
-            out.append(self.tasks.describe_one(change.name))  # not the whole list: a change costs O(1)
+            outcome = self._apply(change)
+            if not isinstance(outcome, Exception) and change.from_api:
+                self.api_changes[change.name] = change.path
+            elif not isinstance(outcome, Exception):
+                self.api_changes.pop(change.name, None)
+            out.append(outcome)
         return out
 
+    def _apply(self, change: TaskChange) -> dict[str, Any] | Exception:
+        if change.path is None:
+            return {"removed": change.name} if self.tasks.remove(change.name) else UnknownTask(change.name)
+        try:
+            loaded = change.loaded if change.loaded is not None else load_task(Path(change.path), self.backbone)
+            self.tasks.put(change.name, loaded)
+            self.tasks.warm([change.name])  # its first request finds its prompt cache kept
+        except SoftpromptError as exc:
+            return exc
+        logger.info("serving task '%s' from %s", change.name, change.path)
+        return self.tasks.describe_one(change.name)  # not the whole list: a change costs O(1)
+
     def reload(self, _: list[Any]) -> list[dict[str, Any]]:
+        """Re-read the artifacts folder, then apply the changes made through the API again: a task
+        added through the API stays (read again from its path; listed in ``skipped`` if that no
+        longer loads), and one removed through the API stays removed."""
         self.tasks = load_tasks(self.artifacts, self.backbone, self.prompt_cache_mb)
+        for name, path in self.api_changes.items():
+            outcome = self._apply(TaskChange(name, path))
+            if isinstance(outcome, SoftpromptError):
+                self.tasks.skipped[name] = f"added through the API from {path}: {outcome}"
         self.report_skipped()
-        return [{"tasks": self.tasks.describe(), "skipped": self.tasks.skipped}] * len(_)
+        return [{"tasks": self.tasks.describe(), "skipped": dict(self.tasks.skipped)}] * len(_)
+
+    def note_skipped(self, name: str, reason: str | None) -> None:
+        """List (or, with None, unlist) a task that did not load, as ``GET /v1/tasks`` shows it."""
+        if reason is None:
+            self.tasks.skipped.pop(name, None)
+        else:
+            self.tasks.skipped[name] = reason
 
 
 async def _until_disconnected(request: Request, every: float = 0.1) -> None:
@@ -198,6 +212,9 @@ class Gate:
         """Add, replace or remove a task. The artifact is loaded in a thread beside the worker, so
         loading holds up no batch; only the swap waits for the worker (between batches, ahead of
         the requests already queued)."""
+        reserved = reserved_name_problem(change.name)
+        if reserved:
+            raise HTTPException(400, reserved)
         if change.path is not None and change.loaded is None:
             loop = asyncio.get_running_loop()
             try:
@@ -226,4 +243,24 @@ class Gate:
             return
         if task in other:
             raise HTTPException(400, f"task '{task}' is not a {kind} task; see GET /v1/tasks")
-        raise HTTPException(404, f"unknown task '{task}'; GET /v1/tasks lists them")
+        raise HTTPException(404, f"unknown task '{shown_name(task)}'; GET /v1/tasks lists them")
+
+    def at_most(self, field_name: str, value: int | None, limit: int, flag: str) -> None:
+        """An invalid-request error (422, or 400 on OpenAI's routes) for a count over a limit of
+        the server's (set by ``serve --FLAG``)."""
+        if value is not None and value > limit:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "less_than_equal",
+                        "loc": ("body", field_name),
+                        "msg": f"at most {limit:,} on this server (serve {flag}); got {value:,}",
+                        "input": value,
+                    }
+                ]
+            )
+
+
+def shown_name(name: str) -> str:
+    """A client's task name as an error repeats it: the first 100 characters."""
+    return name if len(name) <= 100 else f"{name[:100]}..."

@@ -30,10 +30,18 @@ Stamp = tuple[tuple[str, int, int], ...]  # (file name, size, modification time 
 
 
 class FolderWatch:
-    """What changed in ``directory`` since the last look; starts from the tasks ``served``."""
+    """What changed in ``directory`` since the last look; starts from the tasks ``served``.
+    ``note_skipped(name, reason)`` lists a task that did not load (``GET /v1/tasks``'s
+    ``skipped``), and unlists it (reason None) once it is served or its folder is gone."""
 
-    def __init__(self, directory: str | Path, served: Iterable[str]) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        served: Iterable[str],
+        note_skipped: Callable[[str, str | None], None] = lambda name, reason: None,
+    ) -> None:
         self.directory = Path(directory)
+        self.note_skipped = note_skipped
         now = self.stamps()
         self.seen: dict[str, Stamp] = {name: now[name] for name in served if name in now}
         self.last: dict[str, Stamp] = now  # the previous look, to tell a settled folder
@@ -57,14 +65,16 @@ class FolderWatch:
         now, previous = self.stamps(), self.last
         self.last = now
         settled = [name for name, stamp in now.items() if previous.get(name) == stamp != self.seen.get(name)]
-        changes = [TaskChange(name, str(self.directory / name)) for name in settled]
-        return changes + [TaskChange(name) for name in self.seen if name not in now]
+        changes = [TaskChange(name, str(self.directory / name), from_api=False) for name in settled]
+        gone = [*self.seen, *(name for name in self.failed if name not in self.seen)]
+        return changes + [TaskChange(name, from_api=False) for name in gone if name not in now]
 
     def settle(self, change: TaskChange, error: str | None, missing: bool = False) -> None:
         """Record the outcome: a loaded or removed task is up to date; a failed one is tried again
         (``missing``: the server did not hold the task, so a removal is done all the same)."""
         if error is None or (change.path is None and missing):
             self.failed.pop(change.name, None)
+            self.note_skipped(change.name, None)
             if change.path is None:
                 self.seen.pop(change.name, None)
                 logger.info("watch: removed task '%s'", change.name)
@@ -76,6 +86,8 @@ class FolderWatch:
             undone = "removed" if change.path is None else "served"
             logger.warning("watch: task '%s' not %s: %s", change.name, undone, error)
         self.failed[change.name] = error
+        if change.path is not None:
+            self.note_skipped(change.name, error)
 
 
 async def watch_folder(watch: FolderWatch, apply: Callable[[TaskChange], Awaitable[Any]], every: float) -> None:

@@ -188,10 +188,8 @@ class GenerationStream:
         state = self.running[member.key]
         now = sum(len(tokens) for tokens in member.tokens)
         if now > state.produced:
-            task = state.job.task or ""
-            self.metrics.tokens.labels(task).inc(now - state.produced)
-            if state.produced == 0:
-                self.metrics.first_token.labels(task).observe(time.perf_counter() - state.job.created)
+            first_after = time.perf_counter() - state.job.created if state.produced == 0 else None
+            self.metrics.generated(state.job.task or "", now - state.produced, first_after)
             state.produced = now
 
     def _report(self, member: Member, finished: bool) -> None:

@@ -21,8 +21,6 @@ from softprompt.serving.openai.chat import add_chat
 from softprompt.serving.openai.completions import add_completions
 from softprompt.serving.service import Gate, Service
 
-OPENAI_ROUTES = ("/v1/completions", "/v1/chat/completions")
-
 
 def add_completion_routes(app: FastAPI, service: Service, gate: Gate) -> None:
     """``/v1/models``, ``/v1/completions`` and ``/v1/chat/completions``."""

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from softprompt.serving.openai.common import SamplingFields, completed, openai_error, refusal, run_whole, stream
 from softprompt.serving.openai.completions import prompt_tokens
@@ -18,9 +18,38 @@ from softprompt.serving.requests import Text
 from softprompt.serving.service import Gate, Service
 
 
+class ContentPart(BaseModel):
+    """One part of a message's content in OpenAI's list form; only ``{"type": "text", "text": ...}``
+    is answered (an image or audio part is refused with a 400 naming its type)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(min_length=1, description="text (other part types are refused)")
+    text: Text | None = None
+
+
 class ChatMessage(BaseModel):
-    role: str = Field(pattern="^(system|user|assistant|developer)$", description="system, user, assistant or developer")
-    content: Text = Field(min_length=1)
+    role: Literal["system", "user", "assistant", "developer"]
+    content: Text | list[ContentPart] = Field(min_length=1, description="a text, or a list of text parts")
+
+    def text(self, index: int) -> str:
+        """The message's text (text parts joined by new lines, as vLLM joins them).
+
+        Raises:
+            ValueError: ``(message, field)`` for a part that is not text.
+        """
+        if isinstance(self.content, str):
+            return self.content
+        texts = []
+        for number, part in enumerate(self.content):
+            where = f"messages[{index}].content[{number}]"
+            if part.type != "text":
+                kind = part.type if len(part.type) <= 40 else f"{part.type[:40]}..."
+                raise ValueError(f"{where}: parts of type '{kind}' are not supported; send 'text' parts", where)
+            if not part.text:
+                raise ValueError(f"{where}: a text part needs a non-empty 'text'", where)
+            texts.append(part.text)
+        return "\n".join(texts)
 
 
 class ChatRequest(SamplingFields):
@@ -31,14 +60,18 @@ def add_chat(app: FastAPI, service: Service, gate: Gate) -> None:
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(request: ChatRequest, http: Request) -> JSONResponse | StreamingResponse:
         http.state.task = request.model
-        refused = refusal(request, service)
+        refused = refusal(request, gate)
         if refused is not None:
             return refused
         tokenizer = service.backbone.tokenizer
         if not getattr(tokenizer, "chat_template", None):
             message = f"backbone {service.backbone.name} has no chat template; use /v1/completions"
             return openai_error(400, message, "messages", "no_chat_template")
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        try:
+            messages = [{"role": m.role, "content": m.text(i)} for i, m in enumerate(request.messages)]
+        except ValueError as exc:
+            message, where = exc.args
+            return openai_error(400, message, where, "unsupported_content")
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         read = prompt_tokens(service, service.tasks.writers[request.model].soft, prompt)  # before any wait
         try:

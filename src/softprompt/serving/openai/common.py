@@ -13,8 +13,9 @@ from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from softprompt.serving.errors import openai_error_body
 from softprompt.serving.requests import MAX_SEED, Text
-from softprompt.serving.service import Gate, Service
+from softprompt.serving.service import Gate, Service, shown_name
 from softprompt.serving.writing import WriteJob, visible_text
 
 # Fields refused rather than ignored when given a value other than OpenAI's default.
@@ -32,6 +33,8 @@ REFUSED = {
     "response_format": (None, {"type": "text"}),
 }
 
+MAX_STOPS = 4  # OpenAI's own limit on stop strings
+
 Chunk = Callable[[int, str, str | None], dict[str, Any]]  # (choice index, new text, finish reason) -> event
 
 
@@ -41,10 +44,10 @@ class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, description="a generate task from GET /v1/models")
-    max_tokens: int | None = Field(None, ge=1, le=512)
+    max_tokens: int | None = Field(None, ge=1, description="at most serve --max-new-tokens (512 by default)")
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int = Field(1, ge=1, le=16)
+    n: int = Field(1, ge=1, description="at most serve --max-samples (16 by default)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stream: bool = False
     stop: Text | list[Text] | None = Field(None, description="up to 4 strings; the text ends before the first")
@@ -69,20 +72,31 @@ class SamplingFields(BaseModel):
 
 
 def openai_error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status)
+    return JSONResponse(openai_error_body(status, message, param, code), status)
 
 
-def refusal(request: SamplingFields, service: Service) -> JSONResponse | None:
-    """OpenAI's error for what this server does not do, or for an unknown model; None if fine."""
+def refusal(request: SamplingFields, gate: Gate) -> JSONResponse | None:
+    """OpenAI's error for what this server does not do, for a count over the server's limits, for
+    a classification task (400) or for an unknown model (404); None if fine."""
     extra = request.model_extra or {}
     for name, defaults in REFUSED.items():
         if name in extra and extra[name] not in defaults:
             return openai_error(400, f"'{name}' is not supported by this server", name, "unsupported_parameter")
-    if len(request.stops()) > 4:
-        return openai_error(400, "stop: at most 4 strings", "stop")
-    if request.model not in service.tasks.writers:
-        message = f"The model '{request.model}' does not exist; GET /v1/models lists them"
+    if len(request.stops()) > MAX_STOPS:
+        return openai_error(400, f"stop: at most {MAX_STOPS} strings (OpenAI's limit)", "stop")
+    settings = gate.settings
+    for name, value, limit, flag in (
+        ("max_tokens", request.max_tokens, settings.max_new_tokens, "--max-new-tokens"),
+        ("n", request.n, settings.max_samples, "--max-samples"),
+    ):
+        if value is not None and value > limit:
+            return openai_error(400, f"{name}: at most {limit:,} on this server (serve {flag}); got {value:,}", name)
+    tasks = gate.service.tasks
+    if request.model in tasks.classifiers:
+        message = f"'{request.model}' is a classify task: use POST /v1/classify for it; GET /v1/models lists the models"
+        return openai_error(400, message, "model", "wrong_task_kind")
+    if request.model not in tasks.writers:
+        message = f"The model '{shown_name(request.model)}' does not exist; GET /v1/models lists them"
         return openai_error(404, message, "model", "model_not_found")
     return None
 

@@ -38,7 +38,9 @@ from softprompt.serving.writing import Scored, ScoreJob
 
 class CompletionRequest(SamplingFields):
     prompt: Text | list[Text]
-    max_tokens: int | None = Field(None, ge=0, le=512, description="0 only with echo: score the prompt")
+    max_tokens: int | None = Field(
+        None, ge=0, description="0 only with echo: score the prompt; at most serve --max-new-tokens (512 by default)"
+    )
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="report log-probabilities (top 0-5)")
     echo: bool = Field(False, description="put the prompt, as the model read it, before the completion")
 
@@ -56,7 +58,7 @@ def add_completions(app: FastAPI, service: Service, gate: Gate) -> None:
     @app.post("/v1/completions", response_model=None)
     async def completions(request: CompletionRequest, http: Request) -> JSONResponse | StreamingResponse:
         http.state.task = request.model
-        refused = refusal(request, service)
+        refused = refusal(request, gate)
         if refused is not None:
             return refused
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
