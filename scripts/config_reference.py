@@ -59,10 +59,7 @@ def render() -> str:
     """The whole reference as Markdown."""
     from softprompt.config import RunConfig
     from softprompt.continual.config import ContinualConfig
-    from softprompt.detox.evaluation import DetoxEvalConfig
-    from softprompt.detox.generate import GenerateConfig
-    from softprompt.detox.training import DetoxTrainConfig
-    from softprompt.detox.validation import ValidateConfig
+    from softprompt.detox.config import DetoxEvalConfig, DetoxTrainConfig, GenerateConfig, ValidateConfig
     from softprompt.methods import METHODS
     from softprompt.multitask import MultitaskConfig
 

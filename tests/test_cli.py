@@ -149,7 +149,7 @@ def test_broken_artifacts(trained, capsys):
     _fails(["predict", str(trained), "x"], capsys, "task.json is corrupt")
     (trained / "task.json").unlink()
     _fails(["inspect", str(trained)], capsys, "incomplete: missing task.json")
-    _fails(["eval", str(trained.parent / "nope")], capsys, "does not exist")
+    _fails(["eval", str(trained.parent / "nope")], capsys, "nope: no such folder")
 
 
 def test_artifact_refuses_another_backbone(trained, tmp_path, capsys):
@@ -181,3 +181,86 @@ def test_user_errors_have_no_traceback_in_a_real_process(tmp_path):
     assert proc.stderr.strip().startswith("error: unknown backbone 'gpt-17'")
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name", ["runs/nope", "./nope", "nope"])
+def test_a_mistyped_local_artifact_is_a_missing_folder_not_a_hub_lookup(name, tmp_path, monkeypatch, capsys):
+    import softprompt.artifact
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("a local-looking name must not be looked up on the Hub")
+
+    monkeypatch.setattr(softprompt.artifact, "snapshot", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    _fails(["predict", name, "a text"], capsys, f"artifact {name}: no such folder")
+    _fails(["eval", name], capsys, f"artifact {name}: no such folder")
+
+
+def test_a_name_that_is_neither_a_folder_nor_on_the_hub_names_both(tmp_path, monkeypatch, capsys):
+    import httpx
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def not_on_the_hub(repo_id, allow_patterns):
+        request = httpx.Request("GET", f"https://huggingface.co/api/models/{repo_id}")
+        raise RepositoryNotFoundError("404", response=httpx.Response(404, request=request))
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", not_on_the_hub)
+    monkeypatch.chdir(tmp_path)  # no folder named 'someone' here
+    _fails(
+        ["predict", "someone/sentiment", "a text"],
+        capsys,
+        "artifact someone/sentiment is neither a local folder nor a model on the Hugging Face Hub",
+    )
+
+
+def test_eval_max_examples_scores_a_seeded_sample(trained, sentiment_files, capsys):
+    data = ["--data", str(sentiment_files["test"]), "--quiet"]
+    assert main(["eval", str(trained), *data, "--max-examples", "3"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["n"] == 3 and first["data"].endswith("a sample of 3 of 10")
+    assert main(["eval", str(trained), *data, "--max-examples", "3"]) == 0
+    assert json.loads(capsys.readouterr().out) == first  # the same seeded sample
+    assert main(["eval", str(trained), *data, "--max-examples", "50"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 10  # more than there are: all of them
+    _fails(["eval", str(trained), *data, "--max-examples", "0"], capsys, "--max-examples must be >= 1, got 0")
+
+
+def test_export_refuses_to_replace_a_file_without_overwrite(trained, tmp_path, capsys):
+    out = tmp_path / "prompt.safetensors"
+    out.write_bytes(b"keep me")
+    _fails(["export", str(trained), "--out", str(out)], capsys, f"{out} already exists; pass --overwrite to replace it")
+    assert out.read_bytes() == b"keep me"
+    assert main(["export", str(trained), "--out", str(out), "--overwrite"]) == 0
+    assert out.read_bytes() != b"keep me" and f"wrote {out}" in capsys.readouterr().out
+
+
+def test_a_one_label_verbalizer_is_refused(base_args, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [*base_args, f"out={out}", "verbalizer={positive: positive}"]
+    _fails(["train", *args], capsys, "a verbalizer needs at least two labels; this one has only 'positive'", out)
+
+
+def test_fewshot_k_beyond_the_training_rows_says_so(base_args, sentiment_files, tmp_path, capsys):
+    rows = len(sentiment_files["train"].read_text().splitlines())
+    out = tmp_path / "run"
+    args = [*base_args, f"out={out}", "method=none", "template=Review: {text}\\nSentiment:", "fewshot.k=1000"]
+    message = f"fewshot.k=1000 is more than the {rows} training examples; give fewshot.k of at most {rows}"
+    _fails(["train", *args], capsys, message, out)
+
+
+def test_generate_takes_threads_as_predict_does(tiny_llama_dir, capsys):
+    import torch
+
+    from softprompt.cli import parse_args
+
+    assert parse_args(["generate", "--threads", "1", "a prompt"]).threads == 1
+    _fails(["generate", "--threads", "-1", "a prompt"], capsys, "--threads must be >= 0, got -1")
+    before = torch.get_num_threads()
+    try:
+        args = ["generate", f"backbone={tiny_llama_dir}", "max_new_tokens=2", "--threads", "1", "--json", "Hi"]
+        assert main(args) == 0
+        assert torch.get_num_threads() == 1
+        assert json.loads(capsys.readouterr().out)["prompt"] == "Hi"
+    finally:
+        torch.set_num_threads(before)

@@ -9,6 +9,7 @@ import torch
 
 from softprompt.backbones import load_backbone
 from softprompt.cli import main
+from softprompt.config.tasklist import task_configs
 from softprompt.continual.config import load_continual_config
 from softprompt.continual.learners import make_learner
 from softprompt.continual.metrics import continual_metrics
@@ -17,7 +18,7 @@ from softprompt.datasets import load_builtin
 from softprompt.errors import SoftpromptError
 from softprompt.methods.transfer import read_soft_prompt
 from softprompt.tasks.classification.model import label_probabilities
-from softprompt.tasks.tasklist import prepare_tasks, task_configs
+from softprompt.tasks.tasklist import prepare_tasks
 
 from .conftest import NEGATIVE, POSITIVE, SHARED_DATA, make_tiny_llama, write_jsonl
 

@@ -4,6 +4,7 @@ artifact that chooses after loading exactly as the run did."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from softprompt.cli import main
 from softprompt.config import FewshotConfig
 from softprompt.data.records import Example
+from softprompt.errors import SoftpromptError
 from softprompt.tasks import fewshot
 from softprompt.tasks.classification.model import label_probabilities
 from softprompt.tasks.fewshot import Demo, choose_demonstrations, fixed_demonstrations
@@ -194,3 +196,19 @@ def test_the_default_draw_is_the_one_from_before(seed, k):
     uneven = [Demo(f"text {i}", f"block {i}", "pos" if i % 3 else "neg") for i in range(11)]
     expected = "".join(f"block {i}\n\n" for i in DRAWN_BEFORE[seed, k])
     assert fixed_demonstrations(uneven, k, "balanced", seed, labels=["pos", "neg"]) == expected
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"k": 11}, "fewshot.k=11 is more than the 10 training examples; give fewshot.k of at most 10"),
+        (
+            {"k": 5, "select": "similar", "pool": 4},
+            "fewshot.k=5 is more than the 4 training examples that fewshot.pool=4 keeps; give fewshot.k of at most 4",
+        ),
+    ],
+)
+def test_more_demonstrations_than_training_rows_are_refused_as_such(settings, message):
+    with pytest.raises(SoftpromptError, match=re.escape(message)):
+        choose_demonstrations(POOL, FewshotConfig(**settings), seed=0, fields=["text"], labels=["pos", "neg"])
+    assert choose_demonstrations(POOL, FewshotConfig(k=10), seed=0, fields=["text"])[0].count("block") == 10

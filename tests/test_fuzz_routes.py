@@ -5,8 +5,10 @@ per route on the tiny random Llama (a classifier and a generation task served)."
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, settings
+from prometheus_client.parser import text_string_to_metric_families
 
 schemathesis = pytest.importorskip("schemathesis")
 
@@ -14,6 +16,7 @@ from schemathesis.checks import not_a_server_error, response_schema_conformance 
 
 from softprompt.backbones import load_backbone  # noqa: E402
 from softprompt.serving.app import ServeSettings, Service, create_app  # noqa: E402
+from softprompt.serving.registry import RESERVED_TASK_NAMES  # noqa: E402
 
 from .helpers import live_server, train_served_tasks  # noqa: E402
 
@@ -51,8 +54,37 @@ def api_schema(served):
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
+SERVED_LABELS = {"", "unknown", "other", "sentiment", "polite"}
+
+
+@schemathesis.check
+def errors_repeat_little_of_the_input(ctx, response, case):
+    """An error never sends back a large input (a 100,000-item list once came back whole)."""
+    if response.status_code >= 400 and len(response.content) > 4_000:
+        raise AssertionError(f"a {response.status_code} of {len(response.content):,} bytes")
+
+
+@schemathesis.check
+def error_messages_name_no_library_internals(ctx, response, case):
+    if response.status_code >= 400 and any(word in response.text for word in ("function-after", "JSON decode error")):
+        raise AssertionError(f"library internals in a message: {response.text[:200]}")
+
+
 @schema.parametrize()
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_route_answers_a_server_error_or_breaks_its_schema(case, served):
-    case.call_and_validate(base_url=served[1], checks=[not_a_server_error, response_schema_conformance])
+    checks = [
+        not_a_server_error,
+        response_schema_conformance,
+        errors_repeat_little_of_the_input,
+        error_messages_name_no_library_internals,
+    ]
+    case.call_and_validate(base_url=served[1], checks=checks)
     assert not served[2].seen, served[2].seen  # nothing raised inside the app, even after its answer began
+    # Whatever names the fuzzer sent, /metrics labels only what is served; and no route word
+    # (a reserved name such as 'reload') ever became a task.
+    metrics = httpx.get(f"{served[1]}/metrics").text
+    labels = {s.labels.get("task") for f in text_string_to_metric_families(metrics) for s in f.samples}
+    assert labels - {None} <= SERVED_LABELS, labels - SERVED_LABELS
+    names = {task["name"] for task in httpx.get(f"{served[1]}/v1/tasks").json()["tasks"]}
+    assert not names & RESERVED_TASK_NAMES

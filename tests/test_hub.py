@@ -72,7 +72,7 @@ def test_a_hub_id_missing_from_the_cache_offline_is_one_line(hub_home, tmp_path,
     done = _run(command, hub_home, tmp_path)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    assert "nobody/absent-model is not in the Hugging Face cache" in done.stderr
+    assert "nobody/absent-model is not a local folder and not in the Hugging Face cache" in done.stderr
     assert "local directory" in done.stderr
     assert not out.exists()
 

@@ -71,7 +71,7 @@ def test_load_and_predict_by_hub_id_from_the_cache(run, offline_hub, capsys):
 @pytest.mark.parametrize(
     ("files", "message"),
     [
-        (None, f"artifact {ARTIFACT_ID} is not in the Hugging Face cache"),
+        (None, f"artifact {ARTIFACT_ID} is not a local folder and not in the Hugging Face cache"),
         ({"README.md": b"# a model\n", "model.safetensors": b"x"}, "holds no softprompt artifact (no task.json)"),
         ("pickle", "no adapter_model.safetensors; softprompt loads only safetensors"),
     ],
@@ -138,3 +138,4 @@ def test_push_without_a_token_or_with_a_bad_id_is_one_line(run, monkeypatch, tmp
     (run / "adapter_model.safetensors").write_bytes(b"damaged")
     assert main(["push", str(run), ARTIFACT_ID]) == 2
     assert "does not match task.json" in capsys.readouterr().err
+

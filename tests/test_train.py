@@ -342,3 +342,16 @@ def test_the_schedule_is_transformers_linear_one_but_for_its_first_warmup_step()
     assert [ours(step) for step in range(warmup, total + 3)] == pytest.approx(
         [theirs(step) for step in range(warmup, total + 3)]
     )
+
+
+def test_the_progress_bar_shows_no_dev_score_before_the_first_evaluation():
+    from softprompt.training.callbacks import ProgressBar
+    from softprompt.training.checkpoint import Progress
+
+    bar = ProgressBar(enabled=False)
+    bar.on_train_begin(Progress(), 10)
+    bar.on_step_end(Progress(step=1), {"loss": 0.5})
+    assert bar.bar.postfix == "loss=0.5000"  # not dev=-inf
+    bar.on_step_end(Progress(step=2, best_metric=0.75, best_step=2), {"loss": 0.25})
+    assert bar.bar.postfix == "loss=0.2500, dev=0.7500"
+    bar.on_train_end(Progress(step=2))

@@ -20,16 +20,16 @@ import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import safetensors.torch
-import torch
+from typing import TYPE_CHECKING, Any
 
 from softprompt.artifact.card import CARD_FILE, write_model_card
 from softprompt.atomic import atomic_write, atomic_write_json
 from softprompt.errors import SoftpromptError
-from softprompt.hub import looks_like_hub_id, snapshot
+from softprompt.hub import looks_like_hub_id, looks_local, snapshot
 from softprompt.version import __version__
+
+if TYPE_CHECKING:
+    import torch
 
 TASK_FILE = "task.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -49,6 +49,7 @@ class ArtifactFiles:
 
 def versions() -> dict[str, str]:
     import peft
+    import torch
     import transformers
 
     return {
@@ -68,6 +69,8 @@ def write_artifact(
     directory: Path, state: dict[str, torch.Tensor], meta: dict[str, Any], adapter_config: dict[str, Any] | None
 ) -> None:
     """Write the three files; ``task.json`` (with the weights' hash) goes last."""
+    import safetensors.torch
+
     directory = Path(directory)
     weights = directory / WEIGHTS_FILE
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
@@ -111,6 +114,22 @@ def _is_peft_layout(config: Any) -> bool:
     return isinstance(config, dict) and config.get("peft_type") not in (None, "SOFTPROMPT")
 
 
+def artifact_source(name: str | Path) -> Path | str:
+    """Where an artifact name points, without fetching anything: its local directory, or the Hub
+    model id it reads as (``user/repo``; nothing local by that name, nor its parent folder).
+
+    Raises:
+        SoftpromptError: a local path (``./x``, ``runs/x`` beside a ``runs`` folder...) that does
+            not exist, or a name that is neither a directory nor a Hub id.
+    """
+    directory = Path(name)
+    if directory.is_dir():
+        return directory
+    if looks_local(str(name)) or not looks_like_hub_id(str(name)):
+        raise SoftpromptError(f"artifact {name}: no such folder (give the 'out' directory of a train run)")
+    return str(name)
+
+
 def locate_artifact(name: str | Path) -> Path:
     """The directory of an artifact: a local directory, or the cached snapshot of a Hub model id
     (``user/repo``; downloaded when online). Only the artifact's own files are fetched.
@@ -118,12 +137,10 @@ def locate_artifact(name: str | Path) -> Path:
     Raises:
         SoftpromptError: neither a local directory nor a Hub repository holding an artifact.
     """
-    directory = Path(name)
-    if directory.is_dir():
-        return directory
-    if not looks_like_hub_id(str(name)):
-        raise SoftpromptError(f"artifact {directory} does not exist (give the 'out' directory of a train run)")
-    repo_id = str(name)
+    source = artifact_source(name)
+    if isinstance(source, Path):
+        return source
+    repo_id = source
     directory = snapshot(repo_id, [TASK_FILE, WEIGHTS_FILE, PEFT_CONFIG_FILE, CARD_FILE], "artifact")
     if not (directory / TASK_FILE).is_file():
         raise SoftpromptError(f"artifact {repo_id}: the Hub repository holds no softprompt artifact (no {TASK_FILE})")
@@ -141,6 +158,8 @@ def read_artifact(directory: str | Path) -> ArtifactFiles:
     Raises:
         SoftpromptError: the directory or one of its files is missing, unreadable or corrupt.
     """
+    import safetensors.torch  # here, not at the top: finding an artifact needs no torch
+
     directory = locate_artifact(directory)
     missing = [name for name in (TASK_FILE, WEIGHTS_FILE) if not (directory / name).is_file()]
     if missing:

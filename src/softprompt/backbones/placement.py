@@ -19,15 +19,13 @@ from typing import Any
 
 import torch
 
+from softprompt.config.compute import check_threads
 from softprompt.errors import SoftpromptError
 
 logger = logging.getLogger(__name__)
 
-DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (auto: CUDA when available, else CPU)"
-PRECISION_HELP = "auto | fp32 | bf16 | fp16 (auto: bf16 on a GPU that supports it, fp32 otherwise)"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISIONS = ("auto", *DTYPES)
-MAX_THREADS = 1024
 
 
 @dataclass(frozen=True)
@@ -116,11 +114,8 @@ def _named_device(name: str) -> torch.device:
 
 def set_threads(count: int, label: str) -> None:
     """Use ``count`` torch CPU threads in this process (0: torch's default); ``label`` names the
-    setting in the error for a negative count."""
-    if count < 0:
-        raise SoftpromptError(f"{label} must be >= 0, got {count}")
-    if count > MAX_THREADS:  # torch's C int overflows at 2**31, and far fewer already swamp a machine
-        raise SoftpromptError(f"{label} must be at most {MAX_THREADS}, got {count}")
+    setting in the error for a count torch cannot take."""
+    check_threads(count, label)
     if count:
         torch.set_num_threads(count)
 
@@ -153,6 +148,14 @@ def warn_if_busy() -> None:
     message = busy_machine_warning(0)
     if message:
         logger.warning(message)
+
+
+def apply_threads(threads: int) -> None:
+    """A config's ``threads`` applied to this process (before any forward pass); with torch's
+    default on a busy machine, say once that fewer threads would be faster."""
+    set_threads(threads, "config field 'threads':")
+    if not threads:
+        warn_if_busy()
 
 
 # The attribute set on a model while its weights are held in float32 (hold_in_float32): its

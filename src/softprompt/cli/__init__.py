@@ -35,15 +35,32 @@ def _setup_output() -> None:
     """What the command (not the library) decides: softprompt's messages shown, the libraries'
     progress bars and warnings quieted."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    _quiet_libraries()
     log = logging.getLogger("softprompt")
     if not any(isinstance(h, _PrintHandler) for h in log.handlers):
         log.addHandler(_PrintHandler())
     log.setLevel(logging.INFO)
     log.propagate = False
+
+
+def _quiet_libraries() -> None:
+    """transformers' warnings and the Hub's progress bars off, without importing either (seconds
+    that `--help` and a mistyped setting should not wait for): a library not loaded yet reads the
+    settings from the environment when it loads (a value the user set there is kept); one already
+    loaded (``main`` called in a Python process) is told directly."""
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    else:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    else:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _interrupt_hint(args: argparse.Namespace) -> str:
@@ -75,9 +92,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``softprompt`` command; returns the exit status."""
-    _setup_output()
+    """Entry point of the ``softprompt`` command; returns the exit status.
+
+    Nothing heavy is imported before the command line is parsed, and each command reads and checks
+    its config before it imports torch: ``--help`` and a mistyped setting answer at once.
+    """
     args = parse_args(argv)
+    _setup_output()
     try:
         with command_line():
             args.run(args)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from softprompt.backbones.placement import DEVICE_HELP, PRECISION_HELP, set_threads
+from softprompt.config.compute import DEVICE_HELP, PRECISION_HELP, THREADS_HELP
 from softprompt.errors import SoftpromptError
-
-THREADS_HELP = "torch CPU threads (0 = torch's default, one per core; use fewer on a busy machine)"
 
 
 def compute_flags(command: argparse.ArgumentParser) -> None:
@@ -20,6 +18,8 @@ def compute_flags(command: argparse.ArgumentParser) -> None:
 
 def use_threads(args: argparse.Namespace) -> None:
     """Apply --threads to this process."""
+    from softprompt.backbones.placement import set_threads  # torch: once the command runs
+
     set_threads(args.threads, "--threads")
 
 

@@ -17,14 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.atomic import atomic_write_json, atomic_write_text
-from softprompt.backbones.sources import resolve
-from softprompt.config import RunConfig, load_config
+from softprompt.config import RunConfig, catalogue, load_config
 from softprompt.errors import SoftpromptError
-from softprompt.methods import METHODS, get_method, untrained_method
-from softprompt.tasks import get_task, task_specs
 
 REPORT = "compare"  # compare.md, compare.json, compare.png in the output directory
 DEFAULT_FEWSHOT = 4
+PLAN_KEYS = ("methods", "lrs", "baselines", "fewshot")  # what parse_plan takes out of the overrides
 
 
 @dataclass
@@ -58,33 +56,46 @@ class Plan:
 
 
 def parse_plan(overrides: list[str]) -> tuple[Plan, list[str]]:
-    """Take ``methods=``, ``lrs=`` and ``fewshot=`` out of the overrides; return the rest."""
-    plan = Plan([m for m, s in METHODS.items() if s.trains], {}, DEFAULT_FEWSHOT, None)
+    """Take ``methods=``, ``lrs=``, ``baselines=`` and ``fewshot=`` out of the overrides; return
+    the rest. Method names are checked against the catalogue (no torch); the default, every method
+    that trains, comes in the registry's listing order."""
+    plan = Plan([], {}, DEFAULT_FEWSHOT, None)
+    given = False
     rest = []
     for item in overrides:
         key, _, value = item.partition("=")
-        if key == "methods":
-            plan.methods = [m.strip() for m in value.split(",") if m.strip()]
+        if key not in PLAN_KEYS:
+            rest.append(item)
+        elif key == "methods":
+            plan.methods, given = [m.strip() for m in value.split(",") if m.strip()], True
             for name in plan.methods:
-                if not get_method(name).trains:
+                if not catalogue.check_method(name).settings["trains"]:
                     raise SoftpromptError(f"methods: '{name}' does not train; zero-/few-shot rows are always added")
         elif key == "lrs":
             plan.lrs = _parse_lrs(value)
         elif key == "baselines":
             plan.baselines = [b.strip() for b in value.split(",") if b.strip() and b.strip() != "none"]
-            known = list(dict.fromkeys(b for spec in task_specs().values() for b in spec.baseline_names))
-            unknown = [b for b in plan.baselines if b not in known]
-            if unknown:
-                raise SoftpromptError(f"baselines: unknown '{unknown[0]}'; choose from {', '.join(known)} or none")
-        elif key == "fewshot":
+            _check_baselines(plan.baselines)
+        else:  # fewshot
             if not value.isdigit():
                 raise SoftpromptError(f"fewshot: expected a number of demonstrations, got '{value}'")
             plan.fewshot = int(value)
-        else:
-            rest.append(item)
+    if not given:
+        from softprompt.methods import METHODS
+
+        plan.methods = [m for m, s in METHODS.items() if s.trains]
     if not plan.methods:
         raise SoftpromptError("methods: give at least one, e.g. methods=prompt_tuning,lora")
     return plan, rest
+
+
+def _check_baselines(names: list[str]) -> None:
+    from softprompt.tasks import task_specs
+
+    known = list(dict.fromkeys(b for spec in task_specs().values() for b in spec.baseline_names))
+    unknown = [b for b in names if b not in known]
+    if unknown:
+        raise SoftpromptError(f"baselines: unknown '{unknown[0]}'; choose from {', '.join(known)} or none")
 
 
 def _parse_lrs(value: str) -> dict[str, float]:
@@ -93,7 +104,7 @@ def _parse_lrs(value: str) -> dict[str, float]:
         name, sep, number = pair.partition(":")
         if not sep:
             raise SoftpromptError(f"lrs: expected method:rate pairs (lrs=lora:1e-3,full:3e-5), got '{pair}'")
-        get_method(name.strip())
+        catalogue.check_method(name.strip())
         try:
             lrs[name.strip()] = float(number)
         except ValueError:
@@ -157,8 +168,12 @@ def compare(config_path: str | None, overrides: list[str], progress=print) -> tu
 
     Returns the rows and the report directory (``out`` of the config).
     """
+    rest = [item for item in overrides if item.partition("=")[0] not in PLAN_KEYS]
+    config = load_config(config_path, rest)  # validate everything before training anything (and importing torch)
     plan, rest = parse_plan(overrides)
-    config = load_config(config_path, rest)  # validate everything before training anything
+    from softprompt.methods import get_method
+    from softprompt.tasks import get_task
+
     task = get_task(config.task)
     task.check(config)
     template = task.compare_template(config)
@@ -189,6 +204,9 @@ def compare(config_path: str | None, overrides: list[str], progress=print) -> tu
 
 def _baselines(config_path, rest, config, task, splits, plan: Plan, progress, rows: list[Row]) -> None:
     """Append the plan's baselines to ``rows`` (the report is rewritten after each slow one)."""
+    from softprompt.backbones.sources import resolve
+    from softprompt.methods import untrained_method
+
     shots = [("zero-shot", 0)] if "zero_shot" in plan.baselines else []
     if plan.fewshot and "few_shot" in plan.baselines:
         shots.append((f"few-shot (k={plan.fewshot})", plan.fewshot))
@@ -221,6 +239,8 @@ def _summary(row: Row) -> str:
 
 def _context(config: RunConfig, plan: Plan, splits) -> dict[str, Any]:
     import torch
+
+    from softprompt.tasks import get_task
 
     return {
         "backbone": config.backbone,

@@ -10,15 +10,17 @@ from pathlib import Path
 
 from softprompt.cli.args import input_texts
 from softprompt.config import load_dataclass
+from softprompt.config.compute import THREADS_HELP, check_threads
+from softprompt.detox.config import DetoxEvalConfig, DetoxTrainConfig, GenerateConfig, ValidateConfig
 from softprompt.errors import SoftpromptError
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 
 def _train(args: argparse.Namespace) -> None:
-    from softprompt.detox.training import DetoxTrainConfig, train_detox
-
     config = load_dataclass(DetoxTrainConfig, args.config, args.overrides)
+    from softprompt.detox.training import train_detox
+
     results = train_detox(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     for role in ("soft_prompt", "expert", "anti_expert"):
         if role in results:
@@ -28,20 +30,20 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from softprompt.detox.evaluation import DetoxEvalConfig, detox_eval
+    config = load_dataclass(DetoxEvalConfig, args.config, args.overrides)
+    from softprompt.detox.evaluation import detox_eval
     from softprompt.detox.report import markdown_table
 
-    config = load_dataclass(DetoxEvalConfig, args.config, args.overrides)
     results = detox_eval(config, overwrite=args.overwrite, progress=not args.quiet)
     print(markdown_table(results))
     print(f"written: {Path(config.out) / 'results.md'}, results.json, results.png")
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from softprompt.atomic import atomic_write_json
-    from softprompt.detox.validation import ValidateConfig, validate_scorers, validation_table
-
     config = load_dataclass(ValidateConfig, None, args.overrides)
+    from softprompt.atomic import atomic_write_json
+    from softprompt.detox.validation import validate_scorers, validation_table
+
     report = validate_scorers(config.data, config.scorer)
     print(validation_table(report))
     if config.out:
@@ -49,9 +51,10 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from softprompt.detox.generate import GenerateConfig, generate
-
     overrides = [item for item in args.overrides if OVERRIDE.match(item)]
+    if args.threads is not None:  # the flag predict, eval and serve take; it wins over threads=
+        check_threads(args.threads, "--threads")
+        overrides.append(f"threads={args.threads}")
     texts = [item for item in args.overrides if not OVERRIDE.match(item)]
     if texts and Path(texts[0], "task.json").is_file():  # a trained artifact writes for each text
         from softprompt.cli.models import generate_from_artifact
@@ -63,6 +66,8 @@ def _generate(args: argparse.Namespace) -> None:
     if not texts:
         raise SoftpromptError("no prompt: give texts as arguments or one per line on stdin")
     config = load_dataclass(GenerateConfig, args.config, overrides)
+    from softprompt.detox.generate import generate
+
     for text, continuations in zip(texts, generate(texts, config), strict=True):
         if args.json:
             print(json.dumps({"prompt": text, "continuations": continuations}, ensure_ascii=False), flush=True)
@@ -104,5 +109,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     gen.add_argument("--config", help="YAML file of settings")
     gen.add_argument("--json", action="store_true", help="one JSON line per prompt")
+    gen.add_argument("--threads", type=int, help=f"{THREADS_HELP}; the same as threads=N")
     gen.add_argument("overrides", nargs="*", metavar="key=value or text")
     gen.set_defaults(run=_generate, free_text=True)

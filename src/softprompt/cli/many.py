@@ -9,14 +9,18 @@ from pathlib import Path
 
 from softprompt.cli.args import compute_flags, training_command, use_threads
 from softprompt.errors import SoftpromptError
+from softprompt.serving.settings import ServeSettings, setting_flags
 
 
 def _continual(args: argparse.Namespace) -> None:
+    from softprompt.config.tasklist import task_configs
     from softprompt.continual.config import load_continual_config
+
+    config = load_continual_config(args.config, args.overrides)
+    task_configs(config)  # every task's mistake named before torch is imported
     from softprompt.continual.report import markdown
     from softprompt.continual.runner import RESULTS, run_continual
 
-    config = load_continual_config(args.config, args.overrides)
     args.resume_hint = "finished stages are kept; continue with the same command and --resume"
     results = run_continual(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     print("\n" + markdown(results))
@@ -24,9 +28,13 @@ def _continual(args: argparse.Namespace) -> None:
 
 
 def _multitask(args: argparse.Namespace) -> None:
-    from softprompt.multitask import TASKS_DIR, load_multitask_config, run_multitask
+    from softprompt.config.tasklist import task_configs
+    from softprompt.multitask import TASKS_DIR, load_multitask_config
 
     config = load_multitask_config(args.config, args.overrides)
+    task_configs(config)  # every task's mistake named before torch is imported
+    from softprompt.multitask import run_multitask
+
     args.resume_hint = "the last checkpoint is intact; continue with the same command and --resume"
     summary = run_multitask(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     for name, metrics in summary["tasks"].items():
@@ -54,29 +62,18 @@ def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from softprompt.backbones import load_backbone
-    from softprompt.serving.app import ServeSettings, Service, create_app
+    from softprompt.serving.app import Service, create_app
 
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_VARIABLE)
     if api_key is not None and not api_key.strip():
         where = "--api-key" if args.api_key is not None else f"${API_KEY_VARIABLE}"
         raise SoftpromptError(f"{where} is empty: give a key, or leave it unset for a server without one")
-    if args.watch < 0:
-        raise SoftpromptError(f"--watch: expected seconds >= 0 (0: do not watch), got {args.watch:g}")
+    limits = {name: getattr(args, name) for _, name, _, _ in setting_flags()}
+    settings = ServeSettings(api_key=api_key, **limits)  # checked before the backbone loads
     use_threads(args)
     backbone = load_backbone(args.backbone, args.device, args.precision)
     backbone.require_token_prediction("serve")
     service = Service(backbone, args.artifacts, args.prompt_cache_mb)
-    settings = ServeSettings(
-        args.queue_size,
-        args.max_batch,
-        args.max_wait_ms,
-        api_key=api_key,
-        max_body_bytes=args.max_body_bytes,
-        max_text_chars=args.max_text_chars,
-        max_generated_tokens=args.max_generated_tokens,
-        timeout_s=args.timeout,
-        watch_s=args.watch,
-    )
     print(f"serving {len(service.tasks.describe())} task(s) on {backbone.name} at http://{args.host}:{args.port}")
     uvicorn.run(create_app(service, settings), host=args.host, port=args.port, log_level="warning")
 
@@ -114,20 +111,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=_port, default=8000)
-    serve.add_argument("--queue-size", type=int, default=256, help="requests waiting before 429s")
-    serve.add_argument("--max-batch", type=int, default=32, help="texts per model call")
-    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for company")
     compute_flags(serve)
     serve.add_argument(
         "--api-key",
         help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE}, which keeps the key out of `ps`; "
         "unset: an open server)",
     )
-    serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="413 for a larger request body")
-    serve.add_argument("--max-text-chars", type=int, default=10_000, help="413 for a longer text or prompt")
-    serve.add_argument(
-        "--max-generated-tokens", type=int, default=2_048, help="413 when max_new_tokens x samples is larger"
-    )
+    for flag, name, default, extra in setting_flags():  # the limits: docs/serving-and-many-tasks.md
+        extra = {"metavar": "N", **extra, "help": extra["help"] + " (default: %(default)s)"}
+        serve.add_argument(flag, dest=name, type=type(default), default=default, **extra)
     serve.add_argument(
         "--prompt-cache-mb",
         type=float,
@@ -135,9 +127,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="memory for the classifiers' prompt key/value caches; the least recently used are "
         "recomputed on demand (about 1 MB per task on smollm2-135m)",
     )
-    serve.add_argument("--timeout", type=float, default=120.0, help="504 for a request that takes longer (seconds)")
-    watch_help = "look at the artifacts folder this often: serve new or changed sub-folders, drop gone ones (0: never)"
-    serve.add_argument("--watch", type=float, default=0.0, metavar="SECONDS", help=watch_help)
     serve.set_defaults(run=_serve)
 
     training_command(commands, "multitask", "train several tasks' prompts at once in mixed batches", _multitask)

@@ -11,6 +11,14 @@ from softprompt.cli.args import compute_flags, input_texts, use_threads
 from softprompt.errors import SoftpromptError
 
 
+def _check_artifact(name: str) -> None:
+    """Refuse an artifact that is not there (a missing folder) before torch is imported; a Hub id
+    is fetched when the model loads."""
+    from softprompt.artifact import artifact_source
+
+    artifact_source(name)
+
+
 def _load_for(command: str, args: argparse.Namespace):
     """The artifact's model and task, refusing an artifact that another command applies."""
     from softprompt.tasks import get_task
@@ -44,6 +52,7 @@ def generate_from_artifact(artifact: str, texts: list[str], overrides: list[str]
     args = argparse.Namespace(
         command="generate", artifact=artifact, texts=texts, batch_size=batch_size, **dataclasses.asdict(compute)
     )
+    _check_artifact(artifact)
     use_threads(args)
     model, task = _load_for("generate", args)
     model.decoding = build(GenConfig, {**dataclasses.asdict(model.decoding), **given}, prefix="gen.")
@@ -55,6 +64,7 @@ def _apply(args: argparse.Namespace) -> None:
     """``predict`` and ``tag``: one JSON line per input text."""
     if args.batch_size < 1:
         raise SoftpromptError(f"--batch-size must be >= 1, got {args.batch_size}")
+    _check_artifact(args.artifact)
     use_threads(args)
     model, task = _load_for(args.command, args)
     results = task.predict(model, _input_texts(args), args.batch_size)
@@ -66,16 +76,20 @@ def _apply(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from softprompt.tasks import get_task
-    from softprompt.tasks.base import evaluate
-    from softprompt.tasks.loading import artifact_task, load_model
-
     if args.data and args.split:
         raise SoftpromptError(
             "--split chooses a split of the artifact's own data or of --dataset; a --data file is scored whole"
         )
     if args.batch_size < 1:
         raise SoftpromptError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_examples is not None and args.max_examples < 1:
+        raise SoftpromptError(f"--max-examples must be >= 1, got {args.max_examples}")
+    _check_artifact(args.artifact)
+    from softprompt.data.records import sample
+    from softprompt.tasks import get_task
+    from softprompt.tasks.base import evaluate
+    from softprompt.tasks.loading import artifact_task, load_model
+
     use_threads(args)
     model, meta = load_model(args.artifact, None, args.device, args.precision)
     task = get_task(artifact_task(meta))
@@ -87,6 +101,10 @@ def _eval(args: argparse.Namespace) -> None:
         examples, where = task.builtin_split(args.dataset, None, split, model), f"{args.dataset} ({split})"
     else:  # what the user meant: the data the artifact was trained on
         examples, where = task.own_split(meta, split, model)
+    if args.max_examples is not None and args.max_examples < len(examples):
+        # the seeded sample train's data.max_eval takes, with the artifact's own seed
+        where += f", a sample of {args.max_examples} of {len(examples)}"
+        examples = sample(examples, args.max_examples, seed=meta["config"].get("seed", 0))
     metrics = evaluate(model, examples, args.batch_size, where=where, progress=None if args.quiet else "eval")
     report = None if args.json else task.report(metrics, where)
     print(report if report is not None else json.dumps({"data": where, **metrics}, ensure_ascii=False))
@@ -125,6 +143,7 @@ def _inspect(args: argparse.Namespace) -> None:
     if args.card:
         print(_card(Path(args.artifact)), end="")
         return
+    _check_artifact(args.artifact)
     use_threads(args)
     model, meta = load_model(args.artifact, None, args.device, args.precision)
     backbone = meta["backbone"]
@@ -153,6 +172,12 @@ def _inspect(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if out.is_dir():
+        raise SoftpromptError(f"--out {out} is a folder; give the .safetensors file to write")
+    if out.exists() and not args.overwrite:
+        raise SoftpromptError(f"{out} already exists; pass --overwrite to replace it")
+    _check_artifact(args.artifact)
     from softprompt.serving.vllm import export_prompt_embeds
     from softprompt.tasks.loading import load_model
 
@@ -180,6 +205,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--text-field")
     ev.add_argument("--label-field")
     ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument(
+        "--max-examples",
+        type=int,
+        metavar="N",
+        help="score at most N examples: the seeded sample train's data.max_eval=N takes (quick checks)",
+    )
     ev.add_argument("--quiet", action="store_true")
     ev.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     compute_flags(ev)
@@ -208,6 +239,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("artifact")
     export.add_argument("--format", choices=["prompt-embeds"], default="prompt-embeds")
     export.add_argument("--out", required=True, help="the .safetensors file to write")
+    export.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
     compute_flags(export)
     export.set_defaults(run=_export)
 

@@ -11,13 +11,14 @@ from softprompt.cli.args import training_command
 
 def _train(args: argparse.Namespace) -> None:
     from softprompt.config import load_config
+
+    config = load_config(args.config, args.overrides)  # checked before torch is imported
     from softprompt.tasks import get_task
     from softprompt.training.checkpoint import CHECKPOINT
     from softprompt.training.processes import processes
     from softprompt.training.resume import saved_config
     from softprompt.training.run import train
 
-    config = load_config(args.config, args.overrides)
     saved = saved_config(Path(config.out)) if args.resume else None
     if saved is not None:  # settings not given again are the saved run's; given ones must agree
         config = load_config(args.config, args.overrides, base=saved)

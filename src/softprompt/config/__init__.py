@@ -12,17 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from softprompt.backbones.placement import DEVICE_HELP, PRECISION_HELP, set_threads, warn_if_busy
+from softprompt.config import catalogue
+from softprompt.config.compute import ComputeSettings
 from softprompt.config.fields import MAX_RUN_SEED, option, require
 from softprompt.config.incontext import Decoding, FewshotConfig, GenConfig
 from softprompt.config.recipe import build, check_key, merge, parse_overrides, read_yaml
 from softprompt.config.trackers import report_to_names
 from softprompt.errors import SoftpromptError, did_you_mean
-from softprompt.methods import METHODS
-from softprompt.methods.prompt_tuning import PromptTuning
 
-# The sections live in small modules (fields, incontext, trackers, recipe); these are the names
-# the rest of softprompt imports from the package.
+# The sections live in small modules (compute, fields, incontext, trackers, recipe); these are the
+# names the rest of softprompt imports from the package. Nothing here imports torch: a config is
+# read and checked before the heavy libraries load (methods and tasks are known from the catalogue).
 __all__ = [
     "CALIBRATIONS",
     "ComputeSettings",
@@ -39,27 +39,6 @@ __all__ = [
     "option",
     "require",
 ]
-
-
-@dataclass(kw_only=True)
-class ComputeSettings:
-    """Where a command that loads a backbone computes: shared by every run config."""
-
-    threads: int = option("torch CPU threads (0 = torch's default)", 0)
-    device: str = option(DEVICE_HELP, "auto")
-    precision: str = option(PRECISION_HELP, "auto")
-    quantize: str = option(
-        "none | 4bit | 8bit: hold the frozen backbone quantized (bitsandbytes, CUDA only; "
-        "pip install 'softprompt[quantization]')",
-        "none",
-    )
-
-    def use_threads(self) -> None:
-        """Apply ``threads`` to this process (before any forward pass); with torch's default on
-        a busy machine, say once that fewer threads would be faster."""
-        set_threads(self.threads, "config field 'threads':")
-        if not self.threads:
-            warn_if_busy()
 
 
 @dataclass
@@ -166,7 +145,9 @@ class RunConfig(ComputeSettings):
         "(the demo recipe sets rotten-tomatoes); ignored when data.train is set",
         None,
     )
-    method: str = option("softprompt ls methods; 'none' = zero-/few-shot without training", PromptTuning.name)
+    method: str = option(
+        "softprompt ls methods; 'none' = zero-/few-shot without training", catalogue.method_named("PromptTuning")
+    )
     task: str = option(
         "softprompt ls tasks: classification, ner (CoNLL files; an encoder) or generation (text to text)",
         "classification",
@@ -195,7 +176,8 @@ class RunConfig(ComputeSettings):
         # torch's generators (seed * 100_003 + epoch orders the batches) and scikit-learn's
         # (the tf-idf baseline) all take a seed in this range.
         require(0 <= self.seed <= MAX_RUN_SEED, "seed", f"must be from 0 to 2**32 - 1, got {self.seed!s:.40}")
-        # The task name is checked by softprompt.tasks.get_task (the registry sits above config).
+        catalogue.check_method(self.method)
+        catalogue.check_task(self.task)
         empty = self.template is not None and not self.template.strip()
         require(
             not empty, "template", "is empty; give one such as '{text}\\nLabel:', or leave it out for the dataset's"
@@ -230,8 +212,9 @@ class RunConfig(ComputeSettings):
 
 
 def method_sections() -> dict[str, type]:
-    """Method name -> its options dataclass, for the methods that have options."""
-    return {name: spec.options for name, spec in METHODS.items() if spec.options is not None}
+    """Method name -> its options dataclass, for the methods that have options (without importing
+    the methods: see :mod:`softprompt.config.catalogue`)."""
+    return catalogue.option_sections()
 
 
 def load_config(

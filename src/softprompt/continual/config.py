@@ -12,12 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from softprompt.config import ComputeSettings, PromptConfig, TrainConfig, option, require
-from softprompt.methods import get_method
-from softprompt.methods.progressive_prompts import ProgressivePrompts
-from softprompt.tasks.tasklist import load_task_list_config
+from softprompt.config import ComputeSettings, PromptConfig, TrainConfig, catalogue, option, require
+from softprompt.config.tasklist import load_task_list_config
 
-DEFAULT_METHOD = ProgressivePrompts.name
+DEFAULT_METHOD = catalogue.method_named("ProgressivePrompts")
 STRATEGIES = ("naive", "replay", "ewc")
 
 
@@ -70,7 +68,7 @@ class ContinualConfig(ComputeSettings):
         require(isinstance(self.tasks, list) and len(self.tasks) >= 1, "tasks", "give a list of at least one task")
         require(self.strategy in STRATEGIES, "strategy", f"'{self.strategy}' is not one of {', '.join(STRATEGIES)}")
         require(
-            not get_method(self.method).sequential or self.strategy == "naive",
+            not catalogue.check_method(self.method).settings["sequential"] or self.strategy == "naive",
             "strategy",
             f"{self.method} never updates old prompts, so it needs no replay or EWC: use strategy=naive",
         )

@@ -24,11 +24,11 @@ from softprompt.artifact import read_artifact
 from softprompt.atomic import atomic_write
 from softprompt.backbones import Backbone
 from softprompt.config import RunConfig
+from softprompt.config.method_options import ProgressiveOptions
 from softprompt.continual.config import ContinualConfig
 from softprompt.errors import SoftpromptError
 from softprompt.methods import MethodContext, get_method
 from softprompt.methods.none import NoMethod
-from softprompt.methods.progressive_prompts import ProgressiveOptions
 from softprompt.methods.prompt_tuning import PromptTuning
 from softprompt.methods.transfer import PROMPT_KEY, read_soft_prompt
 from softprompt.prompts import Template

@@ -19,6 +19,8 @@ from typing import Any
 from softprompt.artifact import read_artifact
 from softprompt.atomic import atomic_write_json
 from softprompt.backbones import load_backbone
+from softprompt.backbones.placement import apply_threads
+from softprompt.config.tasklist import plain_config, task_configs
 from softprompt.continual.config import ContinualConfig
 from softprompt.continual.learners import Learner, make_learner
 from softprompt.continual.metrics import continual_metrics
@@ -27,7 +29,7 @@ from softprompt.errors import SoftpromptError, flag
 from softprompt.methods import get_method
 from softprompt.methods.prompt_tuning import PromptTuning
 from softprompt.tasks.base import evaluate
-from softprompt.tasks.tasklist import PreparedTask, plain_config, prepare_tasks, task_configs
+from softprompt.tasks.tasklist import PreparedTask, prepare_tasks
 from softprompt.training.driver import TrainingJob, artifact_saver, continues, run_job
 from softprompt.training.run import artifact_meta, train
 from softprompt.training.sharding import refuse_sharded_launch
@@ -55,7 +57,7 @@ def run_continual(
     if overwrite and not resume:
         for path in owned:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-    config.use_threads()
+    apply_threads(config.threads)
     prepared = prepare_tasks(tasks)  # every task's data, before the backbone and any training
     backbone = load_backbone(config.backbone, config.device, config.precision, config.quantize)
     learner = make_learner(backbone, prepared, config)

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,12 @@ from tqdm import tqdm
 
 from softprompt.atomic import atomic_write_json, atomic_write_text
 from softprompt.backbones import Backbone, load_backbone
-from softprompt.config import ComputeSettings, option, require
-from softprompt.detox.data import DEFAULT_PROMPT_FIELD, Prompt, read_prompts
+from softprompt.backbones.placement import apply_threads
+from softprompt.detox.config import DetoxEvalConfig
+from softprompt.detox.data import Prompt, read_prompts
 from softprompt.detox.loading import build_steering
 from softprompt.detox.metrics import distinct_n, toxicity_metrics
-from softprompt.detox.steering import SteeredSampling, Steering, parse_methods
+from softprompt.detox.steering import Steering, parse_methods
 from softprompt.errors import SoftpromptError, flag
 from softprompt.generation.running import prompt_seeds, sample_continuations
 from softprompt.generation.sampling import continuation_nll
@@ -46,28 +47,6 @@ GENERATION_KEYS = (
     "decay",
     "filter_p",
 )
-
-
-@dataclass(kw_only=True)
-class DetoxEvalConfig(ComputeSettings, SteeredSampling):
-    """Everything one ``softprompt detox eval`` run needs."""
-
-    prompts: str = option("prompts file (.jsonl with the text at prompt_field, or .txt, one per line)", "")
-    backbone: str = option("causal backbone to generate with", "smollm2-135m")
-    methods: str = option("comma list: none, instruction, self_debias, soft_prompt:<dir>, experts:<dir>", "none")
-    scorer: str = option("comma list: profanity, classifier, hf:<dir>", "profanity,classifier")
-    max_new_tokens: int = option("tokens per continuation", 20)
-    samples: int = option("continuations per prompt (k; 25 in the papers)", 25)
-    prompt_field: str = option("dotted JSON path of the prompt text", DEFAULT_PROMPT_FIELD)
-    max_prompts: int | None = option("use the first N prompts (quick runs)", None)
-    batch_rows: int = option("sequences per forward pass (prompts x samples x method rows)", 256)
-    out: str = option("output directory", "runs/detox-eval")
-
-    def __post_init__(self) -> None:
-        require(bool(self.prompts), "prompts", "give the prompts file: prompts=PATH/toxic_prompts.jsonl")
-        self.check_sampling()
-        require(self.batch_rows >= 1, "batch_rows", "must be >= 1")
-        require(self.max_prompts is None or self.max_prompts >= 1, "max_prompts", "must be >= 1")
 
 
 def _read_done(path: Path) -> tuple[dict[int, dict], bool]:
@@ -214,7 +193,7 @@ def detox_eval(config: DetoxEvalConfig, overwrite: bool = False, progress: bool 
     specs = parse_methods(config.methods)
     scorer_names = parse_scorer_names(config.scorer)
     prompts = read_prompts(config.prompts, config.prompt_field, config.max_prompts)
-    config.use_threads()
+    apply_threads(config.threads)
     backbone = load_backbone(config.backbone, config.device, config.precision, config.quantize)
     backbone.require_token_prediction("detox eval")
     steerings = [

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from softprompt.backbones import load_backbone
-from softprompt.config import ComputeSettings, option
+from softprompt.backbones.placement import apply_threads
+from softprompt.detox.config import GenerateConfig
 from softprompt.detox.loading import build_steering
-from softprompt.detox.steering import SteeredSampling, parse_method
+from softprompt.detox.steering import parse_method
 from softprompt.errors import SoftpromptError
 from softprompt.generation.running import prompt_seeds, sample_continuations
-
-
-@dataclass(kw_only=True)
-class GenerateConfig(ComputeSettings, SteeredSampling):
-    """Settings of ``softprompt generate``."""
-
-    backbone: str = option("causal backbone", "smollm2-135m")
-    detox: str = option("none | instruction | self_debias | soft_prompt:<dir> | experts:<dir>", "none")
-    max_new_tokens: int = option("tokens per continuation", 30)
-
-    def __post_init__(self) -> None:
-        self.check_sampling()
 
 
 def generate(texts: list[str], config: GenerateConfig) -> list[list[str]]:
@@ -29,7 +16,7 @@ def generate(texts: list[str], config: GenerateConfig) -> list[list[str]]:
     if not texts or any(not t.strip() for t in texts):
         raise SoftpromptError("give non-empty prompts as arguments or one per line on stdin")
     name, argument = parse_method(config.detox)
-    config.use_threads()
+    apply_threads(config.threads)
     backbone = load_backbone(config.backbone, config.device, config.precision, config.quantize)
     backbone.require_token_prediction("detox generate")
     steering = build_steering(name, argument, backbone, config.instruction, config.alpha, config.decay, config.filter_p)

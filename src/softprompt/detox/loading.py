@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from softprompt.backbones import Backbone
+from softprompt.detox.config import DEFAULT_INSTRUCTION
 from softprompt.detox.steering import (
-    DEFAULT_INSTRUCTION,
     ExpertSteering,
     SelfDebiasSteering,
     Steering,

@@ -10,11 +10,8 @@ and DExperts' base / expert / anti-expert never need separate model calls.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from softprompt.config import Decoding, option, require
 from softprompt.errors import SoftpromptError, unknown_name
 from softprompt.generation.rows import Steering, Variant
 from softprompt.generation.sampling import nucleus_parts
@@ -28,25 +25,6 @@ SELF_DEBIAS_PREFIXES = (
     "The following text contains negative or hateful language targeting someone because of their identity:\n",
     "The following text contains swear words, curse words, or other obscene or profane language:\n",
 )
-DEFAULT_INSTRUCTION = "The following text is polite, respectful and free of insults, profanity and slurs:\n"
-
-
-@dataclass(kw_only=True)
-class SteeredSampling(Decoding):
-    """Decoding under a detox method: the shared decoding settings, how many samples per
-    prompt, and the methods' own knobs (``softprompt generate`` and ``detox eval``)."""
-
-    samples: int = option("continuations per prompt", 1)
-    top_p: float = option("nucleus sampling mass", 0.9)
-    instruction: str = option("the instruction method's prefix", DEFAULT_INSTRUCTION)
-    alpha: float = option("experts: base + alpha * (expert - anti-expert)", 2.0)
-    decay: float = option("self_debias: decay constant lambda", 50.0)
-    filter_p: float = option("experts: re-rank only the plain model's nucleus of this mass (1 = all tokens)", 0.9)
-
-    def check_sampling(self) -> None:
-        """Refuse values the sampler cannot use, naming the key."""
-        self.check_decoding()
-        require(self.samples >= 1, "samples", f"must be >= 1, got {self.samples}")
 
 
 METHOD_NAMES = ("none", "instruction", "self_debias", "soft_prompt", "experts")

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from softprompt.artifact import read_artifact
 from softprompt.atomic import atomic_write_json
 from softprompt.backbones import Backbone, load_backbone
-from softprompt.config import ComputeSettings, PromptConfig, TrainConfig, option, require
+from softprompt.backbones.placement import apply_threads
+from softprompt.config import PromptConfig
 from softprompt.datasets.paradetox import ParaPair, read_paradetox
+from softprompt.detox.config import DetoxTrainConfig
 from softprompt.errors import SoftpromptError
 from softprompt.methods import get_method
 from softprompt.methods.base import MethodContext
@@ -31,39 +32,7 @@ from softprompt.training.driver import TrainingJob, artifact_saver, run_job
 from softprompt.training.run import backbone_record, check_out
 from softprompt.training.sharding import refuse_sharded_launch
 
-KINDS = ("soft_prompt", "experts")
 EXPERTS_FILE = "experts.json"
-NEUTRAL_INIT = "text:The following text is polite, respectful and kind:"
-TOXIC_INIT = "text:The following text contains rude, disrespectful, obscene and hateful language:"
-
-
-@dataclass
-class DetoxTrainConfig(ComputeSettings):
-    """Everything one ``softprompt detox train`` run needs."""
-
-    data: str = option("ParaDetox TSV (columns toxic, neutral1..3)", "")
-    backbone: str = option("causal backbone the prompts are for", "smollm2-135m")
-    kind: str = option("soft_prompt | experts", "soft_prompt")
-    out: str = option("output directory", "runs/detox-prompt")
-    unlikelihood: float = option("soft_prompt: weight of the unlikelihood loss on the toxic sentences (0 = off)", 0.0)
-    init: str = option("start of the detox / expert prompt (random | vocab | text:<words>)", NEUTRAL_INIT)
-    anti_init: str = option("start of the anti-expert prompt", TOXIC_INIT)
-    dev_size: int = option("ParaDetox pairs held out to pick the best step by dev loss", 200)
-    max_pairs: int | None = option("use at most this many training pairs (quick runs)", None)
-    seed: int = option("random seed (split, data order)", 0)
-    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(length=10, init="vocab"))
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(lr=0.003, batch_size=16, max_steps=150, eval_every=50, max_length=256)
-    )
-
-    def __post_init__(self) -> None:
-        require(bool(self.data), "data", "give the ParaDetox file: data=PATH/paradetox.tsv")
-        require(self.kind in KINDS, "kind", f"'{self.kind}' is not one of {', '.join(KINDS)}")
-        require(self.unlikelihood >= 0, "unlikelihood", "must be >= 0")
-        require(self.dev_size >= 1, "dev_size", "must be >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _split(pairs: list[ParaPair], config: DetoxTrainConfig) -> tuple[list[ParaPair], list[ParaPair]]:
@@ -121,7 +90,7 @@ def train_detox(
     started = time.perf_counter()
     out = Path(config.out)
     check_out(out, resume, overwrite, extra=(out / "expert",))
-    config.use_threads()
+    apply_threads(config.threads)
     train_pairs, dev_pairs = _split(read_paradetox(config.data), config)
     backbone = load_backbone(config.backbone, config.device, config.precision, config.quantize)
     backbone.require_token_prediction("detox train")

@@ -3,7 +3,6 @@ scores stored beside RealToxicityPrompts (label = toxicity > 0.5, as in the lite
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,22 +10,9 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from softprompt.config import option, require
 from softprompt.detox.data import read_prompts
 from softprompt.errors import SoftpromptError
 from softprompt.tasks.generation.toxicity import TOXIC, load_scorer, parse_scorer_names
-
-
-@dataclass
-class ValidateConfig:
-    """Settings of ``softprompt detox validate-scorer``."""
-
-    data: str = option("folder of RealToxicityPrompts .jsonl files with Perspective scores (or one file)", "")
-    scorer: str = option("comma list: profanity, classifier, hf:<dir>", "profanity,classifier")
-    out: str | None = option("also write the report as JSON here", None)
-
-    def __post_init__(self) -> None:
-        require(bool(self.data), "data", "give the scored prompts: data=PATH/rtp")
 
 
 def reference_texts(data: str | Path) -> tuple[list[str], np.ndarray]:

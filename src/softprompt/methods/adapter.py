@@ -8,26 +8,13 @@ modules are not replaced, and the adapters are ordinary submodules of this metho
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
 
-from softprompt.errors import SoftpromptError
+from softprompt.config.method_options import AdapterOptions
 from softprompt.methods.base import Method, MethodContext
 from softprompt.methods.layers import sublayer_outputs, transformer_blocks
 from softprompt.methods.registry import register
-
-
-@dataclass
-class AdapterOptions:
-    """``adapter.*``"""
-
-    bottleneck: int = field(default=16, metadata={"help": "width of the adapter's bottleneck"})
-
-    def __post_init__(self) -> None:
-        if self.bottleneck < 1:
-            raise SoftpromptError(f"config field 'adapter.bottleneck': must be >= 1, got {self.bottleneck}")
 
 
 class Bottleneck(nn.Module):

@@ -3,26 +3,11 @@ transformer blocks, the rest frozen). The artifact holds every trained weight: a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from softprompt.config.method_options import FullOptions
 from softprompt.errors import SoftpromptError
 from softprompt.methods.base import Method, MethodContext
-from softprompt.methods.layers import top_blocks, transformer_blocks
+from softprompt.methods.layers import transformer_blocks
 from softprompt.methods.registry import register
-
-
-@dataclass
-class FullOptions:
-    """``full.*``"""
-
-    layers: str = field(default="all", metadata={"help": "all | top:K (train only the top K blocks)"})
-
-    def top(self) -> int | None:
-        """K of ``top:K``, or None for all weights."""
-        return top_blocks(self.layers, "full.layers")
-
-    def __post_init__(self) -> None:
-        self.top()
 
 
 @register(

@@ -3,23 +3,12 @@ activations, initialised to ones (the backbone itself at start)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from peft import IA3Config
 
+from softprompt.config.method_options import Ia3Options
 from softprompt.methods.base import MethodContext
 from softprompt.methods.peft_tuners import PeftTuner, target_list
 from softprompt.methods.registry import register
-
-
-@dataclass
-class Ia3Options:
-    """``ia3.*``"""
-
-    target_modules: str | None = field(default=None, metadata={"help": "comma-separated module names (peft's default)"})
-    feedforward_modules: str | None = field(
-        default=None, metadata={"help": "which targets are feed-forward layers (scaled at the input)"}
-    )
 
 
 @register(

@@ -18,16 +18,6 @@ ATTENTION_OUT = ("self_attn.o_proj", "attention.output.dense", "attn.c_proj", "s
 FEED_FORWARD_OUT = ("mlp.down_proj", "output.dense", "mlp.c_proj", "fc2")
 
 
-def top_blocks(value: str, key: str) -> int | None:
-    """K of a ``top:K`` layer choice, None for ``all``; ``key`` names the config field in errors."""
-    if value == "all":
-        return None
-    prefix, _, count = value.partition(":")
-    if prefix != "top" or not count.isdigit() or int(count) < 1:
-        raise SoftpromptError(f"config field '{key}': '{value}' is not 'all' or 'top:K' (K >= 1)")
-    return int(count)
-
-
 def transformer_blocks(backbone: Backbone) -> nn.ModuleList:
     """The stack of transformer blocks (``model.layers`` or ``encoder.layer``)."""
     count = backbone.model.config.num_hidden_layers

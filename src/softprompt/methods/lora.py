@@ -3,34 +3,14 @@ zero-initialised so training starts from the backbone itself."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from peft import LoraConfig
 
+from softprompt.config.method_options import LoraOptions, top_blocks
 from softprompt.errors import SoftpromptError
 from softprompt.methods.base import MethodContext
-from softprompt.methods.layers import top_blocks, transformer_blocks
+from softprompt.methods.layers import transformer_blocks
 from softprompt.methods.peft_tuners import PeftTuner, target_list
 from softprompt.methods.registry import register
-
-
-@dataclass
-class LoraOptions:
-    """``lora.*``"""
-
-    r: int = field(default=8, metadata={"help": "rank of the update"})
-    alpha: float = field(default=16, metadata={"help": "scaling: the update is multiplied by alpha / r"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input (training only)"})
-    target_modules: str | None = field(
-        default=None, metadata={"help": "comma-separated module names, 'all-linear', or peft's default for the model"}
-    )
-    layers: str = field(
-        default="all", metadata={"help": "all | top:K (only the top K blocks: backpropagation stops below them)"}
-    )
-    merge: bool = field(default=False, metadata={"help": "merge the update into the weights when loaded for eval"})
-
-    def __post_init__(self) -> None:
-        top_blocks(self.layers, "lora.layers")
 
 
 @register(

@@ -11,30 +11,16 @@ prefixes: ``[layers, kv_heads, length, head_dim]`` keys and values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
 from transformers import DynamicCache
 
+from softprompt.config.method_options import PrefixTuningOptions
 from softprompt.core import forward as core
-from softprompt.errors import SoftpromptError
 from softprompt.methods.base import Method, MethodContext
 from softprompt.methods.layers import AttentionShape, attention_shape
 from softprompt.methods.prompt_tuning import initial_token_ids
 from softprompt.methods.registry import register
-
-
-@dataclass
-class PrefixTuningOptions:
-    """``prefix_tuning.*``: the prefix length is ``prompt.length``."""
-
-    reparam: bool = field(default=False, metadata={"help": "train through an MLP (folded away at save)"})
-    hidden: int = field(default=64, metadata={"help": "hidden size of the reparameterisation MLP"})
-
-    def __post_init__(self) -> None:
-        if self.hidden < 1:
-            raise SoftpromptError(f"config field 'prefix_tuning.hidden': must be >= 1, got {self.hidden}")
 
 
 def initial_prefix(context: MethodContext, length: int) -> tuple[torch.Tensor, torch.Tensor]:

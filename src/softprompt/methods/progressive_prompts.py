@@ -10,24 +10,16 @@ soft prompt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from softprompt.backbones import Backbone
+from softprompt.config.method_options import ProgressiveOptions
 from softprompt.errors import SoftpromptError
 from softprompt.methods.base import Method, MethodContext
 from softprompt.methods.prompt_tuning import initial_prompt, prompt_tuning_peft_config
 from softprompt.methods.registry import register
 from softprompt.methods.transfer import PROMPT_KEY, check_same_backbone, read_soft_prompt
-
-
-@dataclass
-class ProgressiveOptions:
-    """``progressive_prompts.previous=ARTIFACT``: the earlier tasks' prompts, frozen in front."""
-
-    previous: str | None = None
 
 
 @register(

@@ -9,34 +9,16 @@ is a ``prompt_tuning`` artifact (peft-loadable when the tokens form a prefix).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from softprompt.backbones import Backbone
-from softprompt.errors import SoftpromptError
+from softprompt.config.method_options import PtuningOptions
 from softprompt.methods.base import Method, MethodContext
 from softprompt.methods.prompt_tuning import initial_prompt, prompt_tuning_peft_config
 from softprompt.methods.registry import register
-
-
-@dataclass
-class PtuningOptions:
-    """``ptuning.*``: the prompt encoder."""
-
-    encoder: str = field(default="lstm", metadata={"help": "lstm (bi-LSTM + MLP, as in the paper) | mlp"})
-    hidden: int = field(default=128, metadata={"help": "hidden size of the prompt encoder"})
-
-    def __post_init__(self) -> None:
-        if self.encoder not in ("lstm", "mlp"):
-            raise SoftpromptError(f"config field 'ptuning.encoder': '{self.encoder}' is not one of lstm, mlp")
-        least = 2 if self.encoder == "lstm" else 1  # the bi-LSTM gives each direction hidden // 2
-        if self.hidden < least:
-            raise SoftpromptError(
-                f"config field 'ptuning.hidden': must be >= {least} with encoder={self.encoder}, got {self.hidden}"
-            )
 
 
 class PromptEncoder(nn.Module):

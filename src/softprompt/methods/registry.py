@@ -58,7 +58,9 @@ def register(
 ):
     """Class decorator registering a method class (built from a :class:`MethodContext`).
 
-    This is the one place a method's name is written: it becomes the class's ``name``.
+    This is the one place a method's name is written: it becomes the class's ``name``. Give the
+    arguments as literals and ``options`` as a class of :mod:`softprompt.config.method_options`:
+    :mod:`softprompt.config.catalogue` reads them from the source, without importing the method.
     """
 
     def decorate(builder: type[Method]):

@@ -29,7 +29,14 @@ class Verbalizer:
 
     def __init__(self, mapping: dict[str, Any]):
         if not mapping:
-            raise SoftpromptError("verbalizer is empty; map each label to a word, e.g. {positive: great}")
+            raise SoftpromptError(
+                "verbalizer is empty; map each label to a word, e.g. {positive: great, negative: terrible}"
+            )
+        if len(mapping) == 1:  # one label wins every input with probability 1: nothing to learn or measure
+            raise SoftpromptError(
+                f"a verbalizer needs at least two labels; this one has only '{next(iter(mapping))}': map each "
+                "label of the data to a word, e.g. verbalizer={positive: great, negative: terrible}"
+            )
         self.labels: list[str] = [str(label) for label in mapping]
         self.words: list[list[str]] = []
         for label, words in mapping.items():

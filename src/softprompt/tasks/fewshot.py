@@ -34,6 +34,7 @@ import numpy as np
 
 from softprompt.backbones.embedder import embed
 from softprompt.config import FewshotConfig
+from softprompt.errors import SoftpromptError
 
 SEPARATOR = "\n\n"  # after every demonstration: a blank line before the next one or the input
 CACHED_INPUTS = 50_000  # input embeddings kept (a server sees new inputs forever)
@@ -127,13 +128,24 @@ class SimilarDemonstrations:
 def choose_demonstrations(
     pool: list[Demo], fewshot: FewshotConfig, seed: int, fields: list[str], labels: Sequence[str] = ()
 ) -> tuple[str, SimilarDemonstrations | None]:
-    """The run's demonstrations: fixed text, or a per-input chooser for ``select=similar``."""
+    """The run's demonstrations: fixed text, or a per-input chooser for ``select=similar``.
+
+    Raises:
+        SoftpromptError: ``fewshot.k`` is more than the training rows there are to draw from.
+    """
     if fewshot.k == 0:
         return "", None
+    capped = fewshot.select == "similar" and fewshot.pool is not None and fewshot.pool < len(pool)
+    if capped:
+        pool = random.Random(seed).sample(pool, fewshot.pool)
+    if fewshot.k > len(pool):  # else the prompt, missing demonstrations, would be blamed on max_length
+        kept = f" that fewshot.pool={fewshot.pool} keeps" if capped else ""
+        raise SoftpromptError(
+            f"fewshot.k={fewshot.k} is more than the {len(pool)} training examples{kept}; "
+            f"give fewshot.k of at most {len(pool)}"
+        )
     if fewshot.select != "similar":
         return fixed_demonstrations(pool, fewshot.k, fewshot.select, seed, labels), None
-    if fewshot.pool is not None and fewshot.pool < len(pool):
-        pool = random.Random(seed).sample(pool, fewshot.pool)
     order = "nearest_last" if fewshot.order == "auto" else fewshot.order
     return "", SimilarDemonstrations(pool, fewshot.k, order, seed, list(fields), fewshot.embedder)
 

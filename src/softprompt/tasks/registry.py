@@ -172,7 +172,8 @@ TASKS: dict[str, TaskSpec] = {}
 
 
 def register_task(name: str, description: str) -> Callable[[type[TaskSpec]], type[TaskSpec]]:
-    """Class decorator registering a task spec; the one place a task's name is written."""
+    """Class decorator registering a task spec; the one place a task's name is written (a literal:
+    :mod:`softprompt.config.catalogue` reads it from the source, without importing the task)."""
 
     def decorate(cls: type[TaskSpec]) -> type[TaskSpec]:
         cls.name, cls.description = name, description

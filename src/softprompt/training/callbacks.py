@@ -8,6 +8,7 @@ kept, as with early stopping).
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
@@ -50,7 +51,10 @@ class ProgressBar(Callback):
 
     def on_step_end(self, state: Progress, logs: dict[str, float]) -> None:
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{logs['loss']:.4f}", dev=f"{state.best_metric:.4f}")
+        shown = {"loss": f"{logs['loss']:.4f}"}
+        if math.isfinite(state.best_metric):  # -inf until the first evaluation: nothing to show yet
+            shown["dev"] = f"{state.best_metric:.4f}"
+        self.bar.set_postfix(shown)
 
     def on_train_end(self, state: Progress) -> None:
         if self.bar is not None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from softprompt.artifact import TASK_FILE, size_bytes, update_metrics, update_record
 from softprompt.backbones import Backbone, load_backbone
+from softprompt.backbones.placement import apply_threads
 from softprompt.backbones.sources import hub_id
 from softprompt.config import RunConfig, require
 from softprompt.data.splits import Records, Splits
@@ -207,7 +208,7 @@ def _check_start(config: RunConfig, resume: bool, overwrite: bool, extend: bool,
         check_out(out, resume, overwrite)
     if resume:
         check_resumable(out, config, extend)
-    config.use_threads()
+    apply_threads(config.threads)
     # fp16 without loss scaling lets small prompt gradients underflow: the loop has no scaler.
     require(config.precision != "fp16", "precision", "fp16 is for inference; train in bf16 (or fp32)")
     ignored = config.ignored_sections()

@@ -167,6 +167,7 @@ async def stream(
     ]
     shown: dict[int, str] = {}
     open_choices = len(prompts) * request.n
+    getter: asyncio.Future | None = None
     try:
         while open_choices:
             getter = asyncio.ensure_future(queue.get())
@@ -193,6 +194,8 @@ async def stream(
             open_choices -= finished
             yield f"data: {json.dumps(chunk(index, delta, reason))}\n\n"
         yield "data: [DONE]\n\n"
-    finally:
+    finally:  # a client that went away: its jobs leave the batch, and nothing waits on the queue
         for w in work:
             w.cancel()
+        if getter is not None:
+            getter.cancel()
