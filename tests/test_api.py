@@ -185,3 +185,53 @@ def test_import_changes_no_environment_variable():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "TOKENIZERS_"))}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert done.stdout.strip() == "True"
+
+
+def test_a_pandas_dataframe_is_read_by_rows(tiny_llama_dir, tmp_path):
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.DataFrame(ROWS * 2)
+    settings = {
+        "backbone": str(tiny_llama_dir),
+        "verbalizer": VERBALIZER,
+        "template": "{soft:4}Review: {text}\nSentiment:",
+    }
+    settings |= {"train": {"max_steps": 1, "eval_every": 1}, "out": str(tmp_path / "run"), "progress": False}
+    result = softprompt.train(train_data=frame, dev_data=pandas.DataFrame(ROWS), **settings)
+    assert result.metrics["dev"]["n"] == len(ROWS)
+    assert result.model.evaluate(pandas.DataFrame(ROWS[:4]))["n"] == 4
+    assert len(result.model.predict(frame["text"])) == len(frame)  # a column is a list of texts
+    with pytest.raises(SoftpromptError, match=r"got a DataFrame; pass one column \(df\['text'\]\)$"):
+        result.model.predict(frame)
+    renamed = frame.rename(columns={"text": "review"})
+    with pytest.raises(SoftpromptError) as caught:
+        softprompt.train(train_data=renamed, **{**settings, "out": str(tmp_path / "renamed")})
+    assert str(caught.value) == (
+        "train_data item 1: no column 'text' (columns: label, review); set data.text_field=<column>"
+    )
+    holes = frame.astype(object)
+    holes.loc[2, "label"] = float("nan")  # a missing value, as read_csv leaves an empty cell
+    with pytest.raises(SoftpromptError, match=r"^train_data item 3: no value for 'label'; fill it or drop the row$"):
+        softprompt.train(train_data=holes, **{**settings, "out": str(tmp_path / "holes")})
+
+
+def test_dataframe_rows_are_plain_python_values():
+    """numpy scalars become Python ones and missing values None, for pandas and for a frame that
+    only looks like polars' (polars is not a dependency)."""
+    import numpy
+    import pandas
+
+    from softprompt.data.tables import dataframe_records
+
+    frame = pandas.DataFrame({"text": ["a", None], "n": numpy.array([1, 2], dtype=numpy.int64), "x": [0.5, numpy.nan]})
+    frame["when"] = pandas.to_datetime(["2024-01-01", None])
+    rows = dataframe_records(frame)
+    assert rows == [
+        {"text": "a", "n": 1, "x": 0.5, "when": pandas.Timestamp("2024-01-01")},
+        {"text": None, "n": 2, "x": None, "when": None},
+    ]
+    assert type(rows[0]["n"]) is int
+    polars_like = type(
+        "DataFrame", (), {"__module__": "polars.dataframe.frame", "to_dicts": lambda self: [{"text": "a"}]}
+    )
+    assert dataframe_records(polars_like()) == [{"text": "a"}]
+    assert dataframe_records(ROWS) is None and dataframe_records({"text": ["a"]}) is None

@@ -419,3 +419,20 @@ def test_grad_accum_2_of_batch_4_makes_the_update_of_batch_8(gen_args, tmp_path)
         assert main([*common, *batching, "train.lr=0.05", f"out={tmp_path / name}"]) == 0
     one, two = (read_artifact(tmp_path / name).state["prompt_embeddings"] for name in runs)
     assert torch.allclose(one, two, atol=1e-5)
+
+
+def test_the_default_init_of_a_template_without_words_starts_from_the_vocabulary(gen_args, tmp_path, capsys):
+    """prompt.init=labels (the default) on a generation template with no words of its own trains,
+    its prompt starting as prompt.init=vocab's, with one info line saying so."""
+    settings = [a for a in gen_args if not a.startswith(("prompt.init=", "train.max_steps=", "train.eval_every="))]
+    steps = ["template={soft:4}{text}", "train.max_steps=1", "train.eval_every=1", f"out={tmp_path / 'run'}"]
+    assert main([*settings, *steps]) == 0
+    assert [line for line in capsys.readouterr().out.splitlines() if "prompt.init" in line] == [
+        "prompt.init=labels: no label words to start from, so the prompt starts as prompt.init=vocab"
+    ]
+    backbone, template = load_backbone(gen_args[2].split("=", 1)[1]), Template("{soft:4}{text}")
+    starts = [
+        build_generator(backbone, "prompt_tuning", template, load_config(overrides=[f"prompt.init={init}"]), 64)
+        for init in ("labels", "vocab")
+    ]
+    assert torch.equal(*(model.method.prompt_embeddings for model in starts))

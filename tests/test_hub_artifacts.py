@@ -139,3 +139,20 @@ def test_push_without_a_token_or_with_a_bad_id_is_one_line(run, monkeypatch, tmp
     assert main(["push", str(run), ARTIFACT_ID]) == 2
     assert "does not match task.json" in capsys.readouterr().err
 
+
+def test_push_to_a_hub_that_does_not_answer_is_one_line(run, monkeypatch, capsys):
+    import socket
+
+    import huggingface_hub.constants as hub_constants
+
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(hub_constants, "ENDPOINT", endpoint)  # read from HF_ENDPOINT at import
+    monkeypatch.setenv("HF_TOKEN", "x")
+    assert main(["push", str(run), ARTIFACT_ID]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"error: cannot reach the Hugging Face Hub at {endpoint}: ")
+    assert err.endswith("; check the network or HF_ENDPOINT")

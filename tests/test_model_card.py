@@ -64,3 +64,20 @@ def test_hub_ids_of_backbones():
     assert hub_id("minilm-l6") == "sentence-transformers/all-MiniLM-L6-v2"
     assert hub_id("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
     assert hub_id("/models/my-llama") == ""
+
+
+def test_the_card_says_how_to_install_softprompt_from_a_clone():
+    """softprompt is not on PyPI: the card's install line is one that works."""
+    meta = {
+        "task": "classification",
+        "method": "prompt_tuning",
+        "template": "{soft:4}Review: {text}\nSentiment:",
+        "verbalizer": {"positive": ["good"], "negative": ["bad"]},
+        "backbone": {"name": "tiny"},
+        "versions": {"softprompt": "0.1.0"},
+    }
+    text = ModelCard(model_card(meta, peft_loadable=False, name="user/prompt")).text
+    assert "pip install softprompt" not in text
+    assert "install it from a clone of its repository, with `pip install .` in the clone" in text
+    assert "`pip install dist/softprompt-*.whl` after `python -m build`" in text
+    assert "made with softprompt 0.1.0" in text and 'softprompt predict user/prompt "your text"' in text

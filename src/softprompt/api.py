@@ -24,7 +24,7 @@ from softprompt.config import RunConfig, load_config
 from softprompt.config.recipe import merge
 from softprompt.data.records import require_unicode
 from softprompt.data.splits import Records, Splits
-from softprompt.data.tables import SPLIT_NAMES
+from softprompt.data.tables import SPLIT_NAMES, dataframe_records, is_dataframe
 from softprompt.errors import SoftpromptError, flag
 from softprompt.seeding import seeded
 from softprompt.tasks import TaskSpec, get_task
@@ -81,7 +81,7 @@ class Model:
             self.module.decoding = settings
 
     def evaluate(self, examples: Records, batch_size: int = 32) -> dict[str, Any]:
-        """Metrics on labelled in-memory examples (dicts with the fields the training data had)."""
+        """Metrics on labelled in-memory examples (dicts or a DataFrame, with the training data's fields)."""
         items = self.task.from_records(_checked_records(examples, "examples"), "examples", self.meta)
         return evaluate(self.module, items, _batch_size(batch_size), where="examples")
 
@@ -125,6 +125,10 @@ class Model:
 
 def _texts(texts: Any) -> list[str]:
     """The inputs of predict/generate as a list of strings, or a one-line error naming the bad one."""
+    if is_dataframe(texts):  # iterating it would give the column names
+        raise SoftpromptError(
+            "texts must be a string or a list of strings, got a DataFrame; pass one column (df['text'])"
+        )
     if isinstance(texts, (bytes, Mapping)) or not isinstance(texts, Iterable):
         raise SoftpromptError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
     texts = [texts] if isinstance(texts, str) else list(texts)
@@ -144,7 +148,10 @@ def _batch_size(value: Any) -> int:
 
 
 def _checked_records(data: Records, name: str) -> Records:
-    """Refuse a single dict or a string where a list of records (dicts) belongs."""
+    """Refuse a single dict or a string where a list of records (dicts) belongs; a DataFrame gives its rows."""
+    frame = dataframe_records(data)
+    if frame is not None:
+        return frame
     if isinstance(data, (Mapping, str, bytes)) or not isinstance(data, Iterable):
         raise SoftpromptError(f"{name} must be a list of records (dicts), got a {type(data).__name__}")
     return data
@@ -244,9 +251,9 @@ def train(
 
     Args:
         config: a recipe YAML path, a dict of settings, or a :class:`RunConfig`.
-        train_data: training records (dicts, or a ``datasets.Dataset``; a ``DatasetDict``
-            brings its validation and test splits too); without it the recipe's files or
-            built-in dataset are used.
+        train_data: training records (dicts, a pandas or polars DataFrame, or a
+            ``datasets.Dataset``; a ``DatasetDict`` brings its validation and test splits too);
+            without it the recipe's files or built-in dataset are used.
         dev_data: dev records (default: held out of ``train_data``).
         test_data: test records (optional).
         backbone: a loaded backbone, or a name / local path / Hub id.

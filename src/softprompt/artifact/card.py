@@ -172,9 +172,12 @@ def _results_section(meta: dict[str, Any]) -> str:
 def _use_section(meta: dict[str, Any], peft_loadable: bool, name: str) -> str:
     where = name or "ARTIFACT_DIR"
     command = "softprompt generate" if meta.get("task") == "lm" else "softprompt predict"
+    made_with = (meta.get("versions") or {}).get("softprompt")
     text = (
-        "## Use it\n\n```bash\npip install softprompt\n"
-        f'{command} {where} "your text"\n```\n\n'
+        "## Use it\n\nsoftprompt is not on PyPI: install it from a clone of its repository, with "
+        "`pip install .` in the clone or `pip install dist/softprompt-*.whl` after `python -m build` there"
+        + (f" (this model was made with softprompt {made_with})" if made_with else "")
+        + f'.\n\n```bash\n{command} {where} "your text"\n```\n\n'
         f'```python\nimport softprompt\n\nmodel = softprompt.load("{where}")\nprint(model.predict(["your text"]))\n```'
     )
     base = (meta.get("backbone") or {}).get("hub_id")

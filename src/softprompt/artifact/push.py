@@ -12,7 +12,7 @@ from pathlib import Path
 from softprompt.artifact import PEFT_CONFIG_FILE, TASK_FILE, WEIGHTS_FILE, ArtifactFiles, peft_loadable, read_artifact
 from softprompt.artifact.card import CARD_FILE, model_card
 from softprompt.errors import SoftpromptError
-from softprompt.hub import HUB_ID
+from softprompt.hub import HUB_ID, connection_errors, unreachable
 
 
 def upload_operations(files: ArtifactFiles, repo_id: str) -> list:
@@ -35,7 +35,7 @@ def push_artifact(directory: str | Path, repo_id: str, private: bool = False) ->
 
     Raises:
         SoftpromptError: a repository id that is not ``user/name``, no token, a damaged artifact,
-            or the Hub refusing the upload.
+            a Hub that does not answer (``HF_ENDPOINT``), or the Hub refusing the upload.
     """
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
@@ -54,6 +54,8 @@ def push_artifact(directory: str | Path, repo_id: str, private: bool = False) ->
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.create_commit(repo_id, operations, commit_message=message)
+    except connection_errors() as exc:  # before OSError: requests' ConnectionError is one
+        raise unreachable(api.endpoint, exc) from None
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise SoftpromptError(f"push to {repo_id} failed: {str(exc).splitlines()[0]}") from None
     return str(info.commit_url)

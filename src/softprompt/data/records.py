@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from softprompt.data.tables import is_table, table_rows
+from softprompt.data.tables import dataframe_records, is_table, table_rows
 from softprompt.errors import SoftpromptError
 
 READERS = (".jsonl", ".json", ".csv", ".tsv")
@@ -141,13 +141,16 @@ def read_data_file(path: str | Path, key: str = "train") -> tuple[list[tuple[int
 def examples_from_records(
     records: Iterable[Mapping[str, Any]], source: str, text_field: str = "text", label_field: str | None = "label"
 ) -> Dataset:
-    """Examples from in-memory records (a list of dicts, or a ``datasets.Dataset``), checked as a
+    """Examples from in-memory records (a list of dicts, a ``datasets.Dataset`` or a DataFrame), checked as a
     file's rows are; errors name ``source`` and the record's position (``item 1`` is the first)."""
     return examples_from_rows(numbered_records(records, source), source, text_field, label_field, unit="item")
 
 
 def numbered_records(records: Iterable[Mapping[str, Any]], source: str) -> list[tuple[int, dict]]:
-    """In-memory records as numbered rows (``item 1`` is the first), each checked to be a dict."""
+    """In-memory records as numbered rows (``item 1`` is the first), each checked to be a dict;
+    a pandas or polars DataFrame gives its rows."""
+    frame = dataframe_records(records)
+    records = records if frame is None else frame
     rows = []
     for number, record in enumerate(records, start=1):
         if not isinstance(record, Mapping):

@@ -17,7 +17,7 @@ from softprompt.errors import SoftpromptError
 DEFAULT_DATASET = "rotten-tomatoes"  # whose template and verbalizer a model built without data uses
 SPLITS = ("train", "dev", "test")
 
-Records = Iterable[Mapping[str, Any]]  # a list of dicts, or a datasets.Dataset
+Records = Iterable[Mapping[str, Any]]  # a list of dicts, a datasets.Dataset, or a DataFrame (read by rows)
 
 
 @dataclass

@@ -9,6 +9,7 @@ lines. ``datasets`` (which brings ``pyarrow``) is an optional extra:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,36 @@ def is_table(name: str | Path) -> bool:
     """Whether ``name`` names table data (parquet, a ``save_to_disk`` folder, ``hf:``) rather than a text file."""
     text = str(name)
     return text.startswith(DATASET_PREFIX) or text.lower().endswith(".parquet") or Path(text.partition("@")[0]).is_dir()
+
+
+def is_dataframe(data: Any) -> bool:
+    """Whether ``data`` is a pandas or polars DataFrame (a subclass too), known without
+    importing either library."""
+    return any(
+        cls.__name__ == "DataFrame" and cls.__module__.partition(".")[0] in ("pandas", "polars")
+        for cls in type(data).__mro__
+    )
+
+
+def dataframe_records(data: Any) -> list[dict[str, Any]] | None:
+    """A pandas or polars DataFrame's rows as plain dicts, or None when ``data`` is not one.
+
+    Iterating a DataFrame yields its column names, so it is read by rows here: missing values
+    (NaN, ``pd.NA``, ``NaT``) become None, as a JSON null is, and numpy values Python ones.
+    """
+    if not is_dataframe(data):
+        return None
+    polars = callable(getattr(type(data), "to_dicts", None))  # looked up on the class: not a column
+    rows = data.to_dicts() if polars else data.to_dict("records")
+    return [{str(key): _plain(value) for key, value in row.items()} for row in rows]
+
+
+def _plain(value: Any) -> Any:
+    if type(value).__module__ == "numpy":  # a scalar, or an array in a list column
+        value = value.tolist()
+    if (isinstance(value, float) and math.isnan(value)) or type(value).__name__ in ("NAType", "NaTType"):
+        return None
+    return value
 
 
 def table_rows(name: str | Path, key: str = "train") -> list[tuple[int, dict[str, Any]]]:

@@ -7,6 +7,7 @@ the saved state is peft's PROMPT_TUNING layout (``prompt_embeddings``), loadable
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -18,6 +19,8 @@ from softprompt.methods.base import Method, MethodContext
 from softprompt.methods.registry import register
 from softprompt.methods.transfer import FROM_PREFIX, transferred_prompt
 
+logger = logging.getLogger(__name__)
+
 # Lester et al. sample init tokens among the 5,000 most frequent; BPE ids roughly follow frequency.
 COMMON_VOCAB = 5000
 
@@ -26,9 +29,15 @@ def _token_ids(backbone: Backbone, text: str) -> list[int]:
     return backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def _word_ids(backbone: Backbone, words: list[str]) -> list[int]:
+    text = " ".join(words).strip()
+    return _token_ids(backbone, " " + text) if text else []
+
+
 def initial_token_ids(context: MethodContext, length: int, init: str) -> torch.Tensor:
     """``length`` token ids to start a prompt from (``vocab``, ``labels`` or ``text:``; for
-    ``random``, common vocabulary tokens)."""
+    ``random``, common vocabulary tokens). ``labels`` with no label words (a generation template
+    with no words of its own, such as ``{soft:4}{text}``) starts from the vocabulary, as ``vocab``."""
     if init.startswith(FROM_PREFIX):
         raise SoftpromptError(
             "prompt.init=from:<artifact> starts token-embedding prompts (prompt_tuning, ptuning, "
@@ -40,12 +49,17 @@ def initial_token_ids(context: MethodContext, length: int, init: str) -> torch.T
     special = set(backbone.tokenizer.all_special_ids)
     vocab = [i for i in range(min(COMMON_VOCAB, vocab_size)) if i not in special]
     device = backbone.device  # ids index the embedding, wherever it lives
+    if init == "labels" and not _word_ids(backbone, context.label_words):
+        if not context.for_inference:
+            logger.info("prompt.init=labels: no label words to start from, so the prompt starts as prompt.init=vocab")
+        init = "vocab"
     if init in ("vocab", "random"):
         return torch.tensor(vocab)[torch.randint(len(vocab), (length,), generator=generator)].to(device)
-    words = " ".join(context.label_words) if init == "labels" else init.removeprefix("text:")
-    word_ids = _token_ids(backbone, " " + words.strip()) if words.strip() else []
+    word_ids = _word_ids(backbone, context.label_words if init == "labels" else [init.removeprefix("text:")])
     if not word_ids:
-        raise SoftpromptError(f"prompt.init={init}: no tokens to initialise from")
+        raise SoftpromptError(
+            f"prompt.init={init}: no tokens to initialise from; give words after text: or set prompt.init=vocab"
+        )
     # Word tokens first (repeated if the prompt is longer), as in Lester et al.'s class-label init.
     return torch.tensor([word_ids[i % len(word_ids)] for i in range(length)], device=device)
 
