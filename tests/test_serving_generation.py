@@ -452,3 +452,54 @@ def test_removing_a_task_lets_its_generation_in_flight_finish(served_dir, tiny_l
     assert answers["in flight"].status_code == 200  # it kept its prompt and finished
     expected = Service(load_backbone(str(tiny_llama_dir)), served_dir).generate([GenerateRequest(**body)])[0]
     assert answers["in flight"].json()["completions"] == expected
+
+
+def test_openai_fields_max_completion_tokens_include_usage_and_ignored_ones(openai_client, service):
+    """Chat honours max_completion_tokens (3 tokens come back for 3); a stream with
+    stream_options.include_usage ends with a usage chunk equal to the whole answer's usage; a field
+    the server does not implement is ignored and logged once by name."""
+    import logging
+
+    import openai
+
+    tokenizer = service.backbone.tokenizer
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    lines: list[str] = []
+
+    class Kept(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    kept = Kept()
+    logging.getLogger("softprompt.serve").addHandler(kept)
+    messages = [{"role": "user", "content": "you idiot"}]
+    try:
+        chat = openai_client.chat.completions.create(
+            model="polite", messages=messages, max_completion_tokens=3, temperature=0, user="someone"
+        )
+        assert chat.usage.completion_tokens == 3 and chat.choices[0].finish_reason == "length"
+        again = openai_client.chat.completions.create(model="polite", messages=messages, max_tokens=3, temperature=0)
+        assert again.choices[0].message.content == chat.choices[0].message.content
+        for create, text in (
+            (openai_client.chat.completions.create, lambda c: c.delta.content or ""),
+            (openai_client.completions.create, lambda c: c.text),
+        ):
+            whole_args = {"model": "polite", "max_tokens": 4, "temperature": 0}
+            if create == openai_client.completions.create:
+                whole_args["prompt"] = "you idiot"
+            else:
+                whole_args["messages"] = messages
+            whole = create(**whole_args)
+            chunks = list(create(**whole_args, stream=True, stream_options={"include_usage": True}))
+            assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+            assert all(c.usage is None for c in chunks[:-1])
+            assert "".join(text(c.choices[0]) for c in chunks[:-1] if c.choices)
+        plain = list(openai_client.completions.create(model="polite", prompt="a", max_tokens=2, stream=True))
+        assert all(c.usage is None for c in plain)
+        with pytest.raises(openai.BadRequestError, match="only with stream: true"):
+            openai_client.completions.create(model="polite", prompt="a", stream_options={"include_usage": True})
+    finally:
+        logging.getLogger("softprompt.serve").removeHandler(kept)
+        tokenizer.chat_template = None
+    ignored = [line for line in lines if line.startswith("ignored request fields")]
+    assert ignored == ["ignored request fields (not implemented by this server): user"]

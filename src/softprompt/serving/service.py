@@ -177,6 +177,7 @@ class Gate:
 
     def __init__(self, service: Service, batcher: Batcher, settings: ServeSettings):
         self.service, self.batcher, self.settings = service, batcher, settings
+        self.ignored_logged: set[str] = set()  # request fields this server ignores, logged once each
 
     async def submit(self, kind: str, payload: Any, size: int = 1, request: Request | None = None) -> Any:
         """Queue the work and wait for it; a caller that disconnects or times out takes its work

@@ -5,10 +5,13 @@
 Settings a request leaves out take the task's own (the decoding its artifact recorded: greedy
 unless it sampled); temperature 0 is greedy. ``stop`` (a string or up to 4) ends a choice before
 the first stop string, which is never shown, streaming included. ``stream: true`` answers with
-Server-Sent Events, a chunk per decoding slice, then ``data: [DONE]``. Errors have OpenAI's shape
-(``{"error": {"message", "type", "param", "code"}}``): an unknown model is 404; ``best_of``,
-penalties and tools (and, on chat, ``logprobs``) are refused with a 400 rather than ignored.
-Completions answer ``logprobs`` and ``echo`` (:mod:`softprompt.serving.openai.completions`).
+Server-Sent Events, a chunk per decoding slice, then (``stream_options.include_usage``) a usage
+chunk, then ``data: [DONE]``. Chat takes ``max_completion_tokens`` for ``max_tokens``. Errors
+have OpenAI's shape (``{"error": {"message", "type", "param", "code"}}``): an unknown model is
+404, a classify task 400; ``best_of``, penalties and tools (and, on chat, ``logprobs``) are
+refused with a 400 rather than ignored; other unknown fields are ignored and logged once by name,
+as vLLM does. Completions answer ``logprobs`` and ``echo``
+(:mod:`softprompt.serving.openai.completions`).
 """
 
 from __future__ import annotations

@@ -10,9 +10,17 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from softprompt.serving.openai.common import SamplingFields, completed, openai_error, refusal, run_whole, stream
+from softprompt.serving.openai.common import (
+    SamplingFields,
+    completed,
+    openai_error,
+    refusal,
+    run_whole,
+    stream,
+    usage,
+)
 from softprompt.serving.openai.completions import prompt_tokens
 from softprompt.serving.requests import Text
 from softprompt.serving.service import Gate, Service
@@ -54,6 +62,15 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(
+        None, ge=1, description="OpenAI's newer name for max_tokens on chat; wins over max_tokens when both are given"
+    )
+
+    @model_validator(mode="after")
+    def _completion_tokens(self) -> ChatRequest:
+        if self.max_completion_tokens is not None:
+            self.max_tokens = self.max_completion_tokens
+        return self
 
 
 def add_chat(app: FastAPI, service: Service, gate: Gate) -> None:
@@ -89,7 +106,10 @@ def add_chat(app: FastAPI, service: Service, gate: Gate) -> None:
                 choice = {"index": index, "delta": delta, "finish_reason": reason}
                 return {**head, "object": "chat.completion.chunk", "choices": [choice]}
 
-            events = stream(gate, request, [prompt], chunk, rendered=True)
+            def usage_chunk(written: int) -> dict[str, Any]:
+                return {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage(read, written)}
+
+            events = stream(gate, request, [prompt], chunk, rendered=True, usage_chunk=usage_chunk)
             return StreamingResponse(events, media_type="text/event-stream")
         collected = await run_whole(gate, request, [prompt], http, rendered=True)
         if isinstance(collected, JSONResponse):
@@ -101,5 +121,4 @@ def add_chat(app: FastAPI, service: Service, gate: Gate) -> None:
         ]
 
         written = sum(tokens for _, _, tokens in answers)
-        usage = {"prompt_tokens": read, "completion_tokens": written, "total_tokens": read + written}
-        return JSONResponse({**head, "choices": choices, "usage": usage})
+        return JSONResponse({**head, "choices": choices, "usage": usage(read, written)})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -33,13 +34,21 @@ REFUSED = {
     "response_format": (None, {"type": "text"}),
 }
 
+logger = logging.getLogger("softprompt.serve")
+
 MAX_STOPS = 4  # OpenAI's own limit on stop strings
 
 Chunk = Callable[[int, str, str | None], dict[str, Any]]  # (choice index, new text, finish reason) -> event
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = Field(False, description="a last chunk with the request's usage, before [DONE]")
+
+
 class SamplingFields(BaseModel):
-    """The fields both routes read; other OpenAI fields (``user``...) are accepted and ignored."""
+    """The fields both routes read. Other fields are accepted and ignored, as vLLM does, and the
+    server's log names each such field the first time it is sent (``ignored_fields``); fields of
+    OpenAI's that would change the answer (``REFUSED``) are refused instead."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -50,6 +59,7 @@ class SamplingFields(BaseModel):
     n: int = Field(1, ge=1, description="at most serve --max-samples (16 by default)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stream: bool = False
+    stream_options: StreamOptions | None = Field(None, description="with stream: true only")
     stop: Text | list[Text] | None = Field(None, description="up to 4 strings; the text ends before the first")
 
     def stops(self) -> tuple[str, ...]:
@@ -82,15 +92,19 @@ def refusal(request: SamplingFields, gate: Gate) -> JSONResponse | None:
     for name, defaults in REFUSED.items():
         if name in extra and extra[name] not in defaults:
             return openai_error(400, f"'{name}' is not supported by this server", name, "unsupported_parameter")
+    if request.stream_options is not None and not request.stream:
+        return openai_error(400, "stream_options: only with stream: true", "stream_options")
     if len(request.stops()) > MAX_STOPS:
         return openai_error(400, f"stop: at most {MAX_STOPS} strings (OpenAI's limit)", "stop")
     settings = gate.settings
+    tokens_field = "max_completion_tokens" if getattr(request, "max_completion_tokens", None) else "max_tokens"
     for name, value, limit, flag in (
-        ("max_tokens", request.max_tokens, settings.max_new_tokens, "--max-new-tokens"),
+        (tokens_field, request.max_tokens, settings.max_new_tokens, "--max-new-tokens"),
         ("n", request.n, settings.max_samples, "--max-samples"),
     ):
         if value is not None and value > limit:
             return openai_error(400, f"{name}: at most {limit:,} on this server (serve {flag}); got {value:,}", name)
+    note_ignored(request, gate.ignored_logged)
     tasks = gate.service.tasks
     if request.model in tasks.classifiers:
         message = f"'{request.model}' is a classify task: use POST /v1/classify for it; GET /v1/models lists the models"
@@ -99,6 +113,25 @@ def refusal(request: SamplingFields, gate: Gate) -> JSONResponse | None:
         message = f"The model '{shown_name(request.model)}' does not exist; GET /v1/models lists them"
         return openai_error(404, message, "model", "model_not_found")
     return None
+
+
+IGNORED_NAMES_LOGGED = 1_000  # distinct ignored field names logged, at most (clients choose them)
+
+
+def note_ignored(request: SamplingFields, logged: set[str]) -> list[str]:
+    """The fields of ``request`` this server ignores; each is logged the first time it is sent
+    (``logged``: the names logged so far; names cut to 40 characters; at most
+    ``IGNORED_NAMES_LOGGED`` of them)."""
+    ignored = [name[:40] for name in (request.model_extra or {}) if name not in REFUSED]
+    new = [name for name in ignored[:10] if name not in logged]
+    if new and len(logged) < IGNORED_NAMES_LOGGED:
+        logged.update(new)
+        logger.warning("ignored request fields (not implemented by this server): %s", ", ".join(sorted(new)))
+    return ignored
+
+
+def usage(read: int, written: int) -> dict[str, int]:
+    return {"prompt_tokens": read, "completion_tokens": written, "total_tokens": read + written}
 
 
 class Collected:
@@ -154,10 +187,16 @@ async def run_whole(
 
 
 async def stream(
-    gate: Gate, request: SamplingFields, prompts: list[str], chunk: Chunk, rendered: bool = False
+    gate: Gate,
+    request: SamplingFields,
+    prompts: list[str],
+    chunk: Chunk,
+    rendered: bool = False,
+    usage_chunk: Callable[[int], dict[str, Any]] | None = None,
 ) -> AsyncIterator[str]:
     """Server-Sent Events: each choice's new text as it is decoded (never a part of a stop
-    string), its finish reason, then ``[DONE]``."""
+    string), its finish reason, then (with ``stream_options.include_usage``) the usage chunk that
+    ``usage_chunk(completion tokens)`` makes, then ``[DONE]``."""
     tokenizer = gate.service.backbone.tokenizer
     queue: asyncio.Queue = asyncio.Queue()
     heard = [Collected(request.n, queue, p * request.n) for p in range(len(prompts))]
@@ -166,8 +205,10 @@ async def stream(
         for p, c in zip(prompts, heard, strict=True)
     ]
     shown: dict[int, str] = {}
+    written: dict[int, int] = {}  # choice index -> its tokens so far
     open_choices = len(prompts) * request.n
     getter: asyncio.Future | None = None
+    errored = False
     try:
         while open_choices:
             getter = asyncio.ensure_future(queue.get())
@@ -178,6 +219,7 @@ async def stream(
                 error = failed[0].exception()
                 message = error.detail if isinstance(error, HTTPException) else str(error)
                 yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
+                errored = True
                 break
             if getter not in done:
                 getter.cancel()
@@ -185,6 +227,7 @@ async def stream(
                     break  # every job answered and every event read
                 continue
             index, ids, finished = getter.result()
+            written[index] = len(ids)
             text = tokenizer.decode(ids, skip_special_tokens=True)
             visible = visible_text(text, request.stops(), finished)
             before = shown.get(index, "")
@@ -193,6 +236,9 @@ async def stream(
             reason = finish_reason(ids, text, request, gate.service) if finished else None
             open_choices -= finished
             yield f"data: {json.dumps(chunk(index, delta, reason))}\n\n"
+        wants_usage = request.stream_options is not None and request.stream_options.include_usage
+        if usage_chunk is not None and wants_usage and not errored:
+            yield f"data: {json.dumps(usage_chunk(sum(written.values())))}\n\n"
         yield "data: [DONE]\n\n"
     finally:  # a client that went away: its jobs leave the batch, and nothing waits on the queue
         for w in work:

@@ -30,6 +30,7 @@ from softprompt.serving.openai.common import (
     refusal,
     run_whole,
     stream,
+    usage,
 )
 from softprompt.serving.requests import Text
 from softprompt.serving.service import Gate, Service
@@ -77,14 +78,19 @@ def add_completions(app: FastAPI, service: Service, gate: Gate) -> None:
         def chunk(index: int, text: str, reason: str | None) -> dict[str, Any]:
             return {**head, "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": reason}]}
 
-        if request.stream:
-            return StreamingResponse(stream(gate, request, prompts, chunk), media_type="text/event-stream")
         # Counted before any wait: the task may be removed while its requests are answered.
         writer = service.tasks.writers[request.model]
         # Rendered once (choosing demonstrations per input embeds it): generation, usage and
         # scoring all read the same text.
         rendered = [writer.render(p) for p in prompts]
         read = sum(prompt_tokens(service, writer.soft, text) for text in rendered)
+        if request.stream:
+
+            def usage_chunk(written: int) -> dict[str, Any]:
+                return {**head, "choices": [], "usage": usage(read, written)}
+
+            events = stream(gate, request, rendered, chunk, rendered=True, usage_chunk=usage_chunk)
+            return StreamingResponse(events, media_type="text/event-stream")
         if request.max_tokens == 0:  # echo only: nothing to generate
             collected: list[Collected] | JSONResponse = [Collected(request.n) for _ in prompts]
         else:
@@ -106,8 +112,7 @@ def add_completions(app: FastAPI, service: Service, gate: Gate) -> None:
             failed = await add_scores(gate, request, rendered, collected, choices, http)
             if failed is not None:
                 return failed
-        usage = {"prompt_tokens": read, "completion_tokens": written, "total_tokens": read + written}
-        return JSONResponse({**head, "choices": choices, "usage": usage})
+        return JSONResponse({**head, "choices": choices, "usage": usage(read, written)})
 
 
 def prompt_tokens(service: Service, soft: Any, rendered: str) -> int:
