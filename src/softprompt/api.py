@@ -22,9 +22,9 @@ from softprompt.artifact import RUN_CONFIG_FILE, read_artifact, write_artifact
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import RunConfig, load_config
 from softprompt.config.recipe import merge
-from softprompt.data.records import require_unicode
+from softprompt.data.inputs import checked_batch_size, checked_records, checked_texts
 from softprompt.data.splits import Records, Splits
-from softprompt.data.tables import SPLIT_NAMES, dataframe_records, is_dataframe
+from softprompt.data.tables import SPLIT_NAMES
 from softprompt.errors import SoftpromptError, flag
 from softprompt.seeding import seeded
 from softprompt.tasks import TaskSpec, get_task
@@ -58,7 +58,7 @@ class Model:
             One dict per text: ``{"text", "label", "scores"}`` for a classifier,
             ``{"text", "entities"}`` for a tagger, ``{"text", "output"}`` for a generation model.
         """
-        return self.task.predict(self.module, _texts(texts), _batch_size(batch_size))
+        return self.task.predict(self.module, checked_texts(texts), checked_batch_size(batch_size))
 
     def generate(self, texts: str | list[str], batch_size: int = 32, **decoding: Any) -> list[str]:
         """The output a generation model writes for each text.
@@ -82,8 +82,8 @@ class Model:
 
     def evaluate(self, examples: Records, batch_size: int = 32) -> dict[str, Any]:
         """Metrics on labelled in-memory examples (dicts or a DataFrame, with the training data's fields)."""
-        items = self.task.from_records(_checked_records(examples, "examples"), "examples", self.meta)
-        return evaluate(self.module, items, _batch_size(batch_size), where="examples")
+        items = self.task.from_records(checked_records(examples, "examples"), "examples", self.meta)
+        return evaluate(self.module, items, checked_batch_size(batch_size), where="examples")
 
     def save(self, directory: str | Path, overwrite: bool = False) -> Path:
         """Write the model as an artifact directory (loadable by :func:`load` and the CLI).
@@ -123,40 +123,6 @@ class Model:
         return self.module.method.peft_config(self.module.backbone, self.meta.get("soft_prefix", False))
 
 
-def _texts(texts: Any) -> list[str]:
-    """The inputs of predict/generate as a list of strings, or a one-line error naming the bad one."""
-    if is_dataframe(texts):  # iterating it would give the column names
-        raise SoftpromptError(
-            "texts must be a string or a list of strings, got a DataFrame; pass one column (df['text'])"
-        )
-    if isinstance(texts, (bytes, Mapping)) or not isinstance(texts, Iterable):
-        raise SoftpromptError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    for number, text in enumerate(texts):
-        if not isinstance(text, str):
-            shown = "None" if text is None else f"{text!r:.40} ({type(text).__name__})"
-            raise SoftpromptError(f"texts must be strings; item {number} is {shown}")
-        require_unicode(text, f"texts item {number}")
-    return texts
-
-
-def _batch_size(value: Any) -> int:
-    """``batch_size`` checked: a whole number >= 1 (0 or a negative one would batch nothing)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SoftpromptError(f"batch_size must be a whole number >= 1, got {value!r:.40}")
-    return value
-
-
-def _checked_records(data: Records, name: str) -> Records:
-    """Refuse a single dict or a string where a list of records (dicts) belongs; a DataFrame gives its rows."""
-    frame = dataframe_records(data)
-    if frame is not None:
-        return frame
-    if isinstance(data, (Mapping, str, bytes)) or not isinstance(data, Iterable):
-        raise SoftpromptError(f"{name} must be a list of records (dicts), got a {type(data).__name__}")
-    return data
-
-
 def _config(config: RunConfig | str | Path | dict | None, settings: dict[str, Any]) -> RunConfig:
     """A run config from a YAML path, a dict or a RunConfig, with ``settings`` merged on top."""
     if isinstance(config, RunConfig):
@@ -175,7 +141,7 @@ def _records(train_data: Records | None, dev_data: Records | None, test_data: Re
     datasets = sys.modules.get("datasets")  # a DatasetDict can only come from an imported `datasets`
     if datasets is not None and isinstance(train_data, datasets.DatasetDict):
         given = {**given, **_dataset_dict_splits(train_data, dev_data, test_data)}
-    records = {name: _checked_records(data, f"{name}_data") for name, data in given.items() if data is not None}
+    records = {name: checked_records(data, f"{name}_data") for name, data in given.items() if data is not None}
     if records and "train" not in records:
         raise SoftpromptError("dev_data/test_data need train_data too")
     return records
@@ -223,7 +189,7 @@ def build(
     task.check(run)
     splits = Splits([], [], [], {"train": "train_data (in memory)"})
     if train_data is not None:
-        train_data = _checked_records(train_data, "train_data")
+        train_data = checked_records(train_data, "train_data")
         splits = task.load_splits(run, {"train": train_data, "dev": train_data})
     loaded = loaded or load_backbone(run.backbone, run.device, run.precision, run.quantize)
     with seeded(run.seed):

@@ -19,7 +19,7 @@ from softprompt.errors import SoftpromptError
 from softprompt.serving.batcher import Batcher, QueueFull
 from softprompt.serving.registry import ServedTasks, load_task, load_tasks, reserved_name_problem
 from softprompt.serving.requests import ClassifyRequest, GenerateRequest
-from softprompt.serving.settings import ServeSettings
+from softprompt.serving.settings import ServeSettings, over_limit
 from softprompt.serving.writing import GenerationStream, Scored, ScoreJob, WriteJob, score_job
 from softprompt.tasks.classification.mixed import classify_mixed
 
@@ -249,17 +249,10 @@ class Gate:
     def at_most(self, field_name: str, value: int | None, limit: int, flag: str) -> None:
         """An invalid-request error (422, or 400 on OpenAI's routes) for a count over a limit of
         the server's (set by ``serve --FLAG``)."""
-        if value is not None and value > limit:
-            raise RequestValidationError(
-                [
-                    {
-                        "type": "less_than_equal",
-                        "loc": ("body", field_name),
-                        "msg": f"at most {limit:,} on this server (serve {flag}); got {value:,}",
-                        "input": value,
-                    }
-                ]
-            )
+        problem = over_limit(value, limit, flag)
+        if problem is not None:
+            error = {"type": "less_than_equal", "loc": ("body", field_name), "msg": problem, "input": value}
+            raise RequestValidationError([error])
 
 
 def shown_name(name: str) -> str:

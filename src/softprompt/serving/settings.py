@@ -78,3 +78,10 @@ def setting_flags() -> list[tuple[str, str, Any, dict[str, Any]]]:
             extra = {k: v for k, v in spec.metadata.items() if k not in ("flag", "zero_ok")}
             out.append((spec.metadata["flag"], spec.name, spec.default, extra))
     return out
+
+
+def over_limit(value: int | None, limit: int, flag: str) -> str | None:
+    """What a request is told when a count it gives is over a limit of the server's, or None."""
+    if value is None or value <= limit:
+        return None
+    return f"at most {limit:,} on this server (serve {flag}); got {value:,}"

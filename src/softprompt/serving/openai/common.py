@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from softprompt.serving.errors import openai_error_body
 from softprompt.serving.requests import MAX_SEED, Text
 from softprompt.serving.service import Gate, Service, shown_name
+from softprompt.serving.settings import over_limit
 from softprompt.serving.writing import WriteJob, visible_text
 
 # Fields refused rather than ignored when given a value other than OpenAI's default.
@@ -102,8 +103,9 @@ def refusal(request: SamplingFields, gate: Gate) -> JSONResponse | None:
         (tokens_field, request.max_tokens, settings.max_new_tokens, "--max-new-tokens"),
         ("n", request.n, settings.max_samples, "--max-samples"),
     ):
-        if value is not None and value > limit:
-            return openai_error(400, f"{name}: at most {limit:,} on this server (serve {flag}); got {value:,}", name)
+        problem = over_limit(value, limit, flag)
+        if problem is not None:
+            return openai_error(400, f"{name}: {problem}", name)
     note_ignored(request, gate.ignored_logged)
     tasks = gate.service.tasks
     if request.model in tasks.classifiers:
