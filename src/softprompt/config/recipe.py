@@ -74,6 +74,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """Turn ``["train.lr=3e-3", "seed=1"]`` into a nested dict of :class:`CommandLineValue`."""
     nested: dict[str, Any] = {}
     for pair in pairs:
+        try:  # undecodable command-line bytes reach Python as lone surrogates
+            pair.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            shown = pair.encode("utf-8", "backslashreplace").decode("utf-8")
+            raise SoftpromptError(f"'{shown}': not UTF-8 at character {exc.start}; settings must be UTF-8") from None
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise SoftpromptError(f"expected key=value, got '{pair}'")
