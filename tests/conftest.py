@@ -19,6 +19,8 @@ from transformers import (
     LlamaForCausalLM,
 )
 
+from .postgres_server import postgres_url  # noqa: F401 - a fixture for every test module
+
 ASSETS = Path(__file__).parent / "assets"
 
 

@@ -36,6 +36,27 @@ def classifier(
 
 
 @contextlib.contextmanager
+def logged_messages(name: str = "softprompt") -> Iterator[list[str]]:
+    """The messages logger ``name`` (and those under it) logs inside the block. A handler of its
+    own: once the CLI has run in this process, softprompt's logger no longer propagates to caplog."""
+    import logging
+
+    lines: list[str] = []
+
+    class Kept(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    kept = Kept()
+    logger = logging.getLogger(name)
+    logger.addHandler(kept)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(kept)
+
+
+@contextlib.contextmanager
 def ctrl_c_at_step(n: int) -> Iterator[None]:
     """Within it, the ``n``-th optimizer step raises KeyboardInterrupt, as Ctrl-C mid-training would."""
     calls, real_step = {"n": 0}, torch.optim.AdamW.step

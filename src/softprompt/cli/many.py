@@ -69,13 +69,32 @@ def _serve(args: argparse.Namespace) -> None:
         where = "--api-key" if args.api_key is not None else f"${API_KEY_VARIABLE}"
         raise SoftpromptError(f"{where} is empty: give a key, or leave it unset for a server without one")
     limits = {name: getattr(args, name) for _, name, _, _ in setting_flags()}
-    settings = ServeSettings(api_key=api_key, **limits)  # checked before the backbone loads
+    settings = ServeSettings(
+        api_key=api_key,
+        capture=args.capture,
+        capture_rate=args.capture_rate,
+        capture_max_rows=args.capture_max_rows,
+        **limits,
+    )  # checked before the backbone loads
+    capture = open_capture(settings)  # a store that cannot open is one line before the backbone loads
     use_threads(args)
     backbone = load_backbone(args.backbone, args.device, args.precision)
     backbone.require_token_prediction("serve")
     service = Service(backbone, args.artifacts, args.prompt_cache_mb)
     print(f"serving {len(service.tasks.describe())} task(s) on {backbone.name} at http://{args.host}:{args.port}")
-    uvicorn.run(create_app(service, settings), host=args.host, port=args.port, log_level="warning")
+    if capture is not None:
+        print(f"capturing {100 * settings.capture_rate:g}% of answered requests in {settings.capture}")
+    uvicorn.run(create_app(service, settings, capture), host=args.host, port=args.port, log_level="warning")
+
+
+def open_capture(settings: ServeSettings):
+    """The capture store of ``serve --capture`` (None without it), opened and checked."""
+    if settings.capture is None:
+        return None
+    from softprompt.lifecycle.capture import Capture
+    from softprompt.lifecycle.store import Store
+
+    return Capture(Store(settings.capture), settings.capture_rate, settings.capture_max_rows)
 
 
 API_KEY_VARIABLE = "SOFTPROMPT_API_KEY"
@@ -86,6 +105,22 @@ def _port(value: str) -> int:
     if not value.isdigit() or not 0 < int(value) < 65536:
         raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {value!r}")
     return int(value)
+
+
+def add_capture_flags(serve: argparse.ArgumentParser) -> None:
+    """``--capture`` and its settings (docs/keep-learning.md)."""
+    serve.add_argument(
+        "--capture",
+        metavar="DB",
+        help="store every answered request, and take feedback on it at POST /v1/feedback: an SQLite file "
+        "path, or an SQLAlchemy URL such as postgresql+psycopg://user@host/db",
+    )
+    serve.add_argument(
+        "--capture-rate", type=float, default=1.0, metavar="SHARE", help="the share of requests captured (default: 1)"
+    )
+    serve.add_argument(
+        "--capture-max-rows", type=int, metavar="N", help="keep at most N captured requests, dropping the oldest"
+    )
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -120,6 +155,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     for flag, name, default, extra in setting_flags():  # the limits: docs/serving-and-many-tasks.md
         extra = {"metavar": "N", **extra, "help": extra["help"] + " (default: %(default)s)"}
         serve.add_argument(flag, dest=name, type=type(default), default=default, **extra)
+    add_capture_flags(serve)
     serve.add_argument(
         "--prompt-cache-mb",
         type=float,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Path, Request
@@ -21,10 +22,13 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from softprompt.lifecycle.capture import Capture
+from softprompt.lifecycle.store import Store
 from softprompt.serving.batcher import Batcher, Continuous
+from softprompt.serving.capturing import add_feedback_route, answer_id, keep
 from softprompt.serving.errors import described, error_body, first_problem, is_openai_route
 from softprompt.serving.guards import ApiKey, BodyLimit
 from softprompt.serving.metrics import PromptCacheCollector, RequestMetrics, ServerMetrics, TaskLabels
@@ -38,9 +42,12 @@ from softprompt.serving.watch import FolderWatch, watch_folder
 TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # a task name is also a folder name
 
 
-def create_app(service: Service, settings: ServeSettings | None = None) -> FastAPI:
-    """The FastAPI application serving ``service``."""
+def create_app(service: Service, settings: ServeSettings | None = None, capture: Capture | None = None) -> FastAPI:
+    """The FastAPI application serving ``service``; with ``settings.capture`` (or ``capture``, a
+    store already opened), its answers are captured and take feedback."""
     settings = settings or ServeSettings()
+    if capture is None and settings.capture is not None:
+        capture = Capture(Store(settings.capture), settings.capture_rate, settings.capture_max_rows)
     metrics = ServerMetrics(TaskLabels(service.serves, settings.max_task_labels))
     batcher = Batcher(
         worker_handlers(service),
@@ -66,6 +73,8 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
         if watcher is not None:
             watcher.cancel()
         await batcher.stop()  # Ctrl-C: in-flight requests are answered before the worker stops
+        if capture is not None:
+            await capture.close()  # their answers stored
 
     # No /docs or /redoc: their pages load scripts from a CDN; the schema stays at /openapi.json.
     app = FastAPI(
@@ -79,8 +88,14 @@ def create_app(service: Service, settings: ServeSettings | None = None) -> FastA
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.api_key:
         app.add_middleware(ApiKey, key=settings.api_key)  # added last: checked first
-    gate = Gate(service, batcher, settings)
+    gate = Gate(service, batcher, settings, capture)
+    if capture is not None:
+        failures = Counter(
+            "softprompt_capture_failures", "answers that could not be captured", registry=metrics.registry
+        )
+        capture.on_failure = failures.inc
     add_routes(app, service, gate)
+    add_feedback_route(app, service, gate)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
 
@@ -135,8 +150,14 @@ def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
         gate.at_most("texts", len(request.texts), gate.settings.max_texts, "--max-texts")
         gate.within_limits(request.texts)
         gate.known(request.task, "classify")
+        started = time.perf_counter()
         results = await gate.submit("classify", request, size=len(request.texts), request=http)
-        return {"task": request.task, "results": results}
+        request_id = answer_id("cls")
+        for index, result in enumerate(results):
+            result["id"] = request_id if len(results) == 1 else f"{request_id}-{index}"
+        answers = [(r["id"], r["text"], {"label": r["label"], "scores": r["scores"]}) for r in results]
+        await keep(gate, "classify", request.task, answers, started, results[0]["version"])
+        return {"id": request_id, "task": request.task, "results": results}
 
     @app.post("/v1/generate")
     async def generate(request: GenerateRequest, http: Request) -> dict[str, Any]:
@@ -146,8 +167,11 @@ def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
         gate.within_limits([request.prompt], (request.max_new_tokens or 0) * request.samples)
         if request.task is not None:
             gate.known(request.task, "generate")
+        started, version = time.perf_counter(), service.tasks.versions.get(request.task or "", "")
         completions = await gate.submit("generate", request.job(), request=http)
-        return {"task": request.task, "prompt": request.prompt, "completions": completions}
+        request_id = answer_id("gen")
+        await keep(gate, "generate", request.task, [(request_id, request.prompt, completions)], started, version)
+        return {"id": request_id, "task": request.task, "prompt": request.prompt, "completions": completions}
 
     @app.post("/v1/tasks/reload")
     async def reload(http: Request) -> JSONResponse:

@@ -4,6 +4,7 @@ changes the backbone's layers) is reported and skipped; the others are served.""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,13 @@ class ServedTasks:
     writers: dict[str, Writer] = field(default_factory=dict)  # generation tasks and detox LM prompts
     skipped: dict[str, str] = field(default_factory=dict)  # directory name -> why
     mixed: MixedPromptClassifier | None = None
+    versions: dict[str, str] = field(default_factory=dict)  # task -> its artifact's weights_sha256
 
-    def put(self, name: str, served: PromptedClassifier | Writer) -> None:
-        """Serve ``served`` as task ``name``, replacing a task of that name."""
+    def put(self, name: str, served: PromptedClassifier | Writer, version: str = "") -> None:
+        """Serve ``served`` (the artifact whose weights hash is ``version``) as task ``name``,
+        replacing a task of that name."""
         self.remove(name)
+        self.versions[name] = version
         if isinstance(served, Writer):
             self.writers[name] = served
             return
@@ -65,6 +69,7 @@ class ServedTasks:
     def remove(self, name: str) -> bool:
         """Stop serving task ``name``; False when there was none."""
         self.skipped.pop(name, None)
+        self.versions.pop(name, None)
         if self.writers.pop(name, None) is not None:
             return True
         if self.classifiers.pop(name, None) is None:
@@ -109,11 +114,20 @@ def load_tasks(directory: str | Path, backbone: Backbone, prompt_cache_mb: float
             tasks.skipped[path.name] = f"folder {path}: {reserved} (rename the folder)"
             continue
         try:
-            tasks.put(path.name, load_task(path, backbone))
+            tasks.put(path.name, load_task(path, backbone), artifact_version(path))
         except SoftpromptError as exc:
             tasks.skipped[path.name] = str(exc)
     tasks.warm()
     return tasks
+
+
+def artifact_version(path: Path) -> str:
+    """The version of the artifact at ``path``: its weights' SHA-256, as ``task.json`` records it
+    (checked against the weights when the artifact loads)."""
+    try:
+        return str(json.loads((path / TASK_FILE).read_text(encoding="utf-8")).get("weights_sha256", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def load_task(path: Path, backbone: Backbone) -> PromptedClassifier | Writer:

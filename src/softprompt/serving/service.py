@@ -16,8 +16,15 @@ from fastapi.exceptions import RequestValidationError
 from softprompt.backbones import Backbone
 from softprompt.data.records import Example
 from softprompt.errors import SoftpromptError
+from softprompt.lifecycle.capture import Capture
 from softprompt.serving.batcher import Batcher, QueueFull
-from softprompt.serving.registry import ServedTasks, load_task, load_tasks, reserved_name_problem
+from softprompt.serving.registry import (
+    ServedTasks,
+    artifact_version,
+    load_task,
+    load_tasks,
+    reserved_name_problem,
+)
 from softprompt.serving.requests import ClassifyRequest, GenerateRequest
 from softprompt.serving.settings import ServeSettings, over_limit
 from softprompt.serving.writing import GenerationStream, Scored, ScoreJob, WriteJob, score_job
@@ -78,11 +85,13 @@ class Service:
                 out.append(UnknownTask(payload.task))
                 continue
             labels = self.tasks.classifiers[payload.task].task.labels
+            version = self.tasks.versions.get(payload.task, "")
             answers = []
             for text in payload.texts:
                 scores = next(rows).tolist()
                 best = max(range(len(labels)), key=scores.__getitem__)
-                answers.append({"text": text, "label": labels[best], "scores": dict(zip(labels, scores, strict=True))})
+                scored = dict(zip(labels, scores, strict=True))
+                answers.append({"text": text, "label": labels[best], "scores": scored, "version": version})
             out.append(answers)
         return out
 
@@ -139,7 +148,7 @@ class Service:
             return {"removed": change.name} if self.tasks.remove(change.name) else UnknownTask(change.name)
         try:
             loaded = change.loaded if change.loaded is not None else load_task(Path(change.path), self.backbone)
-            self.tasks.put(change.name, loaded)
+            self.tasks.put(change.name, loaded, artifact_version(Path(change.path)))
             self.tasks.warm([change.name])  # its first request finds its prompt cache kept
         except SoftpromptError as exc:
             return exc
@@ -175,8 +184,9 @@ class Gate:
     """What every request passes through: limits, the task check, and the queue with its
     timeout and disconnect watch."""
 
-    def __init__(self, service: Service, batcher: Batcher, settings: ServeSettings):
+    def __init__(self, service: Service, batcher: Batcher, settings: ServeSettings, capture: Capture | None = None):
         self.service, self.batcher, self.settings = service, batcher, settings
+        self.capture = capture  # serve --capture: where answers are stored (None: not captured)
         self.ignored_logged: set[str] = set()  # request fields this server ignores, logged once each
 
     async def submit(self, kind: str, payload: Any, size: int = 1, request: Request | None = None) -> Any:

@@ -27,6 +27,14 @@ class ServeSettings:
         default=5.0, metadata=_flag("--max-wait-ms", "how long a request waits for company", zero_ok=True)
     )
     api_key: str | None = None  # when set, every route but /healthz needs "Authorization: Bearer KEY"
+    # When set, task changes (add, remove, reload, candidates, promote, rollback) need this key
+    # instead of api_key; inference and feedback stay behind api_key.
+    admin_key: str | None = None
+    # Folders besides the served one that artifact paths given to the server may lie in.
+    artifacts_roots: tuple[str, ...] = ()
+    capture: str | None = None  # serve --capture: a file path (SQLite) or an SQLAlchemy URL
+    capture_rate: float = 1.0  # the share of requests captured
+    capture_max_rows: int | None = None  # keep at most this many captured requests (oldest dropped)
     max_body_bytes: int = field(default=1_000_000, metadata=_flag("--max-body-bytes", "413 for a larger request body"))
     max_text_chars: int = field(
         default=10_000, metadata=_flag("--max-text-chars", "413 for a longer text, prompt or chat message")
@@ -68,6 +76,12 @@ class ServeSettings:
             if "flag" in spec.metadata and (value < 0 or (value == 0 and not zero_ok)):
                 low = ">= 0" if zero_ok else "> 0"
                 raise SoftpromptError(f"{spec.metadata['flag']}: expected a number {low}, got {value:g}")
+        if not 0 < self.capture_rate <= 1:
+            raise SoftpromptError(f"--capture-rate: expected a share in (0, 1], got {self.capture_rate:g}")
+        if self.capture_max_rows is not None and self.capture_max_rows < 1:
+            raise SoftpromptError(f"--capture-max-rows: expected a number > 0, got {self.capture_max_rows}")
+        if self.capture is None and (self.capture_rate != 1.0 or self.capture_max_rows is not None):
+            raise SoftpromptError("--capture-rate and --capture-max-rows need --capture DB")
 
 
 def setting_flags() -> list[tuple[str, str, Any, dict[str, Any]]]:

@@ -12,6 +12,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from softprompt.serving.capturing import keep
 from softprompt.serving.openai.common import (
     SamplingFields,
     completed,
@@ -97,6 +98,11 @@ def add_chat(app: FastAPI, service: Service, gate: Gate) -> None:
             return openai_error(exc.status_code, str(exc.detail), "messages")
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time())}
         head["model"] = request.model
+        started, version = time.perf_counter(), service.tasks.versions.get(request.model, "")
+
+        async def captured(texts: list[str]) -> None:
+            await keep(gate, "chat", request.model, [(head["id"], messages, texts)], started, version)
+
         if request.stream:
             started: set[int] = set()
 
@@ -109,7 +115,7 @@ def add_chat(app: FastAPI, service: Service, gate: Gate) -> None:
             def usage_chunk(written: int) -> dict[str, Any]:
                 return {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage(read, written)}
 
-            events = stream(gate, request, [prompt], chunk, rendered=True, usage_chunk=usage_chunk)
+            events = stream(gate, request, [prompt], chunk, rendered=True, usage_chunk=usage_chunk, on_done=captured)
             return StreamingResponse(events, media_type="text/event-stream")
         collected = await run_whole(gate, request, [prompt], http, rendered=True)
         if isinstance(collected, JSONResponse):
@@ -121,4 +127,5 @@ def add_chat(app: FastAPI, service: Service, gate: Gate) -> None:
         ]
 
         written = sum(tokens for _, _, tokens in answers)
+        await captured([text for text, _, _ in answers])
         return JSONResponse({**head, "choices": choices, "usage": usage(read, written)})

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import HTTPException, Request
@@ -195,10 +195,12 @@ async def stream(
     chunk: Chunk,
     rendered: bool = False,
     usage_chunk: Callable[[int], dict[str, Any]] | None = None,
+    on_done: Callable[[list[str]], Awaitable[None]] | None = None,
 ) -> AsyncIterator[str]:
     """Server-Sent Events: each choice's new text as it is decoded (never a part of a stop
     string), its finish reason, then (with ``stream_options.include_usage``) the usage chunk that
-    ``usage_chunk(completion tokens)`` makes, then ``[DONE]``."""
+    ``usage_chunk(completion tokens)`` makes, then ``[DONE]``. ``on_done(the choices' texts)``
+    is awaited before the last events of a stream that ended well (capture)."""
     tokenizer = gate.service.backbone.tokenizer
     queue: asyncio.Queue = asyncio.Queue()
     heard = [Collected(request.n, queue, p * request.n) for p in range(len(prompts))]
@@ -238,6 +240,8 @@ async def stream(
             reason = finish_reason(ids, text, request, gate.service) if finished else None
             open_choices -= finished
             yield f"data: {json.dumps(chunk(index, delta, reason))}\n\n"
+        if on_done is not None and not errored:
+            await on_done([shown.get(index, "") for index in range(len(prompts) * request.n)])
         wants_usage = request.stream_options is not None and request.stream_options.include_usage
         if usage_chunk is not None and wants_usage and not errored:
             yield f"data: {json.dumps(usage_chunk(sum(written.values())))}\n\n"

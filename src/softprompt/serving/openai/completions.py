@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field
 
 from softprompt.generation.scoring import MAX_TOP_LOGPROBS
+from softprompt.serving.capturing import keep
 from softprompt.serving.openai.common import (
     Collected,
     SamplingFields,
@@ -74,6 +75,10 @@ def add_completions(app: FastAPI, service: Service, gate: Gate) -> None:
             return openai_error(exc.status_code, str(exc.detail), "prompt")
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time())}
         head["model"] = request.model
+        started, version = time.perf_counter(), service.tasks.versions.get(request.model, "")
+
+        async def captured(texts: list[str]) -> None:
+            await keep(gate, "completions", request.model, [(head["id"], request.prompt, texts)], started, version)
 
         def chunk(index: int, text: str, reason: str | None) -> dict[str, Any]:
             return {**head, "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": reason}]}
@@ -89,7 +94,7 @@ def add_completions(app: FastAPI, service: Service, gate: Gate) -> None:
             def usage_chunk(written: int) -> dict[str, Any]:
                 return {**head, "choices": [], "usage": usage(read, written)}
 
-            events = stream(gate, request, rendered, chunk, rendered=True, usage_chunk=usage_chunk)
+            events = stream(gate, request, rendered, chunk, rendered=True, usage_chunk=usage_chunk, on_done=captured)
             return StreamingResponse(events, media_type="text/event-stream")
         if request.max_tokens == 0:  # echo only: nothing to generate
             collected: list[Collected] | JSONResponse = [Collected(request.n) for _ in prompts]
@@ -112,6 +117,7 @@ def add_completions(app: FastAPI, service: Service, gate: Gate) -> None:
             failed = await add_scores(gate, request, rendered, collected, choices, http)
             if failed is not None:
                 return failed
+        await captured([choice["text"] for choice in choices])
         return JSONResponse({**head, "choices": choices, "usage": usage(read, written)})
 
 
