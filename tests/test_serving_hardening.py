@@ -48,7 +48,8 @@ def served(tasks_dir, tmp_path):
 
 @pytest.fixture
 def client(backbone, served):
-    with TestClient(create_app(Service(backbone, served), ServeSettings(max_wait_ms=1))) as test_client:
+    settings = ServeSettings(max_wait_ms=1, artifacts_roots=(str(served.parent),))  # "elsewhere" beside it
+    with TestClient(create_app(Service(backbone, served), settings)) as test_client:
         yield test_client
 
 

@@ -64,13 +64,15 @@ def _serve(args: argparse.Namespace) -> None:
     from softprompt.backbones import load_backbone
     from softprompt.serving.app import Service, create_app
 
-    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_VARIABLE)
-    if api_key is not None and not api_key.strip():
-        where = "--api-key" if args.api_key is not None else f"${API_KEY_VARIABLE}"
-        raise SoftpromptError(f"{where} is empty: give a key, or leave it unset for a server without one")
+    api_key = _key(args.api_key, "--api-key", API_KEY_VARIABLE)
+    admin_key = _key(args.admin_key, "--admin-key", ADMIN_KEY_VARIABLE)
+    if admin_key is not None and admin_key == api_key:
+        raise SoftpromptError("--admin-key is the same as --api-key: give the admin a key of its own")
     limits = {name: getattr(args, name) for _, name, _, _ in setting_flags()}
     settings = ServeSettings(
         api_key=api_key,
+        admin_key=admin_key,
+        artifacts_roots=tuple(args.artifacts_root),
         capture=args.capture,
         capture_rate=args.capture_rate,
         capture_max_rows=args.capture_max_rows,
@@ -98,6 +100,16 @@ def open_capture(settings: ServeSettings):
 
 
 API_KEY_VARIABLE = "SOFTPROMPT_API_KEY"
+ADMIN_KEY_VARIABLE = "SOFTPROMPT_ADMIN_KEY"
+
+
+def _key(given: str | None, flag: str, variable: str) -> str | None:
+    """A key from its flag, else from its environment variable (kept out of `ps`); None: unset."""
+    key = given if given is not None else os.environ.get(variable)
+    if key is not None and not key.strip():
+        where = flag if given is not None else f"${variable}"
+        raise SoftpromptError(f"{where} is empty: give a key, or leave it unset")
+    return key
 
 
 def _port(value: str) -> int:
@@ -151,6 +163,19 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--api-key",
         help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE}, which keeps the key out of `ps`; "
         "unset: an open server)",
+    )
+    serve.add_argument(
+        "--admin-key",
+        help=f"require this key instead for the routes that change the served tasks (add, remove, reload, "
+        f"candidates, promote, rollback) (default: ${ADMIN_KEY_VARIABLE}; unset: they take --api-key)",
+    )
+    serve.add_argument(
+        "--artifacts-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder besides the served one whose artifacts POST /v1/tasks/... may name (repeatable); "
+        "any other path is refused",
     )
     for flag, name, default, extra in setting_flags():  # the limits: docs/serving-and-many-tasks.md
         extra = {"metavar": "N", **extra, "help": extra["help"] + " (default: %(default)s)"}

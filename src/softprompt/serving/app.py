@@ -86,8 +86,8 @@ def create_app(service: Service, settings: ServeSettings | None = None, capture:
     )
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    if settings.api_key:
-        app.add_middleware(ApiKey, key=settings.api_key)  # added last: checked first
+    if settings.api_key or settings.admin_key:
+        app.add_middleware(ApiKey, key=settings.api_key, admin=settings.admin_key)  # added last: checked first
     gate = Gate(service, batcher, settings, capture)
     if capture is not None:
         failures = Counter(

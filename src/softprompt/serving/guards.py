@@ -6,6 +6,7 @@ Both are plain ASGI middleware, so they act before FastAPI reads or parses anyth
 from __future__ import annotations
 
 import hmac
+from pathlib import Path
 from typing import Any
 
 from softprompt.serving.errors import error_body
@@ -26,24 +27,61 @@ async def reply(
     await send({"type": "http.response.body", "body": body})
 
 
-class ApiKey:
-    """401 unless the request carries ``Authorization: Bearer <key>`` (as OpenAI clients send it)."""
+def is_admin_route(method: str, path: str) -> bool:
+    """Whether a request changes what is served: any write under ``/v1/tasks`` (add, remove,
+    reload, candidates, promote, rollback). Reading the task list is not."""
+    return method != "GET" and (path == "/v1/tasks" or path.startswith("/v1/tasks/"))
 
-    def __init__(self, app: Any, key: str):
+
+class ApiKey:
+    """401 unless the request carries ``Authorization: Bearer <key>`` (as OpenAI clients send it).
+
+    With an ``admin`` key, the routes that change what is served (:func:`is_admin_route`) take
+    only that key (403 for the inference key), and the others take either key; without one,
+    every route takes ``key``. Either key may be None (that side is open).
+    """
+
+    def __init__(self, app: Any, key: str | None, admin: str | None = None):
         self.app = app
-        self.expected = key.encode()
+        self.key = None if key is None else key.encode()
+        self.admin = None if admin is None else admin.encode()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
         scheme, _, token = dict(scope["headers"]).get(b"authorization", b"").strip().partition(b" ")
-        # The scheme is case-insensitive (RFC 9110); the key is compared in constant time.
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.expected):
-            challenge = [(b"www-authenticate", b"Bearer")]
-            return await reply(
-                send, scope, 401, "missing or wrong API key: send 'Authorization: Bearer <key>'", challenge
-            )
-        return await self.app(scope, receive, send)
+        # The scheme is case-insensitive (RFC 9110); keys are compared in constant time.
+        token = token.strip() if scheme.lower() == b"bearer" else b""
+        is_admin, is_user = self._matches(self.admin, token), self._matches(self.key, token)
+        if self.admin is not None and is_admin_route(scope.get("method", "GET"), scope["path"]):
+            if is_admin:
+                return await self.app(scope, receive, send)
+            if is_user:
+                return await reply(send, scope, 403, "this route changes the served tasks: send the admin key")
+            return await self._refuse(scope, send, "missing or wrong admin key: send 'Authorization: Bearer <key>'")
+        if self.key is None or is_user or is_admin:
+            return await self.app(scope, receive, send)
+        return await self._refuse(scope, send, "missing or wrong API key: send 'Authorization: Bearer <key>'")
+
+    @staticmethod
+    def _matches(expected: bytes | None, token: bytes) -> bool:
+        return expected is not None and bool(token) and hmac.compare_digest(token, expected)
+
+    @staticmethod
+    async def _refuse(scope: dict, send: Any, message: str) -> None:
+        await reply(send, scope, 401, message, [(b"www-authenticate", b"Bearer")])
+
+
+def outside_roots(path: str, roots: list[str | Path]) -> str | None:
+    """Why the server must not read ``path`` (None: it lies under one of ``roots``). Both are
+    resolved first, so neither ``..`` nor a symbolic link can lead out of a root."""
+    real = Path(path).expanduser().resolve()
+    if any(real.is_relative_to(Path(root).expanduser().resolve()) for root in roots):
+        return None
+    return (
+        f"path: {path} is outside the folders this server reads artifacts from (the served folder and "
+        "serve --artifacts-root); put the artifact there"
+    )
 
 
 class BodyLimit:

@@ -18,6 +18,7 @@ from softprompt.data.records import Example
 from softprompt.errors import SoftpromptError
 from softprompt.lifecycle.capture import Capture
 from softprompt.serving.batcher import Batcher, QueueFull
+from softprompt.serving.guards import outside_roots
 from softprompt.serving.registry import (
     ServedTasks,
     artifact_version,
@@ -226,6 +227,10 @@ class Gate:
         reserved = reserved_name_problem(change.name)
         if reserved:
             raise HTTPException(400, reserved)
+        if change.path is not None and change.from_api:
+            outside = outside_roots(change.path, [self.service.artifacts, *self.settings.artifacts_roots])
+            if outside:
+                raise HTTPException(403, outside)
         if change.path is not None and change.loaded is None:
             loop = asyncio.get_running_loop()
             try:
