@@ -53,12 +53,14 @@ CHANGERS = 6  # concurrent add-ask-replace-remove cycles in the live-changes pha
 class Server:
     """``softprompt serve`` in a subprocess, ready when /healthz answers."""
 
-    def __init__(self, args: argparse.Namespace, prompts: Path):
+    def __init__(self, args: argparse.Namespace, prompts: Path, roots: tuple[Path, ...] = ()):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         # --prompts: the flag's first name, which --src trees from before the rename know too
         command = [sys.executable, "-m", "softprompt", "serve", "--backbone", args.backbone, "--prompts", str(prompts)]
         command += ["--port", str(self.port), "--threads", str(args.threads), "--queue-size", "256"]
+        for root in roots:  # folders besides the served one that POST /v1/tasks/{name} may name
+            command += ["--artifacts-root", str(root)]
         if args.prompt_cache_mb is not None:
             command += ["--prompt-cache-mb", str(args.prompt_cache_mb)]
         env = dict(os.environ)
@@ -222,7 +224,7 @@ def first_tokens_behind_long(args: argparse.Namespace, writers: Path) -> dict:
 def live_changes(args: argparse.Namespace, folder: Path, artifact: Path, changes: int = 100) -> dict:
     """Classification load while ``changes`` tasks are added, replaced and removed: no request may
     fail, and a new task must answer soon after it is added."""
-    server = Server(args, folder)
+    server = Server(args, folder, roots=(artifact.resolve().parent,))
     try:
         tasks = [t["name"] for t in httpx.get(f"{server.base}/v1/tasks").json()["tasks"]]
 

@@ -173,6 +173,7 @@ def main() -> None:
         port = free_port()
         command = [sys.executable, "-m", "softprompt", "serve", "--backbone", args.backbone, "--artifacts", str(served)]
         command += ["--port", str(port), "--threads", str(args.threads), "--api-key", KEY, "--watch", "1"]
+        command += ["--artifacts-root", str(artifacts)]  # the changes client adds tasks from there
         server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{port}"
         try:
