@@ -30,13 +30,15 @@ from softprompt.lifecycle.store import Store
 from softprompt.serving.batcher import Batcher, Continuous
 from softprompt.serving.capturing import add_feedback_route, answer_id, keep
 from softprompt.serving.errors import described, error_body, first_problem, is_openai_route
+from softprompt.serving.gate import Gate
 from softprompt.serving.guards import ApiKey, BodyLimit
 from softprompt.serving.metrics import PromptCacheCollector, RequestMetrics, ServerMetrics, TaskLabels
 from softprompt.serving.openai import add_completion_routes
 from softprompt.serving.openai.common import openai_error
 from softprompt.serving.registry import reserved_name_problem
 from softprompt.serving.requests import ClassifyRequest, GenerateRequest, TaskSource
-from softprompt.serving.service import Gate, ServeSettings, Service, TaskChange
+from softprompt.serving.service import Service, TaskChange
+from softprompt.serving.settings import ServeSettings
 from softprompt.serving.watch import FolderWatch, watch_folder
 
 TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # a task name is also a folder name
@@ -60,9 +62,7 @@ def create_app(service: Service, settings: ServeSettings | None = None, capture:
     service.stream.metrics = metrics
     metrics.watch("softprompt_queue_depth", "requests waiting for the worker", batcher.queue.qsize)
     metrics.watch("softprompt_generation_rows", "rows in the running decoding batch", lambda: service.stream.rows)
-    metrics.watch(
-        "softprompt_tasks", "tasks served", lambda: len(service.tasks.classifiers) + len(service.tasks.writers)
-    )
+    metrics.watch("softprompt_tasks", "tasks served", lambda: len(service.tasks.names()))
     metrics.registry.register(PromptCacheCollector(lambda: service.tasks.prompt_caches))
 
     @contextlib.asynccontextmanager
@@ -127,7 +127,7 @@ def worker_handlers(service: Service) -> dict[str, Any]:
 def start_watching(service: Service, gate: Gate, every: float) -> asyncio.Task:
     """Watch the artifacts folder (``serve --watch``), applying its changes through the same
     queue as ``POST``/``DELETE /v1/tasks/{name}``."""
-    served = [*service.tasks.classifiers, *service.tasks.writers]
+    served = service.tasks.names()
     watch = FolderWatch(service.artifacts, served, service.note_skipped)
     return asyncio.create_task(watch_folder(watch, gate.change, every))
 
@@ -137,7 +137,7 @@ def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "tasks": len(service.tasks.classifiers) + len(service.tasks.writers)}
+        return {"status": "ok", "tasks": len(service.tasks.names())}
 
     @app.get("/v1/tasks")
     async def list_tasks() -> dict[str, Any]:

@@ -22,8 +22,9 @@ from softprompt.lifecycle.feedback import (
     feedback_on_text,
 )
 from softprompt.lifecycle.store import Captured
+from softprompt.serving.gate import Gate
 from softprompt.serving.requests import Text
-from softprompt.serving.service import Gate, Service
+from softprompt.serving.service import Service
 
 
 def answer_id(prefix: str) -> str:
@@ -70,6 +71,8 @@ class FeedbackRequest(BaseModel):
 
 def task_shape(service: Service, task: str) -> TaskShape | None:
     """What served task ``task`` takes as feedback (None: not served)."""
+    if not service.tasks.serves(task):
+        return None
     if task in service.tasks.classifiers:
         return TaskShape(CLASSIFY, tuple(service.tasks.classifiers[task].task.labels))
     if task in service.tasks.writers:

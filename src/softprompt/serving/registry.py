@@ -25,6 +25,12 @@ from softprompt.tasks.loading import load_model
 RESERVED_TASK_NAMES = frozenset({"reload"})
 
 
+def is_internal(name: str) -> bool:
+    """Whether ``name`` is a server's internal name (a candidate version: ``NAME@candidate``).
+    Task names cannot hold ``@``, so no client can name one."""
+    return "@" in name
+
+
 def reserved_name_problem(name: str) -> str | None:
     """Why ``name`` cannot name a task, or None."""
     if name in RESERVED_TASK_NAMES:
@@ -83,7 +89,15 @@ class ServedTasks:
 
     def describe(self) -> list[dict[str, Any]]:
         """Every served task, as ``GET /v1/tasks`` lists it."""
-        return [self.describe_one(name) for name in [*self.classifiers, *self.writers]]
+        return [self.describe_one(name) for name in self.names()]
+
+    def names(self) -> list[str]:
+        """The served tasks' names (not the candidates' internal ones)."""
+        return [name for name in [*self.classifiers, *self.writers] if not is_internal(name)]
+
+    def serves(self, name: str) -> bool:
+        """Whether task ``name`` (a client's name) is served."""
+        return not is_internal(name) and (name in self.classifiers or name in self.writers)
 
     def describe_one(self, name: str) -> dict[str, Any]:
         """Served task ``name`` as ``GET /v1/tasks`` lists it (a ``KeyError`` when not served)."""

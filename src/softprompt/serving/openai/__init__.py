@@ -20,9 +20,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from softprompt.serving.gate import Gate
 from softprompt.serving.openai.chat import add_chat
 from softprompt.serving.openai.completions import add_completions
-from softprompt.serving.service import Gate, Service
+from softprompt.serving.service import Service
 
 
 def add_completion_routes(app: FastAPI, service: Service, gate: Gate) -> None:
@@ -30,7 +31,7 @@ def add_completion_routes(app: FastAPI, service: Service, gate: Gate) -> None:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        names = list(service.tasks.writers)
+        names = [name for name in service.tasks.names() if name in service.tasks.writers]
         return {
             "object": "list",
             "data": [{"id": n, "object": "model", "created": 0, "owned_by": "softprompt"} for n in names],

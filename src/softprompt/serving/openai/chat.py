@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from softprompt.serving.capturing import keep
+from softprompt.serving.gate import Gate
 from softprompt.serving.openai.common import (
     SamplingFields,
     completed,
@@ -24,7 +25,7 @@ from softprompt.serving.openai.common import (
 )
 from softprompt.serving.openai.completions import prompt_tokens
 from softprompt.serving.requests import Text
-from softprompt.serving.service import Gate, Service
+from softprompt.serving.service import Service
 
 
 class ContentPart(BaseModel):

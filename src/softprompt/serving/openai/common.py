@@ -15,8 +15,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from softprompt.serving.errors import openai_error_body
+from softprompt.serving.gate import Gate
+from softprompt.serving.registry import is_internal
 from softprompt.serving.requests import MAX_SEED, Text
-from softprompt.serving.service import Gate, Service, shown_name
+from softprompt.serving.service import Service, shown_name
 from softprompt.serving.settings import over_limit
 from softprompt.serving.writing import WriteJob, visible_text
 
@@ -111,7 +113,7 @@ def refusal(request: SamplingFields, gate: Gate) -> JSONResponse | None:
     if request.model in tasks.classifiers:
         message = f"'{request.model}' is a classify task: use POST /v1/classify for it; GET /v1/models lists the models"
         return openai_error(400, message, "model", "wrong_task_kind")
-    if request.model not in tasks.writers:
+    if request.model not in tasks.writers or is_internal(request.model):
         message = f"The model '{shown_name(request.model)}' does not exist; GET /v1/models lists them"
         return openai_error(404, message, "model", "model_not_found")
     return None

@@ -23,6 +23,7 @@ from pydantic import Field
 
 from softprompt.generation.scoring import MAX_TOP_LOGPROBS
 from softprompt.serving.capturing import keep
+from softprompt.serving.gate import Gate
 from softprompt.serving.openai.common import (
     Collected,
     SamplingFields,
@@ -34,7 +35,7 @@ from softprompt.serving.openai.common import (
     usage,
 )
 from softprompt.serving.requests import Text
-from softprompt.serving.service import Gate, Service
+from softprompt.serving.service import Service
 from softprompt.serving.writing import Scored, ScoreJob
 
 
