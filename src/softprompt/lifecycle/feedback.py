@@ -169,3 +169,22 @@ def figures(requests: dict[tuple[str, str], int], rows: Iterable[dict[str, Any]]
             }
         )
     return out
+
+
+def compare_on_feedback(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The live version's and a shadow candidate's score on the feedback for requests both
+    answered: accuracy for labels, mean chrF (sacrebleu) for corrected outputs."""
+    labelled = [r for r in rows if r["label"] is not None]
+    corrected = [r for r in rows if r["label"] is None and r["output"] is not None]
+    out: dict[str, Any] = {"n": len(rows)}
+    if labelled:
+        for side in ("live", "candidate"):
+            out[f"{side}_accuracy"] = sum(r[side].get("label") == r["label"] for r in labelled) / len(labelled)
+    if corrected:
+        from sacrebleu.metrics import CHRF
+
+        chrf = CHRF()
+        for side in ("live", "candidate"):
+            scores = [chrf.sentence_score(str((r[side] or [""])[0]), [r["output"]]).score / 100 for r in corrected]
+            out[f"{side}_chrf"] = sum(scores) / len(scores)
+    return out

@@ -198,15 +198,63 @@ class Store:
         with self.engine.connect() as db:
             yield from (dict(row) for row in db.execute(query.order_by(feedback.c.seq)).mappings())
 
-    def request_counts(self) -> dict[tuple[str, str], int]:
+    def request_counts(self, task: str | None = None) -> dict[tuple[str, str], int]:
         """Served answers by (task, version)."""
         query = (
             sa.select(requests.c.task, requests.c.version, sa.func.count())
             .where(requests.c.role == "served")
             .group_by(requests.c.task, requests.c.version)
         )
+        if task is not None:
+            query = query.where(requests.c.task == task)
         with self.engine.connect() as db:
             return {(task, version): count for task, version, count in db.execute(query)}
+
+    def accuracy_by_version(self, task: str) -> list[dict[str, Any]]:
+        """Task ``task``'s figures per version (see :func:`softprompt.lifecycle.feedback.figures`)."""
+        from softprompt.lifecycle.feedback import figures
+
+        return figures(self.request_counts(task), self.latest_feedback(task))
+
+    def both_answered(self, task: str, live: str, candidate: str) -> list[dict[str, Any]]:
+        """Requests of ``task`` answered by version ``live`` (served) and ``candidate`` (shadow)
+        that have feedback in force: each with both outputs and the feedback's label or output."""
+        served, shadow = requests.alias("served"), requests.alias("shadow")
+        newest = sa.select(sa.func.max(feedback.c.seq)).where(feedback.c.task == task).group_by(feedback.c.request_id)
+        query = (
+            sa.select(
+                served.c.id,
+                served.c.output,
+                shadow.c.output.label("candidate_output"),
+                feedback.c.label,
+                feedback.c.output.label("given"),
+            )
+            .join(shadow, sa.and_(shadow.c.id == served.c.id, shadow.c.role == "shadow", shadow.c.version == candidate))
+            .join(feedback, feedback.c.request_id == served.c.id)
+            .where(
+                served.c.task == task, served.c.role == "served", served.c.version == live, feedback.c.seq.in_(newest)
+            )
+            .where(sa.or_(feedback.c.label.is_not(None), feedback.c.output.is_not(None)))
+        )
+        with self.engine.connect() as db:
+            rows = db.execute(query).mappings().all()
+        return [
+            {
+                "id": r["id"],
+                "live": json.loads(r["output"]),
+                "candidate": json.loads(r["candidate_output"]),
+                "label": r["label"],
+                "output": r["given"],
+            }
+            for r in rows
+        ]
+
+    def shadow_comparison(self, task: str, live: str, candidate: str) -> dict[str, Any]:
+        """Both versions judged on the feedback for requests both answered (see
+        :func:`softprompt.lifecycle.feedback.compare_on_feedback`)."""
+        from softprompt.lifecycle.feedback import compare_on_feedback
+
+        return compare_on_feedback(self.both_answered(task, live, candidate))
 
 
 def _engine(url: str, target: str) -> Engine:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from typing import Annotated, Any
@@ -28,9 +29,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from softprompt.lifecycle.capture import Capture
 from softprompt.lifecycle.store import Store
 from softprompt.serving.batcher import Batcher, Continuous
-from softprompt.serving.capturing import add_feedback_route, answer_id, keep
+from softprompt.serving.capturing import (
+    add_feedback_route,
+    answer_id,
+    classified,
+    keep,
+    keep_shadow,
+    shadow_generation,
+)
 from softprompt.serving.errors import described, error_body, first_problem, is_openai_route
-from softprompt.serving.gate import Gate
+from softprompt.serving.gate import TASK_NAME, Gate
 from softprompt.serving.guards import ApiKey, BodyLimit
 from softprompt.serving.metrics import PromptCacheCollector, RequestMetrics, ServerMetrics, TaskLabels
 from softprompt.serving.openai import add_completion_routes
@@ -39,9 +47,8 @@ from softprompt.serving.registry import reserved_name_problem
 from softprompt.serving.requests import ClassifyRequest, GenerateRequest, TaskSource
 from softprompt.serving.service import Service, TaskChange
 from softprompt.serving.settings import ServeSettings
+from softprompt.serving.version_routes import add_version_routes
 from softprompt.serving.watch import FolderWatch, watch_folder
-
-TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # a task name is also a folder name
 
 
 def create_app(service: Service, settings: ServeSettings | None = None, capture: Capture | None = None) -> FastAPI:
@@ -57,7 +64,7 @@ def create_app(service: Service, settings: ServeSettings | None = None, capture:
         max_batch=settings.max_batch,
         max_wait=settings.max_wait_ms / 1000,
         on_batch=lambda kind, rows: metrics.batch_rows.labels(kind).observe(rows),
-        urgent=frozenset({"tasks", "reload"}),
+        urgent=frozenset({"tasks", "reload", "versions"}),
     )
     service.stream.metrics = metrics
     metrics.watch("softprompt_queue_depth", "requests waiting for the worker", batcher.queue.qsize)
@@ -96,6 +103,7 @@ def create_app(service: Service, settings: ServeSettings | None = None, capture:
         capture.on_failure = failures.inc
     add_routes(app, service, gate)
     add_feedback_route(app, service, gate)
+    add_version_routes(app, service, gate)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
 
@@ -121,6 +129,7 @@ def worker_handlers(service: Service) -> dict[str, Any]:
         "score": service.score,  # logprobs and echo on completions
         "reload": service.reload,
         "tasks": service.change_tasks,
+        "versions": service.change_versions,
     }
 
 
@@ -155,8 +164,7 @@ def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
         request_id = answer_id("cls")
         for index, result in enumerate(results):
             result["id"] = request_id if len(results) == 1 else f"{request_id}-{index}"
-        answers = [(r["id"], r["text"], {"label": r["label"], "scores": r["scores"]}) for r in results]
-        await keep(gate, "classify", request.task, answers, started, results[0]["version"])
+        await keep(gate, "classify", request.task, classified(results), started)
         return {"id": request_id, "task": request.task, "results": results}
 
     @app.post("/v1/generate")
@@ -167,10 +175,22 @@ def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
         gate.within_limits([request.prompt], (request.max_new_tokens or 0) * request.samples)
         if request.task is not None:
             gate.known(request.task, "generate")
-        started, version = time.perf_counter(), service.tasks.versions.get(request.task or "", "")
-        completions = await gate.submit("generate", request.job(), request=http)
+        started, job = time.perf_counter(), request.job()
+        key = service.versions.answering(request.task)[0] if request.task is not None else None
+        version = service.versions.version_of(service.tasks, key) if key is not None else ""
+        shadow = shadow_generation(gate, job)  # beside the live job, in the same decoding batch
+        try:
+            completions = await gate.submit("generate", dataclasses.replace(job, task=key), request=http)
+        except BaseException:
+            if shadow is not None:
+                shadow.cancel()
+            raise
         request_id = answer_id("gen")
-        await keep(gate, "generate", request.task, [(request_id, request.prompt, completions)], started, version)
+        answer = (request_id, request.prompt, completions, version, "served")
+        if await keep(gate, "generate", request.task, [answer], started) and shadow is not None:
+            keep_shadow(gate, shadow, request.task, answer, started)
+        elif shadow is not None:
+            shadow.cancel()
         return {"id": request_id, "task": request.task, "prompt": request.prompt, "completions": completions}
 
     @app.post("/v1/tasks/reload")

@@ -5,6 +5,8 @@ id (or labels a text of its own), stored before its 200."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 import uuid
 from typing import Any
@@ -25,6 +27,8 @@ from softprompt.lifecycle.store import Captured
 from softprompt.serving.gate import Gate
 from softprompt.serving.requests import Text
 from softprompt.serving.service import Service
+from softprompt.serving.versions import candidate_key
+from softprompt.serving.writing import WriteJob
 
 
 def answer_id(prefix: str) -> str:
@@ -32,18 +36,65 @@ def answer_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-async def keep(
-    gate: Gate, route: str, task: str | None, answers: list[tuple[str, Any, Any]], started: float, version: str = ""
-) -> None:
-    """Capture ``(id, input, output)`` answers of one request (when the server captures and the
-    request is sampled); returns once they are committed."""
+Answer = tuple[str, Any, Any, str, str]  # id, input, output, the version that answered, role
+
+
+async def keep(gate: Gate, route: str, task: str | None, answers: list[Answer], started: float) -> None:
+    """Capture the answers of one request, ``(id, input, output, version, role)`` each (role
+    "served", or "shadow" for a candidate's answer that was not returned), when the server
+    captures and the request is sampled; returns once they are committed."""
     capture: Capture | None = gate.capture
     if capture is None or not answers or not capture.sampled():
-        return
+        return False
     latency_ms = 1000 * (time.perf_counter() - started)
-    version = version or gate.service.tasks.versions.get(task or "", "")
-    rows = [Captured(id_, task or "", version, route, given, output, latency_ms) for id_, given, output in answers]
+    rows = [Captured(i, task or "", v, route, given, out, latency_ms, role) for i, given, out, v, role in answers]
     await capture.record(rows)
+    return True
+
+
+def shadow_generation(gate: Gate, job: WriteJob) -> asyncio.Future | None:
+    """The job of the task's shadow candidate, started beside the live one (None: no shadow, or
+    nowhere to keep its answers)."""
+    if job.task is None or gate.capture is None or gate.service.versions.shadow(job.task) is None:
+        return None
+    return asyncio.ensure_future(gate.submit("generate", dataclasses.replace(job, task=candidate_key(job.task))))
+
+
+def keep_shadow(gate: Gate, shadow: asyncio.Future, task: str, served: Answer, started: float) -> None:
+    """Once the shadow's job is done, compare and capture its answer beside the served one (in
+    the background: the response does not wait for it). A shadow that fails fails no request."""
+    request_id, given, live_output, _, _ = served
+    candidate = gate.service.versions.shadow(task)
+    capture = gate.capture
+    if candidate is None or capture is None:
+        shadow.cancel()
+        return
+
+    async def follow() -> None:
+        try:
+            texts = await shadow
+        except Exception:
+            return
+        candidate.compare(live_output, texts)
+        latency_ms = 1000 * (time.perf_counter() - started)
+        row = Captured(request_id, task, candidate.version, "generate", given, texts, latency_ms, "shadow")
+        await capture.record([row])
+
+    gate.in_background(follow())
+
+
+def classified(results: list[dict[str, Any]]) -> list[Answer]:
+    """A classification request's answers to capture, its shadow's beside them (taken out of
+    the results: a shadow's answers are never returned)."""
+    out: list[Answer] = []
+    for result in results:
+        output = {"label": result["label"], "scores": result["scores"]}
+        out.append((result["id"], result["text"], output, result["version"], "served"))
+        shadow = result.pop("shadow", None)
+        if shadow is not None:
+            output = {"label": shadow["label"], "scores": shadow["scores"]}
+            out.append((result["id"], result["text"], output, shadow["version"], "shadow"))
+    return out
 
 
 class FeedbackRequest(BaseModel):

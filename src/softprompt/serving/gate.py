@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,15 @@ from softprompt.serving.guards import outside_roots
 from softprompt.serving.registry import is_internal, load_task, reserved_name_problem
 from softprompt.serving.service import Service, TaskChange, UnknownTask, shown_name
 from softprompt.serving.settings import ServeSettings, over_limit
+from softprompt.serving.versions import VersionConflict, VersionRefused
 
 
 async def _until_disconnected(request: Request, every: float = 0.1) -> None:
     while not await request.is_disconnected():
         await asyncio.sleep(every)
+
+
+TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # a task name is also a folder name
 
 
 class Gate:
@@ -34,6 +39,7 @@ class Gate:
         self.service, self.batcher, self.settings = service, batcher, settings
         self.capture = capture  # serve --capture: where answers are stored (None: not captured)
         self.ignored_logged: set[str] = set()  # request fields this server ignores, logged once each
+        self.background: set[asyncio.Task] = set()  # work no response waits for (shadows' capture)
 
     async def submit(self, kind: str, payload: Any, size: int = 1, request: Request | None = None) -> Any:
         """Queue the work and wait for it; a caller that disconnects or times out takes its work
@@ -62,8 +68,18 @@ class Gate:
             raise HTTPException(429, "the request queue is full; retry shortly") from None
         except UnknownTask as exc:
             raise HTTPException(404, str(exc)) from None
+        except VersionConflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        except VersionRefused as exc:
+            raise HTTPException(400, str(exc)) from None
         except SoftpromptError as exc:
             raise HTTPException(400, str(exc)) from None
+
+    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` without a response waiting for it (kept referenced until it is done)."""
+        task = asyncio.ensure_future(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     async def change(self, change: TaskChange) -> Any:
         """Add, replace or remove a task. The artifact is loaded in a thread beside the worker, so
@@ -73,9 +89,7 @@ class Gate:
         if reserved:
             raise HTTPException(400, reserved)
         if change.path is not None and change.from_api:
-            outside = outside_roots(change.path, [self.service.artifacts, *self.settings.artifacts_roots])
-            if outside:
-                raise HTTPException(403, outside)
+            self.confined(change.path)
         if change.path is not None and change.loaded is None:
             loop = asyncio.get_running_loop()
             try:
@@ -84,6 +98,12 @@ class Gate:
                 raise HTTPException(400, str(exc)) from None
             change = dataclasses.replace(change, loaded=loaded)
         return await self.submit("tasks", change)
+
+    def confined(self, path: str) -> None:
+        """403 for a path outside the served folder and the ``--artifacts-root`` folders."""
+        outside = outside_roots(path, [self.service.artifacts, *self.settings.artifacts_roots])
+        if outside:
+            raise HTTPException(403, outside)
 
     def within_limits(self, texts: list[str], cost: int = 0) -> None:
         """413 for a text over ``max_text_chars`` or a generation over ``max_generated_tokens``."""

@@ -108,9 +108,16 @@ class ServedTasks:
         return {"name": name, "kind": "classify", "labels": labels, "template": template, "method": model.method.name}
 
 
-def load_tasks(directory: str | Path, backbone: Backbone, prompt_cache_mb: float | None = None) -> ServedTasks:
+def load_tasks(
+    directory: str | Path,
+    backbone: Backbone,
+    prompt_cache_mb: float | None = None,
+    live: dict[str, Path] | None = None,
+) -> ServedTasks:
     """Load every artifact directory under ``directory`` (its name is the task name). The
     classifiers' prompt caches are kept up to ``prompt_cache_mb`` megabytes (None: all of them).
+    ``live`` names, per task, the folder of its live version when that is not the task's own
+    folder (a promoted version; see :mod:`softprompt.lifecycle.versions`).
 
     Raises:
         SoftpromptError: ``directory`` does not exist (a bad task inside it is only skipped).
@@ -127,10 +134,11 @@ def load_tasks(directory: str | Path, backbone: Backbone, prompt_cache_mb: float
         if reserved:
             tasks.skipped[path.name] = f"folder {path}: {reserved} (rename the folder)"
             continue
+        folder = (live or {}).get(path.name, path)
         try:
-            tasks.put(path.name, load_task(path, backbone), artifact_version(path))
+            tasks.put(path.name, load_task(folder, backbone), artifact_version(folder))
         except SoftpromptError as exc:
-            tasks.skipped[path.name] = str(exc)
+            tasks.skipped[path.name] = str(exc) if folder == path else f"its live version {folder}: {exc}"
     tasks.warm()
     return tasks
 

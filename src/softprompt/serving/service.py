@@ -11,13 +11,16 @@ from typing import Any
 from softprompt.backbones import Backbone
 from softprompt.data.records import Example
 from softprompt.errors import SoftpromptError
-from softprompt.serving.registry import (
-    ServedTasks,
-    artifact_version,
-    load_task,
-    load_tasks,
-)
+from softprompt.serving.registry import ServedTasks, artifact_version, is_internal, load_task, load_tasks
 from softprompt.serving.requests import ClassifyRequest, GenerateRequest
+from softprompt.serving.versions import (
+    Candidate,
+    TaskVersions,
+    VersionChange,
+    VersionConflict,
+    VersionRefused,
+    candidate_key,
+)
 from softprompt.serving.writing import GenerationStream, Scored, ScoreJob, WriteJob, score_job
 from softprompt.tasks.classification.mixed import classify_mixed
 
@@ -49,7 +52,8 @@ class Service:
         self.backbone = backbone
         self.artifacts = artifacts  # the folder whose sub-folders are the served tasks' artifacts
         self.prompt_cache_mb = prompt_cache_mb
-        self.tasks: ServedTasks = load_tasks(artifacts, backbone, prompt_cache_mb)
+        self.versions = TaskVersions(artifacts)  # candidates, and the folder's record of live versions
+        self.tasks: ServedTasks = load_tasks(artifacts, backbone, prompt_cache_mb, self.versions.live_folders())
         self.stream = GenerationStream(backbone)  # the server's running decoding batch
         # Tasks added (name -> path) or removed (name -> None) through the API: a reload re-reads
         # the folder beneath them, so they outlast it (not a restart). A change the watched folder
@@ -66,31 +70,63 @@ class Service:
 
     def classify(self, payloads: list[ClassifyRequest]) -> list[list[dict[str, Any]] | UnknownTask]:
         """One mixed batch for every text of every request (a request whose task was removed
-        while it waited is answered with :class:`UnknownTask`)."""
+        while it waited is answered with :class:`UnknownTask`). A request is answered by its
+        task's live version or, for a canary's share, by its candidate; a shadow candidate's
+        rows join the same batch and its answers ride along under ``"shadow"`` (for capture)."""
         served = self.tasks.classifiers
-        requests = [(p.task, Example({"text": text})) for p in payloads if p.task in served for text in p.texts]
-        probabilities = classify_mixed(self.tasks.mixed, requests, batch_size=len(requests)) if requests else []
-        out, rows = [], iter(probabilities)
+        plans: list[tuple[str, Candidate | None] | None] = []
+        rows = []
         for payload in payloads:
-            if payload.task not in served:
+            if payload.task not in served or is_internal(payload.task):
+                plans.append(None)
+                continue
+            key, _ = self.versions.answering(payload.task)
+            shadow = self.versions.shadow(payload.task)
+            plans.append((key, shadow))
+            for text in payload.texts:
+                rows.append((key, Example({"text": text})))
+                if shadow is not None:
+                    rows.append((candidate_key(payload.task), Example({"text": text})))
+        probabilities = iter(classify_mixed(self.tasks.mixed, rows, batch_size=len(rows)) if rows else [])
+        out: list[list[dict[str, Any]] | UnknownTask] = []
+        for payload, plan in zip(payloads, plans, strict=True):
+            if plan is None:
                 out.append(UnknownTask(payload.task))
                 continue
-            labels = self.tasks.classifiers[payload.task].task.labels
-            version = self.tasks.versions.get(payload.task, "")
+            key, shadow = plan
+            labels = served[payload.task].task.labels
+            version = self.versions.version_of(self.tasks, key)
             answers = []
             for text in payload.texts:
-                scores = next(rows).tolist()
-                best = max(range(len(labels)), key=scores.__getitem__)
-                scored = dict(zip(labels, scores, strict=True))
-                answers.append({"text": text, "label": labels[best], "scores": scored, "version": version})
+                answer = labelled(text, labels, next(probabilities).tolist(), version)
+                if shadow is not None:
+                    answer["shadow"] = labelled(text, labels, next(probabilities).tolist(), shadow.version)
+                    shadow.compare(answer["label"], answer["shadow"]["label"])
+                answers.append(answer)
             out.append(answers)
+        return out
+
+    def change_versions(self, changes: list[VersionChange]) -> list[dict[str, Any] | Exception]:
+        """Candidates, promotions and rollbacks, in the worker between batches (see
+        :mod:`softprompt.serving.versions`)."""
+        out: list[dict[str, Any] | Exception] = []
+        for change in changes:
+            if not self.tasks.serves(change.name):
+                out.append(UnknownTask(change.name))
+                continue
+            try:
+                out.append(self.versions.apply(self.tasks, change))
+            except (VersionConflict, VersionRefused, SoftpromptError, OSError) as exc:
+                out.append(exc)
         return out
 
     def admit_generation(self, jobs: list[tuple[int, WriteJob]]) -> dict[int, UnknownTask]:
         """New jobs join the running decoding batch; each keeps its own settings and seed, so its
         answer does not depend on what it shares the batch with, or when it joined. Jobs whose
-        task was removed while they waited are refused."""
+        task was removed while they waited are refused; a job for a candidate promoted or dropped
+        meanwhile is answered by the live version."""
         served = self.tasks.writers
+        jobs = [(key, self.versions.settled(job, served)) for key, job in jobs]
         self.stream.admit([(key, job) for key, job in jobs if job.task is None or job.task in served], served)
         return {key: UnknownTask(job.task) for key, job in jobs if job.task is not None and job.task not in served}
 
@@ -126,6 +162,9 @@ class Service:
         batches, so a request sees a task's old prompt or its new one, never a mix."""
         out: list[dict[str, Any] | Exception] = []
         for change in changes:
+            self.versions.drop(self.tasks, change.name)  # a candidate stands beside one version
+            if change.path is not None and not change.from_api:
+                self.versions.record.set(change.name, None)  # the folder's own version is live now
             outcome = self._apply(change)
             if not isinstance(outcome, Exception) and change.from_api:
                 self.api_changes[change.name] = change.path
@@ -150,7 +189,8 @@ class Service:
         """Re-read the artifacts folder, then apply the changes made through the API again: a task
         added through the API stays (read again from its path; listed in ``skipped`` if that no
         longer loads), and one removed through the API stays removed."""
-        self.tasks = load_tasks(self.artifacts, self.backbone, self.prompt_cache_mb)
+        self.tasks = load_tasks(self.artifacts, self.backbone, self.prompt_cache_mb, self.versions.live_folders())
+        self.versions.restore(self.tasks)
         for name, path in self.api_changes.items():
             outcome = self._apply(TaskChange(name, path))
             if isinstance(outcome, SoftpromptError):
@@ -164,6 +204,13 @@ class Service:
             self.tasks.skipped.pop(name, None)
         else:
             self.tasks.skipped[name] = reason
+
+
+def labelled(text: str, labels: list[str], scores: list[float], version: str) -> dict[str, Any]:
+    """A classified text's answer: its label (the most probable), every label's probability and
+    the version that answered."""
+    best = max(range(len(labels)), key=scores.__getitem__)
+    return {"text": text, "label": labels[best], "scores": dict(zip(labels, scores, strict=True)), "version": version}
 
 
 def shown_name(name: str) -> str:

@@ -102,7 +102,7 @@ def add_chat(app: FastAPI, service: Service, gate: Gate) -> None:
         started, version = time.perf_counter(), service.tasks.versions.get(request.model, "")
 
         async def captured(texts: list[str]) -> None:
-            await keep(gate, "chat", request.model, [(head["id"], messages, texts)], started, version)
+            await keep(gate, "chat", request.model, [(head["id"], messages, texts, version, "served")], started)
 
         if request.stream:
             started: set[int] = set()

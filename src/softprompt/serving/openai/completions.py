@@ -79,7 +79,9 @@ def add_completions(app: FastAPI, service: Service, gate: Gate) -> None:
         started, version = time.perf_counter(), service.tasks.versions.get(request.model, "")
 
         async def captured(texts: list[str]) -> None:
-            await keep(gate, "completions", request.model, [(head["id"], request.prompt, texts)], started, version)
+            await keep(
+                gate, "completions", request.model, [(head["id"], request.prompt, texts, version, "served")], started
+            )
 
         def chunk(index: int, text: str, reason: str | None) -> dict[str, Any]:
             return {**head, "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": reason}]}
