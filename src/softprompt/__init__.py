@@ -1,9 +1,9 @@
 """softprompt: adapt a frozen language model with a tiny learned prompt.
 
-The public API (``softprompt.train``, ``load``, ``build``, ``load_backbone``...) is imported
-on first use, so ``import softprompt`` stays light. Importing softprompt changes no environment
-variable and no logging setting; the ``softprompt`` command quiets the libraries' logging for
-itself.
+The public API (``softprompt.train``, ``load``, ``build``, ``retrain``, ``load_backbone``...) is
+imported on first use, so ``import softprompt`` stays light. Importing softprompt changes no
+environment variable and no logging setting; the ``softprompt`` command quiets the libraries'
+logging for itself.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ _EXPORTS = {
     "build": "softprompt.api",
     "load": "softprompt.api",
     "train": "softprompt.api",
+    "retrain": "softprompt.api",
+    "RetrainResult": "softprompt.api",
     "TrainResult": "softprompt.training.run",
     "Callback": "softprompt.training.callbacks",
     "load_backbone": "softprompt.backbones",
@@ -34,6 +36,7 @@ __all__ = [
     "Backbone",
     "Callback",
     "Model",
+    "RetrainResult",
     "RunConfig",
     "SoftpromptError",
     "Template",
@@ -44,11 +47,12 @@ __all__ = [
     "load",
     "load_backbone",
     "load_config",
+    "retrain",
     "train",
 ]
 
 if TYPE_CHECKING:
-    from softprompt.api import Model, build, load, train
+    from softprompt.api import Model, RetrainResult, build, load, retrain, train
     from softprompt.backbones import Backbone, load_backbone
     from softprompt.config import RunConfig, load_config
     from softprompt.errors import SoftpromptError

@@ -26,6 +26,7 @@ from softprompt.data.inputs import checked_batch_size, checked_records, checked_
 from softprompt.data.splits import Records, Splits
 from softprompt.data.tables import SPLIT_NAMES
 from softprompt.errors import SoftpromptError, flag
+from softprompt.lifecycle.retrain import RetrainResult, retrain
 from softprompt.seeding import seeded
 from softprompt.tasks import TaskSpec, get_task
 from softprompt.tasks.base import TaskModel, evaluate
@@ -269,4 +270,4 @@ def load(
     return Model(module, get_task(artifact_task(meta)), meta)
 
 
-__all__ = ["Model", "build", "load", "train"]
+__all__ = ["Model", "RetrainResult", "build", "load", "retrain", "train"]

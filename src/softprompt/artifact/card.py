@@ -10,6 +10,7 @@ rewritten whenever the record is (each new best, and the final scores).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,7 @@ def _body(meta: dict[str, Any], peft_loadable: bool, name: str) -> list[str]:
         intro,
         _prompt_section(meta),
         _training_section(meta),
+        _lineage_section(meta),
         _results_section(meta),
         _use_section(meta, peft_loadable, name),
     ]
@@ -155,6 +157,40 @@ def _training_section(meta: dict[str, Any]) -> str:
     if dataset:
         lines.append(f"- data: `{dataset}`")
     return "## Training\n\n" + "\n".join(lines)
+
+
+def _lineage_section(meta: dict[str, Any]) -> str:
+    """Where a retrained version came from (``softprompt retrain``): its parent, its feedback, its gate."""
+    lineage = meta.get("lineage")
+    if not isinstance(lineage, dict):
+        return ""
+    parent, gate = lineage.get("parent") or {}, lineage.get("gate") or {}
+    feedback = lineage.get("feedback") or {}
+    train, held = feedback.get("train") or {}, feedback.get("held_out") or {}
+    lines = [f"- retrained from the version with weights SHA-256 `{str(parent.get('weights_sha256', '?'))[:16]}…`"]
+    lines.append(
+        f"- on {train.get('count', '?')} feedback rows to task `{lineage.get('task', '?')}` "
+        f"({_day(train.get('first_time'))} to {_day(train.get('last_time'))}); the newest "
+        f"{held.get('count', '?')} held out to test it"
+    )
+    guard = lineage.get("guard") or {}
+    lines.append(f"- guard against forgetting: {guard.get('kind', '?')}")
+    if gate:
+        figures = "; ".join(
+            f"{name.replace('_', '-')} {gate['metric']} {part['candidate']:.4g} vs the parent's {part['parent']:.4g}"
+            f" (n={part['n']})"
+            for name, part in ((key, gate.get(key)) for key in ("held_out", "dev"))
+            if isinstance(part, dict)
+        )
+        lines.append(f"- gate {'passed' if gate.get('passed') else 'failed'}: {figures}")
+    return "## Lineage\n\n" + "\n".join(lines)
+
+
+def _day(seconds: Any) -> str:
+    """A store time (seconds since the epoch) as its UTC day."""
+    if not isinstance(seconds, (int, float)):
+        return "?"
+    return time.strftime("%Y-%m-%d", time.gmtime(seconds))
 
 
 def _results_section(meta: dict[str, Any]) -> str:

@@ -3,12 +3,12 @@ neither may the data files it read (their SHA-256 is kept beside the settings in
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from softprompt.artifact import RUN_CONFIG_FILE
+from softprompt.data.hashes import DATA_HASHES, data_hashes
 from softprompt.errors import SoftpromptError, flag
 from softprompt.training.checkpoint import require_checkpoint
 
@@ -40,8 +40,6 @@ ADDED_LATER = {
     "calibrate": "none",
 }
 EXTENDABLE = "train.max_steps"
-DATA_HASHES = "data_sha256"  # config.json's record of the data files' contents (not a setting)
-DATA_FILES = ("train", "dev", "test", "path")  # the data.* settings that name files
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -53,30 +51,6 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def data_hashes(settings: dict[str, Any]) -> dict[str, str]:
-    """SHA-256 of each data file a run's settings name (``{"data.train": "ab12..."}``)."""
-    data = settings.get("data") or {}
-    files = {f"data.{key}": data.get(key) for key in DATA_FILES}
-    return {key: _sha256(Path(name)) for key, name in files.items() if name and _is_file(str(name))}
-
-
-def _is_file(name: str) -> bool:
-    """Whether ``name`` is a file; False for a name the system cannot even look up (too long, a
-    NUL byte), which a data loader reports properly when it reads that file."""
-    try:
-        return Path(name).is_file()
-    except (OSError, ValueError):
-        return False
 
 
 def run_record(settings: dict[str, Any]) -> dict[str, Any]:
