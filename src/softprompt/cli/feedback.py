@@ -64,8 +64,43 @@ def _stats(args: argparse.Namespace) -> None:
         )
 
 
+def _monitor(args: argparse.Namespace) -> None:
+    from softprompt.lifecycle.monitor import plot_timeline, references, timeline
+
+    if args.periods < 1:
+        raise SoftpromptError(f"--periods: expected a number > 0, got {args.periods}")
+    store = _open(args.db)
+    try:
+        data = timeline(store, args.task, args.periods, references(args.artifacts))
+    finally:
+        store.close()
+    if not data["versions"]:
+        raise SoftpromptError(f"--task {args.task}: no answers or feedback for this task in {args.db}")
+    plot_timeline(data, args.task, Path(args.out), args.threshold)
+    if args.json:
+        atomic_write_text(Path(args.out).with_suffix(".json"), json.dumps(data, indent=2))
+    drifts = [p["drift"] for s in data["versions"].values() for p in s if p["drift"] is not None]
+    worst = (
+        f"; highest drift {max(drifts):.3f}"
+        if drifts
+        else (" (no drift: give --artifacts DIR)" if not args.artifacts else "")
+    )
+    print(f"wrote {args.out}: {len(data['versions'])} version(s) over {args.periods} periods{worst}")
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Register ``feedback export`` and ``feedback stats``."""
+    """Register ``feedback export``, ``feedback stats`` and ``monitor``."""
+    monitor = commands.add_parser(
+        "monitor", help="plot a task's volume, confidence, feedback accuracy and drift over time"
+    )
+    monitor.add_argument("--db", required=True, help="the capture store (serve --capture)")
+    monitor.add_argument("--task", required=True)
+    monitor.add_argument("--out", required=True, help="a .png file")
+    monitor.add_argument("--artifacts", help="the served folder: its artifacts' references give the drift panel")
+    monitor.add_argument("--periods", type=int, default=40, help="time periods on the x axis (default: 40)")
+    monitor.add_argument("--threshold", type=float, default=0.25, help="the drift alert line (default: 0.25)")
+    monitor.add_argument("--json", action="store_true", help="also write the figures beside the plot (.json)")
+    monitor.set_defaults(run=_monitor)
     feedback = commands.add_parser("feedback", help="the feedback a capture store holds (serve --capture DB)")
     actions = feedback.add_subparsers(dest="action", required=True)
     export = actions.add_parser("export", help="the feedback of a task as training rows (JSON lines) for `train`")

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from softprompt.lifecycle.store import Feedback
+from softprompt.lifecycle.store import Feedback, Store
 
 CLASSIFY, GENERATE = "classify", "generate"
 ROUTE_KINDS = {"classify": CLASSIFY, "generate": GENERATE, "completions": GENERATE, "chat": GENERATE}
@@ -188,3 +188,14 @@ def compare_on_feedback(rows: list[dict[str, Any]]) -> dict[str, Any]:
             scores = [chrf.sentence_score(str((r[side] or [""])[0]), [r["output"]]).score / 100 for r in corrected]
             out[f"{side}_chrf"] = sum(scores) / len(scores)
     return out
+
+
+def accuracy_by_version(store: Store, task: str) -> list[dict[str, Any]]:
+    """Task ``task``'s :func:`figures` per version, from ``store``."""
+    return figures(store.request_counts(task), store.latest_feedback(task))
+
+
+def shadow_comparison(store: Store, task: str, live: str, candidate: str) -> dict[str, Any]:
+    """The live version and its shadow candidate judged on the feedback for requests both
+    answered (:func:`compare_on_feedback`), from ``store``."""
+    return compare_on_feedback(store.both_answered(task, live, candidate))

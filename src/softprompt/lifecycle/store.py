@@ -210,12 +210,6 @@ class Store:
         with self.engine.connect() as db:
             return {(task, version): count for task, version, count in db.execute(query)}
 
-    def accuracy_by_version(self, task: str) -> list[dict[str, Any]]:
-        """Task ``task``'s figures per version (see :func:`softprompt.lifecycle.feedback.figures`)."""
-        from softprompt.lifecycle.feedback import figures
-
-        return figures(self.request_counts(task), self.latest_feedback(task))
-
     def both_answered(self, task: str, live: str, candidate: str) -> list[dict[str, Any]]:
         """Requests of ``task`` answered by version ``live`` (served) and ``candidate`` (shadow)
         that have feedback in force: each with both outputs and the feedback's label or output."""
@@ -248,13 +242,6 @@ class Store:
             }
             for r in rows
         ]
-
-    def shadow_comparison(self, task: str, live: str, candidate: str) -> dict[str, Any]:
-        """Both versions judged on the feedback for requests both answered (see
-        :func:`softprompt.lifecycle.feedback.compare_on_feedback`)."""
-        from softprompt.lifecycle.feedback import compare_on_feedback
-
-        return compare_on_feedback(self.both_answered(task, live, candidate))
 
 
 def _engine(url: str, target: str) -> Engine:

@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from softprompt.lifecycle.capture import Capture
+from softprompt.lifecycle.drift import DriftMonitor
 from softprompt.lifecycle.store import Store
 from softprompt.serving.batcher import Batcher, Continuous
 from softprompt.serving.capturing import (
@@ -40,7 +41,7 @@ from softprompt.serving.capturing import (
 from softprompt.serving.errors import described, error_body, first_problem, is_openai_route
 from softprompt.serving.gate import TASK_NAME, Gate
 from softprompt.serving.guards import ApiKey, BodyLimit
-from softprompt.serving.metrics import PromptCacheCollector, RequestMetrics, ServerMetrics, TaskLabels
+from softprompt.serving.metrics import DriftCollector, PromptCacheCollector, RequestMetrics, ServerMetrics, TaskLabels
 from softprompt.serving.openai import add_completion_routes
 from softprompt.serving.openai.common import openai_error
 from softprompt.serving.registry import reserved_name_problem
@@ -71,6 +72,8 @@ def create_app(service: Service, settings: ServeSettings | None = None, capture:
     metrics.watch("softprompt_generation_rows", "rows in the running decoding batch", lambda: service.stream.rows)
     metrics.watch("softprompt_tasks", "tasks served", lambda: len(service.tasks.names()))
     metrics.registry.register(PromptCacheCollector(lambda: service.tasks.prompt_caches))
+    service.drift = DriftMonitor(settings.drift_window, settings.drift_threshold)
+    metrics.registry.register(DriftCollector(lambda: service.drift, service.serves, metrics.task_label))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):

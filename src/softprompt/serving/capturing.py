@@ -22,6 +22,7 @@ from softprompt.lifecycle.feedback import (
     TaskShape,
     feedback_on,
     feedback_on_text,
+    is_correct,
 )
 from softprompt.lifecycle.store import Captured
 from softprompt.serving.gate import Gate
@@ -153,6 +154,9 @@ def add_feedback_route(app: FastAPI, service: Service, gate: Gate) -> None:
                 row = feedback_on_text(given.task, given.text, shape, given.label, given.output, given.score)
             http.state.task = row.task
             number = await capture.durable(capture.store.add_feedback, row)
+            correct = is_correct(dataclasses.asdict(row))
+            if correct is not None and row.kind == CLASSIFY:
+                service.drift.feedback(row.task, correct)
         except FeedbackProblem as exc:
             raise HTTPException(exc.status, str(exc)) from None
         except StoreUnavailable as exc:

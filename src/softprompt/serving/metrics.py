@@ -165,3 +165,51 @@ class RequestMetrics:
                 route, scope.get("state", {}).get("task", ""), 500, time.perf_counter() - started
             )
             raise
+
+
+class DriftCollector(Collector):
+    """Per served classifier, read when scraped: its window's mean confidence and label shares,
+    its feedback accuracy, its drift score against its artifact's reference and the alert
+    (:mod:`softprompt.lifecycle.drift`). Only served tasks are named, through ``task_label``."""
+
+    def __init__(self, monitor: Callable[[], Any], serves: Callable[[str], bool], task_label: Callable[[str], str]):
+        self.monitor, self.serves, self.task_label = monitor, serves, task_label
+
+    def collect(self) -> Iterator[Any]:
+        monitor = self.monitor()
+        confidence = GaugeMetricFamily(
+            "softprompt_task_confidence", "mean top-label probability of the last answers", labels=["task"]
+        )
+        shares = GaugeMetricFamily(
+            "softprompt_task_label_share", "share of each label in the last answers", labels=["task", "label"]
+        )
+        accuracy = GaugeMetricFamily(
+            "softprompt_task_feedback_accuracy",
+            "share of the last judged answers that feedback called right",
+            labels=["task"],
+        )
+        drift = GaugeMetricFamily(
+            "softprompt_task_drift", "PSI of the last answers against the artifact's dev split", labels=["task"]
+        )
+        alert = GaugeMetricFamily(
+            "softprompt_task_drift_alert",
+            "1 when the drift score is at or over serve --drift-threshold",
+            labels=["task"],
+        )
+        for task, window in list(monitor.windows.items()):
+            if not self.serves(task):
+                continue
+            label = self.task_label(task)
+            mean = window.mean_confidence()
+            if mean is not None:
+                confidence.add_metric([label], mean)
+                for name, share in window.label_shares().items():
+                    shares.add_metric([label, name], share)
+            judged = window.feedback_accuracy()
+            if judged is not None:
+                accuracy.add_metric([label], judged)
+            score = window.score()
+            if score is not None:
+                drift.add_metric([label], score)
+                alert.add_metric([label], float(monitor.alert(score)))
+        yield from (confidence, shares, accuracy, drift, alert)

@@ -188,6 +188,10 @@ def _load(path: Path, backbone: Backbone) -> PromptedClassifier | Writer:
     if reason:
         raise SoftpromptError(f"{path}: {reason}")
     model.eval()
+    # What the artifact predicted on its dev split: the reference its traffic's drift is measured
+    # against (lifecycle.drift); it travels with the model through candidates and promotions.
+    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+    model.drift_reference = (metrics.get("dev") or {}).get("predicted")
     return model
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from softprompt.backbones import Backbone
 from softprompt.data.records import Example
 from softprompt.errors import SoftpromptError
+from softprompt.lifecycle.drift import DriftMonitor
 from softprompt.serving.registry import ServedTasks, artifact_version, is_internal, load_task, load_tasks
 from softprompt.serving.requests import ClassifyRequest, GenerateRequest
 from softprompt.serving.versions import (
@@ -59,6 +60,7 @@ class Service:
         # the folder beneath them, so they outlast it (not a restart). A change the watched folder
         # makes to a task replaces the API's.
         self.api_changes: dict[str, str | None] = {}
+        self.drift = DriftMonitor()  # create_app sets the window and threshold of its settings
         self.report_skipped()
 
     def serves(self, name: str) -> bool:
@@ -99,6 +101,8 @@ class Service:
             answers = []
             for text in payload.texts:
                 answer = labelled(text, labels, next(probabilities).tolist(), version)
+                if key == payload.task:  # the live version's answers (not a canary's) are watched
+                    self.drift.observe(payload.task, version, served[key], answer)
                 if shadow is not None:
                     answer["shadow"] = labelled(text, labels, next(probabilities).tolist(), shadow.version)
                     shadow.compare(answer["label"], answer["shadow"]["label"])

@@ -70,6 +70,14 @@ class ServeSettings:
         metadata=_flag("--metrics-max-tasks", "tasks named in /metrics' labels; the ones served later share 'other'"),
     )
 
+    drift_window: int = field(
+        default=200, metadata=_flag("--drift-window", "a classifier's last answers its drift score reads")
+    )
+    drift_threshold: float = field(
+        default=0.25,
+        metadata=_flag("--drift-threshold", "the drift score (PSI) at which softprompt_task_drift_alert is 1"),
+    )
+
     def __post_init__(self) -> None:
         for spec in fields(self):
             value, zero_ok = getattr(self, spec.name), spec.metadata.get("zero_ok", False)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from softprompt.errors import SoftpromptError
 from softprompt.lifecycle.capture import StoreUnavailable
+from softprompt.lifecycle.feedback import accuracy_by_version, shadow_comparison
 from softprompt.serving.gate import TASK_NAME, Gate
 from softprompt.serving.registry import artifact_version, load_task
 from softprompt.serving.service import Service
@@ -51,10 +52,10 @@ def add_version_routes(app: FastAPI, service: Service, gate: Gate) -> None:
             candidate = service.versions.candidates.get(name)
             store = gate.capture.store
             try:
-                by_version = await gate.capture.durable(store.accuracy_by_version, name)
+                by_version = await gate.capture.durable(accuracy_by_version, store, name)
                 if candidate is not None and candidate.share == 0:
                     live = described["live"]["version"]
-                    compared = await gate.capture.durable(store.shadow_comparison, name, live, candidate.version)
+                    compared = await gate.capture.durable(shadow_comparison, store, name, live, candidate.version)
                     described["candidate"]["on_feedback"] = compared
             except StoreUnavailable as exc:
                 raise HTTPException(503, str(exc)) from None

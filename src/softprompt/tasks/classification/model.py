@@ -25,7 +25,7 @@ from softprompt.methods.base import Method
 from softprompt.prompts import EncodedInput
 from softprompt.tasks.base import TaskModel
 from softprompt.tasks.classification.batches import Batch, ClassificationTask
-from softprompt.tasks.classification.metrics import classification_metrics
+from softprompt.tasks.classification.metrics import classification_metrics, prediction_profile
 
 
 class PromptedClassifier(TaskModel):
@@ -74,10 +74,12 @@ class PromptedClassifier(TaskModel):
         where: str = "data",
         progress: str | None = None,
     ) -> dict[str, Any]:
-        """Accuracy, macro-F1 and F1 per label on labelled ``examples``."""
+        """Accuracy, macro-F1 and F1 per label on labelled ``examples``, and what the model
+        predicted there (``predicted``: the reference a server measures drift against)."""
         gold = self.task.label_ids(examples, where)
         probabilities = label_probabilities(self, examples, batch_size, encoded, progress)
-        return classification_metrics(probabilities.argmax(-1).tolist(), gold, self.task.labels)
+        metrics = classification_metrics(probabilities.argmax(-1).tolist(), gold, self.task.labels)
+        return {**metrics, "predicted": prediction_profile(probabilities.tolist(), self.task.labels)}
 
     def loss(self, rows: list) -> torch.Tensor:
         """Mean negative log-likelihood of the gold labels of ``rows`` (from :meth:`training_rows`)."""
