@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from softprompt.cli import detox, feedback, listing, many, models, retrain, training
+from softprompt.cli import detox, feedback, listing, loop, many, models, retrain, training
 from softprompt.errors import SoftpromptError, TrainingDiverged, command_line
 
 
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``softprompt`` argument parser: one module per command group registers its commands."""
     parser = argparse.ArgumentParser(prog="softprompt", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (listing, training, models, many, feedback, retrain, detox):
+    for group in (listing, training, models, many, feedback, retrain, loop, detox):
         group.add_commands(commands)
     return parser
 
