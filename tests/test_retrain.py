@@ -163,6 +163,13 @@ def test_a_zero_shot_parent_starts_a_prompt(tasks_dir, tiny_llama_dir, parent_an
     assert meta["trainable_parameters"] > 0
     assert result.lineage["parent"]["method"] == "none" and not result.lineage["parent"]["continued"]
     assert result.passed == meta["lineage"]["gate"]["passed"]
+    # The zero-shot parent never read its training split's labels: nothing is replayed from it,
+    # and neither will a retrain of this version replay them.
+    assert meta["lineage"]["guard"] == {"kind": "none"}
+    result = softprompt.retrain(
+        tmp_path / "v2", db, tmp_path / "v3", task="sentiment", progress=False, train={"max_steps": 1}
+    )
+    assert result.lineage["guard"] == {"kind": "none"}
 
 
 def test_ewc_guards_instead_of_replay(tasks_dir, parent_answers, tmp_path, capsys):

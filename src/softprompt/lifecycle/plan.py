@@ -8,7 +8,9 @@ written: the command answers in a second, before the backbone loads.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,8 @@ from softprompt.errors import SoftpromptError, flag
 from softprompt.lifecycle.feedback import training_row
 from softprompt.lifecycle.gate import gate_metric
 from softprompt.lifecycle.parent_data import check_data
+
+logger = logging.getLogger(__name__)
 
 GUARDS = ("replay", "ewc")
 FRESH_METHOD = catalogue.method_named("PromptTuning")  # what a zero-/few-shot parent starts
@@ -121,6 +125,11 @@ def plan_retrain(
     if not isinstance(section, dict):
         raise SoftpromptError("config field 'retrain' is a section; use retrain.<key>=value")
     retrain_settings = build(RetrainSettings, section, prefix="retrain.")
+    if retrain_settings.reads_training_data and not learned_from_training_split(meta):
+        # Nothing to forget: replaying (or anchoring to) labels the parent never learned would
+        # train on data the task never had. The feedback so far (all of it, each round) trains.
+        logger.info("retrain: the parent never learned from its training split (zero-/few-shot): no replay")
+        retrain_settings = dataclasses.replace(retrain_settings, guard="replay", replay=0.0)
     if out is None or not str(out).strip():
         raise SoftpromptError("give out=DIR: the folder the new version is written to")
     config = _candidate_config(meta, given, str(out))
@@ -137,6 +146,17 @@ def plan_retrain(
     return RetrainPlan(
         artifact, meta, config, retrain_settings, name, _shown(db), train, held_out, kind, continues, out, overwrite
     )
+
+
+def learned_from_training_split(meta: dict[str, Any]) -> bool:
+    """Whether the artifact ``meta`` records learned from its run's training split: a version
+    that ``retrain`` made did when its guard read that split; any other when its method trains
+    (a zero-/few-shot artifact read no labels). A chain of retrains from a zero-shot start so
+    never replays the original training split's labels."""
+    lineage = meta.get("lineage")
+    if isinstance(lineage, dict):
+        return (lineage.get("guard") or {}).get("kind") in GUARDS
+    return bool(catalogue.check_method(str(meta.get("method"))).settings["trains"])
 
 
 def _read_record(artifact: Path) -> dict[str, Any]:
