@@ -60,6 +60,7 @@ def render() -> str:
     from softprompt.config import RunConfig
     from softprompt.continual.config import ContinualConfig
     from softprompt.detox.config import DetoxEvalConfig, DetoxTrainConfig, GenerateConfig, ValidateConfig
+    from softprompt.lifecycle.plan import RetrainSettings
     from softprompt.methods import METHODS
     from softprompt.multitask import MultitaskConfig
 
@@ -78,6 +79,13 @@ def render() -> str:
     parts += [
         table("softprompt multitask", "Several tasks' prompts trained together.", MultitaskConfig),
         table("softprompt continual", "A sequence of tasks learned one after another.", ContinualConfig),
+        table(
+            "softprompt retrain",
+            "`retrain.*`: the guard against forgetting, the held-out share and the gate "
+            "([keep-learning.md](keep-learning.md)); any run setting above may follow too.",
+            RetrainSettings,
+            "retrain.",
+        ),
         table("softprompt detox train", "Detoxifying prompts.", DetoxTrainConfig),
         table("softprompt detox eval", "Toxicity of continuations, per steering.", DetoxEvalConfig),
         table("softprompt detox validate-scorer", "Scorers against stored Perspective scores.", ValidateConfig),
