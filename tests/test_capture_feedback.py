@@ -180,6 +180,20 @@ def test_a_store_that_cannot_open_is_one_line_before_the_backbone_loads(tmp_path
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_a_locked_store_at_start_is_one_line(tmp_path, capsys):
+    db = tmp_path / "capture.db"
+    Store(str(db)).close()
+    holder = sqlite3.connect(db)
+    holder.execute("BEGIN EXCLUSIVE")  # another process writing, and not letting go
+    try:
+        code = main(["serve", "--artifacts", str(tmp_path), "--backbone", "nowhere", "--capture", str(db)])
+    finally:
+        holder.rollback()
+        holder.close()
+    err = capsys.readouterr().err
+    assert code == 2 and "locked" in err and "holds a lock" in err and len(err.strip().splitlines()) == 1
+
+
 def test_feedback_export_trains_and_stats_count(backbone, tasks_dir, tmp_path, capsys, tiny_llama_dir):
     db = tmp_path / "capture.db"
     with serve(backbone, tasks_dir, str(db)) as client:

@@ -21,7 +21,7 @@ from softprompt.lifecycle.store import Store, requests
 from softprompt.serving.app import ServeSettings, Service, create_app
 from softprompt.serving.registry import artifact_version
 
-from .conftest import NEGATIVE, POSITIVE, write_jsonl
+from .conftest import NEGATIVE, POSITIVE, make_tiny_llama, write_jsonl
 from .helpers import train_served_tasks
 
 TEXTS = ["a great movie", "dull and boring", "superb", "awful"]
@@ -149,6 +149,19 @@ def test_candidates_that_cannot_stand_beside_the_task_are_refused(backbone, serv
     assert other_kind.status_code == 400 and "classification task" in other_kind.json()["detail"]
     assert unknown.status_code == 404 and outside.status_code == 403 and no_candidate.status_code == 409
     assert internal.status_code == 404
+
+
+def test_a_candidate_for_another_backbone_is_refused(backbone, served, tmp_path):
+    other = make_tiny_llama(tmp_path / "other-llama", seed=1)
+    rows = [{"text": t, "label": "positive"} for t in POSITIVE] + [{"text": t, "label": "negative"} for t in NEGATIVE]
+    data = write_jsonl(tmp_path / "reviews.jsonl", rows)
+    run = ["train", f"backbone={other}", f"data.train={data}", f"data.dev={data}", "train.max_steps=1", "--quiet"]
+    run += ["template={soft:2}Review: {text} Sentiment:", "verbalizer={positive: positive, negative: negative}"]
+    assert main([*run, f"out={served.parent / 'incoming' / 'elsewhere'}"]) == 0
+    with server(backbone, served) as client:
+        path = {"path": str(served.parent / "incoming" / "elsewhere"), "share": 1}
+        refused = client.post("/v1/tasks/sentiment/candidate", json=path)
+    assert refused.status_code == 400 and "backbone" in refused.json()["detail"]
 
 
 def test_version_changes_need_the_admin_key(backbone, served):

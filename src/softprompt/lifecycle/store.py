@@ -151,6 +151,10 @@ class Store:
                     f"capture store {self.target} has schema {found}, newer than this softprompt's "
                     f"{SCHEMA_VERSION}: upgrade softprompt"
                 )
+            # A write, so that a store another process holds locked is found now, not at the first answer.
+            db.execute(
+                store_info.update().where(store_info.c.key == "schema").values(value=found or str(SCHEMA_VERSION))
+            )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -259,9 +263,10 @@ def _engine(url: str, target: str) -> Engine:
 
 def _sqlite_settings(connection: Any, _: Any) -> None:
     """WAL: readers never block the writer; synchronous=FULL: a committed batch survives a crash
-    of the machine, not only of the process; busy_timeout: wait for another writer a while."""
+    of the machine, not only of the process; busy_timeout: wait for another writer a second (a
+    lock held longer fails the batch's write, which is counted, rather than stalling answers)."""
     cursor = connection.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=5000"):
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=1000"):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
 
@@ -275,7 +280,7 @@ def store_problem(exc: BaseException) -> str:
     if "not a database" in lowered or "malformed" in lowered:
         return f"{text} (the file is not an intact SQLite database: move it aside and start a new store)"
     if "locked" in lowered:
-        return f"{text} (another process holds the database; it is retried)"
+        return f"{text} (another process holds a lock on the database)"
     if "connection" in lowered or "could not" in lowered or "refused" in lowered:
         return f"{text} (is the database server running and the URL right?)"
     return text
