@@ -224,3 +224,35 @@ def test_a_generation_shadow_is_captured_beside_the_served_answer(backbone, serv
     # Same artifact, same seed: the shadow wrote what the live version wrote.
     assert json.loads(shadow_row["output"]) == answer["completions"]
     assert shown["candidate"]["compared"] == 1 and shown["candidate"]["agreement"] == 1.0
+
+
+def test_reload_keeps_the_candidate_and_the_promoted_version(backbone, served):
+    candidate = served.parent / "incoming" / "sentiment-v2"
+    second = artifact_version(candidate)
+    with server(backbone, served) as client:
+        client.post("/v1/tasks/sentiment/candidate", json={"path": str(candidate), "share": 1.0})
+        client.post("/v1/tasks/sentiment/promote")
+        client.post("/v1/tasks/sentiment/candidate", json={"path": str(served / "sentiment"), "share": 0.5})
+        reloaded = client.post("/v1/tasks/reload")
+        shown = client.get("/v1/tasks/sentiment").json()
+    assert reloaded.status_code == 200
+    assert shown["live"]["version"] == second  # the record, read again
+    assert shown["candidate"]["version"] == artifact_version(served / "sentiment")  # still beside it
+
+
+def test_a_change_of_the_task_folder_on_disk_wins_over_the_record(backbone, served, trained):
+    """The operator replaced DIR/NAME while a promoted version was live: the folder is served, and
+    the record forgets the task (a restart serves the folder too)."""
+    candidate = served.parent / "incoming" / "sentiment-v2"
+    with server(backbone, served, watch_s=0.2) as client:
+        client.post("/v1/tasks/sentiment/candidate", json={"path": str(candidate), "share": 1.0})
+        client.post("/v1/tasks/sentiment/promote")
+        shutil.rmtree(served / "sentiment")
+        shutil.copytree(trained[0] / "polite", served / "sentiment")  # another artifact, by hand
+        deadline = time.monotonic() + 20
+        while client.get("/v1/tasks/sentiment").json().get("kind") != "generate":
+            assert time.monotonic() < deadline, "the watch did not serve the replaced folder"
+            time.sleep(0.1)
+    assert "sentiment" not in json.loads((served / ".versions" / "live.json").read_text())["tasks"]
+    with server(backbone, served) as client:
+        assert client.get("/v1/tasks/sentiment").json()["kind"] == "generate"
