@@ -256,3 +256,36 @@ def test_a_change_of_the_task_folder_on_disk_wins_over_the_record(backbone, serv
     assert "sentiment" not in json.loads((served / ".versions" / "live.json").read_text())["tasks"]
     with server(backbone, served) as client:
         assert client.get("/v1/tasks/sentiment").json()["kind"] == "generate"
+
+
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+
+
+def test_the_openai_routes_answer_by_canary_and_shadow_too(backbone, served, tmp_path, monkeypatch):
+    db = tmp_path / "capture.db"
+    monkeypatch.setattr(backbone.tokenizer, "chat_template", CHAT_TEMPLATE)
+    copy = served.parent / "incoming" / "polite-v2"
+    shutil.copytree(served / "polite", copy)
+    chat = {"model": "polite", "messages": [{"role": "user", "content": "shut up"}], "max_tokens": 3}
+    with server(backbone, served, str(db)) as client:
+        assert client.post("/v1/tasks/polite/candidate", json={"path": str(copy), "share": 1.0}).status_code == 200
+        canary = client.post("/v1/completions", json={"model": "polite", "prompt": "go away", "max_tokens": 3}).json()
+        assert client.post("/v1/tasks/polite/candidate", json={"path": str(copy)}).status_code == 200  # now a shadow
+        whole = client.post("/v1/chat/completions", json=chat).json()
+        streamed = client.post("/v1/chat/completions", json={**chat, "stream": True})
+        deadline = time.monotonic() + 20
+        while sum(r["role"] == "shadow" for r in rows(db)) < 2:
+            assert time.monotonic() < deadline, "the shadows' answers were not captured"
+            time.sleep(0.05)
+        shown = client.get("/v1/tasks/polite").json()
+    by_id = {}
+    for row in rows(db):
+        by_id.setdefault(row["id"], {})[row["role"]] = row
+    assert set(by_id[canary["id"]]) == {"served"}  # the canary answered; nothing ran beside it
+    stream_id = json.loads(streamed.text.split("\n\n")[0].removeprefix("data: "))["id"]
+    for answer_id in (whole["id"], stream_id):
+        pair = by_id[answer_id]
+        assert pair["served"]["route"] == pair["shadow"]["route"] == "chat"
+        # A copy of the live artifact, same seed: the shadow wrote what was served.
+        assert json.loads(pair["shadow"]["output"]) == json.loads(pair["served"]["output"])
+    assert shown["candidate"]["compared"] == 2 and shown["candidate"]["agreement"] == 1.0

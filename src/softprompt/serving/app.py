@@ -35,7 +35,7 @@ from softprompt.serving.capturing import (
     answer_id,
     classified,
     keep,
-    keep_shadow,
+    keep_with_shadow,
     shadow_generation,
 )
 from softprompt.serving.errors import described, error_body, first_problem, is_openai_route
@@ -190,10 +190,7 @@ def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
             raise
         request_id = answer_id("gen")
         answer = (request_id, request.prompt, completions, version, "served")
-        if await keep(gate, "generate", request.task, [answer], started) and shadow is not None:
-            keep_shadow(gate, shadow, request.task, answer, started)
-        elif shadow is not None:
-            shadow.cancel()
+        await keep_with_shadow(gate, "generate", request.task, answer, started, shadow)
         return {"id": request_id, "task": request.task, "prompt": request.prompt, "completions": completions}
 
     @app.post("/v1/tasks/reload")

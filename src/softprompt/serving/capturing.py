@@ -40,10 +40,11 @@ def answer_id(prefix: str) -> str:
 Answer = tuple[str, Any, Any, str, str]  # id, input, output, the version that answered, role
 
 
-async def keep(gate: Gate, route: str, task: str | None, answers: list[Answer], started: float) -> None:
+async def keep(gate: Gate, route: str, task: str | None, answers: list[Answer], started: float) -> bool:
     """Capture the answers of one request, ``(id, input, output, version, role)`` each (role
     "served", or "shadow" for a candidate's answer that was not returned), when the server
-    captures and the request is sampled; returns once they are committed."""
+    captures and the request is sampled; returns once they are committed, with whether they were
+    captured."""
     capture: Capture | None = gate.capture
     if capture is None or not answers or not capture.sampled():
         return False
@@ -61,7 +62,9 @@ def shadow_generation(gate: Gate, job: WriteJob) -> asyncio.Future | None:
     return asyncio.ensure_future(gate.submit("generate", dataclasses.replace(job, task=candidate_key(job.task))))
 
 
-def keep_shadow(gate: Gate, shadow: asyncio.Future, task: str, served: Answer, started: float) -> None:
+def keep_shadow(
+    gate: Gate, shadow: asyncio.Future, task: str, served: Answer, started: float, route: str = "generate"
+) -> None:
     """Once the shadow's job is done, compare and capture its answer beside the served one (in
     the background: the response does not wait for it). A shadow that fails fails no request."""
     request_id, given, live_output, _, _ = served
@@ -78,7 +81,7 @@ def keep_shadow(gate: Gate, shadow: asyncio.Future, task: str, served: Answer, s
             return
         candidate.compare(live_output, texts)
         latency_ms = 1000 * (time.perf_counter() - started)
-        row = Captured(request_id, task, candidate.version, "generate", given, texts, latency_ms, "shadow")
+        row = Captured(request_id, task, candidate.version, route, given, texts, latency_ms, "shadow")
         await capture.record([row])
 
     gate.in_background(follow())
@@ -162,3 +165,13 @@ def add_feedback_route(app: FastAPI, service: Service, gate: Gate) -> None:
         except StoreUnavailable as exc:
             raise HTTPException(503, str(exc)) from None
         return {"feedback": number, "id": given.id, "task": row.task}
+
+
+async def keep_with_shadow(
+    gate: Gate, route: str, task: str | None, served: Answer, started: float, shadow: asyncio.Future | None
+) -> None:
+    """Capture a served answer and, when it was captured, its shadow's answer beside it (later)."""
+    if await keep(gate, route, task, [served], started) and shadow is not None and task is not None:
+        keep_shadow(gate, shadow, task, served, started, route)
+    elif shadow is not None:
+        shadow.cancel()

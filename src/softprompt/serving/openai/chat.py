@@ -12,7 +12,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from softprompt.serving.capturing import keep
+from softprompt.serving.capturing import keep_with_shadow
 from softprompt.serving.gate import Gate
 from softprompt.serving.openai.common import (
     SamplingFields,
@@ -20,6 +20,7 @@ from softprompt.serving.openai.common import (
     openai_error,
     refusal,
     run_whole,
+    shadow_answer,
     stream,
     usage,
 )
@@ -92,34 +93,41 @@ def add_chat(app: FastAPI, service: Service, gate: Gate) -> None:
             message, where = exc.args
             return openai_error(400, message, where, "unsupported_content")
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        read = prompt_tokens(service, service.tasks.writers[request.model].soft, prompt)  # before any wait
+        key = service.versions.answering(request.model)[0]  # the live version, or a canary's candidate
+        read = prompt_tokens(service, service.tasks.writers[key].soft, prompt)  # before any wait
         try:
             gate.within_limits([m["content"] for m in messages], (request.max_tokens or 0) * request.n)
         except HTTPException as exc:
             return openai_error(exc.status_code, str(exc.detail), "messages")
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time())}
         head["model"] = request.model
-        started, version = time.perf_counter(), service.tasks.versions.get(request.model, "")
+        started, version = time.perf_counter(), service.versions.version_of(service.tasks, key)
+        shadow = shadow_answer(gate, request, [prompt], render=False)
 
         async def captured(texts: list[str]) -> None:
-            await keep(gate, "chat", request.model, [(head["id"], messages, texts, version, "served")], started)
+            served = (head["id"], messages, texts, version, "served")
+            await keep_with_shadow(gate, "chat", request.model, served, started, shadow)
 
         if request.stream:
-            started: set[int] = set()
+            opened: set[int] = set()  # choices whose first chunk (with the role) was sent
 
             def chunk(index: int, text: str, reason: str | None) -> dict[str, Any]:
-                delta = {"content": text} if index in started else {"role": "assistant", "content": text}
-                started.add(index)
+                delta = {"content": text} if index in opened else {"role": "assistant", "content": text}
+                opened.add(index)
                 choice = {"index": index, "delta": delta, "finish_reason": reason}
                 return {**head, "object": "chat.completion.chunk", "choices": [choice]}
 
             def usage_chunk(written: int) -> dict[str, Any]:
                 return {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage(read, written)}
 
-            events = stream(gate, request, [prompt], chunk, rendered=True, usage_chunk=usage_chunk, on_done=captured)
+            events = stream(
+                gate, request, [prompt], chunk, rendered=True, usage_chunk=usage_chunk, on_done=captured, task=key
+            )
             return StreamingResponse(events, media_type="text/event-stream")
-        collected = await run_whole(gate, request, [prompt], http, rendered=True)
+        collected = await run_whole(gate, request, [prompt], http, rendered=True, task=key)
         if isinstance(collected, JSONResponse):
+            if shadow is not None:
+                shadow.cancel()
             return collected
         answers = completed(service, request, collected)
         choices = [

@@ -20,6 +20,7 @@ from softprompt.serving.registry import is_internal
 from softprompt.serving.requests import MAX_SEED, Text
 from softprompt.serving.service import Service, shown_name
 from softprompt.serving.settings import over_limit
+from softprompt.serving.versions import candidate_key
 from softprompt.serving.writing import WriteJob, visible_text
 
 # Fields refused rather than ignored when given a value other than OpenAI's default.
@@ -69,9 +70,11 @@ class SamplingFields(BaseModel):
         given = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return tuple(s for s in given if s)
 
-    def job(self, prompt: str, listener: Any, rendered: bool = False) -> WriteJob:
+    def job(self, prompt: str, listener: Any, rendered: bool = False, task: str | None = None) -> WriteJob:
+        """The decoding job for ``prompt``, for task ``task`` (the version answering: the model's
+        live version or its candidate; default ``model``)."""
         return WriteJob(
-            self.model,
+            task or self.model,
             prompt,
             self.max_tokens,
             self.temperature,
@@ -174,14 +177,19 @@ def completed(service: Service, request: SamplingFields, collected: list[Collect
 
 
 async def run_whole(
-    gate: Gate, request: SamplingFields, prompts: list[str], http: Request, rendered: bool = False
+    gate: Gate,
+    request: SamplingFields,
+    prompts: list[str],
+    http: Request | None,
+    rendered: bool = False,
+    task: str | None = None,
 ) -> list[Collected] | JSONResponse:
     """Every prompt's job, answered whole; OpenAI's error when one fails. A client that goes
     away takes its jobs out of the decoding batch."""
     collected = [Collected(request.n) for _ in prompts]
     try:
         jobs = (
-            gate.submit("generate", request.job(p, c, rendered), request=http)
+            gate.submit("generate", request.job(p, c, rendered, task), request=http)
             for p, c in zip(prompts, collected, strict=True)
         )
         await asyncio.gather(*jobs)
@@ -198,6 +206,7 @@ async def stream(
     rendered: bool = False,
     usage_chunk: Callable[[int], dict[str, Any]] | None = None,
     on_done: Callable[[list[str]], Awaitable[None]] | None = None,
+    task: str | None = None,
 ) -> AsyncIterator[str]:
     """Server-Sent Events: each choice's new text as it is decoded (never a part of a stop
     string), its finish reason, then (with ``stream_options.include_usage``) the usage chunk that
@@ -207,7 +216,7 @@ async def stream(
     queue: asyncio.Queue = asyncio.Queue()
     heard = [Collected(request.n, queue, p * request.n) for p in range(len(prompts))]
     work = [
-        asyncio.ensure_future(gate.submit("generate", request.job(p, c, rendered)))
+        asyncio.ensure_future(gate.submit("generate", request.job(p, c, rendered, task)))
         for p, c in zip(prompts, heard, strict=True)
     ]
     shown: dict[int, str] = {}
@@ -253,3 +262,24 @@ async def stream(
             w.cancel()
         if getter is not None:
             getter.cancel()
+
+
+def shadow_answer(gate: Gate, request: SamplingFields, prompts: list[str], render: bool) -> asyncio.Future | None:
+    """The texts the task's shadow candidate writes for ``prompts`` (rendered with its own
+    template when ``render``), started now beside the live answer; None without a shadow or
+    without capture (a shadow's answers are only stored)."""
+    if gate.capture is None or gate.service.versions.shadow(request.model) is None:
+        return None
+    key = candidate_key(request.model)
+    writer = gate.service.tasks.writers.get(key)
+    if writer is None:
+        return None
+    shown = [writer.render(p) for p in prompts] if render else prompts
+
+    async def texts() -> list[str]:
+        collected = await run_whole(gate, request, shown, None, rendered=True, task=key)
+        if isinstance(collected, JSONResponse):
+            raise RuntimeError("the shadow's answer failed")
+        return [text for text, _, _ in completed(gate.service, request, collected)]
+
+    return asyncio.ensure_future(texts())

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field
 
 from softprompt.generation.scoring import MAX_TOP_LOGPROBS
-from softprompt.serving.capturing import keep
+from softprompt.serving.capturing import keep_with_shadow
 from softprompt.serving.gate import Gate
 from softprompt.serving.openai.common import (
     Collected,
@@ -31,6 +31,7 @@ from softprompt.serving.openai.common import (
     openai_error,
     refusal,
     run_whole,
+    shadow_answer,
     stream,
     usage,
 )
@@ -76,18 +77,20 @@ def add_completions(app: FastAPI, service: Service, gate: Gate) -> None:
             return openai_error(exc.status_code, str(exc.detail), "prompt")
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time())}
         head["model"] = request.model
-        started, version = time.perf_counter(), service.tasks.versions.get(request.model, "")
+        # The version answering: the live one, or (a canary's share) its candidate.
+        key = service.versions.answering(request.model)[0]
+        started, version = time.perf_counter(), service.versions.version_of(service.tasks, key)
+        shadow = shadow_answer(gate, request, prompts, render=True)
 
         async def captured(texts: list[str]) -> None:
-            await keep(
-                gate, "completions", request.model, [(head["id"], request.prompt, texts, version, "served")], started
-            )
+            served = (head["id"], request.prompt, texts, version, "served")
+            await keep_with_shadow(gate, "completions", request.model, served, started, shadow)
 
         def chunk(index: int, text: str, reason: str | None) -> dict[str, Any]:
             return {**head, "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": reason}]}
 
         # Counted before any wait: the task may be removed while its requests are answered.
-        writer = service.tasks.writers[request.model]
+        writer = service.tasks.writers[key]
         # Rendered once (choosing demonstrations per input embeds it): generation, usage and
         # scoring all read the same text.
         rendered = [writer.render(p) for p in prompts]
@@ -97,13 +100,17 @@ def add_completions(app: FastAPI, service: Service, gate: Gate) -> None:
             def usage_chunk(written: int) -> dict[str, Any]:
                 return {**head, "choices": [], "usage": usage(read, written)}
 
-            events = stream(gate, request, rendered, chunk, rendered=True, usage_chunk=usage_chunk, on_done=captured)
+            events = stream(
+                gate, request, rendered, chunk, rendered=True, usage_chunk=usage_chunk, on_done=captured, task=key
+            )
             return StreamingResponse(events, media_type="text/event-stream")
         if request.max_tokens == 0:  # echo only: nothing to generate
             collected: list[Collected] | JSONResponse = [Collected(request.n) for _ in prompts]
         else:
-            collected = await run_whole(gate, request, rendered, http, rendered=True)
+            collected = await run_whole(gate, request, rendered, http, rendered=True, task=key)
         if isinstance(collected, JSONResponse):
+            if shadow is not None:
+                shadow.cancel()
             return collected
         answers = completed(service, request, collected)
         choices = [
@@ -117,7 +124,7 @@ def add_completions(app: FastAPI, service: Service, gate: Gate) -> None:
         ]
         written = sum(tokens for _, _, tokens in answers)
         if request.echo or request.logprobs is not None:
-            failed = await add_scores(gate, request, rendered, collected, choices, http)
+            failed = await add_scores(gate, request, rendered, collected, choices, http, key)
             if failed is not None:
                 return failed
         await captured([choice["text"] for choice in choices])
@@ -146,6 +153,7 @@ async def add_scores(
     collected: list[Collected],
     choices: list[dict[str, Any]],
     http: Request,
+    task: str,
 ) -> JSONResponse | None:
     """Fill the choices' ``logprobs`` and, with ``echo``, put the rendered prompt before their
     text (one scoring pass per choice, batched by the worker); OpenAI's error if one fails."""
@@ -154,7 +162,7 @@ async def add_scores(
     for prompt, heard in zip(rendered, collected, strict=True):
         for ids, choice in zip(heard.tokens, choices[len(jobs) :], strict=False):
             generated = visible_ids(tokenizer, ids, choice["text"])
-            jobs.append(ScoreJob(request.model, prompt, generated, request.logprobs or 0, request.echo, rendered=True))
+            jobs.append(ScoreJob(task, prompt, generated, request.logprobs or 0, request.echo, rendered=True))
     try:
         scored: list[Scored] = await asyncio.gather(*(gate.submit("score", job, request=http) for job in jobs))
     except HTTPException as exc:
