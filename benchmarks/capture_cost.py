@@ -32,7 +32,7 @@ from pathlib import Path
 
 import httpx
 
-from server_load import client_loop, free_port, summary, wait_until_ready
+from server_load import classify_load_flags, client_loop, free_port, summary, wait_until_ready
 from serving import Server, prompts_dir
 
 RESULTS = Path(__file__).parent / "results"
@@ -161,13 +161,7 @@ def run_config(args: argparse.Namespace, number: int, root: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifact", required=True, help="a classification artifact (e.g. runs/sentiment)")
-    parser.add_argument("--backbone", default="smollm2-135m")
-    parser.add_argument("--tasks", type=int, default=1000)
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=30)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--prompt-cache-mb", type=float, help="the server's --prompt-cache-mb (default: its own)")
+    classify_load_flags(parser)
     parser.add_argument("--only", help="a comma list of the runs to do (1-6; default: all)")
     parser.add_argument("--out", default=str(RESULTS / "capture_cost.json"))
     args = parser.parse_args()

@@ -18,6 +18,7 @@ import importlib.util
 import io
 import json
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,7 +69,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="drift-"))
     served = work / "served"
     if args.artifact:
-        subprocess.run(["cp", "-r", args.artifact, str(served / "sentiment")], check=True)
+        shutil.copytree(args.artifact, served / "sentiment", ignore=shutil.ignore_patterns("checkpoint*"))
     else:
         run = ["train", "dataset=rotten-tomatoes", "method=none", "precision=fp32", f"threads={args.threads}"]
         subprocess.run([sys.executable, "-m", "softprompt", *run, f"out={served / 'sentiment'}", "--quiet"], check=True)

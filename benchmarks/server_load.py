@@ -29,6 +29,19 @@ from pathlib import Path
 import httpx
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def classify_load_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of a many-task classification load (serving.py, capture_cost.py)."""
+    parser.add_argument("--artifact", required=True, help="a classification artifact (e.g. runs/sentiment)")
+    parser.add_argument("--backbone", default="smollm2-135m")
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompt-cache-mb", type=float, help="the server's --prompt-cache-mb (default: its own)")
+
+
 TEXTS = ["a great movie", "dull and far too long", "the cast shines", "I want my money back", "fine, not great"]
 
 

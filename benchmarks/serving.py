@@ -44,7 +44,7 @@ from pathlib import Path
 
 import httpx
 
-from server_load import client_loop, free_port, summary, wait_until_ready
+from server_load import classify_load_flags, client_loop, free_port, summary, wait_until_ready
 
 RESULTS = Path(__file__).parent / "results"
 CHANGERS = 6  # concurrent add-ask-replace-remove cycles in the live-changes phase (100 in 60 s)
@@ -273,14 +273,8 @@ def live_changes(args: argparse.Namespace, folder: Path, artifact: Path, changes
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifact", required=True, help="a classification artifact (e.g. runs/sentiment)")
-    parser.add_argument("--backbone", default="smollm2-135m")
-    parser.add_argument("--tasks", type=int, default=1000)
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=30)
-    parser.add_argument("--threads", type=int, default=2)
+    classify_load_flags(parser)
     parser.add_argument("--src", help="run the server from this source tree (PYTHONPATH)")
-    parser.add_argument("--prompt-cache-mb", type=float, help="the server's --prompt-cache-mb (default: its own)")
     parser.add_argument("--gen-artifact", help="a generation artifact with a leading soft prompt (phase 5)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["classify", "generate", "short", "live", "gentasks"])
     parser.add_argument("--out", default=str(RESULTS / "serving.json"))

@@ -120,6 +120,32 @@ POSITIVE = ["a great movie", "wonderful and superb", "a fine cast, great", "supe
 NEGATIVE = ["a dull film", "terrible and awful", "boring, badly acted", "awful and dull", "bad and boring"]
 
 
+@pytest.fixture(scope="session")
+def tiny_backbone(tiny_llama_dir):
+    """The tiny Llama, loaded once for the session: a test that changes it must undo the change
+    (``monkeypatch``)."""
+    from softprompt.backbones import load_backbone
+
+    return load_backbone(str(tiny_llama_dir))
+
+
+@pytest.fixture(scope="session")
+def served_tasks(tmp_path_factory, tiny_llama_dir) -> Path:
+    """A folder of two artifacts trained once for the session, as a server serves them: the
+    classifier ``sentiment`` and the generation task ``polite``. Read it only; copy it to change it."""
+    from .helpers import train_served_tasks
+
+    return train_served_tasks(tmp_path_factory.mktemp("served-tasks"), tiny_llama_dir)
+
+
+@pytest.fixture
+def served_copy(served_tasks, tmp_path) -> Path:
+    """A copy of ``served_tasks`` of the test's own, at ``tmp_path / "served"``."""
+    root = tmp_path / "served"
+    shutil.copytree(served_tasks, root)
+    return root
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -14,27 +14,18 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from softprompt.backbones import load_backbone
 from softprompt.cli import main
 from softprompt.lifecycle.store import Store, metadata, requests
 from softprompt.serving.app import ServeSettings, Service, create_app
 from softprompt.serving.registry import artifact_version
 
-from .helpers import logged_messages, train_served_tasks
+from .helpers import logged_messages
 
 
-@pytest.fixture(scope="module")
-def tasks_dir(tmp_path_factory, tiny_llama_dir):
-    return train_served_tasks(tmp_path_factory.mktemp("captured"), tiny_llama_dir)
-
-
-@pytest.fixture(scope="module")
-def backbone(tiny_llama_dir):
-    return load_backbone(str(tiny_llama_dir))
-
-
-def serve(backbone, tasks_dir, db, **settings) -> TestClient:
-    return TestClient(create_app(Service(backbone, tasks_dir), ServeSettings(max_wait_ms=1, capture=db, **settings)))
+def serve(tiny_backbone, served_tasks, db, **settings) -> TestClient:
+    return TestClient(
+        create_app(Service(tiny_backbone, served_tasks), ServeSettings(max_wait_ms=1, capture=db, **settings))
+    )
 
 
 def stored(db) -> list[dict]:
@@ -42,10 +33,12 @@ def stored(db) -> list[dict]:
         return [dict(r) for r in conn.execute(sa.select(requests).order_by(requests.c.seq)).mappings()]
 
 
-def test_every_route_stores_its_answers_with_their_id_and_version(backbone, tasks_dir, tmp_path, monkeypatch):
+def test_every_route_stores_its_answers_with_their_id_and_version(tiny_backbone, served_tasks, tmp_path, monkeypatch):
     db = tmp_path / "capture.db"
-    monkeypatch.setattr(backbone.tokenizer, "chat_template", "{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
-    with serve(backbone, tasks_dir, str(db)) as client:
+    monkeypatch.setattr(
+        tiny_backbone.tokenizer, "chat_template", "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    )
+    with serve(tiny_backbone, served_tasks, str(db)) as client:
         one = client.post("/v1/classify", json={"task": "sentiment", "texts": ["great film"]}).json()
         two = client.post("/v1/classify", json={"task": "sentiment", "texts": ["bad", "fine"]}).json()
         written = client.post("/v1/generate", json={"task": "polite", "prompt": "shut up", "max_new_tokens": 3}).json()
@@ -59,14 +52,14 @@ def test_every_route_stores_its_answers_with_their_id_and_version(backbone, task
     assert one["results"][0]["id"] == one["id"]  # one text: the result's id is the request's
     assert [r["id"] for r in two["results"]] == [f"{two['id']}-0", f"{two['id']}-1"]
     rows = {row["id"]: row for row in stored(db)}
-    sentiment = artifact_version(tasks_dir / "sentiment")
+    sentiment = artifact_version(served_tasks / "sentiment")
     assert len(sentiment) == 64 and one["results"][0]["version"] == sentiment
     assert rows[one["id"]]["version"] == sentiment and rows[one["id"]]["route"] == "classify"
     assert json.loads(rows[one["id"]]["input"]) == "great film"
     assert json.loads(rows[one["id"]]["output"])["label"] == one["results"][0]["label"]
     assert json.loads(rows[f"{two['id']}-1"]["input"]) == "fine"
     assert json.loads(rows[written["id"]]["output"]) == written["completions"]
-    assert rows[written["id"]]["version"] == artifact_version(tasks_dir / "polite")
+    assert rows[written["id"]]["version"] == artifact_version(served_tasks / "polite")
     assert json.loads(rows[completion.json()["id"]]["output"]) == [completion.json()["choices"][0]["text"]]
     assert json.loads(rows[chat.json()["id"]]["input"]) == [{"role": "user", "content": "hi"}]
     stream_id = json.loads(streamed.text.split("\n\n")[0].removeprefix("data: "))["id"]
@@ -74,9 +67,9 @@ def test_every_route_stores_its_answers_with_their_id_and_version(backbone, task
     assert len(rows) == 7
 
 
-def test_feedback_is_checked_stored_and_superseded_with_history(backbone, tasks_dir, tmp_path):
+def test_feedback_is_checked_stored_and_superseded_with_history(tiny_backbone, served_tasks, tmp_path):
     db = tmp_path / "capture.db"
-    with serve(backbone, tasks_dir, str(db)) as client:
+    with serve(tiny_backbone, served_tasks, str(db)) as client:
         answer = client.post("/v1/classify", json={"task": "sentiment", "texts": ["great film"]}).json()
         written = client.post("/v1/generate", json={"task": "polite", "prompt": "shut up", "max_new_tokens": 3}).json()
         first = client.post("/v1/feedback", json={"id": answer["id"], "label": "negative"})
@@ -120,20 +113,20 @@ def test_feedback_is_checked_stored_and_superseded_with_history(backbone, tasks_
     assert in_force[0]["answer"] == answer["results"][0]["label"] and in_force[0]["text"] == "great film"
 
 
-def test_feedback_without_capture_says_how_to_turn_it_on(backbone, tasks_dir):
-    with TestClient(create_app(Service(backbone, tasks_dir), ServeSettings(max_wait_ms=1))) as client:
+def test_feedback_without_capture_says_how_to_turn_it_on(tiny_backbone, served_tasks):
+    with TestClient(create_app(Service(tiny_backbone, served_tasks), ServeSettings(max_wait_ms=1))) as client:
         answer = client.post("/v1/classify", json={"task": "sentiment", "texts": ["great"]}).json()
         refused = client.post("/v1/feedback", json={"id": answer["id"], "label": "positive"})
     assert answer["id"].startswith("cls-")  # ids are given without capture too
     assert refused.status_code == 400 and "--capture" in refused.json()["detail"]
 
 
-def test_sampling_and_the_row_cap(backbone, tasks_dir, tmp_path):
+def test_sampling_and_the_row_cap(tiny_backbone, served_tasks, tmp_path):
     sampled, capped = tmp_path / "sampled.db", tmp_path / "capped.db"
-    with serve(backbone, tasks_dir, str(sampled), capture_rate=0.5) as client:
+    with serve(tiny_backbone, served_tasks, str(sampled), capture_rate=0.5) as client:
         for _ in range(40):
             client.post("/v1/classify", json={"task": "sentiment", "texts": ["ok"]})
-    with serve(backbone, tasks_dir, str(capped), capture_max_rows=5) as client:
+    with serve(tiny_backbone, served_tasks, str(capped), capture_max_rows=5) as client:
         ids = [client.post("/v1/classify", json={"task": "sentiment", "texts": ["ok"]}).json()["id"] for _ in range(9)]
     assert 8 <= len(stored(sampled)) <= 32
     assert [row["id"] for row in stored(capped)] == ids[-5:]  # the oldest dropped
@@ -146,9 +139,9 @@ def failures(client) -> float:
     return found[names.index("softprompt_capture_failures_total")]
 
 
-def test_a_failing_store_fails_no_request_and_capture_resumes(backbone, tasks_dir, tmp_path):
+def test_a_failing_store_fails_no_request_and_capture_resumes(tiny_backbone, served_tasks, tmp_path):
     db = tmp_path / "capture.db"
-    with serve(backbone, tasks_dir, str(db)) as client, logged_messages("softprompt.lifecycle") as logged:
+    with serve(tiny_backbone, served_tasks, str(db)) as client, logged_messages("softprompt.lifecycle") as logged:
         client.post("/v1/classify", json={"task": "sentiment", "texts": ["before"]})
         with sqlite3.connect(db) as conn:  # the store breaks under the server (a table gone)
             conn.execute("drop table requests")
@@ -194,9 +187,9 @@ def test_a_locked_store_at_start_is_one_line(tmp_path, capsys):
     assert code == 2 and "locked" in err and "holds a lock" in err and len(err.strip().splitlines()) == 1
 
 
-def test_feedback_export_trains_and_stats_count(backbone, tasks_dir, tmp_path, capsys, tiny_llama_dir):
+def test_feedback_export_trains_and_stats_count(tiny_backbone, served_tasks, tmp_path, capsys, tiny_llama_dir):
     db = tmp_path / "capture.db"
-    with serve(backbone, tasks_dir, str(db)) as client:
+    with serve(tiny_backbone, served_tasks, str(db)) as client:
         texts = ["great film", "awful plot", "lovely", "boring"]
         ids = [client.post("/v1/classify", json={"task": "sentiment", "texts": [t]}).json()["id"] for t in texts]
         for id_, label in zip(ids[:3], ["positive", "negative", "positive"], strict=True):
@@ -215,7 +208,7 @@ def test_feedback_export_trains_and_stats_count(backbone, tasks_dir, tmp_path, c
     main(["feedback", "stats", "--db", str(db), "--json"])
     (figures,) = json.loads(capsys.readouterr().out)
     assert figures["requests"] == 4 and figures["feedback"] == 4 and figures["feedback_share"] == 1.0
-    assert figures["version"] == artifact_version(tasks_dir / "sentiment")
+    assert figures["version"] == artifact_version(served_tasks / "sentiment")
     train = [f"backbone={tiny_llama_dir}", f"data.train={out}", f"data.dev={out}", "train.max_steps=1", "--quiet"]
     assert (
         main(
@@ -234,8 +227,8 @@ def test_feedback_export_trains_and_stats_count(backbone, tasks_dir, tmp_path, c
     assert main(["feedback", "stats", "--db", str(tmp_path / "none.db")]) == 2
 
 
-def test_capture_and_feedback_on_a_real_postgresql_server(backbone, tasks_dir, postgres_url):
-    with serve(backbone, tasks_dir, postgres_url) as client:
+def test_capture_and_feedback_on_a_real_postgresql_server(tiny_backbone, served_tasks, postgres_url):
+    with serve(tiny_backbone, served_tasks, postgres_url) as client:
         answer = client.post("/v1/classify", json={"task": "sentiment", "texts": ["great", "bad"]}).json()
         given = client.post("/v1/feedback", json={"id": answer["results"][1]["id"], "label": "negative"})
     assert given.status_code == 200
@@ -245,9 +238,9 @@ def test_capture_and_feedback_on_a_real_postgresql_server(backbone, tasks_dir, p
     assert [r["label"] for r in store.latest_feedback("sentiment")][-1] == "negative"
 
 
-def test_a_copy_of_the_served_folder_is_untouched(tasks_dir, tmp_path):
+def test_a_copy_of_the_served_folder_is_untouched(served_tasks, tmp_path):
     """Capture writes only to its store: the served folder stays as it was."""
     root = tmp_path / "served"
-    shutil.copytree(tasks_dir, root)
+    shutil.copytree(served_tasks, root)
     before = sorted(p.name for p in root.rglob("*"))
-    assert before == sorted(p.name for p in tasks_dir.rglob("*"))
+    assert before == sorted(p.name for p in served_tasks.rglob("*"))

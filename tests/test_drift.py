@@ -18,14 +18,8 @@ from softprompt.serving.app import ServeSettings, Service, create_app
 from softprompt.tasks.classification.metrics import prediction_profile
 
 from .conftest import NEGATIVE, POSITIVE
-from .helpers import train_served_tasks
 
 DEV = POSITIVE + NEGATIVE  # the served classifier's dev split
-
-
-@pytest.fixture(scope="module")
-def tasks_dir(tmp_path_factory, tiny_llama_dir):
-    return train_served_tasks(tmp_path_factory.mktemp("drift"), tiny_llama_dir)
 
 
 def gauges(client) -> dict[tuple[str, tuple], float]:
@@ -58,19 +52,19 @@ def test_a_window_scores_against_its_reference_once_half_full():
     assert window.score() > 1 and len(window.answers) == 10
 
 
-def test_the_artifact_records_its_dev_predictions(tasks_dir):
-    meta = json.loads((tasks_dir / "sentiment" / "task.json").read_text())
+def test_the_artifact_records_its_dev_predictions(served_tasks):
+    meta = json.loads((served_tasks / "sentiment" / "task.json").read_text())
     predicted = meta["metrics"]["dev"]["predicted"]
     assert predicted["n"] == len(DEV) and sum(predicted["confidence_bins"]) == pytest.approx(1)
     assert set(predicted["label_shares"]) == {"positive", "negative"}
 
 
-def test_the_server_alerts_on_traffic_unlike_the_reference_and_not_before(tasks_dir, tiny_llama_dir, tmp_path):
+def test_the_server_alerts_on_traffic_unlike_the_reference_and_not_before(served_tasks, tiny_llama_dir, tmp_path):
     """Traffic like the dev split scores about 0; the same traffic against a reference unlike it
     (a copy of the artifact that recorded other dev predictions: the tiny random model answers
     every text alike, so the shift is made on the reference's side) raises the alert."""
     served = tmp_path / "served"
-    shutil.copytree(tasks_dir, served)
+    shutil.copytree(served_tasks, served)
     shutil.copytree(served / "sentiment", served / "shifted")
     meta = json.loads((served / "shifted" / "task.json").read_text())
     labels = meta["labels"]
@@ -107,7 +101,7 @@ def test_the_server_alerts_on_traffic_unlike_the_reference_and_not_before(tasks_
     assert seen[("softprompt_task_feedback_accuracy", task)] == 0.5
     out = tmp_path / "life.png"
     assert main(["monitor", "--db", str(db), "--task", "sentiment", "--out", str(out), "--periods", "2"]) == 0
-    assert main(["monitor", "--db", str(db), "--task", "sentiment", "--out", str(out), "--artifacts", str(tasks_dir),
+    assert main(["monitor", "--db", str(db), "--task", "sentiment", "--out", str(out), "--artifacts", str(served_tasks),
                  "--periods", "1", "--json"]) == 0  # fmt: skip
     data = json.loads(out.with_suffix(".json").read_text())
     (series,) = data["versions"].values()

@@ -19,37 +19,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from softprompt.backbones import load_backbone
 from softprompt.cli import build_parser
 from softprompt.serving.app import ServeSettings, Service, create_app
 from softprompt.serving.registry import RESERVED_TASK_NAMES
 from softprompt.serving.settings import setting_flags
 
-from .helpers import train_served_tasks
-
-
-@pytest.fixture(scope="module")
-def tasks_dir(tmp_path_factory, tiny_llama_dir):
-    return train_served_tasks(tmp_path_factory.mktemp("hardened"), tiny_llama_dir)
-
-
-@pytest.fixture(scope="module")
-def backbone(tiny_llama_dir):
-    return load_backbone(str(tiny_llama_dir))
-
 
 @pytest.fixture
-def served(tasks_dir, tmp_path):
-    """A copy of the two tasks' folder (tests change it), served."""
-    root = tmp_path / "served"
-    shutil.copytree(tasks_dir, root)
-    return root
-
-
-@pytest.fixture
-def client(backbone, served):
-    settings = ServeSettings(max_wait_ms=1, artifacts_roots=(str(served.parent),))  # "elsewhere" beside it
-    with TestClient(create_app(Service(backbone, served), settings)) as test_client:
+def client(tiny_backbone, served_copy):
+    settings = ServeSettings(max_wait_ms=1, artifacts_roots=(str(served_copy.parent),))  # "elsewhere" beside it
+    with TestClient(create_app(Service(tiny_backbone, served_copy), settings)) as test_client:
         yield test_client
 
 
@@ -70,10 +49,10 @@ def resident_mb() -> float:
 # ---- 1. labels only from what is served ---------------------------------------------------------
 
 
-def test_ten_thousand_unknown_names_leave_metrics_and_memory_flat(backbone, served):
+def test_ten_thousand_unknown_names_leave_metrics_and_memory_flat(tiny_backbone, served_copy):
     """3,000 5,000-character unknown model names took /metrics to 290 MB before labels were
     limited to served tasks: now 10,000 random names change no series and no memory."""
-    app = create_app(Service(backbone, served), ServeSettings(max_wait_ms=1))
+    app = create_app(Service(tiny_backbone, served_copy), ServeSettings(max_wait_ms=1))
     rng = random.Random(0)
 
     def name() -> str:
@@ -106,8 +85,8 @@ def test_ten_thousand_unknown_names_leave_metrics_and_memory_flat(backbone, serv
     assert 'task="unknown"' in scrapes[-1]
 
 
-def test_served_task_labels_are_capped(backbone, served):
-    service = Service(backbone, served)
+def test_served_task_labels_are_capped(tiny_backbone, served_copy):
+    service = Service(tiny_backbone, served_copy)
     with TestClient(create_app(service, ServeSettings(max_wait_ms=1, max_task_labels=1))) as http:
         assert http.post("/v1/classify", json={"task": "sentiment", "texts": ["a"]}).status_code == 200
         body = {"model": "polite", "prompt": "a", "max_tokens": 1}
@@ -141,28 +120,28 @@ def test_the_access_log_records_only_served_names(client):
 # ---- 2. route words are not task names; what reload does ----------------------------------------
 
 
-def test_route_words_cannot_name_a_task(client, served):
+def test_route_words_cannot_name_a_task(client, served_copy):
     before = client.get("/v1/tasks").json()["tasks"]
-    added = client.post("/v1/tasks/reload", json={"path": str(served / "sentiment")})
+    added = client.post("/v1/tasks/reload", json={"path": str(served_copy / "sentiment")})
     assert added.status_code == 400 and "'reload' is reserved" in added.json()["detail"]
     assert client.delete("/v1/tasks/reload").status_code == 400
     assert client.get("/v1/tasks").json()["tasks"] == before  # nothing was re-read or changed
     assert client.post("/v1/tasks/reload").status_code == 200  # the route itself still works
 
 
-def test_a_folder_named_like_a_route_is_skipped_with_the_reason(backbone, served):
-    shutil.copytree(served / "sentiment", served / "reload")
-    service = Service(backbone, served)
+def test_a_folder_named_like_a_route_is_skipped_with_the_reason(tiny_backbone, served_copy):
+    shutil.copytree(served_copy / "sentiment", served_copy / "reload")
+    service = Service(tiny_backbone, served_copy)
     assert "reload" not in service.tasks.classifiers
     assert "reserved" in service.tasks.skipped["reload"] and "rename the folder" in service.tasks.skipped["reload"]
 
 
-def test_reload_keeps_the_changes_made_through_the_api(client, served, tmp_path):
+def test_reload_keeps_the_changes_made_through_the_api(client, served_copy, tmp_path):
     elsewhere = tmp_path / "elsewhere"
-    shutil.copytree(served / "sentiment", elsewhere / "sentiment")
+    shutil.copytree(served_copy / "sentiment", elsewhere / "sentiment")
     assert client.post("/v1/tasks/extra", json={"path": str(elsewhere / "sentiment")}).status_code == 200
     assert client.delete("/v1/tasks/polite").status_code == 200
-    shutil.copytree(served / "sentiment", served / "new-on-disk")
+    shutil.copytree(served_copy / "sentiment", served_copy / "new-on-disk")
     listing = client.post("/v1/tasks/reload").json()
     names = {task["name"] for task in listing["tasks"]}
     # The folder is read again (new-on-disk), the API's addition stays, its removal too.
@@ -172,36 +151,38 @@ def test_reload_keeps_the_changes_made_through_the_api(client, served, tmp_path)
     assert "extra" not in {task["name"] for task in listing["tasks"]}
     assert "added through the API" in listing["skipped"]["extra"]
     # Adding it again through the API with a path that loads ends the API's removal too.
-    assert client.post("/v1/tasks/polite", json={"path": str(served / "polite")}).status_code == 200
+    assert client.post("/v1/tasks/polite", json={"path": str(served_copy / "polite")}).status_code == 200
     assert "polite" in {task["name"] for task in client.post("/v1/tasks/reload").json()["tasks"]}
 
 
 # ---- 3. a watched folder that fails is listed ---------------------------------------------------
 
 
-def test_a_watched_folder_that_fails_is_listed_as_skipped(backbone, served):
+def test_a_watched_folder_that_fails_is_listed_as_skipped(tiny_backbone, served_copy):
     def wait_for(condition, what):
         deadline = time.monotonic() + 20
         while not condition():
             assert time.monotonic() < deadline, f"the watch did not {what}"
             time.sleep(0.05)
 
-    with TestClient(create_app(Service(backbone, served), ServeSettings(max_wait_ms=1, watch_s=0.05))) as http:
+    with TestClient(
+        create_app(Service(tiny_backbone, served_copy), ServeSettings(max_wait_ms=1, watch_s=0.05))
+    ) as http:
 
         def skipped():
             return http.get("/v1/tasks").json()["skipped"]
 
-        late = served / "late"
+        late = served_copy / "late"
         late.mkdir()
         (late / "task.json").write_text("{not json", encoding="utf-8")
         wait_for(lambda: "late" in skipped(), "list the broken folder")
         assert "late" in skipped()["late"]  # the reason names the folder
         late.joinpath("task.json").unlink()
         shutil.rmtree(late)
-        shutil.copytree(served / "sentiment", late)
+        shutil.copytree(served_copy / "sentiment", late)
         wait_for(lambda: "late" not in skipped(), "unlist the mended folder")
         assert http.post("/v1/classify", json={"task": "late", "texts": ["a"]}).status_code == 200
-        broken = served / "broken"
+        broken = served_copy / "broken"
         broken.mkdir()
         (broken / "task.json").write_text("[]", encoding="utf-8")
         wait_for(lambda: "broken" in skipped(), "list a second broken folder")
@@ -212,9 +193,9 @@ def test_a_watched_folder_that_fails_is_listed_as_skipped(backbone, served):
 # ---- 4, 7. OpenAI's error shape everywhere on its routes; messages in words --------------------
 
 
-def test_every_error_on_an_openai_route_has_openai_shape(backbone, served):
+def test_every_error_on_an_openai_route_has_openai_shape(tiny_backbone, served_copy):
     settings_ = ServeSettings(max_wait_ms=1, api_key="k", max_body_bytes=1_000)
-    with TestClient(create_app(Service(backbone, served), settings_)) as http:
+    with TestClient(create_app(Service(tiny_backbone, served_copy), settings_)) as http:
         for method, path in (("post", "/v1/completions"), ("post", "/v1/chat/completions"), ("get", "/v1/models")):
             refused = getattr(http, method)(path)
             error = refused.json()["error"]
@@ -250,8 +231,8 @@ def test_openai_errors_name_the_field_in_words(client, body, message, param):
 # ---- 5. chat content as a list of parts ---------------------------------------------------------
 
 
-def test_chat_takes_text_parts_and_refuses_other_parts_by_type(backbone, tasks_dir):
-    service = Service(backbone, tasks_dir)
+def test_chat_takes_text_parts_and_refuses_other_parts_by_type(tiny_backbone, served_tasks):
+    service = Service(tiny_backbone, served_tasks)
     original = service.backbone.tokenizer.chat_template
     service.backbone.tokenizer.chat_template = (
         "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
@@ -293,14 +274,14 @@ def test_an_error_repeats_at_most_a_little_of_the_input(client):
 # ---- 8, 9. every limit a flag; a request of the wrong kind is a 400 ----------------------------
 
 
-def test_every_limit_is_a_serve_flag_and_named_when_crossed(backbone, served):
+def test_every_limit_is_a_serve_flag_and_named_when_crossed(tiny_backbone, served_copy):
     serve = next(
         action.choices["serve"] for action in build_parser()._actions if getattr(action, "choices", None)
     ).format_help()
     for flag, *_ in setting_flags():
         assert flag in serve
     limits = ServeSettings(max_wait_ms=1, max_texts=2, max_new_tokens=4, max_samples=2)
-    with TestClient(create_app(Service(backbone, served), limits)) as http:
+    with TestClient(create_app(Service(tiny_backbone, served_copy), limits)) as http:
         texts = http.post("/v1/classify", json={"task": "sentiment", "texts": ["a", "b", "c"]})
         assert texts.status_code == 422 and "at most 2" in texts.text and "--max-texts" in texts.text
         tokens = http.post("/v1/generate", json={"task": "polite", "prompt": "a", "max_new_tokens": 5})
@@ -351,8 +332,8 @@ def test_any_name_a_client_sends_stays_out_of_the_metrics(client, task, model):
     word=st.sampled_from(sorted(RESERVED_TASK_NAMES)), body=st.dictionaries(st.text(max_size=10), st.text(max_size=10))
 )
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
-def test_a_reserved_word_never_becomes_a_task(client, served, word, body):
-    client.post(f"/v1/tasks/{word}", json={"path": str(served / "sentiment"), **body})
+def test_a_reserved_word_never_becomes_a_task(client, served_copy, word, body):
+    client.post(f"/v1/tasks/{word}", json={"path": str(served_copy / "sentiment"), **body})
     client.delete(f"/v1/tasks/{word}")
     assert word not in {task["name"] for task in client.get("/v1/tasks").json()["tasks"]}
 

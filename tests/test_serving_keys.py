@@ -10,39 +10,19 @@ import shutil
 import pytest
 from fastapi.testclient import TestClient
 
-from softprompt.backbones import load_backbone
 from softprompt.cli import main
 from softprompt.serving.app import ServeSettings, Service, create_app
-
-from .helpers import train_served_tasks
 
 USER, ADMIN = {"Authorization": "Bearer user-key"}, {"Authorization": "Bearer admin-key"}
 
 
-@pytest.fixture(scope="module")
-def tasks_dir(tmp_path_factory, tiny_llama_dir):
-    return train_served_tasks(tmp_path_factory.mktemp("keys"), tiny_llama_dir)
+def client_for(tiny_backbone, served_copy, **settings) -> TestClient:
+    return TestClient(create_app(Service(tiny_backbone, served_copy), ServeSettings(max_wait_ms=1, **settings)))
 
 
-@pytest.fixture(scope="module")
-def backbone(tiny_llama_dir):
-    return load_backbone(str(tiny_llama_dir))
-
-
-@pytest.fixture
-def served(tasks_dir, tmp_path):
-    root = tmp_path / "served"
-    shutil.copytree(tasks_dir, root)
-    return root
-
-
-def client_for(backbone, served, **settings) -> TestClient:
-    return TestClient(create_app(Service(backbone, served), ServeSettings(max_wait_ms=1, **settings)))
-
-
-def test_task_changes_need_the_admin_key_and_inference_the_api_key(backbone, served):
-    copy = {"path": str(served / "sentiment")}
-    with client_for(backbone, served, api_key="user-key", admin_key="admin-key") as client:
+def test_task_changes_need_the_admin_key_and_inference_the_api_key(tiny_backbone, served_copy):
+    copy = {"path": str(served_copy / "sentiment")}
+    with client_for(tiny_backbone, served_copy, api_key="user-key", admin_key="admin-key") as client:
         classify = {"task": "sentiment", "texts": ["great"]}
         statuses = {
             "classify, user key": client.post("/v1/classify", json=classify, headers=USER).status_code,
@@ -72,30 +52,30 @@ def test_task_changes_need_the_admin_key_and_inference_the_api_key(backbone, ser
     assert "admin key" in refused["detail"]
 
 
-def test_an_admin_key_alone_leaves_inference_open(backbone, served):
-    with client_for(backbone, served, admin_key="admin-key") as client:
+def test_an_admin_key_alone_leaves_inference_open(tiny_backbone, served_copy):
+    with client_for(tiny_backbone, served_copy, admin_key="admin-key") as client:
         assert client.post("/v1/classify", json={"task": "sentiment", "texts": ["great"]}).status_code == 200
         assert client.delete("/v1/tasks/sentiment").status_code == 401
         assert client.delete("/v1/tasks/sentiment", headers=ADMIN).status_code == 200
 
 
-def test_paths_outside_the_served_folder_and_the_roots_are_refused(backbone, served, tmp_path):
+def test_paths_outside_the_served_folder_and_the_roots_are_refused(tiny_backbone, served_copy, tmp_path):
     outside = tmp_path / "outside"
-    shutil.copytree(served / "sentiment", outside / "sentiment")
-    (served / "link").symlink_to(outside / "sentiment")  # a link in the served folder that leads out
+    shutil.copytree(served_copy / "sentiment", outside / "sentiment")
+    (served_copy / "link").symlink_to(outside / "sentiment")  # a link in the served folder that leads out
     tries = {
         "elsewhere": str(outside / "sentiment"),
-        "dot-dot": str(served / ".." / "outside" / "sentiment"),
-        "link out": str(served / "link"),
+        "dot-dot": str(served_copy / ".." / "outside" / "sentiment"),
+        "link out": str(served_copy / "link"),
         "system file": "/etc/passwd",
     }
-    with client_for(backbone, served) as client:
+    with client_for(tiny_backbone, served_copy) as client:
         answers = {name: client.post("/v1/tasks/x", json={"path": path}) for name, path in tries.items()}
-        inside = client.post("/v1/tasks/x", json={"path": str(served / "sentiment")})
+        inside = client.post("/v1/tasks/x", json={"path": str(served_copy / "sentiment")})
     assert {name: r.status_code for name, r in answers.items()} == dict.fromkeys(tries, 403)
     assert "--artifacts-root" in answers["elsewhere"].json()["detail"]
     assert inside.status_code == 200
-    with client_for(backbone, served, artifacts_roots=(str(outside),)) as client:
+    with client_for(tiny_backbone, served_copy, artifacts_roots=(str(outside),)) as client:
         assert client.post("/v1/tasks/x", json={"path": str(outside / "sentiment")}).status_code == 200
         assert client.post("/v1/tasks/y", json={"path": "/etc/passwd"}).status_code == 403
 

@@ -15,34 +15,27 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from softprompt.backbones import load_backbone
 from softprompt.cli import main
 from softprompt.lifecycle.store import Store, requests
 from softprompt.serving.app import ServeSettings, Service, create_app
 from softprompt.serving.registry import artifact_version
 
 from .conftest import NEGATIVE, POSITIVE, make_tiny_llama, write_jsonl
-from .helpers import train_served_tasks
 
 TEXTS = ["a great movie", "dull and boring", "superb", "awful"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_llama_dir):
+def trained(tmp_path_factory, tiny_llama_dir, served_tasks):
     """The two served tasks, and a second sentiment artifact (another seed: other weights)."""
     root = tmp_path_factory.mktemp("versions")
-    tasks = train_served_tasks(root, tiny_llama_dir)
+    tasks = served_tasks
     rows = [{"text": t, "label": "positive"} for t in POSITIVE] + [{"text": t, "label": "negative"} for t in NEGATIVE]
     data = write_jsonl(root / "reviews2.jsonl", rows)
     run = ["train", f"backbone={tiny_llama_dir}", f"data.train={data}", f"data.dev={data}", "prompt.init=vocab"]
     run += ["template={soft:2}Review: {text} Sentiment:", "verbalizer={positive: positive, negative: negative}"]
     assert main([*run, "train.max_steps=3", "train.lr=0.3", "seed=7", f"out={root / 'candidate'}", "--quiet"]) == 0
     return tasks, root / "candidate"
-
-
-@pytest.fixture(scope="module")
-def backbone(tiny_llama_dir):
-    return load_backbone(str(tiny_llama_dir))
 
 
 @pytest.fixture
@@ -54,10 +47,10 @@ def served(trained, tmp_path):
     return root
 
 
-def server(backbone, served, capture: str | None = None, **settings) -> TestClient:
+def server(tiny_backbone, served, capture: str | None = None, **settings) -> TestClient:
     roots = (str(served.parent / "incoming"),)
     settings = ServeSettings(max_wait_ms=1, capture=capture, artifacts_roots=roots, **settings)
-    return TestClient(create_app(Service(backbone, served), settings))
+    return TestClient(create_app(Service(tiny_backbone, served), settings))
 
 
 def classify(client, texts=TEXTS) -> dict:
@@ -71,11 +64,11 @@ def rows(db) -> list[dict]:
         return [dict(r) for r in conn.execute(sa.select(requests).order_by(requests.c.seq)).mappings()]
 
 
-def test_a_shadow_runs_beside_the_live_version_and_is_never_returned(backbone, served, tmp_path):
+def test_a_shadow_runs_beside_the_live_version_and_is_never_returned(tiny_backbone, served, tmp_path):
     db = tmp_path / "capture.db"
     candidate = served.parent / "incoming" / "sentiment-v2"
     live, other = artifact_version(served / "sentiment"), artifact_version(candidate)
-    with server(backbone, served, str(db)) as client:
+    with server(tiny_backbone, served, str(db)) as client:
         alone = classify(client)
         posted = client.post("/v1/tasks/sentiment/candidate", json={"path": str(candidate)})
         shadowed = classify(client)
@@ -100,10 +93,10 @@ def test_a_shadow_runs_beside_the_live_version_and_is_never_returned(backbone, s
     assert shown["live"]["version"] == live and shown["previous"] is None
 
 
-def test_a_canary_answers_its_share_and_each_capture_names_the_version(backbone, served, tmp_path):
+def test_a_canary_answers_its_share_and_each_capture_names_the_version(tiny_backbone, served, tmp_path):
     db = tmp_path / "capture.db"
     candidate = served.parent / "incoming" / "sentiment-v2"
-    with server(backbone, served, str(db)) as client:
+    with server(tiny_backbone, served, str(db)) as client:
         assert (
             client.post("/v1/tasks/sentiment/candidate", json={"path": str(candidate), "share": 1.0}).status_code == 200
         )
@@ -113,10 +106,10 @@ def test_a_canary_answers_its_share_and_each_capture_names_the_version(backbone,
     assert {r["version"] for r in rows(db)} == {other} and {r["role"] for r in rows(db)} == {"served"}
 
 
-def test_promote_and_rollback_swap_live_and_survive_a_restart(backbone, served):
+def test_promote_and_rollback_swap_live_and_survive_a_restart(tiny_backbone, served):
     candidate = served.parent / "incoming" / "sentiment-v2"
     first, second = artifact_version(served / "sentiment"), artifact_version(candidate)
-    with server(backbone, served) as client:
+    with server(tiny_backbone, served) as client:
         assert client.post("/v1/tasks/sentiment/promote").status_code == 409  # nothing to promote
         assert client.post("/v1/tasks/sentiment/rollback").status_code == 409  # nothing to roll back to
         assert (
@@ -128,17 +121,17 @@ def test_promote_and_rollback_swap_live_and_survive_a_restart(backbone, served):
     shutil.rmtree(candidate)  # the server kept its own copy
     record = json.loads((served / ".versions" / "live.json").read_text())
     assert record["tasks"]["sentiment"]["previous"] == "sentiment"
-    with server(backbone, served) as client:  # a restart serves what was live
+    with server(tiny_backbone, served) as client:  # a restart serves what was live
         assert {r["version"] for r in classify(client)["results"]} == {second}
         rolled = client.post("/v1/tasks/sentiment/rollback").json()
         assert rolled["live"]["version"] == first and rolled["previous"] is None
         assert client.post("/v1/tasks/sentiment/rollback").status_code == 409
-    with server(backbone, served) as client:
+    with server(tiny_backbone, served) as client:
         assert {r["version"] for r in classify(client)["results"]} == {first}
 
 
-def test_candidates_that_cannot_stand_beside_the_task_are_refused(backbone, served):
-    with server(backbone, served) as client:
+def test_candidates_that_cannot_stand_beside_the_task_are_refused(tiny_backbone, served):
+    with server(tiny_backbone, served) as client:
         shadow_without_capture = client.post("/v1/tasks/sentiment/candidate", json={"path": str(served / "sentiment")})
         other_kind = client.post("/v1/tasks/sentiment/candidate", json={"path": str(served / "polite"), "share": 1})
         unknown = client.post("/v1/tasks/nope/candidate", json={"path": str(served / "sentiment"), "share": 1})
@@ -151,34 +144,34 @@ def test_candidates_that_cannot_stand_beside_the_task_are_refused(backbone, serv
     assert internal.status_code == 404
 
 
-def test_a_candidate_for_another_backbone_is_refused(backbone, served, tmp_path):
+def test_a_candidate_for_another_backbone_is_refused(tiny_backbone, served, tmp_path):
     other = make_tiny_llama(tmp_path / "other-llama", seed=1)
     rows = [{"text": t, "label": "positive"} for t in POSITIVE] + [{"text": t, "label": "negative"} for t in NEGATIVE]
     data = write_jsonl(tmp_path / "reviews.jsonl", rows)
     run = ["train", f"backbone={other}", f"data.train={data}", f"data.dev={data}", "train.max_steps=1", "--quiet"]
     run += ["template={soft:2}Review: {text} Sentiment:", "verbalizer={positive: positive, negative: negative}"]
     assert main([*run, f"out={served.parent / 'incoming' / 'elsewhere'}"]) == 0
-    with server(backbone, served) as client:
+    with server(tiny_backbone, served) as client:
         path = {"path": str(served.parent / "incoming" / "elsewhere"), "share": 1}
         refused = client.post("/v1/tasks/sentiment/candidate", json=path)
     assert refused.status_code == 400 and "backbone" in refused.json()["detail"]
 
 
-def test_version_changes_need_the_admin_key(backbone, served):
+def test_version_changes_need_the_admin_key(tiny_backbone, served):
     user, admin = {"Authorization": "Bearer u"}, {"Authorization": "Bearer a"}
     path = {"path": str(served.parent / "incoming" / "sentiment-v2"), "share": 1}
-    with server(backbone, served, api_key="u", admin_key="a") as client:
+    with server(tiny_backbone, served, api_key="u", admin_key="a") as client:
         assert client.post("/v1/tasks/sentiment/candidate", json=path, headers=user).status_code == 403
         assert client.post("/v1/tasks/sentiment/candidate", json=path, headers=admin).status_code == 200
         assert client.post("/v1/tasks/sentiment/promote", headers=user).status_code == 403
         assert client.get("/v1/tasks/sentiment", headers=user).status_code == 200
 
 
-def test_two_promotes_at_once_are_serialised_and_no_request_fails(backbone, served):
+def test_two_promotes_at_once_are_serialised_and_no_request_fails(tiny_backbone, served):
     candidate = served.parent / "incoming" / "sentiment-v2"
     statuses: list[int] = []
     stop = threading.Event()
-    with server(backbone, served) as client:
+    with server(tiny_backbone, served) as client:
 
         def load() -> None:
             while not stop.is_set():
@@ -207,10 +200,10 @@ def test_two_promotes_at_once_are_serialised_and_no_request_fails(backbone, serv
     assert statuses and set(statuses) == {200}
 
 
-def test_a_generation_shadow_is_captured_beside_the_served_answer(backbone, served, tmp_path):
+def test_a_generation_shadow_is_captured_beside_the_served_answer(tiny_backbone, served, tmp_path):
     db = tmp_path / "capture.db"
     shutil.copytree(served / "polite", served.parent / "incoming" / "polite-v2")
-    with server(backbone, served, str(db)) as client:
+    with server(tiny_backbone, served, str(db)) as client:
         path = {"path": str(served.parent / "incoming" / "polite-v2")}
         assert client.post("/v1/tasks/polite/candidate", json=path).status_code == 200
         answer = client.post("/v1/generate", json={"task": "polite", "prompt": "shut up", "max_new_tokens": 3}).json()
@@ -226,10 +219,10 @@ def test_a_generation_shadow_is_captured_beside_the_served_answer(backbone, serv
     assert shown["candidate"]["compared"] == 1 and shown["candidate"]["agreement"] == 1.0
 
 
-def test_reload_keeps_the_candidate_and_the_promoted_version(backbone, served):
+def test_reload_keeps_the_candidate_and_the_promoted_version(tiny_backbone, served):
     candidate = served.parent / "incoming" / "sentiment-v2"
     second = artifact_version(candidate)
-    with server(backbone, served) as client:
+    with server(tiny_backbone, served) as client:
         client.post("/v1/tasks/sentiment/candidate", json={"path": str(candidate), "share": 1.0})
         client.post("/v1/tasks/sentiment/promote")
         client.post("/v1/tasks/sentiment/candidate", json={"path": str(served / "sentiment"), "share": 0.5})
@@ -240,11 +233,11 @@ def test_reload_keeps_the_candidate_and_the_promoted_version(backbone, served):
     assert shown["candidate"]["version"] == artifact_version(served / "sentiment")  # still beside it
 
 
-def test_a_change_of_the_task_folder_on_disk_wins_over_the_record(backbone, served, trained):
+def test_a_change_of_the_task_folder_on_disk_wins_over_the_record(tiny_backbone, served, trained):
     """The operator replaced DIR/NAME while a promoted version was live: the folder is served, and
     the record forgets the task (a restart serves the folder too)."""
     candidate = served.parent / "incoming" / "sentiment-v2"
-    with server(backbone, served, watch_s=0.2) as client:
+    with server(tiny_backbone, served, watch_s=0.2) as client:
         client.post("/v1/tasks/sentiment/candidate", json={"path": str(candidate), "share": 1.0})
         client.post("/v1/tasks/sentiment/promote")
         shutil.rmtree(served / "sentiment")
@@ -254,20 +247,20 @@ def test_a_change_of_the_task_folder_on_disk_wins_over_the_record(backbone, serv
             assert time.monotonic() < deadline, "the watch did not serve the replaced folder"
             time.sleep(0.1)
     assert "sentiment" not in json.loads((served / ".versions" / "live.json").read_text())["tasks"]
-    with server(backbone, served) as client:
+    with server(tiny_backbone, served) as client:
         assert client.get("/v1/tasks/sentiment").json()["kind"] == "generate"
 
 
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
 
 
-def test_the_openai_routes_answer_by_canary_and_shadow_too(backbone, served, tmp_path, monkeypatch):
+def test_the_openai_routes_answer_by_canary_and_shadow_too(tiny_backbone, served, tmp_path, monkeypatch):
     db = tmp_path / "capture.db"
-    monkeypatch.setattr(backbone.tokenizer, "chat_template", CHAT_TEMPLATE)
+    monkeypatch.setattr(tiny_backbone.tokenizer, "chat_template", CHAT_TEMPLATE)
     copy = served.parent / "incoming" / "polite-v2"
     shutil.copytree(served / "polite", copy)
     chat = {"model": "polite", "messages": [{"role": "user", "content": "shut up"}], "max_tokens": 3}
-    with server(backbone, served, str(db)) as client:
+    with server(tiny_backbone, served, str(db)) as client:
         assert client.post("/v1/tasks/polite/candidate", json={"path": str(copy), "share": 1.0}).status_code == 200
         canary = client.post("/v1/completions", json={"model": "polite", "prompt": "go away", "max_tokens": 3}).json()
         assert client.post("/v1/tasks/polite/candidate", json={"path": str(copy)}).status_code == 200  # now a shadow
