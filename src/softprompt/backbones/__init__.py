@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from softprompt.backbones.placement import Placement, hold_in_float32, release_float32, resolve_placement, run_in
-from softprompt.backbones.sources import Kind, resolve
+from softprompt.backbones.sources import Kind, hub_id, resolve
 from softprompt.errors import SoftpromptError
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,13 @@ class Backbone:
     @property
     def hidden_size(self) -> int:
         return self.model.get_input_embeddings().weight.shape[1]
+
+    @property
+    def base_model_id(self) -> str:
+        """What peft and the Hub call this backbone (``base_model_name_or_path``): the Hub id a
+        bundled backbone's weights come from (``HuggingFaceTB/SmolLM2-135M-Instruct``), a Hub id
+        as given, else the local path; softprompt's own short name stays in ``task.json``."""
+        return hub_id(self.name) or self.name
 
     @property
     def predicts_tokens(self) -> bool:

@@ -50,5 +50,5 @@ class PeftTuner(Method):
         if not backbone.predicts_tokens:
             return None  # our encoder head is not part of a peft model
         config = self._peft.to_dict()
-        config.update(task_type="CAUSAL_LM", base_model_name_or_path=backbone.name, inference_mode=True)
+        config.update(task_type="CAUSAL_LM", base_model_name_or_path=backbone.base_model_id, inference_mode=True)
         return {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}

@@ -115,6 +115,6 @@ def prompt_tuning_peft_config(num_soft_tokens: int, backbone: Backbone, prefix_l
         "num_attention_heads": cfg.num_attention_heads,
         "num_layers": cfg.num_hidden_layers,
         "prompt_tuning_init": "RANDOM",
-        "base_model_name_or_path": backbone.name,
+        "base_model_name_or_path": backbone.base_model_id,
         "inference_mode": True,
     }
