@@ -55,9 +55,40 @@ def train_pool(seed: int) -> list[tuple[str, str]]:
     return pool
 
 
-async def replay(base: str, pool: list[tuple[str, str]], share: float, done: asyncio.Event, log: dict) -> None:
+class Budget:
+    """The labeller's budget, read from the loop's state file: labels up to the next round's
+    trigger while the loop waits, ``shadow`` more while it shadows, none while it retrains. On a
+    2-core CPU a retrain takes many minutes while traffic goes on; without a budget the labels
+    that pile up meanwhile would all train the next version, and "labels used" would measure the
+    machine's speed instead of the method."""
+
+    def __init__(self, state: Path, every: int, shadow: int):
+        self.state, self.every, self.shadow = state, every, shadow
+        self.read_at, self.allowed = 0.0, every
+
+    def allows(self, posted: int) -> bool:
+        if time.monotonic() - self.read_at > 1:
+            self.read_at = time.monotonic()
+            try:
+                state = json.loads(self.state.read_text())
+            except (OSError, ValueError):
+                state = {"phase": "waiting", "seen": 0}
+            seen = state.get("seen", 0)
+            self.allowed = {
+                "waiting": seen + self.every,
+                "retraining": 0,
+                "shadowing": self.every + seen + self.shadow,
+            }[state["phase"]]
+            if state["phase"] == "retraining":
+                self.allowed = posted  # hold still
+        return posted < self.allowed
+
+
+async def replay(
+    base: str, pool: list[tuple[str, str]], share: float, done: asyncio.Event, log: dict, budget: Budget
+) -> None:
     """Four clients send the pool as traffic (cycling) until ``done``; a labeller posts the gold
-    label for ``share`` of the answers. Every status that is not 200 is counted."""
+    label for ``share`` of the answers, within ``budget``. Every status that is not 200 is counted."""
     draw = random.Random(1)
     position = iter(range(10**9))
 
@@ -70,7 +101,7 @@ async def replay(base: str, pool: list[tuple[str, str]], share: float, done: asy
                 if answer.status_code != 200:
                     log["failed"].append(answer.status_code)
                     continue
-                if draw.random() < share:
+                if draw.random() < share and budget.allows(log["labels"]):
                     given = await http.post("/v1/feedback", json={"id": answer.json()["id"], "label": gold})
                     log["labels"] += given.status_code == 200
                     if given.status_code != 200:
@@ -115,7 +146,7 @@ def main() -> None:
         except httpx.HTTPError:
             time.sleep(0.5)
     retrain = [f"template={TEMPLATE}", "prompt.init=labels", "train.lr=0.01", "train.batch_size=16",
-               f"train.max_steps={args.steps}", f"train.eval_every={args.steps // 2}", "train.patience=0",
+               f"train.max_steps={args.steps}", f"train.eval_every={args.steps}", "train.patience=0",
                f"threads={args.threads}"]  # fmt: skip
     state = work / "loop-state.json"
     loop = subprocess.Popen(
@@ -128,7 +159,8 @@ def main() -> None:
 
     async def run() -> None:
         done = asyncio.Event()
-        traffic = asyncio.create_task(replay(base, train_pool(0), args.label_share, done, log))
+        budget = Budget(state, args.every, 2 * args.shadow_requests)
+        traffic = asyncio.create_task(replay(base, train_pool(0), args.label_share, done, log, budget))
         deadline = time.time() + 60 * args.minutes
         while loop.poll() is None and time.time() < deadline:
             await asyncio.sleep(2)
@@ -150,16 +182,20 @@ def main() -> None:
         rows.append({**record, "live_path": live})
     scores: dict[str, tuple[float, float]] = {}
     for row in rows:
+        row["labels_used"] = labels_used(row["live_path"])
         if row["live_path"] not in scores:
             scores[row["live_path"]] = (evaluate(row["live_path"], "test", 2), evaluate(row["live_path"], "dev", 2))
         row["test"], row["dev"] = scores[row["live_path"]]
-    print(f"\n{'round':>5} {'labels':>7} {'outcome':<20} {'shadow: new vs live':<20} {'live test':>9} {'live dev':>8}")
+    print(
+        f"\n{'round':>5} {'labels':>7} {'outcome':<20} {'shadow: new vs live':<20} {'live':>6} {'test':>6} {'dev':>6}"
+    )
     for row in rows:
         shadow = f"{row['candidate']:.3f} vs {row['live']:.3f}" if "metric" in row else ""
         print(
-            f"{row['round']:>5} {row['feedback']:>7} {row['outcome']:<20} {shadow:<20} "
-            f"{100 * row['test']:>8.1f}% {100 * row['dev']:>7.1f}%"
+            f"{row['round']:>5} {row['feedback']:>7} {row['outcome']:<20} {shadow:<20} {row['labels_used']:>6} "
+            f"{100 * row['test']:>5.1f}% {100 * row['dev']:>5.1f}%"
         )
+    print("labels: feedback in force at the round's end; live: the labels the live version trained on (and held out)")
     drops = [100 * (b["dev"] - a["dev"]) for a, b in itertools.pairwise(rows) if b["live_path"] != a["live_path"]]
     summary = {
         "requests": log["requests"],
@@ -180,6 +216,15 @@ def main() -> None:
     plot(rows, Path(args.out).with_suffix(".png"))
 
 
+def labels_used(artifact: str) -> int:
+    """Feedback labels a version trained on and was gated with (its lineage; 0 for the start)."""
+    meta = json.loads((Path(artifact) / "task.json").read_text())
+    lineage = meta.get("lineage")
+    if not lineage:
+        return 0
+    return lineage["feedback"]["train"]["count"] + lineage["feedback"]["held_out"]["count"]
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -187,8 +232,8 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axis = plt.subplots(figsize=(7, 4))
-    axis.step([r["feedback"] for r in rows], [100 * r["test"] for r in rows], "o-", where="post", label="live test")
-    axis.step([r["feedback"] for r in rows], [100 * r["dev"] for r in rows], "s--", where="post", label="live dev")
+    axis.step([r["labels_used"] for r in rows], [100 * r["test"] for r in rows], "o-", where="post", label="live test")
+    axis.step([r["labels_used"] for r in rows], [100 * r["dev"] for r in rows], "s--", where="post", label="live dev")
     axis.axhline(85.6, color="tab:gray", ls=":", label="demo, all 8,530 train labels")
     axis.set_xlabel("feedback labels used")
     axis.set_ylabel("accuracy (%)")
