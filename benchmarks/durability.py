@@ -56,11 +56,12 @@ async def load(base: str, seconds: float, answered: list[str], labelled: list[st
                     answer = await http.post("/v1/classify", json={"task": "sentiment", "texts": [draw.choice(TEXTS)]})
                     if answer.status_code != 200:
                         continue
-                    answered.append(answer.json()["id"])
+                    mine = answer.json()["id"]  # not answered[-1]: the other clients append too
+                    answered.append(mine)
                     if draw.random() < 0.5:
-                        given = await http.post("/v1/feedback", json={"id": answered[-1], "label": "positive"})
+                        given = await http.post("/v1/feedback", json={"id": mine, "label": "positive"})
                         if given.status_code == 200:
-                            labelled.append(answered[-1])
+                            labelled.append(mine)
                 except httpx.HTTPError:
                     return  # the server is gone
 
