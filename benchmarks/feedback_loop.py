@@ -74,13 +74,12 @@ class Budget:
             except (OSError, ValueError):
                 state = {"phase": "waiting", "seen": 0}
             seen = state.get("seen", 0)
-            self.allowed = {
+            allowances = {
                 "waiting": seen + self.every,
-                "retraining": 0,
-                "shadowing": self.every + seen + self.shadow,
-            }[state["phase"]]
-            if state["phase"] == "retraining":
-                self.allowed = posted  # hold still
+                "retraining": posted,
+                "shadowing": seen + self.every + self.shadow,
+            }
+            self.allowed = allowances[state["phase"]]  # retraining: hold still
         return posted < self.allowed
 
 

@@ -32,6 +32,18 @@ def psi(expected: list[float], actual: list[float]) -> float:
     return total
 
 
+def drift_score(reference: dict[str, Any], names: list[str], labels: list[str], confidences: list[float]) -> float:
+    """The drift score of answers (their ``labels`` and top-label ``confidences``) against an
+    artifact's ``reference``: the larger PSI of the confidence bins and of the shares of the
+    label ``names``."""
+    bins = [0.0] * CONFIDENCE_BINS
+    for confidence in confidences:
+        bins[confidence_bin(confidence)] += 1 / len(confidences)
+    shares = [sum(label == name for label in labels) / len(labels) for name in names]
+    expected = [reference["label_shares"].get(name, 0.0) for name in names]
+    return max(psi(reference["confidence_bins"], bins), psi(expected, shares))
+
+
 @dataclass
 class Window:
     """A task's last answers (label index and confidence) and feedback (right or wrong)."""
@@ -70,13 +82,8 @@ class Window:
         """The drift score (None: no reference, or fewer than half a window of answers yet)."""
         if self.reference is None or len(self.answers) < max(1, self.size // 2):
             return None
-        bins = [0.0] * CONFIDENCE_BINS
-        for _, confidence in self.answers:
-            bins[confidence_bin(confidence)] += 1 / len(self.answers)
-        by_confidence = psi(self.reference["confidence_bins"], bins)
-        shares = self.label_shares()
-        expected = [self.reference["label_shares"].get(label, 0.0) for label in self.labels]
-        return max(by_confidence, psi(expected, [shares[label] for label in self.labels]))
+        labels, confidences = zip(*self.answers, strict=True)
+        return drift_score(self.reference, self.labels, list(labels), list(confidences))
 
 
 class DriftMonitor:

@@ -11,10 +11,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from softprompt.lifecycle.drift import psi
+from softprompt.lifecycle.drift import drift_score
 from softprompt.lifecycle.feedback import is_correct
 from softprompt.lifecycle.store import Store, requests
-from softprompt.tasks.classification.metrics import CONFIDENCE_BINS, confidence_bin
 
 MIN_ROWS_FOR_DRIFT = 20  # fewer answers in a period give a PSI that is mostly noise
 
@@ -91,13 +90,7 @@ def drift_of(confidences: list[float], labels: list[str], reference: dict[str, A
     """The drift score of one period's answers (see :mod:`softprompt.lifecycle.drift`)."""
     if reference is None or len(confidences) < MIN_ROWS_FOR_DRIFT:
         return None
-    bins = [0.0] * CONFIDENCE_BINS
-    for confidence in confidences:
-        bins[confidence_bin(confidence)] += 1 / len(confidences)
-    names = list(reference["label_shares"])
-    shares = [sum(label == name for label in labels) / len(labels) for name in names]
-    expected = [reference["label_shares"][name] for name in names]
-    return max(psi(reference["confidence_bins"], bins), psi(expected, shares))
+    return drift_score(reference, list(reference["label_shares"]), labels, confidences)
 
 
 def plot_timeline(data: dict[str, Any], task: str, path: Path, threshold: float = 0.25) -> None:
