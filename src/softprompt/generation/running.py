@@ -29,7 +29,7 @@ from transformers import DynamicCache
 from softprompt.backbones import Backbone
 from softprompt.core import forward as core
 from softprompt.generation.rows import Steering
-from softprompt.generation.sampling import SampleRequest, context_ids, draw
+from softprompt.generation.sampling import SampleRequest, draw, prompt_ids
 
 Layers = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values, [rows, heads, width, dim]
 
@@ -123,7 +123,7 @@ class RunningBatch:
         prompts, counts = [], []
         for _, request in requests:
             for variant in request.variants():
-                prompts.append((variant.soft, context_ids(self.backbone, variant.text_prefix + request.prompt)))
+                prompts.append((variant.soft, prompt_ids(self.backbone, request.prompt, variant.text_prefix)))
                 counts.append(request.samples)
         embeds, mask = core.embed_rows(self.backbone, prompts)
         positions = core.positions(mask)

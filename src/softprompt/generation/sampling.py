@@ -16,10 +16,20 @@ from softprompt.backbones import Backbone
 from softprompt.core import forward as core
 from softprompt.generation.rows import Steering, Variant
 
+Prompt = str | list[int]  # a text, or token ids (an OpenAI client's tokenized prompt)
+
 
 def context_ids(backbone: Backbone, text: str) -> list[int]:
     """Token ids of a context (with the special tokens the tokenizer adds, e.g. a BOS)."""
     return backbone.tokenizer(text)["input_ids"]
+
+
+def prompt_ids(backbone: Backbone, prompt: Prompt, prefix: str = "") -> list[int]:
+    """The ids the model reads for ``prefix`` then ``prompt``: a text's as :func:`context_ids`
+    gives them; token ids as they are, with no special token added (as vLLM takes them)."""
+    if isinstance(prompt, str):
+        return context_ids(backbone, prefix + prompt)
+    return (context_ids(backbone, prefix) if prefix else []) + list(prompt)
 
 
 # Below this temperature a draw is the most likely token: dividing float32 logits by a smaller one
@@ -127,7 +137,7 @@ def _continuation_nll(
 class SampleRequest:
     """One caller's sampling job in a shared decoding batch (see :mod:`softprompt.generation.running`)."""
 
-    prompt: str
+    prompt: Prompt
     soft: torch.Tensor | None  # [n, hidden] soft prompt put before the text, or None
     samples: int
     max_new_tokens: int

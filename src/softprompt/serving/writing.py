@@ -18,7 +18,7 @@ import torch
 from softprompt.backbones import Backbone
 from softprompt.config import GenConfig
 from softprompt.generation.running import Member, RunningBatch
-from softprompt.generation.sampling import SampleRequest
+from softprompt.generation.sampling import Prompt, SampleRequest
 from softprompt.generation.scoring import TokenScores, score_tokens, split_special
 from softprompt.prompts import Template
 from softprompt.tasks.fewshot import SimilarDemonstrations
@@ -27,6 +27,13 @@ if TYPE_CHECKING:
     from softprompt.serving.metrics import ServerMetrics
 
 Listener = Callable[[int, list[int], bool], None]  # (sample index, new token ids, finished)
+
+
+_IDS_GO_HERE = "\x00ids\x00"  # where a token-id prompt goes in a rendered template (no text has it)
+
+
+def _plain_ids(tokenizer: Any, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
 @dataclass
@@ -41,11 +48,18 @@ class Writer:
     defaults: GenConfig = field(default_factory=GenConfig)
     chooser: SimilarDemonstrations | None = None  # few-shot pairs chosen per request instead
 
-    def render(self, text: str) -> str:
+    def render(self, prompt: Prompt, tokenizer: Any = None) -> Prompt:
+        """What the model reads after the soft prompt: a text rendered by the template; token ids
+        (``tokenizer`` needed) put where the template's ``{text}`` goes, the template's own text
+        tokenized around them with no special token added."""
         if self.template is None:
-            return text
+            return prompt
+        text = prompt if isinstance(prompt, str) else tokenizer.decode(prompt)
         demos = self.chooser.for_input({"text": text}) if self.chooser else self.demonstrations
-        return demos + self.template.without_soft().render({"text": text})
+        if isinstance(prompt, str):
+            return demos + self.template.without_soft().render({"text": prompt})
+        before, _, after = (demos + self.template.without_soft().render({"text": _IDS_GO_HERE})).partition(_IDS_GO_HERE)
+        return _plain_ids(tokenizer, before) + list(prompt) + _plain_ids(tokenizer, after)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -59,7 +73,7 @@ class WriteJob:
     """One caller's decoding job; ``None`` settings take the writer's defaults."""
 
     task: str | None
-    prompt: str
+    prompt: Prompt
     max_new_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -68,7 +82,7 @@ class WriteJob:
     listener: Listener | None = None  # told of new tokens after every decoding slice
     created: float = field(default_factory=time.perf_counter)  # arrival, for the time to first token
     stop: tuple[str, ...] = ()  # a sample ends once its text holds one of these (not shown)
-    rendered: bool = False  # the prompt is final (a chat rendered by the chat template): no task template
+    rendered: bool = False  # the prompt is final (rendered by the route): no task template
 
 
 @dataclass
@@ -77,7 +91,7 @@ class ScoreJob:
     rendered prompt, and with ``echo`` the prompt's own tokens too."""
 
     task: str
-    prompt: str
+    prompt: Prompt
     generated: list[int]
     top: int = 0  # how many most likely tokens to report at each place
     echo: bool = False
@@ -94,8 +108,11 @@ class Scored:
 
 def score_job(backbone: Backbone, job: ScoreJob, writer: Writer) -> Scored:
     """The log-probabilities a :class:`ScoreJob` asks for, from one forward pass."""
-    rendered = job.prompt if job.rendered else writer.render(job.prompt)
-    lead, prompt_ids = split_special(backbone, rendered)
+    rendered = job.prompt if job.rendered else writer.render(job.prompt, backbone.tokenizer)
+    if isinstance(rendered, str):
+        lead, prompt_ids = split_special(backbone, rendered)
+    else:  # token ids: read as they are
+        lead, prompt_ids, rendered = [], rendered, backbone.tokenizer.decode(rendered)
     if job.echo:
         scores = score_tokens(backbone, writer.soft, lead, prompt_ids + job.generated, job.top)
     else:
@@ -103,12 +120,12 @@ def score_job(backbone: Backbone, job: ScoreJob, writer: Writer) -> Scored:
     return Scored(rendered, scores)
 
 
-def sample_request(job: WriteJob, writer: Writer | None) -> SampleRequest:
+def sample_request(job: WriteJob, writer: Writer | None, tokenizer: Any = None) -> SampleRequest:
     """The sampler's request for ``job``: its settings, else the writer's, else plain sampling."""
     defaults = writer.defaults if writer is not None else GenConfig(max_new_tokens=30, do_sample=True, top_p=0.9)
     greedy = 0.0 if not defaults.do_sample else defaults.temperature
     return SampleRequest(
-        writer.render(job.prompt) if writer is not None and not job.rendered else job.prompt,
+        writer.render(job.prompt, tokenizer) if writer is not None and not job.rendered else job.prompt,
         writer.soft if writer is not None else None,
         job.samples,
         job.max_new_tokens or defaults.max_new_tokens,
@@ -158,7 +175,10 @@ class GenerationStream:
 
     def admit(self, jobs: list[tuple[Hashable, WriteJob]], writers: dict[str, Writer]) -> None:
         """Pre-fill ``(key, job)`` pairs; they join the batch at the next step."""
-        requests = [(key, sample_request(job, writers.get(job.task) if job.task else None)) for key, job in jobs]
+        tokenizer = self.batch.backbone.tokenizer
+        requests = [
+            (key, sample_request(job, writers.get(job.task) if job.task else None, tokenizer)) for key, job in jobs
+        ]
         self.batch.admit(requests)
         for key, job in jobs:
             self.running[key] = _Running(job, [0] * job.samples)

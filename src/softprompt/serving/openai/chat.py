@@ -25,6 +25,7 @@ from softprompt.serving.openai.common import (
     usage,
 )
 from softprompt.serving.openai.completions import prompt_tokens
+from softprompt.serving.openai.logprobs import MAX_CHAT_TOP_LOGPROBS, chat_logprobs, score_choices
 from softprompt.serving.requests import Text
 from softprompt.serving.service import Service
 
@@ -68,6 +69,18 @@ class ChatRequest(SamplingFields):
     max_completion_tokens: int | None = Field(
         None, ge=1, description="OpenAI's newer name for max_tokens on chat; wins over max_tokens when both are given"
     )
+    logprobs: bool = Field(False, description="each generated token's log-probability (answered whole, not streamed)")
+    top_logprobs: int | None = Field(
+        None, ge=0, le=MAX_CHAT_TOP_LOGPROBS, description="with logprobs: the most likely tokens at each place (0-20)"
+    )
+
+    def unanswerable(self) -> tuple[str, str] | None:
+        """``(field, why)`` when ``logprobs``/``top_logprobs`` cannot be answered, or None."""
+        if self.top_logprobs is not None and not self.logprobs:
+            return "top_logprobs", "top_logprobs: only with logprobs: true"
+        if self.stream and self.logprobs:
+            return "stream", "logprobs are answered whole: set stream to false"
+        return None
 
     @model_validator(mode="after")
     def _completion_tokens(self) -> ChatRequest:
@@ -83,6 +96,9 @@ def add_chat(app: FastAPI, service: Service, gate: Gate) -> None:
         refused = refusal(request, gate)
         if refused is not None:
             return refused
+        problem = request.unanswerable()
+        if problem is not None:
+            return openai_error(400, problem[1], problem[0])
         tokenizer = service.backbone.tokenizer
         if not getattr(tokenizer, "chat_template", None):
             message = f"backbone {service.backbone.name} has no chat template; use /v1/completions"
@@ -131,9 +147,17 @@ def add_chat(app: FastAPI, service: Service, gate: Gate) -> None:
             return collected
         answers = completed(service, request, collected)
         choices = [
-            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
+            {"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": reason}
             for i, (text, reason, _) in enumerate(answers)
         ]
+        if request.logprobs:
+            texts, top = [text for text, _, _ in answers], request.top_logprobs or 0
+            try:
+                scored = await score_choices(gate, key, [prompt], [collected[0].tokens], texts, top, False, http)
+            except HTTPException as exc:
+                return openai_error(exc.status_code, str(exc.detail))
+            for choice, result in zip(choices, scored, strict=True):
+                choice["logprobs"] = chat_logprobs(tokenizer, result)
 
         written = sum(tokens for _, _, tokens in answers)
         await captured([text for text, _, _ in answers])

@@ -14,6 +14,7 @@ from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from softprompt.generation.sampling import Prompt
 from softprompt.serving.errors import openai_error_body
 from softprompt.serving.gate import Gate
 from softprompt.serving.registry import is_internal
@@ -25,7 +26,7 @@ from softprompt.serving.writing import WriteJob, visible_text
 
 # Fields refused rather than ignored when given a value other than OpenAI's default.
 REFUSED = {
-    "logprobs": (None, False, 0),
+    "logprobs": (None, False, 0),  # fields of the routes that answer them (chat, completions) are not "extra"
     "top_logprobs": (None, 0),
     "echo": (None, False),
     "suffix": (None, ""),
@@ -70,7 +71,7 @@ class SamplingFields(BaseModel):
         given = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return tuple(s for s in given if s)
 
-    def job(self, prompt: str, listener: Any, rendered: bool = False, task: str | None = None) -> WriteJob:
+    def job(self, prompt: Prompt, listener: Any, rendered: bool = False, task: str | None = None) -> WriteJob:
         """The decoding job for ``prompt``, for task ``task`` (the version answering: the model's
         live version or its candidate; default ``model``)."""
         return WriteJob(
@@ -179,7 +180,7 @@ def completed(service: Service, request: SamplingFields, collected: list[Collect
 async def run_whole(
     gate: Gate,
     request: SamplingFields,
-    prompts: list[str],
+    prompts: list[Prompt],
     http: Request | None,
     rendered: bool = False,
     task: str | None = None,
@@ -201,7 +202,7 @@ async def run_whole(
 async def stream(
     gate: Gate,
     request: SamplingFields,
-    prompts: list[str],
+    prompts: list[Prompt],
     chunk: Chunk,
     rendered: bool = False,
     usage_chunk: Callable[[int], dict[str, Any]] | None = None,
@@ -264,7 +265,7 @@ async def stream(
             getter.cancel()
 
 
-def shadow_answer(gate: Gate, request: SamplingFields, prompts: list[str], render: bool) -> asyncio.Future | None:
+def shadow_answer(gate: Gate, request: SamplingFields, prompts: list[Prompt], render: bool) -> asyncio.Future | None:
     """The texts the task's shadow candidate writes for ``prompts`` (rendered with its own
     template when ``render``), started now beside the live answer; None without a shadow or
     without capture (a shadow's answers are only stored)."""
@@ -274,7 +275,8 @@ def shadow_answer(gate: Gate, request: SamplingFields, prompts: list[str], rende
     writer = gate.service.tasks.writers.get(key)
     if writer is None:
         return None
-    shown = [writer.render(p) for p in prompts] if render else prompts
+    tokenizer = gate.service.backbone.tokenizer
+    shown = [writer.render(p, tokenizer) for p in prompts] if render else prompts
 
     async def texts() -> list[str]:
         collected = await run_whole(gate, request, shown, None, rendered=True, task=key)

@@ -12,7 +12,6 @@ tasks.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from typing import Any
@@ -21,6 +20,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field
 
+from softprompt.generation.sampling import Prompt
 from softprompt.generation.scoring import MAX_TOP_LOGPROBS
 from softprompt.serving.capturing import keep_with_shadow
 from softprompt.serving.gate import Gate
@@ -35,18 +35,29 @@ from softprompt.serving.openai.common import (
     stream,
     usage,
 )
+from softprompt.serving.openai.logprobs import completion_logprobs, score_choices
 from softprompt.serving.requests import Text
 from softprompt.serving.service import Service
-from softprompt.serving.writing import Scored, ScoreJob
 
 
 class CompletionRequest(SamplingFields):
-    prompt: Text | list[Text]
+    prompt: Text | list[Text] | list[int] | list[list[int]] = Field(
+        description="a text, a list of texts, token ids (a list of ints) or a list of those (as "
+        "lm-evaluation-harness sends by default); token ids are read as they are, in the template's {text}"
+    )
     max_tokens: int | None = Field(
         None, ge=0, description="0 only with echo: score the prompt; at most serve --max-new-tokens (512 by default)"
     )
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description="report log-probabilities (top 0-5)")
     echo: bool = Field(False, description="put the prompt, as the model read it, before the completion")
+
+    def prompts(self) -> list[Prompt]:
+        """The request's prompts: texts, or lists of token ids."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if self.prompt and all(isinstance(item, int) for item in self.prompt):
+            return [list(self.prompt)]  # one prompt of token ids
+        return list(self.prompt)
 
     def unanswerable(self) -> tuple[str, str] | None:
         """``(field, why)`` when this request's ``logprobs``/``echo``/``max_tokens`` cannot be
@@ -65,14 +76,14 @@ def add_completions(app: FastAPI, service: Service, gate: Gate) -> None:
         refused = refusal(request, gate)
         if refused is not None:
             return refused
-        prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
-        if not prompts or not all(prompts):
-            return openai_error(400, "prompt: give a non-empty text (or a list of them)", "prompt")
-        problem = request.unanswerable()
+        prompts = request.prompts()
+        tokenizer = service.backbone.tokenizer
+        problem = request.unanswerable() or unreadable(prompts, len(tokenizer))
         if problem is not None:
             return openai_error(400, problem[1], problem[0])
         try:
-            gate.within_limits(prompts, (request.max_tokens or 0) * request.n * len(prompts))
+            texts = [p if isinstance(p, str) else tokenizer.decode(p) for p in prompts]
+            gate.within_limits(texts, (request.max_tokens or 0) * request.n * len(prompts))
         except HTTPException as exc:
             return openai_error(exc.status_code, str(exc.detail), "prompt")
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time())}
@@ -93,7 +104,7 @@ def add_completions(app: FastAPI, service: Service, gate: Gate) -> None:
         writer = service.tasks.writers[key]
         # Rendered once (choosing demonstrations per input embeds it): generation, usage and
         # scoring all read the same text.
-        rendered = [writer.render(p) for p in prompts]
+        rendered = [writer.render(p, tokenizer) for p in prompts]
         read = sum(prompt_tokens(service, writer.soft, text) for text in rendered)
         if request.stream:
 
@@ -131,25 +142,27 @@ def add_completions(app: FastAPI, service: Service, gate: Gate) -> None:
         return JSONResponse({**head, "choices": choices, "usage": usage(read, written)})
 
 
-def prompt_tokens(service: Service, soft: Any, rendered: str) -> int:
-    """Tokens the model reads for a rendered prompt: its text's and the task's soft tokens."""
-    return len(service.backbone.tokenizer(rendered)["input_ids"]) + (0 if soft is None else len(soft))
+def unreadable(prompts: list[Prompt], vocabulary: int) -> tuple[str, str] | None:
+    """``("prompt", why)`` for an empty prompt or a token id outside the vocabulary, or None."""
+    if not prompts or not all(prompts):
+        return "prompt", "prompt: give a non-empty text or list of token ids (or a list of them)"
+    for index, prompt in enumerate(prompts):
+        wrong = next((i for i in prompt if not 0 <= i < vocabulary), None) if isinstance(prompt, list) else None
+        if wrong is not None:
+            return "prompt", f"prompt {index}: token id {wrong} is not in the vocabulary (0 to {vocabulary - 1})"
+    return None
 
 
-def visible_ids(tokenizer: Any, ids: list[int], text: str) -> list[int]:
-    """The generated ids that make up ``text`` (a choice's text, cut before a stop string)."""
-    if tokenizer.decode(ids, skip_special_tokens=True) == text:
-        return ids
-    kept = 0
-    while kept < len(ids) and len(tokenizer.decode(ids[: kept + 1], skip_special_tokens=True)) <= len(text):
-        kept += 1
-    return ids[:kept]
+def prompt_tokens(service: Service, soft: Any, rendered: Prompt) -> int:
+    """Tokens the model reads for a rendered prompt: its own and the task's soft tokens."""
+    own = len(rendered) if isinstance(rendered, list) else len(service.backbone.tokenizer(rendered)["input_ids"])
+    return own + (0 if soft is None else len(soft))
 
 
 async def add_scores(
     gate: Gate,
     request: CompletionRequest,
-    rendered: list[str],
+    rendered: list[Prompt],
     collected: list[Collected],
     choices: list[dict[str, Any]],
     http: Request,
@@ -157,56 +170,17 @@ async def add_scores(
 ) -> JSONResponse | None:
     """Fill the choices' ``logprobs`` and, with ``echo``, put the rendered prompt before their
     text (one scoring pass per choice, batched by the worker); OpenAI's error if one fails."""
-    tokenizer = gate.service.backbone.tokenizer
-    jobs = []
-    for prompt, heard in zip(rendered, collected, strict=True):
-        for ids, choice in zip(heard.tokens, choices[len(jobs) :], strict=False):
-            generated = visible_ids(tokenizer, ids, choice["text"])
-            jobs.append(ScoreJob(task, prompt, generated, request.logprobs or 0, request.echo, rendered=True))
+    tokens = [heard.tokens for heard in collected]
+    texts = [choice["text"] for choice in choices]
     try:
-        scored: list[Scored] = await asyncio.gather(*(gate.submit("score", job, request=http) for job in jobs))
+        scored = await score_choices(gate, task, rendered, tokens, texts, request.logprobs or 0, request.echo, http)
     except HTTPException as exc:
         return openai_error(exc.status_code, str(exc.detail))
+    tokenizer = gate.service.backbone.tokenizer
     for choice, result in zip(choices, scored, strict=True):
         start = 0 if request.echo else len(result.rendered)
         if request.echo:
             choice["text"] = result.rendered + choice["text"]
         if request.logprobs is not None:
-            choice["logprobs"] = logprobs_object(tokenizer, result, start)
+            choice["logprobs"] = completion_logprobs(tokenizer, result, start)
     return None
-
-
-def logprobs_object(tokenizer: Any, result: Scored, start: int) -> dict[str, Any]:
-    """OpenAI's completions ``logprobs``: each token's text, log-probability (None for a first
-    token with nothing before it), its place's most likely tokens, and where it starts in the text."""
-    tokens = token_texts(tokenizer, result.scores.tokens)
-    offsets = []
-    for token in tokens:
-        offsets.append(start)
-        start += len(token)
-    top = [None if place is None else top_texts(tokenizer, place) for place in result.scores.top]
-    return {"tokens": tokens, "token_logprobs": result.scores.logprobs, "top_logprobs": top, "text_offset": offsets}
-
-
-def token_texts(tokenizer: Any, ids: list[int]) -> list[str]:
-    """Each token's share of the decoded text, so that the tokens put together are the text
-    (decoding a token alone can drop a leading space or split a character)."""
-    texts, before = [], ""
-    for end in range(1, len(ids) + 1):
-        now = tokenizer.decode(ids[:end])
-        texts.append(now[len(before) :] if now.startswith(before) else tokenizer.decode(ids[end - 1 : end]))
-        before = now
-    return texts
-
-
-def top_texts(tokenizer: Any, place: dict[int, float]) -> dict[str, float]:
-    """A place's most likely tokens keyed by text, as OpenAI's format has it. Tokens whose text is
-    not whole (part of a character) or that would share a key are keyed by their vocabulary
-    entry instead (``token:ID`` if even that is taken), so no token is lost."""
-    out: dict[str, float] = {}
-    for token, value in place.items():
-        key = tokenizer.decode([token])
-        if key in out or "\ufffd" in key:
-            key = tokenizer.convert_ids_to_tokens(token)
-        out[key if key not in out else f"token:{token}"] = value
-    return out
