@@ -2,7 +2,8 @@
 and scores a task read from local files exactly as ``softprompt`` does, and it evaluates a task
 served by ``softprompt serve`` through its ``local-completions`` model (log-likelihood from
 ``echo``/``logprobs``, ``generate_until`` with ``stop``) as the server scores and writes it
-directly (integration: skipped when ``lm_eval`` is not installed; ``pip install lm_eval``)."""
+directly, with text prompts and with lm-eval's default token-id prompts (integration: ``make test``
+installs lm-eval; skipped only where it is missing: ``pip install 'softprompt[harness]'``)."""
 
 from __future__ import annotations
 
@@ -93,7 +94,10 @@ metric_list:
 }
 
 
-def test_lm_eval_local_completions_scores_a_served_task_as_the_server_does(tiny_llama_dir, sentiment_files, tmp_path):
+@pytest.mark.parametrize("tokenized", [True, False])  # True: lm-eval's default, token-id prompts
+def test_lm_eval_local_completions_scores_a_served_task_as_the_server_does(
+    tokenized, tiny_llama_dir, sentiment_files, tmp_path
+):
     from softprompt.backbones import load_backbone
     from softprompt.generation.scoring import score_tokens
     from softprompt.serving.app import GenerateRequest, ServeSettings, Service, create_app
@@ -114,7 +118,7 @@ def test_lm_eval_local_completions_scores_a_served_task_as_the_server_does(tiny_
         (tasks / f"{name}.yaml").write_text(text.format(test=sentiment_files["test"], pairs=pairs), encoding="utf-8")
     with live_server(create_app(service, ServeSettings(max_wait_ms=1))) as url:
         model_args = f"model=rewrite,base_url={url}/v1/completions,tokenizer_backend=huggingface"
-        model_args += f",tokenizer={tiny_llama_dir},tokenized_requests=False,num_concurrent=1,max_retries=1"
+        model_args += f",tokenizer={tiny_llama_dir},tokenized_requests={tokenized},num_concurrent=1,max_retries=1"
         command = [sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args", model_args]
         command += ["--tasks", ",".join(SERVED_TASKS), "--include_path", str(tasks)]
         command += ["--output_path", str(tmp_path / "lm_eval"), "--log_samples"]

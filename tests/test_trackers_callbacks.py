@@ -48,7 +48,7 @@ def test_tensorboard_gets_the_steps_the_dev_and_the_test_scores(base_args, tmp_p
     ("value", "message"),
     [
         ("tensorbord", "unknown tracker 'tensorbord' (did you mean 'tensorboard'?)"),
-        ("tensorboard,mlflow", "the mlflow tracker is not installed: pip install mlflow"),
+        ("tensorboard,clearml", "the clearml tracker is not installed: pip install clearml"),
     ],
 )
 def test_a_bad_tracker_is_one_line_before_anything_is_written(base_args, tmp_path, capsys, value, message):
@@ -137,9 +137,38 @@ def test_early_stopping_is_a_callback_that_counts_evaluations_without_a_new_best
     bar.on_train_end(Progress(step=3))
 
 
+def test_mlflow_local_store_holds_the_runs_metrics(base_args, tmp_path):
+    """MLflow with a local store (its default since 3.x: an SQLite file; its file-system store is in
+    maintenance mode and refused by default): the run's parameters and metric histories are read
+    back with MLflow's own client and equal log.jsonl's."""
+    pytest.importorskip("mlflow")
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    out, store = tmp_path / "mlflow-run", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    command = [sys.executable, "-m", "softprompt", "train", *base_args, f"out={out}", "train.max_steps=4"]
+    command += ["train.eval_every=2", "train.report_to=mlflow"]
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    client = MlflowClient(tracking_uri=store)
+    [experiment] = [e for e in client.search_experiments() if e.name == "mlflow-run"]
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.data.params["train.max_steps"] == "4" and run.data.params["train.lr"]
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert losses == pytest.approx([row["loss"] for row in logged if "loss" in row], rel=1e-6)
+    assert len(client.get_metric_history(run.info.run_id, "dev/accuracy")) == 2
+    assert "test/accuracy" in run.data.metrics
+
+
 def test_wandb_offline_records_the_run(base_args, tmp_path):
-    """W&B in offline mode (skipped when wandb is not installed; make does not install it). Its
-    run file is wandb's own binary format: the test looks for the logged keys in it."""
+    """W&B in offline mode. Its run file is wandb's own binary format: the test looks for the
+    logged keys in it."""
     pytest.importorskip("wandb")
     import os
     import subprocess
