@@ -154,6 +154,40 @@ def test_peft_loads_lora_and_ia3_artifacts(method, sentiment_files, tiny_llama_d
         torch.testing.assert_close(theirs(ids).logits, backbone.model(ids).logits, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("reparam", ["false", "true"])
+def test_peft_opens_prefix_tuning_artifacts_with_our_probabilities(reparam, sentiment_files, tiny_llama_dir, tmp_path):
+    """Prefix tuning is saved in peft's PREFIX_TUNING layout (the tiny model has grouped-query
+    attention: 4 heads, 1 key/value head); PeftModel.from_pretrained opens it and its label
+    probabilities are ours to 1e-5. The MLP of prefix_tuning.reparam is folded first."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config, backbone, splits, model = _build(
+        tiny_llama_dir, sentiment_files, "prefix_tuning", tmp_path, f"prefix_tuning.reparam={reparam}"
+    )
+    with torch.no_grad():
+        for param in model.trainable_parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    artifact_saver(tmp_path, model, artifact_meta(config, model, backbone, splits))(1, {"accuracy": 0.5})
+    adapter = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "PREFIX_TUNING" and adapter["num_virtual_tokens"] == 3
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), tmp_path).eval()
+    ours, _ = load_classifier(tmp_path, load_backbone(str(tiny_llama_dir)))
+    tokenizer = ours.backbone.tokenizer
+    for example in EXAMPLES:
+        ids = tokenizer(f"Review: {example.text} Sentiment:", add_special_tokens=False)["input_ids"]
+        word_logps = []
+        for candidate in ours.task.candidates:  # peft's log-probability of each verbalizer word
+            with torch.no_grad():
+                logits = theirs(input_ids=torch.tensor([ids + list(candidate.ids)])).logits[0]
+            logp = torch.log_softmax(logits.float(), -1)
+            word_logps.append(sum(logp[len(ids) - 1 + i, t] for i, t in enumerate(candidate.ids)))
+        with torch.no_grad():
+            ours_scores = ours(ours.task.collate([ours.task.encode(example)]))[0]
+        expected = torch.log_softmax(torch.stack(word_logps), -1).exp()
+        torch.testing.assert_close(ours_scores.exp(), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_bitfit_adds_biases_to_bias_free_models_and_says_so(sentiment_files, tiny_llama_dir, tmp_path):
     *_, model = _build(tiny_llama_dir, sentiment_files, "bitfit", tmp_path)
     assert model.method.notes and "no bias terms" in model.method.notes[0]

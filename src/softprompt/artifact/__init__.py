@@ -75,11 +75,23 @@ def write_artifact(
     weights = directory / WEIGHTS_FILE
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     atomic_write(weights, lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata={"format": "pt"}))
-    config = adapter_config or {"peft_type": "SOFTPROMPT", "note": "not a peft layout; load with softprompt"}
+    config = adapter_config or no_peft_layout(meta.get("method", "?"))
     atomic_write_json(directory / PEFT_CONFIG_FILE, config)
     record = {"format": FORMAT, **meta, "weights_sha256": _sha256(weights), "versions": versions()}
     atomic_write_json(directory / TASK_FILE, record)
     write_model_card(directory, record, _is_peft_layout(config))
+
+
+def no_peft_layout(method: str) -> dict[str, Any]:
+    """The ``adapter_config.json`` of an artifact peft cannot open: it says so, and why, in
+    fields peft has no use for (peft itself stops at the unknown ``peft_type``)."""
+    return {
+        "peft_type": "SOFTPROMPT",
+        "softprompt_method": method,
+        "peft_loadable": False,
+        "note": f"method {method} (with this template and backbone) has no peft layout; load it with "
+        "softprompt.load(DIR); docs/methods.md lists the artifacts peft opens",
+    }
 
 
 def update_metrics(directory: Path, metrics: dict[str, Any]) -> None:

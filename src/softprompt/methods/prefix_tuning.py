@@ -6,15 +6,20 @@ the keys and values the backbone itself computes for the ``prompt.init`` tokens 
 as Li & Liang recommend over random init). With ``prefix_tuning.reparam=true`` the trained
 quantity is a small MLP over per-position embeddings whose output is added to that start (its
 last layer zero-initialised); the MLP is folded away at save, so artifacts hold only the
-prefixes: ``[layers, kv_heads, length, head_dim]`` keys and values.
+prefixes, in peft's ``PREFIX_TUNING`` layout (``prompt_embeddings``: per position, every layer's
+key then value, ``[length, layers x 2 x kv_heads x head_dim]``), so ``PeftModel.from_pretrained``
+opens them. Artifacts written before hold ``prefix_keys``/``prefix_values`` and still load.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import DynamicCache
 
+from softprompt.backbones import Backbone
 from softprompt.config.method_options import PrefixTuningOptions
 from softprompt.core import forward as core
 from softprompt.methods.base import Method, MethodContext
@@ -104,8 +109,50 @@ class PrefixTuning(Method):
 
     def export_state(self) -> dict[str, torch.Tensor]:
         keys, values = self.prefixes()
-        return {"prefix_keys": keys.detach().clone(), "prefix_values": values.detach().clone()}
+        return {PEFT_KEY: to_peft_layout(keys.detach(), values.detach())}
 
     def load_export(self, state: dict[str, torch.Tensor]) -> None:
         self.reparam = None  # folded: the artifact holds the prefixes themselves
+        if PEFT_KEY in state:
+            keys, values = from_peft_layout(state[PEFT_KEY], self.prefix_keys.shape)
+            state = {"prefix_keys": keys, "prefix_values": values}
         self.load_state_dict(state)
+
+    def peft_config(self, backbone: Backbone, prefix_layout: bool) -> dict[str, Any] | None:
+        """peft's PREFIX_TUNING config (the prefixes go before everything, in peft as here), for a
+        backbone whose own head answers (not a classification head peft would not have)."""
+        if not backbone.predicts_tokens:
+            return None
+        shape, cfg = attention_shape(backbone), backbone.model.config
+        return {
+            "peft_type": "PREFIX_TUNING",
+            "task_type": "CAUSAL_LM",
+            "num_virtual_tokens": self.prefix_length(),
+            # as peft itself writes them for grouped-query attention: the key/value heads' sizes
+            "token_dim": shape.kv_heads * shape.head_dim,
+            "num_attention_heads": shape.kv_heads,
+            "num_layers": cfg.num_hidden_layers,
+            "num_transformer_submodules": 1,
+            "encoder_hidden_size": shape.kv_heads * shape.head_dim,
+            "prefix_projection": False,
+            "base_model_name_or_path": backbone.base_model_id,
+            "inference_mode": True,
+        }
+
+
+PEFT_KEY = "prompt_embeddings"  # the one tensor of peft's prefix-tuning state
+
+
+def to_peft_layout(keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Keys and values ``[layers, kv_heads, length, head_dim]`` as peft's prefix embedding
+    ``[length, layers x 2 x kv_heads x head_dim]`` (its ``get_prompt`` views each row as
+    ``[layers x 2, heads, head_dim]``: layer l's key at 2l, its value at 2l + 1)."""
+    both = torch.stack([keys, values], dim=1)  # [layers, 2, kv_heads, length, head_dim]
+    return both.permute(3, 0, 1, 2, 4).reshape(keys.shape[2], -1).contiguous().clone()
+
+
+def from_peft_layout(embedding: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of :func:`to_peft_layout`, for prefixes of ``shape`` ``[layers, kv_heads, length, head_dim]``."""
+    layers, kv_heads, length, head_dim = shape
+    both = embedding.view(length, layers, 2, kv_heads, head_dim).permute(1, 2, 3, 0, 4)
+    return both[:, 0].contiguous(), both[:, 1].contiguous()
