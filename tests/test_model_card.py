@@ -81,3 +81,26 @@ def test_the_card_says_how_to_install_softprompt_from_a_clone():
     assert "install it from a clone of its repository, with `pip install .` in the clone" in text
     assert "`pip install dist/softprompt-*.whl` after `python -m build`" in text
     assert "made with softprompt 0.1.0" in text and 'softprompt predict user/prompt "your text"' in text
+
+
+def test_scores_on_a_sample_of_the_test_split_are_marked_as_such(base_args, tmp_path):
+    """data.max_eval=3 scores a seeded sample: model-index records the split, the examples scored
+    and how many the split holds, and the card's table says it is a sample."""
+    out = tmp_path / "quick"
+    assert main(["train", *base_args, f"out={out}", "train.max_steps=2", "train.eval_every=2", "data.max_eval=3"]) == 0
+    meta = json.loads((out / "task.json").read_text(encoding="utf-8"))
+    assert meta["data"]["samples"]["test"]["n"] == 3 and meta["data"]["samples"]["test"]["of"] > 3
+    whole = meta["data"]["samples"]["test"]["of"]
+    card = ModelCard((out / "README.md").read_text(encoding="utf-8"))
+    [result] = [r for r in card.data.eval_results if r.metric_type == "accuracy"]
+    assert result.dataset_split == "test" and result.dataset_args == {"examples": 3, "sample_of": whole}
+    assert "sample" in result.metric_name and f"3 of {whole:,} test examples" in result.dataset_name
+    assert f"| test (3 of {whole:,}, a sample) |" in card.text
+
+
+def test_scores_on_the_whole_test_split_record_how_many_examples(run):
+    meta = json.loads((run / "task.json").read_text(encoding="utf-8"))
+    card = ModelCard((run / "README.md").read_text(encoding="utf-8"))
+    [result] = [r for r in card.data.eval_results if r.metric_type == "accuracy"]
+    assert "samples" not in meta["data"] and result.dataset_args == {"examples": meta["metrics"]["test"]["n"]}
+    assert result.metric_name == "test accuracy" and f"| test ({meta['metrics']['test']['n']}) |" in card.text

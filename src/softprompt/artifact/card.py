@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from softprompt.atomic import atomic_write_text
 from softprompt.hub import DATASET_PREFIX, parse_hub_dataset
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCardData
 
 CARD_FILE = "README.md"
 # The Hub's pipeline tag of each task an artifact can record.
@@ -40,9 +41,9 @@ def model_card(meta: dict[str, Any], peft_loadable: bool, name: str = "") -> str
         peft_loadable: peft can load the weights (``adapter_config.json`` is a peft layout).
         name: what the artifact is called (its directory's name).
     """
-    front = _front_matter(meta, peft_loadable, name)
+    front = _card_data(meta, peft_loadable, name).to_yaml()
     body = "\n\n".join(part for part in _body(meta, peft_loadable, name) if part)
-    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + body + "\n"
+    return "---\n" + front + "\n---\n\n" + body + "\n"
 
 
 def _scores(metrics: dict[str, Any]) -> dict[str, float]:
@@ -69,32 +70,57 @@ def _dataset(meta: dict[str, Any]) -> str:
     return str(data.get("dataset") or data.get("train") or "")
 
 
-def _front_matter(meta: dict[str, Any], peft_loadable: bool, name: str) -> dict[str, Any]:
+def _card_data(meta: dict[str, Any], peft_loadable: bool, name: str) -> ModelCardData:
+    """The metadata the Hub reads, built with its own library (``ModelCardData``, ``EvalResult``):
+    the test scores in ``model-index`` with the split, how many examples they were computed on,
+    and, for a sample (``data.max_eval``), of how many: a score on 16 rows is not the split's."""
+    from huggingface_hub import EvalResult, ModelCardData  # late: the CLI starts without it
     task, method = meta.get("task", "classification"), meta.get("method", "")
-    backbone = meta.get("backbone") or {}
-    front: dict[str, Any] = {}
-    if backbone.get("hub_id"):
-        front["base_model"] = backbone["hub_id"]
-    front["library_name"] = "peft" if peft_loadable else "softprompt"
-    if task in PIPELINES:
-        front["pipeline_tag"] = PIPELINES[task]
-    front["tags"] = ["softprompt", method.replace("_", "-"), task] + (["peft"] if peft_loadable else [])
     dataset = _dataset(meta)
     hub_dataset = parse_hub_dataset(dataset)[0] if dataset.startswith(DATASET_PREFIX) else ""
-    if hub_dataset:  # only a Hub dataset id means something to the Hub
-        front["datasets"] = [hub_dataset]
     # A file is named, not located: its path on the training machine means nothing elsewhere.
     shown = hub_dataset or (Path(dataset).name if dataset else "")
-    test = _results(meta).get("test")
-    if test:
-        front["metrics"] = list(test)
-        result: dict[str, Any] = {"task": {"type": PIPELINES.get(task, "text-generation")}}
-        result["dataset"] = {"name": shown or "test split", "type": shown or "custom", "split": "test"}
-        result["metrics"] = [
-            {"type": key, "value": round(value, 4), "name": f"test {key}"} for key, value in test.items()
-        ]
-        front["model-index"] = [{"name": name or "softprompt-artifact", "results": [result]}]
-    return front
+    test = _results(meta).get("test") or {}
+    examples, whole = _test_size(meta)
+    sampled = whole is not None and examples is not None and examples < whole
+    described = f" ({examples:,} of {whole:,} test examples, a seeded sample)" if sampled else ""
+    args = {"examples": examples} if examples is not None else {}
+    if sampled:
+        args["sample_of"] = whole
+    results = [
+        EvalResult(
+            task_type=PIPELINES.get(task, "text-generation"),
+            dataset_type=shown or "custom",
+            dataset_name=(shown or "test split") + described,
+            dataset_split="test",
+            dataset_args=args or None,
+            metric_type=key,
+            metric_value=round(value, 4),
+            metric_name=f"test {key}" + (" (sample)" if sampled else ""),
+        )
+        for key, value in test.items()
+    ]
+    tags = ["softprompt", method.replace("_", "-"), task] + (["peft"] if peft_loadable else [])
+    return ModelCardData(
+        base_model=(meta.get("backbone") or {}).get("hub_id") or None,
+        library_name="peft" if peft_loadable else "softprompt",
+        pipeline_tag=PIPELINES.get(task),
+        tags=tags,
+        datasets=[hub_dataset] if hub_dataset else None,  # only a Hub dataset id means something to the Hub
+        metrics=list(test) or None,
+        model_name=(name or "softprompt-artifact") if results else None,
+        eval_results=results or None,
+    )
+
+
+def _test_size(meta: dict[str, Any]) -> tuple[int | None, int | None]:
+    """``(examples scored, examples in the whole test split)``: the second is None unless the
+    run scored a sample of it (``data.max_eval``)."""
+    test = (meta.get("metrics") or {}).get("test") or {}
+    examples = test.get("n") if isinstance(test.get("n"), int) else None
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    sample = (data.get("samples") or {}).get("test") or {}
+    return examples, sample.get("of")
 
 
 def _body(meta: dict[str, Any], peft_loadable: bool, name: str) -> list[str]:
@@ -199,8 +225,11 @@ def _results_section(meta: dict[str, Any]) -> str:
         return ""
     keys = list(dict.fromkeys(key for scores in results.values() for key in scores))
     rows = ["| | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    examples, whole = _test_size(meta)
     for split, scores in results.items():
         label = SPLIT_NAMES.get(split, split.replace("_", " "))
+        if split == "test" and examples is not None:
+            label += f" ({examples:,} of {whole:,}, a sample)" if whole and examples < whole else f" ({examples:,})"
         rows.append(f"| {label} | " + " | ".join(f"{scores[k]:.4g}" if k in scores else "" for k in keys) + " |")
     return "## Results\n\n" + "\n".join(rows)
 
@@ -219,7 +248,7 @@ def _use_section(meta: dict[str, Any], peft_loadable: bool, name: str) -> str:
     base = (meta.get("backbone") or {}).get("hub_id")
     if peft_loadable and base:
         text += (
-            "\n\nWith peft (the soft prompt only: the template and verbalizer above are softprompt's, "
+            "\n\nWith peft (the learned weights only: the template and verbalizer above are softprompt's, "
             "so render them yourself):\n\n"
             "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
             f'base = AutoModelForCausalLM.from_pretrained("{base}")\n'

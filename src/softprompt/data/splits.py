@@ -91,10 +91,16 @@ def example_splits(config: RunConfig, records: dict[str, Records] | None = None)
 
 
 def limit(splits: Splits, config: RunConfig) -> Splits:
-    """Apply ``data.max_train`` / ``data.max_eval`` (seeded samples)."""
-    splits.train = sample(splits.train, config.data.max_train, seed=config.seed)
-    splits.dev = sample(splits.dev, config.data.max_eval, seed=config.seed)
-    splits.test = sample(splits.test, config.data.max_eval, seed=config.seed)
+    """Apply ``data.max_train`` / ``data.max_eval`` (seeded samples). A split cut short is recorded
+    in ``splits.source["samples"]`` (``{split: {"n": kept, "of": all}}``), so that scores on it
+    are never reported as the whole split's (the model card marks them)."""
+    caps = {"train": config.data.max_train, "dev": config.data.max_eval, "test": config.data.max_eval}
+    for name, cap in caps.items():
+        whole = getattr(splits, name)
+        kept = sample(whole, cap, seed=config.seed)
+        if len(kept) < len(whole):
+            splits.source.setdefault("samples", {})[name] = {"n": len(kept), "of": len(whole)}
+        setattr(splits, name, kept)
     return splits
 
 
