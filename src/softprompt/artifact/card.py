@@ -75,6 +75,7 @@ def _card_data(meta: dict[str, Any], peft_loadable: bool, name: str) -> ModelCar
     the test scores in ``model-index`` with the split, how many examples they were computed on,
     and, for a sample (``data.max_eval``), of how many: a score on 16 rows is not the split's."""
     from huggingface_hub import EvalResult, ModelCardData  # late: the CLI starts without it
+
     task, method = meta.get("task", "classification"), meta.get("method", "")
     dataset = _dataset(meta)
     hub_dataset = parse_hub_dataset(dataset)[0] if dataset.startswith(DATASET_PREFIX) else ""
