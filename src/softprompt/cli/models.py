@@ -189,8 +189,8 @@ def _export(args: argparse.Namespace) -> None:
         f"wrote {path}: {count} soft tokens x {model.backbone.hidden_size} (template {model.describe()['template']!r})"
     )
     print(
-        "vLLM's prompt_embeds per text: softprompt.serving.vllm.vllm_completion_request "
-        "(docs/serving-and-many-tasks.md)"
+        "the soft tokens alone, for building embeddings yourself; vLLM wants each prompt's whole "
+        "embeddings: softprompt.serving.vllm.Client sends them (docs/serving-and-many-tasks.md)"
     )
 
 
