@@ -31,6 +31,7 @@ from softprompt.methods.prompt_tuning import PromptTuning
 from softprompt.tasks.base import evaluate
 from softprompt.tasks.tasklist import PreparedTask, prepare_tasks
 from softprompt.training.driver import TrainingJob, artifact_saver, continues, run_job
+from softprompt.training.resume import run_record
 from softprompt.training.run import artifact_meta, train
 from softprompt.training.sharding import refuse_sharded_launch
 
@@ -116,7 +117,7 @@ def _train_stage(
     if progress:
         logger.info("stage %d/%d: %s (%d training rows)", k + 1, len(learner.tasks), task.name, len(rows))
     save_best = artifact_saver(stage, scored, meta)
-    settings = stage_config.to_dict()
+    settings = run_record(stage_config.to_dict())
     job = TrainingJob(stage, model, rows, stage_config.train, stage_config.seed, dev_metric, save_best, settings)
     state = run_job(job, resume, progress)
     learner.finish_stage(k)

@@ -22,11 +22,28 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def data_files(settings: dict[str, Any]) -> dict[str, str]:
+    """The data files a run's settings name, keyed by where they name them: ``data.train`` (a
+    ``data`` section), ``data`` (one file, as ``detox train`` takes), ``tasks[1].data.dev`` (a
+    multitask run's tasks)."""
+    found: dict[str, str] = {}
+
+    def add(where: str, data: Any) -> None:
+        if isinstance(data, str) and data:
+            found[where] = data
+        elif isinstance(data, dict):
+            found.update({f"{where}.{key}": str(data[key]) for key in DATA_FILES if data.get(key)})
+
+    add("data", settings.get("data"))
+    for index, task in enumerate(settings.get("tasks") or []):
+        if isinstance(task, dict):
+            add(f"tasks[{index}].data", task.get("data"))
+    return found
+
+
 def data_hashes(settings: dict[str, Any]) -> dict[str, str]:
     """SHA-256 of each data file a run's settings name (``{"data.train": "ab12..."}``)."""
-    data = settings.get("data") or {}
-    files = {f"data.{key}": data.get(key) for key in DATA_FILES}
-    return {key: file_sha256(Path(name)) for key, name in files.items() if name and is_file(str(name))}
+    return {key: file_sha256(Path(name)) for key, name in data_files(settings).items() if is_file(name)}
 
 
 def is_file(name: str) -> bool:

@@ -29,6 +29,7 @@ from softprompt.methods.base import MethodContext
 from softprompt.methods.prompt_tuning import PromptTuning
 from softprompt.tasks.lm import LM_TASK, PromptedLM, Row, encode_texts
 from softprompt.training.driver import TrainingJob, artifact_saver, run_job
+from softprompt.training.resume import run_record
 from softprompt.training.run import backbone_record, check_out
 from softprompt.training.sharding import refuse_sharded_launch
 
@@ -78,7 +79,9 @@ def _train_prompt(
     }
     dev_metric = lambda: model.dev_metrics(rows["dev"])  # noqa: E731
     save_best = artifact_saver(out, model, meta)
-    run_job(TrainingJob(out, model, rows["train"], config.train, config.seed, dev_metric, save_best), resume, progress)
+    settings = run_record(config.to_dict())  # config.json: what a resume must match
+    job = TrainingJob(out, model, rows["train"], config.train, config.seed, dev_metric, save_best, settings)
+    run_job(job, resume, progress)
     return read_artifact(out).meta["metrics"]["dev"]
 
 

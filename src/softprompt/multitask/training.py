@@ -23,6 +23,7 @@ from softprompt.tasks.classification.mixed import MixedPromptClassifier, mixable
 from softprompt.tasks.classification.model import PromptedClassifier
 from softprompt.tasks.tasklist import PreparedTask, prepare_tasks
 from softprompt.training.driver import TrainingJob, artifact_saver, run_job
+from softprompt.training.resume import run_record
 from softprompt.training.run import artifact_meta, backbone_record, check_out
 from softprompt.training.sharding import refuse_sharded_launch
 
@@ -124,7 +125,7 @@ def run_multitask(
         "metrics": {},
     }
     save_best = artifact_saver(out, model, meta, peft_layout=False)  # every task's prompt: no peft layout
-    job = TrainingJob(out, model, rows, config.train, config.seed, dev_metric, save_best, _plain(config))
+    job = TrainingJob(out, model, rows, config.train, config.seed, dev_metric, save_best, run_record(_plain(config)))
     state = run_job(job, resume, progress)
     summary = {"best_step": state.best_step, "tasks": {}}
     for task in tasks:

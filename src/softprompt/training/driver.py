@@ -21,6 +21,7 @@ from softprompt.training.callbacks import Callback
 from softprompt.training.checkpoint import CHECKPOINT, Progress
 from softprompt.training.loop import SaveBest, fit
 from softprompt.training.processes import processes
+from softprompt.training.resume import check_same_settings
 from softprompt.training.trackers import Trackers
 from softprompt.training.trainable import Trainable
 
@@ -37,7 +38,10 @@ class TrainingJob:
         seed: orders the data.
         dev_metric: the dev metrics of the model as it stands.
         save_best: writes the artifact of a new best (see :func:`artifact_saver`).
-        run_settings: written to ``config.json`` before training (None: no such file).
+        run_settings: written to ``config.json`` before training (None: no such file), with the
+            data files' hashes (:func:`~softprompt.training.resume.run_record`); a resumed job
+            must have the settings and data its ``config.json`` recorded.
+        extend: a resume may raise ``train.max_steps`` (``train --extend``).
         sharded: the frozen backbone is sharded for an FSDP launch.
         trains: False for a method with nothing to train: the untrained model is scored on dev
             and saved as it is.
@@ -55,6 +59,7 @@ class TrainingJob:
     dev_metric: Callable[[], dict[str, Any]]
     save_best: SaveBest
     run_settings: dict[str, Any] | None = None
+    extend: bool = False
     sharded: bool = False
     trains: bool = True
     callbacks: list[Callback] = field(default_factory=list)
@@ -75,6 +80,9 @@ def run_job(job: TrainingJob, resume: bool = False, progress: bool = True) -> Pr
     if procs.main:
         job.out.mkdir(parents=True, exist_ok=True)
         if job.run_settings is not None:
+            # Every job resumes only the run it started: same settings, same data files.
+            if continues(job.out, resume):
+                check_same_settings(job.out, job.run_settings, job.extend)
             atomic_write_json(job.out / RUN_CONFIG_FILE, job.run_settings)
     if not job.trains:
         if procs.main:

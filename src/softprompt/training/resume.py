@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from softprompt.artifact import RUN_CONFIG_FILE
-from softprompt.data.hashes import DATA_HASHES, data_hashes
+from softprompt.data.hashes import DATA_HASHES, data_files, data_hashes
 from softprompt.errors import SoftpromptError, flag
 from softprompt.training.checkpoint import require_checkpoint
 
@@ -85,7 +85,7 @@ def check_same_data(out: Path, settings: dict[str, Any]) -> None:
     now = data_hashes(settings)
     for key, digest in saved.items():
         if key in now and now[key] != digest:  # a file now missing is the data loader's to report
-            name = (settings.get("data") or {}).get(key.removeprefix("data."))
+            name = data_files(settings).get(key)
             raise SoftpromptError(
                 f"{key} file {name} has changed since the run started (its SHA-256 differs); "
                 f"{flag('resume')} needs the same data: restore the file, or start a new run with another out="
@@ -96,7 +96,8 @@ def check_same_run(saved: dict[str, Any], requested: dict[str, Any], extend: boo
     """Refuse a resume whose settings differ from the saved run's in anything that changes the
     result, naming the keys. ``extend`` allows a larger ``train.max_steps``."""
     old, new = flatten(saved), flatten(requested)
-    old.update({key: value for key, value in ADDED_LATER.items() if key not in old})
+    # A setting this kind of run has now, missing from a run saved before it existed.
+    old.update({key: value for key, value in ADDED_LATER.items() if key not in old and key in new})
     changed = []
     for key in sorted(set(old) | set(new)):
         if key in FREE_TO_CHANGE or old.get(key) == new.get(key):
@@ -116,7 +117,16 @@ def check_same_run(saved: dict[str, Any], requested: dict[str, Any], extend: boo
 def check_resumable(out: Path, config: RunConfig, extend: bool) -> None:
     """Before anything is written: a checkpoint to resume, saved by a run with the same settings."""
     require_checkpoint(out)
+    check_same_settings(out, config.to_dict(), extend)
+
+
+def check_same_settings(out: Path, settings: dict[str, Any], extend: bool = False) -> None:
+    """A resumed job's settings and data files are those its ``config.json`` recorded (``settings``
+    as :func:`run_record` writes them, or without the hashes; a run saved without a config.json
+    is not checked)."""
     saved = saved_config(out)
-    if saved is not None:
-        check_same_run(saved, config.to_dict(), extend)
-        check_same_data(out, config.to_dict())
+    if saved is None:
+        return
+    requested = {key: value for key, value in settings.items() if key != DATA_HASHES}
+    check_same_run(saved, requested, extend)
+    check_same_data(out, requested)

@@ -139,7 +139,7 @@ def train(
     meta = artifact_meta(config, model, backbone, splits)
     encoded = encode_splits(model, splits, config.train.max_length, with_train=trains)
     job = _training_job(config, model, splits, encoded, meta, bar)
-    job.callbacks = list(callbacks or [])
+    job.callbacks, job.extend = list(callbacks or []), extend
     state = run_job(job, resume, progress)
     if config.calibrate != "none" and trains and procs.main:  # the trained prompt's own bias
         update_record(out, {"calibration": task.calibrate(model)})
