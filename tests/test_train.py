@@ -331,7 +331,7 @@ def test_the_schedule_is_transformers_linear_one_but_for_its_first_warmup_step()
     import torch
     from transformers import get_scheduler
 
-    from softprompt.training.loop import lr_lambda
+    from softprompt.training.schedule import lr_lambda
 
     warmup, total = 5, 40
     ours = lr_lambda(warmup, total)
@@ -342,6 +342,33 @@ def test_the_schedule_is_transformers_linear_one_but_for_its_first_warmup_step()
     assert [ours(step) for step in range(warmup, total + 3)] == pytest.approx(
         [theirs(step) for step in range(warmup, total + 3)]
     )
+
+
+def test_lr_scheduler_takes_transformers_schedules_and_resumes_them(tiny_llama_dir, sentiment_files, tmp_path):
+    """train.lr_scheduler=cosine: the logged learning rates are transformers' cosine schedule; a
+    run interrupted mid-way resumes to the same weights and rates; a misspelled name is refused."""
+    from transformers import get_scheduler
+
+    steps = ["train.max_steps=6", "train.eval_every=2", "train.lr=0.05", "train.lr_scheduler=cosine"]
+    straight = tmp_path / "a"
+    train(_config(tiny_llama_dir, sentiment_files, straight, *steps), progress=False)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.05)
+    cosine = get_scheduler("cosine", optimizer, num_warmup_steps=1, num_training_steps=6)
+    expected = []
+    for _ in range(6):
+        optimizer.step()
+        cosine.step()
+        expected.append(cosine.get_last_lr()[0])
+    logged = [row["lr"] for row in map(json.loads, (straight / "log.jsonl").read_text().splitlines()) if "lr" in row]
+    assert logged == pytest.approx(expected)
+    with ctrl_c_at_step(4), pytest.raises(KeyboardInterrupt):
+        train(_config(tiny_llama_dir, sentiment_files, tmp_path / "b", *steps), progress=False)
+    train(_config(tiny_llama_dir, sentiment_files, tmp_path / "b", *steps), resume=True, progress=False)
+    a, b = read_artifact(straight), read_artifact(tmp_path / "b")
+    assert torch.equal(a.state["prompt_embeddings"], b.state["prompt_embeddings"])
+    assert _log_without_timing(straight) == _log_without_timing(tmp_path / "b")
+    with pytest.raises(SoftpromptError, match=r"train.lr_scheduler.*'cosin'.*did you mean 'cosine'"):
+        _config(tiny_llama_dir, sentiment_files, tmp_path / "c", "train.lr_scheduler=cosin")
 
 
 def test_the_progress_bar_shows_no_dev_score_before_the_first_evaluation():

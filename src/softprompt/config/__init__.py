@@ -57,6 +57,10 @@ class PromptConfig:
         require(ok, "prompt.init", f"'{self.init}' is not one of {choices}")
 
 
+# transformers' schedules that need nothing but the warm-up and the number of steps
+LIBRARY_SCHEDULES = ("cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
+
+
 @dataclass
 class TrainConfig:
     """The one training loop's settings."""
@@ -71,6 +75,12 @@ class TrainConfig:
     max_steps: int = option("optimizer steps", 300)
     epochs: float | None = option("passes over the training data; when set, replaces max_steps", None)
     warmup_ratio: float = option("fraction of max_steps with linear warm-up", 0.06)
+    lr_scheduler: str = option(
+        "learning-rate schedule: linear (warm-up from the first step, then decay to 0) | cosine | "
+        "cosine_with_restarts | polynomial | constant | constant_with_warmup | inverse_sqrt "
+        "(transformers' get_scheduler, with train.warmup_ratio)",
+        "linear",
+    )
     eval_every: int = option("evaluate on dev and checkpoint every N steps", 50)
     patience: int = option("stop after N evaluations without dev improvement (0 = never)", 3)
     l2: float = option("L2 penalty lambda * ||P||^2 on the trainable parameters", 0.0)
@@ -102,6 +112,12 @@ class TrainConfig:
         ok = self.epochs is None or (math.isfinite(self.epochs) and self.epochs > 0)
         require(ok, "train.epochs", f"must be a finite number > 0, got {self.epochs}")
         require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
+        schedules = ("linear", *LIBRARY_SCHEDULES)
+        if self.lr_scheduler not in schedules:
+            raise SoftpromptError(
+                f"config field 'train.lr_scheduler': unknown schedule {self.lr_scheduler!r}"
+                f"{did_you_mean(self.lr_scheduler, schedules)}; one of {', '.join(schedules)}"
+            )
         require(self.patience >= 0, "train.patience", "must be >= 0")
         require(self.l2 >= 0 and self.weight_decay >= 0, "train.l2", "penalties must be >= 0")
 

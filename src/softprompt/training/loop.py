@@ -33,23 +33,13 @@ from softprompt.training.callbacks import Callback, EarlyStopping, ProgressBar, 
 from softprompt.training.checkpoint import Progress, load_checkpoint, save_checkpoint
 from softprompt.training.processes import processes
 from softprompt.training.resources import peak_memory_mb
+from softprompt.training.schedule import learning_rate_schedule
 from softprompt.training.sharding import accelerate_fsdp_hidden, refuse_sharded_launch
 from softprompt.training.trainable import Trainable
 
 LOG_FILE = "log.jsonl"
 
 SaveBest = Callable[[int, dict[str, Any]], None]  # (step, dev metrics): write the best weights
-
-
-def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warm-up over ``warmup`` steps, then linear decay to zero at ``total``."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
 
 
 def resolve_steps(settings: TrainConfig, rows: int) -> TrainConfig:
@@ -99,8 +89,7 @@ def fit(
             raise SoftpromptError(f"train.gradient_checkpointing: {type(model).__name__} does not support it")
         enable()
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    warmup = max(1, int(settings.warmup_ratio * settings.max_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, settings.max_steps))
+    scheduler = learning_rate_schedule(optimizer, settings)
     state = _restore(out, model, optimizer, scheduler) if resume else Progress()
     own = [ProgressBar(progress and processes().main), EarlyStopping(settings.patience)]
     run = _Run(

@@ -37,6 +37,7 @@ ADDED_LATER = {
     "train.grad_accum": 1,
     "data.target_field": "target",
     "train.report_to": "none",
+    "train.lr_scheduler": "linear",
     "calibrate": "none",
 }
 EXTENDABLE = "train.max_steps"
