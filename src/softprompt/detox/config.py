@@ -8,9 +8,9 @@ from typing import Any
 
 from softprompt.config import ComputeSettings, Decoding, PromptConfig, TrainConfig, option, require
 from softprompt.detox.data import DEFAULT_PROMPT_FIELD
+from softprompt.detox.registry import PLAIN, SOFT_PROMPT, STEERINGS, trained_kinds
 
 DEFAULT_INSTRUCTION = "The following text is polite, respectful and free of insults, profanity and slurs:\n"
-KINDS = ("soft_prompt", "experts")
 NEUTRAL_INIT = "text:The following text is polite, respectful and kind:"
 TOXIC_INIT = "text:The following text contains rude, disrespectful, obscene and hateful language:"
 
@@ -39,7 +39,7 @@ class DetoxTrainConfig(ComputeSettings):
 
     data: str = option("ParaDetox TSV (columns toxic, neutral1..3)", "")
     backbone: str = option("causal backbone the prompts are for", "smollm2-135m")
-    kind: str = option("soft_prompt | experts", "soft_prompt")
+    kind: str = option(" | ".join(trained_kinds()), SOFT_PROMPT.name)
     out: str = option("output directory", "runs/detox-prompt")
     unlikelihood: float = option("soft_prompt: weight of the unlikelihood loss on the toxic sentences (0 = off)", 0.0)
     init: str = option("start of the detox / expert prompt (random | vocab | text:<words>)", NEUTRAL_INIT)
@@ -54,7 +54,8 @@ class DetoxTrainConfig(ComputeSettings):
 
     def __post_init__(self) -> None:
         require(bool(self.data), "data", "give the ParaDetox file: data=PATH/paradetox.tsv")
-        require(self.kind in KINDS, "kind", f"'{self.kind}' is not one of {', '.join(KINDS)}")
+        kinds = trained_kinds()
+        require(self.kind in kinds, "kind", f"'{self.kind}' is not one of {', '.join(kinds)}")
         require(self.unlikelihood >= 0, "unlikelihood", "must be >= 0")
         require(self.dev_size >= 1, "dev_size", "must be >= 1")
 
@@ -68,7 +69,7 @@ class DetoxEvalConfig(ComputeSettings, SteeredSampling):
 
     prompts: str = option("prompts file (.jsonl with the text at prompt_field, or .txt, one per line)", "")
     backbone: str = option("causal backbone to generate with", "smollm2-135m")
-    methods: str = option("comma list: none, instruction, self_debias, soft_prompt:<dir>, experts:<dir>", "none")
+    methods: str = option("comma list: " + ", ".join(s.usage for s in STEERINGS.values()), PLAIN.name)
     scorer: str = option("comma list: profanity, classifier, hf:<dir>", "profanity,classifier")
     max_new_tokens: int = option("tokens per continuation", 20)
     samples: int = option("continuations per prompt (k; 25 in the papers)", 25)
@@ -89,7 +90,7 @@ class GenerateConfig(ComputeSettings, SteeredSampling):
     """Settings of ``softprompt generate``."""
 
     backbone: str = option("causal backbone", "smollm2-135m")
-    detox: str = option("none | instruction | self_debias | soft_prompt:<dir> | experts:<dir>", "none")
+    detox: str = option(" | ".join(s.usage for s in STEERINGS.values()), PLAIN.name)
     max_new_tokens: int = option("tokens per continuation", 30)
 
     def __post_init__(self) -> None:

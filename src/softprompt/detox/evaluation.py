@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,9 @@ from softprompt.backbones import Backbone, load_backbone
 from softprompt.backbones.placement import apply_threads
 from softprompt.detox.config import DetoxEvalConfig
 from softprompt.detox.data import Prompt, read_prompts
-from softprompt.detox.loading import build_steering
+from softprompt.detox.loading import Knobs, build_steering
 from softprompt.detox.metrics import distinct_n, toxicity_metrics
+from softprompt.detox.registry import get_steering
 from softprompt.detox.steering import Steering, parse_methods
 from softprompt.errors import SoftpromptError, flag
 from softprompt.generation.running import prompt_seeds, sample_continuations
@@ -32,7 +33,8 @@ from softprompt.generation.sampling import continuation_nll
 from softprompt.tasks.generation.toxicity import Scorer, load_scorer, parse_scorer_names
 
 SETTINGS_FILE = "eval_config.json"
-# Settings that change what is generated: a resumed run must match them.
+# Settings that change what is generated: a resumed run must match them. The methods' own
+# settings are loading.Knobs' fields, so a knob added there is checked here too.
 GENERATION_KEYS = (
     "prompts",
     "backbone",
@@ -42,10 +44,7 @@ GENERATION_KEYS = (
     "temperature",
     "prompt_field",
     "seed",
-    "instruction",
-    "alpha",
-    "decay",
-    "filter_p",
+    *(knob.name for knob in fields(Knobs)),
 )
 
 
@@ -206,7 +205,8 @@ def detox_eval(config: DetoxEvalConfig, overwrite: bool = False, progress: bool 
     _check_settings(out, config, overwrite)
     results: dict[str, Any] = {"config": asdict(config), "methods": {}}
     for label, (name, argument), steering in zip(_labels(specs), specs, steerings, strict=True):
-        spec = f"{name}:{Path(argument).resolve() if name in ('soft_prompt', 'experts') else argument}"
+        # An artifact directory is resolved: the same run's generations are found from any cwd.
+        spec = f"{name}:{Path(argument).resolve() if get_steering(name).needs_argument else argument}"
         records = MethodRun(label, spec, steering, backbone, scorers, config, out).run(prompts, progress)
         results["methods"][label] = summarise(records, [s.name for s in scorers])
     results["perplexity_model"] = backbone.name

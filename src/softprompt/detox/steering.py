@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from softprompt.errors import SoftpromptError, unknown_name
+from softprompt.detox.registry import STEERINGS, get_steering
+from softprompt.errors import SoftpromptError
 from softprompt.generation.rows import Steering, Variant
 from softprompt.generation.sampling import nucleus_parts
 
@@ -25,9 +26,6 @@ SELF_DEBIAS_PREFIXES = (
     "The following text contains negative or hateful language targeting someone because of their identity:\n",
     "The following text contains swear words, curse words, or other obscene or profane language:\n",
 )
-
-
-METHOD_NAMES = ("none", "instruction", "self_debias", "soft_prompt", "experts")
 
 
 class ExpertSteering(Steering):
@@ -80,16 +78,16 @@ class SelfDebiasSteering(Steering):
 
 
 def parse_method(spec: str) -> tuple[str, str]:
-    """``"experts:runs/x"`` -> ``("experts", "runs/x")``; checks the name and the argument."""
+    """``"experts:runs/x"`` -> ``("experts", "runs/x")``; checks the name and the argument
+    against the method's flags in :mod:`softprompt.detox.registry`."""
     name, _, argument = spec.partition(":")
     name = name.strip()
-    if name not in METHOD_NAMES:
-        raise unknown_name("detox method", name, METHOD_NAMES)
-    if name in ("soft_prompt", "experts") and not argument:
+    method = get_steering(name)
+    if method.needs_argument and not argument:
         raise SoftpromptError(
-            f"detox method '{name}' needs its artifact: {name}:<dir> (made by `softprompt detox train`)"
+            f"detox method '{name}' needs its artifact: {method.usage} (made by `softprompt detox train`)"
         )
-    if name in ("none", "self_debias") and argument:
+    if not method.takes_argument and argument:
         raise SoftpromptError(f"detox method '{name}' takes no argument (got '{spec}')")
     return name, argument
 
@@ -98,5 +96,5 @@ def parse_methods(spec: str) -> list[tuple[str, str]]:
     """Comma-separated method specs; a comma inside an instruction is not supported."""
     methods = [parse_method(part) for part in spec.split(",") if part.strip()]
     if not methods:
-        raise SoftpromptError("methods: give at least one of " + ", ".join(METHOD_NAMES))
+        raise SoftpromptError("methods: give at least one of " + ", ".join(STEERINGS))
     return methods

@@ -23,6 +23,7 @@ from softprompt.backbones.placement import apply_threads
 from softprompt.config import PromptConfig
 from softprompt.datasets.paradetox import ParaPair, read_paradetox
 from softprompt.detox.config import DetoxTrainConfig
+from softprompt.detox.registry import get_steering
 from softprompt.errors import SoftpromptError
 from softprompt.methods import get_method
 from softprompt.methods.base import MethodContext
@@ -103,14 +104,12 @@ def train_detox(
         return [(ids, unlikely) for ids in encoded if ids]
 
     results: dict[str, Any] = {}
-    if config.kind == "soft_prompt":
+    if not get_steering(config.kind).anti_expert:  # one prompt, its role the kind's name
         train_rows = rows(train_pairs, False)
         if config.unlikelihood:
             train_rows += rows(train_pairs, True, unlikely=True)
         split = {"train": train_rows, "dev": rows(dev_pairs, False)}
-        results["soft_prompt"] = _train_prompt(
-            backbone, config, out, config.init, split, "soft_prompt", resume, progress
-        )
+        results[config.kind] = _train_prompt(backbone, config, out, config.init, split, config.kind, resume, progress)
     else:
         for role, toxic, init in (("expert", False, config.init), ("anti_expert", True, config.anti_init)):
             split = {"train": rows(train_pairs, toxic), "dev": rows(dev_pairs, toxic)}

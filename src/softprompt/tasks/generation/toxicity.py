@@ -5,13 +5,16 @@
   toxic vs neutral sentences (``scripts/train_toxicity_scorer.py``); its weights ship in the
   package (``tasks/generation/toxicity_scorer/``) and load onto the ``minilm-l6`` backbone;
 - ``hf:<dir>``: any local Hugging Face sequence-classification model.
+
+Each scorer class is registered with :func:`register_scorer`, the one place its name is written.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -24,7 +27,6 @@ from softprompt.tasks.classification.model import label_probabilities
 from softprompt.tasks.loading import load_classifier
 
 PACKAGED_CLASSIFIER = Path(__file__).parent / "toxicity_scorer"
-SCORER_NAMES = ("profanity", "classifier", "hf:<dir>")
 TOXIC = 0.5  # a text scoring above this counts as toxic
 TOXIC_LABEL = re.compile(r"^(toxic|toxicity|offensive|hate|abusive|label_1)$", re.IGNORECASE)
 
@@ -39,10 +41,53 @@ class Scorer(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ScorerSpec:
+    """A registered toxicity scorer."""
+
+    name: str
+    description: str
+    builder: Callable[..., Scorer]  # called with the argument when it takes one, else with none
+    takes_argument: bool = False  # written name:<dir>, a model directory after the colon
+
+    @property
+    def usage(self) -> str:
+        """How a config writes it: ``hf:<dir>`` or the bare name."""
+        return f"{self.name}:<dir>" if self.takes_argument else self.name
+
+    def build(self, argument: str = "") -> Scorer:
+        """Load the scorer (``argument``: the text after the colon)."""
+        return self.builder(argument) if self.takes_argument else self.builder()
+
+
+SCORERS: dict[str, ScorerSpec] = {}
+
+
+def register_scorer(name: str, description: str, *, takes_argument: bool = False) -> Callable[[type], type]:
+    """Class decorator registering a scorer class; the name becomes its class attribute ``name``.
+    Registration order is the order errors list them."""
+
+    def decorate(cls: type) -> type:
+        cls.name = name
+        SCORERS[name] = ScorerSpec(name, description, cls, takes_argument)
+        return cls
+
+    return decorate
+
+
+def get_scorer(name: str) -> tuple[ScorerSpec, str]:
+    """The registered scorer that ``name`` writes and its argument (``hf:DIR`` -> the ``hf`` spec
+    and ``DIR``), or an error suggesting the closest name."""
+    base, colon, argument = name.partition(":")
+    spec = SCORERS.get(base)
+    if spec is None or spec.takes_argument != bool(colon):
+        raise unknown_name("scorer", name, [s.usage for s in SCORERS.values()])
+    return spec, argument
+
+
+@register_scorer("profanity", "alt-profanity-check's word-based model (fast)")
 class ProfanityScorer:
     """alt-profanity-check's linear SVM on TF-IDF features, calibrated to probabilities."""
-
-    name = "profanity"
 
     def __init__(self) -> None:
         with warnings.catch_warnings():  # its pickled model predates our scikit-learn
@@ -59,15 +104,16 @@ class ProfanityScorer:
             return np.asarray(self._predict(list(texts)), dtype=float)
 
 
+@register_scorer("classifier", "softprompt's LoRA on MiniLM trained on ParaDetox (ships in the package)")
 class ClassifierScorer:
     """A softprompt classification artifact whose labels include ``toxic``."""
 
-    def __init__(self, artifact: str | Path = PACKAGED_CLASSIFIER, batch_size: int = 64, name: str = "classifier"):
+    def __init__(self, artifact: str | Path = PACKAGED_CLASSIFIER, batch_size: int = 64, name: str | None = None):
         if not Path(artifact, "task.json").is_file():
             raise SoftpromptError(
                 f"toxicity classifier {artifact} is missing; train it with scripts/train_toxicity_scorer.py"
             )
-        self.name = name
+        self.name = name or type(self).name
         self.model, _ = load_classifier(artifact)
         self.model.eval()
         labels = self.model.task.labels
@@ -83,6 +129,7 @@ class ClassifierScorer:
         return label_probabilities(self.model, examples, self.batch_size)[:, self.toxic].numpy().astype(float)
 
 
+@register_scorer("hf", "a local Hugging Face sequence classifier: hf:<dir>", takes_argument=True)
 class HFScorer:
     """A local Hugging Face sequence classifier: the probability of its toxic label (a label
     named toxic/offensive/hate/LABEL_1, else index 1), or the sigmoid of a single logit."""
@@ -92,8 +139,10 @@ class HFScorer:
 
         directory = Path(directory)
         if not (directory / "config.json").is_file():
-            raise SoftpromptError(f"scorer hf:{directory}: no Hugging Face model there (config.json missing)")
-        self.name = f"hf:{directory.name}"
+            raise SoftpromptError(
+                f"scorer {type(self).name}:{directory}: no Hugging Face model there (config.json missing)"
+            )
+        self.name = f"{type(self).name}:{directory.name}"
         self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         self.model = AutoModelForSequenceClassification.from_pretrained(directory, local_files_only=True).eval()
         labels = {i: str(name) for i, name in self.model.config.id2label.items()}
@@ -121,18 +170,13 @@ def parse_scorer_names(spec: str) -> list[str]:
     """Split and check ``"profanity,classifier,hf:DIR"`` without loading anything."""
     names = [part.strip() for part in spec.split(",") if part.strip()]
     if not names:
-        raise SoftpromptError("scorer: give at least one of " + ", ".join(SCORER_NAMES))
+        raise SoftpromptError("scorer: give at least one of " + ", ".join(s.usage for s in SCORERS.values()))
     for name in names:
-        if name not in ("profanity", "classifier") and not name.startswith("hf:"):
-            raise unknown_name("scorer", name, SCORER_NAMES)
+        get_scorer(name)
     return names
 
 
 def load_scorer(name: str) -> Scorer:
-    """Build the scorer called ``name`` (one of :data:`SCORER_NAMES`)."""
-    parse_scorer_names(name)
-    if name == "profanity":
-        return ProfanityScorer()
-    if name == "classifier":
-        return ClassifierScorer()
-    return HFScorer(name.removeprefix("hf:"))
+    """Build the scorer called ``name`` (a registered name, ``hf:<dir>`` for one taking a directory)."""
+    spec, argument = get_scorer(name)
+    return spec.build(argument)
