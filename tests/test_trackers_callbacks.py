@@ -124,6 +124,47 @@ def test_callbacks_see_every_step_and_evaluation_and_can_stop(tiny_llama_dir, tm
         softprompt.train(train_data=rows, callbacks=stopper, **_settings(tiny_llama_dir, tmp_path / "c"))
 
 
+def test_a_trainer_callback_plugs_in_and_can_stop_the_loop(tiny_llama_dir, tmp_path):
+    """A transformers TrainerCallback, as Trainer users write them: it gets (args, state, control)
+    with the run's settings, every step's logs, the dev metrics as eval_*, and stops the loop with
+    control.should_training_stop. Something with none of the hooks is refused in one line."""
+    from transformers import TrainerCallback
+
+    from .conftest import NEGATIVE, POSITIVE
+
+    class Watcher(TrainerCallback):
+        def __init__(self):
+            self.seen = []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.seen.append(("begin", args.learning_rate, args.max_steps, state.max_steps))
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.seen.append(("log", state.global_step, round(logs["loss"], 6)))
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            self.seen.append(("evaluate", state.global_step, metrics["eval_accuracy"], state.best_global_step))
+            if state.global_step >= 4:
+                control.should_training_stop = True
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.seen.append(("end", state.global_step))
+
+    rows = [{"text": t, "label": "positive"} for t in POSITIVE] + [{"text": t, "label": "negative"} for t in NEGATIVE]
+    watcher = Watcher()
+    settings = _settings(tiny_llama_dir, tmp_path / "a")
+    settings["train"]["lr"] = 0.02
+    softprompt.train(train_data=rows * 2, callbacks=[watcher], progress=False, **settings)
+    assert watcher.seen[0] == ("begin", 0.02, 6, 6) and watcher.seen[-1] == ("end", 4)
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert [e[2] for e in watcher.seen if e[0] == "log"] == [e["loss"] for e in log if "loss" in e]
+    evaluations = [e for e in watcher.seen if e[0] == "evaluate"]
+    assert [e[1] for e in evaluations] == [2, 4]  # stopped at step 4 of 6
+    assert [e[2] for e in evaluations] == [e["dev"] for e in log if "dev" in e]
+    with pytest.raises(softprompt.SoftpromptError, match=r"callbacks\[0\]: a str has none of the loop's hooks"):
+        softprompt.train(train_data=rows, callbacks=["print"], **_settings(tiny_llama_dir, tmp_path / "c"))
+
+
 def test_early_stopping_is_a_callback_that_counts_evaluations_without_a_new_best():
     from softprompt.training.checkpoint import Progress
 

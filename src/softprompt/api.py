@@ -36,6 +36,7 @@ from softprompt.training.checkpoint import CHECKPOINT
 from softprompt.training.loop import LOG_FILE
 from softprompt.training.run import PLOT_FILE, TrainResult, artifact_meta
 from softprompt.training.run import train as train_run
+from softprompt.training.trainer_callbacks import check_callbacks
 
 
 class Model:
@@ -229,7 +230,8 @@ def train(
         extend: with ``resume``, allow a larger ``train.max_steps`` than the saved run's.
         progress: show progress bars.
         callbacks: :class:`softprompt.Callback` objects the training loop calls after each step
-            and evaluation (and that may ask it to stop).
+            and evaluation (and that may ask it to stop), or transformers ``TrainerCallback`` objects
+            (adapted: :mod:`softprompt.training.trainer_callbacks`).
         **settings: recipe keys on top of ``config``: ``template=``, ``verbalizer=``, ``method=``,
             ``out=``, ``seed=``, and sections as dicts (``train={"max_steps": 100}``, ``lora={"r": 16}``).
 
@@ -240,6 +242,7 @@ def train(
     records = _records(train_data, dev_data, test_data) or None
     if callbacks is not None and (isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Iterable)):
         raise SoftpromptError(f"callbacks must be a list of Callback objects, got a {type(callbacks).__name__}")
+    check_callbacks(list(callbacks or []))
     result = train_run(run, resume, overwrite, progress, loaded, records, extend, list(callbacks or []))
     if result.model is not None:
         result.model = Model(result.model, get_task(run.task), read_artifact(result.out).meta)

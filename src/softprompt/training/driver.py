@@ -24,6 +24,7 @@ from softprompt.training.processes import processes
 from softprompt.training.resume import check_same_settings
 from softprompt.training.trackers import Trackers
 from softprompt.training.trainable import Trainable
+from softprompt.training.trainer_callbacks import loop_callbacks
 
 
 @dataclass
@@ -93,7 +94,8 @@ def run_job(job: TrainingJob, resume: bool = False, progress: bool = True) -> Pr
     if procs.main and report_to_names(settings.report_to):
         on_cpu = all(p.device.type == "cpu" for p in model.trainable_parameters())
         job.trackers = Trackers(settings.report_to, out.resolve().name, out, job.run_settings or {}, on_cpu)
-    hooks = [*job.callbacks, *([job.trackers] if job.trackers else [])]
+    users = loop_callbacks(job.callbacks, settings, out, job.seed)  # a Trainer's callbacks adapted
+    hooks = [*users, *([job.trackers] if job.trackers else [])]
     try:
         state = fit(model, job.rows, settings, job.seed, out, save, dev, again, progress, job.sharded, hooks)
     except BaseException:
