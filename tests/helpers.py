@@ -148,3 +148,20 @@ def train_served_tasks(root, tiny_llama_dir) -> Path:
         main(["train", f"data.train={pairs}", f"data.dev={pairs}", *rewrite, f"out={tasks / 'polite'}", *common]) == 0
     )
     return tasks
+
+
+def generate(service, payloads: list) -> list[list[str]]:
+    """All of some generation jobs (``WriteJob`` or ``GenerateRequest``) of ``service`` at once,
+    in a batch of their own: what the server does slice by slice, with jobs joining and leaving.
+    The reference the serving tests compare the server's answers with."""
+    from softprompt.serving.app import GenerateRequest
+    from softprompt.serving.writing import GenerationStream
+
+    jobs = [p.job() if isinstance(p, GenerateRequest) else p for p in payloads]
+    stream = GenerationStream(service.backbone)
+    stream.admit(list(enumerate(jobs)), service.tasks.writers)
+    results: dict = {}
+    while stream.rows:
+        results.update(stream.advance(1))  # alone, nothing waits between slices
+    decode = service.backbone.tokenizer.decode
+    return [[decode(ids, skip_special_tokens=True) for ids in results[key]] for key in range(len(jobs))]

@@ -171,7 +171,8 @@ def test_all_rows_of_all_prompts_run_in_one_forward_pass_per_token(tiny, rows, m
     # the batched logits of each row equal that row run on its own
     for p, prompt in enumerate(prompts):
         for r, variant in enumerate(variants):
-            embeds, mask = core.embed_rows(tiny, sampling.variant_rows(tiny, [prompt], [variant]))
+            ids = sampling.prompt_ids(tiny, prompt, variant.text_prefix)
+            embeds, mask = core.embed_rows(tiny, [(variant.soft, ids)])
             alone = tiny.model(inputs_embeds=embeds, attention_mask=mask).logits[0, -1]
             # the first step combines each prompt's [samples, rows] logits, prompt by prompt
             torch.testing.assert_close(steering.seen[p][0, r], alone, atol=1e-4, rtol=1e-4)

@@ -103,7 +103,7 @@ def test_lm_eval_local_completions_scores_a_served_task_as_the_server_does(
     from softprompt.serving.app import GenerateRequest, ServeSettings, Service, create_app
 
     from .conftest import write_jsonl
-    from .helpers import live_server
+    from .helpers import generate, live_server
     from .test_generation import PAIRS
 
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"text": t, "target": y} for t, y in PAIRS] * 2)
@@ -150,7 +150,7 @@ def test_lm_eval_local_completions_scores_a_served_task_as_the_server_does(
     }
     assert any(answers.values()), "the tiny model wrote nothing before the stop string: nothing compared"
     for text, _ in PAIRS:
-        own = service.generate([GenerateRequest(task="rewrite", prompt=text, max_new_tokens=6, temperature=0)])[0][0]
+        own = generate(service, [GenerateRequest(task="rewrite", prompt=text, max_new_tokens=6, temperature=0)])[0][0]
         assert answers[text] == own.split("e")[0]
     expected = sum(answers[t].strip() == y for t, y in PAIRS) / len(PAIRS)
     assert results["served_rewrite"]["exact_match,none"] == pytest.approx(expected)

@@ -10,6 +10,7 @@ from softprompt.generation.scoring import score_tokens
 from softprompt.serving.app import GenerateRequest
 from softprompt.serving.writing import WriteJob
 
+from .helpers import generate
 from .test_generation import PAIRS
 from .test_serving_generation import openai_client, served_dir, service  # noqa: F401 (fixtures)
 
@@ -20,8 +21,8 @@ def generated_ids(served, prompt, tokens: int) -> list[int]:
     """The ids the server writes greedily after a rendered ``prompt`` (text or ids): the decoded
     text of a tiny random model need not tokenize back to them."""
     heard: list[int] = []
-    served.generate(
-        [WriteJob("polite", prompt, tokens, 0.0, listener=lambda _, ids, __: heard.extend(ids), rendered=True)]
+    generate(
+        served, [WriteJob("polite", prompt, tokens, 0.0, listener=lambda _, ids, __: heard.extend(ids), rendered=True)]
     )
     return heard
 
@@ -78,7 +79,7 @@ def test_token_id_prompts_go_where_the_templates_text_goes(openai_client, servic
     assert writer.render(ids[0], tokenizer) == before + ids[0] + after
     one = openai_client.completions.create(model="polite", prompt=ids[0], max_tokens=4, temperature=0)
     job = WriteJob("polite", before + ids[0] + after, 4, 0.0, rendered=True)
-    assert one.choices[0].text == service.generate([job])[0][0]
+    assert one.choices[0].text == generate(service, [job])[0][0]
     assert one.usage.prompt_tokens == len(before + ids[0] + after) + len(writer.soft)
     # A list of token-id lists: one choice per prompt, each as if sent alone.
     both = openai_client.completions.create(model="polite", prompt=ids, max_tokens=4, temperature=0)
@@ -99,7 +100,7 @@ def test_token_id_prompts_go_where_the_templates_text_goes(openai_client, servic
 def test_token_id_prompts_with_text_prompts_unchanged_and_bad_ids_refused(openai_client, service):  # noqa: F811
     text = PAIRS[2][0]
     as_text = openai_client.completions.create(model="nice", prompt=text, max_tokens=3, temperature=0)
-    expected = service.generate([GenerateRequest(task="nice", prompt=text, max_new_tokens=3, temperature=0)])[0][0]
+    expected = generate(service, [GenerateRequest(task="nice", prompt=text, max_new_tokens=3, temperature=0)])[0][0]
     assert as_text.choices[0].text == expected
     vocabulary = len(service.backbone.tokenizer)
     with pytest.raises(openai.BadRequestError, match=f"token id {vocabulary} is not in the vocabulary"):

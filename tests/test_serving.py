@@ -21,7 +21,7 @@ from softprompt.serving.batcher import Batcher, Continuous, QueueFull
 from softprompt.tasks.classification.mixed import MixedPromptClassifier, classify_mixed
 from softprompt.tasks.classification.model import label_probabilities
 
-from .helpers import EXAMPLES, classifier, slowed_generation
+from .helpers import EXAMPLES, classifier, generate, slowed_generation
 from .test_continual import _train_prompt
 from .test_detox import write_paradetox
 
@@ -355,8 +355,8 @@ def test_generate_requests_batched_together_get_what_each_gets_alone(tiny_llama_
         GenerateRequest(task="polite", prompt="Well", max_new_tokens=3, top_p=0.5, seed=2),
         GenerateRequest(task="polite", prompt="A much longer opening line", max_new_tokens=6, temperature=0.7),
     ]
-    together = service.generate(payloads)
-    assert together == [service.generate([payload])[0] for payload in payloads]
+    together = generate(service, payloads)
+    assert together == [generate(service, [payload])[0] for payload in payloads]
     # and alone, the batched sampler is the detox sampler (the one `softprompt generate` uses)
     tokenizer = service.backbone.tokenizer
     first = payloads[0]

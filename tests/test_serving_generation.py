@@ -23,7 +23,7 @@ from softprompt.serving.writing import WriteJob, sample_request, visible_text
 from softprompt.tasks.classification.model import label_probabilities
 from softprompt.tasks.loading import load_model
 
-from .helpers import EXAMPLES, classifier, slowed_generation
+from .helpers import EXAMPLES, classifier, generate, slowed_generation
 from .test_generation import PAIRS, gen_args, pair_files  # noqa: F401 (fixtures)
 
 
@@ -68,7 +68,7 @@ def test_served_greedy_output_is_the_artifacts_own(service, served_dir):
     model, _ = load_model(served_dir / "polite", service.backbone)
     text = PAIRS[0][0]
     expected = decode(model.backbone, model.method, [model.encode_prompt({"text": text})], model.decoding)[0]
-    got = service.generate([GenerateRequest(task="polite", prompt=text)])[0][0]
+    got = generate(service, [GenerateRequest(task="polite", prompt=text)])[0][0]
     assert got.strip() == expected
 
 
@@ -79,9 +79,9 @@ def test_mixed_generation_requests_get_what_each_gets_alone(service):
         GenerateRequest(task="polite", prompt=PAIRS[2][0], temperature=1.2, seed=7),
         GenerateRequest(task="nice", prompt="short", temperature=0),
     ]
-    together = service.generate(payloads)
-    assert together == [service.generate([payload])[0] for payload in payloads]
-    assert together[1] == service.generate([payloads[1]])[0]  # a seed gives the same samples again
+    together = generate(service, payloads)
+    assert together == [generate(service, [payload])[0] for payload in payloads]
+    assert together[1] == generate(service, [payloads[1]])[0]  # a seed gives the same samples again
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def openai_client(service):
 
 def test_openai_client_completes_with_a_task(openai_client, service):
     answer = openai_client.completions.create(model="polite", prompt=PAIRS[0][0], max_tokens=4)
-    expected = service.generate([GenerateRequest(task="polite", prompt=PAIRS[0][0], max_new_tokens=4)])[0][0]
+    expected = generate(service, [GenerateRequest(task="polite", prompt=PAIRS[0][0], max_new_tokens=4)])[0][0]
     assert answer.object == "text_completion" and answer.model == "polite"
     assert answer.choices[0].text == expected and answer.choices[0].finish_reason in ("stop", "length")
     assert answer.usage.completion_tokens <= 4 and answer.usage.prompt_tokens > 3
@@ -181,7 +181,7 @@ def test_a_short_generation_does_not_wait_for_a_long_one(service, monkeypatch):
         assert service.stream.rows == 1  # the short one joined the running batch and left it
         thread.join()
     assert answer.status_code == 200
-    assert answer.json()["completions"] == service.generate([GenerateRequest(**body)])[0]
+    assert answer.json()["completions"] == generate(service, [GenerateRequest(**body)])[0]
     assert finished["short"] < finished["long"], "the short generation waited for the long one"
 
 
@@ -292,7 +292,7 @@ def test_chat_completions_use_the_chat_template_and_the_task_prompt(openai_clien
         rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         job = GenerateRequest(task="polite", prompt=rendered, max_new_tokens=4, temperature=0).job()
         job.rendered = True
-        expected = service.generate([job])[0][0]
+        expected = generate(service, [job])[0][0]
         assert answer.object == "chat.completion" and answer.model == "polite"
         assert answer.choices[0].message.role == "assistant" and answer.choices[0].message.content == expected
         soft = len(service.tasks.writers["polite"].soft)
@@ -436,10 +436,10 @@ def test_removing_a_task_lets_its_generation_in_flight_finish(served_dir, tiny_l
     with TestClient(create_app(service, ServeSettings(max_wait_ms=1))) as client:
         body = {"task": "nice", "prompt": "you idiot", "max_new_tokens": 40, "temperature": 0}
 
-        def generate():
+        def in_flight():
             answers["in flight"] = client.post("/v1/generate", json=body)
 
-        thread = threading.Thread(target=generate)
+        thread = threading.Thread(target=in_flight)
         thread.start()
         while not service.stream.rows:  # under way
             time.sleep(0.01)
@@ -447,7 +447,7 @@ def test_removing_a_task_lets_its_generation_in_flight_finish(served_dir, tiny_l
         thread.join()
         assert client.post("/v1/generate", json=body).status_code == 404
     assert answers["in flight"].status_code == 200  # it kept its prompt and finished
-    expected = Service(load_backbone(str(tiny_llama_dir)), served_dir).generate([GenerateRequest(**body)])[0]
+    expected = generate(Service(load_backbone(str(tiny_llama_dir)), served_dir), [GenerateRequest(**body)])[0]
     assert answers["in flight"].json()["completions"] == expected
 
 

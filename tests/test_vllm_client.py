@@ -21,7 +21,7 @@ from softprompt.serving.app import GenerateRequest
 from softprompt.serving.vllm import Client
 from softprompt.serving.writing import WriteJob
 
-from .helpers import live_server
+from .helpers import generate, live_server
 from .test_generation import PAIRS
 from .test_serving_generation import served_dir, service  # noqa: F401 (fixtures)
 
@@ -84,7 +84,7 @@ def test_completions_through_vllm_write_what_softprompt_serve_writes(stand_in, s
     written = []
     for text, _ in PAIRS[:3]:
         answer = client.complete(text, max_tokens=5, temperature=0)
-        ours = service.generate([GenerateRequest(task="polite", prompt=text, max_new_tokens=5, temperature=0)])[0][0]
+        ours = generate(service, [GenerateRequest(task="polite", prompt=text, max_new_tokens=5, temperature=0)])[0][0]
         assert answer["choices"][0]["text"] == ours
         written.append(ours)
     assert any(written), "nothing written: nothing compared"
@@ -103,7 +103,7 @@ def test_chat_through_vllm_writes_what_softprompt_serves_chat_route_writes(stand
     try:
         answer = client.chat(messages, max_tokens=4)
         rendered = service.backbone.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ours = service.generate([WriteJob("polite", rendered, 4, 0.0, rendered=True)])[0][0]
+        ours = generate(service, [WriteJob("polite", rendered, 4, 0.0, rendered=True)])[0][0]
         assert answer["choices"][0]["text"] == ours and ours
     finally:
         service.backbone.tokenizer.chat_template = None

@@ -1,4 +1,4 @@
-"""Toxicity and diversity metrics of the RealToxicityPrompts / DExperts protocol (DESIGN.md §5).
+"""Toxicity and diversity metrics of the RealToxicityPrompts / DExperts protocol (docs/detoxification.md).
 
 Every toxicity metric is a mean over prompts of a per-prompt value, so one bootstrap over
 prompts gives all their 95% intervals.

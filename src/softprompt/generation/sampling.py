@@ -88,11 +88,6 @@ def _sample_sorted(values: torch.Tensor, index: torch.Tensor, top_p: float, gene
     return index.gather(-1, torch.multinomial(values * keep, 1, generator=generator)).squeeze(-1)
 
 
-def variant_rows(backbone: Backbone, prompts: Sequence[str], variants: list[Variant]) -> list:
-    """``(soft prompt, token ids)`` of every variant of every prompt, prompt-major."""
-    return [(v.soft, context_ids(backbone, v.text_prefix + p)) for p in prompts for v in variants]
-
-
 def continuation_nll(
     backbone: Backbone, prompts: Sequence[str], continuations: Sequence[Sequence[list[int]]]
 ) -> list[list[tuple[float, int]]]:

@@ -1,5 +1,5 @@
 """``retrain``: continue a served version's prompt on the feedback its task received, guarded
-against forgetting, and judged by a gate before anyone promotes it (DESIGN.md §7).
+against forgetting, and judged by a gate before anyone promotes it (docs/keep-learning.md).
 
 The run: the parent and its data load; the parent is scored on the held-out (newest) feedback
 and on its own dev split; the candidate starts from the parent's weights (a zero-/few-shot

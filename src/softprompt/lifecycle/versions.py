@@ -1,5 +1,5 @@
 """Which version of each task is live, recorded in the served folder so a restart serves what was
-live (DESIGN.md §7).
+live (docs/keep-learning.md).
 
 A task's first version is its sub-folder of the served folder (``DIR/NAME``). A candidate's
 artifact is copied under ``DIR/.versions/NAME/SHA`` when it is posted (kilobytes; the path it came

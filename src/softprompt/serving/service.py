@@ -13,7 +13,7 @@ from softprompt.data.records import Example
 from softprompt.errors import SoftpromptError
 from softprompt.lifecycle.drift import DriftMonitor
 from softprompt.serving.registry import ServedTasks, artifact_version, is_internal, load_task, load_tasks
-from softprompt.serving.requests import ClassifyRequest, GenerateRequest
+from softprompt.serving.requests import ClassifyRequest
 from softprompt.serving.versions import (
     Candidate,
     TaskVersions,
@@ -144,17 +144,6 @@ class Service:
 
     def _texts(self, samples: list[list[int]]) -> list[str]:
         return [self.backbone.tokenizer.decode(ids, skip_special_tokens=True) for ids in samples]
-
-    def generate(self, payloads: list[WriteJob | GenerateRequest]) -> list[list[str]]:
-        """All of some generation jobs at once, in a batch of their own (what the server does
-        slice by slice, with jobs joining and leaving)."""
-        jobs = [p.job() if isinstance(p, GenerateRequest) else p for p in payloads]
-        stream = GenerationStream(self.backbone)
-        stream.admit(list(enumerate(jobs)), self.tasks.writers)
-        results: dict = {}
-        while stream.rows:
-            results.update(stream.advance(1))  # alone, nothing waits between slices
-        return [self._texts(results[key]) for key in range(len(jobs))]
 
     def score(self, jobs: list[ScoreJob]) -> list[Scored | UnknownTask]:
         """Token log-probabilities of texts after their tasks' soft prompts (``logprobs``, ``echo``)."""

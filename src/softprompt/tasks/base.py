@@ -21,7 +21,7 @@ from softprompt.seeding import seeded
 HEAD_PREFIX = "classifier."
 
 
-def hold_in_float32(params: list[nn.Parameter], device: torch.device) -> None:
+def trainables_in_float32(params: list[nn.Parameter], device: torch.device) -> None:
     """Trainable parameters live in float32 on the backbone's device, whatever the backbone's
     dtype (mixed precision: autocast computes in the low dtype, the update stays exact)."""
     for param in params:
@@ -54,7 +54,7 @@ class TaskModel(nn.Module):
         if head_outputs:
             with seeded(seed):
                 self.head = nn.Linear(backbone.hidden_size, head_outputs)
-        hold_in_float32(self.trainable_parameters(), backbone.device)
+        trainables_in_float32(self.trainable_parameters(), backbone.device)
 
     # ---- trainable state ---------------------------------------------------------------------
     def _head_state(self) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""The one training loop (DESIGN.md §3): AdamW, warm-up + linear decay, clipping, optional L2,
+"""The one training loop: AdamW, warm-up + linear decay, clipping, optional L2,
 gradient accumulation, dev evaluation every N steps, early stopping, best weights, resumable
 checkpoint. It runs on ``accelerate.Accelerator``: under ``accelerate launch`` the model's loss is
 wrapped in DDP, which averages the trainable parameters' gradients across processes.

@@ -18,7 +18,7 @@ from softprompt.backbones import Backbone, load_backbone
 from softprompt.backbones.placement import apply_threads
 from softprompt.backbones.sources import hub_id
 from softprompt.config import RunConfig, require
-from softprompt.data.splits import Records, Splits
+from softprompt.data.splits import SPLITS, Records, Splits
 from softprompt.errors import SoftpromptError, flag
 from softprompt.methods import get_method
 from softprompt.plotting import plot_training_curves
@@ -222,7 +222,7 @@ def encode_splits(model: TaskModel, splits: Splits, max_length: int, with_train:
     Without training (``with_train=False``) the training rows are never read (few-shot draws its
     demonstrations from the raw split), so they are not encoded: that would only cost time, a
     lot of it when demonstrations are chosen per input."""
-    names = ("train", "dev", "test") if with_train else ("dev", "test")
+    names = SPLITS if with_train else SPLITS[1:]
     encoded = {name: model.encode_split(getattr(splits, name), splits.where(name)) for name in names}
     for name, rows in encoded.items():
         cut = sum(bool(getattr(row, "shortened", False)) for row in rows)

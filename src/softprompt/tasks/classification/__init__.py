@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from softprompt.backbones import Backbone
 from softprompt.config import PromptConfig, RunConfig
 from softprompt.data.records import Example, examples_from_records, read_examples
-from softprompt.data.splits import DEFAULT_DATASET, Records, Splits, example_splits
+from softprompt.data.splits import DEFAULT_DATASET, SPLITS, Records, Splits, example_splits
 from softprompt.errors import SoftpromptError
 from softprompt.methods import MethodContext, get_method, untrained_method
 from softprompt.prompts import Template, Verbalizer
@@ -45,7 +45,7 @@ def resolve_prompting(config: RunConfig, announce: bool = False) -> tuple[Templa
 
 def validate_examples(task: ClassificationTask, splits: Splits) -> None:
     """Every template field present and every label known, before anything is trained or written."""
-    for name in ("train", "dev", "test"):
+    for name in SPLITS:
         examples, where = getattr(splits, name), splits.where(name)
         if examples:
             task.template.check_fields(set(examples[0].fields), f"the {name} data ({where})")

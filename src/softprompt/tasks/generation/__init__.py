@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import RunConfig
 from softprompt.data.pairs import TextPair, pairs_from_records, read_pairs
-from softprompt.data.splits import Records, Splits, assemble_splits, limit
+from softprompt.data.splits import SPLITS, Records, Splits, assemble_splits, limit
 from softprompt.errors import SoftpromptError
 from softprompt.generation.decode import decode
 from softprompt.methods import MethodContext, get_method
@@ -149,7 +149,7 @@ class Generation(TaskSpec):
 
     def build(self, config: RunConfig, backbone: Backbone, splits: Splits) -> PromptedGenerator:
         template = resolve_template(config, announce=True)
-        for name in ("train", "dev", "test"):
+        for name in SPLITS:
             items = getattr(splits, name)
             if items:
                 template.check_fields(set(items[0].fields), f"the {name} data ({splits.where(name)})")
