@@ -41,8 +41,6 @@ class Bottleneck(nn.Module):
 class Adapter(Method):
     """Two adapters per transformer block."""
 
-    changes_every_hidden_state = True
-
     def __init__(self, context: MethodContext):
         super().__init__()
         options = context.options or AdapterOptions()

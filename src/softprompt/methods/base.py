@@ -42,9 +42,10 @@ class Method(nn.Module):
 
     name: str = "base"
     num_soft_tokens: int = 0
-    # True when every token's hidden state depends on the method (changed layers, or prefixes every
-    # position attends to): a text-only forward pass cannot then be cached and shared across prompts.
-    changes_every_hidden_state: bool = False
+    # The registry's flag (set by ``@register``): the method changes the backbone's own layers, so
+    # every token's hidden state depends on it (as with prefix tuning's prefixes, which
+    # ``prefix_length()`` tells): a text-only forward pass cannot be cached and shared across prompts.
+    changes_layers: bool = False
 
     def __init__(self) -> None:
         nn.Module.__init__(self)

@@ -26,8 +26,6 @@ from softprompt.methods.registry import register
 class BitFit(Method):
     """Existing biases as resident parameters, or added ones as own parameters."""
 
-    changes_every_hidden_state = True
-
     def __init__(self, context: MethodContext):
         super().__init__()
         backbone = context.backbone

@@ -20,8 +20,6 @@ from softprompt.methods.registry import register
 class Full(Method):
     """The backbone's parameters, trained in place."""
 
-    changes_every_hidden_state = True
-
     def __init__(self, context: MethodContext):
         super().__init__()
         options = context.options or FullOptions()

@@ -27,7 +27,6 @@ class PeftTuner(Method):
     """A method whose parameters peft injects into the backbone's layers."""
 
     marker = ""  # substring of the injected parameters' names ("lora_", "ia3_")
-    changes_every_hidden_state = True
 
     def __init__(self, context: MethodContext, config: PeftConfig):
         super().__init__()

@@ -70,8 +70,6 @@ class PrefixMLP(nn.Module):
 class PrefixTuning(Method):
     """Per-layer key/value prefixes of ``prompt.length`` positions."""
 
-    changes_every_hidden_state = True  # every position attends to the prefixes
-
     def __init__(self, context: MethodContext):
         super().__init__()
         options = context.options or PrefixTuningOptions()

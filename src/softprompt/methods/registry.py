@@ -65,6 +65,7 @@ def register(
 
     def decorate(builder: type[Method]):
         builder.name = name
+        builder.changes_layers = changes_layers  # one flag: the spec's, readable on the instance
         METHODS[name] = MethodSpec(
             name,
             description,

@@ -37,7 +37,7 @@ from softprompt.tasks.generation.model import PromptedGenerator
 
 
 def _check(model: TaskModel) -> None:
-    if model.method.prefix_length() or model.method.changes_every_hidden_state:
+    if model.method.prefix_length() or model.method.changes_layers:
         raise SoftpromptError(
             f"method {model.method.name} changes the backbone's layers or keys and values, which input "
             "embeddings cannot carry; only soft-token artifacts (prompt_tuning, ptuning...) export as prompt embeddings"

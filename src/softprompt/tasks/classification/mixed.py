@@ -29,7 +29,7 @@ def mixable(model: PromptedClassifier) -> str | None:
     """Why ``model`` cannot share a batch with other tasks, or None when it can."""
     if not model.task.causal:
         return "mixed batches need a causal LM backbone"
-    if model.method.changes_every_hidden_state or model.method.prefix_length():
+    if model.method.changes_layers or model.method.prefix_length():
         return f"method {model.method.name} changes the backbone's layers; only soft-prompt methods mix in one batch"
     return None
 

@@ -195,7 +195,7 @@ class PromptedClassifier(TaskModel):
             or self.checkpointing
             or batch.prefix_soft
             or self.method.prefix_length()
-            or self.method.changes_every_hidden_state
+            or self.method.changes_layers
             or self.method.soft_embeddings() is None
         ):
             return 0
