@@ -39,7 +39,8 @@ def methods() -> dict[str, Declared]:
     """Every method by name, with ``register``'s settings (``trains``, ``uses_soft_tokens``,
     ``options``...)."""
     defaults = _keyword_defaults(PACKAGE / "methods" / "registry.py", "register")
-    return {d.name: d for d in _declarations("methods", "register", defaults)}
+    declared = sorted(_declarations("methods", "register", defaults), key=lambda d: d.settings["list_position"])
+    return {d.name: d for d in declared}  # in the registry's listing order
 
 
 @functools.cache

@@ -21,22 +21,22 @@ from softprompt.methods import (  # noqa: F401
     ptuning,
 )
 from softprompt.methods.base import Method, MethodContext
-from softprompt.methods.registry import METHODS, MethodSpec, get_method, put_in_order, register, untrained_method
-
-# Listing order: prompt methods first, full last.
-put_in_order(
-    [
-        "none",
-        "prompt_tuning",
-        "prefix_tuning",
-        "ptuning",
-        "progressive_prompts",
-        "lora",
-        "ia3",
-        "adapter",
-        "bitfit",
-        "full",
-    ]
+from softprompt.methods.registry import (
+    METHODS,
+    MethodSpec,
+    get_method,
+    register,
+    soft_token_method,
+    untrained_method,
 )
 
-__all__ = ["METHODS", "Method", "MethodContext", "MethodSpec", "get_method", "register", "untrained_method"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "MethodContext",
+    "MethodSpec",
+    "get_method",
+    "register",
+    "soft_token_method",
+    "untrained_method",
+]

@@ -37,6 +37,7 @@ class Bottleneck(nn.Module):
     options=AdapterOptions,
     changes_layers=True,
     identity_at_start=True,
+    list_position=70,
 )
 class Adapter(Method):
     """Two adapters per transformer block."""

@@ -22,6 +22,7 @@ from softprompt.methods.registry import register
     default_lr=3e-3,
     changes_layers=True,
     identity_at_start=True,
+    list_position=80,
 )
 class BitFit(Method):
     """Existing biases as resident parameters, or added ones as own parameters."""

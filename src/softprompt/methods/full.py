@@ -16,6 +16,7 @@ from softprompt.methods.registry import register
     options=FullOptions,
     default_lr=3e-5,
     changes_layers=True,
+    list_position=90,
 )
 class Full(Method):
     """The backbone's parameters, trained in place."""

@@ -18,6 +18,7 @@ from softprompt.methods.registry import register
     changes_layers=True,
     default_lr=3e-3,
     identity_at_start=True,
+    list_position=60,
 )
 class Ia3(PeftTuner):
     """IA3 vectors injected by peft."""

@@ -19,6 +19,7 @@ from softprompt.methods.registry import register
     options=LoraOptions,
     changes_layers=True,
     identity_at_start=True,
+    list_position=50,
 )
 class Lora(PeftTuner):
     """LoRA matrices injected by peft."""

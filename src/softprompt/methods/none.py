@@ -7,7 +7,11 @@ from softprompt.methods.registry import register
 
 
 @register(
-    "none", "no training: zero-shot (or few-shot with fewshot.k=K) with the template", trains=False, default_lr=0.0
+    "none",
+    "no training: zero-shot (or few-shot with fewshot.k=K) with the template",
+    trains=False,
+    default_lr=0.0,
+    list_position=0,
 )
 class NoMethod(Method):
     """The plain frozen backbone."""

@@ -66,6 +66,7 @@ class PrefixMLP(nn.Module):
     "trainable key/value prefixes in every layer (Li & Liang 2021, P-tuning v2)",
     options=PrefixTuningOptions,
     default_lr=5e-3,
+    list_position=20,
 )
 class PrefixTuning(Method):
     """Per-layer key/value prefixes of ``prompt.length`` positions."""

@@ -29,6 +29,7 @@ from softprompt.methods.transfer import PROMPT_KEY, check_same_backbone, read_so
     options=ProgressiveOptions,
     default_lr=1e-2,
     sequential=True,
+    list_position=40,
 )
 class ProgressivePrompts(Method):
     """Frozen earlier prompts + one trainable prompt, filling the template's soft slots in order."""

@@ -84,6 +84,7 @@ def initial_prompt(context: MethodContext, length: int, init: str) -> torch.Tens
     "N soft tokens in the template's {soft} slots (Lester et al. 2021)",
     uses_soft_tokens=True,
     default_lr=1e-2,
+    list_position=10,
 )
 class PromptTuning(Method):
     """Trainable soft-token embeddings."""

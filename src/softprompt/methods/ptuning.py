@@ -45,6 +45,7 @@ class PromptEncoder(nn.Module):
     uses_soft_tokens=True,
     options=PtuningOptions,
     default_lr=1e-2,
+    list_position=30,
 )
 class Ptuning(Method):
     """Soft tokens = encoder(trainable embeddings)."""

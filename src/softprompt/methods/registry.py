@@ -28,6 +28,7 @@ class MethodSpec:
     identity_at_start: bool  # zero-initialised: the untrained method leaves the backbone's outputs unchanged
     changes_layers: bool  # it changes the backbone's own layers (a shared backbone cannot host it)
     sequential: bool = False  # learns a task sequence: a new prompt per task, earlier ones frozen (continual)
+    list_position: int = 100  # where it is listed (`softprompt ls methods`, `compare`'s default): lower first
 
     @property
     def shares_backbone(self) -> bool:
@@ -55,6 +56,7 @@ def register(
     identity_at_start: bool = False,
     changes_layers: bool = False,
     sequential: bool = False,
+    list_position: int = 100,
 ):
     """Class decorator registering a method class (built from a :class:`MethodContext`).
 
@@ -77,7 +79,12 @@ def register(
             identity_at_start,
             changes_layers,
             sequential,
+            list_position,
         )
+        # Listed in position order whatever order the modules were imported in.
+        ordered = sorted(METHODS.values(), key=lambda spec: spec.list_position)
+        METHODS.clear()
+        METHODS.update({spec.name: spec for spec in ordered})
         return builder
 
     return decorate
@@ -88,16 +95,14 @@ def untrained_method() -> str:
     return next(name for name, spec in METHODS.items() if not spec.trains)
 
 
+def soft_token_method() -> str:
+    """The first listed method that trains soft tokens in the template's slots (prompt tuning):
+    what a template resolves as when its soft slots must be kept (``compare``'s shared template)."""
+    return next(name for name, spec in METHODS.items() if spec.uses_soft_tokens and spec.trains)
+
+
 def get_method(name: str) -> MethodSpec:
     """The registered method, or an error suggesting the closest name."""
     if name not in METHODS:
         raise unknown_name("method", name, METHODS)
     return METHODS[name]
-
-
-def put_in_order(order: list[str]) -> None:
-    """Reorder :data:`METHODS` in place: the listing order (`softprompt ls methods`, `compare`'s
-    default); methods not named go last."""
-    ordered = sorted(METHODS, key=lambda n: order.index(n) if n in order else len(order))
-    specs = {name: METHODS.pop(name) for name in ordered}
-    METHODS.update(specs)

@@ -11,7 +11,7 @@ from softprompt.config import PromptConfig, RunConfig
 from softprompt.data.records import Example, examples_from_records, read_examples
 from softprompt.data.splits import DEFAULT_DATASET, SPLITS, Records, Splits, example_splits
 from softprompt.errors import SoftpromptError
-from softprompt.methods import MethodContext, get_method, untrained_method
+from softprompt.methods import MethodContext, get_method, soft_token_method, untrained_method
 from softprompt.prompts import Template, Verbalizer
 from softprompt.tasks.base import evaluate
 from softprompt.tasks.classification.baselines import tfidf_accuracy
@@ -187,7 +187,7 @@ class Classification(TaskSpec):
 
     def compare_template(self, config: RunConfig) -> Template:
         # The user's template with its soft slots: methods without soft tokens get it without them.
-        template, _ = resolve_prompting(dataclasses.replace(config, method="prompt_tuning"))
+        template, _ = resolve_prompting(dataclasses.replace(config, method=soft_token_method()))
         return template
 
     def read_eval_data(

@@ -15,7 +15,7 @@ from softprompt.data.pairs import TextPair, pairs_from_records, read_pairs
 from softprompt.data.splits import SPLITS, Records, Splits, assemble_splits, limit
 from softprompt.errors import SoftpromptError
 from softprompt.generation.decode import decode
-from softprompt.methods import MethodContext, get_method
+from softprompt.methods import MethodContext, get_method, soft_token_method
 from softprompt.prompts import Template
 from softprompt.tasks.fewshot import Demo, SimilarDemonstrations, choose_demonstrations, load_demonstrations, query_text
 from softprompt.tasks.generation.baselines import FluencyFit, offline_baselines
@@ -186,7 +186,7 @@ class Generation(TaskSpec):
     def compare_template(self, config: RunConfig) -> Template:
         import dataclasses
 
-        return resolve_template(dataclasses.replace(config, method="prompt_tuning"))
+        return resolve_template(dataclasses.replace(config, method=soft_token_method()))
 
     def read_eval_data(
         self, path: str, meta: dict[str, Any], model, fields: dict[str, str | None], key: str = "test"
