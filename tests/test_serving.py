@@ -303,7 +303,12 @@ def test_classify_answers_like_predict(client, prompts_dir, capsys):
             assert got["scores"][label] == pytest.approx(p, abs=1e-5)
 
 
-def test_requests_for_different_tasks_arriving_together_are_batched(client, monkeypatch):
+def test_requests_for_different_tasks_arriving_together_are_batched(tiny_llama_dir, prompts_dir, monkeypatch):
+    """Two requests sent at once share one model call. The batching window is wide here (the
+    server's default is 5 ms), so that a busy machine starting the two threads late does not
+    split them; the batch still goes as soon as it holds both, not after the window."""
+    service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
+    window = TestClient(create_app(service, ServeSettings(max_wait_ms=2000, max_batch=2)))
     service_calls = []
     import softprompt.serving.service as app_module
 
@@ -316,14 +321,16 @@ def test_requests_for_different_tasks_arriving_together_are_batched(client, monk
     monkeypatch.setattr(app_module, "classify_mixed", counting)
     results = {}
 
-    def ask(task):
-        results[task] = client.post("/v1/classify", json={"task": task, "texts": ["fine"]}).status_code
+    with window as client:
 
-    threads = [threading.Thread(target=ask, args=(task,)) for task in ("sentiment", "polarity")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+        def ask(task):
+            results[task] = client.post("/v1/classify", json={"task": task, "texts": ["fine"]}).status_code
+
+        threads = [threading.Thread(target=ask, args=(task,)) for task in ("sentiment", "polarity")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     assert results == {"sentiment": 200, "polarity": 200}
     assert ["polarity", "sentiment"] in service_calls  # one model call held both tasks
 
