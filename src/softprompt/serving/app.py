@@ -44,7 +44,7 @@ from softprompt.serving.guards import ApiKey, BodyLimit
 from softprompt.serving.metrics import DriftCollector, PromptCacheCollector, RequestMetrics, ServerMetrics, TaskLabels
 from softprompt.serving.openai import add_completion_routes
 from softprompt.serving.openai.common import openai_error
-from softprompt.serving.registry import reserved_name_problem
+from softprompt.serving.registry import CLASSIFY, GENERATE, reserved_name_problem
 from softprompt.serving.requests import ClassifyRequest, GenerateRequest, TaskSource
 from softprompt.serving.service import Service, TaskChange
 from softprompt.serving.settings import ServeSettings
@@ -161,7 +161,7 @@ def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
         http.state.task = request.task
         gate.at_most("texts", len(request.texts), gate.settings.max_texts, "--max-texts")
         gate.within_limits(request.texts)
-        gate.known(request.task, "classify")
+        gate.known(request.task, CLASSIFY)
         started = time.perf_counter()
         results = await gate.submit("classify", request, size=len(request.texts), request=http)
         request_id = answer_id("cls")
@@ -177,7 +177,7 @@ def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
         gate.at_most("samples", request.samples, gate.settings.max_samples, "--max-samples")
         gate.within_limits([request.prompt], (request.max_new_tokens or 0) * request.samples)
         if request.task is not None:
-            gate.known(request.task, "generate")
+            gate.known(request.task, GENERATE)
         started, job = time.perf_counter(), request.job()
         key = service.versions.answering(request.task)[0] if request.task is not None else None
         version = service.versions.version_of(service.tasks, key) if key is not None else ""

@@ -116,17 +116,12 @@ class Gate:
             raise HTTPException(413, f"max_new_tokens x samples = {cost:,} is over the limit of {tokens:,} tokens")
 
     def known(self, task: str, kind: str) -> None:
-        """404 for an unknown task, 400 for a task of the other kind."""
-        tasks = self.service.tasks
-        other = tasks.writers if kind == "classify" else tasks.classifiers
-        mine = tasks.classifiers if kind == "classify" else tasks.writers
-        if is_internal(task):
+        """404 for an unknown task, 400 for a task that answers another ``kind`` than the route's."""
+        served = None if is_internal(task) else self.service.tasks.kind_of(task)
+        if served is None:
             raise HTTPException(404, f"unknown task '{shown_name(task)}'; GET /v1/tasks lists them")
-        if task in mine:
-            return
-        if task in other:
+        if served != kind:
             raise HTTPException(400, f"task '{task}' is not a {kind} task; see GET /v1/tasks")
-        raise HTTPException(404, f"unknown task '{shown_name(task)}'; GET /v1/tasks lists them")
 
     def at_most(self, field_name: str, value: int | None, limit: int, flag: str) -> None:
         """An invalid-request error (422, or 400 on OpenAI's routes) for a count over a limit of

@@ -25,6 +25,9 @@ from softprompt.tasks.loading import load_model
 RESERVED_TASK_NAMES = frozenset({"reload"})
 
 
+CLASSIFY, GENERATE = "classify", "generate"  # what a served task answers (GET /v1/tasks' "kind")
+
+
 def is_internal(name: str) -> bool:
     """Whether ``name`` is a server's internal name (a candidate version: ``NAME@candidate``).
     Task names cannot hold ``@``, so no client can name one."""
@@ -99,13 +102,20 @@ class ServedTasks:
         """Whether task ``name`` (a client's name) is served."""
         return not is_internal(name) and (name in self.classifiers or name in self.writers)
 
+    def kind_of(self, name: str) -> str | None:
+        """What task ``name`` answers: ``CLASSIFY`` or ``GENERATE`` (the routes' kinds), None when
+        it is not served."""
+        if name in self.writers:
+            return GENERATE
+        return CLASSIFY if name in self.classifiers else None
+
     def describe_one(self, name: str) -> dict[str, Any]:
         """Served task ``name`` as ``GET /v1/tasks`` lists it (a ``KeyError`` when not served)."""
         if name in self.writers:
-            return {"name": name, "kind": "generate", **self.writers[name].describe()}
+            return {"name": name, "kind": GENERATE, **self.writers[name].describe()}
         model = self.classifiers[name]
         labels, template = model.task.labels, model.task.template.source
-        return {"name": name, "kind": "classify", "labels": labels, "template": template, "method": model.method.name}
+        return {"name": name, "kind": CLASSIFY, "labels": labels, "template": template, "method": model.method.name}
 
 
 def load_tasks(
