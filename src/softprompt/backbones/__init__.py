@@ -84,11 +84,10 @@ class Backbone:
     @contextlib.contextmanager
     def decoding(self) -> Iterator[None]:
         """Where token-by-token decoding runs: in float32 on a CPU, whatever precision the
-        backbone is held in. One token's small matmuls run 1.2-1.7x faster in float32 there
-        (SmolLM2-135M: benchmarks/decode_precision.py); bf16 pays off for training's large ones.
+        backbone is held in: one token's small matmuls run faster in float32 there, while bf16
+        pays off for training's large ones (benchmarks/RESULTS.md, "Decoding precision on a CPU").
         The frozen weights are cast for the duration and back (exactly), taking twice their
-        memory meanwhile; the casts pay off over a split, not for one short input (a single
-        input, cast for its own call, decoded at 0.87-0.93x of bf16 in one measurement). It
+        memory meanwhile; the casts pay off over a split, not for one short input. It
         nests, and several threads may be inside at once (the weights are cast back when the
         last leaves); a forward pass another thread runs outside it while the weights change
         dtype is not safe. Nothing changes on a GPU, in float32, for

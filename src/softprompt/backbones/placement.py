@@ -52,8 +52,8 @@ class Placement:
 
     def attention(self) -> str:
         """The attention implementation to load the backbone with. On a CPU in bf16/fp16 the eager
-        kernels are about 2x faster than SDPA's CPU flash kernel, whose backward dominates a
-        prompt-tuning step there (measured on SmolLM2-135M: benchmarks/RESULTS.md)."""
+        kernels are faster than SDPA's CPU flash kernel, whose backward dominates a prompt-tuning
+        step there (benchmarks/RESULTS.md, "bf16 on a CPU")."""
         return "eager" if self.device.type == "cpu" and self.mixed else "sdpa"
 
 
@@ -123,9 +123,8 @@ def set_threads(count: int, label: str) -> None:
 def busy_machine_warning(threads: int, load: float | None = None) -> str | None:
     """A warning for torch's default threads (``threads=0``: one per core) on a machine that
     other jobs keep busy (``load``: the 1-minute load average; read from the system when None).
-    Two processes each using every core slow each other far more than sharing the cores: a
-    training step beside another job took 7.9 s with 2 threads and 3.4 s with 1 on 2 cores
-    (``benchmarks/threads.py``), while alone 2 threads are 1.75x faster. A warning rather than a
+    Two processes each using every core slow each other far more than sharing the cores, while
+    alone more threads are faster (benchmarks/RESULTS.md, "Threads on a shared machine"). A warning rather than a
     fewer-threads default, so that a run's numbers never depend on the machine's load."""
     if threads or torch.get_num_threads() < 2:
         return None
