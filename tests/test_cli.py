@@ -18,6 +18,7 @@ def trained(base_args, tmp_path):
     return out
 
 
+@pytest.mark.slow
 def test_train_writes_the_artifact_and_reports(base_args, tmp_path, capsys):
     out = tmp_path / "run"
     assert (
@@ -53,6 +54,7 @@ def test_train_writes_the_artifact_and_reports(base_args, tmp_path, capsys):
     assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "SOFTPROMPT"
 
 
+@pytest.mark.slow
 def test_eval_predict_inspect(trained, sentiment_files, capsys, monkeypatch):
     assert main(["eval", str(trained), "--data", str(sentiment_files["test"]), "--quiet"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -152,6 +154,7 @@ def test_broken_artifacts(trained, capsys):
     _fails(["eval", str(trained.parent / "nope")], capsys, "nope: no such folder")
 
 
+@pytest.mark.slow
 def test_artifact_refuses_another_backbone(trained, tmp_path, capsys):
     from softprompt.backbones import load_backbone
     from softprompt.errors import SoftpromptError
@@ -162,6 +165,7 @@ def test_artifact_refuses_another_backbone(trained, tmp_path, capsys):
         load_classifier(trained, load_backbone(str(other)))
 
 
+@pytest.mark.slow
 def test_user_errors_have_no_traceback_in_a_real_process(tmp_path):
     proc = subprocess.run(
         [
@@ -214,6 +218,7 @@ def test_a_name_that_is_neither_a_folder_nor_on_the_hub_names_both(tmp_path, mon
     )
 
 
+@pytest.mark.slow
 def test_eval_max_examples_scores_a_seeded_sample(trained, sentiment_files, capsys):
     data = ["--data", str(sentiment_files["test"]), "--quiet"]
     assert main(["eval", str(trained), *data, "--max-examples", "3"]) == 0

@@ -30,6 +30,7 @@ def _data_args(backbone_dir, files):
 
 @pytest.mark.parametrize("kind", ["causal", "encoder"])
 @pytest.mark.parametrize("method", TRAINED)
+@pytest.mark.slow
 def test_every_method_through_the_cli(method, kind, tiny_llama_dir, tiny_bert_dir, sentiment_files, tmp_path, capsys):
     backbone_dir = tiny_llama_dir if kind == "causal" else tiny_bert_dir
     args = _data_args(backbone_dir, sentiment_files)
@@ -44,6 +45,7 @@ def test_every_method_through_the_cli(method, kind, tiny_llama_dir, tiny_bert_di
     assert json.loads(capsys.readouterr().out)["label"] in {"positive", "negative"}
 
 
+@pytest.mark.slow
 def test_compare_writes_table_json_png_and_keeps_going_after_a_failure(
     tiny_llama_dir, sentiment_files, tmp_path, capsys
 ):

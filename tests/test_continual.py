@@ -78,6 +78,7 @@ def _task_probabilities(learner, prepared, j: int, stages_done: int) -> torch.Te
     return label_probabilities(model, prepared[j].splits.test)
 
 
+@pytest.mark.slow
 def test_progressive_prompts_leave_earlier_tasks_bit_identical(tiny_llama_dir, tmp_path):
     _, config = _config(tiny_llama_dir, tmp_path)
     results = run_continual(config, progress=False)
@@ -100,6 +101,7 @@ def test_progressive_prompts_leave_earlier_tasks_bit_identical(tiny_llama_dir, t
         assert (tmp_path / "run" / f"continual.{name}").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_stage_artifacts_load_with_eval(tiny_llama_dir, tmp_path, capsys):
     path, _ = _config(tiny_llama_dir, tmp_path)
     assert main(["continual", "--config", str(path), "--quiet", "train.max_steps=2", "train.eval_every=2"]) == 0
@@ -110,6 +112,7 @@ def test_stage_artifacts_load_with_eval(tiny_llama_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("strategy", ["naive", "replay", "ewc"])
+@pytest.mark.slow
 def test_shared_lora_strategies_run(strategy, tiny_llama_dir, tmp_path):
     _, config = _config(
         tiny_llama_dir, tmp_path, "method=lora", f"strategy={strategy}", "replay.size=4", "ewc.samples=3"
@@ -134,6 +137,7 @@ def test_replay_batches_hold_earlier_tasks_scored_with_their_own_labels(tiny_lla
     assert torch.allclose(model.loss(batch), expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_ewc_penalty_pulls_towards_the_earlier_weights(tiny_llama_dir, tmp_path):
     _, config = _config(tiny_llama_dir, tmp_path, "method=lora", "strategy=ewc", "ewc.samples=3", "ewc.weight=10")
     prepared = prepare_tasks(task_configs(config))
@@ -194,6 +198,7 @@ def test_progressive_refuses_replay(tiny_llama_dir, tmp_path):
         _config(tiny_llama_dir, tmp_path, "strategy=replay")
 
 
+@pytest.mark.slow
 def test_interrupted_sequence_resumes_where_it_stopped(tiny_llama_dir, tmp_path, monkeypatch):
     _, config = _config(tiny_llama_dir, tmp_path)
     reference = run_continual(config, progress=False)["matrix"]

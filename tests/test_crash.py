@@ -67,6 +67,7 @@ def _run(args, killer=None):
     return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_always_resumes_to_the_uninterrupted_run(train_args, tmp_path):
     straight = tmp_path / "straight"
     assert _run([*train_args, f"out={straight}"]).returncode == 0

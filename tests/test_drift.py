@@ -59,6 +59,7 @@ def test_the_artifact_records_its_dev_predictions(served_tasks):
     assert set(predicted["label_shares"]) == {"positive", "negative"}
 
 
+@pytest.mark.slow
 def test_the_server_alerts_on_traffic_unlike_the_reference_and_not_before(served_tasks, tiny_llama_dir, tmp_path):
     """Traffic like the dev split scores about 0; the same traffic against a reference unlike it
     (a copy of the artifact that recorded other dev predictions: the tiny random model answers

@@ -77,6 +77,7 @@ def test_similar_shuffles_by_seed_and_input_and_draws_its_pool_by_seed(monkeypat
     )
 
 
+@pytest.mark.slow
 def test_similar_demonstrations_train_predict_evaluate_and_serve_from_the_artifact(
     tiny_llama_dir, tiny_bert_dir, sentiment_files, tmp_path, capsys
 ):
@@ -118,6 +119,7 @@ def test_similar_demonstrations_train_predict_evaluate_and_serve_from_the_artifa
     assert json.loads(capsys.readouterr().out)["accuracy"] == meta["metrics"]["test"]["accuracy"]
 
 
+@pytest.mark.slow
 def test_similar_demonstrations_for_generation_are_chosen_per_input(tiny_llama_dir, tiny_bert_dir, tmp_path):
     from softprompt.cli import main as cli
 

@@ -7,6 +7,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -55,6 +56,7 @@ def _file(suffix: str, content: bytes) -> Path:
 
 @FUZZ
 @given(st.sampled_from([".jsonl", ".csv", ".tsv"]), st.one_of(st.binary(max_size=300), text_lines))
+@pytest.mark.slow
 def test_data_files(suffix, content):
     data = content if isinstance(content, bytes) else "\n".join(content).encode("utf-8", "surrogatepass")
     path = _file(suffix, data)
@@ -67,6 +69,7 @@ def test_data_files(suffix, content):
 
 @FUZZ
 @given(st.one_of(st.binary(max_size=300), text_lines))
+@pytest.mark.slow
 def test_conll_files(content):
     data = content if isinstance(content, bytes) else "\n".join(content).encode("utf-8", "surrogatepass")
     path = _file(".txt", data)
@@ -78,6 +81,7 @@ def test_conll_files(content):
 
 @FUZZ
 @given(st.lists(records, max_size=6))
+@pytest.mark.slow
 def test_in_memory_records(rows):
     _outcome(lambda: examples_from_records(rows, "train_data"))
 

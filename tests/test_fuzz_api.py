@@ -238,6 +238,7 @@ def base_settings(backbone: Path, out: str) -> dict:
 
 @settings(max_examples=300, deadline=None)
 @given(settings_list(max_size=4), st.one_of(st.none(), values))
+@pytest.mark.slow
 def test_config_from_settings_and_any_config_argument(pairs, config):
     """``load_config(base=...)`` is what ``build``/``train`` turn ``config`` and ``**settings`` into."""
     settings_ = nested(pairs)
@@ -251,6 +252,7 @@ def test_config_from_settings_and_any_config_argument(pairs, config):
 
 @settings(max_examples=80, deadline=None)
 @given(pairs=settings_list(min_size=1), train_data=st.one_of(st.none(), st.just(ROWS), values))
+@pytest.mark.slow
 def test_build_with_any_settings(tiny_llama_dir, pairs, train_data):
     with same_threads():
         model = outcome(
@@ -290,6 +292,7 @@ records = st.one_of(
 
 @settings(max_examples=120, deadline=None)
 @given(texts=texts, batch_size=batch_sizes)
+@pytest.mark.slow
 def test_predict_with_any_texts(tiny_model, texts, batch_size):
     result = outcome(lambda: tiny_model.predict(texts, batch_size=batch_size))
     if result is not None:
@@ -313,6 +316,7 @@ def test_evaluate_with_any_records(tiny_model, examples, batch_size):
     ),
     flags=st.fixed_dictionaries({}, optional={"resume": values, "overwrite": values, "extend": values}),
 )
+@pytest.mark.slow
 def test_train_with_any_settings(tiny_llama_dir, pairs, data, flags):
     with tempfile.TemporaryDirectory() as tmp, same_threads():
         run = merged(base_settings(tiny_llama_dir, str(Path(tmp) / "run")), nested(pairs))
@@ -338,6 +342,7 @@ def saved_artifact(tiny_model, tmp_path_factory) -> Path:
     device=st.one_of(st.just("cpu"), st.just("auto"), values),
     precision=st.one_of(st.just("auto"), st.just("fp32"), values),
 )
+@pytest.mark.slow
 def test_load_with_any_arguments(saved_artifact, where, backbone, device, precision):
     places = {
         "artifact": saved_artifact,
@@ -357,6 +362,7 @@ RECORD_KEYS = ["task", "method", "template", "verbalizer", "max_length", "backbo
     key=st.one_of(st.sampled_from(RECORD_KEYS), st.sampled_from(KEYS).map(lambda k: f"config.{k}")),
     value=values,
 )
+@pytest.mark.slow
 def test_load_with_a_damaged_record(saved_artifact, key, value):
     """``task.json`` edited by hand: one of its fields (or its run config's) replaced by any value."""
     with tempfile.TemporaryDirectory() as tmp, same_threads():
@@ -420,6 +426,7 @@ def recipe(tiny_llama_dir, tmp_path_factory) -> Path:
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(override(), min_size=1, max_size=3))
+@pytest.mark.slow
 def test_cli_train_with_any_overrides(recipe, overrides):
     out, err = io.StringIO(), io.StringIO()
     with same_threads(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -549,6 +556,7 @@ def test_found_override_key_with_a_form_feed(recipe, capsys):
     assert capsys.readouterr().err == "error: unknown config key '\\x0c'\n"
 
 
+@pytest.mark.slow
 def test_found_in_memory_data_with_a_dev_file_setting(tiny_llama_dir, tmp_path):
     """train_data replaces the config's files: data.dev=... beside it raised KeyError: 'dev'."""
     run = base_settings(tiny_llama_dir, str(tmp_path / "run"))

@@ -72,6 +72,7 @@ def error_messages_name_no_library_internals(ctx, response, case):
 
 @schema.parametrize()
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@pytest.mark.slow
 def test_no_route_answers_a_server_error_or_breaks_its_schema(case, served):
     checks = [
         not_a_server_error,

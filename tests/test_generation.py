@@ -108,6 +108,7 @@ def test_a_padded_batch_scores_each_row_as_alone(tiny_llama_dir):
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning", "lora"])
+@pytest.mark.slow
 def test_greedy_decoding_matches_a_hand_written_loop(tiny_llama_dir, method):
     template = "Toxic: {text}\nPolite:{soft:2}" if method == "prompt_tuning" else "{soft:2}Toxic: {text}\nPolite:"
     backbone = load_backbone(str(tiny_llama_dir))
@@ -134,6 +135,7 @@ def test_greedy_decoding_matches_a_hand_written_loop(tiny_llama_dir, method):
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+@pytest.mark.slow
 def test_beam_search_in_a_batch_equals_each_input_alone(tiny_llama_dir, method):
     backbone = load_backbone(str(tiny_llama_dir))
     model = _generator(backbone, method, "{soft:2}Toxic: {text}\nPolite:")
@@ -143,6 +145,7 @@ def test_beam_search_in_a_batch_equals_each_input_alone(tiny_llama_dir, method):
     assert together == [decode(backbone, model.method, [p], beams)[0] for p in prompts]
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded(tiny_llama_dir):
     backbone = load_backbone(str(tiny_llama_dir))
     model = _generator(backbone)
@@ -166,6 +169,7 @@ def test_extreme_temperature_and_top_p_still_draw_a_token():
 
 
 @pytest.mark.parametrize("method", [name for name, spec in METHODS.items() if spec.trains])
+@pytest.mark.slow
 def test_every_method_trains_a_generation_task_and_round_trips(method, gen_args, tmp_path):
     out = tmp_path / method
     assert main([*gen_args, f"method={method}", f"out={out}"]) == 0
@@ -310,6 +314,7 @@ def test_long_targets_are_cut_and_counted(gen_args, tmp_path):
     assert encoded.targets[0][-1] == model.backbone.tokenizer.eos_token_id  # the end is still taught
 
 
+@pytest.mark.slow
 def test_predict_and_generate_refuse_each_others_artifacts(gen_args, base_args, tmp_path, capsys):
     gen_out, cls_out = tmp_path / "gen", tmp_path / "cls"
     assert main([*gen_args, f"out={gen_out}"]) == 0
@@ -324,6 +329,7 @@ def test_predict_and_generate_refuse_each_others_artifacts(gen_args, base_args, 
     assert line["text"] == "you are a stupid cat" and isinstance(line["output"], str)
 
 
+@pytest.mark.slow
 def test_the_python_api_trains_and_generates(tiny_llama_dir, tmp_path):
     import softprompt
 
@@ -369,6 +375,7 @@ def test_in_memory_records_with_named_reference_columns_evaluate_after_loading(t
     assert metrics["n"] == 4 and 0 <= metrics["chrf"] <= 100
 
 
+@pytest.mark.slow
 def test_an_interrupted_generation_run_resumes_to_the_uninterrupted_one(gen_args, tmp_path):
     from softprompt.artifact import read_artifact
     from softprompt.training.run import train
@@ -387,6 +394,7 @@ def test_an_interrupted_generation_run_resumes_to_the_uninterrupted_one(gen_args
     assert resumed.metrics["test"] == straight.metrics["test"]
 
 
+@pytest.mark.slow
 def test_compare_reports_generation_methods_and_baselines_in_one_table(gen_args, tmp_path, capsys):
     from softprompt.cli.compare import compare
 
@@ -407,6 +415,7 @@ def test_compare_reports_generation_methods_and_baselines_in_one_table(gen_args,
     assert [r["name"] for r in saved["rows"]] == names
 
 
+@pytest.mark.slow
 def test_grad_accum_2_of_batch_4_makes_the_update_of_batch_8(gen_args, tmp_path):
     """The loss is a mean over target tokens and the rows' targets differ in length: each part of
     a step weighs by its share of the step's target tokens, not of its rows (float32 rounding
@@ -421,6 +430,7 @@ def test_grad_accum_2_of_batch_4_makes_the_update_of_batch_8(gen_args, tmp_path)
     assert torch.allclose(one, two, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_default_init_of_a_template_without_words_starts_from_the_vocabulary(gen_args, tmp_path, capsys):
     """prompt.init=labels (the default) on a generation template with no words of its own trains,
     its prompt starting as prompt.init=vocab's, with one info line saying so."""

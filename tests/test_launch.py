@@ -67,6 +67,7 @@ def _assert_same_run(one: Path, two: Path) -> None:
     assert _losses(one) == pytest.approx(_losses(two), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_two_processes_under_accelerate_match_one_with_the_same_global_batch(tiny_llama_dir, sentiment_files, tmp_path):
     # Each process takes half of every batch of 4 and accelerate's DDP averages the gradients:
     # the prompt must end where a 1-process run ends.
@@ -96,6 +97,7 @@ def _fsdp_matches_one(settings: list[str], tmp_path: Path, *fsdp_options: str) -
         ("lora", ["--fsdp_version", "1", "--fsdp_sharding_strategy", "SHARD_GRAD_OP"]),
     ],
 )
+@pytest.mark.slow
 def test_fsdp_launch_shards_the_frozen_blocks_and_trains_as_one_process(
     tiny_llama_dir, sentiment_files, tmp_path, method, fsdp_options
 ):
@@ -110,6 +112,7 @@ def test_fsdp_launch_shards_the_frozen_blocks_and_trains_as_one_process(
     assert tested[0]["accuracy"] == tested[1]["accuracy"]
 
 
+@pytest.mark.slow
 def test_fsdp_launch_trains_a_tagger_on_an_encoder_as_one_process(tiny_bert_dir, tmp_path):
     # BERT lists its embeddings module among the blocks to keep whole: it must stay unsharded
     # (soft prompts call the embedding layer directly), only the 2 encoder layers are sharded.
@@ -189,6 +192,7 @@ def test_a_command_that_does_not_shard_refuses_an_fsdp_launch(monkeypatch, tmp_p
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_fsdp_launch_trains_a_generation_task_as_one_process(tiny_llama_dir, tmp_path):
     # Text to text: the loss runs its leading soft block inline under FSDP, and the final test
     # pass decodes with transformers' generate on both processes together.

@@ -37,6 +37,7 @@ metric_list:
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "lora"])
+@pytest.mark.slow
 def test_lm_eval_scores_an_artifact_as_softprompt_does(method, tiny_llama_dir, sentiment_files, tmp_path):
     out = tmp_path / method
     data = [f"data.{split}={path}" for split, path in sentiment_files.items()]
@@ -95,6 +96,7 @@ metric_list:
 
 
 @pytest.mark.parametrize("tokenized", [True, False])  # True: lm-eval's default, token-id prompts
+@pytest.mark.slow
 def test_lm_eval_local_completions_scores_a_served_task_as_the_server_does(
     tokenized, tiny_llama_dir, sentiment_files, tmp_path
 ):

@@ -59,6 +59,7 @@ def settings_for(url: str, db: Path, **extra) -> LoopSettings:
     )
 
 
+@pytest.mark.slow
 def test_a_round_retrains_shadows_and_decides(serving, tmp_path):
     url, db, served = serving
     loop = Loop(settings_for(url, db, rounds=1), tmp_path / "state.json")
@@ -81,6 +82,7 @@ def test_a_round_retrains_shadows_and_decides(serving, tmp_path):
     assert state["round"] == 2 and state["phase"] == "waiting" and state["seen"] >= 6
 
 
+@pytest.mark.slow
 def test_a_loop_killed_mid_round_resumes_that_round(serving, tmp_path):
     url, db, _ = serving
     state_file = tmp_path / "state.json"

@@ -68,6 +68,7 @@ def backbone_dir(request, tiny_llama_dir, tiny_gemma_chinese_dir, tiny_bert_dir)
 
 
 @pytest.mark.parametrize("method", TRAINED)
+@pytest.mark.slow
 def test_only_the_method_parameters_receive_gradients(method, backbone_dir, sentiment_files, tmp_path):
     _, backbone, _, model = _build(backbone_dir, sentiment_files, method, tmp_path)
     scores = model(_batch(model))
@@ -80,6 +81,7 @@ def test_only_the_method_parameters_receive_gradients(method, backbone_dir, sent
 
 
 @pytest.mark.parametrize("method", TRAINED)
+@pytest.mark.slow
 def test_save_then_load_reproduces_outputs(method, backbone_dir, sentiment_files, tmp_path):
     config, backbone, splits, model = _build(backbone_dir, sentiment_files, method, tmp_path)
     torch.manual_seed(1)
@@ -98,6 +100,7 @@ def test_save_then_load_reproduces_outputs(method, backbone_dir, sentiment_files
 
 
 @pytest.mark.parametrize("method", [m for m in TRAINED if METHODS[m].identity_at_start])
+@pytest.mark.slow
 def test_zero_initialised_methods_start_as_the_identity(method, backbone_dir, sentiment_files, tmp_path):
     backbone = load_backbone(str(backbone_dir))
     before = _backbone_output(backbone)
@@ -109,6 +112,7 @@ def test_zero_initialised_methods_start_as_the_identity(method, backbone_dir, se
 
 
 @pytest.mark.parametrize("extra", [["prefix_tuning.reparam=true"], ["ptuning.encoder=mlp"]])
+@pytest.mark.slow
 def test_reparameterisations_fold_away_at_save(extra, sentiment_files, tiny_llama_dir, tmp_path):
     method = extra[0].split(".")[0]
     config, backbone, splits, model = _build(tiny_llama_dir, sentiment_files, method, tmp_path, *extra)
@@ -124,6 +128,7 @@ def test_reparameterisations_fold_away_at_save(extra, sentiment_files, tiny_llam
         torch.testing.assert_close(loaded(_batch(loaded)), expected, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_lora_merge_gives_the_same_outputs(sentiment_files, tiny_llama_dir, tmp_path):
     config, backbone, splits, model = _build(tiny_llama_dir, sentiment_files, "lora", tmp_path, "lora.merge=true")
     with torch.no_grad():
@@ -155,6 +160,7 @@ def test_peft_loads_lora_and_ia3_artifacts(method, sentiment_files, tiny_llama_d
 
 
 @pytest.mark.parametrize("reparam", ["false", "true"])
+@pytest.mark.slow
 def test_peft_opens_prefix_tuning_artifacts_with_our_probabilities(reparam, sentiment_files, tiny_llama_dir, tmp_path):
     """Prefix tuning is saved in peft's PREFIX_TUNING layout (the tiny model has grouped-query
     attention: 4 heads, 1 key/value head); PeftModel.from_pretrained opens it and its label
@@ -231,6 +237,7 @@ def test_bad_method_options_are_named(override, message):
         load_config(overrides=[override])
 
 
+@pytest.mark.slow
 def test_prefix_tuning_starts_as_its_init_tokens_written_in_front(tiny_llama_dir):
     """At init the prefixes are the backbone's own keys/values of the init tokens, and the text's
     positions continue after them: the same scores as writing those tokens before the template."""

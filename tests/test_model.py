@@ -145,6 +145,7 @@ def test_packed_rows_equal_padded_rows_with_gradients(tiny_llama_dir, template, 
         torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_packing_respects_a_sliding_window(tiny_gemma_chinese_dir):
     gemma = load_backbone(str(tiny_gemma_chinese_dir))
     model = classifier(gemma, "{soft:2}评论：{text}", {"pos": "好", "neg": "不"})  # one-token words
@@ -159,6 +160,7 @@ def test_packing_respects_a_sliding_window(tiny_gemma_chinese_dir):
         torch.testing.assert_close(model(batch), padded, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_classification_metrics_from_scikit_learn_equal_the_counted_ones():
     import random
 

@@ -83,6 +83,7 @@ def test_the_card_says_how_to_install_softprompt_from_a_clone():
     assert "made with softprompt 0.1.0" in text and 'softprompt predict user/prompt "your text"' in text
 
 
+@pytest.mark.slow
 def test_scores_on_a_sample_of_the_test_split_are_marked_as_such(base_args, tmp_path):
     """data.max_eval=3 scores a seeded sample: model-index records the split, the examples scored
     and how many the split holds, and the card's table says it is a sample."""
@@ -98,6 +99,7 @@ def test_scores_on_a_sample_of_the_test_split_are_marked_as_such(base_args, tmp_
     assert f"| test (3 of {whole:,}, a sample) |" in card.text
 
 
+@pytest.mark.slow
 def test_scores_on_the_whole_test_split_record_how_many_examples(run):
     meta = json.loads((run / "task.json").read_text(encoding="utf-8"))
     card = ModelCard((run / "README.md").read_text(encoding="utf-8"))

@@ -33,6 +33,7 @@ def chinese_files(tmp_path):
     ],
     ids=["soft_prompt", "full_top_blocks"],
 )
+@pytest.mark.slow
 def test_chinese_template_trains_and_predicts(
     tiny_gemma_chinese_dir, chinese_files, tmp_path, capsys, template, method_args, lr
 ):

@@ -204,6 +204,7 @@ def _train_args(bert_dir, files, method, out):
 
 
 @pytest.mark.parametrize("method", TRAINED)
+@pytest.mark.slow
 def test_every_method_trains_evaluates_and_tags(method, tiny_bert_dir, conll_files, tmp_path, capsys):
     out = tmp_path / "run"
     assert main([*_train_args(tiny_bert_dir, conll_files, method, out), "train.max_steps=2"]) == 0
@@ -232,6 +233,7 @@ def test_every_method_trains_evaluates_and_tags(method, tiny_bert_dir, conll_fil
         assert line["text"][entity["start"] : entity["end"]] == entity["text"]
 
 
+@pytest.mark.slow
 def test_a_tagger_learns_the_fixture(tiny_bert_dir, conll_files, tmp_path, capsys):
     out = tmp_path / "run"
     args = [*_train_args(tiny_bert_dir, conll_files, "full", out), "train.max_steps=40", "train.lr=0.01"]
@@ -244,6 +246,7 @@ def test_a_tagger_learns_the_fixture(tiny_bert_dir, conll_files, tmp_path, capsy
     assert [(e["text"], e["type"]) for e in found] == [("Smith", "PER"), ("Paris", "LOC")]
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_clear_line(tiny_bert_dir, tiny_llama_dir, conll_files, tmp_path, capsys):
     out = tmp_path / "run"
     assert main([*_train_args(tiny_bert_dir, conll_files, "lora", out), "train.max_steps=1"]) == 0
@@ -275,6 +278,7 @@ def test_bad_input_is_one_clear_line(tiny_bert_dir, tiny_llama_dir, conll_files,
     assert f"data file {tmp_path} is a directory; give a file (CoNLL" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_grad_accum_2_of_batch_3_makes_the_update_of_batch_6(tiny_bert_dir, conll_files, tmp_path):
     """The loss is a mean over tagged words and the sentences differ in length: each part of a
     step weighs by its share of the step's words, not of its windows (rounding apart: 1e-5)."""

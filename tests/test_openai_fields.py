@@ -30,6 +30,7 @@ def generated_ids(served, prompt, tokens: int) -> list[int]:
 CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"
 
 
+@pytest.mark.slow
 def test_chat_logprobs_are_the_models_own_for_the_tokens_it_wrote(openai_client, service):  # noqa: F811
     tokenizer, writer = service.backbone.tokenizer, service.tasks.writers["polite"]
     messages = [{"role": "user", "content": "you idiot"}]

@@ -45,6 +45,7 @@ def test_cuda_without_cuda_says_so(tiny_llama_dir):
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "lora", "bitfit"])
+@pytest.mark.slow
 def test_bf16_on_cpu_trains_and_reloads_the_same_outputs(tiny_llama_dir, tmp_path, method):
     soft = "{soft:4}" if method == "prompt_tuning" else ""
     result = softprompt.train(
@@ -209,6 +210,7 @@ def test_detox_sampling_and_its_perplexity_run_in_float32_on_a_bf16_backbone(tin
     assert half.model.get_input_embeddings().weight.dtype == torch.bfloat16
 
 
+@pytest.mark.slow
 def test_a_bf16_generation_run_decodes_its_test_split_in_float32(tiny_llama_dir, tmp_path, monkeypatch):
     from softprompt.generation import decode as decoding
 

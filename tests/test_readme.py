@@ -110,6 +110,7 @@ def test_method_lora_on_the_demo_recipe_drops_the_soft_slots(capsys):
     assert capsys.readouterr().out == f"{note}: 'Review: {{text}}\\nSentiment:'\n"
 
 
+@pytest.mark.slow
 def test_configuration_reference_is_generated_from_the_code():
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "config_reference.py"), "--check"], capture_output=True, text=True

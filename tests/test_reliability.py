@@ -32,12 +32,14 @@ class _Planted:
         return builtins.open, (self.marker, "w")
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_no_pickle(run):
     with safetensors.safe_open(str(run / "checkpoint" / "state.safetensors"), framework="pt") as handle:
         assert json.loads(handle.metadata()["state"])["progress"]["step"] == 4
         assert any(key.startswith("optimizer.") for key in handle.keys())  # noqa: SIM118
 
 
+@pytest.mark.slow
 def test_a_planted_pickle_checkpoint_is_refused_and_never_run(run, base_args, tmp_path, capsys):
     (run / "checkpoint" / "state.safetensors").unlink()
     marker = tmp_path / "code-ran"
@@ -48,6 +50,7 @@ def test_a_planted_pickle_checkpoint_is_refused_and_never_run(run, base_args, tm
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_resume_refuses_settings_that_change_the_result(run, base_args, capsys):
     args = ["train", *base_args, f"out={run}", "train.eval_every=2", "--resume"]
     assert main([*args, "train.lr=0.5"]) == 2
@@ -219,6 +222,7 @@ def test_out_none_from_python_is_the_default_not_a_directory_named_none():
     assert load_config(base={"out": None}).out == load_config().out == "runs/default"
 
 
+@pytest.mark.slow
 def test_texts_that_are_not_utf8_are_one_line(run, capsys, monkeypatch):
     import io
     import sys

@@ -181,6 +181,7 @@ def test_ewc_guards_instead_of_replay(tasks_dir, parent_answers, tmp_path, capsy
     assert guard["kind"] == "ewc" and guard["samples"] == 4
 
 
+@pytest.mark.slow
 def test_a_built_in_dataset_is_replayed_from_the_dataset_itself(tiny_llama_dir, parent_answers, tmp_path, capsys):
     artifact = tmp_path / "reviews"
     run = [

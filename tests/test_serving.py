@@ -281,6 +281,7 @@ def client(tiny_llama_dir, prompts_dir):
         yield test_client
 
 
+@pytest.mark.slow
 def test_tasks_are_listed_and_a_corrupt_one_is_skipped(client):
     assert client.get("/healthz").json() == {"status": "ok", "tasks": 3}
     listing = client.get("/v1/tasks").json()
@@ -291,6 +292,7 @@ def test_tasks_are_listed_and_a_corrupt_one_is_skipped(client):
     assert "/v1/classify" in client.get("/openapi.json").json()["paths"]
 
 
+@pytest.mark.slow
 def test_classify_answers_like_predict(client, prompts_dir, capsys):
     texts = ["a great movie", "dull and boring"]
     answer = client.post("/v1/classify", json={"task": "polarity", "texts": texts}).json()
@@ -303,6 +305,7 @@ def test_classify_answers_like_predict(client, prompts_dir, capsys):
             assert got["scores"][label] == pytest.approx(p, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_requests_for_different_tasks_arriving_together_are_batched(tiny_llama_dir, prompts_dir, monkeypatch):
     """Two requests sent at once share one model call. The batching window is wide here (the
     server's default is 5 ms), so that a busy machine starting the two threads late does not
@@ -335,6 +338,7 @@ def test_requests_for_different_tasks_arriving_together_are_batched(tiny_llama_d
     assert ["polarity", "sentiment"] in service_calls  # one model call held both tasks
 
 
+@pytest.mark.slow
 def test_bad_requests_name_the_problem(client):
     missing = client.post("/v1/classify", json={"task": "sentiment"})
     assert missing.status_code == 422 and missing.json()["detail"][0]["loc"][-1] == "texts"
@@ -348,6 +352,7 @@ def test_bad_requests_name_the_problem(client):
     assert bad_top_p.status_code == 422 and bad_top_p.json()["detail"][0]["loc"][-1] == "top_p"
 
 
+@pytest.mark.slow
 def test_generate_with_and_without_a_prompt(client):
     plain = client.post("/v1/generate", json={"prompt": "So I said", "max_new_tokens": 4, "samples": 2})
     assert plain.status_code == 200 and len(plain.json()["completions"]) == 2
@@ -355,6 +360,7 @@ def test_generate_with_and_without_a_prompt(client):
     assert prompted.status_code == 200 and isinstance(prompted.json()["completions"][0], str)
 
 
+@pytest.mark.slow
 def test_generate_requests_batched_together_get_what_each_gets_alone(tiny_llama_dir, prompts_dir):
     service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
     payloads = [
@@ -371,6 +377,7 @@ def test_generate_requests_batched_together_get_what_each_gets_alone(tiny_llama_
     assert together[0] == [tokenizer.decode(ids, skip_special_tokens=True) for ids in reference.tokens[0]]
 
 
+@pytest.mark.slow
 def test_reload_picks_up_new_and_removed_tasks(client, prompts_dir, tiny_llama_dir, sentiment_files):
     import shutil
 
@@ -389,6 +396,7 @@ def test_reload_picks_up_new_and_removed_tasks(client, prompts_dir, tiny_llama_d
     assert client.post("/v1/classify", json={"task": "polarity", "texts": ["ok"]}).status_code == 404
 
 
+@pytest.mark.slow
 def test_tasks_are_added_replaced_and_removed_while_serving(client, prompts_dir, capsys):
     texts = ["a great movie", "dull and boring"]
 
@@ -425,6 +433,7 @@ def test_tasks_are_added_replaced_and_removed_while_serving(client, prompts_dir,
     assert {t["name"] for t in client.get("/v1/tasks").json()["tasks"]} == {"sentiment", "polarity"}
 
 
+@pytest.mark.slow
 def test_metrics_count_requests_tokens_batches_and_prompt_caches(client):
     import logging
 
@@ -477,11 +486,13 @@ def test_metrics_count_requests_tokens_batches_and_prompt_caches(client):
     assert all(entry["ms"] >= 0 for entry in logged)
 
 
+@pytest.mark.slow
 def test_serve_reports_a_missing_prompts_folder(tmp_path, capsys, tiny_llama_dir):
     assert main(["serve", "--backbone", str(tiny_llama_dir), "--artifacts", str(tmp_path / "none")]) == 2
     assert "prompts directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_uvicorn_serves_and_stops_on_signal(tiny_llama_dir, prompts_dir):
     # A real server process: it answers, and SIGINT (Ctrl-C) makes it exit cleanly.
     import signal
@@ -587,6 +598,7 @@ def guarded(tiny_llama_dir, prompts_dir):
         yield test_client
 
 
+@pytest.mark.slow
 def test_an_api_key_guards_everything_but_healthz(guarded):
     key = {"Authorization": "Bearer s3cret"}
     assert guarded.get("/healthz").status_code == 200
@@ -599,6 +611,7 @@ def test_an_api_key_guards_everything_but_healthz(guarded):
     assert guarded.post("/v1/classify", json={"task": "sentiment", "texts": ["x"]}, headers=key).status_code == 200
 
 
+@pytest.mark.slow
 def test_limits_answer_413_naming_the_limit(guarded):
     key = {"Authorization": "Bearer s3cret"}
     huge = guarded.post("/v1/classify", json={"task": "sentiment", "texts": ["x" * 5_000]}, headers=key)
@@ -614,11 +627,13 @@ def test_limits_answer_413_naming_the_limit(guarded):
     assert guarded.post("/v1/generate", json={"prompt": "Hi", "max_new_tokens": 4}, headers=key).status_code == 200
 
 
+@pytest.mark.slow
 def test_no_page_loads_from_a_cdn(client):
     assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
     assert client.get("/openapi.json").status_code == 200
 
 
+@pytest.mark.slow
 def test_a_slow_request_times_out_with_504(tiny_llama_dir, prompts_dir, monkeypatch):
     service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
     real = service.classify
@@ -633,6 +648,7 @@ def test_a_slow_request_times_out_with_504(tiny_llama_dir, prompts_dir, monkeypa
     assert answer.status_code == 504 and "0.1 s" in answer.json()["detail"]
 
 
+@pytest.mark.slow
 def test_classification_runs_between_slices_of_a_long_generation(tiny_llama_dir, prompts_dir, monkeypatch):
     service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
     slices = slowed_generation(service, monkeypatch)
@@ -655,6 +671,7 @@ def test_classification_runs_between_slices_of_a_long_generation(tiny_llama_dir,
     assert finished["classify"] < finished["generate"], "classification waited for the whole generation"
 
 
+@pytest.mark.slow
 def test_work_of_a_caller_that_went_away_is_abandoned(tiny_llama_dir, prompts_dir, monkeypatch):
     service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
     slices = slowed_generation(service, monkeypatch)
@@ -671,6 +688,7 @@ def test_work_of_a_caller_that_went_away_is_abandoned(tiny_llama_dir, prompts_di
     assert count < 400 / 4, "it stopped well before its 400 tokens"
 
 
+@pytest.mark.slow
 def test_a_watched_folder_serves_new_changed_and_removed_tasks(tiny_llama_dir, prompts_dir):
     import logging
     import shutil

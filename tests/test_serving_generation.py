@@ -158,6 +158,7 @@ def test_requests_joining_a_running_batch_get_what_each_gets_alone(service):
     assert sizes[2] < 4  # the 3-token request left after its last token, freeing its row at once
 
 
+@pytest.mark.slow
 def test_a_short_generation_does_not_wait_for_a_long_one(service, monkeypatch):
     import threading
     import time
@@ -185,6 +186,7 @@ def test_a_short_generation_does_not_wait_for_a_long_one(service, monkeypatch):
     assert finished["short"] < finished["long"], "the short generation waited for the long one"
 
 
+@pytest.mark.slow
 def test_a_metrics_scrape_does_not_wait_for_the_worker(service, monkeypatch):
     import threading
 
@@ -426,6 +428,7 @@ def test_the_api_key_scheme_is_case_insensitive_and_an_empty_key_is_refused(serv
     assert "--api-key is empty" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_removing_a_task_lets_its_generation_in_flight_finish(served_dir, tiny_llama_dir, monkeypatch):
     import threading
     import time

@@ -49,6 +49,7 @@ def resident_mb() -> float:
 # ---- 1. labels only from what is served ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ten_thousand_unknown_names_leave_metrics_and_memory_flat(tiny_backbone, served_copy):
     """3,000 5,000-character unknown model names took /metrics to 290 MB before labels were
     limited to served tasks: now 10,000 random names change no series and no memory."""
@@ -321,6 +322,7 @@ names = st.text(min_size=1, max_size=300)
 
 @given(task=names, model=names)
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@pytest.mark.slow
 def test_any_name_a_client_sends_stays_out_of_the_metrics(client, task, model):
     client.post("/v1/classify", json={"task": task, "texts": ["a"]})
     client.post("/v1/completions", json={"model": model, "prompt": "a", "max_tokens": 1})
@@ -340,6 +342,7 @@ def test_a_reserved_word_never_becomes_a_task(client, served_copy, word, body):
 
 @given(value=st.recursive(st.text(max_size=2_000) | st.integers(), lambda inner: st.lists(inner, max_size=400)))
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@pytest.mark.slow
 def test_no_error_repeats_a_large_input(client, value):
     for path, body in (
         ("/v1/classify", {"task": "sentiment", "texts": value}),

@@ -123,6 +123,7 @@ def _cache_hub_dataset(home: Path, repo_id: str, source: Path) -> None:
     shutil.move(str(built), str(home / "datasets" / repo_id.replace("/", "___")))
 
 
+@pytest.mark.slow
 def test_hf_datasets_train_offline_from_the_cache(tiny_llama_dir, tmp_path):
     source = tmp_path / "source"
     source.mkdir()

@@ -22,6 +22,7 @@ def _scalars(run_dir) -> dict[str, dict[int, float]]:
     return {tag: {e.step: e.value for e in accumulator.Scalars(tag)} for tag in accumulator.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_tensorboard_gets_the_steps_the_dev_and_the_test_scores(base_args, tmp_path):
     out = tmp_path / "tb-run"
     args = ["train", *base_args, f"out={out}", "train.max_steps=4", "train.eval_every=2", "train.report_to=tensorboard"]
@@ -178,6 +179,7 @@ def test_early_stopping_is_a_callback_that_counts_evaluations_without_a_new_best
     bar.on_train_end(Progress(step=3))
 
 
+@pytest.mark.slow
 def test_mlflow_local_store_holds_the_runs_metrics(base_args, tmp_path):
     """MLflow with a local store (its default since 3.x: an SQLite file; its file-system store is in
     maintenance mode and refused by default): the run's parameters and metric histories are read
@@ -207,6 +209,7 @@ def test_mlflow_local_store_holds_the_runs_metrics(base_args, tmp_path):
     assert "test/accuracy" in run.data.metrics
 
 
+@pytest.mark.slow
 def test_wandb_offline_records_the_run(base_args, tmp_path):
     """W&B in offline mode. Its run file is wandb's own binary format: the test looks for the
     logged keys in it."""

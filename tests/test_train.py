@@ -37,6 +37,7 @@ def _config(tiny_llama_dir, files, out, *extra):
     )
 
 
+@pytest.mark.slow
 def test_loss_goes_down(tiny_llama_dir, sentiment_files, tmp_path):
     cfg = _config(
         tiny_llama_dir, sentiment_files, tmp_path / "run", "train.max_steps=40", "train.eval_every=20", "train.lr=0.05"
@@ -107,6 +108,7 @@ def test_peft_loads_our_artifact_with_equal_logits(tiny_llama_dir, sentiment_fil
     assert any(len(c.ids) > 1 for c in ours.task.candidates)  # multi-token words are covered too
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run(tiny_llama_dir, sentiment_files, tmp_path):
     steps = ["train.max_steps=6", "train.eval_every=2", "train.lr=0.05"]
     straight = train(_config(tiny_llama_dir, sentiment_files, tmp_path / "a", *steps), progress=False)
@@ -148,6 +150,7 @@ def test_existing_run_is_not_overwritten_silently(tiny_llama_dir, sentiment_file
     train(cfg, overwrite=True, progress=False)
 
 
+@pytest.mark.slow
 def test_zero_and_few_shot_without_training(tiny_llama_dir, sentiment_files, tmp_path):
     cfg = _config(tiny_llama_dir, sentiment_files, tmp_path / "run", "method=none", "fewshot.k=2")
     result = train(cfg, progress=False)
@@ -344,6 +347,7 @@ def test_the_schedule_is_transformers_linear_one_but_for_its_first_warmup_step()
     )
 
 
+@pytest.mark.slow
 def test_lr_scheduler_takes_transformers_schedules_and_resumes_them(tiny_llama_dir, sentiment_files, tmp_path):
     """train.lr_scheduler=cosine: the logged learning rates are transformers' cosine schedule; a
     run interrupted mid-way resumes to the same weights and rates; a misspelled name is refused."""
