@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import save_file
 
 from softprompt.atomic import atomic_write
+from softprompt.core import forward as core
 from softprompt.data.records import Example
 from softprompt.errors import SoftpromptError
 from softprompt.tasks.base import TaskModel
@@ -90,11 +91,8 @@ def chat_embeddings(model: TaskModel, messages: list[dict[str, Any]]) -> torch.T
     if not getattr(tokenizer, "chat_template", None):
         raise SoftpromptError(f"backbone {model.backbone.name} has no chat template; send completions instead")
     rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ids = torch.tensor(tokenizer(rendered)["input_ids"], device=model.backbone.device)
-    words = model.backbone.model.get_input_embeddings()(ids)
-    soft = model.method.soft_embeddings()
-    parts = [words] if soft is None else [soft.to(words.dtype), words]
-    return torch.cat(parts).cpu()
+    embeds, _ = core.embed_rows(model.backbone, [(model.method.soft_embeddings(), tokenizer(rendered)["input_ids"])])
+    return embeds[0].cpu()
 
 
 def encode_prompt_embeds(embeddings: torch.Tensor) -> str:

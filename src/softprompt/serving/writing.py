@@ -54,8 +54,10 @@ class Writer:
         tokenized around them with no special token added."""
         if self.template is None:
             return prompt
-        text = prompt if isinstance(prompt, str) else tokenizer.decode(prompt)
-        demos = self.chooser.for_input({"text": text}) if self.chooser else self.demonstrations
+        demos = self.demonstrations
+        if self.chooser:  # demonstrations chosen by likeness to the input's text
+            text = prompt if isinstance(prompt, str) else tokenizer.decode(prompt)
+            demos = self.chooser.for_input({"text": text})
         if isinstance(prompt, str):
             return demos + self.template.without_soft().render({"text": prompt})
         before, _, after = (demos + self.template.without_soft().render({"text": _IDS_GO_HERE})).partition(_IDS_GO_HERE)
