@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from softprompt.cli import main
 from softprompt.lifecycle.store import Store, requests
 from softprompt.serving.app import ServeSettings, Service, create_app
-from softprompt.serving.registry import artifact_version
+from softprompt.serving.registry import artifact_version, load_task, load_tasks
 
 from .conftest import NEGATIVE, POSITIVE, make_tiny_llama, write_jsonl
 
@@ -282,3 +282,28 @@ def test_the_openai_routes_answer_by_canary_and_shadow_too(tiny_backbone, served
         # A copy of the live artifact, same seed: the shadow wrote what was served.
         assert json.loads(pair["shadow"]["output"]) == json.loads(pair["served"]["output"])
     assert shown["candidate"]["compared"] == 2 and shown["candidate"]["agreement"] == 1.0
+
+
+def test_a_replaced_task_is_never_unknown_while_it_is_replaced(tiny_backbone, served, monkeypatch):
+    """The event loop asks ``kind_of`` while the worker swaps versions (a promote, a rollback):
+    at every step of ``put`` over an existing task, the task is still served (the race behind a
+    404 seen in CI during a promote)."""
+    tasks = load_tasks(served, tiny_backbone)
+    replacement = load_task(served.parent / "incoming" / "sentiment-v2", tiny_backbone)
+    seen: list[str | None] = []
+    for method in ("put", "remove"):  # every change of the mixed batch looks at the task first
+        original = getattr(type(tasks.mixed), method)
+
+        def looking(self, *args, _original=original):
+            seen.append(tasks.kind_of("sentiment"))
+            return _original(self, *args)
+
+        monkeypatch.setattr(type(tasks.mixed), method, looking)
+    forget = tasks.prompt_caches.forget
+    monkeypatch.setattr(
+        tasks.prompt_caches, "forget", lambda name: (seen.append(tasks.kind_of("sentiment")), forget(name))
+    )
+    tasks.put("sentiment", replacement, "v2")
+    assert seen and set(seen) == {"classify"}
+    assert tasks.classifiers["sentiment"] is replacement and tasks.versions["sentiment"] == "v2"
+    assert tasks.mixed.tasks["sentiment"] is replacement

@@ -56,17 +56,23 @@ class ServedTasks:
 
     def put(self, name: str, served: PromptedClassifier | Writer, version: str = "") -> None:
         """Serve ``served`` (the artifact whose weights hash is ``version``) as task ``name``,
-        replacing a task of that name."""
-        self.remove(name)
-        self.versions[name] = version
+        replacing a task of that name.
+
+        The new entry is written over the old one, never after removing it: the event loop reads
+        these dicts (``kind_of``) while the worker changes them, and a replaced task must not look
+        unknown to a request arriving in between."""
+        self.skipped.pop(name, None)
         if isinstance(served, Writer):
             self.writers[name] = served
-            return
-        self.classifiers[name] = served
-        if self.mixed is None:
-            self.mixed = MixedPromptClassifier({name: served}, self.prompt_caches)
+            self._drop_classifier(name)
         else:
-            self.mixed.put(name, served)
+            if self.mixed is None:
+                self.mixed = MixedPromptClassifier({name: served}, self.prompt_caches)
+            else:
+                self.mixed.put(name, served)
+            self.classifiers[name] = served
+            self.writers.pop(name, None)
+        self.versions[name] = version
 
     def warm(self, names: list[str] | None = None) -> int:
         """Compute the prompt caches of classifiers ``names`` (None: all, in name order) within
@@ -81,6 +87,9 @@ class ServedTasks:
         self.versions.pop(name, None)
         if self.writers.pop(name, None) is not None:
             return True
+        return self._drop_classifier(name)
+
+    def _drop_classifier(self, name: str) -> bool:
         if self.classifiers.pop(name, None) is None:
             return False
         if self.classifiers:
