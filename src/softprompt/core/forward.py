@@ -105,13 +105,24 @@ def embed_rows(
     for soft, ids in rows:
         tokens = embedding(torch.tensor(ids, dtype=torch.long, device=backbone.device))
         pieces.append(tokens if soft is None else torch.cat([soft.to(tokens), tokens]))
-    width = max(len(p) for p in pieces)
-    embeds = pieces[0].new_zeros(len(pieces), width, pieces[0].shape[-1])
-    mask = torch.zeros(len(pieces), width, dtype=torch.long, device=backbone.device)
+    return left_pad(pieces)
+
+
+def left_pad(pieces: Sequence[torch.Tensor], dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pieces`` that differ only in their length along ``dim``, stacked along a new first
+    dimension, each padded with zeros on the left to the longest (a causal LM's rows end in the
+    same column), and the ``[N, width]`` mask of their own positions. Gradients flow to the pieces."""
+    width = max(piece.shape[dim] for piece in pieces)
+    shape = list(pieces[0].shape)
+    shape[dim] = width
+    out = pieces[0].new_zeros(len(pieces), *shape)
+    mask = torch.zeros(len(pieces), width, dtype=torch.long, device=pieces[0].device)
     for row, piece in enumerate(pieces):
-        embeds[row, width - len(piece) :] = piece
-        mask[row, width - len(piece) :] = 1
-    return embeds, mask
+        length = piece.shape[dim]
+        if length:
+            out[row].narrow(dim, width - length, length).copy_(piece)
+            mask[row, width - length :] = 1
+    return out, mask
 
 
 def body(backbone: Backbone) -> torch.nn.Module:
@@ -140,13 +151,8 @@ def prompt_cache(backbone: Backbone, prompts: Sequence[torch.Tensor]) -> tuple[l
     """Run soft prompts (``[n_i, H]`` each) side by side, left-padded to the longest: per-layer
     ``(keys, values)`` with one row per prompt, and the ``[prompts, width]`` padding mask. Rows
     that share a prompt then gather its cache (:func:`gather_cache`) instead of running it again."""
-    width = max(len(p) for p in prompts)
-    embeds = torch.zeros(len(prompts), width, backbone.hidden_size, device=backbone.device)
-    mask = torch.zeros(len(prompts), width, dtype=torch.long, device=backbone.device)
-    for row, prompt in enumerate(prompts):
-        if len(prompt):
-            embeds[row, width - len(prompt) :] = prompt.float()
-            mask[row, width - len(prompt) :] = 1
+    empty = torch.zeros(0, backbone.hidden_size, device=backbone.device)
+    embeds, mask = left_pad([prompt.float() if len(prompt) else empty for prompt in prompts])
     cache = hidden_states(
         backbone, inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask), use_cache=True
     ).past_key_values
@@ -161,12 +167,8 @@ def gather_cache(backbone: Backbone, layers: list, index: torch.Tensor) -> Dynam
 def shared_prompt_cache(backbone: Backbone, prompt: torch.Tensor, rows: int) -> DynamicCache:
     """The KV cache of one leading soft block (``[n, H]``), run once and repeated for ``rows`` rows
     (the block is the same in every row, so this is exact, and its backward runs once too)."""
-    count = len(prompt)
-    place = torch.arange(count, device=backbone.device).unsqueeze(0)
-    cache = hidden_states(backbone, inputs_embeds=prompt.unsqueeze(0), position_ids=place, use_cache=True)
-    cache = cache.past_key_values
-    cache.batch_repeat_interleave(rows)
-    return cache
+    layers, _ = prompt_cache(backbone, [prompt])
+    return gather_cache(backbone, layers, torch.zeros(rows, dtype=torch.long, device=backbone.device))
 
 
 class LeadingKeys(Protocol):

@@ -118,19 +118,12 @@ class PromptCaches:
 
     def _side_by_side(self, entries: list[_Entry]) -> tuple[Layers, torch.Tensor]:
         """Needs one non-empty entry (a batch where every prompt is empty has no cache at all)."""
-        width = max(entry.length for entry in entries)
-        mask = torch.zeros(len(entries), width, dtype=torch.long, device=self.backbone.device)
-        for row, entry in enumerate(entries):
-            mask[row, width - entry.length :] = 1
         shape = next(entry for entry in entries if entry.length).layers
-        layers = []
+        layers, mask = [], None
         for layer, (k0, v0) in enumerate(shape):
-            keys = k0.new_zeros(len(entries), k0.shape[1], width, k0.shape[3])
-            values = v0.new_zeros(len(entries), v0.shape[1], width, v0.shape[3])
-            for row, entry in enumerate(entries):
-                if entry.length:
-                    keys[row, :, width - entry.length :] = entry.layers[layer][0][0]
-                    values[row, :, width - entry.length :] = entry.layers[layer][1][0]
+            # One prompt's keys and values are [1, heads, length, head_dim]: padded on the left along length.
+            keys, mask = core.left_pad([e.layers[layer][0][0] if e.length else k0[0, :, :0] for e in entries], dim=1)
+            values, _ = core.left_pad([e.layers[layer][1][0] if e.length else v0[0, :, :0] for e in entries], dim=1)
             layers.append((keys, values))
         return layers, mask
 

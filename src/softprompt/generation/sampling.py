@@ -14,6 +14,7 @@ import torch
 
 from softprompt.backbones import Backbone
 from softprompt.core import forward as core
+from softprompt.core.likelihood import continue_rows
 from softprompt.generation.rows import Steering, Variant
 
 Prompt = str | list[int]  # a text, or token ids (an OpenAI client's tokenized prompt)
@@ -110,20 +111,12 @@ def _continuation_nll(
     embeds, mask = core.embed_rows(backbone, [(None, context_ids(backbone, p)) for p in prompts])
     positions = core.positions(mask)
     first, cache = core.next_token_logits(backbone, inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
-    cache.batch_repeat_interleave(k)
     flat = [list(ids) for rows in continuations for ids in rows]
-    steps = max(1, max(len(ids) for ids in flat))
-    padded = core.pad(flat, 0, left=False, device=backbone.device, width=steps)
-    tokens, valid = padded.input_ids, padded.attention_mask
-    attention = torch.cat([mask.repeat_interleave(k, 0), valid], dim=1)
-    after = positions[:, -1:].repeat_interleave(k, 0) + 1 + torch.arange(steps, device=backbone.device)
-    logits, _ = core.next_token_logits(
-        backbone, steps, input_ids=tokens, attention_mask=attention, position_ids=after, past_key_values=cache
-    )
+    continued = continue_rows(backbone, cache, mask, positions[:, -1], flat, k)
     # The prompt's last position predicts token 0; continuation column t predicts token t + 1.
-    logits = torch.cat([first[:, -1:].repeat_interleave(k, 0), logits[:, :-1]], dim=1)
-    nll = -core.token_logprobs(logits, tokens) * valid
-    sums, counts = nll.sum(-1).tolist(), valid.sum(-1).tolist()
+    logits = torch.cat([first[:, -1:].repeat_interleave(k, 0), continued.logits[:, :-1]], dim=1)
+    nll = -core.token_logprobs(logits, continued.tokens) * continued.valid
+    sums, counts = nll.sum(-1).tolist(), continued.valid.sum(-1).tolist()
     pairs = list(zip(sums, counts, strict=True))
     return [pairs[p * k : (p + 1) * k] for p in range(len(prompts))]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from softprompt.backbones import Backbone
-from softprompt.core import forward as core
+from softprompt.core.likelihood import score_rows
 
 MAX_TOP_LOGPROBS = 5  # OpenAI's own limit for completions' ``logprobs``
 
@@ -47,15 +47,8 @@ def score_tokens(
     the scored ids before it, in one forward pass over the whole row."""
     if not scored:
         return TokenScores([], [], [])
-    embeds, mask = core.embed_rows(backbone, [(soft, context + scored)])
-    logits = backbone.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits[0]
-    before = (0 if soft is None else len(soft)) + len(context)  # tokens ahead of the first scored one
-    # Position p predicts token p + 1; the first scored token has no position before it when
-    # nothing precedes it.
-    first = before - 1
-    rows = logits[max(first, 0) : before + len(scored) - 1]
-    wanted = torch.tensor(scored[len(scored) - len(rows) :], device=rows.device)
-    taken = core.token_logprobs(rows, wanted).tolist()
+    [row] = score_rows(backbone, [(soft, context + scored)], [len(context)])
+    rows, taken = row.logits, row.logprobs.tolist()
     tops: list[dict[int, float] | None] = [{} for _ in taken]
     if top:
         values, index = rows.float().log_softmax(-1).topk(min(top, rows.shape[-1]), dim=-1)

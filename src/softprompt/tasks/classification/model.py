@@ -18,6 +18,7 @@ from tqdm import tqdm
 from softprompt.backbones import Backbone
 from softprompt.core import forward as core
 from softprompt.core.batching import length_sorted_batches
+from softprompt.core.likelihood import continue_rows
 from softprompt.core.packing import PackedRows, can_pack, pack_rows
 from softprompt.data.records import Example
 from softprompt.errors import SoftpromptError
@@ -210,24 +211,14 @@ class PromptedClassifier(TaskModel):
         """Log-probability of the 2nd..nth tokens of multi-token words, continued from the cache."""
         candidates = [self.task.candidates[k] for k in self.multi]
         size, count = mask.shape[0], len(candidates)
-        steps = max(len(c.ids) for c in candidates) - 1
-        pad = self.task.tokenizer.pad_token_id or 0
-        device = mask.device
-        inputs = core.pad([c.ids[:-1] for c in candidates], pad, left=False, device=device)
-        targets = core.pad([c.ids[1:] for c in candidates], 0, left=False, device=device).input_ids
-        valid = inputs.attention_mask
-        cache.batch_repeat_interleave(count)  # row b*count + m continues row b with candidate m
-        attention = torch.cat([mask.repeat_interleave(count, 0), valid.repeat(size, 1)], dim=1)
-        positions = last_position.repeat_interleave(count).unsqueeze(1) + 1 + torch.arange(steps, device=device)
-        hidden = core.hidden_states(
-            self.backbone,
-            input_ids=inputs.input_ids.repeat(size, 1),
-            attention_mask=attention,
-            position_ids=positions,
-            past_key_values=cache,
-        ).last_hidden_state
-        picked = core.token_logprobs(self.project(hidden), targets.repeat(size, 1))
-        per_word = (picked * valid.repeat(size, 1)).sum(-1).view(size, count)
+        # row b * count + m continues row b with word m: its tokens after the first
+        continued = continue_rows(
+            self.backbone, cache, mask, last_position, [c.ids[:-1] for _ in range(size) for c in candidates], count
+        )
+        steps = continued.tokens.shape[1]
+        targets = core.pad([c.ids[1:] for c in candidates], 0, left=False, device=mask.device, width=steps)
+        picked = core.token_logprobs(continued.logits, targets.input_ids.repeat(size, 1))
+        per_word = (picked * continued.valid).sum(-1).view(size, count)
         extra = per_word.new_zeros(size, len(self.task.candidates))
         extra[:, self.multi] = per_word
         return extra

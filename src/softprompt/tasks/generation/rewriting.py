@@ -34,7 +34,7 @@ import torch
 
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.backbones.embedder import embed
-from softprompt.core import forward as core
+from softprompt.core.likelihood import score_rows
 from softprompt.data.pairs import TextPair
 from softprompt.prompts.template import special_affixes
 from softprompt.tasks.generation.toxicity import TOXIC, load_scorer
@@ -63,15 +63,8 @@ def scored_tokens(backbone: Backbone, texts: Sequence[str], batch_size: int = 32
         chunk = list(texts[first : first + batch_size])
         rows = [lead + tokenizer(t, add_special_tokens=False)["input_ids"][:MAX_TOKENS] for t in chunk]
         rows = [row if row else [tokenizer.eos_token_id] for row in rows]
-        padded = core.pad(rows, tokenizer.pad_token_id or 0, left=True, device=backbone.device)
-        ids, mask = padded.input_ids, padded.attention_mask
-        logits, _ = core.next_token_logits(
-            backbone, ids.shape[1], input_ids=ids, attention_mask=mask, position_ids=core.positions(mask)
-        )
-        logprobs = core.token_logprobs(logits[:, :-1], ids[:, 1:])
-        valid = (mask[:, 1:] * mask[:, :-1]).float()  # left padding: the start token is not predicted
-        totals = (logprobs * valid).sum(-1).tolist()
-        scored.extend((row[1:], total) for row, total in zip(rows, totals, strict=True))
+        totals = score_rows(backbone, [(None, row) for row in rows], [1] * len(rows))
+        scored.extend((row[1:], total.logprobs.sum().item()) for row, total in zip(rows, totals, strict=True))
     return scored
 
 
