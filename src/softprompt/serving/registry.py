@@ -15,17 +15,18 @@ from softprompt.core.prompt_caches import PromptCaches
 from softprompt.errors import SoftpromptError
 from softprompt.methods import METHODS, get_method
 from softprompt.serving.writing import Writer
+from softprompt.tasks import TASKS, get_task
 from softprompt.tasks.classification.mixed import MixedPromptClassifier, mixable
 from softprompt.tasks.classification.model import PromptedClassifier
 from softprompt.tasks.generation.model import PromptedGenerator
-from softprompt.tasks.lm import LM_TASK, load_lm_prompt
-from softprompt.tasks.loading import load_model
+from softprompt.tasks.loading import artifact_task, load_model
+from softprompt.tasks.registry import CLASSIFY, GENERATE
 
 # Words of the task routes (``POST /v1/tasks/reload``) that therefore cannot name a task.
 RESERVED_TASK_NAMES = frozenset({"reload"})
 
 
-CLASSIFY, GENERATE = "classify", "generate"  # what a served task answers (GET /v1/tasks' "kind")
+__all__ = ["CLASSIFY", "GENERATE"]  # what a served task answers (GET /v1/tasks' "kind"), as its task declares
 
 
 def is_internal(name: str) -> bool:
@@ -188,21 +189,24 @@ def load_task(path: Path, backbone: Backbone) -> PromptedClassifier | Writer:
 
 def _load(path: Path, backbone: Backbone) -> PromptedClassifier | Writer:
     meta = read_artifact(path).meta
-    if meta.get("task") == LM_TASK:
-        return Writer(load_lm_prompt(path, backbone))
-    spec = get_method(meta.get("method", "?"))
-    if not spec.shares_backbone:
+    spec = get_task(artifact_task(meta))  # the task says how it is served: nothing here names one
+    if spec.served_as is None:
+        served = ", ".join(name for name, s in TASKS.items() if s.served_as)
+        raise SoftpromptError(f"{path}: task={spec.name} artifacts are not served (the server answers {served})")
+    bare = spec.bare_prompt(path, backbone)
+    if bare is not None:
+        return Writer(bare)
+    method = get_method(meta.get("method", "?"))
+    if not method.shares_backbone:
         # Checked before loading: attaching such a method would change the shared backbone.
         shared = ", ".join(name for name, s in METHODS.items() if s.shares_backbone and s.trains)
         raise SoftpromptError(
-            f"{path}: method {spec.name} changes the backbone's layers; only soft-prompt artifacts "
+            f"{path}: method {method.name} changes the backbone's layers; only soft-prompt artifacts "
             f"({shared}) or zero-shot ones share the backbone"
         )
     model, _ = load_model(path, backbone)
-    if isinstance(model, PromptedGenerator):
+    if spec.served_as == GENERATE:
         return writer_of(model, path)
-    if not isinstance(model, PromptedClassifier):
-        raise SoftpromptError(f"{path}: only classification and generation artifacts are served")
     reason = mixable(model)
     if reason:
         raise SoftpromptError(f"{path}: {reason}")

@@ -20,7 +20,7 @@ from softprompt.errors import SoftpromptError
 from softprompt.generation.sampling import context_ids
 from softprompt.methods.base import Method
 from softprompt.tasks.base import TaskModel, mean_token_loss
-from softprompt.tasks.registry import TaskSpec, register_task
+from softprompt.tasks.registry import GENERATE, TaskSpec, register_task
 
 
 @register_task("lm", "a soft prompt that continues plain text (detox prompts, experts)")
@@ -30,6 +30,10 @@ class LanguageModeling(TaskSpec):
     metric = metric_label = "neg_loss"
     made_by = "softprompt detox train"
     used_with = "`softprompt generate`, `softprompt detox eval` or `softprompt serve`"
+    served_as = GENERATE
+
+    def bare_prompt(self, path: Path, backbone: Backbone) -> torch.Tensor:
+        return load_lm_prompt(path, backbone)
 
 
 LM_TASK = LanguageModeling.name

@@ -16,6 +16,8 @@ from softprompt.errors import SoftpromptError, unknown_name
 from softprompt.methods import get_method
 
 if TYPE_CHECKING:
+    import torch
+
     from softprompt.backbones import Backbone
     from softprompt.config import RunConfig
     from softprompt.data.splits import Records, Splits
@@ -23,6 +25,10 @@ if TYPE_CHECKING:
     from softprompt.tasks.base import TaskModel
 
 logger = logging.getLogger(__name__)
+
+# How `softprompt serve` answers a task's artifacts (GET /v1/tasks' "kind"): label scores in the
+# mixed classification batch, or text from the shared decoding batch.
+CLASSIFY, GENERATE = "classify", "generate"
 
 
 class TaskSpec:
@@ -42,10 +48,16 @@ class TaskSpec:
     made_by: str = ""
     used_with: str = ""
     calibrates: bool = False  # `calibrate=contextual` applies: the model gives label probabilities
+    served_as: str | None = None  # CLASSIFY or GENERATE: what `softprompt serve` answers with it; None: not served
 
     def calibrate(self, model: TaskModel) -> dict[str, Any]:
         """Measure the model's own label bias and divide it out from now on; the artifact's record of it."""
         raise SoftpromptError(f"task={self.name} has no label probabilities to calibrate; use calibrate=none")
+
+    def bare_prompt(self, path: Path, backbone: Backbone) -> torch.Tensor | None:
+        """For a task whose artifacts are a soft prompt alone, put before the text when served
+        (no model to rebuild): that prompt. None: the server loads the artifact's model."""
+        return None
 
     def headline(self, metrics: dict[str, Any]) -> float:
         """The one number of a metrics dict that ranks runs (``compare``'s chart)."""

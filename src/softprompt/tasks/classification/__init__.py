@@ -19,7 +19,7 @@ from softprompt.tasks.classification.batches import ClassificationTask, demonstr
 from softprompt.tasks.classification.calibration import calibrate, load_calibration
 from softprompt.tasks.classification.model import PromptedClassifier, label_probabilities
 from softprompt.tasks.fewshot import SimilarDemonstrations, choose_demonstrations, load_demonstrations
-from softprompt.tasks.registry import TaskSpec, fit_soft_slots, register_task
+from softprompt.tasks.registry import CLASSIFY, TaskSpec, fit_soft_slots, register_task
 
 PLAIN_TEMPLATE = "{text}\nLabel:"  # when neither the run nor its dataset gives one
 
@@ -109,6 +109,7 @@ class Classification(TaskSpec):
     baseline_names = ("zero_shot", "few_shot", "tfidf")
     record_fields: ClassVar[dict[str, type]] = {"template": str, "verbalizer": dict}
     calibrates = True
+    served_as = CLASSIFY
 
     def calibrate(self, model: PromptedClassifier) -> dict[str, Any]:
         calibrate(model)

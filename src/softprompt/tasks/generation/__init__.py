@@ -20,7 +20,7 @@ from softprompt.prompts import Template
 from softprompt.tasks.fewshot import Demo, SimilarDemonstrations, choose_demonstrations, load_demonstrations, query_text
 from softprompt.tasks.generation.baselines import FluencyFit, offline_baselines
 from softprompt.tasks.generation.model import PromptedGenerator
-from softprompt.tasks.registry import TaskSpec, fit_soft_slots, register_task
+from softprompt.tasks.registry import GENERATE, TaskSpec, fit_soft_slots, register_task
 
 PLAIN_TEMPLATE = "Input: {text}\nOutput:"  # when neither the run nor its dataset gives one
 
@@ -83,6 +83,7 @@ class Generation(TaskSpec):
     metric_label = "J (BLEU without detox metrics)"
     predict_command = "generate"
     record_fields: ClassVar[dict[str, type]] = {"template": str, "extra_metrics": list}
+    served_as = GENERATE
     prompt_baselines = True
     baseline_names = ("zero_shot", "few_shot", "copy", "delete", "references")
     report_columns = (
