@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -74,10 +76,31 @@ def ctrl_c_at_step(n: int) -> Iterator[None]:
         torch.optim.AdamW.step = real_step
 
 
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 20.0, every: float = 0.01) -> None:
+    """Return as soon as ``condition()`` is true (checked every ``every`` seconds); fail the test,
+    naming ``what`` it waited for, when ``timeout`` seconds pass first (an AssertionError, which
+    an event loop running the test passes on like any other)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
+        time.sleep(every)
+
+
+async def async_wait_until(
+    condition: Callable[[], object], what: str, timeout: float = 20.0, every: float = 0.005
+) -> None:
+    """:func:`wait_until` inside an event loop: the loop runs (the tasks that make the condition
+    true go on) between the checks."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(every)
+
+
 def slowed_generation(service, monkeypatch, seconds: float = 0.05) -> list[float]:
     """Each decoding slice of ``service`` takes ``seconds`` more; the list that counts the slices."""
-    import time
-
     slices: list[float] = []
     real = service.advance_generation
 
@@ -97,7 +120,6 @@ def live_server(app, log_level: str = "warning") -> Iterator[str]:
     import logging
     import socket
     import threading
-    import time
 
     import uvicorn
 

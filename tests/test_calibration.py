@@ -54,9 +54,8 @@ def test_calibration_divides_out_the_planted_bias_exactly_as_computed_by_hand(ti
 
 @pytest.mark.slow
 def test_a_calibrated_artifact_predicts_evaluates_and_serves_calibrated(
-    tiny_llama_dir, sentiment_files, tmp_path, capsys
+    tiny_llama_dir, tiny_backbone, sentiment_files, tmp_path, capsys
 ):
-    from softprompt.backbones import load_backbone
     from softprompt.serving.service import Service
 
     out = tmp_path / "prompts" / "calibrated"
@@ -73,7 +72,7 @@ def test_a_calibrated_artifact_predicts_evaluates_and_serves_calibrated(
     predicted = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     for got, want in zip(predicted, in_memory, strict=True):
         assert got["scores"] == pytest.approx(want["scores"], abs=1e-5)
-    service = Service(load_backbone(str(tiny_llama_dir)), out.parent)
+    service = Service(tiny_backbone, out.parent)
     from softprompt.tasks.classification.mixed import classify_mixed
 
     served = classify_mixed(service.tasks.mixed, [("calibrated", Example({"text": t})) for t in TEXTS])

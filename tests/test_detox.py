@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from softprompt.backbones import load_backbone
 from softprompt.cli import main
 from softprompt.config import load_dataclass
 from softprompt.core import forward as core
@@ -137,9 +136,10 @@ def test_method_specs_are_checked():
         parse_method("soft_prompt")
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_llama_dir):
-    return load_backbone(str(tiny_llama_dir))
+@pytest.fixture
+def tiny(tiny_backbone):
+    """The session's tiny Llama: these tests sample from it and train prompts in front of it."""
+    return tiny_backbone
 
 
 class Recording(Steering):

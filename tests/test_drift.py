@@ -11,7 +11,6 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from softprompt.backbones import load_backbone
 from softprompt.cli import main
 from softprompt.lifecycle.drift import Window, psi
 from softprompt.serving.app import ServeSettings, Service, create_app
@@ -60,7 +59,7 @@ def test_the_artifact_records_its_dev_predictions(served_tasks):
 
 
 @pytest.mark.slow
-def test_the_server_alerts_on_traffic_unlike_the_reference_and_not_before(served_tasks, tiny_llama_dir, tmp_path):
+def test_the_server_alerts_on_traffic_unlike_the_reference_and_not_before(served_tasks, tiny_backbone, tmp_path):
     """Traffic like the dev split scores about 0; the same traffic against a reference unlike it
     (a copy of the artifact that recorded other dev predictions: the tiny random model answers
     every text alike, so the shift is made on the reference's side) raises the alert."""
@@ -75,7 +74,7 @@ def test_the_server_alerts_on_traffic_unlike_the_reference_and_not_before(served
     (served / "shifted" / "task.json").write_text(json.dumps(meta))
     db = tmp_path / "capture.db"
     settings = ServeSettings(max_wait_ms=1, drift_window=len(DEV), drift_threshold=0.25, capture=str(db))
-    service = Service(load_backbone(str(tiny_llama_dir)), served)
+    service = Service(tiny_backbone, served)
     with TestClient(create_app(service, settings)) as client:
         half = [client.post("/v1/classify", json={"task": "sentiment", "texts": [t]}).json() for t in DEV[:4]]
         too_few = gauges(client)

@@ -79,9 +79,8 @@ def test_similar_shuffles_by_seed_and_input_and_draws_its_pool_by_seed(monkeypat
 
 @pytest.mark.slow
 def test_similar_demonstrations_train_predict_evaluate_and_serve_from_the_artifact(
-    tiny_llama_dir, tiny_bert_dir, sentiment_files, tmp_path, capsys
+    tiny_llama_dir, tiny_bert_dir, tiny_backbone, sentiment_files, tmp_path, capsys
 ):
-    from softprompt.backbones import load_backbone
     from softprompt.serving.service import Service
     from softprompt.tasks.classification.mixed import classify_mixed
 
@@ -112,7 +111,7 @@ def test_similar_demonstrations_train_predict_evaluate_and_serve_from_the_artifa
     labels = model.task.labels
     for got, want in zip(predicted, expected, strict=True):
         assert [got["scores"][label] for label in labels] == pytest.approx(want.tolist(), abs=1e-5)
-    service = Service(load_backbone(str(tiny_llama_dir)), out.parent)
+    service = Service(tiny_backbone, out.parent)
     served = classify_mixed(service.tasks.mixed, [("kate", Example({"text": t})) for t in texts])
     assert np.allclose(np.stack([row.numpy() for row in served]), expected.numpy(), atol=1e-5)
     assert main(["eval", str(out)]) == 0

@@ -14,7 +14,6 @@ schemathesis = pytest.importorskip("schemathesis")
 
 from schemathesis.checks import not_a_server_error, response_schema_conformance  # noqa: E402
 
-from softprompt.backbones import load_backbone  # noqa: E402
 from softprompt.serving.app import ServeSettings, Service, create_app  # noqa: E402
 from softprompt.serving.registry import RESERVED_TASK_NAMES  # noqa: E402
 
@@ -37,10 +36,10 @@ class Raised:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, tiny_llama_dir):
+def served(tmp_path_factory, tiny_llama_dir, tiny_backbone):
     """The app (a classifier and a generation task on the tiny Llama) and its live URL."""
     tasks = train_served_tasks(tmp_path_factory.mktemp("fuzzed"), tiny_llama_dir)
-    app = create_app(Service(load_backbone(str(tiny_llama_dir)), tasks), ServeSettings(max_wait_ms=1, timeout_s=30))
+    app = create_app(Service(tiny_backbone, tasks), ServeSettings(max_wait_ms=1, timeout_s=30))
     raised = Raised(app)
     with live_server(raised, log_level="critical") as url:
         yield app, url, raised

@@ -84,8 +84,8 @@ def _full_logits(model, ids: list[int], soft: list[int]) -> torch.Tensor:
     return backbone.model(inputs_embeds=embeds, **extra).logits[0].float()
 
 
-def test_the_loss_covers_the_target_tokens_and_eos_only(tiny_llama_dir):
-    model = _generator(load_backbone(str(tiny_llama_dir)))
+def test_the_loss_covers_the_target_tokens_and_eos_only(tiny_backbone):
+    model = _generator(tiny_backbone)
     pair = TextPair({"text": "you are a stupid cat"}, ("you are a cat",))
     encoded = model.encode_pair(pair)
     prompt, target = encoded.prompt, encoded.targets[0]
@@ -97,8 +97,8 @@ def test_the_loss_covers_the_target_tokens_and_eos_only(tiny_llama_dir):
     assert torch.allclose(model.loss([Row(prompt, target)]), by_hand, atol=1e-5)
 
 
-def test_a_padded_batch_scores_each_row_as_alone(tiny_llama_dir):
-    model = _generator(load_backbone(str(tiny_llama_dir)))
+def test_a_padded_batch_scores_each_row_as_alone(tiny_backbone):
+    model = _generator(tiny_backbone)
     rows = [Row(model.encode_pair(TextPair({"text": t}, (y,))).prompt, model.target_ids(y)) for t, y in PAIRS[:3]]
     losses, valid = model.target_losses(rows)
     for row, row_losses, row_valid in zip(rows, losses, valid, strict=True):
@@ -111,7 +111,7 @@ def test_a_padded_batch_scores_each_row_as_alone(tiny_llama_dir):
 @pytest.mark.slow
 def test_greedy_decoding_matches_a_hand_written_loop(tiny_llama_dir, method):
     template = "Toxic: {text}\nPolite:{soft:2}" if method == "prompt_tuning" else "{soft:2}Toxic: {text}\nPolite:"
-    backbone = load_backbone(str(tiny_llama_dir))
+    backbone = load_backbone(str(tiny_llama_dir))  # its own: LoRA changes the backbone's layers
     model = _generator(backbone, method, template)
     if method == "lora":  # LoRA starts as the identity: move it off
         with torch.no_grad():
@@ -136,8 +136,8 @@ def test_greedy_decoding_matches_a_hand_written_loop(tiny_llama_dir, method):
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
 @pytest.mark.slow
-def test_beam_search_in_a_batch_equals_each_input_alone(tiny_llama_dir, method):
-    backbone = load_backbone(str(tiny_llama_dir))
+def test_beam_search_in_a_batch_equals_each_input_alone(tiny_backbone, method):
+    backbone = tiny_backbone
     model = _generator(backbone, method, "{soft:2}Toxic: {text}\nPolite:")
     prompts = [model.encode_prompt({"text": t}) for t, _ in PAIRS]
     beams = GenConfig(max_new_tokens=4, num_beams=3)
@@ -146,8 +146,8 @@ def test_beam_search_in_a_batch_equals_each_input_alone(tiny_llama_dir, method):
 
 
 @pytest.mark.slow
-def test_sampling_is_seeded(tiny_llama_dir):
-    backbone = load_backbone(str(tiny_llama_dir))
+def test_sampling_is_seeded(tiny_backbone):
+    backbone = tiny_backbone
     model = _generator(backbone)
     prompts = [model.encode_prompt({"text": t}) for t, _ in PAIRS]
     settings = GenConfig(max_new_tokens=6, do_sample=True, top_p=0.9, seed=3)

@@ -98,9 +98,8 @@ metric_list:
 @pytest.mark.parametrize("tokenized", [True, False])  # True: lm-eval's default, token-id prompts
 @pytest.mark.slow
 def test_lm_eval_local_completions_scores_a_served_task_as_the_server_does(
-    tokenized, tiny_llama_dir, sentiment_files, tmp_path
+    tokenized, tiny_llama_dir, tiny_backbone, sentiment_files, tmp_path
 ):
-    from softprompt.backbones import load_backbone
     from softprompt.generation.scoring import score_tokens
     from softprompt.serving.app import GenerateRequest, ServeSettings, Service, create_app
 
@@ -113,7 +112,7 @@ def test_lm_eval_local_completions_scores_a_served_task_as_the_server_does(
     args = ["train", "task=generation", f"backbone={tiny_llama_dir}", f"data.train={pairs}", f"data.dev={pairs}"]
     args += ["template={soft:3}{text}", "prompt.init=vocab", "train.max_steps=2", f"out={served / 'rewrite'}"]
     assert main([*args, "--quiet"]) == 0
-    service = Service(load_backbone(str(tiny_llama_dir)), served)
+    service = Service(tiny_backbone, served)
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     for name, text in SERVED_TASKS.items():

@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from softprompt.backbones import load_backbone
 from softprompt.lifecycle.loop import Loop, LoopSettings
 from softprompt.serving.app import ServeSettings, Service, create_app
 
@@ -29,12 +28,12 @@ RETRAIN = ["train.max_steps=2", "retrain.max_dev_drop=1"]  # quick; the dev half
 
 
 @pytest.fixture
-def serving(tmp_path, tiny_llama_dir):
+def serving(tmp_path, tiny_llama_dir, tiny_backbone):
     """A server with capture, its store, and a client labelling everything it is answered."""
     served = train_served_tasks(tmp_path, tiny_llama_dir)
     db = tmp_path / "capture.db"
     settings = ServeSettings(max_wait_ms=1, capture=str(db), admin_key=ADMIN)
-    app = create_app(Service(load_backbone(str(tiny_llama_dir)), served), settings)
+    app = create_app(Service(tiny_backbone, served), settings)
     with live_server(app) as url:
         stop = threading.Event()
 

@@ -113,7 +113,7 @@ def test_zero_initialised_methods_start_as_the_identity(method, backbone_dir, se
 
 @pytest.mark.parametrize("extra", [["prefix_tuning.reparam=true"], ["ptuning.encoder=mlp"]])
 @pytest.mark.slow
-def test_reparameterisations_fold_away_at_save(extra, sentiment_files, tiny_llama_dir, tmp_path):
+def test_reparameterisations_fold_away_at_save(extra, sentiment_files, tiny_llama_dir, tiny_backbone, tmp_path):
     method = extra[0].split(".")[0]
     config, backbone, splits, model = _build(tiny_llama_dir, sentiment_files, method, tmp_path, *extra)
     with torch.no_grad():
@@ -123,7 +123,7 @@ def test_reparameterisations_fold_away_at_save(extra, sentiment_files, tiny_llam
     artifact_saver(tmp_path, model, artifact_meta(config, model, backbone, splits))(1, {"accuracy": 0.5})
     saved = sum(v.numel() for v in model.export_state().values())
     assert saved < sum(p.numel() for p in model.trainable_parameters())  # the MLP is not saved
-    loaded, _ = load_classifier(tmp_path, load_backbone(str(tiny_llama_dir)))
+    loaded, _ = load_classifier(tmp_path, tiny_backbone)
     with torch.no_grad():
         torch.testing.assert_close(loaded(_batch(loaded)), expected, atol=1e-6, rtol=1e-5)
 
@@ -136,7 +136,7 @@ def test_lora_merge_gives_the_same_outputs(sentiment_files, tiny_llama_dir, tmp_
             param.add_(0.05 * torch.randn_like(param))
         expected = model(_batch(model))
     artifact_saver(tmp_path, model, artifact_meta(config, model, backbone, splits))(1, {"accuracy": 0.5})
-    loaded, _ = load_classifier(tmp_path, load_backbone(str(tiny_llama_dir)))
+    loaded, _ = load_classifier(tmp_path, load_backbone(str(tiny_llama_dir)))  # its own: LoRA is merged into it
     assert all(layer.merged for layer in loaded.method._layers)
     with torch.no_grad():
         torch.testing.assert_close(loaded(_batch(loaded)), expected, atol=1e-5, rtol=1e-4)
@@ -161,7 +161,9 @@ def test_peft_loads_lora_and_ia3_artifacts(method, sentiment_files, tiny_llama_d
 
 @pytest.mark.parametrize("reparam", ["false", "true"])
 @pytest.mark.slow
-def test_peft_opens_prefix_tuning_artifacts_with_our_probabilities(reparam, sentiment_files, tiny_llama_dir, tmp_path):
+def test_peft_opens_prefix_tuning_artifacts_with_our_probabilities(
+    reparam, sentiment_files, tiny_llama_dir, tiny_backbone, tmp_path
+):
     """Prefix tuning is saved in peft's PREFIX_TUNING layout (the tiny model has grouped-query
     attention: 4 heads, 1 key/value head); PeftModel.from_pretrained opens it and its label
     probabilities are ours to 1e-5. The MLP of prefix_tuning.reparam is folded first."""
@@ -178,7 +180,7 @@ def test_peft_opens_prefix_tuning_artifacts_with_our_probabilities(reparam, sent
     adapter = json.loads((tmp_path / "adapter_config.json").read_text())
     assert adapter["peft_type"] == "PREFIX_TUNING" and adapter["num_virtual_tokens"] == 3
     theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), tmp_path).eval()
-    ours, _ = load_classifier(tmp_path, load_backbone(str(tiny_llama_dir)))
+    ours, _ = load_classifier(tmp_path, tiny_backbone)
     tokenizer = ours.backbone.tokenizer
     for example in EXAMPLES:
         ids = tokenizer(f"Review: {example.text} Sentiment:", add_special_tokens=False)["input_ids"]
@@ -238,14 +240,14 @@ def test_bad_method_options_are_named(override, message):
 
 
 @pytest.mark.slow
-def test_prefix_tuning_starts_as_its_init_tokens_written_in_front(tiny_llama_dir):
+def test_prefix_tuning_starts_as_its_init_tokens_written_in_front(tiny_backbone):
     """At init the prefixes are the backbone's own keys/values of the init tokens, and the text's
     positions continue after them: the same scores as writing those tokens before the template."""
     from softprompt.config import PromptConfig
     from softprompt.prompts import Template, Verbalizer
     from softprompt.tasks.classification import build_classifier
 
-    backbone = load_backbone(str(tiny_llama_dir))
+    backbone = tiny_backbone
     words = " great movie"
     length = len(backbone.tokenizer(words, add_special_tokens=False)["input_ids"])
     verbalizer = Verbalizer({"positive": "positive", "negative": "negative"})

@@ -10,9 +10,10 @@ from softprompt.data.records import Example
 from .helpers import EXAMPLES, classifier
 
 
-@pytest.fixture(scope="module")
-def llama(tiny_llama_dir):
-    return load_backbone(str(tiny_llama_dir))
+@pytest.fixture
+def llama(tiny_backbone):
+    """The session's tiny Llama: these tests only put soft prompts (or nothing) in front of it."""
+    return tiny_backbone
 
 
 @pytest.fixture(scope="module")

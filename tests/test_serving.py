@@ -21,14 +21,15 @@ from softprompt.serving.batcher import Batcher, Continuous, QueueFull
 from softprompt.tasks.classification.mixed import MixedPromptClassifier, classify_mixed
 from softprompt.tasks.classification.model import label_probabilities
 
-from .helpers import EXAMPLES, classifier, generate, slowed_generation
+from .helpers import EXAMPLES, async_wait_until, classifier, generate, slowed_generation, wait_until
 from .test_continual import _train_prompt
 from .test_detox import write_paradetox
 
 
-@pytest.fixture(scope="module")
-def backbone(tiny_llama_dir):
-    return load_backbone(str(tiny_llama_dir))
+@pytest.fixture
+def backbone(tiny_backbone):
+    """The session's tiny Llama: these tests only put soft prompts in front of it."""
+    return tiny_backbone
 
 
 def test_mixed_batches_equal_each_task_on_its_own(backbone):
@@ -148,11 +149,12 @@ def test_jobs_arriving_together_share_one_call():
 
 
 def test_urgent_jobs_run_before_the_batches_already_waiting():
-    order = []
+    order, running = [], threading.Event()
 
     def slow(payloads):
         order.extend(payloads)
-        time.sleep(0.05)
+        running.set()
+        time.sleep(0.05)  # the batch the urgent job arrives during
         return payloads
 
     def change(payloads):
@@ -163,7 +165,7 @@ def test_urgent_jobs_run_before_the_batches_already_waiting():
         batcher = Batcher({"x": slow, "t": change}, max_batch=1, max_wait=0, urgent=frozenset({"t"}))
         batcher.start()
         waiting = [asyncio.ensure_future(batcher.submit("x", f"x{i}")) for i in range(4)]
-        await asyncio.sleep(0.01)  # x0 is running; x1..x3 wait
+        await async_wait_until(running.is_set, "x0 to run (x1..x3 wait)")
         await batcher.submit("t", "t")
         await asyncio.gather(*waiting)
         await batcher.stop()
@@ -206,7 +208,7 @@ def test_decoding_advances_a_token_at_a_time_unless_other_jobs_wait():
         assert alone == "done" and slices == [1, 1, 1]
         slices.clear()
         running = asyncio.ensure_future(batcher.submit("g", 40))
-        await asyncio.sleep(0.03)  # it is decoding one token at a time
+        await async_wait_until(lambda: slices, "the generation to decode its first slice")
         classified = [batcher.submit("c", i) for i in range(3)]
         assert await asyncio.gather(*classified) == [0, 1, 2]
         await running
@@ -217,9 +219,10 @@ def test_decoding_advances_a_token_at_a_time_unless_other_jobs_wait():
 
 
 def test_a_full_queue_refuses_at_once_and_recovers():
-    release = threading.Event()
+    held, release = threading.Event(), threading.Event()
 
     def slow(payloads):
+        held.set()
         release.wait(5)
         return payloads
 
@@ -227,9 +230,9 @@ def test_a_full_queue_refuses_at_once_and_recovers():
         batcher = Batcher({"x": slow}, queue_size=1, max_batch=1, max_wait=0)
         batcher.start()
         first = asyncio.ensure_future(batcher.submit("x", 1))
-        await asyncio.sleep(0.05)  # the worker holds the first job
+        await async_wait_until(held.is_set, "the worker to hold the first job")
         second = asyncio.ensure_future(batcher.submit("x", 2))  # waits in the queue
-        await asyncio.sleep(0.01)
+        await async_wait_until(lambda: batcher.queue.qsize() == 1, "the second job to wait in the queue")
         with pytest.raises(QueueFull):
             await batcher.submit("x", 3)
         release.set()
@@ -275,8 +278,8 @@ def prompts_dir(tiny_llama_dir, sentiment_files, tmp_path):
 
 
 @pytest.fixture
-def client(tiny_llama_dir, prompts_dir):
-    service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
+def client(tiny_backbone, prompts_dir):
+    service = Service(tiny_backbone, prompts_dir)
     with TestClient(create_app(service, ServeSettings(max_wait_ms=20))) as test_client:
         yield test_client
 
@@ -306,11 +309,11 @@ def test_classify_answers_like_predict(client, prompts_dir, capsys):
 
 
 @pytest.mark.slow
-def test_requests_for_different_tasks_arriving_together_are_batched(tiny_llama_dir, prompts_dir, monkeypatch):
+def test_requests_for_different_tasks_arriving_together_are_batched(tiny_backbone, prompts_dir, monkeypatch):
     """Two requests sent at once share one model call. The batching window is wide here (the
     server's default is 5 ms), so that a busy machine starting the two threads late does not
     split them; the batch still goes as soon as it holds both, not after the window."""
-    service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
+    service = Service(tiny_backbone, prompts_dir)
     window = TestClient(create_app(service, ServeSettings(max_wait_ms=2000, max_batch=2)))
     service_calls = []
     import softprompt.serving.service as app_module
@@ -361,8 +364,8 @@ def test_generate_with_and_without_a_prompt(client):
 
 
 @pytest.mark.slow
-def test_generate_requests_batched_together_get_what_each_gets_alone(tiny_llama_dir, prompts_dir):
-    service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
+def test_generate_requests_batched_together_get_what_each_gets_alone(tiny_backbone, prompts_dir):
+    service = Service(tiny_backbone, prompts_dir)
     payloads = [
         GenerateRequest(prompt="So I said", max_new_tokens=5, samples=2, seed=1),
         GenerateRequest(task="polite", prompt="Well", max_new_tokens=3, top_p=0.5, seed=2),
@@ -557,7 +560,7 @@ def test_mixed_training_loss_and_gradients_equal_the_per_task_path(backbone):
         assert torch.allclose(got, want, atol=1e-5)
 
 
-def test_multitask_command_writes_a_servable_artifact_per_task(tiny_llama_dir, tmp_path, capsys):
+def test_multitask_command_writes_a_servable_artifact_per_task(tiny_llama_dir, tiny_backbone, tmp_path, capsys):
     import json
 
     from .test_continual import _sequence
@@ -577,7 +580,7 @@ def test_multitask_command_writes_a_servable_artifact_per_task(tiny_llama_dir, t
     tasks = tmp_path / "multi" / "tasks"
     assert sorted(p.name for p in tasks.iterdir()) == ["length", "question", "sentiment"]
     assert main(["predict", str(tasks / "length"), "a long and winding story"]) == 0
-    service = Service(load_backbone(str(tiny_llama_dir)), tasks)
+    service = Service(tiny_backbone, tasks)
     assert sorted(service.tasks.classifiers) == ["length", "question", "sentiment"] and not service.tasks.skipped
     capsys.readouterr()
     # The run-level bundle is a registered task that only `multitask` writes: eval sends the user
@@ -589,8 +592,8 @@ def test_multitask_command_writes_a_servable_artifact_per_task(tiny_llama_dir, t
 
 
 @pytest.fixture
-def guarded(tiny_llama_dir, prompts_dir):
-    service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
+def guarded(tiny_backbone, prompts_dir):
+    service = Service(tiny_backbone, prompts_dir)
     limits = ServeSettings(
         max_wait_ms=5, api_key="s3cret", max_body_bytes=2_000, max_text_chars=100, max_generated_tokens=32
     )
@@ -634,8 +637,8 @@ def test_no_page_loads_from_a_cdn(client):
 
 
 @pytest.mark.slow
-def test_a_slow_request_times_out_with_504(tiny_llama_dir, prompts_dir, monkeypatch):
-    service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
+def test_a_slow_request_times_out_with_504(tiny_backbone, prompts_dir, monkeypatch):
+    service = Service(tiny_backbone, prompts_dir)
     real = service.classify
 
     def slow(requests):
@@ -649,8 +652,8 @@ def test_a_slow_request_times_out_with_504(tiny_llama_dir, prompts_dir, monkeypa
 
 
 @pytest.mark.slow
-def test_classification_runs_between_slices_of_a_long_generation(tiny_llama_dir, prompts_dir, monkeypatch):
-    service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
+def test_classification_runs_between_slices_of_a_long_generation(tiny_backbone, prompts_dir, monkeypatch):
+    service = Service(tiny_backbone, prompts_dir)
     slices = slowed_generation(service, monkeypatch)
     finished = {}
     with TestClient(create_app(service, ServeSettings(max_wait_ms=1))) as test_client:
@@ -662,8 +665,7 @@ def test_classification_runs_between_slices_of_a_long_generation(tiny_llama_dir,
 
         thread = threading.Thread(target=long_generation)
         thread.start()
-        while len(slices) < 3:  # the generation is under way
-            time.sleep(0.01)
+        wait_until(lambda: len(slices) >= 3, "the generation to be under way (3 slices)")
         answer = test_client.post("/v1/classify", json={"task": "sentiment", "texts": ["fine"]})
         finished["classify"] = time.perf_counter()
         thread.join()
@@ -672,27 +674,29 @@ def test_classification_runs_between_slices_of_a_long_generation(tiny_llama_dir,
 
 
 @pytest.mark.slow
-def test_work_of_a_caller_that_went_away_is_abandoned(tiny_llama_dir, prompts_dir, monkeypatch):
-    service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
+def test_work_of_a_caller_that_went_away_is_abandoned(tiny_backbone, prompts_dir, monkeypatch):
+    service = Service(tiny_backbone, prompts_dir)
     slices = slowed_generation(service, monkeypatch)
     with TestClient(create_app(service, ServeSettings(max_wait_ms=1, timeout_s=0.3))) as test_client:
         body = {"prompt": "Once", "max_new_tokens": 400, "temperature": 0.01}
         assert test_client.post("/v1/generate", json=body).status_code == 504
-        time.sleep(0.2)  # a slice in flight ends
+        # The slice in flight ends, then the worker drops the job (it decodes nothing after that).
+        wait_until(lambda: service.stream.rows == 0, "the abandoned generation to leave the running batch")
         count = len(slices)
         started = time.perf_counter()
         assert test_client.post("/v1/classify", json={"task": "sentiment", "texts": ["fine"]}).status_code == 200
         assert time.perf_counter() - started < 1.0
-        time.sleep(0.3)
+        time.sleep(0.3)  # a window in which it must not decode again (no event marks an absence)
     assert len(slices) == count, "the abandoned generation kept decoding"
     assert count < 400 / 4, "it stopped well before its 400 tokens"
 
 
 @pytest.mark.slow
-def test_a_watched_folder_serves_new_changed_and_removed_tasks(tiny_llama_dir, prompts_dir):
+def test_a_watched_folder_serves_new_changed_and_removed_tasks(tiny_backbone, prompts_dir, monkeypatch):
     import logging
     import shutil
-    import time
+
+    from softprompt.serving.watch import FolderWatch
 
     lines: list[str] = []
 
@@ -706,14 +710,19 @@ def test_a_watched_folder_serves_new_changed_and_removed_tasks(tiny_llama_dir, p
     def failures():
         return sum("watch: task 'late' not served" in line for line in lines)
 
+    polls = []  # one entry per look at the folder
+    real_changes = FolderWatch.changes
+
+    def counted_changes(self):
+        polls.append(None)
+        return real_changes(self)
+
+    monkeypatch.setattr(FolderWatch, "changes", counted_changes)
     texts = ["a great movie", "dull and boring"]
-    service = Service(load_backbone(str(tiny_llama_dir)), prompts_dir)
+    service = Service(tiny_backbone, prompts_dir)
 
     def wait_for(condition, what):
-        deadline = time.monotonic() + 20
-        while not condition():
-            assert time.monotonic() < deadline, f"the watch did not pick up {what}"
-            time.sleep(0.05)
+        wait_until(condition, f"the watch to pick up {what}", every=0.05)
 
     def scores(client, task):
         answer = client.post("/v1/classify", json={"task": task, "texts": texts})
@@ -741,7 +750,8 @@ def test_a_watched_folder_serves_new_changed_and_removed_tasks(tiny_llama_dir, p
         late.mkdir()
         (late / "task.json").write_text("{not json", encoding="utf-8")
         wait_for(lambda: failures() == 1, "a broken folder")
-        time.sleep(0.3)  # several polls
+        looked = len(polls)
+        wait_until(lambda: len(polls) >= looked + 3, "three more looks at the folder")  # each tries it again
         assert failures() == 1 and "late" not in names(client)
         shutil.rmtree(late)
         shutil.copytree(prompts_dir / "sentiment", late, copy_function=shutil.copy)

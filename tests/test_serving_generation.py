@@ -23,7 +23,7 @@ from softprompt.serving.writing import WriteJob, sample_request, visible_text
 from softprompt.tasks.classification.model import label_probabilities
 from softprompt.tasks.loading import load_model
 
-from .helpers import EXAMPLES, classifier, generate, slowed_generation
+from .helpers import EXAMPLES, classifier, generate, slowed_generation, wait_until
 from .test_generation import PAIRS, gen_args, pair_files  # noqa: F401 (fixtures)
 
 
@@ -55,6 +55,7 @@ def served_dir(tmp_path_factory, tiny_llama_dir):
 
 @pytest.fixture(scope="module")
 def service(served_dir, tiny_llama_dir):
+    # Its own backbone, not the session's: the chat tests set its tokenizer's chat template.
     return Service(load_backbone(str(tiny_llama_dir)), served_dir)
 
 
@@ -174,8 +175,7 @@ def test_a_short_generation_does_not_wait_for_a_long_one(service, monkeypatch):
 
         thread = threading.Thread(target=long_generation)
         thread.start()
-        while not service.stream.rows:  # the long generation is under way
-            time.sleep(0.01)
+        wait_until(lambda: service.stream.rows, "the long generation to be under way")
         body = {"task": "nice", "prompt": "hi", "max_new_tokens": 4, "temperature": 0}
         answer = test_client.post("/v1/generate", json=body)
         finished["short"] = time.perf_counter()
@@ -320,8 +320,8 @@ def _next_token_logits(backbone, embeds: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("template", ["{soft:3}Review: {text} Sentiment:", "Q: {text}{soft:2} A:{soft:1}"])
-def test_classifier_embeddings_give_our_label_scores(tiny_llama_dir, template):
-    backbone = load_backbone(str(tiny_llama_dir))
+def test_classifier_embeddings_give_our_label_scores(tiny_backbone, template):
+    backbone = tiny_backbone
     model = classifier(backbone, template, {"pos": "a", "neg": "b"}, seed=1)
     ours = label_probabilities(model, EXAMPLES).log()
     for row, embeds in enumerate(input_embeddings(model, [e.text for e in EXAMPLES])):
@@ -343,7 +343,7 @@ def test_generation_embeddings_give_our_next_token_logits(service, served_dir):
 
 
 def test_export_writes_the_soft_prompt_and_refuses_what_embeddings_cannot_carry(
-    tiny_llama_dir, sentiment_files, tmp_path, capsys
+    tiny_llama_dir, tiny_backbone, sentiment_files, tmp_path, capsys
 ):
     from .test_continual import _train_prompt
 
@@ -359,9 +359,8 @@ def test_export_writes_the_soft_prompt_and_refuses_what_embeddings_cannot_carry(
     assert main(["export", str(tmp_path / "lora"), "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "only soft-token artifacts" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
-    backbone = load_backbone(str(tiny_llama_dir))
     with pytest.raises(SoftpromptError, match="prefix_tuning"):
-        input_embeddings(classifier(backbone, "Review: {text} Sentiment:", method="prefix_tuning"), ["x"])
+        input_embeddings(classifier(tiny_backbone, "Review: {text} Sentiment:", method="prefix_tuning"), ["x"])
 
 
 # ---- bad input on the generation routes ------------------------------------------------------
@@ -411,9 +410,10 @@ def test_a_completion_that_times_out_stops_decoding(service, monkeypatch):
     with TestClient(create_app(service, ServeSettings(max_wait_ms=1, timeout_s=0.3))) as client:
         body = {"model": "polite", "prompt": "Once", "max_tokens": 400, "temperature": 0.01}
         assert client.post("/v1/completions", json=body).status_code == 504
-        time.sleep(0.3)  # a slice in flight ends
+        # The slice in flight ends, then the worker drops the job (it decodes nothing after that).
+        wait_until(lambda: service.stream.rows == 0, "the abandoned completion to leave the running batch")
         count = len(slices)
-        time.sleep(0.3)
+        time.sleep(0.3)  # a window in which it must not decode again (no event marks an absence)
         assert len(slices) == count, "the abandoned completion kept decoding"
         assert service.stream.rows == 0
     assert count < 400 / 4
@@ -429,11 +429,10 @@ def test_the_api_key_scheme_is_case_insensitive_and_an_empty_key_is_refused(serv
 
 
 @pytest.mark.slow
-def test_removing_a_task_lets_its_generation_in_flight_finish(served_dir, tiny_llama_dir, monkeypatch):
+def test_removing_a_task_lets_its_generation_in_flight_finish(served_dir, tiny_backbone, monkeypatch):
     import threading
-    import time
 
-    service = Service(load_backbone(str(tiny_llama_dir)), served_dir)  # its own: the task goes away
+    service = Service(tiny_backbone, served_dir)  # not the module's: the task goes away
     slowed_generation(service, monkeypatch, 0.02)
     answers = {}
     with TestClient(create_app(service, ServeSettings(max_wait_ms=1))) as client:
@@ -444,13 +443,12 @@ def test_removing_a_task_lets_its_generation_in_flight_finish(served_dir, tiny_l
 
         thread = threading.Thread(target=in_flight)
         thread.start()
-        while not service.stream.rows:  # under way
-            time.sleep(0.01)
+        wait_until(lambda: service.stream.rows, "the generation to be under way")
         assert client.delete("/v1/tasks/nice").json() == {"removed": "nice"}
         thread.join()
         assert client.post("/v1/generate", json=body).status_code == 404
     assert answers["in flight"].status_code == 200  # it kept its prompt and finished
-    expected = generate(Service(load_backbone(str(tiny_llama_dir)), served_dir), [GenerateRequest(**body)])[0]
+    expected = generate(Service(tiny_backbone, served_dir), [GenerateRequest(**body)])[0]
     assert answers["in flight"].json()["completions"] == expected
 
 

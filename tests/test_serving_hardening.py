@@ -10,7 +10,6 @@ import json
 import random
 import shutil
 import string
-import time
 
 import httpx
 import pytest
@@ -23,6 +22,8 @@ from softprompt.cli import build_parser
 from softprompt.serving.app import ServeSettings, Service, create_app
 from softprompt.serving.registry import RESERVED_TASK_NAMES
 from softprompt.serving.settings import setting_flags
+
+from .helpers import wait_until
 
 
 @pytest.fixture
@@ -161,10 +162,7 @@ def test_reload_keeps_the_changes_made_through_the_api(client, served_copy, tmp_
 
 def test_a_watched_folder_that_fails_is_listed_as_skipped(tiny_backbone, served_copy):
     def wait_for(condition, what):
-        deadline = time.monotonic() + 20
-        while not condition():
-            assert time.monotonic() < deadline, f"the watch did not {what}"
-            time.sleep(0.05)
+        wait_until(condition, f"the watch to {what}", every=0.05)
 
     with TestClient(
         create_app(Service(tiny_backbone, served_copy), ServeSettings(max_wait_ms=1, watch_s=0.05))

@@ -9,7 +9,6 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from softprompt.artifact import read_artifact
-from softprompt.backbones import load_backbone
 from softprompt.config import load_config
 from softprompt.errors import SoftpromptError, TrainingDiverged
 from softprompt.tasks.loading import load_classifier
@@ -60,10 +59,10 @@ def test_loss_goes_down(tiny_llama_dir, sentiment_files, tmp_path):
         assert (tmp_path / "run" / name).is_file(), name
 
 
-def test_save_load_round_trip_is_exact(tiny_llama_dir, sentiment_files, tmp_path):
+def test_save_load_round_trip_is_exact(tiny_llama_dir, tiny_backbone, sentiment_files, tmp_path):
     cfg = _config(tiny_llama_dir, sentiment_files, tmp_path / "run", "train.max_steps=3", "train.eval_every=3")
     train(cfg, progress=False)
-    backbone = load_backbone(str(tiny_llama_dir))
+    backbone = tiny_backbone
     model, meta = load_classifier(tmp_path / "run", backbone)
     saved = read_artifact(tmp_path / "run").state["prompt_embeddings"]
     assert torch.equal(model.method.prompt_embeddings.detach(), saved)
@@ -74,12 +73,12 @@ def test_save_load_round_trip_is_exact(tiny_llama_dir, sentiment_files, tmp_path
     assert meta["backbone"]["fingerprint"] == backbone.fingerprint
 
 
-def test_peft_loads_our_artifact_with_equal_logits(tiny_llama_dir, sentiment_files, tmp_path):
+def test_peft_loads_our_artifact_with_equal_logits(tiny_llama_dir, tiny_backbone, sentiment_files, tmp_path):
     cfg = _config(tiny_llama_dir, sentiment_files, tmp_path / "run", "train.max_steps=3", "train.eval_every=3")
     train(cfg, progress=False)
     config = json.loads((tmp_path / "run/adapter_config.json").read_text())
     assert config["peft_type"] == "PROMPT_TUNING" and config["num_virtual_tokens"] == 4
-    ours, _ = load_classifier(tmp_path / "run", load_backbone(str(tiny_llama_dir)))
+    ours, _ = load_classifier(tmp_path / "run", tiny_backbone)
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     peft_model = PeftModel.from_pretrained(base, tmp_path / "run").eval()
     tok = ours.backbone.tokenizer
@@ -270,6 +269,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_llama_dir
 
     from .helpers import EXAMPLES, classifier
 
+    # Its own backbone: LoRA changes the backbone's layers.
     model = classifier(load_backbone(str(tiny_llama_dir)), template, {"positive": "a", "negative": "b"}, method)
     rows = model.training_rows(
         [type(e)(e.fields, label=label) for e, label in zip(EXAMPLES, ["positive", "negative"] * 2, strict=True)],

@@ -21,6 +21,7 @@ from softprompt.serving.app import ServeSettings, Service, create_app
 from softprompt.serving.registry import artifact_version, load_task, load_tasks
 
 from .conftest import NEGATIVE, POSITIVE, make_tiny_llama, write_jsonl
+from .helpers import wait_until
 
 TEXTS = ["a great movie", "dull and boring", "superb", "awful"]
 
@@ -192,7 +193,7 @@ def test_two_promotes_at_once_are_serialised_and_no_request_fails(tiny_backbone,
                     both = list(pool.map(lambda _: client.post("/v1/tasks/sentiment/promote").status_code, range(2)))
                 outcomes.append(sorted(both))
                 assert client.post("/v1/tasks/sentiment/rollback").status_code == 200
-                time.sleep(0.05)
+                time.sleep(0.05)  # pacing: the hammer's requests run between the rounds too
         finally:
             stop.set()
             hammer.join()
@@ -207,10 +208,7 @@ def test_a_generation_shadow_is_captured_beside_the_served_answer(tiny_backbone,
         path = {"path": str(served.parent / "incoming" / "polite-v2")}
         assert client.post("/v1/tasks/polite/candidate", json=path).status_code == 200
         answer = client.post("/v1/generate", json={"task": "polite", "prompt": "shut up", "max_new_tokens": 3}).json()
-        deadline = time.monotonic() + 20
-        while len(rows(db)) < 2:
-            assert time.monotonic() < deadline, "the shadow's answer was not captured"
-            time.sleep(0.05)
+        wait_until(lambda: len(rows(db)) >= 2, "the shadow's answer to be captured", every=0.05)
         shown = client.get("/v1/tasks/polite").json()
     served_row, shadow_row = rows(db)
     assert served_row["id"] == shadow_row["id"] == answer["id"] and shadow_row["role"] == "shadow"
@@ -242,10 +240,11 @@ def test_a_change_of_the_task_folder_on_disk_wins_over_the_record(tiny_backbone,
         client.post("/v1/tasks/sentiment/promote")
         shutil.rmtree(served / "sentiment")
         shutil.copytree(trained[0] / "polite", served / "sentiment")  # another artifact, by hand
-        deadline = time.monotonic() + 20
-        while client.get("/v1/tasks/sentiment").json().get("kind") != "generate":
-            assert time.monotonic() < deadline, "the watch did not serve the replaced folder"
-            time.sleep(0.1)
+        wait_until(
+            lambda: client.get("/v1/tasks/sentiment").json().get("kind") == "generate",
+            "the watch to serve the replaced folder",
+            every=0.1,
+        )
     assert "sentiment" not in json.loads((served / ".versions" / "live.json").read_text())["tasks"]
     with server(tiny_backbone, served) as client:
         assert client.get("/v1/tasks/sentiment").json()["kind"] == "generate"
@@ -266,10 +265,9 @@ def test_the_openai_routes_answer_by_canary_and_shadow_too(tiny_backbone, served
         assert client.post("/v1/tasks/polite/candidate", json={"path": str(copy)}).status_code == 200  # now a shadow
         whole = client.post("/v1/chat/completions", json=chat).json()
         streamed = client.post("/v1/chat/completions", json={**chat, "stream": True})
-        deadline = time.monotonic() + 20
-        while sum(r["role"] == "shadow" for r in rows(db)) < 2:
-            assert time.monotonic() < deadline, "the shadows' answers were not captured"
-            time.sleep(0.05)
+        wait_until(
+            lambda: sum(r["role"] == "shadow" for r in rows(db)) >= 2, "the shadows' answers to be captured", every=0.05
+        )
         shown = client.get("/v1/tasks/polite").json()
     by_id = {}
     for row in rows(db):
