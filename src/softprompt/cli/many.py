@@ -78,6 +78,9 @@ def _serve(args: argparse.Namespace) -> None:
         capture_max_rows=args.capture_max_rows,
         **limits,
     )  # checked before the backbone loads
+    if args.ray:
+        _serve_on_ray(args, settings)
+        return
     capture = open_capture(settings)  # a store that cannot open is one line before the backbone loads
     use_threads(args)
     backbone = load_backbone(args.backbone, args.device, args.precision)
@@ -87,6 +90,32 @@ def _serve(args: argparse.Namespace) -> None:
     if capture is not None:
         print(f"capturing {100 * settings.capture_rate:g}% of answered requests in {settings.capture}")
     uvicorn.run(create_app(service, settings, capture), host=args.host, port=args.port, log_level="warning")
+
+
+def _serve_on_ray(args: argparse.Namespace, settings: ServeSettings) -> None:
+    """``serve --ray``: the same server as replicas of a Ray Serve application (docs/serving-and-many-tasks.md)."""
+    import dataclasses
+
+    try:
+        from softprompt.serving.ray import ReplicaConfig, check_replicas, serve_until_stopped
+    except ImportError:
+        raise SoftpromptError("--ray needs Ray Serve: pip install 'ray[serve]' (or softprompt's [ray] extra)") from None
+    check_replicas(settings, args.replicas)
+    if settings.capture is not None:  # a store that cannot open is one line before Ray starts
+        from softprompt.lifecycle.store import Store
+
+        Store(settings.capture).close()
+    values = {k: v for k, v in dataclasses.asdict(settings).items() if k != "shared_folder"}
+    config = ReplicaConfig(
+        artifacts=os.path.abspath(args.artifacts),
+        backbone=args.backbone,
+        device=args.device,
+        precision=args.precision,
+        threads=args.threads or 1,
+        prompt_cache_mb=args.prompt_cache_mb,
+        settings=values,
+    )
+    serve_until_stopped(config, args.replicas, args.host, args.port, args.ray_address)
 
 
 def open_capture(settings: ServeSettings):
@@ -188,6 +217,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="memory for the classifiers' prompt key/value caches; the least recently used are "
         "recomputed on demand (about 1 MB per task on smollm2-135m)",
     )
+    ray = serve.add_argument_group("Ray Serve (docs/serving-and-many-tasks.md)")
+    ray.add_argument("--ray", action="store_true", help="serve as replicas of a Ray Serve application")
+    ray.add_argument("--replicas", type=int, default=1, help="with --ray: replicas, each with its own backbone")
+    ray.add_argument("--ray-address", help="with --ray: join this Ray cluster (default: start a local one)")
     serve.set_defaults(run=_serve)
 
     training_command(commands, "multitask", "train several tasks' prompts at once in mixed batches", _multitask)

@@ -20,6 +20,7 @@ from softprompt.serving.guards import outside_roots
 from softprompt.serving.registry import is_internal, load_task, reserved_name_problem
 from softprompt.serving.service import Service, TaskChange, UnknownTask, shown_name
 from softprompt.serving.settings import ServeSettings, over_limit
+from softprompt.serving.shared_folder import publish, withdraw
 from softprompt.serving.versions import VersionConflict, VersionRefused
 
 
@@ -97,7 +98,14 @@ class Gate:
             except SoftpromptError as exc:
                 raise HTTPException(400, str(exc)) from None
             change = dataclasses.replace(change, loaded=loaded)
-        return await self.submit("tasks", change)
+        answer = await self.submit("tasks", change)
+        if self.settings.shared_folder and change.from_api:  # the other replicas follow the folder
+            root, loop = self.service.artifacts, asyncio.get_running_loop()
+            if change.path is None:
+                await loop.run_in_executor(None, withdraw, root, change.name)
+            else:
+                await loop.run_in_executor(None, publish, root, change.name, Path(change.path))
+        return answer
 
     def confined(self, path: str) -> None:
         """403 for a path outside the served folder and the ``--artifacts-root`` folders."""

@@ -35,6 +35,9 @@ class ServeSettings:
     capture: str | None = None  # serve --capture: a file path (SQLite) or an SQLAlchemy URL
     capture_rate: float = 1.0  # the share of requests captured
     capture_max_rows: int | None = None  # keep at most this many captured requests (oldest dropped)
+    # Replicas sharing the served folder (serve --ray): a task added or removed through the API is
+    # also written to the folder, which every replica watches (serving.shared_folder).
+    shared_folder: bool = False
     max_body_bytes: int = field(default=1_000_000, metadata=_flag("--max-body-bytes", "413 for a larger request body"))
     max_text_chars: int = field(
         default=10_000, metadata=_flag("--max-text-chars", "413 for a longer text, prompt or chat message")

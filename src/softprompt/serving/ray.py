@@ -1,0 +1,161 @@
+"""softprompt on Ray Serve: the same HTTP API, served by replicas that each hold one backbone and
+run softprompt's own engine, behind Ray's HTTP proxy.
+
+Each replica is the whole server of ``softprompt serve`` (:func:`~softprompt.serving.app.create_app`):
+its batches still mix every task's rows, because Ray hands it requests one by one (Ray's own
+``@serve.batch`` would split batches by model id) and its engine batches them. The replicas share
+the served folder: a task added or removed through any replica is written to the folder, which
+every replica watches (:mod:`softprompt.serving.shared_folder`), and they capture into one
+database (PostgreSQL; SQLite only with one replica).
+
+Start it with ``softprompt serve DIR --ray --replicas N`` (which starts a local Ray cluster, or joins
+one with ``--ray-address``), or with Ray's own tooling::
+
+    serve run softprompt.serving.ray:app artifacts=DIR backbone=smollm2-135m replicas=2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray import serve
+
+from softprompt.errors import SoftpromptError
+from softprompt.serving.settings import ServeSettings
+
+DEPLOYMENT = "softprompt"
+REPLICA_HEADER = "x-softprompt-replica"  # every answer names the replica that gave it
+WATCH_S = 1.0  # how often a replica looks at the shared folder when the command line says nothing
+
+
+@dataclass
+class ReplicaConfig:
+    """What each replica is started with (plain values: Ray sends it to every replica)."""
+
+    artifacts: str
+    backbone: str = "smollm2-135m"
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int = 1  # torch threads per replica, and the CPUs Ray reserves for it
+    prompt_cache_mb: float | None = 768.0
+    settings: dict[str, Any] = field(default_factory=dict)  # ServeSettings' fields
+
+    def serve_settings(self) -> ServeSettings:
+        given = {**self.settings, "shared_folder": True}
+        given["artifacts_roots"] = tuple(given.get("artifacts_roots", ()))
+        if not given.get("watch_s"):
+            given["watch_s"] = WATCH_S
+        return ServeSettings(**given)
+
+
+def check_replicas(settings: ServeSettings, replicas: int) -> None:
+    """Refuse what several replicas cannot share, in one line."""
+    if replicas < 1:
+        raise SoftpromptError(f"--replicas: expected a number >= 1, got {replicas}")
+    capture = settings.capture
+    if replicas > 1 and capture is not None and "://" not in capture:
+        raise SoftpromptError(
+            f"--capture {capture}: an SQLite file is one machine's; {replicas} replicas (maybe on several "
+            "machines) capture into one PostgreSQL database: give --capture postgresql+psycopg://..."
+        )
+
+
+class SoftpromptReplica:
+    """One replica: a backbone, the served tasks and the engine, as ``softprompt serve`` runs them."""
+
+    def __init__(self, config: dict[str, Any]):
+        import torch
+
+        from softprompt.backbones import load_backbone
+        from softprompt.serving.app import Service, create_app
+
+        setup = ReplicaConfig(**config)
+        torch.set_num_threads(setup.threads)
+        backbone = load_backbone(setup.backbone, setup.device, setup.precision)
+        backbone.require_token_prediction("serve")
+        service = Service(backbone, setup.artifacts, setup.prompt_cache_mb)
+        context = serve.get_replica_context()
+        name = context.replica_id.unique_id if context is not None else str(os.getpid())
+        # Names of our own: Ray's wrapper class defines `app` and others on the same object.
+        self.softprompt_app = NamedReplica(create_app(service, setup.serve_settings()), name)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return self.softprompt_app
+
+
+Deployment = serve.deployment(name=DEPLOYMENT, max_ongoing_requests=256, health_check_period_s=5)(
+    serve.ingress()(SoftpromptReplica)
+)
+
+
+class NamedReplica:
+    """The ASGI app, each response carrying the replica's name (``x-softprompt-replica``)."""
+
+    def __init__(self, app: Any, name: str):
+        self.app, self.name = app, name
+
+    async def __call__(self, scope: MutableMapping, receive: Callable, send: Callable[[Any], Awaitable]) -> None:
+        async def named(message: MutableMapping) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((REPLICA_HEADER.encode(), self.name.encode()))
+            await send(message)
+
+        await self.app(scope, receive, named if scope["type"] == "http" else send)
+
+
+def application(config: ReplicaConfig, replicas: int) -> Any:
+    """The Ray Serve application: ``replicas`` replicas of :class:`SoftpromptReplica`."""
+    check_replicas(config.serve_settings(), replicas)
+    options = {"num_replicas": replicas, "ray_actor_options": {"num_cpus": config.threads}}
+    return Deployment.options(**options).bind(dataclasses.asdict(config))
+
+
+def app(args: dict[str, str]) -> Any:
+    """The builder ``serve run softprompt.serving.ray:app artifacts=DIR [backbone=NAME]
+    [replicas=N] [threads=N] [capture=URL]`` calls with its ``key=value`` arguments."""
+    known = {"artifacts", "backbone", "replicas", "threads", "capture", "device", "precision"}
+    unknown = sorted(set(args) - known)
+    if unknown or "artifacts" not in args:
+        raise SoftpromptError(
+            f"serve run softprompt.serving.ray:app takes artifacts=DIR and {sorted(known)}; got {args}"
+        )
+    settings = {"capture": args["capture"]} if "capture" in args else {}
+    config = ReplicaConfig(
+        artifacts=os.path.abspath(args["artifacts"]),
+        backbone=args.get("backbone", "smollm2-135m"),
+        device=args.get("device", "auto"),
+        precision=args.get("precision", "auto"),
+        threads=int(args.get("threads", 1)),
+        settings=settings,
+    )
+    return application(config, int(args.get("replicas", 1)))
+
+
+def start(config: ReplicaConfig, replicas: int, host: str, port: int, address: str | None = None) -> None:
+    """Start (or join, at ``address``) a Ray cluster, its HTTP proxy at ``host:port``, and the
+    application; returns once every replica is ready."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(application(config, replicas), name=DEPLOYMENT, route_prefix="/")
+
+
+def serve_until_stopped(config: ReplicaConfig, replicas: int, host: str, port: int, address: str | None) -> None:
+    """``softprompt serve DIR --ray``: start, then serve until Ctrl-C, then shut the application down."""
+    start(config, replicas, host, port, address)
+    print(f"serving on Ray with {replicas} replica(s) at http://{host}:{port} (Ctrl-C stops)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.delete(DEPLOYMENT)
+        serve.shutdown()
