@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -149,13 +150,23 @@ def start(config: ReplicaConfig, replicas: int, host: str, port: int, address: s
 
 def serve_until_stopped(config: ReplicaConfig, replicas: int, host: str, port: int, address: str | None) -> None:
     """``softprompt serve DIR --ray``: start, then serve until Ctrl-C, then shut the application down."""
-    start(config, replicas, host, port, address)
-    print(f"serving on Ray with {replicas} replica(s) at http://{host}:{port} (Ctrl-C stops)", flush=True)
+    import ray
+
+    started_ray = not ray.is_initialized()
     try:
+        start(config, replicas, host, port, address)
+        signal.signal(signal.SIGTERM, _interrupt)  # after ray.init's own: stopped like Ctrl-C (Kubernetes, kill)
+        print(f"serving on Ray with {replicas} replica(s) at http://{host}:{port} (Ctrl-C stops)", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
-        serve.delete(DEPLOYMENT)
-        serve.shutdown()
+        if ray.is_initialized():
+            serve.shutdown()
+            if started_ray:
+                ray.shutdown()  # the local cluster this command started (a joined one keeps running)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
