@@ -158,3 +158,22 @@ def test_serve_ray_with_an_sqlite_store_and_two_replicas_is_one_line_before_ray_
     err = capsys.readouterr().err
     assert code != 0 and "one PostgreSQL database" in err and "Traceback" not in err
     assert not started
+
+
+def test_requests_naming_their_task_in_the_routing_header_stay_on_one_replica(cluster):
+    """Task routing: a client that sends its task as ``serve_multiplexed_model_id`` is routed to the
+    replica that already holds the task (its prompt cache warm there)."""
+    base, _, _ = cluster
+    header = {"serve_multiplexed_model_id": "sentiment"}
+
+    def routed() -> set[str]:
+        answers = [
+            httpx.post(f"{base}/v1/classify", json={"task": "sentiment", "texts": ["fine"]}, headers=header, timeout=60)
+            for _ in range(12)
+        ]
+        assert {a.status_code for a in answers} == {200}
+        return {a.headers[ray_serve.REPLICA_HEADER] for a in answers}
+
+    wait_until(lambda: len(routed()) == 1, "requests naming their task to stay on one replica", timeout=30)
+    assert len(routed()) == 1
+    assert len(replicas_seen(base)) == 2  # requests without the header still go to both

@@ -83,10 +83,17 @@ class SoftpromptReplica:
         context = serve.get_replica_context()
         name = context.replica_id.unique_id if context is not None else str(os.getpid())
         # Names of our own: Ray's wrapper class defines `app` and others on the same object.
-        self.softprompt_app = NamedReplica(create_app(service, setup.serve_settings()), name)
+        self.softprompt_app = NamedReplica(create_app(service, setup.serve_settings()), name, self.hold_task)
 
     def __serve_build_asgi_app__(self) -> Any:
         return self.softprompt_app
+
+    @serve.multiplexed(max_num_models_per_replica=-1)
+    async def hold_task(self, task: str) -> str:
+        """Tell Ray's router that this replica holds ``task`` (a request's ``serve_multiplexed_model_id``
+        header), so that its later requests come here, where its prompt cache is warm. Nothing to
+        load: every replica serves every task; the prompt cache's own LRU decides what stays warm."""
+        return task
 
 
 Deployment = serve.deployment(name=DEPLOYMENT, max_ongoing_requests=256, health_check_period_s=5)(
@@ -95,12 +102,16 @@ Deployment = serve.deployment(name=DEPLOYMENT, max_ongoing_requests=256, health_
 
 
 class NamedReplica:
-    """The ASGI app, each response carrying the replica's name (``x-softprompt-replica``)."""
+    """The ASGI app, each response carrying the replica's name (``x-softprompt-replica``), each
+    request that names its task in ``serve_multiplexed_model_id`` marking the task as held here."""
 
-    def __init__(self, app: Any, name: str):
-        self.app, self.name = app, name
+    def __init__(self, app: Any, name: str, hold_task: Callable[[str], Awaitable[str]]):
+        self.app, self.name, self.hold_task = app, name, hold_task
 
     async def __call__(self, scope: MutableMapping, receive: Callable, send: Callable[[Any], Awaitable]) -> None:
+        if scope["type"] == "http" and (task := serve.get_multiplexed_model_id()):
+            await self.hold_task(task)
+
         async def named(message: MutableMapping) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", []).append((REPLICA_HEADER.encode(), self.name.encode()))
