@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from capture_cost import FlaggedServer
-from server_load import classify_load_flags, client_loop, summary
+from server_load import classify_load_flags, client_loop, summary, write_results
 from serving import prompts_dir
 
 RESULTS = Path(__file__).parent / "results"
@@ -94,10 +93,7 @@ def report(args: argparse.Namespace, results: dict) -> None:
     print()
     for what, value in results["ratios"].items():
         print(f"{what}: {value:.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    write_results(results, args.out)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,14 @@ def classify_load_flags(parser: argparse.ArgumentParser) -> None:
 TEXTS = ["a great movie", "dull and far too long", "the cast shines", "I want my money back", "fine, not great"]
 
 
+def write_results(results: dict, out: str | Path) -> None:
+    """Write a benchmark's results as JSON at ``out`` (its folder made) and say where."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    print(f"wrote {path}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

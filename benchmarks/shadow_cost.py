@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import statistics
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from capture_cost import POSTERS, FlaggedServer, post_candidates
-from server_load import classify_load_flags, client_loop, summary
+from server_load import classify_load_flags, client_loop, summary, write_results
 from serving import prompts_dir
 
 RESULTS = Path(__file__).parent / "results"
@@ -127,10 +126,7 @@ def report(args: argparse.Namespace, results: dict) -> None:
             print(
                 f"shadow on {kind} task(s) / none: {shown}; median {middle:.2f}x (target >= {TARGETS[kind]}x) {verdict}"
             )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    write_results(results, args.out)
 
 
 if __name__ == "__main__":
