@@ -92,6 +92,29 @@ def test_a_task_added_through_one_replica_is_served_by_both_within_5_s_and_remov
     assert not (folder / "copy").exists()
 
 
+def test_healthz_reports_the_replicas_and_metrics_are_labelled_by_replica(cluster):
+    base, _, _ = cluster
+    answer = httpx.get(f"{base}/healthz", timeout=60)
+    body = answer.json()
+    assert body["status"] == "ok" and body["replica"] == answer.headers[ray_serve.REPLICA_HEADER]
+    assert body["replicas"] == {"RUNNING": 2}
+    metrics = httpx.get(f"{base}/metrics", timeout=60)
+    replica = metrics.headers[ray_serve.REPLICA_HEADER]
+    samples = [line for line in metrics.text.splitlines() if line and not line.startswith("#")]
+    assert samples and all(f'{{replica="{replica}"' in line for line in samples)
+    assert int(metrics.headers["content-length"]) == len(metrics.content)
+
+
+def test_labelled_adds_the_replica_to_every_sample():
+    text = b'# HELP a x\n# TYPE a counter\na_total 3.0\nb{kind="classify"} 2.0\n'
+    assert ray_serve.labelled(text, "r1").decode().splitlines() == [
+        "# HELP a x",
+        "# TYPE a counter",
+        'a_total{replica="r1"} 3.0',
+        'b{replica="r1",kind="classify"} 2.0',
+    ]
+
+
 def test_one_capture_store_holds_every_answered_request(cluster):
     base, _, url = cluster
     ids = [classify(base).json()["id"] for _ in range(20)]

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Path, Request
@@ -52,9 +53,15 @@ from softprompt.serving.version_routes import add_version_routes
 from softprompt.serving.watch import FolderWatch, watch_folder
 
 
-def create_app(service: Service, settings: ServeSettings | None = None, capture: Capture | None = None) -> FastAPI:
+def create_app(
+    service: Service,
+    settings: ServeSettings | None = None,
+    capture: Capture | None = None,
+    health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+) -> FastAPI:
     """The FastAPI application serving ``service``; with ``settings.capture`` (or ``capture``, a
-    store already opened), its answers are captured and take feedback."""
+    store already opened), its answers are captured and take feedback. ``health`` adds fields to
+    ``GET /healthz`` (a replica's view of its application, under Ray)."""
     settings = settings or ServeSettings()
     if capture is None and settings.capture is not None:
         capture = Capture(Store(settings.capture), settings.capture_rate, settings.capture_max_rows)
@@ -104,7 +111,7 @@ def create_app(service: Service, settings: ServeSettings | None = None, capture:
             "softprompt_capture_failures", "answers that could not be captured", registry=metrics.registry
         )
         capture.on_failure = failures.inc
-    add_routes(app, service, gate)
+    add_routes(app, service, gate, health)
     add_feedback_route(app, service, gate)
     add_version_routes(app, service, gate)
     app.add_exception_handler(RequestValidationError, invalid_request)
@@ -144,12 +151,14 @@ def start_watching(service: Service, gate: Gate, every: float) -> asyncio.Task:
     return asyncio.create_task(watch_folder(watch, gate.change, every))
 
 
-def add_routes(app: FastAPI, service: Service, gate: Gate) -> None:
+def add_routes(
+    app: FastAPI, service: Service, gate: Gate, health: Callable[[], Awaitable[dict[str, Any]]] | None = None
+) -> None:
     """The endpoints (see the module docstring)."""
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "tasks": len(service.tasks.names())}
+        return {"status": "ok", "tasks": len(service.tasks.names()), **(await health() if health else {})}
 
     @app.get("/v1/tasks")
     async def list_tasks() -> dict[str, Any]:

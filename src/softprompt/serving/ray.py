@@ -16,6 +16,7 @@ one with ``--ray-address``), or with Ray's own tooling::
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import signal
@@ -83,10 +84,20 @@ class SoftpromptReplica:
         context = serve.get_replica_context()
         name = context.replica_id.unique_id if context is not None else str(os.getpid())
         # Names of our own: Ray's wrapper class defines `app` and others on the same object.
-        self.softprompt_app = NamedReplica(create_app(service, setup.serve_settings()), name, self.hold_task)
+        self.replica_name = name
+        served = create_app(service, setup.serve_settings(), health=self.health)
+        self.softprompt_app = NamedReplica(served, name, self.hold_task)
 
     def __serve_build_asgi_app__(self) -> Any:
         return self.softprompt_app
+
+    async def health(self) -> dict[str, Any]:
+        """``/healthz`` under Ray: this replica's name and the application's replicas by state, as
+        Ray's controller sees them (``{"RUNNING": 2}``; a replica being replaced shows as STARTING)."""
+        status = await asyncio.to_thread(serve.status)
+        deployment = status.applications[DEPLOYMENT].deployments[DEPLOYMENT]
+        states = {str(getattr(state, "value", state)): count for state, count in deployment.replica_states.items()}
+        return {"replica": self.replica_name, "replicas": states}
 
     @serve.multiplexed(max_num_models_per_replica=-1)
     async def hold_task(self, task: str) -> str:
@@ -109,15 +120,45 @@ class NamedReplica:
         self.app, self.name, self.hold_task = app, name, hold_task
 
     async def __call__(self, scope: MutableMapping, receive: Callable, send: Callable[[Any], Awaitable]) -> None:
-        if scope["type"] == "http" and (task := serve.get_multiplexed_model_id()):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if task := serve.get_multiplexed_model_id():
             await self.hold_task(task)
+        metrics = scope.get("path") == "/metrics"
+        started: list[MutableMapping] = []
 
         async def named(message: MutableMapping) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", []).append((REPLICA_HEADER.encode(), self.name.encode()))
+                if metrics:  # sent with the body, whose length changes
+                    started.append(message)
+                    return
+            elif metrics and message["type"] == "http.response.body" and started:
+                message["body"] = labelled(message.get("body", b""), self.name)
+                start = started.pop()
+                headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+                start["headers"] = [*headers, (b"content-length", str(len(message["body"])).encode())]
+                await send(start)
             await send(message)
 
-        await self.app(scope, receive, named if scope["type"] == "http" else send)
+        await self.app(scope, receive, named)
+
+
+def labelled(exposition: bytes, replica: str) -> bytes:
+    """Prometheus text with ``replica="NAME"`` added to every sample's labels, so that series from
+    different replicas stay apart where they are collected together."""
+    lines = []
+    for line in exposition.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, brace, rest = line.partition("{")
+            if brace:
+                line = f'{name}{{replica="{replica}",{rest}'
+            else:
+                metric, _, value = line.partition(" ")
+                line = f'{metric}{{replica="{replica}"}} {value}'
+        lines.append(line)
+    return ("\n".join(lines) + "\n").encode()
 
 
 def application(config: ReplicaConfig, replicas: int) -> Any:
