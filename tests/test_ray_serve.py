@@ -115,6 +115,21 @@ def test_labelled_adds_the_replica_to_every_sample():
     ]
 
 
+def test_version_changes_are_refused_with_several_replicas(cluster):
+    """They would reach only the replica that took them: 409 naming what to do, on every route."""
+    base, folder, _ = cluster
+    calls = [
+        ("post", "/v1/tasks/sentiment/candidate", {"path": str(folder / "sentiment"), "share": 0.5}),
+        ("delete", "/v1/tasks/sentiment/candidate", None),
+        ("post", "/v1/tasks/sentiment/promote", None),
+        ("post", "/v1/tasks/sentiment/rollback", None),
+    ]
+    for method, path, body in calls:
+        answer = httpx.request(method, f"{base}{path}", json=body, timeout=60)
+        assert answer.status_code == 409, (path, answer.text)
+        assert "--replicas 1" in answer.json()["detail"]
+
+
 def test_one_capture_store_holds_every_answered_request(cluster):
     base, _, url = cluster
     ids = [classify(base).json()["id"] for _ in range(20)]

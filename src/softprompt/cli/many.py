@@ -105,7 +105,7 @@ def _serve_on_ray(args: argparse.Namespace, settings: ServeSettings) -> None:
         from softprompt.lifecycle.store import Store
 
         Store(settings.capture).close()
-    values = {k: v for k, v in dataclasses.asdict(settings).items() if k != "shared_folder"}
+    values = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("shared_folder", "replicas")}
     config = ReplicaConfig(
         artifacts=os.path.abspath(args.artifacts),
         backbone=args.backbone,

@@ -46,9 +46,10 @@ class ReplicaConfig:
     threads: int = 1  # torch threads per replica, and the CPUs Ray reserves for it
     prompt_cache_mb: float | None = 768.0
     settings: dict[str, Any] = field(default_factory=dict)  # ServeSettings' fields
+    replicas: int = 1  # how many replicas the application runs (set by `application`)
 
     def serve_settings(self) -> ServeSettings:
-        given = {**self.settings, "shared_folder": True}
+        given = {**self.settings, "shared_folder": True, "replicas": self.replicas}
         given["artifacts_roots"] = tuple(given.get("artifacts_roots", ()))
         if not given.get("watch_s"):
             given["watch_s"] = WATCH_S
@@ -165,7 +166,7 @@ def application(config: ReplicaConfig, replicas: int) -> Any:
     """The Ray Serve application: ``replicas`` replicas of :class:`SoftpromptReplica`."""
     check_replicas(config.serve_settings(), replicas)
     options = {"num_replicas": replicas, "ray_actor_options": {"num_cpus": config.threads}}
-    return Deployment.options(**options).bind(dataclasses.asdict(config))
+    return Deployment.options(**options).bind(dataclasses.asdict(dataclasses.replace(config, replicas=replicas)))
 
 
 def app(args: dict[str, str]) -> Any:

@@ -36,6 +36,16 @@ def add_version_routes(app: FastAPI, service: Service, gate: Gate) -> None:
         if not service.tasks.serves(name):
             raise HTTPException(404, f"unknown task '{name}'; GET /v1/tasks lists them")
 
+    def one_replica() -> None:
+        """409 under Ray with several replicas: a version change would reach only the replica
+        that took it (the others follow the served folder's tasks, not its versions yet)."""
+        if gate.settings.replicas > 1:
+            raise HTTPException(
+                409,
+                f"candidates, promote and rollback are one replica's, and {gate.settings.replicas} replicas serve "
+                "this application: change versions with serve --ray --replicas 1 (or without --ray)",
+            )
+
     async def loaded(name: str, folder: Path) -> Any:
         """The artifact at ``folder`` loaded beside the worker (loading holds up no batch)."""
         try:
@@ -64,6 +74,7 @@ def add_version_routes(app: FastAPI, service: Service, gate: Gate) -> None:
 
     @app.post("/v1/tasks/{name}/candidate")
     async def post_candidate(name: TaskName, source: CandidateSource, http: Request) -> dict[str, Any]:
+        one_replica()
         served(name)
         http.state.task = name
         if source.share == 0 and gate.capture is None:
@@ -83,16 +94,19 @@ def add_version_routes(app: FastAPI, service: Service, gate: Gate) -> None:
 
     @app.delete("/v1/tasks/{name}/candidate")
     async def drop_candidate(name: TaskName, http: Request) -> dict[str, Any]:
+        one_replica()
         http.state.task = name
         return await gate.submit("versions", VersionChange("drop", name))
 
     @app.post("/v1/tasks/{name}/promote")
     async def promote(name: TaskName, http: Request) -> dict[str, Any]:
+        one_replica()
         http.state.task = name
         return await gate.submit("versions", VersionChange("promote", name))
 
     @app.post("/v1/tasks/{name}/rollback")
     async def rollback(name: TaskName, http: Request) -> dict[str, Any]:
+        one_replica()
         served(name)
         http.state.task = name
         previous = service.versions.previous(name)
