@@ -16,9 +16,11 @@ import sqlalchemy as sa
 
 from softprompt.errors import SoftpromptError
 from softprompt.lifecycle.store import Store, requests
+from softprompt.serving.registry import artifact_version
 from softprompt.serving.settings import ServeSettings
 
 from .helpers import wait_until
+from .test_versions_live import trained  # noqa: F401  (a second sentiment artifact)
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ray[serve]'; make test installs it)")
 ray_serve = pytest.importorskip("softprompt.serving.ray")
@@ -115,19 +117,30 @@ def test_labelled_adds_the_replica_to_every_sample():
     ]
 
 
-def test_version_changes_are_refused_with_several_replicas(cluster):
-    """They would reach only the replica that took them: 409 naming what to do, on every route."""
+def test_candidates_promote_and_rollback_made_through_any_replica_reach_both(cluster, trained):  # noqa: F811
+    """Through Ray's proxy, each change lands on whichever replica Ray picks; both then answer with
+    the version the change made live (a canary of share 1 answers every request)."""
     base, folder, _ = cluster
-    calls = [
-        ("post", "/v1/tasks/sentiment/candidate", {"path": str(folder / "sentiment"), "share": 0.5}),
-        ("delete", "/v1/tasks/sentiment/candidate", None),
-        ("post", "/v1/tasks/sentiment/promote", None),
-        ("post", "/v1/tasks/sentiment/rollback", None),
+    incoming = folder / ".incoming" / "sentiment-v2"
+    shutil.copytree(trained[1], incoming)
+    first, second = artifact_version(folder / "sentiment"), artifact_version(incoming)
+
+    def answered_by_both(version: str) -> bool:
+        answers = [classify(base) for _ in range(12)]
+        names = {a.headers[ray_serve.REPLICA_HEADER] for a in answers}
+        return len(names) == 2 and {a.json()["results"][0]["version"] for a in answers} == {version}
+
+    changes = [
+        ("post", "/v1/tasks/sentiment/candidate", {"path": str(incoming), "share": 1.0}, second),
+        ("delete", "/v1/tasks/sentiment/candidate", None, first),
+        ("post", "/v1/tasks/sentiment/candidate", {"path": str(incoming), "share": 0.0}, first),
+        ("post", "/v1/tasks/sentiment/promote", None, second),
+        ("post", "/v1/tasks/sentiment/rollback", None, first),
     ]
-    for method, path, body in calls:
+    for method, path, body, version in changes:
         answer = httpx.request(method, f"{base}{path}", json=body, timeout=60)
-        assert answer.status_code == 409, (path, answer.text)
-        assert "--replicas 1" in answer.json()["detail"]
+        assert answer.status_code == 200, (path, answer.text)
+        wait_until(lambda v=version: answered_by_both(v), f"both replicas to answer with {version} after {path}")
 
 
 def test_one_capture_store_holds_every_answered_request(cluster):

@@ -49,6 +49,7 @@ from softprompt.serving.registry import CLASSIFY, GENERATE, reserved_name_proble
 from softprompt.serving.requests import ClassifyRequest, GenerateRequest, TaskSource
 from softprompt.serving.service import Service, TaskChange
 from softprompt.serving.settings import ServeSettings
+from softprompt.serving.version_follow import RecordFollower, follow_record, keep_following
 from softprompt.serving.version_routes import add_version_routes
 from softprompt.serving.watch import FolderWatch, watch_folder
 
@@ -85,9 +86,13 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         batcher.start()
-        watcher = start_watching(service, gate, settings.watch_s) if settings.watch_s > 0 else None
+        watchers = [start_watching(service, gate, settings.watch_s)] if settings.watch_s > 0 else []
+        if settings.shared_folder:  # the versions other replicas change, as the folder's record says
+            watchers.append(asyncio.create_task(keep_following(follower, service, gate.submit, settings.watch_s)))
+        else:  # once: a candidate recorded before a restart
+            await follow_record(follower, service, gate.submit)
         yield
-        if watcher is not None:
+        for watcher in watchers:
             watcher.cancel()
         await batcher.stop()  # Ctrl-C: in-flight requests are answered before the worker stops
         if capture is not None:
@@ -113,7 +118,8 @@ def create_app(
         capture.on_failure = failures.inc
     add_routes(app, service, gate, health)
     add_feedback_route(app, service, gate)
-    add_version_routes(app, service, gate)
+    follower = RecordFollower(service.versions, shadows=capture is not None)
+    add_version_routes(app, service, gate, follower if settings.shared_folder else None)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
 

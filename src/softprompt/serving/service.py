@@ -155,9 +155,12 @@ class Service:
         batches, so a request sees a task's old prompt or its new one, never a mix."""
         out: list[dict[str, Any] | Exception] = []
         for change in changes:
-            self.versions.drop(self.tasks, change.name)  # a candidate stands beside one version
-            if change.path is not None and not change.from_api:
-                self.versions.record.set(change.name, None)  # the folder's own version is live now
+            dropped = self.versions.drop(self.tasks, change.name)  # a candidate stands beside one version
+            with self.versions.record.locked():
+                if change.path is not None and not change.from_api:
+                    self.versions.record.set(change.name, None)  # the folder's own version is live now
+                elif dropped:
+                    self.versions.note(change.name, candidate=None, share=0.0)
             outcome = self._apply(change)
             if not isinstance(outcome, Exception) and change.from_api:
                 self.api_changes[change.name] = change.path

@@ -38,7 +38,7 @@ class ServeSettings:
     # Replicas sharing the served folder (serve --ray): a task added or removed through the API is
     # also written to the folder, which every replica watches (serving.shared_folder).
     shared_folder: bool = False
-    replicas: int = 1  # how many replicas serve it (serve --ray): task versions stay one replica's
+    replicas: int = 1  # how many replicas serve it (serve --ray)
     max_body_bytes: int = field(default=1_000_000, metadata=_flag("--max-body-bytes", "413 for a larger request body"))
     max_text_chars: int = field(
         default=10_000, metadata=_flag("--max-text-chars", "413 for a longer text, prompt or chat message")

@@ -19,6 +19,7 @@ from softprompt.lifecycle.feedback import accuracy_by_version, shadow_comparison
 from softprompt.serving.gate import TASK_NAME, Gate
 from softprompt.serving.registry import artifact_version, load_task
 from softprompt.serving.service import Service
+from softprompt.serving.version_follow import RecordFollower, follow_record
 from softprompt.serving.versions import VersionChange
 
 TaskName = Annotated[str, PathParameter(pattern=TASK_NAME)]
@@ -29,22 +30,18 @@ class CandidateSource(BaseModel):
     share: float = Field(0.0, ge=0, le=1, description="0: a shadow (never answers); above: the share it answers")
 
 
-def add_version_routes(app: FastAPI, service: Service, gate: Gate) -> None:
-    """The routes above."""
+def add_version_routes(app: FastAPI, service: Service, gate: Gate, follower: RecordFollower | None = None) -> None:
+    """The routes above; ``follower``: the record this server follows (replicas sharing the folder)."""
 
     def served(name: str) -> None:
         if not service.tasks.serves(name):
             raise HTTPException(404, f"unknown task '{name}'; GET /v1/tasks lists them")
 
-    def one_replica() -> None:
-        """409 under Ray with several replicas: a version change would reach only the replica
-        that took it (the others follow the served folder's tasks, not its versions yet)."""
-        if gate.settings.replicas > 1:
-            raise HTTPException(
-                409,
-                f"candidates, promote and rollback are one replica's, and {gate.settings.replicas} replicas serve "
-                "this application: change versions with serve --ray --replicas 1 (or without --ray)",
-            )
+    async def caught_up() -> None:
+        """Replicas sharing the folder: serve what the record says before changing it (a change
+        made through another replica a moment ago is not missed)."""
+        if follower is not None:
+            await follow_record(follower, service, gate.submit)
 
     async def loaded(name: str, folder: Path) -> Any:
         """The artifact at ``folder`` loaded beside the worker (loading holds up no batch)."""
@@ -74,7 +71,7 @@ def add_version_routes(app: FastAPI, service: Service, gate: Gate) -> None:
 
     @app.post("/v1/tasks/{name}/candidate")
     async def post_candidate(name: TaskName, source: CandidateSource, http: Request) -> dict[str, Any]:
-        one_replica()
+        await caught_up()
         served(name)
         http.state.task = name
         if source.share == 0 and gate.capture is None:
@@ -94,19 +91,19 @@ def add_version_routes(app: FastAPI, service: Service, gate: Gate) -> None:
 
     @app.delete("/v1/tasks/{name}/candidate")
     async def drop_candidate(name: TaskName, http: Request) -> dict[str, Any]:
-        one_replica()
+        await caught_up()
         http.state.task = name
         return await gate.submit("versions", VersionChange("drop", name))
 
     @app.post("/v1/tasks/{name}/promote")
     async def promote(name: TaskName, http: Request) -> dict[str, Any]:
-        one_replica()
+        await caught_up()
         http.state.task = name
         return await gate.submit("versions", VersionChange("promote", name))
 
     @app.post("/v1/tasks/{name}/rollback")
     async def rollback(name: TaskName, http: Request) -> dict[str, Any]:
-        one_replica()
+        await caught_up()
         served(name)
         http.state.task = name
         previous = service.versions.previous(name)

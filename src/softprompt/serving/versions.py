@@ -7,7 +7,10 @@ names, so no client can name it) in the same mixed batch and prompt-cache store 
 a shadow costs its own rows and nothing else. Every change runs in the server's worker between
 batches, so a request sees one version, never a mix; promote and rollback write the served
 folder's record first (:class:`~softprompt.lifecycle.versions.LiveRecord`), so a restart serves
-what was live, and a record that cannot be written changes nothing.
+what was live, and a record that cannot be written changes nothing. Posting or dropping a
+candidate is recorded too: servers sharing the folder follow the record
+(:mod:`softprompt.serving.version_follow`), with changes marked ``recorded`` (applied here, not
+written again).
 """
 
 from __future__ import annotations
@@ -71,7 +74,9 @@ class Candidate:
 class VersionChange:
     """One change of a task's versions, run by the worker: ``candidate`` (``model`` loaded from
     ``folder``), ``drop`` the candidate, ``promote`` it, or ``rollback`` to ``model`` (the
-    previous version, loaded from ``folder``)."""
+    previous version, loaded from ``folder``). ``recorded``: the record already says so (another
+    server changed it); apply it here without writing the record, and ``live`` serves ``model``
+    as the live version."""
 
     action: str
     name: str
@@ -79,6 +84,7 @@ class VersionChange:
     model: Any = field(default=None, compare=False, repr=False)
     share: float = 0.0
     version: str = ""
+    recorded: bool = False
 
 
 class TaskVersions:
@@ -120,27 +126,50 @@ class TaskVersions:
         return tasks.versions.get(key, "")
 
     def apply(self, tasks: ServedTasks, change: VersionChange) -> dict[str, Any]:
-        """Run ``change`` on ``tasks`` (in the worker, between batches).
+        """Run ``change`` on ``tasks`` (in the worker, between batches), holding the record's lock.
 
         Raises:
             VersionRefused: a candidate of another kind or with other labels.
             VersionConflict: nothing to drop, promote or roll back to.
         """
-        name = change.name
+        with self.record.locked():
+            if change.recorded:
+                self.follow(tasks, change)
+            elif change.action == "candidate":
+                self.stand_beside(tasks, change)
+                self.note(change.name, candidate=self.record.relative(change.folder), share=change.share)
+            elif change.action == "drop":
+                if not self.drop(tasks, change.name):
+                    raise VersionConflict(f"task '{change.name}' has no candidate")
+                self.note(change.name, candidate=None, share=0.0)
+            elif change.action == "promote":
+                self.promote(tasks, change.name)
+            elif change.action == "rollback":
+                self.rollback(tasks, change.name, change)
+        return self.describe(tasks, change.name)
+
+    def note(self, name: str, **fields: Any) -> None:
+        """Change fields of task ``name``'s record."""
+        self.record.set(name, dataclasses.replace(self.record.entry(name), **fields))
+
+    def follow(self, tasks: ServedTasks, change: VersionChange) -> None:
+        """Serve what another server recorded: a candidate, no candidate, or another live version."""
         if change.action == "candidate":
-            check_beside(tasks, name, change.model)
-            self.drop(tasks, name)
-            tasks.put(candidate_key(name), change.model, change.version)
-            tasks.warm([candidate_key(name)])
-            self.candidates[name] = Candidate(name, change.version, change.folder, change.share, change.model)
+            self.stand_beside(tasks, change)
         elif change.action == "drop":
-            if not self.drop(tasks, name):
-                raise VersionConflict(f"task '{name}' has no candidate")
-        elif change.action == "promote":
-            self.promote(tasks, name)
-        elif change.action == "rollback":
-            self.rollback(tasks, name, change)
-        return self.describe(tasks, name)
+            self.drop(tasks, change.name)
+        elif change.action == "live":
+            tasks.put(change.name, change.model, change.version)
+            tasks.warm([change.name])
+
+    def stand_beside(self, tasks: ServedTasks, change: VersionChange) -> None:
+        """Serve ``change.model`` as task ``change.name``'s candidate (replacing one)."""
+        name = change.name
+        check_beside(tasks, name, change.model)
+        self.drop(tasks, name)
+        tasks.put(candidate_key(name), change.model, change.version)
+        tasks.warm([candidate_key(name)])
+        self.candidates[name] = Candidate(name, change.version, change.folder, change.share, change.model)
 
     def drop(self, tasks: ServedTasks, name: str) -> bool:
         if self.candidates.pop(name, None) is None:
@@ -166,8 +195,7 @@ class TaskVersions:
     def rollback(self, tasks: ServedTasks, name: str, change: VersionChange) -> None:
         if change.folder is None or self.previous(name) != change.folder:
             raise VersionConflict(f"task '{name}' has no previous version to roll back to")
-        back = self.record.relative(change.folder)
-        self.record.set(name, None if back == name else Recorded(back, None))
+        self.record.set(name, Recorded(self.record.relative(change.folder), None))
         self.drop(tasks, name)
         tasks.put(name, change.model, change.version)
         tasks.warm([name])
