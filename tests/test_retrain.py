@@ -347,3 +347,19 @@ def test_mistakes_are_refused_before_torch_loads(tasks_dir, parent_answers, tmp_
     assert all(len(m.splitlines()) == 1 and m.startswith("error: ") for m in messages)
     assert "give out=DIR" in messages[0] and "retrain.guard" in messages[1] and "train.lr" in messages[2]
     assert "no such file" in messages[3] and "no feedback for task 'nobody'" in messages[4]
+
+
+def test_a_lora_parent_is_refused_in_one_line(tiny_llama_dir, parent_answers, tmp_path, capsys):
+    """A served LoRA task: retrain does not continue it (it would load two LoRAs on one backbone);
+    the line says what to do instead."""
+    reviews = write_jsonl(tmp_path / "reviews.jsonl", [{"text": t, "label": "positive"} for t in POSITIVE * 2])
+    parent = tmp_path / "served" / "sentiment"
+    run = ["train", f"backbone={tiny_llama_dir}", f"data.train={reviews}", f"data.dev={reviews}", "method=lora"]
+    prompt = ["template=Review: {text} Sentiment:", "verbalizer={positive: positive, negative: negative}"]
+    assert main([*run, *prompt, "train.max_steps=1", f"out={parent}", "--quiet"]) == 0
+    db = make_store(tmp_path / "capture.db", "sentiment", labelled(parent_answers))
+    capsys.readouterr()
+    assert exit_status(retrain_args(parent, db, tmp_path / "v2")) == 2
+    err = capsys.readouterr().err
+    assert "method=lora changes the backbone's layers" in err and "softprompt train" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "v2").exists()

@@ -268,7 +268,7 @@ def prompts_dir(tiny_llama_dir, sentiment_files, tmp_path):
     assert main(["detox", "train", f"backbone={tiny_llama_dir}", f"data={data}", f"out={root / 'polite'}", *quick]) == 0
     # Sorted first, so it is met before the others: it must be refused before it touches the backbone.
     _train_prompt(
-        tiny_llama_dir, sentiment_files, root / "aaa-lora", "method=lora", "template=Review: {text} Sentiment:"
+        tiny_llama_dir, sentiment_files, root / "aaa-bitfit", "method=bitfit", "template=Review: {text} Sentiment:"
     )
     corrupt = root / "broken"
     corrupt.mkdir()
@@ -291,7 +291,7 @@ def test_tasks_are_listed_and_a_corrupt_one_is_skipped(client):
     kinds = {t["name"]: t["kind"] for t in listing["tasks"]}
     assert kinds == {"sentiment": "classify", "polarity": "classify", "polite": "generate"}
     assert "broken" in listing["skipped"] and "corrupt" in listing["skipped"]["broken"]
-    assert "changes the backbone's layers" in listing["skipped"]["aaa-lora"]
+    assert "changes the backbone's own weights" in listing["skipped"]["aaa-bitfit"]
     assert "/v1/classify" in client.get("/openapi.json").json()["paths"]
 
 
@@ -428,8 +428,8 @@ def test_tasks_are_added_replaced_and_removed_while_serving(client, prompts_dir,
     assert client.delete("/v1/tasks/live").status_code == 404
     missing = client.post("/v1/tasks/other", json={"path": str(prompts_dir / "nowhere")})
     assert missing.status_code == 400 and "nowhere" in missing.json()["detail"]
-    lora = client.post("/v1/tasks/other", json={"path": str(prompts_dir / "aaa-lora")})
-    assert lora.status_code == 400 and "changes the backbone's layers" in lora.json()["detail"]
+    bitfit = client.post("/v1/tasks/other", json={"path": str(prompts_dir / "aaa-bitfit")})
+    assert bitfit.status_code == 400 and "changes the backbone's own weights" in bitfit.json()["detail"]
     assert client.post("/v1/tasks/bad name", json={"path": str(prompts_dir / "polarity")}).status_code == 422
     assert client.delete("/v1/tasks/polite").status_code == 200  # a generation task too
     assert client.post("/v1/generate", json={"task": "polite", "prompt": "hi"}).status_code == 404

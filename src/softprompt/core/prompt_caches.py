@@ -24,6 +24,9 @@ from softprompt.backbones import Backbone
 from softprompt.core import forward as core
 
 Layers = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values, [rows, heads, length, dim]
+# What a key's prompt is: soft-token embeddings ``[n, H]`` to run, or one row's keys and values
+# already (prefix tuning's prefixes, ``[1, heads, n, dim]`` per layer), kept as they are.
+Prompt = torch.Tensor | Layers
 
 
 @dataclass
@@ -62,12 +65,10 @@ class PromptCaches:
         if entry is not None:
             self.bytes -= entry.bytes
 
-    def batch(
-        self, keys: Sequence[Hashable], prompt_of: Callable[[Hashable], torch.Tensor]
-    ) -> tuple[Layers, torch.Tensor]:
+    def batch(self, keys: Sequence[Hashable], prompt_of: Callable[[Hashable], Prompt]) -> tuple[Layers, torch.Tensor]:
         """The caches of ``keys`` side by side, left-padded to the longest, and their ``[len(keys),
         width]`` padding mask (the layout of :func:`softprompt.core.forward.prompt_cache`).
-        ``prompt_of(key)`` gives a missing key's ``[n, H]`` prompt."""
+        ``prompt_of(key)`` gives a missing key's prompt (see :data:`Prompt`)."""
         missing = [key for key in dict.fromkeys(keys) if key not in self._entries]
         self.misses += len(missing)
         self.hits += len(keys) - len(missing)
@@ -80,7 +81,7 @@ class PromptCaches:
         self._trim()
         return layers, mask
 
-    def warm(self, keys: Sequence[Hashable], prompt_of: Callable[[Hashable], torch.Tensor], chunk: int = 64) -> int:
+    def warm(self, keys: Sequence[Hashable], prompt_of: Callable[[Hashable], Prompt], chunk: int = 64) -> int:
         """Compute the caches of ``keys`` not kept yet, ``chunk`` prompts per forward pass, so
         that their requests find them kept (a server warms its tasks at start and when one is
         added). Only when they all fit the budget, judged after the first chunk: a part of them
@@ -98,12 +99,16 @@ class PromptCaches:
         self._trim()
         return done
 
-    def _compute(self, keys: list[Hashable], prompt_of: Callable[[Hashable], torch.Tensor]) -> None:
+    def _compute(self, keys: list[Hashable], prompt_of: Callable[[Hashable], Prompt]) -> None:
         prompts = {key: prompt_of(key) for key in keys}
         for key in keys:
-            if not len(prompts[key]):
+            prompt = prompts[key]
+            if isinstance(prompt, list):  # keys and values already (prefix tuning's): kept as they are
+                own = [(k.detach().clone(), v.detach().clone()) for k, v in prompt]
+                self._keep(key, own, own[0][0].shape[2])
+            elif not len(prompt):
                 self._entries[key] = _Entry([], 0, 0)
-        running = [key for key in keys if len(prompts[key])]
+        running = [key for key in keys if not isinstance(prompts[key], list) and len(prompts[key])]
         if not running:
             return
         layers, _ = core.prompt_cache(self.backbone, [prompts[key] for key in running])
@@ -112,9 +117,12 @@ class PromptCaches:
             start = width - len(prompts[key])  # left-padded: the prompt's own positions come last
             # Copies, not views that would hold the whole batch's tensors in memory.
             own = [(k[row : row + 1, :, start:].clone(), v[row : row + 1, :, start:].clone()) for k, v in layers]
-            size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in own)
-            self._entries[key] = _Entry(own, len(prompts[key]), size)
-            self.bytes += size
+            self._keep(key, own, len(prompts[key]))
+
+    def _keep(self, key: Hashable, layers: Layers, length: int) -> None:
+        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+        self._entries[key] = _Entry(layers, length, size)
+        self.bytes += size
 
     def _side_by_side(self, entries: list[_Entry]) -> tuple[Layers, torch.Tensor]:
         """Needs one non-empty entry (a batch where every prompt is empty has no cache at all)."""

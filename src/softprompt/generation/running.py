@@ -30,6 +30,7 @@ from softprompt.backbones import Backbone
 from softprompt.core import forward as core
 from softprompt.generation.rows import Steering
 from softprompt.generation.sampling import SampleRequest, draw, prompt_ids
+from softprompt.methods.row_adapters import RowAdapters
 
 Layers = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values, [rows, heads, width, dim]
 
@@ -108,6 +109,10 @@ class RunningBatch:
     backbone: Backbone
     members: list[Member] = field(default_factory=list)
     rows: Rows | None = None
+    adapters: RowAdapters = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.adapters = RowAdapters(self.backbone.model)  # applies LoRA and IA3 requests' weights to their rows
 
     @property
     def size(self) -> int:
@@ -120,16 +125,18 @@ class RunningBatch:
         Each variant of each request runs once; its cache is repeated for the request's samples."""
         if not requests:
             return
-        prompts, counts = [], []
+        prompts, counts, adapted = [], [], []
         for _, request in requests:
             for variant in request.variants():
                 prompts.append((variant.soft, prompt_ids(self.backbone, request.prompt, variant.text_prefix)))
                 counts.append(request.samples)
+                adapted.append(request.row_adapter)
         embeds, mask = core.embed_rows(self.backbone, prompts)
         positions = core.positions(mask)
-        logits, cache = core.next_token_logits(
-            self.backbone, inputs_embeds=embeds, attention_mask=mask, position_ids=positions
-        )
+        with self.adapters.selected(adapted):
+            logits, cache = core.next_token_logits(
+                self.backbone, inputs_embeds=embeds, attention_mask=mask, position_ids=positions
+            )
         repeat = torch.repeat_interleave(torch.arange(len(prompts)), torch.tensor(counts)).to(self.backbone.device)
         layers = [(layer.keys[repeat], layer.values[repeat]) for layer in cache.layers]
         new = Rows(logits[:, -1][repeat], layers, mask[repeat], positions[:, -1:][repeat])
@@ -230,13 +237,15 @@ class RunningBatch:
         mask = torch.cat([rows.mask, rows.mask.new_ones(len(rows.mask), 1)], dim=1)
         last = rows.last + 1
         cache = DynamicCache(rows.layers, config=self.backbone.model.config)
-        logits, cache = core.next_token_logits(
-            self.backbone,
-            input_ids=chosen.unsqueeze(1).to(self.backbone.device),
-            attention_mask=mask,
-            position_ids=last,
-            past_key_values=cache,
-        )
+        adapted = [m.request.row_adapter for m in self.members for _ in range(m.rows)]
+        with self.adapters.selected(adapted):
+            logits, cache = core.next_token_logits(
+                self.backbone,
+                input_ids=chosen.unsqueeze(1).to(self.backbone.device),
+                attention_mask=mask,
+                position_ids=last,
+                past_key_values=cache,
+            )
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         self.rows = Rows(logits[:, -1], layers, mask, last)
 

@@ -16,6 +16,7 @@ from softprompt.backbones import Backbone
 from softprompt.core import forward as core
 from softprompt.core.likelihood import continue_rows
 from softprompt.generation.rows import Steering, Variant
+from softprompt.methods.row_adapters import RowAdapter
 
 Prompt = str | list[int]  # a text, or token ids (an OpenAI client's tokenized prompt)
 
@@ -134,6 +135,7 @@ class SampleRequest:
     seed: int
     stop: tuple[str, ...] = ()  # a sample ends once its text contains one of these
     steering: Steering | None = None  # rows combined into one distribution (detox); None: the soft prompt's row
+    row_adapter: RowAdapter | None = None  # a LoRA or IA3 task's weights, applied to this request's rows
 
     def variants(self) -> list[Variant]:
         """The rows each sample runs as: the steering's, else one (the soft prompt, if any)."""

@@ -188,8 +188,8 @@ def _candidate_config(meta: dict[str, Any], given: dict[str, Any], out: str) -> 
         raise SoftpromptError(f"method={config.method} trains nothing; retrain needs a method that trains")
     if declared["changes_layers"]:
         raise SoftpromptError(
-            f"method={config.method} changes the backbone's layers; served tasks, and so retrain, use "
-            "soft-prompt methods (prompt_tuning, ptuning, prefix_tuning...)"
+            f"method={config.method} changes the backbone's layers; retrain continues soft-prompt methods "
+            "(prompt_tuning, ptuning...); train a new version of this task with `softprompt train`"
         )
     return config
 

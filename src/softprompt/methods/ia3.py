@@ -16,6 +16,7 @@ from softprompt.methods.registry import register
     "learned rescaling vectors of keys, values and MLP activations (Liu et al. 2022), via peft",
     options=Ia3Options,
     changes_layers=True,
+    per_row=True,
     default_lr=3e-3,
     identity_at_start=True,
     list_position=60,

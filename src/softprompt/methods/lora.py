@@ -18,6 +18,7 @@ from softprompt.methods.registry import register
     "low-rank weight updates on attention/MLP layers (Hu et al. 2021), via peft",
     options=LoraOptions,
     changes_layers=True,
+    per_row=True,
     identity_at_start=True,
     list_position=50,
 )

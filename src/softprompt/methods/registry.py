@@ -29,11 +29,14 @@ class MethodSpec:
     changes_layers: bool  # it changes the backbone's own layers (a shared backbone cannot host it)
     sequential: bool = False  # learns a task sequence: a new prompt per task, earlier ones frozen (continual)
     list_position: int = 100  # where it is listed (`softprompt ls methods`, `compare`'s default): lower first
+    # Its weights can also be applied per batch row without changing the backbone
+    # (methods.row_adapters): LoRA, IA3. Loaded that way with load_model(..., apart=True).
+    per_row: bool = False
 
     @property
     def shares_backbone(self) -> bool:
         """Its artifacts can be served side by side on one loaded backbone with other tasks'."""
-        return not self.changes_layers
+        return not self.changes_layers or self.per_row
 
     def build(self, context: MethodContext) -> Method:
         """Attach the method to ``context.backbone``; the same seed gives the same initial weights,
@@ -57,6 +60,7 @@ def register(
     changes_layers: bool = False,
     sequential: bool = False,
     list_position: int = 100,
+    per_row: bool = False,
 ):
     """Class decorator registering a method class (built from a :class:`MethodContext`).
 
@@ -80,6 +84,7 @@ def register(
             changes_layers,
             sequential,
             list_position,
+            per_row,
         )
         # Listed in position order whatever order the modules were imported in.
         ordered = sorted(METHODS.values(), key=lambda spec: spec.list_position)

@@ -1,6 +1,7 @@
 """The tasks a server offers: every artifact directory under the artifacts folder, loaded on
-the one backbone. A directory that cannot be served (corrupt, another backbone, a method that
-changes the backbone's layers) is reported and skipped; the others are served."""
+the one backbone (LoRA and IA3 artifacts applied per batch row, the backbone left as it is). A
+directory that cannot be served (corrupt, another backbone, a method that changes the backbone's
+own weights) is reported and skipped; the others are served."""
 
 from __future__ import annotations
 
@@ -125,7 +126,8 @@ class ServedTasks:
             return {"name": name, "kind": GENERATE, **self.writers[name].describe()}
         model = self.classifiers[name]
         labels, template = model.task.labels, model.task.template.source
-        return {"name": name, "kind": CLASSIFY, "labels": labels, "template": template, "method": model.method.name}
+        method = model.row_adapter.method if model.row_adapter is not None else model.method.name
+        return {"name": name, "kind": CLASSIFY, "labels": labels, "template": template, "method": method}
 
 
 def load_tasks(
@@ -201,13 +203,14 @@ def _load(path: Path, backbone: Backbone) -> PromptedClassifier | Writer:
         # Checked before loading: attaching such a method would change the shared backbone.
         shared = ", ".join(name for name, s in METHODS.items() if s.shares_backbone and s.trains)
         raise SoftpromptError(
-            f"{path}: method {method.name} changes the backbone's layers; only soft-prompt artifacts "
-            f"({shared}) or zero-shot ones share the backbone"
+            f"{path}: method {method.name} changes the backbone's own weights or blocks, which one backbone "
+            f"shared by many tasks cannot hold; artifacts of {shared} (and zero-shot ones) are served; use "
+            "`softprompt predict` or `generate` for this one"
         )
-    model, _ = load_model(path, backbone)
+    model, _ = load_model(path, backbone, apart=True)  # LoRA, IA3: applied per row, the backbone untouched
     if spec.served_as == GENERATE:
         return writer_of(model, path)
-    reason = mixable(model)
+    reason = mixable(model, prefixes=True)  # a server keeps them in its store of prompt caches
     if reason:
         raise SoftpromptError(f"{path}: {reason}")
     model.eval()
@@ -229,4 +232,4 @@ def writer_of(model: PromptedGenerator, path: Path) -> Writer:
     soft = model.method.soft_embeddings()
     if soft is not None:
         soft = soft.detach().to(dtype=model.backbone.placement.dtype)
-    return Writer(soft, template, model.demonstrations, model.decoding, model.chooser)
+    return Writer(soft, template, model.demonstrations, model.decoding, model.chooser, model.row_adapter)

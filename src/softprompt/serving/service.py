@@ -148,7 +148,11 @@ class Service:
     def score(self, jobs: list[ScoreJob]) -> list[Scored | UnknownTask]:
         """Token log-probabilities of texts after their tasks' soft prompts (``logprobs``, ``echo``)."""
         served = self.tasks.writers
-        return [score_job(self.backbone, j, served[j.task]) if j.task in served else UnknownTask(j.task) for j in jobs]
+        adapters = self.stream.batch.adapters
+        return [
+            score_job(self.backbone, j, served[j.task], adapters) if j.task in served else UnknownTask(j.task)
+            for j in jobs
+        ]
 
     def change_tasks(self, changes: list[TaskChange]) -> list[dict[str, Any] | Exception]:
         """Add, replace (a path given) or remove (none) tasks. It runs in the worker between

@@ -20,6 +20,7 @@ from softprompt.config import GenConfig
 from softprompt.generation.running import Member, RunningBatch
 from softprompt.generation.sampling import Prompt, SampleRequest
 from softprompt.generation.scoring import TokenScores, score_tokens, split_special
+from softprompt.methods.row_adapters import RowAdapter, RowAdapters
 from softprompt.prompts import Template
 from softprompt.tasks.fewshot import SimilarDemonstrations
 
@@ -47,6 +48,7 @@ class Writer:
     demonstrations: str = ""
     defaults: GenConfig = field(default_factory=GenConfig)
     chooser: SimilarDemonstrations | None = None  # few-shot pairs chosen per request instead
+    row_adapter: RowAdapter | None = None  # a LoRA or IA3 task's weights, applied to its rows
 
     def render(self, prompt: Prompt, tokenizer: Any = None) -> Prompt:
         """What the model reads after the soft prompt: a text rendered by the template; token ids
@@ -108,17 +110,19 @@ class Scored:
     scores: TokenScores
 
 
-def score_job(backbone: Backbone, job: ScoreJob, writer: Writer) -> Scored:
-    """The log-probabilities a :class:`ScoreJob` asks for, from one forward pass."""
+def score_job(backbone: Backbone, job: ScoreJob, writer: Writer, adapters: RowAdapters) -> Scored:
+    """The log-probabilities a :class:`ScoreJob` asks for, from one forward pass (``adapters``:
+    the hooks that apply the writer's LoRA or IA3 weights, if it has some)."""
     rendered = job.prompt if job.rendered else writer.render(job.prompt, backbone.tokenizer)
     if isinstance(rendered, str):
         lead, prompt_ids = split_special(backbone, rendered)
     else:  # token ids: read as they are
         lead, prompt_ids, rendered = [], rendered, backbone.tokenizer.decode(rendered)
-    if job.echo:
-        scores = score_tokens(backbone, writer.soft, lead, prompt_ids + job.generated, job.top)
-    else:
-        scores = score_tokens(backbone, writer.soft, lead + prompt_ids, job.generated, job.top)
+    with adapters.selected([writer.row_adapter]):
+        if job.echo:
+            scores = score_tokens(backbone, writer.soft, lead, prompt_ids + job.generated, job.top)
+        else:
+            scores = score_tokens(backbone, writer.soft, lead + prompt_ids, job.generated, job.top)
     return Scored(rendered, scores)
 
 
@@ -135,6 +139,7 @@ def sample_request(job: WriteJob, writer: Writer | None, tokenizer: Any = None) 
         job.temperature if job.temperature is not None else greedy,
         job.seed,
         job.stop,
+        row_adapter=writer.row_adapter if writer is not None else None,
     )
 
 

@@ -36,6 +36,9 @@ class TaskModel(nn.Module):
     metric = "accuracy"  # the dev metric that selects the best checkpoint
     checkpointing = False  # train.gradient_checkpointing: recompute activations in the backward pass
     sharded = False  # the backbone's blocks are sharded across processes (training.sharding)
+    # A LoRA or IA3 artifact loaded apart from the backbone (load_model(..., apart=True)): its
+    # weights, applied per row by methods.row_adapters; None when the method is attached as usual.
+    row_adapter = None
 
     @property
     def inline_soft_prompt(self) -> bool:

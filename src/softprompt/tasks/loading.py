@@ -9,6 +9,8 @@ from softprompt.artifact import read_artifact
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import load_config
 from softprompt.errors import SoftpromptError
+from softprompt.methods import get_method
+from softprompt.methods.row_adapters import RowAdapters, read_row_adapter
 from softprompt.tasks.base import TaskModel
 from softprompt.tasks.classification.model import PromptedClassifier
 from softprompt.tasks.registry import get_task, task_specs
@@ -34,7 +36,11 @@ def artifact_task(meta: dict[str, Any]) -> str:
 
 
 def load_model(
-    path: str | Path, backbone: Backbone | None = None, device: str = "auto", precision: str = "auto"
+    path: str | Path,
+    backbone: Backbone | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    apart: bool = False,
 ) -> tuple[TaskModel, dict]:
     """Rebuild a trained model (classifier, tagger...) from an artifact directory.
 
@@ -43,6 +49,9 @@ def load_model(
         backbone: an already loaded backbone to attach to (it must be the one the artifact was
             trained on); loaded from the artifact's record when None.
         device, precision: where and how to load that backbone (see :func:`load_backbone`).
+        apart: a LoRA or IA3 artifact leaves the backbone as it is: the model is its task's on
+            the plain backbone, with the method's weights as ``model.row_adapter`` (to apply per
+            row, as a server of many tasks does: :mod:`softprompt.methods.row_adapters`).
 
     Raises:
         SoftpromptError: corrupt artifact, an artifact of another kind, or a backbone other than
@@ -67,6 +76,12 @@ def load_model(
             f"artifact {path} was trained on backbone '{recorded['name']}' (fingerprint "
             f"{recorded['fingerprint']}), not on '{backbone.name}' ({backbone.fingerprint})"
         )
+    if apart and get_method(meta["method"]).per_row:
+        model = task.load({**meta, "method": "none"}, config, backbone)
+        options = config.method_options(meta["method"])
+        model.row_adapter = read_row_adapter(meta["method"], files.state, getattr(options, "alpha", None))
+        RowAdapters(backbone.model).check(model.row_adapter)
+        return model, meta
     model = task.load(meta, config, backbone)
     try:
         model.load_export(files.state)

@@ -21,16 +21,21 @@ from softprompt.core.batching import length_sorted_batches
 from softprompt.core.prompt_caches import PromptCaches
 from softprompt.data.records import Example
 from softprompt.errors import SoftpromptError
+from softprompt.methods.row_adapters import RowAdapters
 from softprompt.prompts import EncodedInput
 from softprompt.tasks.classification.model import PromptedClassifier
 
 
-def mixable(model: PromptedClassifier) -> str | None:
-    """Why ``model`` cannot share a batch with other tasks, or None when it can."""
+def mixable(model: PromptedClassifier, prefixes: bool = False) -> str | None:
+    """Why ``model`` cannot share a batch with other tasks, or None when it can. ``prefixes``:
+    prefix tuning's prefixes mix too (frozen, kept in a store of prompt caches: serving)."""
     if not model.task.causal:
         return "mixed batches need a causal LM backbone"
-    if model.method.changes_layers or model.method.prefix_length():
-        return f"method {model.method.name} changes the backbone's layers; only soft-prompt methods mix in one batch"
+    if model.method.changes_layers or (model.method.prefix_length() and not prefixes):
+        return (
+            f"method {model.method.name} changes the backbone's layers; soft-prompt methods mix in one batch, "
+            "and LoRA and IA3 loaded apart (load_model(..., apart=True))"
+        )
     return None
 
 
@@ -53,6 +58,7 @@ class MixedPromptClassifier(nn.Module):
         self.prompt_caches = prompt_caches
         first = next(iter(models.values()))
         self.backbone = first.backbone
+        self.row_adapters = RowAdapters(self.backbone.model)  # LoRA and IA3 tasks' weights, per row
         self.pad_id = first.task.tokenizer.pad_token_id or 0
         self.tasks: dict[str, PromptedClassifier] = {}
         for name, model in models.items():
@@ -62,7 +68,7 @@ class MixedPromptClassifier(nn.Module):
         """Add task ``name`` (or replace it: its kept prompt cache is dropped)."""
         if model.backbone is not self.backbone:
             raise SoftpromptError(f"task '{name}' is on another backbone object; load all tasks on one backbone")
-        reason = mixable(model)
+        reason = mixable(model, prefixes=self.prompt_caches is not None)
         if reason:
             raise SoftpromptError(f"task '{name}': {reason}")
         self.tasks[name] = model
@@ -96,7 +102,8 @@ class MixedPromptClassifier(nn.Module):
         for name in dict.fromkeys(tasks[i] for i in range(len(tasks)) if self.tasks[tasks[i]].multi):
             index = [i for i, task in enumerate(tasks) if task == name]
             model = self.tasks[name]
-            scores = model(model.task.collate([encoded[i] for i in index]))
+            with self.row_adapters.selected([model.row_adapter] * len(index)):
+                scores = model(model.task.collate([encoded[i] for i in index]))
             for i, row in zip(index, scores, strict=True):
                 out[i] = row
         if single:
@@ -113,21 +120,28 @@ class MixedPromptClassifier(nn.Module):
         rows = torch.tensor([column[name] for name in tasks], device=device)
         lead = [self._lead(name) for name in distinct]
         cache, prefix_mask = self._prompt_caches(distinct, lead, rows)
-        embeds, mask = self._row_inputs(tasks, encoded, lead, [column[name] for name in tasks])
+        skip = [self._lead_tokens(name) for name in distinct]
+        embeds, mask = self._row_inputs(tasks, encoded, skip, [column[name] for name in tasks])
         lead_of_row = torch.tensor([lead[column[name]] for name in tasks], device=device).unsqueeze(1)
         full_mask = torch.cat([prefix_mask, mask], dim=1) if prefix_mask is not None else mask
-        hidden = core.hidden_states(
-            self.backbone,
-            inputs_embeds=embeds,
-            attention_mask=full_mask,
-            position_ids=core.positions(mask, lead_of_row),
-            past_key_values=cache,
-            use_cache=cache is not None,
-        ).last_hidden_state[:, -1]
+        with self.row_adapters.selected([self.tasks[name].row_adapter for name in tasks]):
+            hidden = core.hidden_states(
+                self.backbone,
+                inputs_embeds=embeds,
+                attention_mask=full_mask,
+                position_ids=core.positions(mask, lead_of_row),
+                past_key_values=cache,
+                use_cache=cache is not None,
+            ).last_hidden_state[:, -1]
         return self._label_scores(tasks, hidden)
 
     def _lead(self, name: str) -> int:
-        """Leading soft tokens of a task's template (the part computed once per batch)."""
+        """The columns of a task's prompt cache: its prefixes (prefix tuning), else the leading soft
+        tokens of its template (the part computed once)."""
+        return self.tasks[name].method.prefix_length() or self._lead_tokens(name)
+
+    def _lead_tokens(self, name: str) -> int:
+        """Leading soft tokens of a task's template: its rows' tokens that the prompt cache stands for."""
         model = self.tasks[name]
         return model.task.template.leading_soft if model.method.soft_embeddings() is not None else 0
 
@@ -148,19 +162,26 @@ class MixedPromptClassifier(nn.Module):
             layers, mask = self.prompt_caches.batch(distinct, lambda name: self._soft(name, count[name]))
         return core.gather_cache(self.backbone, layers, rows), mask[rows]
 
-    def _soft(self, name: str, count: int) -> torch.Tensor:
-        soft = self.tasks[name].method.soft_embeddings()
+    def _soft(self, name: str, count: int) -> torch.Tensor | list[tuple[torch.Tensor, torch.Tensor]]:
+        """Task ``name``'s leading prompt: its first ``count`` soft tokens, or its prefixes' keys and
+        values (prefix tuning; a store keeps them as they are)."""
+        method = self.tasks[name].method
+        if method.prefix_length():
+            dtype = self.backbone.placement.dtype
+            return [(layer.keys.to(dtype), layer.values.to(dtype)) for layer in method.prefix_cache(1).layers]
+        soft = method.soft_embeddings()
         return soft[:count].float() if count else torch.zeros(0, self.backbone.hidden_size, device=self.backbone.device)
 
-    def _row_inputs(self, tasks, encoded, lead, columns) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded embeddings of every row after its leading prompt, soft tokens in place: the
-        tasks' soft tokens side by side in one table, each row's indices offset to its task's."""
+    def _row_inputs(self, tasks, encoded, skip, columns) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded embeddings of every row after its leading prompt (``skip``: its tokens, per
+        distinct task), soft tokens in place: the tasks' soft tokens side by side in one table,
+        each row's indices offset to its task's."""
         offset, tables = {}, []
         for name in dict.fromkeys(tasks):
             soft = self.tasks[name].method.soft_embeddings()
             offset[name] = sum(len(t) for t in tables)
             tables.append(soft if soft is not None else torch.zeros(0, self.backbone.hidden_size))
-        parts = [(e.ids[lead[c] :], e.soft[lead[c] :]) for e, c in zip(encoded, columns, strict=True)]
+        parts = [(e.ids[skip[c] :], e.soft[skip[c] :]) for e, c in zip(encoded, columns, strict=True)]
         soft_rows = [
             [s + offset[name] if s >= 0 else s for s in soft] for (_, soft), name in zip(parts, tasks, strict=True)
         ]
