@@ -85,7 +85,7 @@ def _serve(args: argparse.Namespace) -> None:
     use_threads(args)
     backbone = load_backbone(args.backbone, args.device, args.precision)
     backbone.require_token_prediction("serve")
-    service = Service(backbone, args.artifacts, args.prompt_cache_mb)
+    service = Service(backbone, args.artifacts, args.prompt_cache_mb, args.prompt_cache_dtype)
     print(f"serving {len(service.tasks.describe())} task(s) on {backbone.name} at http://{args.host}:{args.port}")
     if capture is not None:
         print(f"capturing {100 * settings.capture_rate:g}% of answered requests in {settings.capture}")
@@ -113,6 +113,7 @@ def _serve_on_ray(args: argparse.Namespace, settings: ServeSettings) -> None:
         precision=args.precision,
         threads=args.threads or 1,
         prompt_cache_mb=args.prompt_cache_mb,
+        prompt_cache_dtype=args.prompt_cache_dtype,
         settings=values,
     )
     serve_until_stopped(config, args.replicas, args.host, args.port, args.ray_address)
@@ -216,6 +217,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default=768.0,
         help="memory for the classifiers' prompt key/value caches; the least recently used are "
         "recomputed on demand (about 1 MB per task on smollm2-135m)",
+    )
+    serve.add_argument(
+        "--prompt-cache-dtype",
+        choices=["auto", "float16"],
+        default="auto",
+        help="keep prompt caches in this dtype (auto: the backbone's); float16 holds twice as many "
+        "caches of a float32 backbone in the same memory (docs/serving-and-many-tasks.md measures the change)",
     )
     ray = serve.add_argument_group("Ray Serve (docs/serving-and-many-tasks.md)")
     ray.add_argument("--ray", action="store_true", help="serve as replicas of a Ray Serve application")

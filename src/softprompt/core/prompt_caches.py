@@ -43,11 +43,16 @@ class PromptCaches:
         backbone: the backbone the prompts run through.
         max_bytes: the budget for kept caches (None: no limit). A batch may need more than the
             budget for a moment; what it used is then trimmed after it.
+        dtype: the dtype caches are kept in (None: the backbone's). ``torch.float16`` halves a
+            float32 backbone's caches, so twice as many fit the budget; they are read back in the
+            backbone's dtype (the serving guide measures what that changes in the answers;
+            ``torch.bfloat16``'s 8-bit mantissa changed them by more than 1e-3).
     """
 
-    def __init__(self, backbone: Backbone, max_bytes: int | None = None):
+    def __init__(self, backbone: Backbone, max_bytes: int | None = None, dtype: torch.dtype | None = None):
         self.backbone = backbone
         self.max_bytes = max_bytes
+        self.dtype = dtype
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         self.bytes = 0
         self.hits = 0
@@ -120,6 +125,8 @@ class PromptCaches:
             self._keep(key, own, len(prompts[key]))
 
     def _keep(self, key: Hashable, layers: Layers, length: int) -> None:
+        if self.dtype is not None:
+            layers = [(k.to(self.dtype), v.to(self.dtype)) for k, v in layers]
         size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
         self._entries[key] = _Entry(layers, length, size)
         self.bytes += size
@@ -132,7 +139,8 @@ class PromptCaches:
             # One prompt's keys and values are [1, heads, length, head_dim]: padded on the left along length.
             keys, mask = core.left_pad([e.layers[layer][0][0] if e.length else k0[0, :, :0] for e in entries], dim=1)
             values, _ = core.left_pad([e.layers[layer][1][0] if e.length else v0[0, :, :0] for e in entries], dim=1)
-            layers.append((keys, values))
+            dtype = self.backbone.placement.dtype  # kept in self.dtype, computed with in the backbone's
+            layers.append((keys.to(dtype), values.to(dtype)))
         return layers, mask
 
     def _trim(self) -> None:

@@ -87,6 +87,7 @@ class RowAdapters:
         self.model = model
         self.hooked: dict[str, list[torch.utils.hooks.RemovableHandle]] = {}
         self._rows: torch.Tensor | None = None  # per row, 1 + its adapter's place in _distinct (0: none)
+        self._adapted: torch.Tensor | None = None  # the rows with an adapter (None: every row has one)
         self._distinct: tuple[RowAdapter, ...] = ()
         self._stacks: dict[tuple[str, str], tuple[torch.Tensor, ...] | None] = {}  # per kind and layer, for _distinct
 
@@ -118,10 +119,12 @@ class RowAdapters:
             self._distinct, self._stacks = distinct, {}
         place = {id(a): i + 1 for i, a in enumerate(distinct)}
         self._rows = torch.tensor([0 if a is None else place[id(a)] for a in adapters])
+        # The rows that have an adapter, when not all do: only they run the low-rank product.
+        self._adapted = None if all(a is not None for a in adapters) else self._rows.nonzero().squeeze(1)
         try:
             yield
         finally:
-            self._rows = None
+            self._rows = self._adapted = None
 
     def _hook(self, adapter: RowAdapter) -> None:
         for path in adapter.layers:
@@ -162,8 +165,13 @@ class RowAdapters:
         low_rank = self._stack(path, "lora", out)
         if low_rank is not None:
             a, b = low_rank
+            x = args[0]
+            if self._adapted is not None:  # rows of other tasks add nothing: leave them out
+                adapted = self._adapted.to(out.device)
+                rows, x = rows[adapted], x[adapted]
             # Each row's own x @ A^T @ B^T (the scale is in B): two batched products of rank r.
-            out = out + (args[0] @ a[rows].transpose(1, 2)) @ b[rows].transpose(1, 2)
+            delta = (x @ a[rows].transpose(1, 2)) @ b[rows].transpose(1, 2)
+            out = out + delta if self._adapted is None else out.index_add(0, adapted, delta)
         return out
 
 

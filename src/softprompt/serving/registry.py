@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from softprompt.artifact import TASK_FILE, read_artifact
 from softprompt.backbones import Backbone
 from softprompt.core.prompt_caches import PromptCaches
@@ -135,9 +137,11 @@ def load_tasks(
     backbone: Backbone,
     prompt_cache_mb: float | None = None,
     live: dict[str, Path] | None = None,
+    prompt_cache_dtype: str | None = None,
 ) -> ServedTasks:
     """Load every artifact directory under ``directory`` (its name is the task name). The
-    classifiers' prompt caches are kept up to ``prompt_cache_mb`` megabytes (None: all of them).
+    classifiers' prompt caches are kept up to ``prompt_cache_mb`` megabytes (None: all of them),
+    in ``prompt_cache_dtype`` (``float16``; None or ``auto``: the backbone's dtype).
     ``live`` names, per task, the folder of its live version when that is not the task's own
     folder (a promoted version; see :mod:`softprompt.lifecycle.versions`).
 
@@ -148,7 +152,8 @@ def load_tasks(
     if not root.is_dir():
         raise SoftpromptError(f"prompts directory {root} does not exist (give a folder of trained artifacts)")
     budget = None if prompt_cache_mb is None else int(prompt_cache_mb * 2**20)
-    tasks = ServedTasks(PromptCaches(backbone, budget))
+    dtype = None if prompt_cache_dtype in (None, "auto") else getattr(torch, prompt_cache_dtype)
+    tasks = ServedTasks(PromptCaches(backbone, budget, dtype))
     for path in sorted(p for p in root.iterdir() if p.is_dir()):
         if not (path / TASK_FILE).exists():
             continue

@@ -49,12 +49,18 @@ class TaskChange:
 class Service:
     """The model side: the loaded tasks and the batch handlers the worker calls."""
 
-    def __init__(self, backbone: Backbone, artifacts: str | Path, prompt_cache_mb: float | None = 768.0):
+    def __init__(
+        self,
+        backbone: Backbone,
+        artifacts: str | Path,
+        prompt_cache_mb: float | None = 768.0,
+        prompt_cache_dtype: str | None = None,
+    ):
         self.backbone = backbone
         self.artifacts = artifacts  # the folder whose sub-folders are the served tasks' artifacts
-        self.prompt_cache_mb = prompt_cache_mb
+        self.cache_budget = (prompt_cache_mb, prompt_cache_dtype)  # MB and dtype of kept prompt caches
         self.versions = TaskVersions(artifacts)  # candidates, and the folder's record of live versions
-        self.tasks: ServedTasks = load_tasks(artifacts, backbone, prompt_cache_mb, self.versions.live_folders())
+        self.tasks: ServedTasks = self._load_tasks()
         self.stream = GenerationStream(backbone)  # the server's running decoding batch
         # Tasks added (name -> path) or removed (name -> None) through the API: a reload re-reads
         # the folder beneath them, so they outlast it (not a restart). A change the watched folder
@@ -65,6 +71,10 @@ class Service:
 
     def serves(self, name: str) -> bool:
         return self.tasks.serves(name)
+
+    def _load_tasks(self) -> ServedTasks:
+        megabytes, dtype = self.cache_budget
+        return load_tasks(self.artifacts, self.backbone, megabytes, self.versions.live_folders(), dtype)
 
     def report_skipped(self) -> None:
         for name, reason in self.tasks.skipped.items():
@@ -189,7 +199,7 @@ class Service:
         """Re-read the artifacts folder, then apply the changes made through the API again: a task
         added through the API stays (read again from its path; listed in ``skipped`` if that no
         longer loads), and one removed through the API stays removed."""
-        self.tasks = load_tasks(self.artifacts, self.backbone, self.prompt_cache_mb, self.versions.live_folders())
+        self.tasks = self._load_tasks()
         self.versions.restore(self.tasks)
         for name, path in self.api_changes.items():
             outcome = self._apply(TaskChange(name, path))
