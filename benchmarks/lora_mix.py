@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from mixed_inference import stream_flags
 from server_load import write_results
 from train_speed import load_examples, synchronize
 
@@ -106,21 +107,9 @@ def main() -> None:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="smollm2-135m")
     parser.add_argument("--lora-tasks", type=int, default=100)
     parser.add_argument("--prompt-tasks", type=int, default=100)
-    parser.add_argument("--texts", type=int, default=512)
-    parser.add_argument("--soft", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32")
-    parser.add_argument(
-        "--texts-file", help='a JSONL file of {"text", "label"} rows (default: built-in Rotten Tomatoes)'
-    )
-    parser.add_argument("--check", type=int, default=64, help="texts run one at a time through both, to compare")
-    parser.add_argument("--out", default=str(RESULTS / "lora_mix.json"))
+    stream_flags(parser, 64, RESULTS / "lora_mix.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     theirs, mixed, peft_model, lora = build_ours(args)

@@ -98,10 +98,10 @@ def run_peft(peft_model, backbone, models, stream, batch: int) -> list[int]:
     return predictions
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def stream_flags(parser: argparse.ArgumentParser, check: int, out: Path) -> None:
+    """The flags of a benchmark that classifies a stream of mixed tasks against peft's (this one,
+    lora_mix.py): ``check`` texts also run one at a time to compare; results written to ``out``."""
     parser.add_argument("--backbone", default="smollm2-135m")
-    parser.add_argument("--tasks", type=int, default=8)
     parser.add_argument("--texts", type=int, default=512)
     parser.add_argument("--soft", type=int, default=20)
     parser.add_argument("--batch", type=int, default=32)
@@ -112,8 +112,14 @@ def main() -> None:
     parser.add_argument(
         "--texts-file", help='a JSONL file of {"text", "label"} rows (default: built-in Rotten Tomatoes)'
     )
-    parser.add_argument("--check", type=int, default=128, help="texts also run through peft one at a time")
-    parser.add_argument("--out", default=str(RESULTS / "mixed_inference.json"))
+    parser.add_argument("--check", type=int, default=check, help="texts also run through peft one at a time")
+    parser.add_argument("--out", default=str(out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=8)
+    stream_flags(parser, 128, RESULTS / "mixed_inference.json")
     args = parser.parse_args()
     backbone, models, mixed, stream, peft_model = build(args)
     ours = run_ours(mixed, stream, args.batch)

@@ -21,15 +21,14 @@ import asyncio
 import copy
 import random
 import re
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
 from capture_cost import FlaggedServer
-from server_load import TEXTS, classify_load_flags, summary, write_results
-from serving import prompts_dir
+from ray_serving import each_run, parsed
+from server_load import TEXTS, summary, write_results
 
 RESULTS = Path(__file__).parent / "results"
 REPLICA_HEADER = "x-softprompt-replica"
@@ -114,15 +113,10 @@ def run(args: argparse.Namespace, served: Path, routed: bool) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    classify_load_flags(parser)
-    parser.add_argument("--out", default=str(RESULTS / "ray_routing.json"))
-    args = parser.parse_args()
-    results: dict = {"setting": vars(args), "runs": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        served = prompts_dir(Path(args.artifact), args.tasks, Path(tmp))
-        for routed in (False, True):
-            results["runs"]["routed" if routed else "random"] = run(args, served, routed)
+    args = parsed("ray_routing.json")
+    results = each_run(
+        args, {"random": lambda served: run(args, served, False), "routed": lambda s: run(args, s, True)}
+    )
     runs = results["runs"]
     print(f"\n{args.tasks:,} tasks, 2 replicas x 1 thread, {args.prompt_cache_mb} MB of prompt caches each,")
     print(f"{args.clients} clients x 2 texts, {args.seconds:g} s after a warm-up sweep of every task\n")

@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -61,17 +63,28 @@ def run(args: argparse.Namespace, name: str, served: Path) -> dict:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parsed(out: str) -> argparse.Namespace:
+    """The flags of a many-task classification load on Ray (this script, ray_routing.py)."""
+    parser = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__.splitlines()[0])
     classify_load_flags(parser)
-    parser.add_argument("--out", default=str(RESULTS / "ray_serving.json"))
-    args = parser.parse_args()
+    parser.add_argument("--out", default=str(RESULTS / out))
+    return parser.parse_args()
+
+
+def each_run(args: argparse.Namespace, runs: dict[str, Callable[[Path], dict]]) -> dict:
+    """``{"setting", "runs": {name: run(folder)}}``, the folder holding ``args.tasks`` copies of
+    ``args.artifact`` as tasks."""
     results: dict = {"setting": vars(args), "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         served = prompts_dir(Path(args.artifact), args.tasks, Path(tmp))
-        for name in RUNS:
-            results["runs"][name] = run(args, name, served)
-    report(args, results)
+        for name, run_one in runs.items():
+            results["runs"][name] = run_one(served)
+    return results
+
+
+def main() -> None:
+    args = parsed("ray_serving.json")
+    report(args, each_run(args, {name: lambda served, name=name: run(args, name, served) for name in RUNS}))
 
 
 def report(args: argparse.Namespace, results: dict) -> None:

@@ -40,6 +40,7 @@ def classify_load_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt-cache-mb", type=float, help="the server's --prompt-cache-mb (default: its own)")
+    parser.add_argument("--prompt-cache-dtype", help="the server's --prompt-cache-dtype (default: its own)")
 
 
 TEXTS = ["a great movie", "dull and far too long", "the cast shines", "I want my money back", "fine, not great"]

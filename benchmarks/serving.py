@@ -63,6 +63,8 @@ class Server:
             command += ["--artifacts-root", str(root)]
         if args.prompt_cache_mb is not None:
             command += ["--prompt-cache-mb", str(args.prompt_cache_mb)]
+        if getattr(args, "prompt_cache_dtype", None):
+            command += ["--prompt-cache-dtype", args.prompt_cache_dtype]
         env = dict(os.environ)
         if args.src:
             env["PYTHONPATH"] = str(Path(args.src).resolve())
