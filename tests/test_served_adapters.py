@@ -48,6 +48,7 @@ def adapted(tmp_path_factory, tiny_llama_dir, served_tasks):
         ("prefix-cls", "prefix_tuning", classify),
         ("lora-gen", "lora", rewrite),
         ("ia3-gen", "ia3", rewrite),
+        ("prefix-gen", "prefix_tuning", rewrite),
     ]:
         assert main(["train", *task, f"method={method}", f"out={folder / name}", *common]) == 0
     bitfit = root / "refused" / "bitfit"
@@ -86,14 +87,17 @@ def test_lora_ia3_and_prefix_classifiers_share_a_batch_with_a_soft_prompt_and_an
     assert max(changed) > 1e-3
 
 
-def test_lora_and_ia3_generation_tasks_decode_as_their_own_models_in_one_batch(tiny_backbone, tiny_llama_dir, adapted):
+def test_lora_ia3_and_prefix_generation_tasks_decode_as_their_own_models_in_one_batch(
+    tiny_backbone, tiny_llama_dir, adapted
+):
     folder, _ = adapted
     service = Service(tiny_backbone, folder)
     text = PAIRS[0][0]
-    payloads = [GenerateRequest(task=task, prompt=text, max_new_tokens=4) for task in ("lora-gen", "polite", "ia3-gen")]
+    tasks = ("lora-gen", "polite", "ia3-gen", "prefix-gen")
+    payloads = [GenerateRequest(task=task, prompt=text, max_new_tokens=4) for task in tasks]
     together = generate(service, payloads)
     assert together == [generate(service, [payload])[0] for payload in payloads]
-    for task, answer in zip(("lora-gen", "ia3-gen"), (together[0], together[2]), strict=True):
+    for task, answer in zip(("lora-gen", "ia3-gen", "prefix-gen"), together[::2] + together[3:], strict=True):
         own, _ = load_model(folder / task, load_backbone(str(tiny_llama_dir)))  # peft's layers in its backbone
         settings = own.decoding.__class__(**{**own.decoding.__dict__, "max_new_tokens": 4, "do_sample": False})
         expected = decode(own.backbone, own.method, [own.encode_prompt({"text": text})], settings)[0]
@@ -116,6 +120,9 @@ def test_adapter_tasks_are_added_listed_and_methods_that_change_weights_refused(
         assert refused.status_code == 400 and "changes the backbone's own weights" in refused.json()["detail"]
         completion = client.post("/v1/completions", json={"model": "lora-gen", "prompt": "hi", "max_tokens": 3})
         assert completion.status_code == 200 and completion.json()["usage"]["completion_tokens"] <= 3
+        scored = {"model": "prefix-gen", "prompt": "hi", "max_tokens": 1, "logprobs": 1}
+        refused = client.post("/v1/completions", json=scored)
+        assert refused.status_code == 400 and "prefix-tuned" in refused.json()["error"]["message"]
 
 
 def test_echoed_logprobs_of_a_lora_task_are_its_own_models(tiny_backbone, tiny_llama_dir, adapted):

@@ -159,6 +159,25 @@ def prompt_cache(backbone: Backbone, prompts: Sequence[torch.Tensor]) -> tuple[l
     return [(layer.keys, layer.values) for layer in cache.layers], mask
 
 
+def prefixed(
+    backbone: Backbone, prefixes: Sequence[list[tuple[torch.Tensor, torch.Tensor]] | None], mask: torch.Tensor
+) -> tuple[DynamicCache | None, torch.Tensor, torch.Tensor]:
+    """Left-padded rows (``mask``) that continue their own key/value prefixes (prefix tuning's: per
+    layer ``[1, heads, n_i, dim]``; None: no prefix): the prefixes side by side as a cache, the
+    mask with their columns in front, and the rows' positions, continuing at ``n_i``
+    (as :meth:`LeadingContext.positions`). No prefix at all: no cache, the mask, plain positions."""
+    if all(p is None for p in prefixes):
+        return None, mask, positions(mask)
+    shape = next(p for p in prefixes if p is not None)
+    layers, before = [], mask
+    for layer, (k0, v0) in enumerate(shape):
+        keys, before = left_pad([p[layer][0][0] if p is not None else k0[0, :, :0] for p in prefixes], dim=1)
+        values, _ = left_pad([p[layer][1][0] if p is not None else v0[0, :, :0] for p in prefixes], dim=1)
+        layers.append((keys, values))
+    cache = DynamicCache(layers, config=backbone.model.config)
+    return cache, torch.cat([before, mask], dim=1), positions(mask, before.sum(1, keepdim=True))
+
+
 def gather_cache(backbone: Backbone, layers: list, index: torch.Tensor) -> DynamicCache:
     """A cache whose row ``i`` is row ``index[i]`` of per-layer ``(keys, values)``."""
     return DynamicCache([(k[index], v[index]) for k, v in layers], config=backbone.model.config)

@@ -1,21 +1,20 @@
 """Continuous batching: one decoding batch that requests join and leave between steps.
 
-A server keeps one :class:`RunningBatch`. A new request is pre-filled (its soft prompt and text
-run once, the cache repeated for its samples) and joins the batch at the next step boundary; a
-request whose samples are all finished leaves at once and frees its rows, so a short generation
-never waits behind a long one and no row idles until the longest ends.
+A server keeps one :class:`RunningBatch`. A new request is pre-filled (its soft prompt and text run once, the
+cache repeated for its samples) and joins at the next step; a finished one leaves at once and frees its rows, so
+a short generation never waits behind a long one and no row idles until the longest ends.
 
-Each request keeps its own soft prompt, settings and random generator, and its samples draw
-together, so what it gets does not depend on what shared the batch or when it joined.
+Each request keeps its own soft prompt, settings and random generator, and its samples draw together, so what it
+gets does not depend on what shared the batch or when it joined.
 
-It is the one sampling loop: detoxification's steered sampling (:func:`sample_continuations`)
-runs through it too, a request then being several rows per sample (a steering's variants)
-whose logits combine into one draw. transformers' ``generate`` decodes the rest (beam search,
-soft tokens inside the template, prefix tuning: :mod:`softprompt.generation.decode`).
+It is the one sampling loop: detoxification's steered sampling (:func:`sample_continuations`) runs through it
+too, a request then being several rows per sample (a steering's variants) whose logits combine into one draw.
+transformers' ``generate`` decodes the rest (beam search, soft tokens inside the template:
+:mod:`softprompt.generation.decode`).
 
-transformers 5 has continuous batching of its own (``generate_batch``, paged attention), but it
-takes token ids only: no soft prompts as input embeddings, and no per-request generator. Hence
-this small scheduler over public APIs (``inputs_embeds``, ``past_key_values``, ``DynamicCache``).
+transformers 5 has continuous batching of its own (``generate_batch``, paged attention), but it takes token ids
+only: no soft prompts as input embeddings, and no per-request generator. Hence this small scheduler over public
+APIs (``inputs_embeds``, ``past_key_values``, ``DynamicCache``).
 """
 
 from __future__ import annotations
@@ -125,17 +124,18 @@ class RunningBatch:
         Each variant of each request runs once; its cache is repeated for the request's samples."""
         if not requests:
             return
-        prompts, counts, adapted = [], [], []
+        prompts, counts, adapted, prefixes = [], [], [], []
         for _, request in requests:
             for variant in request.variants():
                 prompts.append((variant.soft, prompt_ids(self.backbone, request.prompt, variant.text_prefix)))
                 counts.append(request.samples)
                 adapted.append(request.row_adapter)
+                prefixes.append(request.prefix)
         embeds, mask = core.embed_rows(self.backbone, prompts)
-        positions = core.positions(mask)
+        past, mask, positions = core.prefixed(self.backbone, prefixes, mask)  # prefix tuning's rows
         with self.adapters.selected(adapted):
             logits, cache = core.next_token_logits(
-                self.backbone, inputs_embeds=embeds, attention_mask=mask, position_ids=positions
+                self.backbone, inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=past
             )
         repeat = torch.repeat_interleave(torch.arange(len(prompts)), torch.tensor(counts)).to(self.backbone.device)
         layers = [(layer.keys[repeat], layer.values[repeat]) for layer in cache.layers]

@@ -136,6 +136,7 @@ class SampleRequest:
     stop: tuple[str, ...] = ()  # a sample ends once its text contains one of these
     steering: Steering | None = None  # rows combined into one distribution (detox); None: the soft prompt's row
     row_adapter: RowAdapter | None = None  # a LoRA or IA3 task's weights, applied to this request's rows
+    prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # prefix tuning's keys/values, per layer
 
     def variants(self) -> list[Variant]:
         """The rows each sample runs as: the steering's, else one (the soft prompt, if any)."""

@@ -229,12 +229,17 @@ def _load(path: Path, backbone: Backbone) -> PromptedClassifier | Writer:
 def writer_of(model: PromptedGenerator, path: Path) -> Writer:
     """A served writer for a generation artifact whose soft tokens (if any) lead its template."""
     template = model.template
-    if model.method.prefix_length() or template.leading_soft != template.num_soft:
+    if template.leading_soft != template.num_soft:
         raise SoftpromptError(
-            f"{path}: a served writer's soft tokens must lead its template (no prefix tuning, no soft "
-            "tokens inside the text); use `softprompt generate` for this artifact"
+            f"{path}: a served writer's soft tokens must lead its template (no soft tokens inside the "
+            "text); use `softprompt generate` for this artifact"
         )
-    soft = model.method.soft_embeddings()
+    soft, prefix, dtype = model.method.soft_embeddings(), None, model.backbone.placement.dtype
     if soft is not None:
-        soft = soft.detach().to(dtype=model.backbone.placement.dtype)
-    return Writer(soft, template, model.demonstrations, model.decoding, model.chooser, model.row_adapter)
+        soft = soft.detach().to(dtype=dtype)
+    if model.method.prefix_length():  # prefix tuning: every row of the task continues its prefixes
+        prefix = [
+            (layer.keys.detach().to(dtype), layer.values.detach().to(dtype))
+            for layer in model.method.prefix_cache(1).layers
+        ]
+    return Writer(soft, template, model.demonstrations, model.decoding, model.chooser, model.row_adapter, prefix)

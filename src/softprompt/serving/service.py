@@ -158,11 +158,18 @@ class Service:
     def score(self, jobs: list[ScoreJob]) -> list[Scored | UnknownTask]:
         """Token log-probabilities of texts after their tasks' soft prompts (``logprobs``, ``echo``)."""
         served = self.tasks.writers
-        adapters = self.stream.batch.adapters
-        return [
-            score_job(self.backbone, j, served[j.task], adapters) if j.task in served else UnknownTask(j.task)
-            for j in jobs
-        ]
+        out: list[Scored | UnknownTask | SoftpromptError] = []
+        for job in jobs:
+            try:
+                known = job.task in served
+                out.append(
+                    score_job(self.backbone, job, served[job.task], self.stream.batch.adapters)
+                    if known
+                    else UnknownTask(job.task)
+                )
+            except SoftpromptError as exc:  # this job's own (a prefix-tuned task): the others are answered
+                out.append(exc)
+        return out
 
     def change_tasks(self, changes: list[TaskChange]) -> list[dict[str, Any] | Exception]:
         """Add, replace (a path given) or remove (none) tasks. It runs in the worker between

@@ -17,6 +17,7 @@ import torch
 
 from softprompt.backbones import Backbone
 from softprompt.config import GenConfig
+from softprompt.errors import SoftpromptError
 from softprompt.generation.running import Member, RunningBatch
 from softprompt.generation.sampling import Prompt, SampleRequest
 from softprompt.generation.scoring import TokenScores, score_tokens, split_special
@@ -49,6 +50,7 @@ class Writer:
     defaults: GenConfig = field(default_factory=GenConfig)
     chooser: SimilarDemonstrations | None = None  # few-shot pairs chosen per request instead
     row_adapter: RowAdapter | None = None  # a LoRA or IA3 task's weights, applied to its rows
+    prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # prefix tuning's keys/values, per layer
 
     def render(self, prompt: Prompt, tokenizer: Any = None) -> Prompt:
         """What the model reads after the soft prompt: a text rendered by the template; token ids
@@ -113,6 +115,8 @@ class Scored:
 def score_job(backbone: Backbone, job: ScoreJob, writer: Writer, adapters: RowAdapters) -> Scored:
     """The log-probabilities a :class:`ScoreJob` asks for, from one forward pass (``adapters``:
     the hooks that apply the writer's LoRA or IA3 weights, if it has some)."""
+    if writer.prefix is not None:
+        raise SoftpromptError(f"task '{job.task}' is prefix-tuned: logprobs and echo are not served for it yet")
     rendered = job.prompt if job.rendered else writer.render(job.prompt, backbone.tokenizer)
     if isinstance(rendered, str):
         lead, prompt_ids = split_special(backbone, rendered)
@@ -140,6 +144,7 @@ def sample_request(job: WriteJob, writer: Writer | None, tokenizer: Any = None) 
         job.seed,
         job.stop,
         row_adapter=writer.row_adapter if writer is not None else None,
+        prefix=writer.prefix if writer is not None else None,
     )
 
 
