@@ -168,14 +168,24 @@ def prefixed(
     (as :meth:`LeadingContext.positions`). No prefix at all: no cache, the mask, plain positions."""
     if all(p is None for p in prefixes):
         return None, mask, positions(mask)
-    shape = next(p for p in prefixes if p is not None)
-    layers, before = [], mask
-    for layer, (k0, v0) in enumerate(shape):
-        keys, before = left_pad([p[layer][0][0] if p is not None else k0[0, :, :0] for p in prefixes], dim=1)
-        values, _ = left_pad([p[layer][1][0] if p is not None else v0[0, :, :0] for p in prefixes], dim=1)
-        layers.append((keys, values))
+    layers, before = kv_side_by_side(prefixes)
     cache = DynamicCache(layers, config=backbone.model.config)
     return cache, torch.cat([before, mask], dim=1), positions(mask, before.sum(1, keepdim=True))
+
+
+def kv_side_by_side(
+    rows: Sequence[list[tuple[torch.Tensor, torch.Tensor]] | None],
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """Rows' own keys and values (per layer ``[1, heads, n_i, dim]``; None: nothing) side by side,
+    left-padded along the length to the longest, and their ``[rows, width]`` mask. Needs one row
+    that is not None."""
+    shape = next(row for row in rows if row is not None)
+    layers, mask = [], None
+    for layer, (k0, v0) in enumerate(shape):
+        keys, mask = left_pad([row[layer][0][0] if row is not None else k0[0, :, :0] for row in rows], dim=1)
+        values, _ = left_pad([row[layer][1][0] if row is not None else v0[0, :, :0] for row in rows], dim=1)
+        layers.append((keys, values))
+    return layers, mask
 
 
 def gather_cache(backbone: Backbone, layers: list, index: torch.Tensor) -> DynamicCache:

@@ -133,15 +133,9 @@ class PromptCaches:
 
     def _side_by_side(self, entries: list[_Entry]) -> tuple[Layers, torch.Tensor]:
         """Needs one non-empty entry (a batch where every prompt is empty has no cache at all)."""
-        shape = next(entry for entry in entries if entry.length).layers
-        layers, mask = [], None
-        for layer, (k0, v0) in enumerate(shape):
-            # One prompt's keys and values are [1, heads, length, head_dim]: padded on the left along length.
-            keys, mask = core.left_pad([e.layers[layer][0][0] if e.length else k0[0, :, :0] for e in entries], dim=1)
-            values, _ = core.left_pad([e.layers[layer][1][0] if e.length else v0[0, :, :0] for e in entries], dim=1)
-            dtype = self.backbone.placement.dtype  # kept in self.dtype, computed with in the backbone's
-            layers.append((keys.to(dtype), values.to(dtype)))
-        return layers, mask
+        layers, mask = core.kv_side_by_side([entry.layers if entry.length else None for entry in entries])
+        dtype = self.backbone.placement.dtype  # kept in self.dtype, computed with in the backbone's
+        return [(keys.to(dtype), values.to(dtype)) for keys, values in layers], mask
 
     def _trim(self) -> None:
         if self.max_bytes is None:
