@@ -32,8 +32,8 @@ from pathlib import Path
 
 import httpx
 
+from served import Server, prompts_dir
 from server_load import classify_load_flags, client_loop, free_port, summary, wait_until_ready
-from serving import Server, prompts_dir
 
 RESULTS = Path(__file__).parent / "results"
 TEXTS_PER_REQUEST = 2

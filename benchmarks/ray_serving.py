@@ -25,8 +25,8 @@ from pathlib import Path
 import httpx
 
 from capture_cost import FlaggedServer
+from served import prompts_dir
 from server_load import classify_load_flags, client_loop, summary, write_results
-from serving import prompts_dir
 
 RESULTS = Path(__file__).parent / "results"
 REPLICA_HEADER = "x-softprompt-replica"

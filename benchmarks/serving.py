@@ -23,6 +23,9 @@
    it, against all on 1 copy: generated tokens/s. Every row of the decoding batch carries its
    own soft prompt, so this should cost next to nothing.
 
+6. Mixed load: half the clients classify and half generate (64 tokens) at once, against each
+   half alone: classification p99 and generated tokens/s, together over alone.
+
 ``--src DIR`` runs the server from another source tree (e.g. a worktree of an older commit),
 so a before/after comparison uses the same load generator.
 """
@@ -32,74 +35,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import random
-import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from server_load import classify_load_flags, client_loop, free_port, summary, wait_until_ready
+from served import Server, generation_client, prompts_dir
+from server_load import classify_load_flags, client_loop, summary
 
 RESULTS = Path(__file__).parent / "results"
 CHANGERS = 6  # concurrent add-ask-replace-remove cycles in the live-changes phase (100 in 60 s)
-
-
-class Server:
-    """``softprompt serve`` in a subprocess, ready when /healthz answers."""
-
-    def __init__(self, args: argparse.Namespace, prompts: Path, roots: tuple[Path, ...] = ()):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        # --prompts: the flag's first name, which --src trees from before the rename know too
-        command = [sys.executable, "-m", "softprompt", "serve", "--backbone", args.backbone, "--prompts", str(prompts)]
-        command += ["--port", str(self.port), "--threads", str(args.threads), "--queue-size", "256"]
-        for root in roots:  # folders besides the served one that POST /v1/tasks/{name} may name
-            command += ["--artifacts-root", str(root)]
-        if args.prompt_cache_mb is not None:
-            command += ["--prompt-cache-mb", str(args.prompt_cache_mb)]
-        if getattr(args, "prompt_cache_dtype", None):
-            command += ["--prompt-cache-dtype", args.prompt_cache_dtype]
-        env = dict(os.environ)
-        if args.src:
-            env["PYTHONPATH"] = str(Path(args.src).resolve())
-        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-        self.ready_s = wait_until_ready(self.base)  # from the process's start: loading included
-
-    def rss_mb(self) -> dict[str, float]:
-        fields = {}
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                fields[name] = int(value.split()[0]) / 1024
-        return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
-
-    def batch_rows(self, kind: str = "classify") -> dict[str, float]:
-        """Model calls of ``kind`` so far and their mean rows, from the server's /metrics."""
-        totals = {}
-        for line in httpx.get(f"{self.base}/metrics").text.splitlines():
-            for what in ("sum", "count"):
-                if line.startswith(f'softprompt_batch_rows_{what}{{kind="{kind}"}}'):
-                    totals[what] = float(line.split()[-1])
-        calls = totals.get("count", 0.0)
-        return {"model_calls": calls, "mean_batch_rows": totals.get("sum", 0.0) / calls if calls else 0.0}
-
-    def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=60)
-
-
-def prompts_dir(artifact: Path, count: int, root: Path) -> Path:
-    folder = root / f"tasks-{count}"
-    folder.mkdir(parents=True)
-    for i in range(count):
-        shutil.copytree(artifact, folder / f"task{i:05d}", ignore=shutil.ignore_patterns("checkpoint", "*.png"))
-    return folder
 
 
 def classify(args: argparse.Namespace, folder: Path) -> dict:
@@ -130,23 +77,18 @@ def generate(args: argparse.Namespace, folder: Path, lengths: tuple[int, int], t
     try:
         tasks = [t["name"] for t in httpx.get(f"{server.base}/v1/tasks").json()["tasks"]] if tasked else [None]
 
-        async def client_run(client: httpx.AsyncClient, until: float, seed: int, counts: list) -> None:
-            rng = random.Random(seed)
-            while time.perf_counter() < until:
-                body = {"prompt": "Once upon a time", "max_new_tokens": rng.randint(*lengths)}
-                body |= {"temperature": 0.7, "seed": rng.randrange(10**6), "task": rng.choice(tasks)}
-                answer = await client.post("/v1/generate", json=body)
-                if answer.status_code == 200:
-                    text = answer.json()["completions"][0]
-                    counts.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
-
         async def run() -> dict:
             counts: list[int] = []
             limits = httpx.Limits(max_connections=args.clients)
             async with httpx.AsyncClient(base_url=server.base, timeout=600, limits=limits) as client:
                 start = time.perf_counter()
                 until = start + args.seconds
-                await asyncio.gather(*(client_run(client, until, i, counts) for i in range(args.clients)))
+                await asyncio.gather(
+                    *(
+                        generation_client(client, until, i, counts, lengths, tasks, tokenizer)
+                        for i in range(args.clients)
+                    )
+                )
                 elapsed = time.perf_counter() - start
             return {"requests": len(counts), "tokens": sum(counts), "tokens_per_second": sum(counts) / elapsed}
 
@@ -273,12 +215,52 @@ def live_changes(args: argparse.Namespace, folder: Path, artifact: Path, changes
         server.close()
 
 
+def mixed_load(args: argparse.Namespace, folder: Path, tokenizer) -> dict:
+    """Phase 6: half the clients classify (2 texts, the folder's tasks) and half generate (the
+    plain model, 64 tokens) at once, against each half alone, on one server."""
+    server = Server(args, folder)
+    try:
+        tasks = [t["name"] for t in httpx.get(f"{server.base}/v1/tasks").json()["tasks"]]
+        half = max(args.clients // 2, 1)
+
+        async def phase(classifying: bool, generating: bool) -> dict:
+            log: list = []
+            counts: list[int] = []
+            limits = httpx.Limits(max_connections=2 * half)
+            async with httpx.AsyncClient(base_url=server.base, timeout=600, limits=limits) as client:
+                start = time.perf_counter()
+                until = start + args.seconds
+                await asyncio.gather(
+                    *(
+                        client_loop(client, tasks, until, i, log, texts=(2, 2))
+                        for i in range(half if classifying else 0)
+                    ),
+                    *(
+                        generation_client(client, until, 100 + i, counts, (64, 64), [None], tokenizer)
+                        for i in range(half if generating else 0)
+                    ),
+                )
+                elapsed = time.perf_counter() - start
+            out = {"classify": summary(log, args.seconds)} if classifying else {}
+            return out | ({"tokens_per_second": sum(counts) / elapsed} if generating else {})
+
+        return {
+            "classify_alone": asyncio.run(phase(True, False)),
+            "generate_alone": asyncio.run(phase(False, True)),
+            "together": asyncio.run(phase(True, True)),
+        }
+    finally:
+        server.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     classify_load_flags(parser)
     parser.add_argument("--src", help="run the server from this source tree (PYTHONPATH)")
     parser.add_argument("--gen-artifact", help="a generation artifact with a leading soft prompt (phase 5)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["classify", "generate", "short", "live", "gentasks"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["classify", "generate", "short", "live", "gentasks", "mixed"]
+    )
     parser.add_argument("--out", default=str(RESULTS / "serving.json"))
     args = parser.parse_args()
     from transformers import AutoTokenizer
@@ -299,6 +281,8 @@ def main() -> None:
             results["generate_8_to_128"] = generate(args, one, (8, 128), tokenizer)
         if "short" not in args.skip:
             results["short_behind_long"] = short_behind_long(args, one)
+        if "mixed" not in args.skip:
+            results["mixed_load"] = mixed_load(args, one, tokenizer)
         if "live" not in args.skip:
             many = root / f"tasks-{args.tasks}"
             many = many if many.exists() else prompts_dir(Path(args.artifact), args.tasks, root)
@@ -361,6 +345,18 @@ def report(args: argparse.Namespace, results: dict) -> None:
             f"{r['new_task_answered_max_s']:.2f} s max after the POST was sent, "
             f"{r['new_task_answered_after_added_median_s']:.2f} s median after it was answered "
             f"(every request's p50 under this load: {r['p50_ms'] / 1000:.2f} s)"
+        )
+    if "mixed_load" in results:
+        r = results["mixed_load"]
+        alone, together = r["classify_alone"]["classify"], r["together"]["classify"]
+        gen, gen_alone = r["together"]["tokens_per_second"], r["generate_alone"]["tokens_per_second"]
+        p99, tokens = together["p99_ms"] / alone["p99_ms"], gen / gen_alone
+        results.setdefault("ratios", {}).update(mixed_classify_p99=p99, mixed_generate_tokens=tokens)
+        print(
+            f"\nmixed load, {args.clients // 2} classifying + {args.clients // 2} generating clients: classify p99 "
+            f"{together['p99_ms']:.0f} vs {alone['p99_ms']:.0f} ms alone ({p99:.2f}x), req/s "
+            f"{together['requests_per_second']:.1f} vs {alone['requests_per_second']:.1f}; generated tokens/s "
+            f"{gen:.1f} vs {gen_alone:.1f} alone ({tokens:.2f}x)"
         )
     if "generate_100_tasks" in results:
         tokens_ratio(results, "generation_tasks", "generate_100_tasks", "generate_1_task", "100 tasks vs 1 task")

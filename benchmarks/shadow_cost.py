@@ -27,8 +27,8 @@ from pathlib import Path
 import httpx
 
 from capture_cost import POSTERS, FlaggedServer, post_candidates
+from served import prompts_dir
 from server_load import classify_load_flags, client_loop, summary, write_results
-from serving import prompts_dir
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {"one": 0.95, "every": 0.5}  # the issue's: one shadow of many costs nothing; every task's, its rows

@@ -180,8 +180,9 @@ def generate(service, payloads: list) -> list[list[str]]:
     from softprompt.serving.writing import GenerationStream
 
     jobs = [p.job() if isinstance(p, GenerateRequest) else p for p in payloads]
-    stream = GenerationStream(service.backbone)
-    stream.admit(list(enumerate(jobs)), service.tasks.writers)
+    stream = GenerationStream(service.backbone)  # no prompt caches: soft prompts run with their texts
+    everything = 10**9  # every prompt read whole, in one forward pass
+    stream.prefill([(key, job, everything) for key, job in enumerate(jobs)], service.tasks.writers, everything)
     results: dict = {}
     while stream.rows:
         results.update(stream.advance(1))  # alone, nothing waits between slices

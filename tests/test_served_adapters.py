@@ -18,6 +18,7 @@ from softprompt.cli import main
 from softprompt.generation.decode import decode
 from softprompt.serving.app import GenerateRequest, ServeSettings, Service, create_app
 from softprompt.serving.requests import ClassifyRequest
+from softprompt.serving.writing import writer_cache_key
 from softprompt.tasks.loading import load_model
 
 from .conftest import NEGATIVE, POSITIVE, write_jsonl
@@ -120,20 +121,56 @@ def test_adapter_tasks_are_added_listed_and_methods_that_change_weights_refused(
         assert refused.status_code == 400 and "changes the backbone's own weights" in refused.json()["detail"]
         completion = client.post("/v1/completions", json={"model": "lora-gen", "prompt": "hi", "max_tokens": 3})
         assert completion.status_code == 200 and completion.json()["usage"]["completion_tokens"] <= 3
-        scored = {"model": "prefix-gen", "prompt": "hi", "max_tokens": 1, "logprobs": 1}
-        refused = client.post("/v1/completions", json=scored)
-        assert refused.status_code == 400 and "prefix-tuned" in refused.json()["error"]["message"]
 
 
-def test_echoed_logprobs_of_a_lora_task_are_its_own_models(tiny_backbone, tiny_llama_dir, adapted):
+def test_echoed_logprobs_of_lora_and_prefix_tasks_are_their_own_models(tiny_backbone, tiny_llama_dir, adapted):
     folder, _ = adapted
     settings = ServeSettings(max_wait_ms=1)
     with TestClient(create_app(Service(tiny_backbone, folder), settings)) as client:
-        body = {"model": "lora-gen", "prompt": "you are", "max_tokens": 0, "echo": True, "logprobs": 1}
-        answer = client.post("/v1/completions", json=body).json()["choices"][0]
-    own, _ = load_model(folder / "lora-gen", load_backbone(str(tiny_llama_dir)))
-    ids = own.backbone.tokenizer(answer["text"])["input_ids"]
+        answers = {}
+        for task in ("lora-gen", "prefix-gen"):
+            body = {"model": task, "prompt": "you are", "max_tokens": 0, "echo": True, "logprobs": 1}
+            answers[task] = client.post("/v1/completions", json=body).json()["choices"][0]
+    own, _ = load_model(folder / "lora-gen", load_backbone(str(tiny_llama_dir)))  # peft's layers injected
+    ids = own.backbone.tokenizer(answers["lora-gen"]["text"])["input_ids"]
     with torch.no_grad():
         logp = own.backbone.model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
     expected = [logp[i - 1, token].item() for i, token in enumerate(ids) if i > 0]
-    assert answer["logprobs"]["token_logprobs"][1:] == pytest.approx(expected, abs=1e-4)
+    assert answers["lora-gen"]["logprobs"]["token_logprobs"][1:] == pytest.approx(expected, abs=1e-4)
+    # The prefix-tuned task: its own model continues its prefix (keys and values: no position
+    # predicts the first token, as without a prompt).
+    own, _ = load_model(folder / "prefix-gen", load_backbone(str(tiny_llama_dir)))
+    ids = own.backbone.tokenizer(answers["prefix-gen"]["text"])["input_ids"]
+    n = own.method.prefix_length()
+    with torch.no_grad():
+        logits = own.backbone.model(
+            input_ids=torch.tensor([ids]),
+            attention_mask=torch.ones(1, n + len(ids), dtype=torch.long),
+            position_ids=torch.arange(n, n + len(ids)).unsqueeze(0),
+            past_key_values=own.method.prefix_cache(1),
+        ).logits[0]
+    logp = logits.float().log_softmax(-1)
+    expected = [logp[i - 1, token].item() for i, token in enumerate(ids) if i > 0]
+    served = answers["prefix-gen"]["logprobs"]["token_logprobs"]
+    assert served[0] is None and served[1:] == pytest.approx(expected, abs=1e-4)
+
+
+def test_long_prompts_read_in_chunks_decode_as_read_whole_for_every_adapter_kind(tiny_backbone, adapted):
+    """A token budget of 6 per step: every prompt here is read a chunk per step, beside rows that
+    decode; soft prompts come from the prompt caches. Each answer is the one read whole."""
+    import concurrent.futures
+
+    folder, _ = adapted
+    service = Service(tiny_backbone, folder)
+    text = " ".join(PAIRS[0][0] for _ in range(3))
+    tasks = ("lora-gen", "polite", "ia3-gen", "prefix-gen", None)
+    payloads = [GenerateRequest(task=task, prompt=text, max_new_tokens=5, temperature=0) for task in tasks]
+    expected = [generate(service, [payload])[0][0] for payload in payloads]
+    app = create_app(service, ServeSettings(max_wait_ms=1, token_budget=6))
+    with TestClient(app) as client, concurrent.futures.ThreadPoolExecutor(len(payloads)) as pool:
+        answers = list(pool.map(lambda p: client.post("/v1/generate", json=p.model_dump()), payloads))
+    assert [a.status_code for a in answers] == [200] * len(payloads)
+    assert [a.json()["completions"][0] for a in answers] == expected
+    assert len(service.backbone.tokenizer(text)["input_ids"]) > 6  # so each was read in chunks
+    caches = service.tasks.prompt_caches
+    assert writer_cache_key("polite") in caches and caches.hits >= 1  # its soft prompt was read from there

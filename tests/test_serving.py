@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
@@ -17,11 +16,10 @@ from softprompt.detox.steering import Steering
 from softprompt.errors import SoftpromptError
 from softprompt.generation.running import sample_continuations
 from softprompt.serving.app import GenerateRequest, ServeSettings, Service, create_app
-from softprompt.serving.batcher import Batcher, Continuous, QueueFull
 from softprompt.tasks.classification.mixed import MixedPromptClassifier, classify_mixed
 from softprompt.tasks.classification.model import label_probabilities
 
-from .helpers import EXAMPLES, async_wait_until, classifier, generate, slowed_generation, wait_until
+from .helpers import EXAMPLES, classifier, generate, slowed_generation, wait_until
 from .test_continual import _train_prompt
 from .test_detox import write_paradetox
 
@@ -141,122 +139,6 @@ def test_mixed_batches_refuse_layer_changing_methods(tiny_llama_dir):
     lora = classifier(load_backbone(str(tiny_llama_dir)), "Review: {text} Sentiment:", method="lora")
     with pytest.raises(SoftpromptError, match="changes the backbone's layers"):
         MixedPromptClassifier({"lora": lora})
-
-
-# ---- the batcher -------------------------------------------------------------------------------
-
-
-def test_jobs_arriving_together_share_one_call():
-    calls = []
-
-    def handler(payloads):
-        calls.append(list(payloads))
-        return [p * 10 for p in payloads]
-
-    async def scenario():
-        batcher = Batcher({"x": handler}, queue_size=8, max_batch=8, max_wait=0.05)
-        batcher.start()
-        results = await asyncio.gather(*(batcher.submit("x", i) for i in range(5)))
-        await batcher.stop()
-        return results
-
-    assert asyncio.run(scenario()) == [0, 10, 20, 30, 40]
-    assert calls == [[0, 1, 2, 3, 4]]
-
-
-def test_urgent_jobs_run_before_the_batches_already_waiting():
-    order, running = [], threading.Event()
-
-    def slow(payloads):
-        order.extend(payloads)
-        running.set()
-        time.sleep(0.05)  # the batch the urgent job arrives during
-        return payloads
-
-    def change(payloads):
-        order.extend(payloads)
-        return payloads
-
-    async def scenario():
-        batcher = Batcher({"x": slow, "t": change}, max_batch=1, max_wait=0, urgent=frozenset({"t"}))
-        batcher.start()
-        waiting = [asyncio.ensure_future(batcher.submit("x", f"x{i}")) for i in range(4)]
-        await async_wait_until(running.is_set, "x0 to run (x1..x3 wait)")
-        await batcher.submit("t", "t")
-        await asyncio.gather(*waiting)
-        await batcher.stop()
-
-    asyncio.run(scenario())
-    assert order.index("t") <= 2, order  # after the batch running when it came, not after the queue
-
-
-def test_decoding_advances_a_token_at_a_time_unless_other_jobs_wait():
-    """A slice is one token while only decoding is queued (a finished job answered at the next
-    step), ``busy_slice`` tokens while another kind of job waits for the worker."""
-    slices, left = [], {}
-
-    def admit(jobs):
-        left.update((key, tokens) for key, tokens in jobs)
-        return {}
-
-    def advance(steps):
-        slices.append(steps)
-        time.sleep(0.01)
-        for key in left:
-            left[key] -= steps
-        done = {key: "done" for key, tokens in left.items() if tokens <= 0}
-        for key in done:
-            del left[key]
-        return done
-
-    def drop(keys):
-        for key in keys:
-            left.pop(key, None)
-
-    def classify(payloads):
-        return payloads
-
-    async def scenario():
-        generate = Continuous(admit, advance, drop, lambda job: 1)
-        batcher = Batcher({"g": generate, "c": classify}, max_batch=8, max_wait=0, busy_slice=4)
-        batcher.start()
-        alone = await batcher.submit("g", 3)
-        assert alone == "done" and slices == [1, 1, 1]
-        slices.clear()
-        running = asyncio.ensure_future(batcher.submit("g", 40))
-        await async_wait_until(lambda: slices, "the generation to decode its first slice")
-        classified = [batcher.submit("c", i) for i in range(3)]
-        assert await asyncio.gather(*classified) == [0, 1, 2]
-        await running
-        await batcher.stop()
-
-    asyncio.run(scenario())
-    assert slices[0] == 1 and 4 in slices and slices[-1] == 1, slices
-
-
-def test_a_full_queue_refuses_at_once_and_recovers():
-    held, release = threading.Event(), threading.Event()
-
-    def slow(payloads):
-        held.set()
-        release.wait(5)
-        return payloads
-
-    async def scenario():
-        batcher = Batcher({"x": slow}, queue_size=1, max_batch=1, max_wait=0)
-        batcher.start()
-        first = asyncio.ensure_future(batcher.submit("x", 1))
-        await async_wait_until(held.is_set, "the worker to hold the first job")
-        second = asyncio.ensure_future(batcher.submit("x", 2))  # waits in the queue
-        await async_wait_until(lambda: batcher.queue.qsize() == 1, "the second job to wait in the queue")
-        with pytest.raises(QueueFull):
-            await batcher.submit("x", 3)
-        release.set()
-        done = [await first, await second, await batcher.submit("x", 4)]
-        await batcher.stop()
-        return done
-
-    assert asyncio.run(scenario()) == [1, 2, 4]
 
 
 # ---- the HTTP API ------------------------------------------------------------------------------
@@ -498,7 +380,9 @@ def test_metrics_count_requests_tokens_batches_and_prompt_caches(client):
     assert sample(text, "softprompt_time_to_first_token_seconds_count", task="polite") == 1
     assert sample(text, "softprompt_batch_rows_sum", kind="classify") == 4
     assert sample(text, "softprompt_prompt_cache_misses_total") == 0  # computed when the server started
-    assert sample(text, "softprompt_prompt_cache_hits_total") == 2  # both batches found it kept
+    # Both batches found the classifier's kept, and the generation its task's soft prompt: one
+    # store of prompt caches for every kind of task, all warmed at start.
+    assert sample(text, "softprompt_prompt_cache_hits_total") == 3
     assert sample(text, "softprompt_queue_depth") == 0 and sample(text, "softprompt_tasks") == 3
     logged = [__import__("json").loads(line) for line in kept.lines]
     assert {"route": route, "task": "unknown", "status": 404} == {k: logged[2][k] for k in ("route", "task", "status")}

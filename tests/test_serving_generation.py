@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,12 +15,14 @@ from safetensors import safe_open
 
 from softprompt.backbones import load_backbone
 from softprompt.cli import main
+from softprompt.core.prompt_caches import PromptCaches
 from softprompt.errors import SoftpromptError
 from softprompt.generation.decode import decode
 from softprompt.generation.running import RunningBatch
+from softprompt.generation.sampling import prompt_ids
 from softprompt.serving.app import GenerateRequest, ServeSettings, Service, create_app
 from softprompt.serving.vllm import input_embeddings, vllm_completion_request
-from softprompt.serving.writing import WriteJob, sample_request, visible_text
+from softprompt.serving.writing import WriteJob, sample_request, visible_text, writer_cache_key
 from softprompt.tasks.classification.model import label_probabilities
 from softprompt.tasks.loading import load_model
 
@@ -336,7 +339,7 @@ def test_generation_embeddings_give_our_next_token_logits(service, served_dir):
     (embeds,) = input_embeddings(model, [text])
     batch = RunningBatch(service.backbone)
     batch.admit([("one", sample_request(WriteJob("polite", text), service.tasks.writers["polite"]))])
-    assert torch.allclose(_next_token_logits(service.backbone, embeds), batch.rows.logits[0].cpu(), atol=1e-5)
+    assert torch.allclose(_next_token_logits(service.backbone, embeds), batch.logits[0].cpu(), atol=1e-5)
     body = vllm_completion_request(model, text, "my-model", max_tokens=8)
     sent = torch.load(io.BytesIO(base64.b64decode(body["prompt_embeds"])), weights_only=True)
     assert body["model"] == "my-model" and body["max_tokens"] == 8 and torch.equal(sent, embeds)
@@ -501,3 +504,27 @@ def test_openai_fields_max_completion_tokens_include_usage_and_ignored_ones(open
         tokenizer.chat_template = None
     ignored = [line for line in lines if line.startswith("ignored request fields")]
     assert ignored == ["ignored request fields (not implemented by this server): user"]
+
+
+def test_a_prompt_read_in_chunks_or_after_a_cached_soft_prompt_samples_what_it_samples_read_whole(service):
+    """The same seeded samples whether the prompt is read whole, a few tokens per step while
+    another request decodes, or after its soft prompt's keys and values from the prompt caches."""
+    text = " ".join(PAIRS[0][0] for _ in range(2))
+    sampled = _request(service, "polite", text, max_new_tokens=6, temperature=0.9, top_p=0.9, samples=2, seed=3)
+    whole = _alone(service, sampled)
+    ids = prompt_ids(service.backbone, sampled.prompt)
+    cached = replace(sampled, prompt=ids, prompt_key=writer_cache_key("polite"))
+    caches = PromptCaches(service.backbone)
+    for caches_used, request in ((None, replace(sampled, prompt=ids)), (caches, cached)):
+        batch = RunningBatch(service.backbone, caches=caches_used)
+        batch.admit([("other", _request(service, "nice", "short", max_new_tokens=30, temperature=0))])
+        partial, chunks = batch.start("long", request), 0
+        while not partial.done:
+            batch.read(partial, 3)
+            batch.step()  # the other request decodes between chunks
+            chunks += 1
+        finished = {}
+        while batch.members:
+            finished.update({m.key: m for m in batch.step()})
+        assert chunks == -(-len(ids) // 3) and finished["long"].tokens == whole
+    assert caches.misses == 2 and writer_cache_key("polite") in caches and writer_cache_key("nice") in caches

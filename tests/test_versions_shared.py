@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from fastapi.testclient import TestClient
 
+from softprompt.errors import SoftpromptError
 from softprompt.lifecycle.versions import LiveRecord, Recorded
 from softprompt.serving.app import ServeSettings, Service, create_app
 from softprompt.serving.registry import artifact_version
@@ -99,3 +101,8 @@ def test_the_record_keeps_its_old_form_and_skips_writes_that_change_nothing(tmp_
     }
     with record.locked():  # held while a server changes the record
         assert (tmp_path / ".versions" / ".lock").exists()
+
+
+def test_a_shared_folder_without_a_watch_period_is_refused():
+    with pytest.raises(SoftpromptError, match="--watch SECONDS > 0"):
+        ServeSettings(shared_folder=True)  # it would follow the record in a busy loop

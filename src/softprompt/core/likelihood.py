@@ -60,14 +60,21 @@ class RowScores:
 
 
 def score_rows(
-    backbone: Backbone, rows: Sequence[tuple[torch.Tensor | None, list[int]]], first: Sequence[int]
+    backbone: Backbone,
+    rows: Sequence[tuple[torch.Tensor | None, list[int]]],
+    first: Sequence[int],
+    prefixes: Sequence[list[tuple[torch.Tensor, torch.Tensor]] | None] | None = None,
 ) -> list[RowScores]:
     """Score ``ids[first[r]:]`` of each ``(soft prompt or None, ids)`` row, every token given the
-    prompt and the ids before it, in one forward pass over the left-padded rows. A first token
-    with nothing before it (no prompt, ``first`` 0) cannot be scored: scoring starts after it."""
+    prompt (and the row's key/value prefix, prefix tuning's, when ``prefixes`` gives one) and the
+    ids before it, in one forward pass over the left-padded rows. A first token with no input
+    before it (no soft prompt, ``first`` 0) cannot be scored: no position predicts it (a prefix
+    is keys and values only), so scoring starts after it."""
     embeds, mask = core.embed_rows(backbone, rows)
+    prefixes = prefixes or [None] * len(rows)
+    past, full_mask, positions = core.prefixed(backbone, prefixes, mask)
     logits = backbone.model(
-        inputs_embeds=embeds, attention_mask=mask, position_ids=core.positions(mask), use_cache=False
+        inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions, past_key_values=past, use_cache=False
     ).logits
     width = embeds.shape[1]
     out = []

@@ -73,18 +73,26 @@ class PromptCaches:
     def batch(self, keys: Sequence[Hashable], prompt_of: Callable[[Hashable], Prompt]) -> tuple[Layers, torch.Tensor]:
         """The caches of ``keys`` side by side, left-padded to the longest, and their ``[len(keys),
         width]`` padding mask (the layout of :func:`softprompt.core.forward.prompt_cache`).
-        ``prompt_of(key)`` gives a missing key's prompt (see :data:`Prompt`)."""
+        ``prompt_of(key)`` gives a missing key's prompt (see :data:`Prompt`). Needs one key whose
+        prompt is not empty."""
+        return core.kv_side_by_side(self.own(keys, prompt_of))
+
+    def own(self, keys: Sequence[Hashable], prompt_of: Callable[[Hashable], Prompt]) -> list[Layers | None]:
+        """Each key's own cache (one row, exactly its prompt's length; None for an empty prompt),
+        in the backbone's dtype; missing ones computed together (see :meth:`batch`)."""
         missing = [key for key in dict.fromkeys(keys) if key not in self._entries]
         self.misses += len(missing)
         self.hits += len(keys) - len(missing)
         if missing:
             self._compute(missing, prompt_of)
-        entries = [self._entries[key] for key in keys]
+        dtype = self.backbone.placement.dtype  # kept in self.dtype, computed with in the backbone's
+        out = []
         for key in keys:
             self._entries.move_to_end(key)
-        layers, mask = self._side_by_side(entries)
+            entry = self._entries[key]
+            out.append([(k.to(dtype), v.to(dtype)) for k, v in entry.layers] if entry.length else None)
         self._trim()
-        return layers, mask
+        return out
 
     def warm(self, keys: Sequence[Hashable], prompt_of: Callable[[Hashable], Prompt], chunk: int = 64) -> int:
         """Compute the caches of ``keys`` not kept yet, ``chunk`` prompts per forward pass, so
@@ -130,12 +138,6 @@ class PromptCaches:
         size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
         self._entries[key] = _Entry(layers, length, size)
         self.bytes += size
-
-    def _side_by_side(self, entries: list[_Entry]) -> tuple[Layers, torch.Tensor]:
-        """Needs one non-empty entry (a batch where every prompt is empty has no cache at all)."""
-        layers, mask = core.kv_side_by_side([entry.layers if entry.length else None for entry in entries])
-        dtype = self.backbone.placement.dtype  # kept in self.dtype, computed with in the backbone's
-        return [(keys.to(dtype), values.to(dtype)) for keys, values in layers], mask
 
     def _trim(self) -> None:
         if self.max_bytes is None:

@@ -14,7 +14,7 @@ transformers' ``generate`` decodes the rest (beam search, soft tokens inside the
 
 transformers 5 has continuous batching of its own (``generate_batch``, paged attention), but it takes token ids
 only: no soft prompts as input embeddings, and no per-request generator. Hence this small scheduler over public
-APIs (``inputs_embeds``, ``past_key_values``, ``DynamicCache``).
+APIs (``inputs_embeds``, ``past_key_values``, a cache written in place: :mod:`softprompt.generation.kv_slots`).
 """
 
 from __future__ import annotations
@@ -23,81 +23,16 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
 from softprompt.backbones import Backbone
 from softprompt.core import forward as core
+from softprompt.core.prompt_caches import PromptCaches
+from softprompt.generation.batch_state import Member, Rows
+from softprompt.generation.kv_slots import ConcatKv, KvSlots, supports
+from softprompt.generation.prefill import PartialPrefill, read_rows, repeated, row_specs
 from softprompt.generation.rows import Steering
-from softprompt.generation.sampling import SampleRequest, draw, prompt_ids
+from softprompt.generation.sampling import SampleRequest, draw
 from softprompt.methods.row_adapters import RowAdapters
-
-Layers = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values, [rows, heads, width, dim]
-
-
-@dataclass(eq=False)  # compared by identity: a request holds tensors
-class Member:
-    """A request in the batch. Its rows are consecutive, variant-major: row ``r * samples + j``
-    is variant ``r`` of sample ``j`` (one variant without a steering)."""
-
-    key: Hashable
-    request: SampleRequest
-    generator: torch.Generator
-    tokens: list[list[int]]  # per sample, the ids decoded so far (no end-of-sequence token)
-    done: list[bool]  # per sample
-    steps: int = 0  # tokens drawn so far, the same for all its samples
-    width: int = 1  # rows per sample
-    nll: list[float] | None = None  # per sample, under the steering's plain row (when it has one)
-
-    @property
-    def finished(self) -> bool:
-        return all(self.done) or self.steps >= self.request.max_new_tokens
-
-    @property
-    def rows(self) -> int:
-        return self.request.samples * self.width
-
-
-@dataclass
-class Rows:
-    """The batch's tensors, one row per sample, left-padded to a common width."""
-
-    logits: torch.Tensor  # [R, V] next-token logits
-    layers: Layers  # the key/value cache
-    mask: torch.Tensor  # [R, width] attention mask
-    last: torch.Tensor  # [R, 1] position of each row's last token
-
-    def select(self, index: torch.Tensor) -> Rows:
-        layers = [(k[index], v[index]) for k, v in self.layers]
-        return Rows(self.logits[index], layers, self.mask[index], self.last[index]).trimmed()
-
-    def trimmed(self) -> Rows:
-        """Without the leading columns that no row attends to any more (left by rows that left)."""
-        used = self.mask.any(0).nonzero()
-        start = int(used[0]) if len(used) else self.mask.shape[1]
-        if start == 0:
-            return self
-        layers = [(k[:, :, start:], v[:, :, start:]) for k, v in self.layers]
-        return Rows(self.logits, layers, self.mask[:, start:], self.last)
-
-    @staticmethod
-    def joined(a: Rows, b: Rows) -> Rows:
-        """``a``'s rows then ``b``'s, the narrower padded on the left."""
-        width = max(a.mask.shape[1], b.mask.shape[1])
-
-        def left_pad(t: torch.Tensor, dim: int) -> torch.Tensor:
-            missing = width - t.shape[dim]
-            if not missing:
-                return t
-            shape = list(t.shape)
-            shape[dim] = missing
-            return torch.cat([t.new_zeros(shape), t], dim=dim)
-
-        layers = [
-            (torch.cat([left_pad(ka, 2), left_pad(kb, 2)]), torch.cat([left_pad(va, 2), left_pad(vb, 2)]))
-            for (ka, va), (kb, vb) in zip(a.layers, b.layers, strict=True)
-        ]
-        mask = torch.cat([left_pad(a.mask, 1), left_pad(b.mask, 1)])
-        return Rows(torch.cat([a.logits, b.logits]), layers, mask, torch.cat([a.last, b.last]))
 
 
 @dataclass
@@ -107,45 +42,58 @@ class RunningBatch:
 
     backbone: Backbone
     members: list[Member] = field(default_factory=list)
-    rows: Rows | None = None
+    caches: PromptCaches | None = None  # a server's prompt caches: soft prompts read as prefixes
     adapters: RowAdapters = field(init=False, repr=False)
+    kv: KvSlots | ConcatKv = field(init=False, repr=False)  # the rows' cache, mask and positions
+    logits: torch.Tensor | None = field(default=None, init=False, repr=False)  # [rows, V] next-token logits
 
     def __post_init__(self) -> None:
         self.adapters = RowAdapters(self.backbone.model)  # applies LoRA and IA3 requests' weights to their rows
+        config = self.backbone.model.config
+        self.kv = KvSlots() if supports(config) else ConcatKv(config)
 
     @property
     def size(self) -> int:
         """Rows in the batch (samples of the requests in it, times their variants)."""
-        return sum(m.rows for m in self.members)
+        return self.kv.rows
 
     @torch.inference_mode()
     def admit(self, requests: Sequence[tuple[Hashable, SampleRequest]]) -> None:
-        """Pre-fill ``(key, request)`` pairs and add them to the batch (nothing is added if it fails).
-        Each variant of each request runs once; its cache is repeated for the request's samples."""
+        """Pre-fill ``(key, request)`` pairs in one forward pass and add them to the batch
+        (nothing is added if it fails). Each variant of each request runs once; its cache is
+        repeated for the request's samples."""
         if not requests:
             return
-        prompts, counts, adapted, prefixes = [], [], [], []
-        for _, request in requests:
-            for variant in request.variants():
-                prompts.append((variant.soft, prompt_ids(self.backbone, request.prompt, variant.text_prefix)))
-                counts.append(request.samples)
-                adapted.append(request.row_adapter)
-                prefixes.append(request.prefix)
-        embeds, mask = core.embed_rows(self.backbone, prompts)
-        past, mask, positions = core.prefixed(self.backbone, prefixes, mask)  # prefix tuning's rows
-        with self.adapters.selected(adapted):
-            logits, cache = core.next_token_logits(
-                self.backbone, inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=past
-            )
-        repeat = torch.repeat_interleave(torch.arange(len(prompts)), torch.tensor(counts)).to(self.backbone.device)
-        layers = [(layer.keys[repeat], layer.values[repeat]) for layer in cache.layers]
-        new = Rows(logits[:, -1][repeat], layers, mask[repeat], positions[:, -1:][repeat])
-        self.rows = new if self.rows is None else Rows.joined(self.rows, new)
+        specs = [spec for _, request in requests for spec in row_specs(self.backbone, request, self.caches)]
+        self._join(requests, repeated(specs, *read_rows(self.backbone, self.adapters, specs)))
+
+    @torch.inference_mode()
+    def start(self, key: Hashable, request: SampleRequest) -> PartialPrefill:
+        """A request (of one variant) whose prompt is to be read a chunk at a time
+        (:meth:`read`); it joins the batch when read."""
+        (spec,) = row_specs(self.backbone, request, self.caches)
+        return PartialPrefill(key, request, spec)
+
+    @torch.inference_mode()
+    def read(self, partial: PartialPrefill, tokens: int) -> int:
+        """Read up to ``tokens`` more of ``partial``'s prompt (joining the batch once all is
+        read); how many were read."""
+        read = partial.read_more(self.backbone, self.adapters, tokens)
+        if partial.done:
+            self._join([(partial.key, partial.request)], partial.rows())
+        return read
+
+    def _join(self, requests: Sequence[tuple[Hashable, SampleRequest]], new: Rows) -> None:
+        """Add pre-filled requests: their rows are written after the rows in use (the others'
+        cache does not move)."""
+        rows = iter(self.kv.join(new.layers, new.mask, new.last))
+        self.logits = new.logits if self.logits is None else torch.cat([self.logits, new.logits])
         for key, request in requests:
             samples, width = request.samples, len(request.variants())
             plain = request.steering is not None and request.steering.plain_row() is not None
             generator = torch.Generator().manual_seed(request.seed)
             member = Member(key, request, generator, [[] for _ in range(samples)], [False] * samples, width=width)
+            member.slots = [next(rows) for _ in range(member.rows)]
             member.nll = [0.0] * samples if plain else None
             self.members.append(member)
 
@@ -158,24 +106,24 @@ class RunningBatch:
                 break
             chosen = self._draw()
             leaving = [m for m in self.members if m.finished]
-            kept = self._leave(leaving)
+            self._leave(leaving)
             finished += leaving
             if self.members:
-                self._feed(chosen[kept])
+                self._feed(chosen)
         return finished
 
+    @torch.inference_mode()
     def drop(self, keys: set[Hashable]) -> None:
         """Take out the requests of ``keys`` (their callers went away)."""
         self._leave([m for m in self.members if m.key in keys])
 
-    def _draw(self) -> torch.Tensor:
+    def _draw(self) -> dict[Hashable, list[int]]:
         """One token per sample, each request from its own generator (fed to all of the sample's
-        rows); updates the members."""
-        picks, start = [], 0
+        rows); updates the members. Per member's key, the chosen token of each of its rows."""
+        chosen_by_member = {}
         for member in self.members:
-            request, span = member.request, slice(start, start + member.rows)
-            start = span.stop
-            logits = self.rows.logits[span]
+            request = member.request
+            logits = self.logits[member.slots]
             if request.steering is not None:  # [samples, variants, V], combined into [samples, V]
                 grouped = logits.view(member.width, request.samples, -1).transpose(0, 1)
                 logits = request.steering.combine(grouped)
@@ -185,8 +133,8 @@ class RunningBatch:
                 plain = grouped[:, request.steering.plain_row()]
                 self._score(member, core.token_logprobs(plain, chosen.to(plain.device)).cpu().tolist(), chosen)
             self._append(member, chosen.tolist())
-            picks.append(chosen.repeat(member.width))
-        return torch.cat(picks)
+            chosen_by_member[member.key] = chosen.repeat(member.width).tolist()
+        return chosen_by_member
 
     def _score(self, member: Member, logprobs: list[float], chosen: torch.Tensor) -> None:
         """Add the chosen tokens' plain-model log-likelihood to the samples they extend (the end
@@ -218,36 +166,40 @@ class RunningBatch:
         tail = self.backbone.tokenizer.decode(tokens[-(max(map(len, stop)) + 1) :], skip_special_tokens=True)
         return any(s in tail for s in stop)
 
-    def _leave(self, leaving: list[Member]) -> torch.Tensor:
-        """Remove ``leaving`` and their rows; the indices of the rows that stay."""
-        keep, start = [], 0
-        for member in self.members:
-            if member not in leaving:
-                keep += range(start, start + member.rows)
-            start += member.rows
-        kept = torch.tensor(keep, dtype=torch.long)
-        if leaving:
-            self.members = [m for m in self.members if m not in leaving]
-            self.rows = self.rows.select(kept.to(self.backbone.device)) if keep else None
-        return kept
+    def _leave(self, leaving: list[Member]) -> None:
+        """Remove ``leaving`` and free their rows: each freed row takes the batch's last row
+        (one row copied), so the rows in use stay ``[0, rows)``."""
+        if not leaving:
+            return
+        self.members = [m for m in self.members if m not in leaving]
+        owner = {row: (member, i) for member in self.members for i, row in enumerate(member.slots)}
+        for row in sorted((row for m in leaving for row in m.slots), reverse=True):
+            moved = self.kv.remove(row)
+            if moved is not None:
+                self.logits[row] = self.logits[moved]
+                member, i = owner.pop(moved)
+                member.slots[i] = row
+                owner[row] = (member, i)
+        self.logits = self.logits[: self.kv.rows]
+        self.kv.trim()
 
-    def _feed(self, chosen: torch.Tensor) -> None:
-        """Run one chosen token per row: the rows' next logits and their longer cache."""
-        rows = self.rows
-        mask = torch.cat([rows.mask, rows.mask.new_ones(len(rows.mask), 1)], dim=1)
-        last = rows.last + 1
-        cache = DynamicCache(rows.layers, config=self.backbone.model.config)
-        adapted = [m.request.row_adapter for m in self.members for _ in range(m.rows)]
+    def _feed(self, chosen: dict[Hashable, list[int]]) -> None:
+        """Run one chosen token per row: the rows' next logits, their cache one column longer."""
+        tokens, adapted = [0] * self.kv.rows, [None] * self.kv.rows
+        for member in self.members:  # rows as they are now (leaving rows gave their places to others)
+            for row, token in zip(member.slots, chosen[member.key], strict=True):
+                tokens[row], adapted[row] = token, member.request.row_adapter
+        cache, mask, positions = self.kv.step()
         with self.adapters.selected(adapted):
             logits, cache = core.next_token_logits(
                 self.backbone,
-                input_ids=chosen.unsqueeze(1).to(self.backbone.device),
+                input_ids=torch.tensor(tokens, device=self.backbone.device).unsqueeze(1),
                 attention_mask=mask,
-                position_ids=last,
+                position_ids=positions,
                 past_key_values=cache,
             )
-        layers = [(layer.keys, layer.values) for layer in cache.layers]
-        self.rows = Rows(logits[:, -1], layers, mask, last)
+        self.kv.stepped(cache)
+        self.logits = logits[:, -1]
 
 
 @dataclass

@@ -7,7 +7,7 @@ Only public transformers APIs: ``model(inputs_embeds=..., past_key_values=..., l
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -137,6 +137,9 @@ class SampleRequest:
     steering: Steering | None = None  # rows combined into one distribution (detox); None: the soft prompt's row
     row_adapter: RowAdapter | None = None  # a LoRA or IA3 task's weights, applied to this request's rows
     prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # prefix tuning's keys/values, per layer
+    # The soft prompt's key in the batch's prompt caches: its keys and values are read from there
+    # (computed once for every request of its task) rather than run with the text.
+    prompt_key: Hashable | None = None
 
     def variants(self) -> list[Variant]:
         """The rows each sample runs as: the steering's, else one (the soft prompt, if any)."""

@@ -41,13 +41,19 @@ def split_special(backbone: Backbone, text: str) -> tuple[list[int], list[int]]:
 
 @torch.inference_mode()
 def score_tokens(
-    backbone: Backbone, soft: torch.Tensor | None, context: list[int], scored: list[int], top: int = 0
+    backbone: Backbone,
+    soft: torch.Tensor | None,
+    context: list[int],
+    scored: list[int],
+    top: int = 0,
+    prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> TokenScores:
-    """Log-probabilities of the ``scored`` ids, each given the soft prompt, the ``context`` ids and
-    the scored ids before it, in one forward pass over the whole row."""
+    """Log-probabilities of the ``scored`` ids, each given the soft prompt (or prefix tuning's
+    ``prefix``), the ``context`` ids and the scored ids before it, in one forward pass over the
+    whole row."""
     if not scored:
         return TokenScores([], [], [])
-    [row] = score_rows(backbone, [(soft, context + scored)], [len(context)])
+    [row] = score_rows(backbone, [(soft, context + scored)], [len(context)], [prefix])
     rows, taken = row.logits, row.logprobs.tolist()
     tops: list[dict[int, float] | None] = [{} for _ in taken]
     if top:

@@ -30,7 +30,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from softprompt.lifecycle.capture import Capture
 from softprompt.lifecycle.drift import DriftMonitor
 from softprompt.lifecycle.store import Store
-from softprompt.serving.batcher import Batcher, Continuous
 from softprompt.serving.capturing import (
     add_feedback_route,
     answer_id,
@@ -39,7 +38,9 @@ from softprompt.serving.capturing import (
     keep_with_shadow,
     shadow_generation,
 )
+from softprompt.serving.engine import Engine
 from softprompt.serving.errors import described, error_body, first_problem, is_openai_route
+from softprompt.serving.executor import ServiceExecutor
 from softprompt.serving.gate import TASK_NAME, Gate
 from softprompt.serving.guards import ApiKey, BodyLimit
 from softprompt.serving.metrics import DriftCollector, PromptCacheCollector, RequestMetrics, ServerMetrics, TaskLabels
@@ -47,6 +48,7 @@ from softprompt.serving.openai import add_completion_routes
 from softprompt.serving.openai.common import openai_error
 from softprompt.serving.registry import CLASSIFY, GENERATE, reserved_name_problem
 from softprompt.serving.requests import ClassifyRequest, GenerateRequest, TaskSource
+from softprompt.serving.scheduler import Scheduler
 from softprompt.serving.service import Service, TaskChange
 from softprompt.serving.settings import ServeSettings
 from softprompt.serving.version_follow import RecordFollower, follow_record, keep_following
@@ -67,16 +69,20 @@ def create_app(
     if capture is None and settings.capture is not None:
         capture = Capture(Store(settings.capture), settings.capture_rate, settings.capture_max_rows)
     metrics = ServerMetrics(TaskLabels(service.serves, settings.max_task_labels))
-    batcher = Batcher(
-        worker_handlers(service),
-        queue_size=settings.queue_size,
+    scheduler = Scheduler(
+        continuous={"generate"},
+        urgent={"tasks", "reload", "versions"},
         max_batch=settings.max_batch,
         max_wait=settings.max_wait_ms / 1000,
-        on_batch=lambda kind, rows: metrics.batch_rows.labels(kind).observe(rows),
-        urgent=frozenset({"tasks", "reload", "versions"}),
+        queue_size=settings.queue_size,
+        token_budget=settings.token_budget,
     )
+    executor = ServiceExecutor(
+        worker_handlers(service), service, lambda kind, rows: metrics.batch_rows.labels(kind).observe(rows)
+    )
+    engine = Engine(scheduler, executor)
     service.stream.metrics = metrics
-    metrics.watch("softprompt_queue_depth", "requests waiting for the worker", batcher.queue.qsize)
+    metrics.watch("softprompt_queue_depth", "requests waiting for the worker", lambda: scheduler.waiting_count)
     metrics.watch("softprompt_generation_rows", "rows in the running decoding batch", lambda: service.stream.rows)
     metrics.watch("softprompt_tasks", "tasks served", lambda: len(service.tasks.names()))
     metrics.registry.register(PromptCacheCollector(lambda: service.tasks.prompt_caches))
@@ -85,7 +91,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
-        batcher.start()
+        engine.start()
         watchers = [start_watching(service, gate, settings.watch_s)] if settings.watch_s > 0 else []
         if settings.shared_folder:  # the versions other replicas change, as the folder's record says
             watchers.append(asyncio.create_task(keep_following(follower, service, gate.submit, settings.watch_s)))
@@ -94,7 +100,7 @@ def create_app(
         yield
         for watcher in watchers:
             watcher.cancel()
-        await batcher.stop()  # Ctrl-C: in-flight requests are answered before the worker stops
+        await engine.stop()  # Ctrl-C: in-flight requests are answered before the worker stops
         if capture is not None:
             await capture.close()  # their answers stored
 
@@ -110,7 +116,7 @@ def create_app(
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.api_key or settings.admin_key:
         app.add_middleware(ApiKey, key=settings.api_key, admin=settings.admin_key)  # added last: checked first
-    gate = Gate(service, batcher, settings, capture)
+    gate = Gate(service, engine, settings, capture)
     if capture is not None:
         failures = Counter(
             "softprompt_capture_failures", "answers that could not be captured", registry=metrics.registry
@@ -132,16 +138,10 @@ def create_app(
 
 
 def worker_handlers(service: Service) -> dict[str, Any]:
-    """What the worker runs for each kind of queued job (generation: a running batch)."""
-    generate = Continuous(
-        service.admit_generation,
-        lambda steps: service.advance_generation(steps),  # looked up at each call (tests slow it down)
-        service.drop_generation,
-        lambda job: job.samples,
-    )
+    """What the executor runs for each one-shot kind of request (generation is the service's
+    running batch)."""
     return {
         "classify": service.classify,
-        "generate": generate,
         "score": service.score,  # logprobs and echo on completions
         "reload": service.reload,
         "tasks": service.change_tasks,

@@ -15,9 +15,10 @@ from fastapi.exceptions import RequestValidationError
 
 from softprompt.errors import SoftpromptError
 from softprompt.lifecycle.capture import Capture
-from softprompt.serving.batcher import Batcher, QueueFull
+from softprompt.serving.engine import Engine
 from softprompt.serving.guards import outside_roots
 from softprompt.serving.registry import is_internal, load_task, reserved_name_problem
+from softprompt.serving.scheduler import QueueFull
 from softprompt.serving.service import Service, TaskChange, UnknownTask, shown_name
 from softprompt.serving.settings import ServeSettings, over_limit
 from softprompt.serving.shared_folder import publish, withdraw
@@ -36,8 +37,8 @@ class Gate:
     """What every request passes through: limits, the task check, and the queue with its
     timeout and disconnect watch."""
 
-    def __init__(self, service: Service, batcher: Batcher, settings: ServeSettings, capture: Capture | None = None):
-        self.service, self.batcher, self.settings = service, batcher, settings
+    def __init__(self, service: Service, engine: Engine, settings: ServeSettings, capture: Capture | None = None):
+        self.service, self.engine, self.settings = service, engine, settings
         self.capture = capture  # serve --capture: where answers are stored (None: not captured)
         self.ignored_logged: set[str] = set()  # request fields this server ignores, logged once each
         self.background: set[asyncio.Task] = set()  # work no response waits for (shadows' capture)
@@ -45,7 +46,8 @@ class Gate:
     async def submit(self, kind: str, payload: Any, size: int = 1, request: Request | None = None) -> Any:
         """Queue the work and wait for it; a caller that disconnects or times out takes its work
         out of the queue (or out of a running generation) with it."""
-        work = asyncio.ensure_future(self.batcher.submit(kind, payload, size))
+        rows = payload.samples if kind == "generate" else size  # a generation takes a row per sample
+        work = asyncio.ensure_future(self.engine.submit(kind, payload, rows))
         watchers = {work}
         if request is not None:
             watchers.add(asyncio.ensure_future(_until_disconnected(request)))

@@ -17,7 +17,7 @@ from softprompt.backbones import Backbone
 from softprompt.core.prompt_caches import PromptCaches
 from softprompt.errors import SoftpromptError
 from softprompt.methods import METHODS, get_method
-from softprompt.serving.writing import Writer
+from softprompt.serving.writing import Writer, writer_cache_key
 from softprompt.tasks import TASKS, get_task
 from softprompt.tasks.classification.mixed import MixedPromptClassifier, mixable
 from softprompt.tasks.classification.model import PromptedClassifier
@@ -68,6 +68,7 @@ class ServedTasks:
         self.skipped.pop(name, None)
         if isinstance(served, Writer):
             self.writers[name] = served
+            self.prompt_caches.forget(writer_cache_key(name))  # a replaced writer's prompt is another
             self._drop_classifier(name)
         else:
             if self.mixed is None:
@@ -79,17 +80,21 @@ class ServedTasks:
         self.versions[name] = version
 
     def warm(self, names: list[str] | None = None) -> int:
-        """Compute the prompt caches of classifiers ``names`` (None: all, in name order) within
-        the budget, so that their first requests find them kept."""
-        if self.mixed is None:
-            return 0
-        return self.mixed.warm(sorted(self.classifiers) if names is None else names)
+        """Compute the prompt caches of tasks ``names`` (None: all, in name order; classifiers
+        first, then generation tasks' soft prompts) within the budget, so that their first
+        requests find them kept."""
+        names = sorted([*self.classifiers, *self.writers]) if names is None else names
+        done = self.mixed.warm([n for n in names if n in self.classifiers]) if self.mixed is not None else 0
+        soft = {writer_cache_key(n): self.writers[n].soft for n in names if n in self.writers}
+        soft = {key: prompt for key, prompt in soft.items() if prompt is not None}
+        return done + self.prompt_caches.warm(list(soft), soft.__getitem__) if soft else done
 
     def remove(self, name: str) -> bool:
         """Stop serving task ``name``; False when there was none."""
         self.skipped.pop(name, None)
         self.versions.pop(name, None)
         if self.writers.pop(name, None) is not None:
+            self.prompt_caches.forget(writer_cache_key(name))
             return True
         return self._drop_classifier(name)
 

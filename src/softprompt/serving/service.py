@@ -62,6 +62,7 @@ class Service:
         self.versions = TaskVersions(artifacts)  # candidates, and the folder's record of live versions
         self.tasks: ServedTasks = self._load_tasks()
         self.stream = GenerationStream(backbone)  # the server's running decoding batch
+        self.stream.batch.caches = self.tasks.prompt_caches  # writers' soft prompts kept there too
         # Tasks added (name -> path) or removed (name -> None) through the API: a reload re-reads
         # the folder beneath them, so they outlast it (not a restart). A change the watched folder
         # makes to a task replaces the API's.
@@ -134,23 +135,39 @@ class Service:
                 out.append(exc)
         return out
 
-    def admit_generation(self, jobs: list[tuple[int, WriteJob]]) -> dict[int, UnknownTask]:
-        """New jobs join the running decoding batch; each keeps its own settings and seed, so its
-        answer does not depend on what it shares the batch with, or when it joined. Jobs whose
-        task was removed while they waited are refused; a job for a candidate promoted or dropped
-        meanwhile is answered by the live version."""
-        served = self.tasks.writers
-        jobs = [(key, self.versions.settled(job, served)) for key, job in jobs]
-        self.stream.admit([(key, job) for key, job in jobs if job.task is None or job.task in served], served)
-        return {key: UnknownTask(job.task) for key, job in jobs if job.task is not None and job.task not in served}
+    def prefill_generation(
+        self, chunks: list[tuple[int, WriteJob, int]], budget: int
+    ) -> tuple[dict[int, tuple[int, int]], dict[int, UnknownTask]]:
+        """Read up to the given number of prompt tokens of each ``(key, job, tokens)``, ``budget``
+        of them all (see :meth:`GenerationStream.prefill`); a job joins the running decoding batch
+        once its prompt is read, keeping its own settings and seed, so its answer does not depend
+        on what it shares the batch with, or when it joined. A new job whose task was removed
+        while it waited is refused; one for a candidate promoted or dropped meanwhile is answered
+        by the live version. Returns ``(tokens read, prompt length)`` per key, and the refused."""
+        served, refused, reading = self.tasks.writers, {}, []
+        for key, job, tokens in chunks:
+            if key not in self.stream.pending:
+                job = self.versions.settled(job, served)
+                if job.task is not None and job.task not in served:
+                    refused[key] = UnknownTask(job.task)
+                    continue
+            reading.append((key, job, tokens))
+        return self.stream.prefill(reading, served, budget), refused
 
     def advance_generation(self, steps: int) -> dict[int, list[str]]:
-        """A slice of ``steps`` tokens; between slices the worker runs waiting classification
-        batches and admits new jobs. The texts of the jobs that finished, by key."""
+        """Decode ``steps`` tokens for every job in the batch; the texts of the jobs that finished,
+        by key."""
         return {key: self._texts(ids) for key, ids in self.stream.advance(steps).items()}
 
     def drop_generation(self, keys: set[int]) -> None:
         self.stream.drop(keys)
+
+    def generation_keys(self) -> set[int]:
+        """The jobs in the running decoding batch."""
+        return {member.key for member in self.stream.batch.members}
+
+    def generation_rows(self) -> int:
+        return self.stream.rows
 
     def _texts(self, samples: list[list[int]]) -> list[str]:
         return [self.backbone.tokenizer.decode(ids, skip_special_tokens=True) for ids in samples]
@@ -167,7 +184,7 @@ class Service:
                     if known
                     else UnknownTask(job.task)
                 )
-            except SoftpromptError as exc:  # this job's own (a prefix-tuned task): the others are answered
+            except SoftpromptError as exc:  # this job's own: the others are answered
                 out.append(exc)
         return out
 
@@ -207,6 +224,7 @@ class Service:
         added through the API stays (read again from its path; listed in ``skipped`` if that no
         longer loads), and one removed through the API stays removed."""
         self.tasks = self._load_tasks()
+        self.stream.batch.caches = self.tasks.prompt_caches
         self.versions.restore(self.tasks)
         for name, path in self.api_changes.items():
             outcome = self._apply(TaskChange(name, path))

@@ -18,11 +18,18 @@ def _flag(name: str, help_text: str, **extra: Any) -> dict[str, Any]:
 
 @dataclass
 class ServeSettings:
-    """How the server batches (see :class:`~softprompt.serving.batcher.Batcher`) and what it
+    """How the server batches (see :mod:`softprompt.serving.scheduler`) and what it
     accepts (docs/serving-and-many-tasks.md has the table of limits)."""
 
     queue_size: int = field(default=256, metadata=_flag("--queue-size", "requests waiting for the worker; 429 above"))
     max_batch: int = field(default=32, metadata=_flag("--max-batch", "texts per model call"))
+    token_budget: int = field(
+        default=256,
+        metadata=_flag(
+            "--token-budget",
+            "tokens a step reads: one per decoding row, the rest for prompts (a longer prompt is read in chunks)",
+        ),
+    )
     max_wait_ms: float = field(
         default=5.0, metadata=_flag("--max-wait-ms", "how long a request waits for company", zero_ok=True)
     )
@@ -92,6 +99,8 @@ class ServeSettings:
             raise SoftpromptError(f"--capture-rate: expected a share in (0, 1], got {self.capture_rate:g}")
         if self.capture_max_rows is not None and self.capture_max_rows < 1:
             raise SoftpromptError(f"--capture-max-rows: expected a number > 0, got {self.capture_max_rows}")
+        if self.shared_folder and self.watch_s <= 0:  # replicas follow the folder every watch_s seconds
+            raise SoftpromptError("a folder shared by replicas needs --watch SECONDS > 0 (serve --ray sets 1)")
         if self.capture is None and (self.capture_rate != 1.0 or self.capture_max_rows is not None):
             raise SoftpromptError("--capture-rate and --capture-max-rows need --capture DB")
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from softprompt.backbones import Backbone
 from softprompt.config import GenConfig
-from softprompt.errors import SoftpromptError
+from softprompt.generation.prefill import PartialPrefill
 from softprompt.generation.running import Member, RunningBatch
-from softprompt.generation.sampling import Prompt, SampleRequest
+from softprompt.generation.sampling import Prompt, SampleRequest, prompt_ids
 from softprompt.generation.scoring import TokenScores, score_tokens, split_special
 from softprompt.methods.row_adapters import RowAdapter, RowAdapters
 from softprompt.prompts import Template
@@ -114,9 +114,8 @@ class Scored:
 
 def score_job(backbone: Backbone, job: ScoreJob, writer: Writer, adapters: RowAdapters) -> Scored:
     """The log-probabilities a :class:`ScoreJob` asks for, from one forward pass (``adapters``:
-    the hooks that apply the writer's LoRA or IA3 weights, if it has some)."""
-    if writer.prefix is not None:
-        raise SoftpromptError(f"task '{job.task}' is prefix-tuned: logprobs and echo are not served for it yet")
+    the hooks that apply the writer's LoRA or IA3 weights, if it has some; a prefix-tuned
+    writer's rows continue its prefix)."""
     rendered = job.prompt if job.rendered else writer.render(job.prompt, backbone.tokenizer)
     if isinstance(rendered, str):
         lead, prompt_ids = split_special(backbone, rendered)
@@ -124,9 +123,9 @@ def score_job(backbone: Backbone, job: ScoreJob, writer: Writer, adapters: RowAd
         lead, prompt_ids, rendered = [], rendered, backbone.tokenizer.decode(rendered)
     with adapters.selected([writer.row_adapter]):
         if job.echo:
-            scores = score_tokens(backbone, writer.soft, lead, prompt_ids + job.generated, job.top)
+            scores = score_tokens(backbone, writer.soft, lead, prompt_ids + job.generated, job.top, writer.prefix)
         else:
-            scores = score_tokens(backbone, writer.soft, lead + prompt_ids, job.generated, job.top)
+            scores = score_tokens(backbone, writer.soft, lead + prompt_ids, job.generated, job.top, writer.prefix)
     return Scored(rendered, scores)
 
 
@@ -145,7 +144,13 @@ def sample_request(job: WriteJob, writer: Writer | None, tokenizer: Any = None) 
         job.stop,
         row_adapter=writer.row_adapter if writer is not None else None,
         prefix=writer.prefix if writer is not None else None,
+        prompt_key=writer_cache_key(job.task) if writer is not None and writer.soft is not None else None,
     )
+
+
+def writer_cache_key(task: str) -> tuple[str, str]:
+    """A generation task's key in the server's prompt caches (classifiers' keys are their names)."""
+    return ("write", task)
 
 
 def visible_text(text: str, stop: tuple[str, ...], finished: bool) -> str:
@@ -177,7 +182,8 @@ class GenerationStream:
 
     def __init__(self, backbone: Backbone):
         self.batch = RunningBatch(backbone)
-        self.running: dict[Hashable, _Running] = {}
+        self.running: dict[Hashable, _Running] = {}  # what each job's listener was told, by key
+        self.pending: dict[Hashable, PartialPrefill] = {}  # jobs whose long prompts are being read
         self.metrics: ServerMetrics | None = None  # the server's, when it has them
 
     @property
@@ -185,15 +191,34 @@ class GenerationStream:
         """Rows being decoded (samples of the jobs in the batch)."""
         return self.batch.size
 
-    def admit(self, jobs: list[tuple[Hashable, WriteJob]], writers: dict[str, Writer]) -> None:
-        """Pre-fill ``(key, job)`` pairs; they join the batch at the next step."""
+    def prefill(
+        self, chunks: list[tuple[Hashable, WriteJob, int]], writers: dict[str, Writer], budget: int
+    ) -> dict[Hashable, tuple[int, int]]:
+        """Read ``(key, job, tokens)`` in order: up to that many tokens of each job's prompt, and
+        ``budget`` tokens of them all. New jobs whose whole prompts fit are read together, in one
+        forward pass; a longer one a chunk per call. A job joins the batch (decoded at the next
+        step) once its prompt is read. Per key: ``(tokens read now, the prompt's length)``."""
         tokenizer = self.batch.backbone.tokenizer
-        requests = [
-            (key, sample_request(job, writers.get(job.task) if job.task else None, tokenizer)) for key, job in jobs
-        ]
-        self.batch.admit(requests)
-        for key, job in jobs:
-            self.running[key] = _Running(job, [0] * job.samples)
+        whole, read = [], {}
+        for key, job, tokens in chunks:
+            tokens = min(tokens, budget)
+            partial = self.pending.get(key)
+            if partial is None:
+                request = sample_request(job, writers.get(job.task) if job.task else None, tokenizer)
+                self.running[key] = _Running(job, [0] * job.samples)
+                ids = prompt_ids(self.batch.backbone, request.prompt)
+                if len(ids) <= tokens:
+                    whole.append((key, replace(request, prompt=ids)))
+                    read[key] = (len(ids), len(ids))
+                    budget -= len(ids)
+                    continue
+                partial = self.pending[key] = self.batch.start(key, replace(request, prompt=ids))
+            done = self.batch.read(partial, tokens) if tokens > 0 else 0
+            read[key], budget = (done, partial.length), budget - done
+            if partial.done:
+                del self.pending[key]
+        self.batch.admit(whole)
+        return read
 
     def advance(self, steps: int) -> dict[Hashable, list[list[int]]]:
         """Decode ``steps`` tokens; report new tokens to listeners; the finished jobs' token ids."""
@@ -212,6 +237,7 @@ class GenerationStream:
         self.batch.drop(keys)
         for key in keys:
             self.running.pop(key, None)
+            self.pending.pop(key, None)
 
     def _count(self, member: Member) -> None:
         """Generated tokens and, at a job's first, its time to first token, into the metrics."""

@@ -1,0 +1,85 @@
+"""What the serving benchmarks share: ``softprompt serve`` in a subprocess, a folder of one
+artifact copied under many task names, and the generating clients."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from server_load import free_port, wait_until_ready
+
+
+class Server:
+    """``softprompt serve`` in a subprocess, ready when /healthz answers."""
+
+    def __init__(self, args: argparse.Namespace, prompts: Path, roots: tuple[Path, ...] = ()):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        # --prompts: the flag's first name, which --src trees from before the rename know too
+        command = [sys.executable, "-m", "softprompt", "serve", "--backbone", args.backbone, "--prompts", str(prompts)]
+        command += ["--port", str(self.port), "--threads", str(args.threads), "--queue-size", "256"]
+        for root in roots:  # folders besides the served one that POST /v1/tasks/{name} may name
+            command += ["--artifacts-root", str(root)]
+        if args.prompt_cache_mb is not None:
+            command += ["--prompt-cache-mb", str(args.prompt_cache_mb)]
+        if getattr(args, "prompt_cache_dtype", None):
+            command += ["--prompt-cache-dtype", args.prompt_cache_dtype]
+        env = dict(os.environ)
+        if args.src:
+            env["PYTHONPATH"] = str(Path(args.src).resolve())
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+        self.ready_s = wait_until_ready(self.base)  # from the process's start: loading included
+
+    def rss_mb(self) -> dict[str, float]:
+        fields = {}
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                fields[name] = int(value.split()[0]) / 1024
+        return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
+
+    def batch_rows(self, kind: str = "classify") -> dict[str, float]:
+        """Model calls of ``kind`` so far and their mean rows, from the server's /metrics."""
+        totals = {}
+        for line in httpx.get(f"{self.base}/metrics").text.splitlines():
+            for what in ("sum", "count"):
+                if line.startswith(f'softprompt_batch_rows_{what}{{kind="{kind}"}}'):
+                    totals[what] = float(line.split()[-1])
+        calls = totals.get("count", 0.0)
+        return {"model_calls": calls, "mean_batch_rows": totals.get("sum", 0.0) / calls if calls else 0.0}
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+
+def prompts_dir(artifact: Path, count: int, root: Path) -> Path:
+    folder = root / f"tasks-{count}"
+    folder.mkdir(parents=True)
+    for i in range(count):
+        shutil.copytree(artifact, folder / f"task{i:05d}", ignore=shutil.ignore_patterns("checkpoint", "*.png"))
+    return folder
+
+
+async def generation_client(
+    client: httpx.AsyncClient, until: float, seed: int, counts: list, lengths: tuple[int, int], tasks: list, tokenizer
+) -> None:
+    """Generate one request after the other until ``until`` (temperature 0.7, a random
+    ``max_new_tokens`` in ``lengths`` and a random task of ``tasks``, None: the plain model);
+    each answer's tokens, counted by ``tokenizer``, go to ``counts``."""
+    rng = random.Random(seed)
+    while time.perf_counter() < until:
+        body = {"prompt": "Once upon a time", "max_new_tokens": rng.randint(*lengths)}
+        body |= {"temperature": 0.7, "seed": rng.randrange(10**6), "task": rng.choice(tasks)}
+        answer = await client.post("/v1/generate", json=body)
+        if answer.status_code == 200:
+            text = answer.json()["completions"][0]
+            counts.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))

@@ -1,0 +1,279 @@
+"""The engine's state and its one decision: which work runs next.
+
+Every request the worker will run is a :class:`Request` with a :class:`Status`, held in one
+place (:attr:`Scheduler.requests`, and the ``waiting``/``running`` queues that order it).
+:meth:`Scheduler.schedule` reads that state and returns a :class:`Plan`: at most one batch of a
+one-shot kind (classification rows, scoring, task changes), the prompt tokens each generation
+request may read this step (prefill chunks), and how many tokens the running decoding batch
+advances, all under a budget of rows and of tokens per step. An executor runs the plan on the
+backbone and answers with an :class:`Outcome`; :meth:`Scheduler.update` moves the requests on.
+Nothing here touches a model, a thread or an event loop (vLLM's v1 scheduler has this shape:
+``schedule()`` → execute → ``update_from_output()``), so it is tested with a fake executor.
+
+The rules, in the order :meth:`Scheduler.schedule` applies them:
+
+- requests whose callers went away leave at once: ``drop`` tells the executor which running
+  requests to free;
+- a one-shot batch takes the oldest waiting request and every other waiting one of its kind, up
+  to ``max_batch`` rows; *urgent* kinds (task changes) go before any other, one kind at a time
+  in the order they came. A lone batch waits up to ``max_wait`` after its oldest request arrived
+  for company, unless generation is running (then the decoding slice is the wait);
+- waiting generation requests are admitted while the running ones' rows leave room (a request
+  larger than ``max_batch`` still runs, alone); each prefilling request may read up to what the
+  step's token budget leaves after one token per decoding row, so a long prompt is read in
+  chunks and never stalls decoding for longer than a chunk;
+- the running batch decodes one token while no other kind of request waits (a finished request
+  is answered, and a new one joins, at the next step; a long prompt goes on with its next
+  chunk), ``busy_slice`` tokens while one does (decoding keeps that share of the worker between
+  the other batches).
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class QueueFull(Exception):
+    """The server is at capacity: the caller should retry later (HTTP 429)."""
+
+
+class Status(enum.Enum):
+    """Where a request is in its life: waiting → (generation: prefilling → decoding) → finished;
+    cancelled (its caller went away) or failed from any state before finished."""
+
+    WAITING = "waiting"
+    PREFILLING = "prefilling"  # generation: its prompt being read, a chunk per step
+    DECODING = "decoding"  # generation: in the running decoding batch
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+FINAL = frozenset({Status.FINISHED, Status.CANCELLED, Status.FAILED})
+
+
+@dataclass(eq=False)
+class Request:
+    """One request: ``kind`` picks what runs it, ``payload`` is what the executor is handed,
+    ``rows`` the batch rows it takes (a classification's texts, a generation's samples)."""
+
+    id: int
+    kind: str
+    payload: Any
+    rows: int = 1
+    arrived: float = 0.0
+    urgent: bool = False
+    status: Status = Status.WAITING
+    prompt_tokens: int | None = None  # generation: its prompt's length, once the executor has read it
+    prefilled: int = 0  # generation: prompt tokens read so far
+    result: Any = None  # what it is answered with: a value, or the exception to raise
+
+    @property
+    def unread(self) -> int | None:
+        """Prompt tokens still to read (None: not known before the first chunk)."""
+        return None if self.prompt_tokens is None else self.prompt_tokens - self.prefilled
+
+
+@dataclass
+class Plan:
+    """One step's work, for the executor: it frees ``drop``, runs ``batch`` (one kind, one model
+    call), reads each of ``prefill``'s prompts for up to its number of tokens, in order, and all
+    of them together for at most ``prefill_budget`` (a prompt's length is known only once the
+    executor has rendered and tokenized it, at its first chunk), then decodes
+    ``decode_steps`` tokens for every running generation row. ``wait``: nothing is to run before
+    that many seconds pass (a batch waiting for company), unless a request arrives."""
+
+    drop: list[Request] = field(default_factory=list)
+    batch: list[Request] = field(default_factory=list)
+    prefill: list[tuple[Request, int]] = field(default_factory=list)
+    prefill_budget: int = 0  # tokens all of ``prefill`` may read together (lengths not known yet)
+    decode_steps: int = 0
+    wait: float | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.drop or self.batch or self.prefill or self.decode_steps)
+
+
+@dataclass
+class Outcome:
+    """What the executor did: ``results`` answers requests that are done (a value, or the
+    exception for that request); ``read`` gives, per generation request that read prompt
+    tokens, ``(tokens read this step, its prompt's length)``."""
+
+    results: dict[int, Any] = field(default_factory=dict)
+    read: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+
+class Scheduler:
+    """The engine's requests and the plan of each step (see the module docstring).
+
+    Args:
+        continuous: kinds decoded in the running batch (generation); the others run as batches.
+        urgent: kinds that go before any waiting batch (task and version changes).
+        max_batch: rows per one-shot batch, and rows of the running decoding batch.
+        max_wait: seconds a lone batch waits for company after its oldest request arrived.
+        queue_size: requests that may wait; :meth:`add` refuses more (:class:`QueueFull`).
+        token_budget: tokens per step: one per decoding row, the rest for prefill chunks.
+        busy_slice: tokens decoded per step while other work waits.
+    """
+
+    def __init__(
+        self,
+        continuous: Iterable[str] = (),
+        urgent: Iterable[str] = (),
+        max_batch: int = 32,
+        max_wait: float = 0.005,
+        queue_size: int = 256,
+        token_budget: int = 512,
+        busy_slice: int = 4,
+    ):
+        self.continuous, self.urgent = frozenset(continuous), frozenset(urgent)
+        self.max_batch, self.max_wait, self.queue_size = max_batch, max_wait, queue_size
+        self.token_budget, self.busy_slice = token_budget, busy_slice
+        self.requests: dict[int, Request] = {}  # every request not yet answered, by id
+        self.waiting: collections.deque[Request] = collections.deque()  # in arrival order
+        self.running: list[Request] = []  # generation requests prefilling or decoding, in admission order
+        self._ids = itertools.count()
+
+    # ---- what the asyncio layer calls -------------------------------------------------------
+
+    def add(self, kind: str, payload: Any, rows: int = 1, now: float = 0.0) -> Request:
+        """Queue a request (raises :class:`QueueFull` when ``queue_size`` already wait)."""
+        if len(self.waiting) >= self.queue_size:
+            raise QueueFull
+        request = Request(next(self._ids), kind, payload, rows, now, kind in self.urgent)
+        self.requests[request.id] = request
+        self.waiting.append(request)
+        return request
+
+    def cancel(self, request_id: int) -> None:
+        """The caller went away: a waiting request is forgotten now, a running one leaves the
+        batch at the next step (:attr:`Plan.drop`)."""
+        request = self.requests.get(request_id)
+        if request is None or request.status in FINAL:
+            return
+        if request.status is Status.WAITING:
+            self.waiting.remove(request)
+            del self.requests[request_id]
+        request.status = Status.CANCELLED
+
+    @property
+    def waiting_count(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def decoding_rows(self) -> int:
+        return sum(r.rows for r in self.running if r.status is Status.DECODING)
+
+    # ---- the plan ---------------------------------------------------------------------------
+
+    def schedule(self, now: float) -> Plan:
+        """The next step's plan (see the module docstring for the rules)."""
+        plan = Plan(drop=[r for r in self.running if r.status is Status.CANCELLED])
+        if plan.drop:
+            self.running = [r for r in self.running if r.status is not Status.CANCELLED]
+            for request in plan.drop:
+                del self.requests[request.id]
+        generating = bool(self.running) or any(r.kind in self.continuous for r in self.waiting)
+        plan.batch, plan.wait = self._one_shot(now, generating)
+        self._admit()
+        plan.prefill, plan.prefill_budget = self._chunks()
+        if self.running:
+            others = any(r.kind not in self.continuous for r in self.waiting)
+            plan.decode_steps = self.busy_slice if others else 1
+        return plan
+
+    def _one_shot(self, now: float, generating: bool) -> tuple[list[Request], float | None]:
+        """The one-shot batch to run now, or none and how long to wait for company."""
+        candidates = [r for r in self.waiting if r.kind not in self.continuous]
+        if not candidates:
+            return [], None
+        urgent = [r for r in candidates if r.urgent]
+        head = (urgent or candidates)[0]
+        batch, rows = [], 0
+        for request in urgent or candidates:
+            if request.kind != head.kind:
+                if request.urgent:  # changes keep their order: stop at the first of another kind
+                    break
+                continue
+            if batch and rows + request.rows > self.max_batch:
+                break
+            batch.append(request)
+            rows += request.rows
+        full = rows >= self.max_batch or len(batch) < sum(r.kind == head.kind for r in candidates)
+        waited = now - head.arrived
+        if not (full or head.urgent or generating or waited >= self.max_wait):
+            return [], self.max_wait - waited
+        for request in batch:
+            self.waiting.remove(request)
+        return batch, None
+
+    def _admit(self) -> None:
+        """Waiting generation requests join the running ones while their rows fit."""
+        rows = sum(r.rows for r in self.running)
+        for request in [r for r in self.waiting if r.kind in self.continuous]:
+            if self.running and rows + request.rows > self.max_batch:
+                break  # first come, first served: a later smaller one does not pass it
+            self.waiting.remove(request)
+            request.status = Status.PREFILLING
+            self.running.append(request)
+            rows += request.rows
+
+    def _chunks(self) -> tuple[list[tuple[Request, int]], int]:
+        """Prompt tokens each prefilling request may read this step, and all of them together:
+        the token budget after one token per decoding row (at least one token, so a batch full
+        of decoding rows still makes progress on its prompts), in admission order. A request
+        whose length is not known yet may read up to all that is left; the executor stops at the
+        total."""
+        budget = max(self.token_budget - self.decoding_rows, 1)
+        left, chunks = budget, []
+        for request in self.running:
+            if request.status is not Status.PREFILLING or left <= 0:
+                continue
+            allowed = left if request.unread is None else min(left, request.unread)
+            chunks.append((request, allowed))
+            if request.unread is not None:
+                left -= allowed
+        return chunks, budget
+
+    # ---- what the executor did --------------------------------------------------------------
+
+    def update(self, plan: Plan, outcome: Outcome) -> list[Request]:
+        """Move the plan's requests on by the executor's ``outcome``; the requests answered now
+        (their ``result`` set), which leave the scheduler."""
+        for request_id, (read, length) in outcome.read.items():
+            request = self.requests.get(request_id)
+            if request is None:
+                continue
+            request.prompt_tokens, request.prefilled = length, request.prefilled + read
+            if request.status is Status.PREFILLING and request.prefilled >= length:
+                request.status = Status.DECODING
+        answered = []
+        for request_id, result in outcome.results.items():
+            request = self.requests.pop(request_id, None)
+            if request is None:
+                continue
+            request.result = result
+            request.status = Status.FAILED if isinstance(result, Exception) else Status.FINISHED
+            answered.append(request)
+        if answered:
+            gone = {r.id for r in answered}
+            self.running = [r for r in self.running if r.id not in gone]
+        return answered
+
+    def fail(self, plan: Plan, error: Exception) -> list[Request]:
+        """The executor raised: every request of the plan's batch, and every running one, is
+        answered with ``error`` (a failure answers its own requests, never stops the engine)."""
+        failed = {r.id: error for r in plan.batch}
+        failed.update((r.id, error) for r in self.running if r.status is not Status.CANCELLED)
+        return self.update(plan, Outcome(results=failed))
+
+    def idle(self) -> bool:
+        """Nothing waits or runs."""
+        return not self.requests
