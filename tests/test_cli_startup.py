@@ -113,3 +113,11 @@ def test_the_catalogue_matches_the_registries():
     for name, spec in TASKS.items():
         declared = catalogue.tasks()[name]
         assert (declared.module, declared.class_name) == (type(spec).__module__, type(spec).__name__)
+
+
+def test_the_server_does_not_import_scikit_learn():
+    """scikit-learn (and the pandas and pyarrow it brings, about 100 MB) is for evaluation: a
+    server importing the classification task for its prediction profiles does not need it."""
+    code = "import sys, softprompt.serving.app; print(sorted(m for m in ('sklearn', 'pandas') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

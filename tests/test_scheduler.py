@@ -52,6 +52,22 @@ class FakeExecutor:
         return out
 
 
+class TimedExecutor(FakeExecutor):
+    """Reports how long its prompt reading and decoding took, at the given speeds."""
+
+    def __init__(self, seconds_per_token: float, seconds_per_step: float):
+        super().__init__()
+        self.seconds_per_token, self.seconds_per_step = seconds_per_token, seconds_per_step
+        self.seconds_per_batch = 0.0
+
+    def run(self, plan: Plan) -> Outcome:
+        out = super().run(plan)
+        out.prefill_seconds = self.seconds_per_token * sum(read for read, _ in out.read.values())
+        out.decode_seconds = self.seconds_per_step * plan.decode_steps
+        out.batch_seconds = self.seconds_per_batch if plan.batch else 0.0
+        return out
+
+
 def drive(scheduler: Scheduler, executor: FakeExecutor, now: float = 0.0, limit: int = 1000) -> dict[int, object]:
     """Run plans until nothing is left (time jumps to the end of any wait); answers by id."""
     answers = {}
@@ -176,6 +192,31 @@ def test_a_long_prompt_is_read_in_chunks_under_the_token_budget_while_rows_keep_
     assert long.prompt_tokens == 1000 and long.prefilled == 1000
 
 
+def test_chunks_are_sized_to_the_decoding_rows_wait_at_the_measured_speeds():
+    scheduler = Scheduler(continuous={"g"}, max_batch=16, token_budget=512, max_token_wait=0.5, max_wait=0)
+    executor = TimedExecutor(seconds_per_token=0.01, seconds_per_step=0.1)
+    decoding = scheduler.add("g", (5, 500))
+    plan = scheduler.schedule(0.0)
+    scheduler.update(plan, executor.run(plan))
+    assert decoding.status is Status.DECODING
+    long = scheduler.add("g", (1000, 2))
+    plan = scheduler.schedule(0.0)
+    assert plan.prefill_budget == 40  # (0.5 s - a 0.1 s step) / 0.01 s per prompt token
+    scheduler.update(plan, executor.run(plan))
+    executor.seconds_per_token = 0.05  # slower now (later chunks attend to more)
+    plan = scheduler.schedule(0.0)
+    scheduler.update(plan, executor.run(plan))
+    assert scheduler.schedule(0.0).prefill_budget == 16  # (0.5 - 0.1) / 0.05: 8, raised to 16 tokens
+    assert long.status is Status.PREFILLING
+
+
+def test_without_decoding_rows_a_prompt_reads_the_whole_budget():
+    scheduler = Scheduler(continuous={"g"}, token_budget=300, max_token_wait=0.5, max_wait=0)
+    scheduler.seconds_per_prompt_token = 1.0  # slow, but no row waits
+    scheduler.add("g", (1000, 2))
+    assert scheduler.schedule(0.0).prefill_budget == 300
+
+
 def test_prompts_share_the_budget_in_arrival_order():
     scheduler, executor = Scheduler(continuous={"g"}, max_batch=16, token_budget=10, max_wait=0), FakeExecutor()
     first, second = scheduler.add("g", (6, 5)), scheduler.add("g", (6, 5))
@@ -189,7 +230,7 @@ def test_prompts_share_the_budget_in_arrival_order():
     assert [(r.id, tokens) for r, tokens in plan.prefill] == [(second.id, 2)] and plan.prefill_budget == 9
 
 
-def test_decoding_advances_one_token_alone_and_busy_slice_tokens_while_others_wait():
+def test_decoding_advances_one_token_alone_and_busy_slice_tokens_beside_other_work():
     scheduler = Scheduler(continuous={"g"}, max_batch=8, busy_slice=4, max_wait=0)
     executor = FakeExecutor()
     scheduler.add("g", (2, 40))
@@ -198,11 +239,28 @@ def test_decoding_advances_one_token_alone_and_busy_slice_tokens_while_others_wa
     assert scheduler.schedule(0.0).decode_steps == 1
     scheduler.add("c", 1)
     plan = scheduler.schedule(0.0)
-    assert [r.payload for r in plan.batch] == [1] and plan.decode_steps == 1  # the batch is taken in this plan
+    assert [r.payload for r in plan.batch] == [1] and plan.decode_steps == 4  # beside a batch
+    scheduler.update(plan, executor.run(plan))
+    assert scheduler.schedule(0.0).decode_steps == 1  # alone again
+
+
+def test_under_both_loads_decoding_gets_half_as_long_as_the_last_batch_took():
+    scheduler = Scheduler(continuous={"g"}, max_batch=8, busy_slice=4, max_wait=0)
+    executor = TimedExecutor(seconds_per_token=0.001, seconds_per_step=0.05)
+    executor.seconds_per_batch = 1.0
+    scheduler.add("g", (2, 1000))
+    scheduler.add("c", 1)
+    plan = scheduler.schedule(0.0)
+    scheduler.update(plan, executor.run(plan))  # the batch took 1 s, a decoding step 0.05 s
     scheduler.add("c", 2)
     scheduler.add("s", 3)
+    assert scheduler.schedule(0.0).decode_steps == 10  # 0.5 s of decoding while the next batch waits
+    executor.seconds_per_batch = 0.01
     plan = scheduler.schedule(0.0)
-    assert plan.decode_steps == 4  # another kind still waits
+    scheduler.update(plan, executor.run(plan))
+    scheduler.add("c", 4)
+    scheduler.add("s", 5)  # still waits after the next plan takes the "c" one
+    assert scheduler.schedule(0.0).decode_steps == 4  # a quick batch: busy_slice, no fewer
 
 
 def test_classification_is_not_starved_by_a_long_generation():

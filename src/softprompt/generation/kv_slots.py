@@ -135,11 +135,14 @@ class KvSlots:
         capacity_rows, capacity = self.mask.shape
         if self.rows + rows <= capacity_rows and self.end + right <= capacity and self.end >= left:
             return
-        width, spare = self.width, max(self.width, left, 16)
-        end = max(left, width) + spare // 2  # room on the left for a longer prompt joining
-        capacity = end + right + spare  # and on the right for as many new tokens
-        if self.rows + rows > capacity_rows:
-            capacity_rows = max(self.rows + rows, 2 * capacity_rows, 8)
+        # A quarter more room on each side (geometric growth: regrowing stays rare), not double:
+        # every row has every column, so a long prompt's width is paid by all the rows.
+        width = self.width
+        spare = max(max(left, width) // 4, 16)
+        end = max(left, width) + spare  # room on the left for a longer prompt joining
+        capacity = end + right + spare  # and on the right for new tokens
+        needed = self.rows + rows  # and a quarter more rows: every row costs all the columns
+        capacity_rows = needed + max(needed // 4, 2)
         self.buffers = [
             (self._moved(k, capacity_rows, capacity, end), self._moved(v, capacity_rows, capacity, end))
             for k, v in self.buffers

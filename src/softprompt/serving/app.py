@@ -76,6 +76,7 @@ def create_app(
         max_wait=settings.max_wait_ms / 1000,
         queue_size=settings.queue_size,
         token_budget=settings.token_budget,
+        max_token_wait=settings.max_token_wait_ms / 1000 or None,
     )
     executor = ServiceExecutor(
         worker_handlers(service), service, lambda kind, rows: metrics.batch_rows.labels(kind).observe(rows)

@@ -8,6 +8,7 @@ running batch decodes. A failure answers its own part's requests and never the o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -56,15 +57,18 @@ class ServiceExecutor:
     def _run_batch(self, batch: list[Request], outcome: Outcome) -> None:
         kind = batch[0].kind
         self._told(kind, sum(r.rows for r in batch))
+        started = time.perf_counter()
         try:
             results = self.handlers[kind]([r.payload for r in batch])
         except Exception as exc:
             results = [exc] * len(batch)
+        outcome.batch_seconds = time.perf_counter() - started
         outcome.results.update((r.id, result) for r, result in zip(batch, results, strict=True))
 
     def _generate(self, plan: Plan, outcome: Outcome) -> None:
         generation = self.generation
         chunks = [(r.id, r.payload, tokens) for r, tokens in plan.prefill]
+        started = time.perf_counter()
         try:
             read, refused = generation.prefill_generation(chunks, plan.prefill_budget)
         except Exception as exc:  # the prompts being read fail; the rows already decoding go on
@@ -72,6 +76,7 @@ class ServiceExecutor:
             generation.drop_generation(keys)
             outcome.results.update(dict.fromkeys(keys, exc))
             read, refused = {}, {}
+        outcome.prefill_seconds = time.perf_counter() - started
         outcome.read.update(read)
         outcome.results.update(refused)
         if not plan.decode_steps:
@@ -80,8 +85,10 @@ class ServiceExecutor:
         if not running:
             return
         self._told(self.continuous_kind, generation.generation_rows())
+        started = time.perf_counter()
         try:
             outcome.results.update(generation.advance_generation(plan.decode_steps))
+            outcome.decode_seconds = time.perf_counter() - started
         except Exception as exc:  # every running row fails with it
             generation.drop_generation(set(running))
             outcome.results.update(dict.fromkeys(running, exc))

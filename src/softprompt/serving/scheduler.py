@@ -22,10 +22,11 @@ The rules, in the order :meth:`Scheduler.schedule` applies them:
   larger than ``max_batch`` still runs, alone); each prefilling request may read up to what the
   step's token budget leaves after one token per decoding row, so a long prompt is read in
   chunks and never stalls decoding for longer than a chunk;
-- the running batch decodes one token while no other kind of request waits (a finished request
-  is answered, and a new one joins, at the next step; a long prompt goes on with its next
-  chunk), ``busy_slice`` tokens while one does (decoding keeps that share of the worker between
-  the other batches).
+- the running batch decodes one token while no other kind of request runs or waits (a finished
+  request is answered, and a new one joins, at the next step; a long prompt goes on with its
+  next chunk); beside a one-shot batch, or while one waits, as many tokens as take about half
+  as long as the last one-shot batch took (at least ``busy_slice``): under both loads,
+  generation gets a third of the worker.
 """
 
 from __future__ import annotations
@@ -108,6 +109,9 @@ class Outcome:
 
     results: dict[int, Any] = field(default_factory=dict)
     read: dict[int, tuple[int, int]] = field(default_factory=dict)
+    batch_seconds: float = 0.0  # how long the one-shot batch took
+    prefill_seconds: float = 0.0  # how long reading prompts took
+    decode_seconds: float = 0.0  # how long the decoding slice took
 
 
 class Scheduler:
@@ -121,6 +125,9 @@ class Scheduler:
         queue_size: requests that may wait; :meth:`add` refuses more (:class:`QueueFull`).
         token_budget: tokens per step: one per decoding row, the rest for prefill chunks.
         busy_slice: tokens decoded per step while other work waits.
+        max_token_wait: seconds a decoding row may wait for its next token while prompts are read
+            (None: no limit but the token budget). Chunks are sized to it from the speeds the
+            executor measured: the last step's seconds per prompt token and per decoding step.
     """
 
     def __init__(
@@ -132,10 +139,14 @@ class Scheduler:
         queue_size: int = 256,
         token_budget: int = 512,
         busy_slice: int = 4,
+        max_token_wait: float | None = None,
     ):
         self.continuous, self.urgent = frozenset(continuous), frozenset(urgent)
         self.max_batch, self.max_wait, self.queue_size = max_batch, max_wait, queue_size
-        self.token_budget, self.busy_slice = token_budget, busy_slice
+        self.token_budget, self.busy_slice, self.max_token_wait = token_budget, busy_slice, max_token_wait
+        self.seconds_per_prompt_token: float | None = None  # measured: the newest step's
+        self.seconds_per_decode_step: float | None = None
+        self.batch_seconds: float | None = None  # the last one-shot batch's time
         self.requests: dict[int, Request] = {}  # every request not yet answered, by id
         self.waiting: collections.deque[Request] = collections.deque()  # in arrival order
         self.running: list[Request] = []  # generation requests prefilling or decoding, in admission order
@@ -184,9 +195,9 @@ class Scheduler:
         plan.batch, plan.wait = self._one_shot(now, generating)
         self._admit()
         plan.prefill, plan.prefill_budget = self._chunks()
-        if self.running:
-            others = any(r.kind not in self.continuous for r in self.waiting)
-            plan.decode_steps = self.busy_slice if others else 1
+        if self.running:  # a batch run in this step, or one waiting, shares the worker's time
+            shared = bool(plan.batch) or any(r.kind not in self.continuous for r in self.waiting)
+            plan.decode_steps = self._fair_slice() if shared else 1
         return plan
 
     def _one_shot(self, now: float, generating: bool) -> tuple[list[Request], float | None]:
@@ -227,11 +238,11 @@ class Scheduler:
 
     def _chunks(self) -> tuple[list[tuple[Request, int]], int]:
         """Prompt tokens each prefilling request may read this step, and all of them together:
-        the token budget after one token per decoding row (at least one token, so a batch full
-        of decoding rows still makes progress on its prompts), in admission order. A request
-        whose length is not known yet may read up to all that is left; the executor stops at the
-        total."""
-        budget = max(self.token_budget - self.decoding_rows, 1)
+        the token budget after one token per decoding row, and no more than the decoding rows'
+        wait allows (:meth:`_time_budget`), in admission order (at least one token, so a batch
+        full of decoding rows still makes progress on its prompts). A request whose length is
+        not known yet may read up to all that is left; the executor stops at the total."""
+        budget = max(min(self.token_budget - self.decoding_rows, self._time_budget()), 1)
         left, chunks = budget, []
         for request in self.running:
             if request.status is not Status.PREFILLING or left <= 0:
@@ -242,11 +253,20 @@ class Scheduler:
                 left -= allowed
         return chunks, budget
 
+    def _time_budget(self) -> int | float:
+        """Prompt tokens that fit in ``max_token_wait`` beside a decoding step, at the measured
+        speeds (no limit while nothing decodes, or before anything was measured)."""
+        rate, step = self.seconds_per_prompt_token, self.seconds_per_decode_step or 0.0
+        if self.max_token_wait is None or rate is None or not self.decoding_rows:
+            return float("inf")
+        return max(int((self.max_token_wait - step) / rate), MIN_CHUNK)
+
     # ---- what the executor did --------------------------------------------------------------
 
     def update(self, plan: Plan, outcome: Outcome) -> list[Request]:
         """Move the plan's requests on by the executor's ``outcome``; the requests answered now
         (their ``result`` set), which leave the scheduler."""
+        self._measure(plan, outcome)
         for request_id, (read, length) in outcome.read.items():
             request = self.requests.get(request_id)
             if request is None:
@@ -267,6 +287,26 @@ class Scheduler:
             self.running = [r for r in self.running if r.id not in gone]
         return answered
 
+    def _fair_slice(self) -> int:
+        """Tokens to decode beside one-shot work: about half as long as the last one-shot batch
+        took (a third of the worker for generation, two for the batches, whose requests then
+        wait at most about 1.5 times as long as alone), at least ``busy_slice``."""
+        if self.batch_seconds is None or not self.seconds_per_decode_step:
+            return self.busy_slice
+        share = GENERATION_SHARE * self.batch_seconds / self.seconds_per_decode_step
+        return max(self.busy_slice, min(round(share), MAX_SLICE))
+
+    def _measure(self, plan: Plan, outcome: Outcome) -> None:
+        """Keep the newest step's speeds, which chunks are sized by (a long prompt's later chunks
+        cost more, attending to more: the newest is the best guess of the next)."""
+        read = sum(tokens for tokens, _ in outcome.read.values())
+        if read and outcome.prefill_seconds > 0:
+            self.seconds_per_prompt_token = outcome.prefill_seconds / read
+        if plan.decode_steps and outcome.decode_seconds > 0:
+            self.seconds_per_decode_step = outcome.decode_seconds / plan.decode_steps
+        if plan.batch and outcome.batch_seconds > 0:
+            self.batch_seconds = outcome.batch_seconds
+
     def fail(self, plan: Plan, error: Exception) -> list[Request]:
         """The executor raised: every request of the plan's batch, and every running one, is
         answered with ``error`` (a failure answers its own requests, never stops the engine)."""
@@ -277,3 +317,8 @@ class Scheduler:
     def idle(self) -> bool:
         """Nothing waits or runs."""
         return not self.requests
+
+
+MIN_CHUNK = 16  # prompt tokens a step reads at least, however slow: a long prompt still moves on
+MAX_SLICE = 64  # tokens decoded at most between two one-shot batches
+GENERATION_SHARE = 0.5  # decoding time beside one-shot work, per second of one-shot batch

@@ -30,6 +30,14 @@ class ServeSettings:
             "tokens a step reads: one per decoding row, the rest for prompts (a longer prompt is read in chunks)",
         ),
     )
+    max_token_wait_ms: float = field(
+        default=500.0,
+        metadata=_flag(
+            "--max-token-wait-ms",
+            "how long a decoding row may wait for its next token while prompts are read (0: no limit)",
+            zero_ok=True,
+        ),
+    )
     max_wait_ms: float = field(
         default=5.0, metadata=_flag("--max-wait-ms", "how long a request waits for company", zero_ok=True)
     )

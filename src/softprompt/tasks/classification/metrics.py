@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sklearn.metrics import accuracy_score, f1_score
-
 
 def classification_metrics(predicted: list[int], gold: list[int], labels: list[str]) -> dict[str, Any]:
     """Accuracy, macro-F1 and per-label F1 of label indices ``predicted`` against ``gold``."""
     if not gold:
         return {"accuracy": 0.0, "macro_f1": 0.0, "f1": dict.fromkeys(labels, 0.0), "n": 0}
+    # Imported here: scikit-learn brings pandas and pyarrow (about 100 MB), which a server,
+    # importing this module for its prediction profiles, never needs.
+    from sklearn.metrics import accuracy_score, f1_score
+
     indices = list(range(len(labels)))
     per_label = f1_score(gold, predicted, labels=indices, average=None, zero_division=0)
     return {
