@@ -137,7 +137,7 @@ class Scheduler:
         max_batch: int = 32,
         max_wait: float = 0.005,
         queue_size: int = 256,
-        token_budget: int = 512,
+        token_budget: int = 256,
         busy_slice: int = 4,
         max_token_wait: float | None = None,
     ):
