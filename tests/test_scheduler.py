@@ -106,7 +106,7 @@ def test_a_lone_batch_waits_for_company_until_max_wait_after_its_arrival():
     scheduler.add("c", 2, now=10.03)
     assert scheduler.schedule(10.04).empty  # still waiting for company
     plan = scheduler.schedule(10.05)
-    assert [r.payload for r in plan.batch] == [1, 2] and all(r.status is Status.WAITING for r in plan.batch)
+    assert [r.payload for r in plan.batch] == [1, 2] and all(r.status is Status.RUNNING for r in plan.batch)
 
 
 def test_a_full_batch_does_not_wait():
@@ -294,6 +294,17 @@ def test_a_cancelled_running_request_is_dropped_at_the_next_step_and_never_plann
     assert all(gone not in p.drop for p in executor.plans[2:]) and gone.id not in executor.left
 
 
+def test_a_generation_cancelled_as_it_finishes_is_still_dropped_once():
+    scheduler, executor = Scheduler(continuous={"g"}, max_wait=0), FakeExecutor()
+    ending = scheduler.add("g", (2, 2))
+    plan = scheduler.schedule(0.0)
+    scheduler.update(plan, executor.run(plan))  # read, one token decoded
+    plan = scheduler.schedule(0.0)  # its last token
+    scheduler.cancel(ending.id)  # its caller went away while that step ran
+    assert scheduler.update(plan, executor.run(plan)) == []  # answered to no one
+    assert scheduler.schedule(0.0).drop == [ending] and scheduler.idle()
+
+
 def test_a_cancelled_prefilling_request_stops_reading():
     scheduler, executor = Scheduler(continuous={"g"}, token_budget=8, max_wait=0), FakeExecutor()
     long = scheduler.add("g", (100, 1))
@@ -302,6 +313,17 @@ def test_a_cancelled_prefilling_request_stops_reading():
     scheduler.cancel(long.id)
     plan = scheduler.schedule(0.0)
     assert plan.drop == [long] and not plan.prefill and scheduler.idle()
+
+
+def test_a_one_shot_request_cancelled_while_its_batch_runs_is_answered_to_no_one():
+    scheduler, executor = Scheduler(max_wait=0), FakeExecutor()
+    running, other = scheduler.add("c", 1), scheduler.add("c", 2)
+    plan = scheduler.schedule(0.0)
+    assert running.status is other.status is Status.RUNNING
+    scheduler.cancel(running.id)  # its caller timed out while the batch ran
+    answered = scheduler.update(plan, executor.run(plan))
+    assert {r.id: r.result for r in answered} == {other.id: 20} and running.status is Status.CANCELLED
+    assert scheduler.idle()
 
 
 def test_a_failed_step_answers_its_own_requests_and_the_scheduler_goes_on():

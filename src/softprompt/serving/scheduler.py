@@ -44,10 +44,12 @@ class QueueFull(Exception):
 
 
 class Status(enum.Enum):
-    """Where a request is in its life: waiting → (generation: prefilling → decoding) → finished;
-    cancelled (its caller went away) or failed from any state before finished."""
+    """Where a request is in its life: waiting → running (one-shot kinds) or prefilling → decoding
+    (generation) → finished; cancelled (its caller went away) or failed from any state before
+    finished."""
 
     WAITING = "waiting"
+    RUNNING = "running"  # a one-shot request in the batch the executor runs now
     PREFILLING = "prefilling"  # generation: its prompt being read, a chunk per step
     DECODING = "decoding"  # generation: in the running decoding batch
     FINISHED = "finished"
@@ -164,8 +166,9 @@ class Scheduler:
         return request
 
     def cancel(self, request_id: int) -> None:
-        """The caller went away: a waiting request is forgotten now, a running one leaves the
-        batch at the next step (:attr:`Plan.drop`)."""
+        """The caller went away: a waiting request is forgotten now, a generation request leaves
+        the batch at the next step (:attr:`Plan.drop`); a one-shot request already running is
+        answered to no one."""
         request = self.requests.get(request_id)
         if request is None or request.status in FINAL:
             return
@@ -190,7 +193,7 @@ class Scheduler:
         if plan.drop:
             self.running = [r for r in self.running if r.status is not Status.CANCELLED]
             for request in plan.drop:
-                del self.requests[request.id]
+                self.requests.pop(request.id, None)  # (gone already if its answer came meanwhile)
         generating = bool(self.running) or any(r.kind in self.continuous for r in self.waiting)
         plan.batch, plan.wait = self._one_shot(now, generating)
         self._admit()
@@ -223,6 +226,7 @@ class Scheduler:
             return [], self.max_wait - waited
         for request in batch:
             self.waiting.remove(request)
+            request.status = Status.RUNNING
         return batch, None
 
     def _admit(self) -> None:
@@ -277,7 +281,7 @@ class Scheduler:
         answered = []
         for request_id, result in outcome.results.items():
             request = self.requests.pop(request_id, None)
-            if request is None:
+            if request is None or request.status is Status.CANCELLED:  # no one waits for it
                 continue
             request.result = result
             request.status = Status.FAILED if isinstance(result, Exception) else Status.FINISHED
