@@ -10,7 +10,8 @@ import time
 import pytest
 
 from softprompt.serving.engine import Engine
-from softprompt.serving.scheduler import Outcome, Plan, QueueFull, Scheduler, Status
+from softprompt.serving.scheduler import Scheduler
+from softprompt.serving.step import Outcome, Plan, QueueFull, Status
 
 from .helpers import async_wait_until
 

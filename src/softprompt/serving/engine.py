@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 from typing import Any, Protocol
 
-from softprompt.serving.scheduler import Outcome, Plan, Request, Scheduler
+from softprompt.serving.scheduler import Scheduler
+from softprompt.serving.step import Outcome, Plan, Request
 
 
 class Executor(Protocol):

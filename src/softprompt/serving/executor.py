@@ -13,7 +13,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from softprompt.serving.scheduler import Outcome, Plan, Request
+from softprompt.serving.step import Outcome, Plan, Request
 
 
 class Generation(Protocol):

@@ -18,10 +18,10 @@ from softprompt.lifecycle.capture import Capture
 from softprompt.serving.engine import Engine
 from softprompt.serving.guards import outside_roots
 from softprompt.serving.registry import is_internal, load_task, reserved_name_problem
-from softprompt.serving.scheduler import QueueFull
 from softprompt.serving.service import Service, TaskChange, UnknownTask, shown_name
 from softprompt.serving.settings import ServeSettings, over_limit
 from softprompt.serving.shared_folder import publish, withdraw
+from softprompt.serving.step import QueueFull
 from softprompt.serving.versions import VersionConflict, VersionRefused
 
 
