@@ -90,7 +90,13 @@ def test_a_loop_killed_mid_round_resumes_that_round(serving, tmp_path):
     process = subprocess.Popen(command, env={**os.environ, "SOFTPROMPT_ADMIN_KEY": ADMIN}, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
-        while not (state_file.is_file() and json.loads(state_file.read_text())["phase"] == "shadowing"):
+
+        def shadowing() -> bool:  # the state says so and the server has the candidate (posted just after the save)
+            if not (state_file.is_file() and json.loads(state_file.read_text())["phase"] == "shadowing"):
+                return False
+            return httpx.get(f"{url}/v1/tasks/sentiment").json()["candidate"] is not None
+
+        while not shadowing():
             assert process.poll() is None and time.monotonic() < deadline, "the loop did not reach its shadow"
             time.sleep(0.2)
     finally:
@@ -99,7 +105,7 @@ def test_a_loop_killed_mid_round_resumes_that_round(serving, tmp_path):
     killed = json.loads(state_file.read_text())
     folder = Path(killed["candidate"])
     written = (folder / "task.json").stat().st_mtime_ns
-    assert httpx.get(f"{url}/v1/tasks/sentiment").json()["candidate"] is not None  # the shadow is running
+    assert httpx.get(f"{url}/v1/tasks/sentiment").json()["candidate"] is not None  # the shadow still runs
     loop = Loop(settings_for(url, db, rounds=1), state_file)
     with logged_messages("softprompt.lifecycle") as lines:
         (outcome,) = loop.run()
