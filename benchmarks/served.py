@@ -4,6 +4,8 @@ artifact copied under many task names, and the generating clients."""
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import random
 import shutil
@@ -15,6 +17,8 @@ from pathlib import Path
 import httpx
 
 from server_load import free_port, wait_until_ready
+
+WEIGHTS = "adapter_model.safetensors"
 
 
 class Server:
@@ -32,8 +36,10 @@ class Server:
             command += ["--prompt-cache-mb", str(args.prompt_cache_mb)]
         if getattr(args, "prompt_cache_dtype", None):
             command += ["--prompt-cache-dtype", args.prompt_cache_dtype]
+        if getattr(args, "prompt_cache_dir", None):
+            command += ["--prompt-cache-dir", str(args.prompt_cache_dir)]
         env = dict(os.environ)
-        if args.src:
+        if getattr(args, "src", None):
             env["PYTHONPATH"] = str(Path(args.src).resolve())
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
         self.ready_s = wait_until_ready(self.base)  # from the process's start: loading included
@@ -56,16 +62,41 @@ class Server:
         calls = totals.get("count", 0.0)
         return {"model_calls": calls, "mean_batch_rows": totals.get("sum", 0.0) / calls if calls else 0.0}
 
+    def prompt_cache_counts(self) -> dict[str, float]:
+        """The server's prompt-cache counters so far (kept, read from the folder, computed)."""
+        counts = {}
+        for line in httpx.get(f"{self.base}/metrics").text.splitlines():
+            for what in ("hits", "folder_hits", "misses"):
+                if line.startswith(f"softprompt_prompt_cache_{what}_total "):
+                    counts[f"prompt_cache_{what}"] = float(line.split()[-1])
+        return counts
+
     def close(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=60)
 
 
 def prompts_dir(artifact: Path, count: int, root: Path) -> Path:
+    """``count`` tasks made of ``artifact``: the first is a copy, each other one's weights moved by
+    a tiny random amount (1e-4 of their spread), so that every task has a prompt of its own (a
+    store keyed by what a prompt holds, as ``--prompt-cache-dir`` is, must not find one for all)."""
+    import safetensors.torch
+    import torch
+
     folder = root / f"tasks-{count}"
     folder.mkdir(parents=True)
+    weights = safetensors.torch.load_file(str(artifact / WEIGHTS))
     for i in range(count):
-        shutil.copytree(artifact, folder / f"task{i:05d}", ignore=shutil.ignore_patterns("checkpoint", "*.png"))
+        task = folder / f"task{i:05d}"
+        shutil.copytree(artifact, task, ignore=shutil.ignore_patterns("checkpoint", "*.png"))
+        if i == 0:
+            continue
+        generator = torch.Generator().manual_seed(i)
+        moved = {k: v + 1e-4 * v.float().std() * torch.randn(v.shape, generator=generator) for k, v in weights.items()}
+        safetensors.torch.save_file(moved, str(task / WEIGHTS), metadata={"format": "pt"})
+        record = json.loads((task / "task.json").read_text())
+        record["weights_sha256"] = hashlib.sha256((task / WEIGHTS).read_bytes()).hexdigest()
+        (task / "task.json").write_text(json.dumps(record))
     return folder
 
 

@@ -65,7 +65,8 @@ def classify(args: argparse.Namespace, folder: Path) -> dict:
             return summary(log, args.seconds)
 
         result = asyncio.run(run())
-        return {**result, **server.rss_mb(), **server.batch_rows(), "ready_s": server.ready_s, "tasks": len(tasks)}
+        measured = {**server.rss_mb(), **server.batch_rows(), **server.prompt_cache_counts()}
+        return {**result, **measured, "ready_s": server.ready_s, "tasks": len(tasks)}
     finally:
         server.close()
 

@@ -6,10 +6,14 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from softprompt.cli.args import compute_flags, training_command, use_threads
 from softprompt.errors import SoftpromptError
 from softprompt.serving.settings import ServeSettings, setting_flags
+
+if TYPE_CHECKING:
+    from softprompt.core.prompt_caches import PromptCacheSettings
 
 
 def _continual(args: argparse.Namespace) -> None:
@@ -58,6 +62,19 @@ def _similarity(args: argparse.Namespace) -> None:
         )
 
 
+def prompt_cache_settings(args: argparse.Namespace) -> PromptCacheSettings:
+    """The serve flags' prompt-cache settings; a folder that cannot be written is refused here,
+    before the backbone loads."""
+    from softprompt.core.prompt_cache_folder import check_writable
+    from softprompt.core.prompt_caches import PromptCacheSettings
+
+    folder = args.prompt_cache_dir
+    if folder is not None:
+        folder = os.path.abspath(folder)  # Ray's replicas run in folders of their own
+        check_writable(Path(folder))
+    return PromptCacheSettings(args.prompt_cache_mb, args.prompt_cache_dtype, folder, args.prompt_cache_dir_mb)
+
+
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -78,21 +95,22 @@ def _serve(args: argparse.Namespace) -> None:
         capture_max_rows=args.capture_max_rows,
         **limits,
     )  # checked before the backbone loads
+    caches = prompt_cache_settings(args)
     if args.ray:
-        _serve_on_ray(args, settings)
+        _serve_on_ray(args, settings, caches)
         return
     capture = open_capture(settings)  # a store that cannot open is one line before the backbone loads
     use_threads(args)
     backbone = load_backbone(args.backbone, args.device, args.precision)
     backbone.require_token_prediction("serve")
-    service = Service(backbone, args.artifacts, args.prompt_cache_mb, args.prompt_cache_dtype)
+    service = Service(backbone, args.artifacts, caches)
     print(f"serving {len(service.tasks.describe())} task(s) on {backbone.name} at http://{args.host}:{args.port}")
     if capture is not None:
         print(f"capturing {100 * settings.capture_rate:g}% of answered requests in {settings.capture}")
     uvicorn.run(create_app(service, settings, capture), host=args.host, port=args.port, log_level="warning")
 
 
-def _serve_on_ray(args: argparse.Namespace, settings: ServeSettings) -> None:
+def _serve_on_ray(args: argparse.Namespace, settings: ServeSettings, caches: PromptCacheSettings) -> None:
     """``serve --ray``: the same server as replicas of a Ray Serve application (docs/serving-and-many-tasks.md)."""
     import dataclasses
 
@@ -112,8 +130,7 @@ def _serve_on_ray(args: argparse.Namespace, settings: ServeSettings) -> None:
         device=args.device,
         precision=args.precision,
         threads=args.threads or 1,
-        prompt_cache_mb=args.prompt_cache_mb,
-        prompt_cache_dtype=args.prompt_cache_dtype,
+        prompt_caches=dataclasses.asdict(caches),
         settings=values,
     )
     serve_until_stopped(config, args.replicas, args.host, args.port, args.ray_address)
@@ -224,6 +241,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default="auto",
         help="keep prompt caches in this dtype (auto: the backbone's); float16 holds twice as many "
         "caches of a float32 backbone in the same memory (docs/serving-and-many-tasks.md measures the change)",
+    )
+    serve.add_argument(
+        "--prompt-cache-dir",
+        metavar="DIR",
+        help="also keep computed prompt caches in this folder and read them back when memory misses "
+        "(across evictions and restarts; may be shared by servers of one backbone)",
+    )
+    serve.add_argument(
+        "--prompt-cache-dir-mb",
+        type=float,
+        default=4096.0,
+        help="disk for --prompt-cache-dir; the least recently used files are removed past it (default: %(default)s)",
     )
     ray = serve.add_argument_group("Ray Serve (docs/serving-and-many-tasks.md)")
     ray.add_argument("--ray", action="store_true", help="serve as replicas of a Ray Serve application")

@@ -125,10 +125,15 @@ class PromptCacheCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         store = self.store()
-        hits, misses, entries, size = (
-            (0, 0, 0, 0) if store is None else (store.hits, store.misses, len(store), store.bytes)
+        hits, read, misses, entries, size = (
+            (0, 0, 0, 0, 0)
+            if store is None
+            else (store.hits, store.folder.reads if store.folder else 0, store.misses, len(store), store.bytes)
         )
         yield CounterMetricFamily("softprompt_prompt_cache_hits", "prompt caches found kept", value=hits)
+        yield CounterMetricFamily(
+            "softprompt_prompt_cache_folder_hits", "prompt caches read from --prompt-cache-dir", value=read
+        )
         yield CounterMetricFamily("softprompt_prompt_cache_misses", "prompt caches computed", value=misses)
         yield GaugeMetricFamily("softprompt_prompt_cache_entries", "prompt caches kept", value=entries)
         yield GaugeMetricFamily("softprompt_prompt_cache_bytes", "memory of the kept prompt caches", value=size)

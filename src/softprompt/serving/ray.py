@@ -27,6 +27,7 @@ from typing import Any
 
 from ray import serve
 
+from softprompt.core.prompt_caches import PromptCacheSettings
 from softprompt.errors import SoftpromptError
 from softprompt.serving.settings import ServeSettings
 
@@ -44,8 +45,7 @@ class ReplicaConfig:
     device: str = "auto"
     precision: str = "auto"
     threads: int = 1  # torch threads per replica, and the CPUs Ray reserves for it
-    prompt_cache_mb: float | None = 768.0
-    prompt_cache_dtype: str = "auto"
+    prompt_caches: dict[str, Any] = field(default_factory=dict)  # PromptCacheSettings' fields
     settings: dict[str, Any] = field(default_factory=dict)  # ServeSettings' fields
     replicas: int = 1  # how many replicas the application runs (set by `application`)
 
@@ -82,7 +82,7 @@ class SoftpromptReplica:
         torch.set_num_threads(setup.threads)
         backbone = load_backbone(setup.backbone, setup.device, setup.precision)
         backbone.require_token_prediction("serve")
-        service = Service(backbone, setup.artifacts, setup.prompt_cache_mb, setup.prompt_cache_dtype)
+        service = Service(backbone, setup.artifacts, PromptCacheSettings(**setup.prompt_caches))
         context = serve.get_replica_context()
         name = context.replica_id.unique_id if context is not None else str(os.getpid())
         # Names of our own: Ray's wrapper class defines `app` and others on the same object.

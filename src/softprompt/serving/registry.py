@@ -10,11 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from softprompt.artifact import TASK_FILE, read_artifact
 from softprompt.backbones import Backbone
-from softprompt.core.prompt_caches import PromptCaches
+from softprompt.core.prompt_caches import PromptCaches, PromptCacheSettings
 from softprompt.errors import SoftpromptError
 from softprompt.methods import METHODS, get_method
 from softprompt.serving.writing import Writer, writer_cache_key
@@ -140,25 +138,22 @@ class ServedTasks:
 def load_tasks(
     directory: str | Path,
     backbone: Backbone,
-    prompt_cache_mb: float | None = None,
+    caches: PromptCacheSettings | None = None,
     live: dict[str, Path] | None = None,
-    prompt_cache_dtype: str | None = None,
 ) -> ServedTasks:
     """Load every artifact directory under ``directory`` (its name is the task name). The
-    classifiers' prompt caches are kept up to ``prompt_cache_mb`` megabytes (None: all of them),
-    in ``prompt_cache_dtype`` (``float16``; None or ``auto``: the backbone's dtype).
+    prompt caches are kept as ``caches`` says (None: every one in memory, none on disk).
     ``live`` names, per task, the folder of its live version when that is not the task's own
     folder (a promoted version; see :mod:`softprompt.lifecycle.versions`).
 
     Raises:
-        SoftpromptError: ``directory`` does not exist (a bad task inside it is only skipped).
+        SoftpromptError: ``directory`` does not exist, or the prompt-cache folder cannot be
+            written (a bad task inside it is only skipped).
     """
     root = Path(directory)
     if not root.is_dir():
         raise SoftpromptError(f"prompts directory {root} does not exist (give a folder of trained artifacts)")
-    budget = None if prompt_cache_mb is None else int(prompt_cache_mb * 2**20)
-    dtype = None if prompt_cache_dtype in (None, "auto") else getattr(torch, prompt_cache_dtype)
-    tasks = ServedTasks(PromptCaches(backbone, budget, dtype))
+    tasks = ServedTasks((caches or PromptCacheSettings(megabytes=None)).store(backbone))
     for path in sorted(p for p in root.iterdir() if p.is_dir()):
         if not (path / TASK_FILE).exists():
             continue

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.backbones import Backbone
+from softprompt.core.prompt_caches import PromptCacheSettings
 from softprompt.data.records import Example
 from softprompt.errors import SoftpromptError
 from softprompt.lifecycle.drift import DriftMonitor
@@ -53,12 +54,11 @@ class Service:
         self,
         backbone: Backbone,
         artifacts: str | Path,
-        prompt_cache_mb: float | None = 768.0,
-        prompt_cache_dtype: str | None = None,
+        caches: PromptCacheSettings | None = None,
     ):
         self.backbone = backbone
         self.artifacts = artifacts  # the folder whose sub-folders are the served tasks' artifacts
-        self.cache_budget = (prompt_cache_mb, prompt_cache_dtype)  # MB and dtype of kept prompt caches
+        self.caches = caches or PromptCacheSettings()  # how prompt caches are kept (memory, dtype, folder)
         self.versions = TaskVersions(artifacts)  # candidates, and the folder's record of live versions
         self.tasks: ServedTasks = self._load_tasks()
         self.stream = GenerationStream(backbone)  # the server's running decoding batch
@@ -74,8 +74,7 @@ class Service:
         return self.tasks.serves(name)
 
     def _load_tasks(self) -> ServedTasks:
-        megabytes, dtype = self.cache_budget
-        return load_tasks(self.artifacts, self.backbone, megabytes, self.versions.live_folders(), dtype)
+        return load_tasks(self.artifacts, self.backbone, self.caches, self.versions.live_folders())
 
     def report_skipped(self) -> None:
         for name, reason in self.tasks.skipped.items():
