@@ -5,6 +5,7 @@ near-match suggestion."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from pathlib import Path
@@ -169,9 +170,16 @@ def check_key(key: Any, prefix: str = "") -> None:
         raise SoftpromptError(f"config key {key!r}{where} is not a name; keys are text, such as 'seed' or 'lr'")
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """``cls``'s resolved annotations, once per class (resolving them is most of the time of
+    building a config, which a server does for each of thousands of artifacts)."""
+    return typing.get_type_hints(cls)
+
+
 def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a nested dict, rejecting unknown keys."""
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     names = list(fields)
     kwargs: dict[str, Any] = {}

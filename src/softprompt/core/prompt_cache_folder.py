@@ -18,6 +18,7 @@ the least recently used files are removed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -83,7 +84,8 @@ class PromptCacheFolder:
             logger.warning("prompt cache %s is damaged; removed, computed again", path)
             path.unlink(missing_ok=True)
             return None
-        os.utime(path)  # used now: the last to be removed
+        with contextlib.suppress(OSError):  # removed meanwhile by a server sharing the folder: still read
+            os.utime(path)  # used now: the last to be removed
         self.reads += 1
         device = self.backbone.device
         return [(k.to(device), v.to(device)) for k, v in layers]
