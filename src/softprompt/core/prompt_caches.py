@@ -9,8 +9,9 @@ task's first request, which with a thousand tasks is most requests of the first 
 :class:`~softprompt.core.prompt_cache_folder.PromptCacheFolder`, the store reads a missing cache
 from there before computing it, and writes there what it computes.
 
-The store never looks at a prompt's values: its owner promises that the prompt under a key does
-not change, and calls :meth:`PromptCaches.forget` when it replaces one. Training, where prompts
+In memory the store never looks at a prompt's values (the folder names its files by them): its
+owner promises that the prompt under a key does not change, and calls :meth:`PromptCaches.forget`
+when it replaces one. Training, where prompts
 change every step, uses no store.
 """
 
