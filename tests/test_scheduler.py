@@ -44,7 +44,11 @@ class FakeExecutor:
             out.read[request.id] = (read, length)
             if before + read == length:
                 self.left[request.id] = new
+        out.decoded_steps = 0
         for _ in range(plan.decode_steps):
+            if not self.left:  # every row finished: the slice ends early, as the running batch's does
+                break
+            out.decoded_steps += 1
             for key in list(self.left):
                 self.left[key] -= 1
                 if not self.left[key]:
@@ -64,7 +68,7 @@ class TimedExecutor(FakeExecutor):
     def run(self, plan: Plan) -> Outcome:
         out = super().run(plan)
         out.prefill_seconds = self.seconds_per_token * sum(read for read, _ in out.read.values())
-        out.decode_seconds = self.seconds_per_step * plan.decode_steps
+        out.decode_seconds = self.seconds_per_step * out.decoded_steps
         out.batch_seconds = self.seconds_per_batch if plan.batch else 0.0
         return out
 
@@ -262,6 +266,25 @@ def test_under_both_loads_decoding_gets_half_as_long_as_the_last_batch_took():
     scheduler.add("c", 4)
     scheduler.add("s", 5)  # still waits after the next plan takes the "c" one
     assert scheduler.schedule(0.0).decode_steps == 4  # a quick batch: busy_slice, no fewer
+
+
+def test_a_slice_whose_rows_finished_early_is_measured_per_step_it_decoded():
+    scheduler = Scheduler(continuous={"g"}, max_batch=8, busy_slice=4, max_wait=0)
+    executor = TimedExecutor(seconds_per_token=0.001, seconds_per_step=0.05)
+    executor.seconds_per_batch = 1.0
+    scheduler.add("g", (2, 1000))
+    scheduler.add("c", 1)
+    plan = scheduler.schedule(0.0)
+    scheduler.update(plan, executor.run(plan))
+    executor.left = {key: 3 for key in executor.left}  # the row is 3 tokens from its end
+    scheduler.add("c", 2)
+    plan = scheduler.schedule(0.0)
+    assert plan.decode_steps == 10
+    outcome = executor.run(plan)
+    assert outcome.decoded_steps == 3
+    scheduler.update(plan, outcome)
+    # 0.15 s for 3 steps: 0.05 s each (over the 10 planned, 0.015 s, and the next slice 33 steps)
+    assert scheduler.seconds_per_decode_step == pytest.approx(0.05)
 
 
 def test_classification_is_not_starved_by_a_long_generation():

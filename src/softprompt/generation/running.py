@@ -46,6 +46,7 @@ class RunningBatch:
     adapters: RowAdapters = field(init=False, repr=False)
     kv: KvSlots | ConcatKv = field(init=False, repr=False)  # the rows' cache, mask and positions
     logits: torch.Tensor | None = field(default=None, init=False, repr=False)  # [rows, V] next-token logits
+    steps_run: int = field(default=0, init=False)  # tokens the last step() decoded (fewer when it emptied)
 
     def __post_init__(self) -> None:
         self.adapters = RowAdapters(self.backbone.model)  # applies LoRA and IA3 requests' weights to their rows
@@ -101,9 +102,11 @@ class RunningBatch:
     def step(self, steps: int = 1) -> list[Member]:
         """Decode up to ``steps`` tokens for every request; the requests that finished (and left)."""
         finished: list[Member] = []
+        self.steps_run = 0
         for _ in range(steps):
             if not self.members:
                 break
+            self.steps_run += 1
             chosen = self._draw()
             leaving = [m for m in self.members if m.finished]
             self._leave(leaving)

@@ -26,6 +26,8 @@ class Generation(Protocol):
 
     def advance_generation(self, steps: int) -> dict[int, Any]: ...
 
+    def decoded_steps(self) -> int: ...
+
     def drop_generation(self, keys: set[int]) -> None: ...
 
     def generation_keys(self) -> set[Hashable]: ...
@@ -89,6 +91,7 @@ class ServiceExecutor:
         try:
             outcome.results.update(generation.advance_generation(plan.decode_steps))
             outcome.decode_seconds = time.perf_counter() - started
+            outcome.decoded_steps = generation.decoded_steps()
         except Exception as exc:  # every running row fails with it
             generation.drop_generation(set(running))
             outcome.results.update(dict.fromkeys(running, exc))

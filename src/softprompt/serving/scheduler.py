@@ -229,8 +229,11 @@ class Scheduler:
         read = sum(tokens for tokens, _ in outcome.read.values())
         if read and outcome.prefill_seconds > 0:
             self.seconds_per_prompt_token = outcome.prefill_seconds / read
-        if plan.decode_steps and outcome.decode_seconds > 0:
-            self.seconds_per_decode_step = outcome.decode_seconds / plan.decode_steps
+        # Per step actually decoded: a slice whose rows all finished early took less time for
+        # fewer steps, and dividing by the planned ones made the next slices ever longer.
+        steps = plan.decode_steps if outcome.decoded_steps is None else outcome.decoded_steps
+        if steps and outcome.decode_seconds > 0:
+            self.seconds_per_decode_step = outcome.decode_seconds / steps
         if plan.batch and outcome.batch_seconds > 0:
             self.batch_seconds = outcome.batch_seconds
 

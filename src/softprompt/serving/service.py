@@ -158,6 +158,11 @@ class Service:
         by key."""
         return {key: self._texts(ids) for key, ids in self.stream.advance(steps).items()}
 
+    def decoded_steps(self) -> int:
+        """Tokens the last :meth:`advance_generation` decoded: fewer than asked when every row
+        finished before the end of the slice."""
+        return self.stream.batch.steps_run
+
     def drop_generation(self, keys: set[int]) -> None:
         self.stream.drop(keys)
 
