@@ -249,14 +249,21 @@ def test_decoding_advances_one_token_alone_and_busy_slice_tokens_beside_other_wo
     assert scheduler.schedule(0.0).decode_steps == 1  # alone again
 
 
-def test_under_both_loads_decoding_gets_half_as_long_as_the_last_batch_took():
+def decoding_beside_a_batch() -> tuple[Scheduler, TimedExecutor]:
+    """A scheduler that ran one step: a generation request and a classification batch that took
+    1 s, beside a decoding step of 0.05 s."""
     scheduler = Scheduler(continuous={"g"}, max_batch=8, busy_slice=4, max_wait=0)
     executor = TimedExecutor(seconds_per_token=0.001, seconds_per_step=0.05)
     executor.seconds_per_batch = 1.0
     scheduler.add("g", (2, 1000))
     scheduler.add("c", 1)
     plan = scheduler.schedule(0.0)
-    scheduler.update(plan, executor.run(plan))  # the batch took 1 s, a decoding step 0.05 s
+    scheduler.update(plan, executor.run(plan))
+    return scheduler, executor
+
+
+def test_under_both_loads_decoding_gets_half_as_long_as_the_last_batch_took():
+    scheduler, executor = decoding_beside_a_batch()  # the batch took 1 s, a decoding step 0.05 s
     scheduler.add("c", 2)
     scheduler.add("s", 3)
     assert scheduler.schedule(0.0).decode_steps == 10  # 0.5 s of decoding while the next batch waits
@@ -269,13 +276,7 @@ def test_under_both_loads_decoding_gets_half_as_long_as_the_last_batch_took():
 
 
 def test_a_slice_whose_rows_finished_early_is_measured_per_step_it_decoded():
-    scheduler = Scheduler(continuous={"g"}, max_batch=8, busy_slice=4, max_wait=0)
-    executor = TimedExecutor(seconds_per_token=0.001, seconds_per_step=0.05)
-    executor.seconds_per_batch = 1.0
-    scheduler.add("g", (2, 1000))
-    scheduler.add("c", 1)
-    plan = scheduler.schedule(0.0)
-    scheduler.update(plan, executor.run(plan))
+    scheduler, executor = decoding_beside_a_batch()
     executor.left = {key: 3 for key in executor.left}  # the row is 3 tokens from its end
     scheduler.add("c", 2)
     plan = scheduler.schedule(0.0)
