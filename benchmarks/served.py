@@ -52,24 +52,23 @@ class Server:
                 fields[name] = int(value.split()[0]) / 1024
         return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
 
+    def metrics(self) -> dict[str, float]:
+        """The server's /metrics samples now, by name with labels (``name{label="x"}``)."""
+        lines = httpx.get(f"{self.base}/metrics").text.splitlines()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if not line.startswith("#")}
+
     def batch_rows(self, kind: str = "classify") -> dict[str, float]:
         """Model calls of ``kind`` so far and their mean rows, from the server's /metrics."""
-        totals = {}
-        for line in httpx.get(f"{self.base}/metrics").text.splitlines():
-            for what in ("sum", "count"):
-                if line.startswith(f'softprompt_batch_rows_{what}{{kind="{kind}"}}'):
-                    totals[what] = float(line.split()[-1])
-        calls = totals.get("count", 0.0)
-        return {"model_calls": calls, "mean_batch_rows": totals.get("sum", 0.0) / calls if calls else 0.0}
+        samples = self.metrics()
+        calls = samples.get(f'softprompt_batch_rows_count{{kind="{kind}"}}', 0.0)
+        rows = samples.get(f'softprompt_batch_rows_sum{{kind="{kind}"}}', 0.0)
+        return {"model_calls": calls, "mean_batch_rows": rows / calls if calls else 0.0}
 
     def prompt_cache_counts(self) -> dict[str, float]:
         """The server's prompt-cache counters so far (kept, read from the folder, computed)."""
-        counts = {}
-        for line in httpx.get(f"{self.base}/metrics").text.splitlines():
-            for what in ("hits", "folder_hits", "misses"):
-                if line.startswith(f"softprompt_prompt_cache_{what}_total "):
-                    counts[f"prompt_cache_{what}"] = float(line.split()[-1])
-        return counts
+        samples = self.metrics()
+        names = [n for n in ("hits", "folder_hits", "misses") if f"softprompt_prompt_cache_{n}_total" in samples]
+        return {f"prompt_cache_{n}": samples[f"softprompt_prompt_cache_{n}_total"] for n in names}  # (--src: older)
 
     def close(self) -> None:
         self.process.terminate()

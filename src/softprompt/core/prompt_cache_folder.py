@@ -98,16 +98,17 @@ class PromptCacheFolder:
         for i, (keys, values) in enumerate(layers):
             tensors[f"k{i}"], tensors[f"v{i}"] = keys.detach().cpu().contiguous(), values.detach().cpu().contiguous()
         tensors[CHECKSUM] = _checksum(tensors)
+        data = safetensors.torch.save(tensors)
         try:
             path.parent.mkdir(exist_ok=True)
-            atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, str(tmp)))
+            atomic_write(path, lambda tmp: tmp.write_bytes(data))
         except OSError as exc:
             if not self._write_failed:
                 logger.warning("cannot write prompt caches to %s (%s); they are computed when missed", self.folder, exc)
             self._write_failed = True
             return
         self.writes += 1
-        self.bytes += path.stat().st_size
+        self.bytes += len(data)
         if self.max_bytes is not None and self.bytes > self.max_bytes:
             self._trim()
 
