@@ -92,3 +92,13 @@ def test_a_batch_decodes_the_same_tokens_over_either_cache(tiny_backbone):
         return finished
 
     assert decoded(concatenating=False) == decoded(concatenating=True)
+
+
+def test_a_step_counts_the_forward_passes_it_ran_not_the_tokens_it_drew(tiny_backbone):
+    """The scheduler divides a slice's time by this: a step whose every row finished on its drawn
+    token runs no forward pass, costs next to nothing, and must not count."""
+    batch = RunningBatch(tiny_backbone)
+    batch.admit([(0, SampleRequest("a good thing to say", None, 1, 3, 0.9, 0.0, 0))])
+    finished = batch.step(10)
+    assert [len(sample) for member in finished for sample in member.tokens] == [3]
+    assert batch.steps_run == 2  # the first token came from the prompt's logits, the last fed nothing

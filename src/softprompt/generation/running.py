@@ -46,7 +46,10 @@ class RunningBatch:
     adapters: RowAdapters = field(init=False, repr=False)
     kv: KvSlots | ConcatKv = field(init=False, repr=False)  # the rows' cache, mask and positions
     logits: torch.Tensor | None = field(default=None, init=False, repr=False)  # [rows, V] next-token logits
-    steps_run: int = field(default=0, init=False)  # tokens the last step() decoded (fewer when it emptied)
+    # Forward passes the last step() ran: fewer than asked when the batch emptied, and none for
+    # a step whose every row finished on its drawn token (it costs next to nothing, and counting
+    # it made the scheduler think decoding was ~free and plan a slice of dozens of steps).
+    steps_run: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.adapters = RowAdapters(self.backbone.model)  # applies LoRA and IA3 requests' weights to their rows
@@ -106,13 +109,13 @@ class RunningBatch:
         for _ in range(steps):
             if not self.members:
                 break
-            self.steps_run += 1
             chosen = self._draw()
             leaving = [m for m in self.members if m.finished]
             self._leave(leaving)
             finished += leaving
             if self.members:
                 self._feed(chosen)
+                self.steps_run += 1
         return finished
 
     @torch.inference_mode()

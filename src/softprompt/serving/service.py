@@ -159,8 +159,8 @@ class Service:
         return {key: self._texts(ids) for key, ids in self.stream.advance(steps).items()}
 
     def decoded_steps(self) -> int:
-        """Tokens the last :meth:`advance_generation` decoded: fewer than asked when every row
-        finished before the end of the slice."""
+        """Forward passes the last :meth:`advance_generation` ran: fewer than asked when every
+        row finished before the end of the slice (what the scheduler divides its time by)."""
         return self.stream.batch.steps_run
 
     def drop_generation(self, keys: set[int]) -> None:
