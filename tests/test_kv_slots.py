@@ -66,6 +66,52 @@ def test_a_join_and_a_step_write_in_place_without_moving_the_others():
     assert torch.equal(slots.buffers[0][0][:2, :, span], before)  # the others' cache untouched
 
 
+def _step(store, seed: int, layers: int = 2) -> None:
+    cache, _, _ = store.step()
+    torch.manual_seed(seed)
+    for index in range(layers):
+        cache.layers[index].update(torch.randn(store.rows, 2, 1, 4), torch.randn(store.rows, 2, 1, 4))
+    store.stepped(cache)
+
+
+def test_room_reserved_for_a_long_prompt_is_grown_a_layer_at_a_time_and_its_join_moves_nothing():
+    layers = 4
+    slots, concat = KvSlots(), ConcatKv(LlamaConfig(num_hidden_layers=layers))
+    for store in (slots, concat):
+        store.join(*_rows(3, 5, seed=0, layers=layers))
+    slots.reserve(rows=1, left=200)  # a 200-column prompt is being read a chunk at a time
+    assert slots.grow(parts=4) == 3  # one layer of four moved; the rest keep their old buffers
+    old_buffer = slots.buffers[3][0].data_ptr()
+    for seed, store in enumerate((slots, concat) * 2):  # the batch decodes, and a row leaves, meanwhile
+        _step(store, seed // 2, layers)
+    for store in (slots, concat):
+        store.remove(0)
+        store.trim()
+    _same(slots, concat)
+    assert slots.buffers[3][0].data_ptr() == old_buffer and slots.offsets[3] != 0
+    assert slots.grow(parts=2) == 1 and slots.grow(parts=1) == 0  # the last chunks move the rest
+    moved = [keys.data_ptr() for keys, _ in slots.buffers]
+    for store in (slots, concat):
+        store.join(*_rows(1, 200, seed=3, layers=layers))
+    assert [keys.data_ptr() for keys, _ in slots.buffers] == moved  # the join copied only its own row
+    _step(slots, 9, layers)
+    _step(concat, 9, layers)
+    _same(slots, concat)
+
+
+def test_a_long_prompt_joining_before_its_room_was_grown_moves_what_is_left_then():
+    layers = 3
+    slots, concat = KvSlots(), ConcatKv(LlamaConfig(num_hidden_layers=layers))
+    for store in (slots, concat):
+        store.join(*_rows(2, 6, seed=0, layers=layers))
+    slots.reserve(rows=1, left=50)
+    slots.grow(parts=3)
+    for store in (slots, concat):
+        store.join(*_rows(1, 50, seed=1, layers=layers))
+    assert all(offset == 0 for offset in slots.offsets)
+    _same(slots, concat)
+
+
 def test_models_with_sliding_window_layers_keep_transformers_cache():
     assert supports(LlamaConfig())
     assert not supports(Gemma3TextConfig())

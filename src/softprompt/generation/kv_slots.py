@@ -15,10 +15,15 @@ batch costs another whole copy. :class:`KvSlots` keeps each layer's keys and val
 - a leaving row is replaced by the last row (one row copied, never the batch), and columns no
   row attends to any more are dropped by moving ``start``.
 
-The buffers grow by doubling when a request needs more rows or columns than they have (then,
-once, everything is copied: :attr:`KvSlots.regrown` counts it). Only models whose every layer is
-a plain full-attention layer can use it (:func:`supports`); sliding-window layers keep their own
-cache class, and the batch falls back to ``DynamicCache`` for them.
+The buffers grow by a quarter when a request needs more rows or columns than they have (then
+everything is copied: :attr:`KvSlots.regrown` counts it). A long prompt read a chunk per step
+would make that copy at once when it joins, every row widened to its length (a second's stall
+for every decoding row with 2,000 columns); :meth:`KvSlots.reserve` instead lays out the room
+as soon as the prompt's length is known and :meth:`KvSlots.grow` moves a few layers into it at
+each chunk. Until a layer is moved it keeps its old buffers, at its own column offset from the
+mask's columns. Only models whose every layer is a plain full-attention layer can use it
+(:func:`supports`); sliding-window layers keep their own cache class, and the batch falls back
+to ``DynamicCache`` for them.
 """
 
 from __future__ import annotations
@@ -54,30 +59,37 @@ class _SlotLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         slots, width = self.slots, key_states.shape[-2]
         keys, values = slots.buffers[self.index]
-        keys[: slots.rows, :, slots.end : slots.end + width] = key_states
-        values[: slots.rows, :, slots.end : slots.end + width] = value_states
+        end = slots.end + slots.offsets[self.index]
+        keys[: slots.rows, :, end : end + width] = key_states
+        values[: slots.rows, :, end : end + width] = value_states
         self.keys, self.values = slots.view(self.index, slots.end + width)
         return self.keys, self.values
 
 
 class KvSlots:
     """The running batch's keys and values, attention mask and each row's last position, in
-    buffers (see the module docstring). Starts empty: rows come with :meth:`join`."""
+    buffers (see the module docstring). Starts empty: rows come with :meth:`join`.
+
+    Columns are counted as the mask counts them; layer ``i`` keeps column ``c`` at ``c +
+    offsets[i]`` of its buffers (0 for a layer laid out as the mask is)."""
 
     def __init__(self) -> None:
         self.buffers: Layers = []
+        self.offsets: list[int] = []
         self.mask = torch.zeros(0, 0, dtype=torch.long)
         self.last = torch.zeros(0, 1, dtype=torch.long)
         self.rows, self.start, self.end = 0, 0, 0
-        self.regrown = 0  # times the buffers were (re)allocated, everything copied into them
+        self.regrown = 0  # times the room was (re)laid out, everything in use to be copied into it
 
     @property
     def width(self) -> int:
         return self.end - self.start
 
     def view(self, index: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        keys, values = self.buffers[index]
-        return keys[: self.rows, :, self.start : end], values[: self.rows, :, self.start : end]
+        (keys, values), offset = self.buffers[index], self.offsets[index]
+        return keys[: self.rows, :, self.start + offset : end + offset], values[
+            : self.rows, :, self.start + offset : end + offset
+        ]
 
     def join(self, layers: Layers, mask: torch.Tensor, last: torch.Tensor) -> range:
         """Write new rows (their cache ``[m, heads, width, dim]`` per layer, mask, last position)
@@ -85,15 +97,16 @@ class KvSlots:
         added, width = mask.shape
         if not self.buffers:
             self.buffers = [(k.new_zeros(0, *k.shape[1:]), v.new_zeros(0, *v.shape[1:])) for k, v in layers]
+            self.offsets = [0] * len(layers)
             self.mask, self.last = mask.new_zeros(0, 0), last.new_zeros(0, 1)
         self._room(added, 0, left=width)
         rows, first = range(self.rows, self.rows + added), self.end - width
         self.mask[rows.start : rows.stop].zero_()
         self.mask[rows.start : rows.stop, first : self.end] = mask
         self.last[rows.start : rows.stop] = last
-        for (keys, values), (new_keys, new_values) in zip(self.buffers, layers, strict=True):
-            keys[rows.start : rows.stop, :, first : self.end] = new_keys
-            values[rows.start : rows.stop, :, first : self.end] = new_values
+        for (keys, values), offset, (new_keys, new_values) in zip(self.buffers, self.offsets, layers, strict=True):
+            keys[rows.start : rows.stop, :, first + offset : self.end + offset] = new_keys
+            values[rows.start : rows.stop, :, first + offset : self.end + offset] = new_values
         self.rows, self.start = rows.stop, min(self.start, first) if self.rows else first
         return rows
 
@@ -104,9 +117,10 @@ class KvSlots:
         self.rows = last
         if row == last:
             return None
-        for keys, values in self.buffers:
-            keys[row, :, self.start : self.end] = keys[last, :, self.start : self.end]
-            values[row, :, self.start : self.end] = values[last, :, self.start : self.end]
+        for (keys, values), offset in zip(self.buffers, self.offsets, strict=True):
+            used = slice(self.start + offset, self.end + offset)
+            keys[row, :, used] = keys[last, :, used]
+            values[row, :, used] = values[last, :, used]
         self.mask[row] = self.mask[last]
         self.last[row] = self.last[last]
         return last
@@ -129,12 +143,41 @@ class KvSlots:
         """The step's forward pass wrote its column (through :meth:`step`'s cache)."""
         self.end += 1
 
+    def reserve(self, rows: int, left: int) -> None:
+        """Lay out room for ``rows`` more rows whose cache is ``left`` columns wide (a prompt
+        being read in chunks), without moving any layer yet: :meth:`grow` moves them, the join
+        moves whichever are left."""
+        if self.buffers and not self._fits(self.mask.shape, 0, rows, 0, left):
+            self._lay_out(rows, 0, left)
+
+    def grow(self, parts: int) -> int:
+        """Move one ``parts``-th (at least one) of the layers not yet laid out as the mask is
+        into buffers that are; how many are still to move."""
+        waiting = [i for i, (keys, _) in enumerate(self.buffers) if not self._laid_out(i, keys)]
+        moving = -(-len(waiting) // max(parts, 1))
+        for index in waiting[:moving]:
+            self._move(index)
+        return len(waiting) - moving
+
     def _room(self, rows: int, right: int, left: int = 0) -> None:
         """Make room for ``rows`` more rows, ``right`` columns after ``end`` and ``left`` before
-        it; when the buffers lack it, copy what is in use into new ones with room to spare."""
-        capacity_rows, capacity = self.mask.shape
-        if self.rows + rows <= capacity_rows and self.end + right <= capacity and self.end >= left:
-            return
+        it: a new layout when the mask lacks it, then every layer that lacks it moved into it."""
+        if not self._fits(self.mask.shape, 0, rows, right, left):
+            self._lay_out(rows, right, left)
+        for index, (keys, _) in enumerate(self.buffers):
+            if not self._fits((keys.shape[0], keys.shape[2]), self.offsets[index], rows, right, left):
+                self._move(index)
+
+    def _fits(self, shape: tuple[int, ...], offset: int, rows: int, right: int, left: int) -> bool:
+        capacity_rows, capacity = shape[0], shape[1]
+        return (
+            self.rows + rows <= capacity_rows
+            and self.end + right + offset <= capacity
+            and self.end - left + offset >= 0
+        )
+
+    def _lay_out(self, rows: int, right: int, left: int) -> None:
+        """A new mask with room to spare (the layers follow: :meth:`_move`)."""
         # A quarter more room on each side (geometric growth: regrowing stays rare), not double:
         # every row has every column, so a long prompt's width is paid by all the rows.
         width = self.width
@@ -143,21 +186,27 @@ class KvSlots:
         capacity = end + right + spare  # and on the right for new tokens
         needed = self.rows + rows  # and a quarter more rows: every row costs all the columns
         capacity_rows = needed + max(needed // 4, 2)
-        self.buffers = [
-            (self._moved(k, capacity_rows, capacity, end), self._moved(v, capacity_rows, capacity, end))
-            for k, v in self.buffers
-        ]
         mask = self.mask.new_zeros(capacity_rows, capacity)
         mask[: self.rows, end - width : end] = self.mask[: self.rows, self.start : self.end]
         last = self.last.new_zeros(capacity_rows, 1)
         last[: self.rows] = self.last[: self.rows]
+        shift = end - self.end  # every column moves by as much; the layers' buffers stay where they are
+        self.offsets = [offset - shift for offset in self.offsets]
         self.mask, self.last, self.start, self.end = mask, last, end - width, end
         self.regrown += 1
 
-    def _moved(self, t: torch.Tensor, rows: int, capacity: int, end: int) -> torch.Tensor:
-        new = t.new_zeros(rows, t.shape[1], capacity, t.shape[3])
-        new[: self.rows, :, end - self.width : end] = t[: self.rows, :, self.start : self.end]
-        return new
+    def _laid_out(self, index: int, keys: torch.Tensor) -> bool:
+        return self.offsets[index] == 0 and (keys.shape[0], keys.shape[2]) == tuple(self.mask.shape)
+
+    def _move(self, index: int) -> None:
+        """Copy layer ``index``'s cache in use into new buffers laid out as the mask is."""
+        offset, (rows, capacity) = self.offsets[index], self.mask.shape
+        moved = []
+        for t in self.buffers[index]:
+            new = t.new_zeros(rows, t.shape[1], capacity, t.shape[3])
+            new[: self.rows, :, self.start : self.end] = t[: self.rows, :, self.start + offset : self.end + offset]
+            moved.append(new)
+        self.buffers[index], self.offsets[index] = (moved[0], moved[1]), 0
 
 
 class ConcatKv:
@@ -202,6 +251,12 @@ class ConcatKv:
         self.layers = [(k[:last], v[:last]) for k, v in self.layers]
         self.mask, self.last = self.mask[:last], self.last[:last]
         return moved
+
+    def reserve(self, rows: int, left: int) -> None:
+        """Nothing to lay out: a join concatenates."""
+
+    def grow(self, parts: int) -> int:
+        return 0
 
     def trim(self) -> None:
         used = self.mask.any(0).nonzero()

@@ -98,6 +98,12 @@ class PartialPrefill:
     def done(self) -> bool:
         return self.read >= self.length
 
+    @property
+    def width(self) -> int:
+        """Its cache's columns once all is read (known after the first chunk: prefix and soft
+        prompt included)."""
+        return (0 if self.mask is None else self.mask.shape[1]) + self.length - self.read
+
     @torch.inference_mode()
     def read_more(self, backbone: Backbone, adapters: RowAdapters, tokens: int) -> int:
         """Read up to ``tokens`` more of the prompt; how many were read."""

@@ -85,6 +85,9 @@ class RunningBatch:
         read = partial.read_more(self.backbone, self.adapters, tokens)
         if partial.done:
             self._join([(partial.key, partial.request)], partial.rows())
+        else:  # its room laid out now, a share of the layers moved into it per chunk: no stall at the join
+            self.kv.reserve(partial.request.samples, partial.width)
+            self.kv.grow(parts=-(-(partial.length - partial.read) // max(read, 1)))  # the chunks to come
         return read
 
     def _join(self, requests: Sequence[tuple[Hashable, SampleRequest]], new: Rows) -> None:
