@@ -13,6 +13,10 @@
    join and leave all the time) against all asking 64, for ``--seconds`` of decoding, with the
    cache written in place (``KvSlots``) and with transformers' concatenating ``DynamicCache``
    (``ConcatKv``, what the first engine did at every step, join and departure): tokens/s.
+3. Rows of different widths: ``--rows`` short rows decode beside one row of ``--long-tokens``;
+   the seconds of a decoding step with attention per group of rows (``generation/ragged.py``)
+   and over the whole rectangle, the two alternating step by step in one batch: median, and
+   their ratio.
 
 Writes ``benchmarks/results/engine.json``.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import random
 import statistics
@@ -30,6 +35,7 @@ from pathlib import Path
 
 from server_load import write_results
 from softprompt.backbones import load_backbone
+from softprompt.generation import running
 from softprompt.generation.kv_slots import ConcatKv, KvSlots
 from softprompt.generation.running import RunningBatch
 from softprompt.generation.sampling import SampleRequest
@@ -117,6 +123,30 @@ def churn(backbone, rows: int, lengths: tuple[int, int], seconds: float, concate
     return {"tokens_per_second": tokens / elapsed, "requests": key, "regrown": regrown}
 
 
+def widths(backbone, rows: int, long_tokens: int, steps: int = 40) -> dict:
+    """Phase 3: a step's seconds with ragged attention and without, alternating in one batch."""
+    words = backbone.tokenizer(" the story goes on", add_special_tokens=False)["input_ids"]
+    long_ids = (words * (long_tokens // len(words) + 1))[:long_tokens]
+    batch = RunningBatch(backbone)
+    seconds: dict[str, list[float]] = {"ragged": [], "rectangle": []}
+    ragged_attention = running.ragged_attention
+    with backbone.decoding():
+        batch.admit([(i, SampleRequest(PROMPT, None, 1, 10**6, 0.95, 0.7, i)) for i in range(rows)])
+        batch.admit([("long", SampleRequest(long_ids, None, 1, 10**6, 0.95, 0.7, rows))])
+        try:
+            for step in range(2 * steps + 2):
+                name = "ragged" if step % 2 else "rectangle"
+                running.ragged_attention = ragged_attention if step % 2 else lambda model: contextlib.nullcontext()
+                started = time.perf_counter()
+                batch.step()
+                if step >= 2:  # the first of each: warm-up
+                    seconds[name].append(time.perf_counter() - started)
+        finally:
+            running.ragged_attention = ragged_attention
+    medians = {name: statistics.median(times) for name, times in seconds.items()}
+    return medians | {"ratio": medians["rectangle"] / medians["ragged"], "steps_each": steps}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="smollm2-135m")
@@ -129,7 +159,7 @@ def main() -> None:
         default=["0:0", "256:0", "256:500"],
         help="phase 1's settings as TOKEN_BUDGET:MAX_TOKEN_WAIT_MS (0: none)",
     )
-    parser.add_argument("--skip", nargs="*", default=[], choices=["long", "churn"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["long", "churn", "widths"])
     parser.add_argument("--out", default=str(RESULTS / "engine.json"))
     args = parser.parse_args()
     backbone = load_backbone(args.backbone)
@@ -168,6 +198,11 @@ def main() -> None:
         }
         results["ratios"] = ratios
         print("\n" + ", ".join(f"{k}: {v:.2f}x" for k, v in ratios.items()))
+    if "widths" not in args.skip:
+        r = results["widths"] = widths(backbone, args.rows, args.long_tokens)
+        print(f"\n{args.rows} short rows beside one of {args.long_tokens:,} tokens: a decoding step")
+        ragged, whole = r["ragged"], r["rectangle"]
+        print(f"per group of rows {ragged:.3f} s, over the whole rectangle {whole:.3f} s ({r['ratio']:.2f}x)")
     write_results(results, args.out)
 
 

@@ -30,6 +30,7 @@ from softprompt.core.prompt_caches import PromptCaches
 from softprompt.generation.batch_state import Member, Rows
 from softprompt.generation.kv_slots import ConcatKv, KvSlots, supports
 from softprompt.generation.prefill import PartialPrefill, read_rows, repeated, row_specs
+from softprompt.generation.ragged import ragged_attention
 from softprompt.generation.rows import Steering
 from softprompt.generation.sampling import SampleRequest, draw
 from softprompt.methods.row_adapters import RowAdapters
@@ -199,7 +200,7 @@ class RunningBatch:
             for row, token in zip(member.slots, chosen[member.key], strict=True):
                 tokens[row], adapted[row] = token, member.request.row_adapter
         cache, mask, positions = self.kv.step()
-        with self.adapters.selected(adapted):
+        with self.adapters.selected(adapted), ragged_attention(self.backbone.model):
             logits, cache = core.next_token_logits(
                 self.backbone,
                 input_ids=torch.tensor(tokens, device=self.backbone.device).unsqueeze(1),
