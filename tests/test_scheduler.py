@@ -67,7 +67,8 @@ class TimedExecutor(FakeExecutor):
 
     def run(self, plan: Plan) -> Outcome:
         out = super().run(plan)
-        out.prefill_seconds = self.seconds_per_token * sum(read for read, _ in out.read.values())
+        read = sum(read for read, _ in out.read.values())  # a forward pass (a step's cost), then the tokens
+        out.prefill_seconds = (self.seconds_per_step + self.seconds_per_token * read) if read else 0.0
         out.decode_seconds = self.seconds_per_step * out.decoded_steps
         out.batch_seconds = self.seconds_per_batch if plan.batch else 0.0
         return out
@@ -198,21 +199,41 @@ def test_a_long_prompt_is_read_in_chunks_under_the_token_budget_while_rows_keep_
 
 
 def test_chunks_are_sized_to_the_decoding_rows_wait_at_the_measured_speeds():
-    scheduler = Scheduler(continuous={"g"}, max_batch=16, token_budget=512, max_token_wait=0.5, max_wait=0)
+    scheduler = Scheduler(continuous={"g"}, max_batch=16, token_budget=512, max_wait=0, max_token_wait=0.5)
     executor = TimedExecutor(seconds_per_token=0.01, seconds_per_step=0.1)
     decoding = scheduler.add("g", (5, 500))
     plan = scheduler.schedule(0.0)
     scheduler.update(plan, executor.run(plan))
-    assert decoding.status is Status.DECODING
+    assert decoding.status is Status.DECODING and scheduler.seconds_per_prompt_token is None  # 5 tokens: no rate
     long = scheduler.add("g", (1000, 2))
     plan = scheduler.schedule(0.0)
-    assert plan.prefill_budget == 40  # (0.5 s - a 0.1 s step) / 0.01 s per prompt token
+    assert plan.prefill_budget == 511  # no speed known yet: the token budget, less the decoding row
     scheduler.update(plan, executor.run(plan))
+    assert scheduler.seconds_per_prompt_token == pytest.approx(0.01)  # 5.21 s, less a forward pass's 0.1 s
+    plan = scheduler.schedule(0.0)
+    assert plan.prefill_budget == 30  # (0.5 s - the chunk's forward pass and the step, 0.1 s each) / 0.01 s
     executor.seconds_per_token = 0.05  # slower now (later chunks attend to more)
+    scheduler.update(plan, executor.run(plan))
+    assert scheduler.schedule(0.0).prefill_budget == 16  # 0.3 / 0.05: 6, raised to 16 tokens
+    assert long.status is Status.PREFILLING
+
+
+def test_short_prompts_arriving_together_are_read_in_one_step_not_one_per_step():
+    """A handful of tokens costs a forward pass whatever their number: such a read sets no rate
+    per token (divided among 4 tokens, 0.12 s read as 0.03 s a token, a budget of one prompt)."""
+    scheduler = Scheduler(continuous={"g"}, max_batch=16, token_budget=512, max_wait=0, max_token_wait=0.5)
+    executor = TimedExecutor(seconds_per_token=0.005, seconds_per_step=0.1)
+    scheduler.add("g", (100, 500))  # 100 tokens: 0.6 s, 0.005 s a token over the forward pass
     plan = scheduler.schedule(0.0)
     scheduler.update(plan, executor.run(plan))
-    assert scheduler.schedule(0.0).prefill_budget == 16  # (0.5 - 0.1) / 0.05: 8, raised to 16 tokens
-    assert long.status is Status.PREFILLING
+    scheduler.add("g", (4, 500))
+    plan = scheduler.schedule(0.0)
+    scheduler.update(plan, executor.run(plan))
+    assert scheduler.seconds_per_prompt_token == pytest.approx(0.005)  # the 4-token read changed nothing
+    short = [scheduler.add("g", (10, 8)) for _ in range(4)]
+    plan = scheduler.schedule(0.0)
+    scheduler.update(plan, executor.run(plan))
+    assert all(r.status is Status.DECODING for r in short)  # 40 tokens in a budget of 60
 
 
 def test_without_decoding_rows_a_prompt_reads_the_whole_budget():

@@ -52,7 +52,8 @@ class Scheduler:
         busy_slice: tokens decoded per step while other work waits.
         max_token_wait: seconds a decoding row may wait for its next token while prompts are read
             (None: no limit but the token budget). Chunks are sized to it from the speeds the
-            executor measured: the last step's seconds per prompt token and per decoding step.
+            executor measured: a chunk costs a forward pass (about a decoding step) and then a
+            rate per prompt token, measured on the newest chunk of at least ``MIN_CHUNK`` tokens.
     """
 
     def __init__(
@@ -69,7 +70,7 @@ class Scheduler:
         self.continuous, self.urgent = frozenset(continuous), frozenset(urgent)
         self.max_batch, self.max_wait, self.queue_size = max_batch, max_wait, queue_size
         self.token_budget, self.busy_slice, self.max_token_wait = token_budget, busy_slice, max_token_wait
-        self.seconds_per_prompt_token: float | None = None  # measured: the newest step's
+        self.seconds_per_prompt_token: float | None = None  # measured, over a forward pass's cost
         self.seconds_per_decode_step: float | None = None
         self.batch_seconds: float | None = None  # the last one-shot batch's time
         self.requests: dict[int, Request] = {}  # every request not yet answered, by id
@@ -186,7 +187,9 @@ class Scheduler:
         rate, step = self.seconds_per_prompt_token, self.seconds_per_decode_step or 0.0
         if self.max_token_wait is None or rate is None or not self.decoding_rows:
             return float("inf")
-        return max(int((self.max_token_wait - step) / rate), MIN_CHUNK)
+        # The rows wait for the chunk's forward pass (about a step's cost, then its tokens) and
+        # their own step.
+        return max(int((self.max_token_wait - 2 * step) / rate), MIN_CHUNK)
 
     # ---- what the executor did --------------------------------------------------------------
 
@@ -226,14 +229,18 @@ class Scheduler:
     def _measure(self, plan: Plan, outcome: Outcome) -> None:
         """Keep the newest step's speeds, which chunks are sized by (a long prompt's later chunks
         cost more, attending to more: the newest is the best guess of the next)."""
-        read = sum(tokens for tokens, _ in outcome.read.values())
-        if read and outcome.prefill_seconds > 0:
-            self.seconds_per_prompt_token = outcome.prefill_seconds / read
         # Per step actually decoded: a slice whose rows all finished early took less time for
         # fewer steps, and dividing by the planned ones made the next slices ever longer.
         steps = plan.decode_steps if outcome.decoded_steps is None else outcome.decoded_steps
         if steps and outcome.decode_seconds > 0:
             self.seconds_per_decode_step = outcome.decode_seconds / steps
+        read = sum(tokens for tokens, _ in outcome.read.values())
+        if read >= MIN_CHUNK and outcome.prefill_seconds > 0:
+            # Over the forward pass's own cost: divided among the tokens, it made a few short
+            # prompts look dear per token, and their budget then read one prompt per step.
+            # (A read of a handful of tokens is all fixed cost: it says nothing of the rate.)
+            fixed = min(self.seconds_per_decode_step or 0.0, 0.75 * outcome.prefill_seconds)
+            self.seconds_per_prompt_token = (outcome.prefill_seconds - fixed) / read
         if plan.batch and outcome.batch_seconds > 0:
             self.batch_seconds = outcome.batch_seconds
 
