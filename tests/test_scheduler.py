@@ -207,9 +207,9 @@ def test_chunks_are_sized_to_the_decoding_rows_wait_at_the_measured_speeds():
     assert decoding.status is Status.DECODING and scheduler.seconds_per_prompt_token is None  # 5 tokens: no rate
     long = scheduler.add("g", (1000, 2))
     plan = scheduler.schedule(0.0)
-    assert plan.prefill_budget == 511  # no speed known yet: the token budget, less the decoding row
+    assert plan.prefill_budget == 64  # no speed known yet: a first chunk of 64 tokens
     scheduler.update(plan, executor.run(plan))
-    assert scheduler.seconds_per_prompt_token == pytest.approx(0.01)  # 5.21 s, less a forward pass's 0.1 s
+    assert scheduler.seconds_per_prompt_token == pytest.approx(0.01)  # 0.74 s, less a forward pass's 0.1 s
     plan = scheduler.schedule(0.0)
     assert plan.prefill_budget == 30  # (0.5 s - the chunk's forward pass and the step, 0.1 s each) / 0.01 s
     executor.seconds_per_token = 0.05  # slower now (later chunks attend to more)

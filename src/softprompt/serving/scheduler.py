@@ -185,8 +185,10 @@ class Scheduler:
         """Prompt tokens that fit in ``max_token_wait`` beside a decoding step, at the measured
         speeds (no limit while nothing decodes, or before anything was measured)."""
         rate, step = self.seconds_per_prompt_token, self.seconds_per_decode_step or 0.0
-        if self.max_token_wait is None or rate is None or not self.decoding_rows:
+        if self.max_token_wait is None or not self.decoding_rows:
             return float("inf")
+        if rate is None:
+            return FIRST_CHUNK
         # The rows wait for the chunk's forward pass (about a step's cost, then its tokens) and
         # their own step.
         return max(int((self.max_token_wait - 2 * step) / rate), MIN_CHUNK)
@@ -257,5 +259,8 @@ class Scheduler:
 
 
 MIN_CHUNK = 16  # prompt tokens a step reads at least, however slow: a long prompt still moves on
+# Prompt tokens read beside decoding rows before any speed is measured: a few short prompts
+# together, or a long prompt's first chunk (about 0.3 s with smollm2-135m on 2 CPU cores).
+FIRST_CHUNK = 64
 MAX_SLICE = 64  # tokens decoded at most between two one-shot batches
 GENERATION_SHARE = 0.5  # decoding time beside one-shot work, per second of one-shot batch
