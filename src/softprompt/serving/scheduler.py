@@ -183,7 +183,7 @@ class Scheduler:
 
     def _time_budget(self) -> int | float:
         """Prompt tokens that fit in ``max_token_wait`` beside a decoding step, at the measured
-        speeds (no limit while nothing decodes, or before anything was measured)."""
+        speeds (no limit while nothing decodes; ``FIRST_CHUNK`` before a rate was measured)."""
         rate, step = self.seconds_per_prompt_token, self.seconds_per_decode_step or 0.0
         if self.max_token_wait is None or not self.decoding_rows:
             return float("inf")
