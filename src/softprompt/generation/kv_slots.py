@@ -87,9 +87,8 @@ class KvSlots:
 
     def view(self, index: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         (keys, values), offset = self.buffers[index], self.offsets[index]
-        return keys[: self.rows, :, self.start + offset : end + offset], values[
-            : self.rows, :, self.start + offset : end + offset
-        ]
+        used = slice(self.start + offset, end + offset)
+        return keys[: self.rows, :, used], values[: self.rows, :, used]
 
     def join(self, layers: Layers, mask: torch.Tensor, last: torch.Tensor) -> range:
         """Write new rows (their cache ``[m, heads, width, dim]`` per layer, mask, last position)

@@ -48,9 +48,8 @@ def _ragged_sdpa(module, query, key, value, attention_mask, **kwargs):
     """SDPA per group of rows over the group's own columns (one new token per row)."""
     if attention_mask is None or attention_mask.dtype != torch.bool or query.shape[2] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    mask_id = (id(attention_mask), attention_mask.data_ptr(), attention_mask.shape)
-    if getattr(_step, "mask_id", None) != mask_id:  # the step's first layer: group its rows once
-        _step.mask_id, _step.groups = mask_id, row_groups(attention_mask[:, 0, -1, :])
+    if getattr(_step, "mask", None) is not attention_mask:  # the step's first layer: group its rows once
+        _step.mask, _step.groups = attention_mask, row_groups(attention_mask[:, 0, -1, :])
     groups = _step.groups
     if len(groups) == 1 and groups[0][1] == 0:  # every row is about as wide as the rectangle
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
@@ -80,4 +79,4 @@ def ragged_attention(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for config in configs:
             config._attn_implementation = "sdpa"
-        _step.mask_id = _step.groups = None
+        _step.mask = _step.groups = None

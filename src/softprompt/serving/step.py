@@ -84,4 +84,4 @@ class Outcome:
     batch_seconds: float = 0.0  # how long the one-shot batch took
     prefill_seconds: float = 0.0  # how long reading prompts took
     decode_seconds: float = 0.0  # how long the decoding slice took
-    decoded_steps: int | None = None  # the slice's tokens actually decoded (None: all the plan's)
+    decoded_steps: int | None = None  # the slice's forward passes actually run (None: all the plan's)
